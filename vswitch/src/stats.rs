@@ -1,0 +1,120 @@
+//! Counters: drop reasons and per-port packet/byte counts.
+//!
+//! Every counter has a single writer (the worker lcore that owns it) and any
+//! number of readers (the control thread). [`Counter::add`] is therefore a
+//! relaxed load + store, which compiles to a plain add: no `lock` prefix, no
+//! cache-line ping-pong. Totals are per worker; readers sum over workers.
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+/// A single-writer counter (see the module documentation).
+#[derive(Default, Debug)]
+#[repr(transparent)]
+pub struct Counter(AtomicU64);
+
+impl Counter {
+    /// Adds `n`. Only the owning worker may call this.
+    #[inline]
+    pub fn add(&self, n: u64) {
+        self.0.store(self.0.load(Relaxed).wrapping_add(n), Relaxed);
+    }
+
+    /// The current value.
+    #[inline]
+    pub fn get(&self) -> u64 {
+        self.0.load(Relaxed)
+    }
+}
+
+macro_rules! drop_reasons {
+    ($($(#[$doc:meta])* $name:ident => $text:literal,)*) => {
+        /// Why the switch dropped a frame. Each one is a counter per port.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        #[repr(u8)]
+        pub enum DropReason {
+            $($(#[$doc])* $name,)*
+        }
+
+        impl DropReason {
+            /// Every reason, in counter order.
+            pub const ALL: &'static [DropReason] = &[$(DropReason::$name,)*];
+            /// Number of reasons (length of a drop-counter array).
+            pub const COUNT: usize = Self::ALL.len();
+
+            /// The counter's name in stats output.
+            pub fn name(self) -> &'static str {
+                match self {
+                    $(DropReason::$name => $text,)*
+                }
+            }
+        }
+    };
+}
+
+drop_reasons! {
+    /// Too short for its Ethernet/VLAN headers (or L3/L4 where they are needed).
+    Malformed => "malformed",
+    /// Received on a port that belongs to no bridge domain.
+    NoBridge => "no_bridge",
+    /// Destination learned on the port it came in on (would hairpin).
+    SamePort => "same_port",
+    /// Flooded in a domain with no other port.
+    NoOutput => "no_output",
+    /// The output port's tx queue took no more.
+    TxFull => "tx_full",
+}
+
+/// Counters of one port on one worker, a cache line apart from the next
+/// port's so that workers never share a written line.
+#[derive(Default, Debug)]
+#[repr(align(64))]
+pub struct PortCounters {
+    /// Frames received.
+    pub rx_packets: Counter,
+    /// Bytes received.
+    pub rx_bytes: Counter,
+    /// Frames the port's tx queue accepted.
+    pub tx_packets: Counter,
+    /// Bytes the port's tx queue accepted.
+    pub tx_bytes: Counter,
+    /// Source MACs not learned because their bucket was full.
+    pub learn_full: Counter,
+    /// Frames dropped, by reason. Rx-side reasons count on the ingress
+    /// port, [`DropReason::TxFull`] on the egress port.
+    pub drops: [Counter; DropReason::COUNT],
+}
+
+impl PortCounters {
+    /// Counts one dropped frame.
+    #[inline]
+    pub fn drop(&self, why: DropReason, n: u64) {
+        self.drops[why as usize].add(n);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reasons_have_unique_names_in_order() {
+        let names: Vec<_> = DropReason::ALL.iter().map(|r| r.name()).collect();
+        let mut sorted = names.clone();
+        sorted.sort();
+        sorted.dedup();
+        assert_eq!(sorted.len(), DropReason::COUNT);
+        for (i, r) in DropReason::ALL.iter().enumerate() {
+            assert_eq!(*r as usize, i);
+        }
+    }
+
+    #[test]
+    fn counters_add() {
+        let c = PortCounters::default();
+        c.rx_packets.add(3);
+        c.rx_packets.add(4);
+        c.drop(DropReason::TxFull, 2);
+        assert_eq!(c.rx_packets.get(), 7);
+        assert_eq!(c.drops[DropReason::TxFull as usize].get(), 2);
+    }
+}

@@ -1,0 +1,406 @@
+//! Bridge domains and the L2 forwarding stage, over a burst of frames.
+//!
+//! A [`Switch`] is an immutable snapshot of the topology (which port is in
+//! which bridge domain, each domain's flood list) plus shared handles to the
+//! domains' MAC tables. The control plane builds a new snapshot for every
+//! change and publishes it; workers pick it up between bursts. The MAC tables
+//! outlive snapshots ([`SwitchBuilder::build`] carries them over by bridge
+//! name) so a topology change does not forget what was learned.
+//!
+//! Forwarding rules, per bridge domain (one VPC segment):
+//! - a frame's source MAC is learned against its ingress port (group and zero
+//!   source MACs are never learned; a group source MAC is invalid and dropped);
+//! - broadcast, multicast and unknown unicast are flooded to every other port
+//!   of the domain, never back to the ingress port;
+//! - known unicast goes to the learned port only; if that is the ingress port
+//!   the frame is dropped (the destination is on the sender's own segment).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use crate::mac_table::{Learn, MacTable};
+use crate::stats::{DropReason, PortCounters};
+use crate::types::{BridgeId, MacAddr, PortId, MAX_PORTS};
+
+const ETH_HLEN: usize = 14;
+
+/// A frame as the pipeline sees it: its bytes, starting at the Ethernet header.
+/// The daemon implements it on DPDK mbufs; tests and benches on `Vec<u8>`.
+pub trait Frame {
+    /// The frame's bytes (first segment; headers never span segments).
+    fn data(&self) -> &[u8];
+}
+
+impl Frame for Vec<u8> {
+    #[inline]
+    fn data(&self) -> &[u8] {
+        self
+    }
+}
+
+impl Frame for &[u8] {
+    #[inline]
+    fn data(&self) -> &[u8] {
+        self
+    }
+}
+
+/// Where a frame goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// Out of one port.
+    Output(PortId),
+    /// To every port of [`Switch::flood_ports`] for the ingress port.
+    Flood,
+    /// Freed and counted.
+    Drop(DropReason),
+}
+
+/// How a bridge domain is configured.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BridgeConf {
+    /// Unique name.
+    pub name: String,
+    /// Bound on learned MACs.
+    pub mac_capacity: usize,
+    /// Seconds a MAC entry lives without traffic.
+    pub mac_aging_secs: u32,
+}
+
+/// A bridge domain in a snapshot.
+#[derive(Clone)]
+pub struct BridgeDomain {
+    /// Its configuration.
+    pub conf: BridgeConf,
+    /// Member ports, in the order they were attached.
+    pub ports: Vec<PortId>,
+    /// Its MAC table, shared with the snapshots before and after this one.
+    pub macs: Arc<MacTable>,
+}
+
+/// An immutable topology snapshot (see the module documentation).
+pub struct Switch {
+    bridges: Vec<BridgeDomain>,
+    port_bridge: [Option<BridgeId>; MAX_PORTS],
+    /// Per ingress port: the other ports of its domain.
+    flood: Vec<Vec<PortId>>,
+}
+
+/// Builds a [`Switch`].
+#[derive(Default)]
+pub struct SwitchBuilder {
+    bridges: Vec<(BridgeConf, Vec<PortId>)>,
+}
+
+/// A topology mistake found while building a snapshot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BuildError {
+    /// Two bridges with one name.
+    DuplicateBridge(String),
+    /// A port id beyond [`MAX_PORTS`].
+    PortOutOfRange(PortId),
+    /// A port attached to two bridges.
+    PortInTwoBridges(PortId),
+}
+
+impl std::fmt::Display for BuildError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BuildError::DuplicateBridge(n) => write!(f, "bridge {n:?} is defined twice"),
+            BuildError::PortOutOfRange(p) => write!(f, "port index {p} is beyond the limit of {MAX_PORTS}"),
+            BuildError::PortInTwoBridges(p) => write!(f, "port index {p} is attached to two bridges"),
+        }
+    }
+}
+
+impl std::error::Error for BuildError {}
+
+impl SwitchBuilder {
+    /// An empty topology.
+    pub fn new() -> SwitchBuilder {
+        SwitchBuilder::default()
+    }
+
+    /// Adds a bridge domain and returns its id.
+    pub fn bridge(&mut self, conf: BridgeConf) -> BridgeId {
+        self.bridges.push((conf, Vec::new()));
+        BridgeId((self.bridges.len() - 1) as u16)
+    }
+
+    /// Makes `port` a member of `bridge`.
+    pub fn attach(&mut self, port: PortId, bridge: BridgeId) -> &mut Self {
+        self.bridges[bridge.index()].1.push(port);
+        self
+    }
+
+    /// The snapshot. MAC tables of `previous` are carried over for bridges
+    /// with the same name and table size, so learning survives the change.
+    pub fn build(self, previous: Option<&Switch>) -> Result<Switch, BuildError> {
+        let mut old: HashMap<&str, &Arc<MacTable>> = HashMap::new();
+        if let Some(p) = previous {
+            for b in &p.bridges {
+                old.insert(b.conf.name.as_str(), &b.macs);
+            }
+        }
+        let mut port_bridge = [None; MAX_PORTS];
+        let mut flood = vec![Vec::new(); MAX_PORTS];
+        let mut bridges = Vec::with_capacity(self.bridges.len());
+        let mut names = HashMap::new();
+        for (i, (conf, ports)) in self.bridges.into_iter().enumerate() {
+            if names.insert(conf.name.clone(), i).is_some() {
+                return Err(BuildError::DuplicateBridge(conf.name));
+            }
+            for &p in &ports {
+                let slot = port_bridge.get_mut(p.index()).ok_or(BuildError::PortOutOfRange(p))?;
+                if slot.is_some() {
+                    return Err(BuildError::PortInTwoBridges(p));
+                }
+                *slot = Some(BridgeId(i as u16));
+                flood[p.index()] = ports.iter().copied().filter(|&q| q != p).collect();
+            }
+            let macs = match old.get(conf.name.as_str()) {
+                Some(t) if t.capacity() == MacTable::new(conf.mac_capacity, 0).capacity()
+                    && t.aging_secs() == conf.mac_aging_secs =>
+                {
+                    Arc::clone(t)
+                }
+                _ => Arc::new(MacTable::new(conf.mac_capacity, conf.mac_aging_secs)),
+            };
+            bridges.push(BridgeDomain { conf, ports, macs });
+        }
+        Ok(Switch { bridges, port_bridge, flood })
+    }
+}
+
+impl Switch {
+    /// The bridge domains.
+    pub fn bridges(&self) -> &[BridgeDomain] {
+        &self.bridges
+    }
+
+    /// The domain `port` belongs to.
+    #[inline]
+    pub fn bridge_of(&self, port: PortId) -> Option<BridgeId> {
+        self.port_bridge.get(port.index()).copied().flatten()
+    }
+
+    /// Where a frame from `in_port` is flooded: the other ports of its domain.
+    #[inline]
+    pub fn flood_ports(&self, in_port: PortId) -> &[PortId] {
+        &self.flood[in_port.index()]
+    }
+
+    /// Decides the fate of a burst of frames received on `in_port` at time
+    /// `now` (seconds, for MAC aging), writing one action per frame into
+    /// `actions[..frames.len()]` and counting rx and drops in `counters`
+    /// (the ingress port's counters of the calling worker).
+    ///
+    /// Learning and lookup are cached across the burst: a run of frames from
+    /// one source learns once, a run to one destination looks up once.
+    #[inline]
+    pub fn forward<F: Frame>(
+        &self,
+        in_port: PortId,
+        frames: &[F],
+        now: u32,
+        counters: &PortCounters,
+        actions: &mut [Action],
+    ) {
+        let n = frames.len();
+        let actions = &mut actions[..n];
+        let mut bytes = 0u64;
+        for f in frames {
+            bytes += f.data().len() as u64;
+        }
+        counters.rx_packets.add(n as u64);
+        counters.rx_bytes.add(bytes);
+
+        let Some(bd) = self.bridge_of(in_port) else {
+            actions.fill(Action::Drop(DropReason::NoBridge));
+            counters.drop(DropReason::NoBridge, n as u64);
+            return;
+        };
+        let macs = &*self.bridges[bd.index()].macs;
+        let flood = if self.flood[in_port.index()].is_empty() {
+            Action::Drop(DropReason::NoOutput)
+        } else {
+            Action::Flood
+        };
+
+        let mut last_src = MacAddr::BROADCAST;
+        let mut last_dst = (MacAddr::BROADCAST, flood);
+        let mut learn_full = 0;
+        for (f, action) in frames.iter().zip(actions.iter_mut()) {
+            let d = f.data();
+            if d.len() < ETH_HLEN {
+                *action = Action::Drop(DropReason::Malformed);
+                continue;
+            }
+            let dst = MacAddr::from_slice(&d[0..6]);
+            let src = MacAddr::from_slice(&d[6..12]);
+            if src != last_src {
+                if src.is_group() {
+                    *action = Action::Drop(DropReason::Malformed);
+                    continue;
+                }
+                if !src.is_zero() && macs.learn(src, in_port, now) == Learn::Full {
+                    learn_full += 1;
+                }
+                last_src = src;
+            }
+            if dst != last_dst.0 {
+                let a = if dst.is_group() {
+                    flood
+                } else {
+                    match macs.lookup(dst, now) {
+                        Some(p) if p == in_port => Action::Drop(DropReason::SamePort),
+                        Some(p) => Action::Output(p),
+                        None => flood,
+                    }
+                };
+                last_dst = (dst, a);
+            }
+            *action = last_dst.1;
+        }
+        counters.learn_full.add(learn_full);
+        for a in actions.iter() {
+            if let Action::Drop(r) = *a {
+                counters.drop(r, 1);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mac(i: u8) -> [u8; 6] {
+        [2, 0, 0, 0, 0, i]
+    }
+
+    fn frame(dst: [u8; 6], src: [u8; 6]) -> Vec<u8> {
+        let mut f = vec![0u8; 60];
+        f[0..6].copy_from_slice(&dst);
+        f[6..12].copy_from_slice(&src);
+        f[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
+        f
+    }
+
+    fn conf(name: &str) -> BridgeConf {
+        BridgeConf { name: name.into(), mac_capacity: 1024, mac_aging_secs: 300 }
+    }
+
+    /// Ports 0,1,2 in "a"; 3,4 in "b"; 5 in none.
+    fn two_bridges() -> Switch {
+        let mut b = SwitchBuilder::new();
+        let a = b.bridge(conf("a"));
+        let bb = b.bridge(conf("b"));
+        b.attach(PortId(0), a).attach(PortId(1), a).attach(PortId(2), a);
+        b.attach(PortId(3), bb).attach(PortId(4), bb);
+        b.build(None).unwrap()
+    }
+
+    fn run(sw: &Switch, port: u16, frames: &[Vec<u8>], now: u32) -> Vec<Action> {
+        let c = PortCounters::default();
+        let mut a = vec![Action::Flood; frames.len()];
+        sw.forward(PortId(port), frames, now, &c, &mut a);
+        a
+    }
+
+    #[test]
+    fn unknown_unicast_floods_then_learned_unicast_does_not() {
+        let sw = two_bridges();
+        assert_eq!(run(&sw, 0, &[frame(mac(2), mac(1))], 0), [Action::Flood]);
+        assert_eq!(sw.flood_ports(PortId(0)), [PortId(1), PortId(2)]);
+        // Reply from port 1 goes straight to port 0, learned above.
+        assert_eq!(run(&sw, 1, &[frame(mac(1), mac(2))], 0), [Action::Output(PortId(0))]);
+        // And now 1 -> 2 is known too.
+        assert_eq!(run(&sw, 0, &[frame(mac(2), mac(1))], 0), [Action::Output(PortId(1))]);
+    }
+
+    #[test]
+    fn broadcast_and_multicast_flood_never_back_to_ingress() {
+        let sw = two_bridges();
+        let bc = frame([0xff; 6], mac(1));
+        let mc = frame([0x01, 0, 0x5e, 0, 0, 1], mac(1));
+        assert_eq!(run(&sw, 2, &[bc, mc], 0), [Action::Flood, Action::Flood]);
+        assert!(!sw.flood_ports(PortId(2)).contains(&PortId(2)));
+    }
+
+    #[test]
+    fn domains_are_isolated() {
+        let sw = two_bridges();
+        run(&sw, 0, &[frame([0xff; 6], mac(1))], 0);
+        // mac(1) lives in "a": from "b" it is unknown, so flooded within "b" only.
+        assert_eq!(run(&sw, 3, &[frame(mac(1), mac(9))], 0), [Action::Flood]);
+        assert_eq!(sw.flood_ports(PortId(3)), [PortId(4)]);
+    }
+
+    #[test]
+    fn drops_are_counted_by_reason() {
+        let sw = two_bridges();
+        let c = PortCounters::default();
+        let frames = vec![
+            vec![0u8; 10],                       // truncated
+            frame(mac(2), [0x01, 0, 0, 0, 0, 1]), // group source MAC
+            frame(mac(7), mac(7)),               // learned on port 0 then sent to itself
+        ];
+        let mut a = vec![Action::Flood; 3];
+        sw.forward(PortId(0), &frames, 0, &c, &mut a);
+        assert_eq!(a[0], Action::Drop(DropReason::Malformed));
+        assert_eq!(a[1], Action::Drop(DropReason::Malformed));
+        assert_eq!(a[2], Action::Drop(DropReason::SamePort));
+        assert_eq!(c.rx_packets.get(), 3);
+        assert_eq!(c.rx_bytes.get(), 10 + 60 + 60);
+        assert_eq!(c.drops[DropReason::Malformed as usize].get(), 2);
+        assert_eq!(c.drops[DropReason::SamePort as usize].get(), 1);
+
+        let c5 = PortCounters::default();
+        let mut a = vec![Action::Flood; 1];
+        sw.forward(PortId(5), &[frame(mac(1), mac(2))], 0, &c5, &mut a);
+        assert_eq!(a, [Action::Drop(DropReason::NoBridge)]);
+        assert_eq!(c5.drops[DropReason::NoBridge as usize].get(), 1);
+    }
+
+    #[test]
+    fn lone_port_floods_nowhere() {
+        let mut b = SwitchBuilder::new();
+        let a = b.bridge(conf("solo"));
+        b.attach(PortId(0), a);
+        let sw = b.build(None).unwrap();
+        assert_eq!(run(&sw, 0, &[frame([0xff; 6], mac(1))], 0), [Action::Drop(DropReason::NoOutput)]);
+    }
+
+    #[test]
+    fn aged_destination_is_flooded_again() {
+        let mut b = SwitchBuilder::new();
+        let a = b.bridge(BridgeConf { name: "a".into(), mac_capacity: 64, mac_aging_secs: 5 });
+        b.attach(PortId(0), a).attach(PortId(1), a);
+        let sw = b.build(None).unwrap();
+        run(&sw, 1, &[frame([0xff; 6], mac(2))], 100);
+        assert_eq!(run(&sw, 0, &[frame(mac(2), mac(1))], 105), [Action::Output(PortId(1))]);
+        assert_eq!(run(&sw, 0, &[frame(mac(2), mac(1))], 106), [Action::Flood]);
+    }
+
+    #[test]
+    fn rebuild_keeps_learned_macs_and_topology_errors_are_caught() {
+        let sw = two_bridges();
+        run(&sw, 1, &[frame([0xff; 6], mac(2))], 0);
+        let mut b = SwitchBuilder::new();
+        let a = b.bridge(conf("a"));
+        b.attach(PortId(0), a).attach(PortId(1), a);
+        let sw2 = b.build(Some(&sw)).unwrap();
+        assert_eq!(run(&sw2, 0, &[frame(mac(2), mac(1))], 0), [Action::Output(PortId(1))]);
+
+        let mut b = SwitchBuilder::new();
+        let a = b.bridge(conf("a"));
+        let c = b.bridge(conf("c"));
+        b.attach(PortId(0), a).attach(PortId(0), c);
+        assert_eq!(b.build(None).err(), Some(BuildError::PortInTwoBridges(PortId(0))));
+        let mut b = SwitchBuilder::new();
+        b.bridge(conf("a"));
+        b.bridge(conf("a"));
+        assert!(matches!(b.build(None), Err(BuildError::DuplicateBridge(_))));
+    }
+}
