@@ -1,0 +1,820 @@
+//! The TOML configuration: file model, validation, and the typed result.
+//!
+//! One file describes EAL options, workers, bridge domains and ports. Every
+//! error names the file, line, column and field, because the person reading
+//! it is editing that file. Ports are flat tables (`kind = "tap"` plus that
+//! kind's options); a field that belongs to another kind is an error, not
+//! silently ignored.
+//!
+//! Validation is pure: it touches no DPDK, network namespace or socket, so
+//! `vswitchd check-config` runs anywhere. Checks that depend on the machine
+//! (hugepages, a netns that exists, a socket in use) happen when the daemon
+//! starts, in `preflight`.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::net::Ipv4Addr;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use toml::Spanned;
+use vswitch::MacAddr;
+
+/// The demo configuration compiled into the binary: `vswitchd run` without
+/// `--config` uses it.
+pub const DEFAULT_CONFIG: &str = include_str!("../configs/demo.toml");
+/// How [`DEFAULT_CONFIG`] is named in error messages.
+pub const DEFAULT_CONFIG_NAME: &str = "<embedded configs/demo.toml>";
+
+/// A configuration error, located in its file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// File name as given.
+    pub file: String,
+    /// 1-based line (0 when the error has no position).
+    pub line: usize,
+    /// 1-based column.
+    pub col: usize,
+    /// The field, as a path like `port[2].socket`.
+    pub field: String,
+    /// What is wrong and what to do.
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}:{}: field `{}`: {}", self.file, self.line, self.col, self.field, self.message)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+// ---------------------------------------------------------------- file model
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct FileModel {
+    #[serde(default)]
+    eal: EalConf,
+    #[serde(default)]
+    workers: WorkersConf,
+    #[serde(default)]
+    control: ControlConf,
+    #[serde(default)]
+    stats: StatsConf,
+    #[serde(default, rename = "bridge")]
+    bridges: Vec<Spanned<BridgeFile>>,
+    #[serde(default, rename = "port")]
+    ports: Vec<Spanned<PortFile>>,
+}
+
+/// EAL options, typed (never a free-form argument string).
+#[derive(Deserialize, Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EalConf {
+    /// CPU of the main lcore (control thread, not polling).
+    pub main_lcore: u32,
+    /// Hugepage memory to reserve, MB.
+    pub memory_mb: u32,
+    /// `--file-prefix`: unique per DPDK process on the machine.
+    pub file_prefix: String,
+    /// `--in-memory`: no hugepage files or shared config left behind.
+    pub in_memory: bool,
+    /// `--huge-dir`, if not the default mount.
+    pub huge_dir: Option<String>,
+    /// `--log-level` (e.g. "notice", "pmd.net.vhost:debug").
+    pub log_level: Option<String>,
+}
+
+impl Default for EalConf {
+    fn default() -> Self {
+        EalConf {
+            main_lcore: 0,
+            memory_mb: 512,
+            file_prefix: "vswitchd".into(),
+            in_memory: true,
+            huge_dir: None,
+            log_level: None,
+        }
+    }
+}
+
+/// Worker lcores.
+#[derive(Deserialize, Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WorkersConf {
+    /// CPUs of the polling workers, one lcore each.
+    pub cores: Vec<u32>,
+    /// After a poll round with no packets, sleep this long (0 = pure
+    /// polling). Trades latency for CPU on shared or small machines.
+    pub idle_sleep_us: u32,
+}
+
+impl Default for WorkersConf {
+    fn default() -> Self {
+        WorkersConf { cores: vec![1], idle_sleep_us: 0 }
+    }
+}
+
+/// The control socket.
+#[derive(Deserialize, Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ControlConf {
+    /// Path of the Unix socket `vswitchctl` talks to.
+    pub socket: PathBuf,
+}
+
+impl Default for ControlConf {
+    fn default() -> Self {
+        ControlConf { socket: "/run/vswitchd/vswitchd.sock".into() }
+    }
+}
+
+/// Stats output.
+#[derive(Deserialize, Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StatsConf {
+    /// Print per-port and per-worker stats every N seconds (0 = only on
+    /// SIGUSR1 and at exit).
+    pub interval_secs: u32,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BridgeFile {
+    name: Spanned<String>,
+    #[serde(default = "default_mac_table_size")]
+    mac_table_size: Spanned<usize>,
+    #[serde(default = "default_mac_aging")]
+    mac_aging_secs: u32,
+}
+
+fn default_mac_table_size() -> Spanned<usize> {
+    Spanned::new(0..0, 4096)
+}
+
+fn default_mac_aging() -> u32 {
+    300
+}
+
+/// Every field any port kind takes; [`validate_port`] checks each one set
+/// belongs to the port's kind.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PortFile {
+    name: Spanned<String>,
+    kind: Spanned<String>,
+    bridge: Option<Spanned<String>>,
+    rx_queues: Option<Spanned<u16>>,
+    rx_desc: Option<Spanned<u16>>,
+    tx_desc: Option<Spanned<u16>>,
+    rx_workers: Option<Spanned<Vec<u32>>>,
+    // vhost-user
+    socket: Option<Spanned<PathBuf>>,
+    client: Option<Spanned<bool>>,
+    // tap
+    netns: Option<Spanned<String>>,
+    pid: Option<Spanned<u32>>,
+    ifname: Option<Spanned<String>>,
+    mac: Option<Spanned<String>>,
+    ipv4: Option<Spanned<String>>,
+    gateway: Option<Spanned<String>>,
+    mtu: Option<Spanned<u16>>,
+    // af-packet, af-xdp
+    iface: Option<Spanned<String>>,
+    queue: Option<Spanned<u16>>,
+    // pci
+    address: Option<Spanned<String>>,
+    driver: Option<Spanned<String>>,
+    // pcap
+    rx_pcap: Option<Spanned<PathBuf>>,
+    tx_pcap: Option<Spanned<PathBuf>>,
+    infinite_rx: Option<Spanned<bool>>,
+    // null
+    size: Option<Spanned<u32>>,
+    no_rx: Option<Spanned<bool>>,
+}
+
+// ------------------------------------------------------------- typed result
+
+/// A validated configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// EAL options.
+    pub eal: EalConf,
+    /// Worker lcores.
+    pub workers: WorkersConf,
+    /// Control socket.
+    pub control: ControlConf,
+    /// Stats output.
+    pub stats: StatsConf,
+    /// Bridge domains.
+    pub bridges: Vec<vswitch::BridgeConf>,
+    /// Ports, in file order (which is also their switch port index).
+    pub ports: Vec<PortSpec>,
+}
+
+/// One port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PortSpec {
+    /// Unique name.
+    pub name: String,
+    /// Bridge domain it belongs to (none: received frames are dropped).
+    pub bridge: Option<String>,
+    /// Rx queues to poll.
+    pub rx_queues: u16,
+    /// Rx descriptors per queue.
+    pub rx_desc: u16,
+    /// Tx descriptors per queue.
+    pub tx_desc: u16,
+    /// Worker index per rx queue (None: round robin).
+    pub rx_workers: Option<Vec<usize>>,
+    /// What the port is.
+    pub kind: PortKind,
+}
+
+/// A container's network namespace.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Netns {
+    /// Named, as `ip netns add` makes it (/run/netns/NAME).
+    Name(String),
+    /// The namespace of a process.
+    Pid(u32),
+}
+
+impl Netns {
+    /// The namespace's file, for `nsenter --net=`.
+    pub fn path(&self) -> PathBuf {
+        match self {
+            Netns::Name(n) => Path::new("/run/netns").join(n),
+            Netns::Pid(p) => PathBuf::from(format!("/proc/{p}/ns/net")),
+        }
+    }
+}
+
+impl fmt::Display for Netns {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Netns::Name(n) => write!(f, "netns {n:?}"),
+            Netns::Pid(p) => write!(f, "netns of pid {p}"),
+        }
+    }
+}
+
+/// A kernel-stack container's NIC, as it should appear in its namespace.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TapSpec {
+    /// The container's namespace.
+    pub netns: Netns,
+    /// Interface name inside it.
+    pub ifname: String,
+    /// MAC (None: the PMD's random one).
+    pub mac: Option<MacAddr>,
+    /// Address and prefix length.
+    pub ipv4: Option<(Ipv4Addr, u8)>,
+    /// Default gateway.
+    pub gateway: Option<Ipv4Addr>,
+    /// MTU.
+    pub mtu: u16,
+}
+
+/// The kinds of port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PortKind {
+    /// A DPDK container's virtio-user NIC.
+    VhostUser {
+        /// Socket path.
+        socket: PathBuf,
+        /// Connect to the container's socket (and reconnect) rather than listen.
+        client: bool,
+    },
+    /// A kernel-stack container's NIC.
+    Tap(TapSpec),
+    /// An existing kernel interface via AF_PACKET.
+    AfPacket {
+        /// Interface.
+        iface: String,
+    },
+    /// An existing kernel interface via AF_XDP.
+    AfXdp {
+        /// Interface.
+        iface: String,
+        /// First queue of the interface to bind.
+        queue: u16,
+    },
+    /// A PCI NIC (the VM's virtio_net or e1000) bound to vfio-pci/uio.
+    Pci {
+        /// PCI address, e.g. 0000:00:04.0.
+        address: String,
+    },
+    /// Frames from/to pcap files (tests and benchmarks).
+    Pcap {
+        /// File replayed as rx.
+        rx_pcap: Option<PathBuf>,
+        /// File tx is written to.
+        tx_pcap: Option<PathBuf>,
+        /// Replay rx_pcap forever (a line-rate generator).
+        infinite_rx: bool,
+    },
+    /// Discards tx; rx yields nothing or synthetic frames.
+    Null {
+        /// Size of synthetic rx frames.
+        size: u32,
+        /// No rx at all.
+        no_rx: bool,
+    },
+    /// A DPDK ring pair (tests).
+    Ring,
+}
+
+impl PortKind {
+    /// The name used in the config's `kind` field.
+    pub fn name(&self) -> &'static str {
+        match self {
+            PortKind::VhostUser { .. } => "vhost-user",
+            PortKind::Tap(_) => "tap",
+            PortKind::AfPacket { .. } => "af-packet",
+            PortKind::AfXdp { .. } => "af-xdp",
+            PortKind::Pci { .. } => "pci",
+            PortKind::Pcap { .. } => "pcap",
+            PortKind::Null { .. } => "null",
+            PortKind::Ring => "ring",
+        }
+    }
+}
+
+/// The kinds and the kind-specific fields each accepts.
+const KINDS: &[(&str, &[&str])] = &[
+    ("vhost-user", &["socket", "client"]),
+    ("tap", &["netns", "pid", "ifname", "mac", "ipv4", "gateway", "mtu"]),
+    ("af-packet", &["iface"]),
+    ("af-xdp", &["iface", "queue"]),
+    ("pci", &["address", "driver"]),
+    ("pcap", &["rx_pcap", "tx_pcap", "infinite_rx"]),
+    ("null", &["size", "no_rx"]),
+    ("ring", &[]),
+];
+
+// ---------------------------------------------------------------- validation
+
+struct Ctx<'a> {
+    file: &'a str,
+    text: &'a str,
+}
+
+impl Ctx<'_> {
+    fn err(&self, span: Range<usize>, field: impl Into<String>, message: impl Into<String>) -> ConfigError {
+        let (line, col) = if span == (0..0) { (0, 0) } else { line_col(self.text, span.start) };
+        ConfigError { file: self.file.to_string(), line, col, field: field.into(), message: message.into() }
+    }
+}
+
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let col = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+    (line, col)
+}
+
+/// Reads and validates a config file.
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let file = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+        file: file.clone(),
+        line: 0,
+        col: 0,
+        field: "-".into(),
+        message: format!("cannot read the config file: {e}"),
+    })?;
+    parse(&file, &text)
+}
+
+/// Validates config text; `file` names it in errors.
+pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
+    let cx = Ctx { file, text };
+    let model: FileModel = toml::from_str(text).map_err(|e| {
+        let span = e.span().unwrap_or(0..0);
+        let msg = e.message().to_string();
+        // toml names unknown or missing keys in the message; point at the key.
+        let field = msg
+            .split('`')
+            .nth(1)
+            .filter(|_| msg.contains("field"))
+            .unwrap_or("-")
+            .to_string();
+        cx.err(span, field, msg)
+    })?;
+
+    if model.workers.cores.is_empty() {
+        return Err(cx.err(0..0, "workers.cores", "at least one worker core is needed"));
+    }
+    if model.workers.cores.contains(&model.eal.main_lcore) {
+        return Err(cx.err(
+            0..0,
+            "workers.cores",
+            format!("core {} is the main lcore (eal.main_lcore); workers need their own cores", model.eal.main_lcore),
+        ));
+    }
+    let mut seen = HashSet::new();
+    for c in &model.workers.cores {
+        if !seen.insert(c) {
+            return Err(cx.err(0..0, "workers.cores", format!("core {c} is listed twice")));
+        }
+    }
+    let n_workers = model.workers.cores.len();
+
+    let mut bridges = Vec::new();
+    let mut bridge_names = HashSet::new();
+    for (i, b) in model.bridges.iter().enumerate() {
+        let b = b.get_ref();
+        let name = b.name.get_ref();
+        check_name(&cx, &b.name, &format!("bridge[{i}].name"))?;
+        if !bridge_names.insert(name.clone()) {
+            return Err(cx.err(b.name.span(), format!("bridge[{i}].name"), format!("bridge {name:?} is defined twice")));
+        }
+        let size = *b.mac_table_size.get_ref();
+        if !(8..=1 << 24).contains(&size) {
+            return Err(cx.err(
+                b.mac_table_size.span(),
+                format!("bridge[{i}].mac_table_size"),
+                "must be between 8 and 16777216 entries",
+            ));
+        }
+        bridges.push(vswitch::BridgeConf {
+            name: name.clone(),
+            mac_capacity: size,
+            mac_aging_secs: b.mac_aging_secs,
+        });
+    }
+
+    let mut ports = Vec::new();
+    let mut port_names = HashSet::new();
+    let mut sockets = HashSet::new();
+    for (i, p) in model.ports.iter().enumerate() {
+        let spec = validate_port(&cx, i, p.get_ref(), &bridge_names, n_workers)?;
+        if !port_names.insert(spec.name.clone()) {
+            return Err(cx.err(
+                p.get_ref().name.span(),
+                format!("port[{i}].name"),
+                format!("port {:?} is defined twice", spec.name),
+            ));
+        }
+        if let PortKind::VhostUser { socket, .. } = &spec.kind {
+            if !sockets.insert(socket.clone()) {
+                let s = p.get_ref().socket.as_ref().map(|s| s.span()).unwrap_or(0..0);
+                return Err(cx.err(s, format!("port[{i}].socket"), "another port already uses this socket path"));
+            }
+        }
+        ports.push(spec);
+    }
+    if ports.len() > vswitch::MAX_PORTS.min(32) {
+        return Err(cx.err(0..0, "port", "at most 32 ports (DPDK's RTE_MAX_ETHPORTS)"));
+    }
+    Ok(Config {
+        eal: model.eal,
+        workers: model.workers,
+        control: model.control,
+        stats: model.stats,
+        bridges,
+        ports,
+    })
+}
+
+fn check_name(cx: &Ctx, name: &Spanned<String>, field: &str) -> Result<(), ConfigError> {
+    let n = name.get_ref();
+    let ok = !n.is_empty()
+        && n.len() <= 32
+        && n.starts_with(|c: char| c.is_ascii_alphabetic())
+        && n.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+    if ok {
+        Ok(())
+    } else {
+        Err(cx.err(name.span(), field, "names are 1-32 characters: a letter, then letters, digits, '_' or '-'"))
+    }
+}
+
+fn validate_port(
+    cx: &Ctx,
+    i: usize,
+    p: &PortFile,
+    bridges: &HashSet<String>,
+    n_workers: usize,
+) -> Result<PortSpec, ConfigError> {
+    let f = |name: &str| format!("port[{i}].{name}");
+    check_name(cx, &p.name, &f("name"))?;
+    let kind = p.kind.get_ref().as_str();
+    let Some((_, allowed)) = KINDS.iter().find(|(k, _)| *k == kind) else {
+        let names: Vec<_> = KINDS.iter().map(|(k, _)| *k).collect();
+        return Err(cx.err(
+            p.kind.span(),
+            f("kind"),
+            format!("unknown port kind {kind:?}; the kinds are: {}", names.join(", ")),
+        ));
+    };
+    // Every kind-specific field that is set must belong to this kind.
+    let set: [(&str, Option<Range<usize>>); 18] = [
+        ("socket", p.socket.as_ref().map(|v| v.span())),
+        ("client", p.client.as_ref().map(|v| v.span())),
+        ("netns", p.netns.as_ref().map(|v| v.span())),
+        ("pid", p.pid.as_ref().map(|v| v.span())),
+        ("ifname", p.ifname.as_ref().map(|v| v.span())),
+        ("mac", p.mac.as_ref().map(|v| v.span())),
+        ("ipv4", p.ipv4.as_ref().map(|v| v.span())),
+        ("gateway", p.gateway.as_ref().map(|v| v.span())),
+        ("mtu", p.mtu.as_ref().map(|v| v.span())),
+        ("iface", p.iface.as_ref().map(|v| v.span())),
+        ("queue", p.queue.as_ref().map(|v| v.span())),
+        ("address", p.address.as_ref().map(|v| v.span())),
+        ("driver", p.driver.as_ref().map(|v| v.span())),
+        ("rx_pcap", p.rx_pcap.as_ref().map(|v| v.span())),
+        ("tx_pcap", p.tx_pcap.as_ref().map(|v| v.span())),
+        ("infinite_rx", p.infinite_rx.as_ref().map(|v| v.span())),
+        ("size", p.size.as_ref().map(|v| v.span())),
+        ("no_rx", p.no_rx.as_ref().map(|v| v.span())),
+    ];
+    for (name, span) in set {
+        if let Some(span) = span {
+            if !allowed.contains(&name) {
+                return Err(cx.err(span, f(name), format!("`{name}` is not an option of a {kind} port")));
+            }
+        }
+    }
+    let required = |v: Option<&Spanned<String>>, name: &str| -> Result<String, ConfigError> {
+        v.map(|s| s.get_ref().clone())
+            .ok_or_else(|| cx.err(p.kind.span(), f(name), format!("a {kind} port needs `{name}`")))
+    };
+
+    let kind = match kind {
+        "vhost-user" => {
+            let socket = p
+                .socket
+                .as_ref()
+                .ok_or_else(|| cx.err(p.kind.span(), f("socket"), "a vhost-user port needs `socket`"))?;
+            // sun_path is 108 bytes including the NUL.
+            if socket.get_ref().as_os_str().len() > 107 {
+                return Err(cx.err(socket.span(), f("socket"), "socket paths are limited to 107 bytes (sun_path)"));
+            }
+            if !socket.get_ref().is_absolute() {
+                return Err(cx.err(socket.span(), f("socket"), "use an absolute path"));
+            }
+            PortKind::VhostUser {
+                socket: socket.get_ref().clone(),
+                client: p.client.as_ref().is_some_and(|c| *c.get_ref()),
+            }
+        }
+        "tap" => PortKind::Tap(validate_tap(cx, i, p)?),
+        "af-packet" => PortKind::AfPacket { iface: required(p.iface.as_ref(), "iface")? },
+        "af-xdp" => PortKind::AfXdp {
+            iface: required(p.iface.as_ref(), "iface")?,
+            queue: p.queue.as_ref().map_or(0, |q| *q.get_ref()),
+        },
+        "pci" => {
+            let address = required(p.address.as_ref(), "address")?;
+            if !is_pci_address(&address) {
+                let span = p.address.as_ref().map(|a| a.span()).unwrap_or(0..0);
+                return Err(cx.err(span, f("address"), "expected a PCI address like 0000:00:04.0"));
+            }
+            if let Some(d) = &p.driver {
+                if !["virtio_net", "e1000", "e1000e", "igb"].contains(&d.get_ref().as_str()) {
+                    return Err(cx.err(d.span(), f("driver"), "supported: virtio_net, e1000, e1000e, igb"));
+                }
+            }
+            PortKind::Pci { address }
+        }
+        "pcap" => {
+            let infinite_rx = p.infinite_rx.as_ref().is_some_and(|v| *v.get_ref());
+            if infinite_rx && p.rx_pcap.is_none() {
+                let span = p.infinite_rx.as_ref().map(|v| v.span()).unwrap_or(0..0);
+                return Err(cx.err(span, f("infinite_rx"), "infinite_rx replays `rx_pcap`: set it"));
+            }
+            PortKind::Pcap {
+                rx_pcap: p.rx_pcap.as_ref().map(|v| v.get_ref().clone()),
+                tx_pcap: p.tx_pcap.as_ref().map(|v| v.get_ref().clone()),
+                infinite_rx,
+            }
+        }
+        "null" => PortKind::Null {
+            size: p.size.as_ref().map_or(64, |v| *v.get_ref()),
+            no_rx: p.no_rx.as_ref().is_some_and(|v| *v.get_ref()),
+        },
+        _ => PortKind::Ring,
+    };
+
+    if let Some(b) = &p.bridge {
+        if !bridges.contains(b.get_ref()) {
+            let mut known: Vec<_> = bridges.iter().cloned().collect();
+            known.sort();
+            return Err(cx.err(
+                b.span(),
+                f("bridge"),
+                format!("no bridge named {:?} (bridges: {})", b.get_ref(), known.join(", ")),
+            ));
+        }
+    }
+    let rx_queues = p.rx_queues.as_ref().map_or(1, |v| *v.get_ref());
+    if !(1..=16).contains(&rx_queues) {
+        let span = p.rx_queues.as_ref().map(|v| v.span()).unwrap_or(0..0);
+        return Err(cx.err(span, f("rx_queues"), "between 1 and 16"));
+    }
+    let desc = |v: &Option<Spanned<u16>>, name: &str| -> Result<u16, ConfigError> {
+        let d = v.as_ref().map_or(1024, |v| *v.get_ref());
+        if !(64..=4096).contains(&d) || !d.is_power_of_two() {
+            let span = v.as_ref().map(|v| v.span()).unwrap_or(0..0);
+            return Err(cx.err(span, f(name), "a power of two between 64 and 4096"));
+        }
+        Ok(d)
+    };
+    let rx_workers = match &p.rx_workers {
+        None => None,
+        Some(w) => {
+            let list = w.get_ref();
+            if list.len() != usize::from(rx_queues) || list.iter().any(|&x| x as usize >= n_workers) {
+                return Err(cx.err(
+                    w.span(),
+                    f("rx_workers"),
+                    format!(
+                        "one worker index per rx queue ({rx_queues}), each below the number of workers ({n_workers})"
+                    ),
+                ));
+            }
+            Some(list.iter().map(|&x| x as usize).collect())
+        }
+    };
+    Ok(PortSpec {
+        name: p.name.get_ref().clone(),
+        bridge: p.bridge.as_ref().map(|b| b.get_ref().clone()),
+        rx_queues,
+        rx_desc: desc(&p.rx_desc, "rx_desc")?,
+        tx_desc: desc(&p.tx_desc, "tx_desc")?,
+        rx_workers,
+        kind,
+    })
+}
+
+fn validate_tap(cx: &Ctx, i: usize, p: &PortFile) -> Result<TapSpec, ConfigError> {
+    let f = |name: &str| format!("port[{i}].{name}");
+    let netns = match (&p.netns, &p.pid) {
+        (Some(n), None) => {
+            let s = n.get_ref();
+            if s.is_empty() || s.contains('/') || s == "." || s == ".." {
+                return Err(cx.err(n.span(), f("netns"), "a netns name as `ip netns add` takes it"));
+            }
+            Netns::Name(s.clone())
+        }
+        (None, Some(pid)) => Netns::Pid(*pid.get_ref()),
+        (Some(n), Some(_)) => {
+            return Err(cx.err(n.span(), f("netns"), "give either `netns` or `pid`, not both"));
+        }
+        (None, None) => {
+            return Err(cx.err(p.kind.span(), f("netns"), "a tap port needs `netns` (a name) or `pid`"));
+        }
+    };
+    let ifname = p.ifname.as_ref().map_or("eth0".to_string(), |v| v.get_ref().clone());
+    if ifname.is_empty() || ifname.len() > 15 || ifname.contains(['/', ' ', ':']) {
+        let span = p.ifname.as_ref().map(|v| v.span()).unwrap_or(0..0);
+        return Err(cx.err(span, f("ifname"), "an interface name of 1-15 characters without '/', ':' or spaces"));
+    }
+    let mac = match &p.mac {
+        None => None,
+        Some(m) => {
+            let mac: MacAddr = m.get_ref().parse().map_err(|e| cx.err(m.span(), f("mac"), format!("{e}")))?;
+            if mac.is_group() || mac.is_zero() {
+                return Err(cx.err(m.span(), f("mac"), "a NIC needs a unicast, non-zero MAC"));
+            }
+            Some(mac)
+        }
+    };
+    let ipv4 = match &p.ipv4 {
+        None => None,
+        Some(v) => Some(parse_cidr(v.get_ref()).ok_or_else(|| {
+            cx.err(v.span(), f("ipv4"), "expected an address with prefix length, like 10.0.0.1/24")
+        })?),
+    };
+    let gateway = match &p.gateway {
+        None => None,
+        Some(g) => Some(
+            g.get_ref()
+                .parse::<Ipv4Addr>()
+                .map_err(|_| cx.err(g.span(), f("gateway"), "expected an IPv4 address"))?,
+        ),
+    };
+    if gateway.is_some() && ipv4.is_none() {
+        let span = p.gateway.as_ref().map(|v| v.span()).unwrap_or(0..0);
+        return Err(cx.err(span, f("gateway"), "a gateway needs `ipv4` on the NIC"));
+    }
+    let mtu = p.mtu.as_ref().map_or(1500, |v| *v.get_ref());
+    if !(68..=9000).contains(&mtu) {
+        let span = p.mtu.as_ref().map(|v| v.span()).unwrap_or(0..0);
+        return Err(cx.err(span, f("mtu"), "between 68 and 9000"));
+    }
+    Ok(TapSpec { netns, ifname, mac, ipv4, gateway, mtu })
+}
+
+/// `10.0.0.1/24` -> (10.0.0.1, 24).
+pub fn parse_cidr(s: &str) -> Option<(Ipv4Addr, u8)> {
+    let (a, l) = s.split_once('/')?;
+    let len: u8 = l.parse().ok()?;
+    (len <= 32).then_some((a.parse().ok()?, len))
+}
+
+fn is_pci_address(s: &str) -> bool {
+    // DDDD:BB:DD.F
+    let b = s.as_bytes();
+    b.len() == 12
+        && b[4] == b':'
+        && b[7] == b':'
+        && b[10] == b'.'
+        && s.chars().enumerate().all(|(i, c)| [4, 7, 10].contains(&i) || c.is_ascii_hexdigit())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(text: &str) -> ConfigError {
+        parse("t.toml", text).expect_err("should fail")
+    }
+
+    #[test]
+    fn embedded_default_config_is_valid() {
+        let c = parse(DEFAULT_CONFIG_NAME, DEFAULT_CONFIG).unwrap();
+        assert!(c.ports.iter().any(|p| matches!(p.kind, PortKind::Tap(_))));
+        assert!(c.ports.iter().any(|p| matches!(p.kind, PortKind::VhostUser { .. })));
+    }
+
+    #[test]
+    fn every_example_config_is_valid() {
+        for e in std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/configs")).unwrap() {
+            let p = e.unwrap().path();
+            if p.extension().is_some_and(|x| x == "toml") {
+                load(&p).unwrap_or_else(|e| panic!("{e}"));
+            }
+        }
+    }
+
+    #[test]
+    fn syntax_errors_name_line_and_column() {
+        let e = err("[eal]\nmemory_mb = \"lots\"\n");
+        assert_eq!((e.line, e.field.as_str()), (2, "-"));
+        assert!(e.message.contains("invalid type"), "{e}");
+    }
+
+    #[test]
+    fn unknown_fields_are_named() {
+        let e = err("[[bridge]]\nname = \"a\"\n\n[[port]]\nname = \"p\"\nkind = \"null\"\nsockt = \"/x\"\n");
+        assert_eq!(e.line, 7, "{e}");
+        assert_eq!(e.field, "sockt");
+    }
+
+    #[test]
+    fn unknown_kind_lists_the_kinds() {
+        let e = err("[[port]]\nname = \"p\"\nkind = \"veth\"\n");
+        assert_eq!((e.line, e.field.as_str()), (3, "port[0].kind"));
+        assert!(e.message.contains("vhost-user, tap"), "{e}");
+        assert_eq!(e.to_string().split(':').next(), Some("t.toml"));
+    }
+
+    #[test]
+    fn option_of_another_kind_is_rejected() {
+        let e = err("[[port]]\nname = \"p\"\nkind = \"tap\"\nnetns = \"c1\"\nsocket = \"/s\"\n");
+        assert_eq!((e.line, e.field.as_str()), (5, "port[0].socket"));
+    }
+
+    #[test]
+    fn unknown_bridge_and_duplicates() {
+        let e = err("[[bridge]]\nname = \"a\"\n[[port]]\nname = \"p\"\nkind = \"ring\"\nbridge = \"b\"\n");
+        assert_eq!((e.line, e.field.as_str()), (6, "port[0].bridge"));
+        assert!(e.message.contains("bridges: a"), "{e}");
+        let e = err("[[port]]\nname = \"p\"\nkind = \"ring\"\n[[port]]\nname = \"p\"\nkind = \"ring\"\n");
+        assert_eq!((e.line, e.field.as_str()), (5, "port[1].name"));
+    }
+
+    #[test]
+    fn tap_fields_are_checked() {
+        let e = err("[[port]]\nname = \"p\"\nkind = \"tap\"\n");
+        assert_eq!(e.field, "port[0].netns");
+        let e = err("[[port]]\nname = \"p\"\nkind = \"tap\"\nnetns = \"c\"\nipv4 = \"10.0.0.1\"\n");
+        assert_eq!((e.line, e.field.as_str()), (5, "port[0].ipv4"));
+        let e = err("[[port]]\nname = \"p\"\nkind = \"tap\"\nnetns = \"c\"\nmac = \"01:00:00:00:00:01\"\n");
+        assert_eq!(e.field, "port[0].mac");
+    }
+
+    #[test]
+    fn vhost_socket_is_bounded_and_unique() {
+        let long = format!("/{}", "s".repeat(120));
+        let e = err(&format!("[[port]]\nname = \"p\"\nkind = \"vhost-user\"\nsocket = \"{long}\"\n"));
+        assert_eq!(e.field, "port[0].socket");
+        let e = err(
+            "[[port]]\nname = \"p\"\nkind = \"vhost-user\"\nsocket = \"/a\"\n\
+             [[port]]\nname = \"q\"\nkind = \"vhost-user\"\nsocket = \"/a\"\n",
+        );
+        assert_eq!((e.line, e.field.as_str()), (8, "port[1].socket"));
+    }
+
+    #[test]
+    fn workers_must_not_share_the_main_core() {
+        let e = err("[eal]\nmain_lcore = 1\n[workers]\ncores = [1]\n");
+        assert_eq!(e.field, "workers.cores");
+    }
+}

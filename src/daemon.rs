@@ -1,0 +1,282 @@
+//! Bringing the switch up, running it, and taking it down cleanly.
+//!
+//! Order matters: machine checks (preflight) before EAL, so a missing
+//! hugepage reservation or netns gives a clear message instead of a DPDK
+//! error; ports before workers; on exit workers stop first (their tx
+//! buffers flushed), then ports are closed (TAPs vanish from their
+//! containers, vhost sockets are removed), then the mempool and EAL go
+//! (hugepage memory released).
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use vswitch::{BridgeId, PortId, SwitchBuilder, MAX_BURST, MAX_PORTS};
+
+use crate::config::{Config, PortKind};
+use crate::control::{ControlServer, Request};
+use crate::datapath::{Datapath, RxQueue, Shared};
+use crate::dpdk::eal::Eal;
+use crate::dpdk::mempool::Mempool;
+use crate::dpdk::{self, lcore};
+use crate::ports::{self, Port};
+use crate::stats;
+use crate::worker::Worker;
+
+/// mbuf data room: 2048 bytes of frame (MTU 1500 plus tags, in one segment)
+/// behind DPDK's 128-byte headroom (room to prepend tunnel headers).
+const MBUF_DATA_ROOM: u16 = 2048 + 128;
+const MEMPOOL_CACHE: u32 = 256;
+
+/// The EAL command line for a config.
+pub fn eal_args(cfg: &Config) -> Vec<String> {
+    let e = &cfg.eal;
+    let mut lcores = vec![e.main_lcore.to_string()];
+    lcores.extend(cfg.workers.cores.iter().map(|c| c.to_string()));
+    let mut a = vec![
+        "vswitchd".to_string(),
+        "-l".into(),
+        lcores.join(","),
+        "--main-lcore".into(),
+        e.main_lcore.to_string(),
+        "--file-prefix".into(),
+        e.file_prefix.clone(),
+        "-m".into(),
+        e.memory_mb.to_string(),
+        "--no-telemetry".into(),
+    ];
+    if e.in_memory {
+        a.push("--in-memory".into());
+    }
+    if let Some(d) = &e.huge_dir {
+        a.extend(["--huge-dir".into(), d.clone()]);
+    }
+    if let Some(l) = &e.log_level {
+        a.push(format!("--log-level={l}"));
+    }
+    let pci: Vec<&String> = cfg
+        .ports
+        .iter()
+        .filter_map(|p| match &p.kind {
+            PortKind::Pci { address } => Some(address),
+            _ => None,
+        })
+        .collect();
+    if pci.is_empty() {
+        a.push("--no-pci".into());
+    }
+    for addr in pci {
+        a.extend(["-a".into(), addr.clone()]);
+    }
+    a
+}
+
+/// Free 2 MB-or-larger hugepage memory in MB, from /proc/meminfo.
+fn free_hugepage_mb() -> u64 {
+    let info = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let field = |name: &str| -> u64 {
+        info.lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    field("HugePages_Free:") * field("Hugepagesize:") / 1024
+}
+
+/// Checks the machine can run this config, before DPDK is touched.
+pub fn preflight(cfg: &Config) -> Result<()> {
+    let free = free_hugepage_mb();
+    if free < u64::from(cfg.eal.memory_mb) {
+        bail!(
+            "vswitchd needs {} MB of hugepage memory (eal.memory_mb) but only {free} MB are free.\n\
+             Reserve 2 MB hugepages with:\n  echo 1024 > /sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages\n\
+             and make sure hugetlbfs is mounted (mount -t hugetlbfs nodev /dev/hugepages), \
+             or run scripts/setup.sh as root.",
+            cfg.eal.memory_mb
+        );
+    }
+    let n_cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as u32;
+    for c in cfg.workers.cores.iter().chain(std::iter::once(&cfg.eal.main_lcore)) {
+        if *c >= n_cpus {
+            bail!("core {c} does not exist: this machine has CPUs 0-{} (workers.cores, eal.main_lcore)", n_cpus - 1);
+        }
+    }
+    ports::claim_socket_path(&cfg.control.socket).map_err(|e| anyhow::anyhow!("control socket: {e}"))?;
+    for p in &cfg.ports {
+        ports::preflight(p)?;
+    }
+    Ok(())
+}
+
+fn pool_size(cfg: &Config) -> u32 {
+    let n_workers = cfg.workers.cores.len() as u32;
+    let mut n: u32 = cfg
+        .ports
+        .iter()
+        .map(|p| u32::from(p.rx_queues) * u32::from(p.rx_desc) + n_workers * u32::from(p.tx_desc))
+        .sum();
+    // Tx buffers, rx bursts and per-lcore caches.
+    n += n_workers * (MAX_PORTS as u32 + 2) * MAX_BURST as u32;
+    n += (n_workers + 1) * MEMPOOL_CACHE * 2;
+    // rte_mempool is most memory-efficient at 2^k - 1 elements.
+    (n.max(8192) + 1).next_power_of_two() - 1
+}
+
+/// The datapath snapshot for a set of open ports.
+fn build_datapath(cfg: &Config, ports: &[Option<Port>], n_workers: usize, prev: Option<&Datapath>) -> Result<Datapath> {
+    let mut b = SwitchBuilder::new();
+    let ids: Vec<(String, BridgeId)> = cfg.bridges.iter().map(|c| (c.name.clone(), b.bridge(c.clone()))).collect();
+    let mut tx_port = [None; MAX_PORTS];
+    let mut rx_queues = vec![Vec::new(); n_workers];
+    let mut rr = 0;
+    for (i, port) in ports.iter().enumerate() {
+        let Some(port) = port else { continue };
+        let pid = PortId(i as u16);
+        if let Some(name) = &port.spec.bridge {
+            let (_, bid) = ids.iter().find(|(n, _)| n == name).expect("validated bridge name");
+            b.attach(pid, *bid);
+        }
+        tx_port[i] = Some(port.eth.id());
+        for q in 0..port.spec.rx_queues {
+            let w = match &port.spec.rx_workers {
+                Some(list) => list[usize::from(q)],
+                None => {
+                    rr += 1;
+                    (rr - 1) % n_workers
+                }
+            };
+            rx_queues[w].push(RxQueue { port: pid, dpdk_port: port.eth.id(), queue: q });
+        }
+    }
+    let switch = b.build(prev.map(|p| &p.switch)).context("building the switch topology")?;
+    Ok(Datapath { switch, tx_port, rx_queues })
+}
+
+/// Runs the switch until SIGINT/SIGTERM. `ready` is called once the ports
+/// are up and workers run (the demo and tests wait for it via stdout).
+pub fn run(cfg: Config) -> Result<()> {
+    preflight(&cfg)?;
+    let n_workers = cfg.workers.cores.len();
+    let eal = Eal::init(&eal_args(&cfg))?;
+    let lcores = lcore::worker_lcores();
+    if lcores.len() != n_workers {
+        bail!("EAL started {} worker lcores, the config asks for {n_workers}", lcores.len());
+    }
+    let pool = Mempool::new("vswitchd_mbufs", pool_size(&cfg), MEMPOOL_CACHE, MBUF_DATA_ROOM)?;
+
+    let mut ports: Vec<Option<Port>> = Vec::new();
+    for (i, spec) in cfg.ports.iter().enumerate() {
+        let p = Port::open(spec, i, n_workers, &pool)?;
+        eprintln!("vswitchd: port {} ({}) up as DPDK port {}", spec.name, spec.kind.name(), p.eth.id());
+        ports.push(Some(p));
+    }
+    let dp = build_datapath(&cfg, &ports, n_workers, None)?;
+    let shared = Arc::new(Shared::new(dp, n_workers, cfg.workers.idle_sleep_us));
+    for (i, &l) in lcores.iter().enumerate() {
+        let s = Arc::clone(&shared);
+        lcore::launch(l, move || Worker::new(i, s).run()).map_err(anyhow::Error::msg)?;
+    }
+
+    let term = Arc::new(AtomicBool::new(false));
+    let dump = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(sig, Arc::clone(&term))?;
+    }
+    signal_hook::flag::register(signal_hook::consts::SIGUSR1, Arc::clone(&dump))?;
+    let control = ControlServer::bind(&cfg.control.socket)
+        .with_context(|| format!("control socket {}", cfg.control.socket.display()))?;
+    let hz = dpdk::tsc_hz();
+    let started = Instant::now();
+    println!(
+        "vswitchd: ready: {} ports, {} workers, control socket {}",
+        ports.len(),
+        n_workers,
+        cfg.control.socket.display()
+    );
+
+    let interval = Duration::from_secs(u64::from(cfg.stats.interval_secs));
+    let mut last_stats = Instant::now();
+    let mut last_sweep = Instant::now();
+    while !term.load(Ordering::Relaxed) {
+        std::thread::sleep(Duration::from_millis(10));
+        let now_secs = started.elapsed().as_secs() as u32;
+        if dump.swap(false, Ordering::Relaxed) || (!interval.is_zero() && last_stats.elapsed() >= interval) {
+            print!("{}", stats::collect(&ports, &shared, &cfg.workers.cores, hz).to_table());
+            last_stats = Instant::now();
+        }
+        if last_sweep.elapsed() >= Duration::from_secs(1) {
+            for b in shared.load().switch.bridges() {
+                b.macs.sweep(now_secs);
+            }
+            last_sweep = Instant::now();
+        }
+        control.poll(|req| handle(req, &ports, &shared, &cfg, hz, now_secs));
+    }
+
+    eprintln!("vswitchd: stopping");
+    shared.running.store(false, Ordering::Relaxed);
+    lcore::wait_all();
+    print!("{}", stats::collect(&ports, &shared, &cfg.workers.cores, hz).to_table());
+    drop(control);
+    for p in ports.into_iter().flatten() {
+        p.eth.close();
+        if let PortKind::VhostUser { socket, client: false } = &p.spec.kind {
+            let _ = std::fs::remove_file(socket);
+        }
+    }
+    drop(pool);
+    drop(eal);
+    eprintln!("vswitchd: stopped");
+    Ok(())
+}
+
+fn handle(
+    req: Request,
+    ports: &[Option<Port>],
+    shared: &Shared,
+    cfg: &Config,
+    hz: u64,
+    now: u32,
+) -> Result<serde_json::Value, String> {
+    match req {
+        Request::Stats => {
+            Ok(serde_json::to_value(stats::collect(ports, shared, &cfg.workers.cores, hz)).expect("reports serialize"))
+        }
+        Request::PortList => Ok(serde_json::json!(ports
+            .iter()
+            .enumerate()
+            .filter_map(|(i, p)| p.as_ref().map(|p| serde_json::json!({
+                "index": i,
+                "name": p.spec.name,
+                "kind": p.spec.kind.name(),
+                "bridge": p.spec.bridge,
+                "dpdk_port": p.eth.id(),
+                "mac": p.eth.mac().to_string(),
+                "link_up": p.eth.link_up(),
+            })))
+            .collect::<Vec<_>>())),
+        Request::FdbShow { bridge } => {
+            let dp = shared.load();
+            let mut out = Vec::new();
+            let mut found = bridge.is_none();
+            for b in dp.switch.bridges() {
+                if bridge.as_ref().is_some_and(|n| *n != b.conf.name) {
+                    continue;
+                }
+                found = true;
+                for e in b.macs.entries(now) {
+                    let port = ports.get(e.port.index()).and_then(|p| p.as_ref()).map(|p| p.spec.name.clone());
+                    out.push(serde_json::json!({
+                        "bridge": b.conf.name, "mac": e.mac.to_string(), "port": port, "age": e.age,
+                    }));
+                }
+            }
+            if !found {
+                return Err(format!("no bridge named {:?}", bridge.unwrap_or_default()));
+            }
+            Ok(serde_json::Value::Array(out))
+        }
+    }
+}

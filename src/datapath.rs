@@ -1,0 +1,131 @@
+//! The snapshot workers forward with, and how the control plane replaces it.
+//!
+//! Publication protocol (quiescent-state RCU, as DPDK's rte_rcu_qsbr):
+//! 1. the control plane stores a new `Arc<Datapath>` in `current` and bumps
+//!    `generation` (Release);
+//! 2. each worker, at the top of every poll round (between bursts, with its
+//!    tx buffers flushed), compares `generation` (Acquire) with the one it
+//!    runs, loads the new snapshot if it changed, and stores the generation
+//!    into its `ack` (Release);
+//! 3. [`Shared::publish`] returns once every worker acked: from then on no
+//!    worker polls a port the new snapshot dropped, and none holds an mbuf
+//!    bound for it, so the port can be stopped and detached.
+//!
+//! Workers never block: the per-round cost is one atomic load.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use vswitch::{Counter, PortCounters, PortId, Switch, MAX_PORTS};
+
+/// One rx queue a worker polls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RxQueue {
+    /// Switch port.
+    pub port: PortId,
+    /// DPDK port id.
+    pub dpdk_port: u16,
+    /// Queue index.
+    pub queue: u16,
+}
+
+/// What workers forward with.
+pub struct Datapath {
+    /// Topology and MAC tables.
+    pub switch: Switch,
+    /// Switch port -> DPDK port id (None: not a port). Worker `w` sends on
+    /// tx queue `w` of each port.
+    pub tx_port: [Option<u16>; MAX_PORTS],
+    /// Per worker: its rx queues.
+    pub rx_queues: Vec<Vec<RxQueue>>,
+}
+
+/// Counters of one worker (single writer: that worker).
+pub struct WorkerCounters {
+    /// Per switch port ([`MAX_PORTS`] entries).
+    pub ports: Box<[PortCounters]>,
+    /// TSC cycles of poll rounds that got packets.
+    pub busy_cycles: Counter,
+    /// TSC cycles of poll rounds that got none.
+    pub idle_cycles: Counter,
+    /// Frames received.
+    pub packets: Counter,
+}
+
+impl Default for WorkerCounters {
+    fn default() -> Self {
+        WorkerCounters {
+            ports: (0..MAX_PORTS).map(|_| PortCounters::default()).collect(),
+            busy_cycles: Counter::default(),
+            idle_cycles: Counter::default(),
+            packets: Counter::default(),
+        }
+    }
+}
+
+/// A worker's slot in [`Shared`].
+pub struct WorkerSlot {
+    /// Last generation the worker switched to.
+    pub ack: AtomicU64,
+    /// Its counters.
+    pub counters: Box<WorkerCounters>,
+}
+
+/// State shared between the control plane and the workers.
+pub struct Shared {
+    current: ArcSwap<Datapath>,
+    generation: AtomicU64,
+    /// Cleared to stop the workers.
+    pub running: AtomicBool,
+    /// One per worker, by worker index.
+    pub workers: Vec<WorkerSlot>,
+    /// Microseconds a worker sleeps after an empty poll round.
+    pub idle_sleep_us: u32,
+}
+
+impl Shared {
+    /// State for `n_workers` workers starting with `dp`.
+    pub fn new(dp: Datapath, n_workers: usize, idle_sleep_us: u32) -> Shared {
+        Shared {
+            current: ArcSwap::from_pointee(dp),
+            generation: AtomicU64::new(1),
+            running: AtomicBool::new(true),
+            workers: (0..n_workers)
+                .map(|_| WorkerSlot { ack: AtomicU64::new(0), counters: Box::default() })
+                .collect(),
+            idle_sleep_us,
+        }
+    }
+
+    /// The current snapshot.
+    pub fn load(&self) -> Arc<Datapath> {
+        self.current.load_full()
+    }
+
+    /// The current generation (workers poll this once per round).
+    #[inline]
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// Publishes `dp` and waits up to `timeout` for every running worker to
+    /// switch to it. Returns false if a worker did not ack in time (it is
+    /// stuck or stopped), in which case the caller must not free what the
+    /// old snapshot used.
+    pub fn publish(&self, dp: Datapath, timeout: Duration) -> bool {
+        self.current.store(Arc::new(dp));
+        let gen = self.generation.fetch_add(1, Ordering::AcqRel) + 1;
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.workers.iter().all(|w| w.ack.load(Ordering::Acquire) >= gen) {
+                return true;
+            }
+            if Instant::now() >= deadline || !self.running.load(Ordering::Relaxed) {
+                return false;
+            }
+            std::thread::sleep(Duration::from_micros(100));
+        }
+    }
+}

@@ -1,0 +1,59 @@
+//! Packet mbuf pools.
+
+use std::ffi::CString;
+use std::ptr::NonNull;
+
+use super::ffi;
+
+/// An `rte_mempool` of packet mbufs.
+pub struct Mempool {
+    raw: NonNull<ffi::rte_mempool>,
+}
+
+// SAFETY: rte_mempool is designed for concurrent use from every lcore
+// (per-lcore caches over a lock-free ring); the handle is a plain pointer
+// that stays valid until `Drop`, which runs after all workers stopped.
+unsafe impl Send for Mempool {}
+// SAFETY: as above, all mempool operations are multi-thread safe.
+unsafe impl Sync for Mempool {}
+
+/// Pool creation failed.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot create mbuf pool {name:?} of {count} mbufs: {reason}; give EAL more hugepage memory (eal.memory_mb)")]
+pub struct MempoolError {
+    name: String,
+    count: u32,
+    reason: String,
+}
+
+impl Mempool {
+    /// A pool of `count` mbufs with `data_room` bytes each (headroom
+    /// included) and a per-lcore cache of `cache`.
+    pub fn new(name: &str, count: u32, cache: u32, data_room: u16) -> Result<Mempool, MempoolError> {
+        let cname = CString::new(name).expect("pool name has no NUL");
+        // SAFETY: cname is a valid C string for the call; socket -1 = any.
+        let raw = unsafe { ffi::rte_pktmbuf_pool_create(cname.as_ptr(), count, cache, 0, data_room, -1) };
+        NonNull::new(raw).map(|raw| Mempool { raw }).ok_or_else(|| MempoolError {
+            name: name.into(),
+            count,
+            reason: super::strerror(super::errno()),
+        })
+    }
+
+    pub(crate) fn as_ptr(&self) -> *mut ffi::rte_mempool {
+        self.raw.as_ptr()
+    }
+
+    /// Mbufs currently in the pool (not in flight).
+    pub fn available(&self) -> u32 {
+        // SAFETY: the pool is valid; the count is a racy but safe read.
+        unsafe { ffi::rte_mempool_avail_count(self.raw.as_ptr()) }
+    }
+}
+
+impl Drop for Mempool {
+    fn drop(&mut self) {
+        // SAFETY: ports using the pool were closed before the pool is dropped.
+        unsafe { ffi::rte_mempool_free(self.raw.as_ptr()) };
+    }
+}

@@ -1,0 +1,17 @@
+//! vswitchd: a userspace DPDK vSwitch that gives every container its own NIC.
+//!
+//! The crate is the daemon around the DPDK-free `vswitch` pipeline: config,
+//! EAL and ports (`dpdk`), port kinds and container plumbing (`ports`,
+//! `netns`), the worker lcores (`worker`, `datapath`), counters (`stats`) and
+//! the control socket (`control`). See DESIGN.md for the data flow.
+#![deny(missing_docs)]
+
+pub mod config;
+pub mod control;
+pub mod daemon;
+pub mod datapath;
+pub mod dpdk;
+pub mod netns;
+pub mod ports;
+pub mod stats;
+pub mod worker;

@@ -1,0 +1,63 @@
+//! `vswitchd`: run the switch, or check a config.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use vswitchd::config;
+
+#[derive(Parser)]
+#[command(name = "vswitchd", version, about = "Userspace DPDK vSwitch: every container gets its own NIC")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the switch until SIGINT/SIGTERM (SIGUSR1 prints stats).
+    Run {
+        /// TOML config; without it the embedded demo config (configs/demo.toml).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Validate a config without touching DPDK; exit 1 on the first error.
+    CheckConfig {
+        /// TOML config.
+        file: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let loaded = match &cli.cmd {
+        Cmd::Run { config: Some(f) } | Cmd::CheckConfig { file: f } => config::load(f),
+        Cmd::Run { config: None } => config::parse(config::DEFAULT_CONFIG_NAME, config::DEFAULT_CONFIG),
+    };
+    let cfg = match loaded {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("vswitchd: invalid config: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match cli.cmd {
+        Cmd::CheckConfig { file } => {
+            println!(
+                "{}: ok ({} bridges, {} ports, {} workers)",
+                file.display(),
+                cfg.bridges.len(),
+                cfg.ports.len(),
+                cfg.workers.cores.len()
+            );
+            ExitCode::SUCCESS
+        }
+        Cmd::Run { .. } => match vswitchd::daemon::run(cfg) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("vswitchd: {e:#}");
+                ExitCode::from(2)
+            }
+        },
+    }
+}

@@ -1,0 +1,107 @@
+//! Plumbing a TAP NIC into a container's network namespace, the way one
+//! hot-plugs a NIC into a VM: move it, rename it, give it its MAC, address,
+//! MTU and default route.
+//!
+//! Why `ip` (iproute2) rather than netlink from Rust: this is control-plane
+//! work done once per port, iproute2's messages are what an operator knows,
+//! and it avoids a netlink dependency for a handful of requests. The cost is
+//! a few ms of process spawns per port.
+
+use std::path::Path;
+use std::process::Command;
+
+use crate::config::{Netns, TapSpec};
+
+/// A plumbing step failed.
+#[derive(Debug, thiserror::Error)]
+pub enum NetnsError {
+    /// The namespace does not exist.
+    #[error("{0} does not exist: create it first (`ip netns add NAME`) or start the container")]
+    Missing(Netns),
+    /// The container already has an interface of that name.
+    #[error("{netns} already has an interface named {ifname:?}: choose another `ifname` or remove it")]
+    NameTaken {
+        /// Namespace.
+        netns: Netns,
+        /// Interface name.
+        ifname: String,
+    },
+    /// An `ip` command failed.
+    #[error("`{cmd}` failed: {stderr}")]
+    Command {
+        /// The command line.
+        cmd: String,
+        /// What it printed.
+        stderr: String,
+    },
+}
+
+/// Fails unless the namespace exists.
+pub fn check_exists(ns: &Netns) -> Result<(), NetnsError> {
+    if ns.path().exists() {
+        Ok(())
+    } else {
+        Err(NetnsError::Missing(ns.clone()))
+    }
+}
+
+fn run(args: &[&str]) -> Result<String, NetnsError> {
+    let out = Command::new(args[0]).args(&args[1..]).output().map_err(|e| NetnsError::Command {
+        cmd: args.join(" "),
+        stderr: e.to_string(),
+    })?;
+    if !out.status.success() {
+        return Err(NetnsError::Command {
+            cmd: args.join(" "),
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        });
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Runs `ip ARGS` inside the namespace.
+fn ip_in(ns: &Netns, args: &[&str]) -> Result<String, NetnsError> {
+    let net = format!("--net={}", ns.path().display());
+    let mut full = vec!["nsenter", net.as_str(), "ip"];
+    full.extend_from_slice(args);
+    run(&full)
+}
+
+/// Whether `ifname` exists inside the namespace.
+pub fn has_interface(ns: &Netns, ifname: &str) -> bool {
+    ip_in(ns, &["link", "show", "dev", ifname]).is_ok()
+}
+
+/// Moves host interface `host_if` into the container and configures it.
+pub fn plumb(host_if: &str, spec: &TapSpec) -> Result<(), NetnsError> {
+    check_exists(&spec.netns)?;
+    if has_interface(&spec.netns, &spec.ifname) {
+        return Err(NetnsError::NameTaken { netns: spec.netns.clone(), ifname: spec.ifname.clone() });
+    }
+    let target = match &spec.netns {
+        Netns::Name(n) => n.clone(),
+        Netns::Pid(p) => p.to_string(),
+    };
+    run(&["ip", "link", "set", "dev", host_if, "netns", &target])?;
+    let ns = &spec.netns;
+    ip_in(ns, &["link", "set", "dev", host_if, "down"])?;
+    ip_in(ns, &["link", "set", "dev", host_if, "name", &spec.ifname])?;
+    let dev = spec.ifname.as_str();
+    if let Some(mac) = spec.mac {
+        ip_in(ns, &["link", "set", "dev", dev, "address", &mac.to_string()])?;
+    }
+    ip_in(ns, &["link", "set", "dev", dev, "mtu", &spec.mtu.to_string()])?;
+    if let Some((addr, len)) = spec.ipv4 {
+        ip_in(ns, &["addr", "add", &format!("{addr}/{len}"), "dev", dev])?;
+    }
+    ip_in(ns, &["link", "set", "dev", dev, "up"])?;
+    if let Some(gw) = spec.gateway {
+        ip_in(ns, &["route", "replace", "default", "via", &gw.to_string(), "dev", dev])?;
+    }
+    Ok(())
+}
+
+/// Whether a host interface exists (for af-packet/af-xdp ports).
+pub fn host_interface_exists(iface: &str) -> bool {
+    Path::new("/sys/class/net").join(iface).exists()
+}

@@ -1,0 +1,154 @@
+//! Port kinds: from a config [`PortSpec`] to a started DPDK port, and back.
+//!
+//! Every kind except PCI is a virtual device hot-plugged with
+//! `rte_dev_probe`, which is also how ports are added at run time. Each port
+//! gets one tx queue per worker, so workers never share a tx queue and never
+//! lock.
+
+use std::io::ErrorKind;
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+
+use crate::config::{PortKind, PortSpec};
+use crate::dpdk::mempool::Mempool;
+use crate::dpdk::port::{EthPort, PortError};
+use crate::netns::{self, NetnsError};
+
+/// Why a port could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    /// DPDK refused.
+    #[error(transparent)]
+    Dpdk(#[from] PortError),
+    /// Moving a TAP into its container failed.
+    #[error("port {port:?}: {source}")]
+    Netns {
+        /// Port name.
+        port: String,
+        /// Cause.
+        source: NetnsError,
+    },
+    /// Something on the machine is not as the config expects.
+    #[error("port {port:?}: {message}")]
+    Preflight {
+        /// Port name.
+        port: String,
+        /// What is wrong and what to do.
+        message: String,
+    },
+}
+
+/// A running port.
+pub struct Port {
+    /// Its configuration.
+    pub spec: PortSpec,
+    /// The DPDK port.
+    pub eth: EthPort,
+}
+
+/// Kernel name of a TAP before it moves into its container: unique per
+/// process and port, within IFNAMSIZ.
+fn tap_host_name(index: usize) -> String {
+    format!("vsd{}p{}", std::process::id() % 10_000_000, index)
+}
+
+/// The vdev devargs for a port; None for PCI (probed by EAL at start).
+pub fn devargs(spec: &PortSpec, index: usize, n_workers: usize) -> Option<String> {
+    let name = spec.name.replace('-', "_");
+    let queues = usize::from(spec.rx_queues).max(n_workers);
+    Some(match &spec.kind {
+        PortKind::VhostUser { socket, client } => format!(
+            "net_vhost_{name},iface={},queues={queues},client={}",
+            socket.display(),
+            u8::from(*client)
+        ),
+        PortKind::Tap(t) => {
+            let mut s = format!("net_tap_{name},iface={}", tap_host_name(index));
+            if let Some(mac) = t.mac {
+                s.push_str(&format!(",mac={mac}"));
+            }
+            s
+        }
+        PortKind::AfPacket { iface } => format!("net_af_packet_{name},iface={iface},qpairs={queues}"),
+        PortKind::AfXdp { iface, queue } => {
+            format!("net_af_xdp_{name},iface={iface},start_queue={queue},queue_count={}", spec.rx_queues)
+        }
+        PortKind::Pcap { rx_pcap, tx_pcap, infinite_rx } => {
+            let mut s = format!("net_pcap_{name}");
+            if let Some(rx) = rx_pcap {
+                s.push_str(&format!(",rx_pcap={}", rx.display()));
+            }
+            if let Some(tx) = tx_pcap {
+                s.push_str(&format!(",tx_pcap={}", tx.display()));
+            }
+            if *infinite_rx {
+                s.push_str(",infinite_rx=1");
+            }
+            s
+        }
+        PortKind::Null { size, no_rx } => format!("net_null_{name},size={size},no-rx={}", u8::from(*no_rx)),
+        PortKind::Ring => format!("net_ring_{name}"),
+        PortKind::Pci { .. } => return None,
+    })
+}
+
+/// Checks what a port needs from the machine before DPDK starts, so the
+/// operator gets a message about the config rather than a PMD error.
+pub fn preflight(spec: &PortSpec) -> Result<(), SetupError> {
+    let fail = |message: String| SetupError::Preflight { port: spec.name.clone(), message };
+    match &spec.kind {
+        PortKind::Tap(t) => netns::check_exists(&t.netns)
+            .map_err(|source| SetupError::Netns { port: spec.name.clone(), source })?,
+        PortKind::VhostUser { socket, client: false } => {
+            claim_socket_path(socket).map_err(fail)?;
+        }
+        PortKind::AfPacket { iface } | PortKind::AfXdp { iface, .. } => {
+            if !netns::host_interface_exists(iface) {
+                return Err(fail(format!("interface {iface:?} does not exist on the host")));
+            }
+        }
+        PortKind::Pcap { rx_pcap: Some(f), .. } if !f.exists() => {
+            return Err(fail(format!("rx_pcap file {} does not exist", f.display())));
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// Makes `path` free for a listening socket: creates its directory, fails
+/// if a live process listens there, removes a stale socket file.
+pub fn claim_socket_path(path: &Path) -> Result<(), String> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    }
+    match UnixStream::connect(path) {
+        Ok(_) => Err(format!(
+            "socket {} is in use by another process (another vswitchd?): stop it or choose another path",
+            path.display()
+        )),
+        Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
+        Err(_) => {
+            // Nobody listens: a leftover of a process that died.
+            std::fs::remove_file(path).map_err(|e| format!("cannot remove stale socket {}: {e}", path.display()))
+        }
+    }
+}
+
+impl Port {
+    /// Attaches, configures and starts the port; plumbs TAPs into their
+    /// container. On error nothing of the port is left behind.
+    pub fn open(spec: &PortSpec, index: usize, n_workers: usize, pool: &Mempool) -> Result<Port, SetupError> {
+        let mut eth = match (devargs(spec, index, n_workers), &spec.kind) {
+            (Some(args), _) => EthPort::attach_vdev(&args)?,
+            (None, PortKind::Pci { address }) => EthPort::lookup(address)?,
+            (None, _) => unreachable!("only PCI ports have no devargs"),
+        };
+        eth.configure(spec.rx_queues, n_workers as u16, spec.rx_desc, spec.tx_desc, pool)?;
+        eth.start()?;
+        if let PortKind::Tap(t) = &spec.kind {
+            netns::plumb(&tap_host_name(index), t)
+                .map_err(|source| SetupError::Netns { port: spec.name.clone(), source })?;
+        }
+        Ok(Port { spec: spec.clone(), eth })
+    }
+}

@@ -1,0 +1,155 @@
+//! Gathering counters into a report: per port (ours summed over workers,
+//! plus the PMD's) and per worker (busy/idle cycles, cycles per packet).
+
+use std::fmt::Write as _;
+
+use serde::Serialize;
+use vswitch::{DropReason, PortId};
+
+use crate::datapath::Shared;
+use crate::dpdk::port::EthStats;
+use crate::ports::Port;
+
+/// One port's counters.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct PortReport {
+    /// Config name.
+    pub name: String,
+    /// Port kind.
+    pub kind: String,
+    /// Bridge domain.
+    pub bridge: Option<String>,
+    /// Link state.
+    pub link_up: bool,
+    /// Frames received by the switch.
+    pub rx_packets: u64,
+    /// Bytes received.
+    pub rx_bytes: u64,
+    /// Frames sent.
+    pub tx_packets: u64,
+    /// Bytes sent.
+    pub tx_bytes: u64,
+    /// Drops by reason (only non-zero reasons).
+    pub drops: std::collections::BTreeMap<String, u64>,
+    /// Source MACs not learned (table bucket full).
+    pub learn_full: u64,
+    /// The PMD's own counters.
+    pub pmd: EthStats,
+}
+
+/// One worker's counters.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct WorkerReport {
+    /// Worker index.
+    pub worker: usize,
+    /// CPU it runs on.
+    pub core: u32,
+    /// Frames received.
+    pub packets: u64,
+    /// Cycles in rounds with packets.
+    pub busy_cycles: u64,
+    /// Cycles in empty rounds.
+    pub idle_cycles: u64,
+    /// busy / (busy + idle), percent.
+    pub busy_pct: f64,
+    /// busy cycles / packets.
+    pub cycles_per_packet: f64,
+}
+
+/// Everything `vswitchctl stats` shows.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct Report {
+    /// Per port, in config order.
+    pub ports: Vec<PortReport>,
+    /// Per worker.
+    pub workers: Vec<WorkerReport>,
+    /// TSC frequency, to turn cycles into time.
+    pub tsc_hz: u64,
+}
+
+/// Builds the report. `ports[i]` is switch port i.
+pub fn collect(ports: &[Option<Port>], shared: &Shared, cores: &[u32], tsc_hz: u64) -> Report {
+    let mut out = Vec::new();
+    for (i, port) in ports.iter().enumerate() {
+        let Some(port) = port else { continue };
+        let id = PortId(i as u16);
+        let sum = |f: &dyn Fn(&vswitch::PortCounters) -> u64| -> u64 {
+            shared.workers.iter().map(|w| f(&w.counters.ports[id.index()])).sum()
+        };
+        let mut drops = std::collections::BTreeMap::new();
+        for r in DropReason::ALL {
+            let n = sum(&|c| c.drops[*r as usize].get());
+            if n > 0 {
+                drops.insert(r.name().to_string(), n);
+            }
+        }
+        out.push(PortReport {
+            name: port.spec.name.clone(),
+            kind: port.spec.kind.name().to_string(),
+            bridge: port.spec.bridge.clone(),
+            link_up: port.eth.link_up(),
+            rx_packets: sum(&|c| c.rx_packets.get()),
+            rx_bytes: sum(&|c| c.rx_bytes.get()),
+            tx_packets: sum(&|c| c.tx_packets.get()),
+            tx_bytes: sum(&|c| c.tx_bytes.get()),
+            drops,
+            learn_full: sum(&|c| c.learn_full.get()),
+            pmd: port.eth.stats(),
+        });
+    }
+    let workers = shared
+        .workers
+        .iter()
+        .enumerate()
+        .map(|(i, w)| {
+            let c = &w.counters;
+            let (busy, idle, pkts) = (c.busy_cycles.get(), c.idle_cycles.get(), c.packets.get());
+            WorkerReport {
+                worker: i,
+                core: cores.get(i).copied().unwrap_or(0),
+                packets: pkts,
+                busy_cycles: busy,
+                idle_cycles: idle,
+                busy_pct: if busy + idle == 0 { 0.0 } else { 100.0 * busy as f64 / (busy + idle) as f64 },
+                cycles_per_packet: if pkts == 0 { 0.0 } else { busy as f64 / pkts as f64 },
+            }
+        })
+        .collect();
+    Report { ports: out, workers, tsc_hz }
+}
+
+impl Report {
+    /// A human-readable table.
+    pub fn to_table(&self) -> String {
+        let mut s = String::new();
+        let _ = writeln!(
+            s,
+            "{:<12} {:<10} {:<8} {:>4} {:>12} {:>12} {:>12} {:>12}  drops",
+            "port", "kind", "bridge", "link", "rx_pkts", "tx_pkts", "rx_bytes", "tx_bytes"
+        );
+        for p in &self.ports {
+            let drops: Vec<String> = p.drops.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            let _ = writeln!(
+                s,
+                "{:<12} {:<10} {:<8} {:>4} {:>12} {:>12} {:>12} {:>12}  {}",
+                p.name,
+                p.kind,
+                p.bridge.as_deref().unwrap_or("-"),
+                if p.link_up { "up" } else { "down" },
+                p.rx_packets,
+                p.tx_packets,
+                p.rx_bytes,
+                p.tx_bytes,
+                if drops.is_empty() { "-".to_string() } else { drops.join(" ") }
+            );
+        }
+        for w in &self.workers {
+            let _ = writeln!(
+                s,
+                "worker {} (core {}): {} packets, busy {:.1}%, {:.1} cycles/packet",
+                w.worker, w.core, w.packets, w.busy_pct, w.cycles_per_packet
+            );
+        }
+        s
+    }
+}

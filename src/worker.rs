@@ -1,0 +1,181 @@
+//! The poll loop of one worker lcore.
+//!
+//! Each round: pick up a new snapshot if one was published; for each rx
+//! queue assigned to this worker, receive a burst of up to 32 frames, let the
+//! pipeline decide their fate, and spread them over per-port tx buffers;
+//! then flush every tx buffer that holds frames. A buffer that fills up
+//! mid-round is flushed at once. Frames a tx queue does not take are freed
+//! and counted as `tx_full` on that port.
+//!
+//! Nothing here allocates, locks, logs or makes a syscall per packet; the
+//! only per-round syscall is the optional idle sleep.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use vswitch::{Action, DropReason, PortId, MAX_BURST, MAX_PORTS};
+
+use crate::datapath::{Datapath, Shared, WorkerCounters};
+use crate::dpdk::mbuf::{Burst, Mbuf};
+use crate::dpdk::{self, port};
+
+struct TxBuf {
+    frames: Burst,
+    bytes: u64,
+}
+
+/// A worker's private state: its snapshot, tx buffers and scratch arrays.
+pub struct Worker {
+    index: usize,
+    shared: Arc<Shared>,
+    dp: Arc<Datapath>,
+    gen: u64,
+    tx: Vec<TxBuf>,
+    /// Bit p set: tx buffer of port p holds frames.
+    dirty: u64,
+    drops: Burst,
+    actions: [Action; MAX_BURST],
+}
+
+const _: () = assert!(MAX_PORTS <= 64, "dirty is a u64 bitmap");
+
+impl Worker {
+    /// Worker `index` of `shared`.
+    pub fn new(index: usize, shared: Arc<Shared>) -> Worker {
+        let gen = shared.generation();
+        let dp = shared.load();
+        Worker {
+            index,
+            shared,
+            dp,
+            gen,
+            tx: (0..MAX_PORTS).map(|_| TxBuf { frames: Burst::default(), bytes: 0 }).collect(),
+            dirty: 0,
+            drops: Burst::default(),
+            actions: [Action::Flood; MAX_BURST],
+        }
+    }
+
+    /// Polls until `shared.running` is cleared.
+    pub fn run(mut self) {
+        let hz = dpdk::tsc_hz().max(1);
+        let start = dpdk::rdtsc();
+        let sleep = std::time::Duration::from_micros(u64::from(self.shared.idle_sleep_us));
+        let shared = Arc::clone(&self.shared);
+        let counters: &WorkerCounters = &shared.workers[self.index].counters;
+        let mut rx = Burst::default();
+        while shared.running.load(Ordering::Relaxed) {
+            let gen = shared.generation();
+            if gen != self.gen {
+                self.dp = shared.load();
+                self.gen = gen;
+            }
+            shared.workers[self.index].ack.store(gen, Ordering::Release);
+
+            let t0 = dpdk::rdtsc();
+            let now = ((t0 - start) / hz) as u32;
+            let dp = Arc::clone(&self.dp);
+            let mut got = 0;
+            for q in &dp.rx_queues[self.index] {
+                let n = port::rx_burst(q.dpdk_port, q.queue, &mut rx);
+                if n == 0 {
+                    continue;
+                }
+                got += n;
+                dp.switch.forward(q.port, rx.mbufs(), now, &counters.ports[q.port.index()], &mut self.actions);
+                self.dispatch(&dp, q.port, &mut rx, counters);
+            }
+            self.flush_all(&dp, counters);
+            let t1 = dpdk::rdtsc();
+            if got > 0 {
+                counters.busy_cycles.add(t1 - t0);
+                counters.packets.add(got as u64);
+            } else {
+                counters.idle_cycles.add(t1 - t0);
+                if !sleep.is_zero() {
+                    std::thread::sleep(sleep);
+                }
+            }
+        }
+        // Leave nothing in flight: flush what is buffered.
+        let dp = Arc::clone(&self.dp);
+        self.flush_all(&dp, counters);
+    }
+
+    /// Moves each frame of `rx` where its action says; `rx` ends empty.
+    #[inline]
+    fn dispatch(&mut self, dp: &Datapath, in_port: PortId, rx: &mut Burst, counters: &WorkerCounters) {
+        let n = rx.len();
+        for i in 0..n {
+            match self.actions[i] {
+                Action::Output(p) => self.enqueue(dp, p, &rx.mbufs()[i], counters),
+                Action::Flood => {
+                    let ports = dp.switch.flood_ports(in_port);
+                    rx.mbufs_mut()[i].set_owners(ports.len() as u16);
+                    for &p in ports {
+                        self.enqueue(dp, p, &rx.mbufs()[i], counters);
+                    }
+                }
+                Action::Drop(_) => self.drop_frame(&rx.mbufs()[i]),
+            }
+        }
+        // Every reference moved to a tx buffer or the drop list.
+        rx.set_len(0);
+        self.drops.free_all();
+    }
+
+    #[inline]
+    fn drop_frame(&mut self, m: &Mbuf) {
+        if self.drops.is_full() {
+            self.drops.free_all();
+        }
+        self.drops.push(m);
+    }
+
+    #[inline]
+    fn enqueue(&mut self, dp: &Datapath, p: PortId, m: &Mbuf, counters: &WorkerCounters) {
+        if dp.tx_port[p.index()].is_none() {
+            counters.ports[p.index()].drop(DropReason::NoOutput, 1);
+            self.drop_frame(m);
+            return;
+        }
+        if self.tx[p.index()].frames.is_full() {
+            self.flush(dp, p.index(), counters);
+        }
+        let b = &mut self.tx[p.index()];
+        b.frames.push(m);
+        b.bytes += u64::from(m.pkt_len());
+        self.dirty |= 1 << p.index();
+    }
+
+    fn flush_all(&mut self, dp: &Datapath, counters: &WorkerCounters) {
+        while self.dirty != 0 {
+            let p = self.dirty.trailing_zeros() as usize;
+            self.flush(dp, p, counters);
+        }
+    }
+
+    #[inline]
+    fn flush(&mut self, dp: &Datapath, p: usize, counters: &WorkerCounters) {
+        self.dirty &= !(1 << p);
+        let b = &mut self.tx[p];
+        if b.frames.is_empty() {
+            return;
+        }
+        let c = &counters.ports[p];
+        let queued = b.frames.len();
+        let sent = match dp.tx_port[p] {
+            Some(dpdk_port) => port::tx_burst(dpdk_port, self.index as u16, &mut b.frames),
+            None => 0,
+        };
+        let mut bytes = b.bytes;
+        if sent < queued {
+            bytes -= b.frames.mbufs().iter().map(|m| u64::from(m.pkt_len())).sum::<u64>();
+            b.frames.free_all();
+            c.drop(DropReason::TxFull, (queued - sent) as u64);
+        }
+        c.tx_packets.add(sent as u64);
+        c.tx_bytes.add(bytes);
+        b.bytes = 0;
+    }
+}
