@@ -1,0 +1,68 @@
+//! Network namespaces standing in for containers.
+
+use std::process::Command;
+
+/// A namespace deleted on drop (with every interface still in it).
+pub struct Netns {
+    name: String,
+}
+
+fn run(args: &[&str]) -> Result<String, String> {
+    let out = Command::new(args[0]).args(&args[1..]).output().map_err(|e| format!("{}: {e}", args[0]))?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(format!("`{}` failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim()))
+    }
+}
+
+impl Netns {
+    /// Creates `name` with loopback up and IPv6 off, so the only frames its
+    /// NICs send are the ones a test causes (no router solicitations or MLD
+    /// reports muddying exact counter checks).
+    pub fn create(name: &str) -> Result<Netns, String> {
+        let _ = run(&["ip", "netns", "del", name]);
+        run(&["ip", "netns", "add", name])?;
+        let ns = Netns { name: name.to_string() };
+        ns.exec(&["ip", "link", "set", "lo", "up"])?;
+        ns.exec(&["sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1"])?;
+        ns.exec(&["sysctl", "-qw", "net.ipv6.conf.default.disable_ipv6=1"])?;
+        Ok(ns)
+    }
+
+    /// Its name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Runs a command inside it; its stdout, or an error with its stderr.
+    pub fn exec(&self, args: &[&str]) -> Result<String, String> {
+        let mut full = vec!["ip", "netns", "exec", self.name.as_str()];
+        full.extend_from_slice(args);
+        run(&full)
+    }
+
+    /// A command that runs inside it (for spawning).
+    pub fn command(&self, program: &str) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.name, program]);
+        c
+    }
+
+    /// A counter of an interface inside it (`rx_packets`, `tx_packets`, ...).
+    pub fn if_counter(&self, ifname: &str, counter: &str) -> Result<u64, String> {
+        let path = format!("/sys/class/net/{ifname}/statistics/{counter}");
+        self.exec(&["cat", &path])?.trim().parse().map_err(|e| format!("{path}: {e}"))
+    }
+
+    /// Whether the interface exists inside it.
+    pub fn has_interface(&self, ifname: &str) -> bool {
+        self.exec(&["ip", "link", "show", "dev", ifname]).is_ok()
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = run(&["ip", "netns", "del", &self.name]);
+    }
+}

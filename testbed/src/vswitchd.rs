@@ -1,0 +1,126 @@
+//! The daemon under test: started on a config, queried over its control
+//! socket, stopped with SIGTERM.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::process::Proc;
+
+/// A scratch directory removed on drop (configs, sockets, pcaps).
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    /// A fresh directory under /tmp.
+    pub fn new(prefix: &str) -> TempDir {
+        let p = std::env::temp_dir().join(crate::unique(prefix));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).expect("create temp dir");
+        TempDir(p)
+    }
+
+    /// Its path.
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+
+    /// A path inside it.
+    pub fn join(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A running vswitchd (stopped on drop).
+pub struct Vswitchd {
+    proc: Proc,
+    socket: PathBuf,
+}
+
+impl Vswitchd {
+    /// Writes `config` to `dir/vswitchd.toml`, runs `bin run --config` on
+    /// it and waits (bounded) for the ready line. `config` must put the
+    /// control socket at `dir/ctl.sock` (see [`Vswitchd::control_socket`]).
+    pub fn start(bin: &Path, dir: &TempDir, config: &str) -> Result<Vswitchd, String> {
+        let cfg = dir.join("vswitchd.toml");
+        std::fs::write(&cfg, config).map_err(|e| e.to_string())?;
+        let mut cmd = Command::new(bin);
+        cmd.arg("run").arg("--config").arg(&cfg);
+        let mut proc = Proc::spawn("vswitchd", cmd).map_err(|e| format!("cannot run {}: {e}", bin.display()))?;
+        let ready = crate::wait_until(Duration::from_secs(60), || {
+            proc.exit_code().is_some() || proc.output().iter().any(|l| l.starts_with("vswitchd: ready"))
+        });
+        if !ready || proc.exit_code().is_some() {
+            let out = proc.output().join("\n");
+            return Err(format!("vswitchd did not become ready:\n{out}"));
+        }
+        Ok(Vswitchd { proc, socket: Self::control_socket(dir) })
+    }
+
+    /// Where a test config puts the control socket.
+    pub fn control_socket(dir: &TempDir) -> PathBuf {
+        dir.join("ctl.sock")
+    }
+
+    /// Sends one control request (a JSON object); its `result`, or its error.
+    pub fn request(&self, req: Value) -> Result<Value, String> {
+        let s = UnixStream::connect(&self.socket).map_err(|e| format!("connect: {e}"))?;
+        s.set_read_timeout(Some(Duration::from_secs(10))).map_err(|e| e.to_string())?;
+        let mut w = s.try_clone().map_err(|e| e.to_string())?;
+        writeln!(w, "{req}").map_err(|e| e.to_string())?;
+        let mut line = String::new();
+        BufReader::new(s).read_line(&mut line).map_err(|e| e.to_string())?;
+        let v: Value = serde_json::from_str(&line).map_err(|e| format!("{e}: {line:?}"))?;
+        if v["ok"] == Value::Bool(true) {
+            Ok(v["result"].clone())
+        } else {
+            Err(v["error"].as_str().unwrap_or("?").to_string())
+        }
+    }
+
+    /// The stats entry of port `name`.
+    pub fn port_stats(&self, name: &str) -> Result<Value, String> {
+        let s = self.request(serde_json::json!({"cmd": "stats"}))?;
+        s["ports"]
+            .as_array()
+            .and_then(|ps| ps.iter().find(|p| p["name"] == name).cloned())
+            .ok_or_else(|| format!("no port {name} in stats"))
+    }
+
+    /// A counter of port `name` (`rx_packets`, `tx_packets`, ...).
+    pub fn counter(&self, name: &str, counter: &str) -> u64 {
+        self.port_stats(name).ok().and_then(|p| p[counter].as_u64()).unwrap_or(0)
+    }
+
+    /// Whether port `name`'s link is up.
+    pub fn link_up(&self, name: &str) -> bool {
+        self.request(serde_json::json!({"cmd": "port-list"}))
+            .ok()
+            .and_then(|l| l.as_array().cloned())
+            .is_some_and(|l| l.iter().any(|p| p["name"] == name && p["link_up"] == true))
+    }
+
+    /// SIGTERM and wait; the exit code.
+    pub fn stop(mut self) -> Option<i32> {
+        self.proc.stop(Duration::from_secs(20))
+    }
+
+    /// Everything it printed so far.
+    pub fn output(&self) -> Vec<String> {
+        self.proc.output()
+    }
+
+    /// Prints its output (for a failing test's log).
+    pub fn dump(&self) {
+        self.proc.dump();
+    }
+}

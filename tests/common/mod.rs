@@ -1,0 +1,41 @@
+//! Shared set-up of the integration tests: configs with unique DPDK
+//! prefixes and socket paths under a per-test temp dir.
+#![allow(dead_code)] // each test binary uses its own subset
+
+use std::path::Path;
+
+use testbed::vswitchd::{TempDir, Vswitchd};
+
+/// The daemon binary cargo built for these tests.
+pub fn bin() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_vswitchd"))
+}
+
+/// `[eal]`, `[workers]`, `[control]` and one bridge `vpc1`, unique to `dir`.
+pub fn header(dir: &TempDir) -> String {
+    format!(
+        r#"
+[eal]
+main_lcore = 0
+memory_mb = 256
+file_prefix = "{prefix}"
+in_memory = true
+
+[workers]
+cores = [1]
+
+[control]
+socket = "{ctl}"
+
+[[bridge]]
+name = "vpc1"
+"#,
+        prefix = testbed::unique("vst"),
+        ctl = Vswitchd::control_socket(dir).display(),
+    )
+}
+
+/// Starts vswitchd or fails the test with its output.
+pub fn start(dir: &TempDir, config: &str) -> Vswitchd {
+    Vswitchd::start(bin(), dir, config).unwrap_or_else(|e| panic!("{e}"))
+}

@@ -1,0 +1,80 @@
+//! What an operator sees when the config or the machine is wrong: the
+//! documented messages, and nothing left running.
+
+mod common;
+
+use std::process::Command;
+
+use testbed::unique;
+use testbed::vswitchd::TempDir;
+
+fn vswitchd(args: &[&str]) -> (i32, String) {
+    let out = Command::new(common::bin()).args(args).output().unwrap();
+    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+fn run_config(dir: &TempDir, cfg: &str) -> (i32, String) {
+    let path = dir.join("c.toml");
+    std::fs::write(&path, cfg).unwrap();
+    vswitchd(&["run", "--config", path.to_str().unwrap()])
+}
+
+#[test]
+fn malformed_config_names_file_line_and_field() {
+    let dir = TempDir::new("vs-err");
+    let path = dir.join("bad.toml");
+    std::fs::write(&path, "[[bridge]]\nname = \"vpc1\"\n\n[[port]]\nname = \"p1\"\nkind = \"vhost-user\"\nbridge = \"vpc9\"\nsocket = \"/tmp/x.sock\"\n").unwrap();
+    let p = path.to_str().unwrap();
+    for args in [vec!["check-config", p], vec!["run", "--config", p]] {
+        let (code, err) = vswitchd(&args);
+        assert_eq!(code, 1, "{err}");
+        assert!(err.contains(&format!("{p}:7:")), "file and line: {err}");
+        assert!(err.contains("port[0].bridge"), "field: {err}");
+        assert!(err.contains("no bridge named \"vpc9\""), "{err}");
+    }
+    std::fs::write(&path, "[[port]]\nname = \"p1\"\nkind = \"veth\"\n").unwrap();
+    let (code, err) = vswitchd(&["check-config", p]);
+    assert_eq!(code, 1);
+    assert!(err.contains(":3:") && err.contains("unknown port kind \"veth\""), "{err}");
+    let (code, out) = {
+        let o = Command::new(common::bin()).args(["check-config", "configs/demo.toml"]).output().unwrap();
+        (o.status.code(), String::from_utf8_lossy(&o.stdout).into_owned())
+    };
+    assert_eq!(code, Some(0));
+    assert!(out.contains("ok (1 bridges, 4 ports, 1 workers)"), "{out}");
+}
+
+#[test]
+fn missing_netns_says_how_to_create_it() {
+    let dir = TempDir::new("vs-err");
+    let ns = unique("nonexistent");
+    let cfg = common::header(&dir)
+        + &format!("[[port]]\nname = \"c1\"\nkind = \"tap\"\nbridge = \"vpc1\"\nnetns = \"{ns}\"\n");
+    let (code, err) = run_config(&dir, &cfg);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains(&format!("netns \"{ns}\" does not exist")), "{err}");
+    assert!(err.contains("ip netns add"), "{err}");
+}
+
+#[test]
+fn insufficient_hugepages_say_how_to_reserve_them() {
+    let dir = TempDir::new("vs-err");
+    let cfg = common::header(&dir).replace("memory_mb = 256", "memory_mb = 900000");
+    let (code, err) = run_config(&dir, &cfg);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("needs 900000 MB of hugepage memory"), "{err}");
+    assert!(err.contains("nr_hugepages"), "{err}");
+}
+
+#[test]
+fn socket_in_use_is_refused_with_advice() {
+    let dir = TempDir::new("vs-err");
+    let sock = dir.join("taken.sock");
+    let _listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+    let cfg = common::header(&dir)
+        + &format!("[[port]]\nname = \"d1\"\nkind = \"vhost-user\"\nbridge = \"vpc1\"\nsocket = \"{}\"\n", sock.display());
+    let (code, err) = run_config(&dir, &cfg);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("is in use by another process"), "{err}");
+    assert!(sock.exists(), "the other process's socket is left alone");
+}
