@@ -53,8 +53,15 @@ impl Vswitchd {
     pub fn start(bin: &Path, dir: &TempDir, config: &str) -> Result<Vswitchd, String> {
         let cfg = dir.join("vswitchd.toml");
         std::fs::write(&cfg, config).map_err(|e| e.to_string())?;
+        let cfg = cfg.display().to_string();
+        Self::spawn(bin, &["run", "--config", &cfg], &Self::control_socket(dir))
+    }
+
+    /// Runs `bin ARGS` and waits (bounded) for the ready line; `socket` is
+    /// the control socket its config names.
+    pub fn spawn(bin: &Path, args: &[&str], socket: &Path) -> Result<Vswitchd, String> {
         let mut cmd = Command::new(bin);
-        cmd.arg("run").arg("--config").arg(&cfg);
+        cmd.args(args);
         let mut proc = Proc::spawn("vswitchd", cmd).map_err(|e| format!("cannot run {}: {e}", bin.display()))?;
         let ready = crate::wait_until(Duration::from_secs(60), || {
             proc.exit_code().is_some() || proc.output().iter().any(|l| l.starts_with("vswitchd: ready"))
@@ -63,7 +70,7 @@ impl Vswitchd {
             let out = proc.output().join("\n");
             return Err(format!("vswitchd did not become ready:\n{out}"));
         }
-        Ok(Vswitchd { proc, socket: Self::control_socket(dir) })
+        Ok(Vswitchd { proc, socket: socket.to_path_buf() })
     }
 
     /// Where a test config puts the control socket.
