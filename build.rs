@@ -18,7 +18,10 @@ fn main() {
     println!("cargo:rerun-if-changed=src/dpdk/shim.c");
     println!("cargo:rerun-if-env-changed=PKG_CONFIG_PATH");
 
-    let dpdk = match pkg_config::Config::new().atleast_version("22.11").probe("libdpdk") {
+    let dpdk = match pkg_config::Config::new()
+        .atleast_version("22.11")
+        .probe("libdpdk")
+    {
         Ok(lib) => lib,
         Err(e) => panic!(
             "DPDK >= 22.11 not found by pkg-config ({e}).\n\
@@ -53,11 +56,18 @@ fn main() {
     for inc in &dpdk.include_paths {
         builder = builder.clang_arg(format!("-I{}", inc.display()));
     }
-    let bindings = builder.generate().expect("bindgen failed on the DPDK headers");
-    bindings.write_to_file(out.join("dpdk_bindings.rs")).expect("write bindings");
+    let bindings = builder
+        .generate()
+        .expect("bindgen failed on the DPDK headers");
+    bindings
+        .write_to_file(out.join("dpdk_bindings.rs"))
+        .expect("write bindings");
 
     let mut cc = cc::Build::new();
-    cc.file(&wrappers_c).file("src/dpdk/shim.c").include("src/dpdk").warnings(false);
+    cc.file(&wrappers_c)
+        .file("src/dpdk/shim.c")
+        .include("src/dpdk")
+        .warnings(false);
     for f in &cflags {
         cc.flag(f);
     }

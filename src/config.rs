@@ -44,7 +44,11 @@ pub struct ConfigError {
 
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}:{}: field `{}`: {}", self.file, self.line, self.col, self.field, self.message)
+        write!(
+            f,
+            "{}:{}:{}: field `{}`: {}",
+            self.file, self.line, self.col, self.field, self.message
+        )
     }
 }
 
@@ -113,7 +117,10 @@ pub struct WorkersConf {
 
 impl Default for WorkersConf {
     fn default() -> Self {
-        WorkersConf { cores: vec![1], idle_sleep_us: 0 }
+        WorkersConf {
+            cores: vec![1],
+            idle_sleep_us: 0,
+        }
     }
 }
 
@@ -127,7 +134,9 @@ pub struct ControlConf {
 
 impl Default for ControlConf {
     fn default() -> Self {
-        ControlConf { socket: "/run/vswitchd/vswitchd.sock".into() }
+        ControlConf {
+            socket: "/run/vswitchd/vswitchd.sock".into(),
+        }
     }
 }
 
@@ -347,7 +356,10 @@ impl PortKind {
 /// The kinds and the kind-specific fields each accepts.
 const KINDS: &[(&str, &[&str])] = &[
     ("vhost-user", &["socket", "client"]),
-    ("tap", &["netns", "pid", "ifname", "mac", "ipv4", "gateway", "mtu"]),
+    (
+        "tap",
+        &["netns", "pid", "ifname", "mac", "ipv4", "gateway", "mtu"],
+    ),
     ("af-packet", &["iface"]),
     ("af-xdp", &["iface", "queue"]),
     ("pci", &["address", "driver"]),
@@ -364,9 +376,24 @@ struct Ctx<'a> {
 }
 
 impl Ctx<'_> {
-    fn err(&self, span: Range<usize>, field: impl Into<String>, message: impl Into<String>) -> ConfigError {
-        let (line, col) = if span == (0..0) { (0, 0) } else { line_col(self.text, span.start) };
-        ConfigError { file: self.file.to_string(), line, col, field: field.into(), message: message.into() }
+    fn err(
+        &self,
+        span: Range<usize>,
+        field: impl Into<String>,
+        message: impl Into<String>,
+    ) -> ConfigError {
+        let (line, col) = if span == (0..0) {
+            (0, 0)
+        } else {
+            line_col(self.text, span.start)
+        };
+        ConfigError {
+            file: self.file.to_string(),
+            line,
+            col,
+            field: field.into(),
+            message: message.into(),
+        }
     }
 }
 
@@ -413,7 +440,10 @@ pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
         return Err(cx.err(
             0..0,
             "workers.cores",
-            format!("core {} is the main lcore (eal.main_lcore); workers need their own cores", model.eal.main_lcore),
+            format!(
+                "core {} is the main lcore (eal.main_lcore); workers need their own cores",
+                model.eal.main_lcore
+            ),
         ));
     }
     let mut seen = HashSet::new();
@@ -431,7 +461,11 @@ pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
         let name = b.name.get_ref();
         check_name(&cx, &b.name, &format!("bridge[{i}].name"))?;
         if !bridge_names.insert(name.clone()) {
-            return Err(cx.err(b.name.span(), format!("bridge[{i}].name"), format!("bridge {name:?} is defined twice")));
+            return Err(cx.err(
+                b.name.span(),
+                format!("bridge[{i}].name"),
+                format!("bridge {name:?} is defined twice"),
+            ));
         }
         let size = *b.mac_table_size.get_ref();
         if !(8..=1 << 24).contains(&size) {
@@ -462,8 +496,17 @@ pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
         }
         if let PortKind::VhostUser { socket, .. } = &spec.kind {
             if !sockets.insert(socket.clone()) {
-                let s = p.get_ref().socket.as_ref().map(|s| s.span()).unwrap_or(0..0);
-                return Err(cx.err(s, format!("port[{i}].socket"), "another port already uses this socket path"));
+                let s = p
+                    .get_ref()
+                    .socket
+                    .as_ref()
+                    .map(|s| s.span())
+                    .unwrap_or(0..0);
+                return Err(cx.err(
+                    s,
+                    format!("port[{i}].socket"),
+                    "another port already uses this socket path",
+                ));
             }
         }
         ports.push(spec);
@@ -486,11 +529,16 @@ fn check_name(cx: &Ctx, name: &Spanned<String>, field: &str) -> Result<(), Confi
     let ok = !n.is_empty()
         && n.len() <= 32
         && n.starts_with(|c: char| c.is_ascii_alphabetic())
-        && n.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+        && n.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
     if ok {
         Ok(())
     } else {
-        Err(cx.err(name.span(), field, "names are 1-32 characters: a letter, then letters, digits, '_' or '-'"))
+        Err(cx.err(
+            name.span(),
+            field,
+            "names are 1-32 characters: a letter, then letters, digits, '_' or '-'",
+        ))
     }
 }
 
@@ -509,7 +557,10 @@ fn validate_port(
         return Err(cx.err(
             p.kind.span(),
             f("kind"),
-            format!("unknown port kind {kind:?}; the kinds are: {}", names.join(", ")),
+            format!(
+                "unknown port kind {kind:?}; the kinds are: {}",
+                names.join(", ")
+            ),
         ));
     };
     // Every kind-specific field that is set must belong to this kind.
@@ -536,24 +587,40 @@ fn validate_port(
     for (name, span) in set {
         if let Some(span) = span {
             if !allowed.contains(&name) {
-                return Err(cx.err(span, f(name), format!("`{name}` is not an option of a {kind} port")));
+                return Err(cx.err(
+                    span,
+                    f(name),
+                    format!("`{name}` is not an option of a {kind} port"),
+                ));
             }
         }
     }
     let required = |v: Option<&Spanned<String>>, name: &str| -> Result<String, ConfigError> {
-        v.map(|s| s.get_ref().clone())
-            .ok_or_else(|| cx.err(p.kind.span(), f(name), format!("a {kind} port needs `{name}`")))
+        v.map(|s| s.get_ref().clone()).ok_or_else(|| {
+            cx.err(
+                p.kind.span(),
+                f(name),
+                format!("a {kind} port needs `{name}`"),
+            )
+        })
     };
 
     let kind = match kind {
         "vhost-user" => {
-            let socket = p
-                .socket
-                .as_ref()
-                .ok_or_else(|| cx.err(p.kind.span(), f("socket"), "a vhost-user port needs `socket`"))?;
+            let socket = p.socket.as_ref().ok_or_else(|| {
+                cx.err(
+                    p.kind.span(),
+                    f("socket"),
+                    "a vhost-user port needs `socket`",
+                )
+            })?;
             // sun_path is 108 bytes including the NUL.
             if socket.get_ref().as_os_str().len() > 107 {
-                return Err(cx.err(socket.span(), f("socket"), "socket paths are limited to 107 bytes (sun_path)"));
+                return Err(cx.err(
+                    socket.span(),
+                    f("socket"),
+                    "socket paths are limited to 107 bytes (sun_path)",
+                ));
             }
             if !socket.get_ref().is_absolute() {
                 return Err(cx.err(socket.span(), f("socket"), "use an absolute path"));
@@ -564,7 +631,9 @@ fn validate_port(
             }
         }
         "tap" => PortKind::Tap(validate_tap(cx, i, p)?),
-        "af-packet" => PortKind::AfPacket { iface: required(p.iface.as_ref(), "iface")? },
+        "af-packet" => PortKind::AfPacket {
+            iface: required(p.iface.as_ref(), "iface")?,
+        },
         "af-xdp" => PortKind::AfXdp {
             iface: required(p.iface.as_ref(), "iface")?,
             queue: p.queue.as_ref().map_or(0, |q| *q.get_ref()),
@@ -573,11 +642,19 @@ fn validate_port(
             let address = required(p.address.as_ref(), "address")?;
             if !is_pci_address(&address) {
                 let span = p.address.as_ref().map(|a| a.span()).unwrap_or(0..0);
-                return Err(cx.err(span, f("address"), "expected a PCI address like 0000:00:04.0"));
+                return Err(cx.err(
+                    span,
+                    f("address"),
+                    "expected a PCI address like 0000:00:04.0",
+                ));
             }
             if let Some(d) = &p.driver {
                 if !["virtio_net", "e1000", "e1000e", "igb"].contains(&d.get_ref().as_str()) {
-                    return Err(cx.err(d.span(), f("driver"), "supported: virtio_net, e1000, e1000e, igb"));
+                    return Err(cx.err(
+                        d.span(),
+                        f("driver"),
+                        "supported: virtio_net, e1000, e1000e, igb",
+                    ));
                 }
             }
             PortKind::Pci { address }
@@ -586,7 +663,11 @@ fn validate_port(
             let infinite_rx = p.infinite_rx.as_ref().is_some_and(|v| *v.get_ref());
             if infinite_rx && p.rx_pcap.is_none() {
                 let span = p.infinite_rx.as_ref().map(|v| v.span()).unwrap_or(0..0);
-                return Err(cx.err(span, f("infinite_rx"), "infinite_rx replays `rx_pcap`: set it"));
+                return Err(cx.err(
+                    span,
+                    f("infinite_rx"),
+                    "infinite_rx replays `rx_pcap`: set it",
+                ));
             }
             PortKind::Pcap {
                 rx_pcap: p.rx_pcap.as_ref().map(|v| v.get_ref().clone()),
@@ -608,7 +689,11 @@ fn validate_port(
             return Err(cx.err(
                 b.span(),
                 f("bridge"),
-                format!("no bridge named {:?} (bridges: {})", b.get_ref(), known.join(", ")),
+                format!(
+                    "no bridge named {:?} (bridges: {})",
+                    b.get_ref(),
+                    known.join(", ")
+                ),
             ));
         }
     }
@@ -629,7 +714,8 @@ fn validate_port(
         None => None,
         Some(w) => {
             let list = w.get_ref();
-            if list.len() != usize::from(rx_queues) || list.iter().any(|&x| x as usize >= n_workers) {
+            if list.len() != usize::from(rx_queues) || list.iter().any(|&x| x as usize >= n_workers)
+            {
                 return Err(cx.err(
                     w.span(),
                     f("rx_workers"),
@@ -658,27 +744,49 @@ fn validate_tap(cx: &Ctx, i: usize, p: &PortFile) -> Result<TapSpec, ConfigError
         (Some(n), None) => {
             let s = n.get_ref();
             if s.is_empty() || s.contains('/') || s == "." || s == ".." {
-                return Err(cx.err(n.span(), f("netns"), "a netns name as `ip netns add` takes it"));
+                return Err(cx.err(
+                    n.span(),
+                    f("netns"),
+                    "a netns name as `ip netns add` takes it",
+                ));
             }
             Netns::Name(s.clone())
         }
         (None, Some(pid)) => Netns::Pid(*pid.get_ref()),
         (Some(n), Some(_)) => {
-            return Err(cx.err(n.span(), f("netns"), "give either `netns` or `pid`, not both"));
+            return Err(cx.err(
+                n.span(),
+                f("netns"),
+                "give either `netns` or `pid`, not both",
+            ));
         }
         (None, None) => {
-            return Err(cx.err(p.kind.span(), f("netns"), "a tap port needs `netns` (a name) or `pid`"));
+            return Err(cx.err(
+                p.kind.span(),
+                f("netns"),
+                "a tap port needs `netns` (a name) or `pid`",
+            ));
         }
     };
-    let ifname = p.ifname.as_ref().map_or("eth0".to_string(), |v| v.get_ref().clone());
+    let ifname = p
+        .ifname
+        .as_ref()
+        .map_or("eth0".to_string(), |v| v.get_ref().clone());
     if ifname.is_empty() || ifname.len() > 15 || ifname.contains(['/', ' ', ':']) {
         let span = p.ifname.as_ref().map(|v| v.span()).unwrap_or(0..0);
-        return Err(cx.err(span, f("ifname"), "an interface name of 1-15 characters without '/', ':' or spaces"));
+        return Err(cx.err(
+            span,
+            f("ifname"),
+            "an interface name of 1-15 characters without '/', ':' or spaces",
+        ));
     }
     let mac = match &p.mac {
         None => None,
         Some(m) => {
-            let mac: MacAddr = m.get_ref().parse().map_err(|e| cx.err(m.span(), f("mac"), format!("{e}")))?;
+            let mac: MacAddr = m
+                .get_ref()
+                .parse()
+                .map_err(|e| cx.err(m.span(), f("mac"), format!("{e}")))?;
             if mac.is_group() || mac.is_zero() {
                 return Err(cx.err(m.span(), f("mac"), "a NIC needs a unicast, non-zero MAC"));
             }
@@ -688,7 +796,11 @@ fn validate_tap(cx: &Ctx, i: usize, p: &PortFile) -> Result<TapSpec, ConfigError
     let ipv4 = match &p.ipv4 {
         None => None,
         Some(v) => Some(parse_cidr(v.get_ref()).ok_or_else(|| {
-            cx.err(v.span(), f("ipv4"), "expected an address with prefix length, like 10.0.0.1/24")
+            cx.err(
+                v.span(),
+                f("ipv4"),
+                "expected an address with prefix length, like 10.0.0.1/24",
+            )
         })?),
     };
     let gateway = match &p.gateway {
@@ -708,7 +820,14 @@ fn validate_tap(cx: &Ctx, i: usize, p: &PortFile) -> Result<TapSpec, ConfigError
         let span = p.mtu.as_ref().map(|v| v.span()).unwrap_or(0..0);
         return Err(cx.err(span, f("mtu"), "between 68 and 9000"));
     }
-    Ok(TapSpec { netns, ifname, mac, ipv4, gateway, mtu })
+    Ok(TapSpec {
+        netns,
+        ifname,
+        mac,
+        ipv4,
+        gateway,
+        mtu,
+    })
 }
 
 /// `10.0.0.1/24` -> (10.0.0.1, 24).
@@ -725,7 +844,9 @@ fn is_pci_address(s: &str) -> bool {
         && b[4] == b':'
         && b[7] == b':'
         && b[10] == b'.'
-        && s.chars().enumerate().all(|(i, c)| [4, 7, 10].contains(&i) || c.is_ascii_hexdigit())
+        && s.chars()
+            .enumerate()
+            .all(|(i, c)| [4, 7, 10].contains(&i) || c.is_ascii_hexdigit())
 }
 
 #[cfg(test)]
@@ -740,7 +861,10 @@ mod tests {
     fn embedded_default_config_is_valid() {
         let c = parse(DEFAULT_CONFIG_NAME, DEFAULT_CONFIG).unwrap();
         assert!(c.ports.iter().any(|p| matches!(p.kind, PortKind::Tap(_))));
-        assert!(c.ports.iter().any(|p| matches!(p.kind, PortKind::VhostUser { .. })));
+        assert!(c
+            .ports
+            .iter()
+            .any(|p| matches!(p.kind, PortKind::VhostUser { .. })));
     }
 
     #[test]
@@ -762,7 +886,9 @@ mod tests {
 
     #[test]
     fn unknown_fields_are_named() {
-        let e = err("[[bridge]]\nname = \"a\"\n\n[[port]]\nname = \"p\"\nkind = \"null\"\nsockt = \"/x\"\n");
+        let e = err(
+            "[[bridge]]\nname = \"a\"\n\n[[port]]\nname = \"p\"\nkind = \"null\"\nsockt = \"/x\"\n",
+        );
         assert_eq!(e.line, 7, "{e}");
         assert_eq!(e.field, "sockt");
     }
@@ -783,10 +909,14 @@ mod tests {
 
     #[test]
     fn unknown_bridge_and_duplicates() {
-        let e = err("[[bridge]]\nname = \"a\"\n[[port]]\nname = \"p\"\nkind = \"ring\"\nbridge = \"b\"\n");
+        let e = err(
+            "[[bridge]]\nname = \"a\"\n[[port]]\nname = \"p\"\nkind = \"ring\"\nbridge = \"b\"\n",
+        );
         assert_eq!((e.line, e.field.as_str()), (6, "port[0].bridge"));
         assert!(e.message.contains("bridges: a"), "{e}");
-        let e = err("[[port]]\nname = \"p\"\nkind = \"ring\"\n[[port]]\nname = \"p\"\nkind = \"ring\"\n");
+        let e = err(
+            "[[port]]\nname = \"p\"\nkind = \"ring\"\n[[port]]\nname = \"p\"\nkind = \"ring\"\n",
+        );
         assert_eq!((e.line, e.field.as_str()), (5, "port[1].name"));
     }
 
@@ -796,14 +926,18 @@ mod tests {
         assert_eq!(e.field, "port[0].netns");
         let e = err("[[port]]\nname = \"p\"\nkind = \"tap\"\nnetns = \"c\"\nipv4 = \"10.0.0.1\"\n");
         assert_eq!((e.line, e.field.as_str()), (5, "port[0].ipv4"));
-        let e = err("[[port]]\nname = \"p\"\nkind = \"tap\"\nnetns = \"c\"\nmac = \"01:00:00:00:00:01\"\n");
+        let e = err(
+            "[[port]]\nname = \"p\"\nkind = \"tap\"\nnetns = \"c\"\nmac = \"01:00:00:00:00:01\"\n",
+        );
         assert_eq!(e.field, "port[0].mac");
     }
 
     #[test]
     fn vhost_socket_is_bounded_and_unique() {
         let long = format!("/{}", "s".repeat(120));
-        let e = err(&format!("[[port]]\nname = \"p\"\nkind = \"vhost-user\"\nsocket = \"{long}\"\n"));
+        let e = err(&format!(
+            "[[port]]\nname = \"p\"\nkind = \"vhost-user\"\nsocket = \"{long}\"\n"
+        ));
         assert_eq!(e.field, "port[0].socket");
         let e = err(
             "[[port]]\nname = \"p\"\nkind = \"vhost-user\"\nsocket = \"/a\"\n\

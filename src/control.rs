@@ -55,7 +55,10 @@ impl ControlServer {
         let listener = UnixListener::bind(path)?;
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
         listener.set_nonblocking(true)?;
-        Ok(ControlServer { listener, path: path.to_path_buf() })
+        Ok(ControlServer {
+            listener,
+            path: path.to_path_buf(),
+        })
     }
 
     /// Serves every connection waiting now; `handle` answers each request.
@@ -85,10 +88,22 @@ fn serve(
     while reader.read_line(&mut line)? > 0 {
         let resp = match serde_json::from_str::<Request>(line.trim()) {
             Ok(req) => match handle(req) {
-                Ok(v) => Response { ok: true, result: Some(v), error: None },
-                Err(e) => Response { ok: false, result: None, error: Some(e) },
+                Ok(v) => Response {
+                    ok: true,
+                    result: Some(v),
+                    error: None,
+                },
+                Err(e) => Response {
+                    ok: false,
+                    result: None,
+                    error: Some(e),
+                },
             },
-            Err(e) => Response { ok: false, result: None, error: Some(format!("bad request: {e}")) },
+            Err(e) => Response {
+                ok: false,
+                result: None,
+                error: Some(format!("bad request: {e}")),
+            },
         };
         let mut out = serde_json::to_string(&resp).expect("responses serialize");
         out.push('\n');
@@ -100,14 +115,22 @@ fn serve(
 
 /// Client side: sends one request, returns the response.
 pub fn request(socket: &Path, req: &Request) -> Result<Response, String> {
-    let stream = UnixStream::connect(socket)
-        .map_err(|e| format!("cannot connect to {}: {e} (is vswitchd running?)", socket.display()))?;
-    stream.set_read_timeout(Some(Duration::from_secs(10))).map_err(|e| e.to_string())?;
+    let stream = UnixStream::connect(socket).map_err(|e| {
+        format!(
+            "cannot connect to {}: {e} (is vswitchd running?)",
+            socket.display()
+        )
+    })?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .map_err(|e| e.to_string())?;
     let mut w = stream.try_clone().map_err(|e| e.to_string())?;
     let mut line = serde_json::to_string(req).expect("requests serialize");
     line.push('\n');
     w.write_all(line.as_bytes()).map_err(|e| e.to_string())?;
     let mut resp = String::new();
-    BufReader::new(stream).read_line(&mut resp).map_err(|e| e.to_string())?;
+    BufReader::new(stream)
+        .read_line(&mut resp)
+        .map_err(|e| e.to_string())?;
     serde_json::from_str(&resp).map_err(|e| format!("bad response {resp:?}: {e}"))
 }

@@ -98,12 +98,18 @@ pub fn preflight(cfg: &Config) -> Result<()> {
         );
     }
     let n_cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as u32;
-    for c in cfg.workers.cores.iter().chain(std::iter::once(&cfg.eal.main_lcore)) {
+    for c in cfg
+        .workers
+        .cores
+        .iter()
+        .chain(std::iter::once(&cfg.eal.main_lcore))
+    {
         if *c >= n_cpus {
             bail!("core {c} does not exist: this machine has CPUs 0-{} (workers.cores, eal.main_lcore)", n_cpus - 1);
         }
     }
-    ports::claim_socket_path(&cfg.control.socket).map_err(|e| anyhow::anyhow!("control socket: {e}"))?;
+    ports::claim_socket_path(&cfg.control.socket)
+        .map_err(|e| anyhow::anyhow!("control socket: {e}"))?;
     for p in &cfg.ports {
         ports::preflight(p)?;
     }
@@ -125,9 +131,18 @@ fn pool_size(cfg: &Config) -> u32 {
 }
 
 /// The datapath snapshot for a set of open ports.
-fn build_datapath(cfg: &Config, ports: &[Option<Port>], n_workers: usize, prev: Option<&Datapath>) -> Result<Datapath> {
+fn build_datapath(
+    cfg: &Config,
+    ports: &[Option<Port>],
+    n_workers: usize,
+    prev: Option<&Datapath>,
+) -> Result<Datapath> {
     let mut b = SwitchBuilder::new();
-    let ids: Vec<(String, BridgeId)> = cfg.bridges.iter().map(|c| (c.name.clone(), b.bridge(c.clone()))).collect();
+    let ids: Vec<(String, BridgeId)> = cfg
+        .bridges
+        .iter()
+        .map(|c| (c.name.clone(), b.bridge(c.clone())))
+        .collect();
     let mut tx_port = [None; MAX_PORTS];
     let mut rx_queues = vec![Vec::new(); n_workers];
     let mut rr = 0;
@@ -135,7 +150,10 @@ fn build_datapath(cfg: &Config, ports: &[Option<Port>], n_workers: usize, prev: 
         let Some(port) = port else { continue };
         let pid = PortId(i as u16);
         if let Some(name) = &port.spec.bridge {
-            let (_, bid) = ids.iter().find(|(n, _)| n == name).expect("validated bridge name");
+            let (_, bid) = ids
+                .iter()
+                .find(|(n, _)| n == name)
+                .expect("validated bridge name");
             b.attach(pid, *bid);
         }
         tx_port[i] = Some(port.eth.id());
@@ -147,11 +165,21 @@ fn build_datapath(cfg: &Config, ports: &[Option<Port>], n_workers: usize, prev: 
                     (rr - 1) % n_workers
                 }
             };
-            rx_queues[w].push(RxQueue { port: pid, dpdk_port: port.eth.id(), queue: q });
+            rx_queues[w].push(RxQueue {
+                port: pid,
+                dpdk_port: port.eth.id(),
+                queue: q,
+            });
         }
     }
-    let switch = b.build(prev.map(|p| &p.switch)).context("building the switch topology")?;
-    Ok(Datapath { switch, tx_port, rx_queues })
+    let switch = b
+        .build(prev.map(|p| &p.switch))
+        .context("building the switch topology")?;
+    Ok(Datapath {
+        switch,
+        tx_port,
+        rx_queues,
+    })
 }
 
 /// Runs the switch until SIGINT/SIGTERM. `ready` is called once the ports
@@ -162,14 +190,27 @@ pub fn run(cfg: Config) -> Result<()> {
     let eal = Eal::init(&eal_args(&cfg))?;
     let lcores = lcore::worker_lcores();
     if lcores.len() != n_workers {
-        bail!("EAL started {} worker lcores, the config asks for {n_workers}", lcores.len());
+        bail!(
+            "EAL started {} worker lcores, the config asks for {n_workers}",
+            lcores.len()
+        );
     }
-    let pool = Mempool::new("vswitchd_mbufs", pool_size(&cfg), MEMPOOL_CACHE, MBUF_DATA_ROOM)?;
+    let pool = Mempool::new(
+        "vswitchd_mbufs",
+        pool_size(&cfg),
+        MEMPOOL_CACHE,
+        MBUF_DATA_ROOM,
+    )?;
 
     let mut ports: Vec<Option<Port>> = Vec::new();
     for (i, spec) in cfg.ports.iter().enumerate() {
         let p = Port::open(spec, i, n_workers, &pool)?;
-        eprintln!("vswitchd: port {} ({}) up as DPDK port {}", spec.name, spec.kind.name(), p.eth.id());
+        eprintln!(
+            "vswitchd: port {} ({}) up as DPDK port {}",
+            spec.name,
+            spec.kind.name(),
+            p.eth.id()
+        );
         ports.push(Some(p));
     }
     let dp = build_datapath(&cfg, &ports, n_workers, None)?;
@@ -202,8 +243,13 @@ pub fn run(cfg: Config) -> Result<()> {
     while !term.load(Ordering::Relaxed) {
         std::thread::sleep(Duration::from_millis(10));
         let now_secs = started.elapsed().as_secs() as u32;
-        if dump.swap(false, Ordering::Relaxed) || (!interval.is_zero() && last_stats.elapsed() >= interval) {
-            print!("{}", stats::collect(&ports, &shared, &cfg.workers.cores, hz).to_table());
+        if dump.swap(false, Ordering::Relaxed)
+            || (!interval.is_zero() && last_stats.elapsed() >= interval)
+        {
+            print!(
+                "{}",
+                stats::collect(&ports, &shared, &cfg.workers.cores, hz).to_table()
+            );
             last_stats = Instant::now();
         }
         if last_sweep.elapsed() >= Duration::from_secs(1) {
@@ -218,11 +264,18 @@ pub fn run(cfg: Config) -> Result<()> {
     eprintln!("vswitchd: stopping");
     shared.running.store(false, Ordering::Relaxed);
     lcore::wait_all();
-    print!("{}", stats::collect(&ports, &shared, &cfg.workers.cores, hz).to_table());
+    print!(
+        "{}",
+        stats::collect(&ports, &shared, &cfg.workers.cores, hz).to_table()
+    );
     drop(control);
     for p in ports.into_iter().flatten() {
         p.eth.close();
-        if let PortKind::VhostUser { socket, client: false } = &p.spec.kind {
+        if let PortKind::VhostUser {
+            socket,
+            client: false,
+        } = &p.spec.kind
+        {
             let _ = std::fs::remove_file(socket);
         }
     }
@@ -242,7 +295,10 @@ fn handle(
 ) -> Result<serde_json::Value, String> {
     match req {
         Request::Stats => {
-            Ok(serde_json::to_value(stats::collect(ports, shared, &cfg.workers.cores, hz)).expect("reports serialize"))
+            Ok(
+                serde_json::to_value(stats::collect(ports, shared, &cfg.workers.cores, hz))
+                    .expect("reports serialize"),
+            )
         }
         Request::PortList => Ok(serde_json::json!(ports
             .iter()
@@ -267,7 +323,10 @@ fn handle(
                 }
                 found = true;
                 for e in b.macs.entries(now) {
-                    let port = ports.get(e.port.index()).and_then(|p| p.as_ref()).map(|p| p.spec.name.clone());
+                    let port = ports
+                        .get(e.port.index())
+                        .and_then(|p| p.as_ref())
+                        .map(|p| p.spec.name.clone());
                     out.push(serde_json::json!({
                         "bridge": b.conf.name, "mac": e.mac.to_string(), "port": port, "age": e.age,
                     }));

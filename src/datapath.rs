@@ -93,7 +93,10 @@ impl Shared {
             generation: AtomicU64::new(1),
             running: AtomicBool::new(true),
             workers: (0..n_workers)
-                .map(|_| WorkerSlot { ack: AtomicU64::new(0), counters: Box::default() })
+                .map(|_| WorkerSlot {
+                    ack: AtomicU64::new(0),
+                    counters: Box::default(),
+                })
                 .collect(),
             idle_sleep_us,
         }
@@ -119,7 +122,11 @@ impl Shared {
         let gen = self.generation.fetch_add(1, Ordering::AcqRel) + 1;
         let deadline = Instant::now() + timeout;
         loop {
-            if self.workers.iter().all(|w| w.ack.load(Ordering::Acquire) >= gen) {
+            if self
+                .workers
+                .iter()
+                .all(|w| w.ack.load(Ordering::Acquire) >= gen)
+            {
                 return true;
             }
             if Instant::now() >= deadline || !self.running.load(Ordering::Relaxed) {

@@ -7,7 +7,11 @@ use clap::{Parser, Subcommand};
 use vswitchd::config;
 
 #[derive(Parser)]
-#[command(name = "vswitchd", version, about = "Userspace DPDK vSwitch: every container gets its own NIC")]
+#[command(
+    name = "vswitchd",
+    version,
+    about = "Userspace DPDK vSwitch: every container gets its own NIC"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -32,7 +36,9 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let loaded = match &cli.cmd {
         Cmd::Run { config: Some(f) } | Cmd::CheckConfig { file: f } => config::load(f),
-        Cmd::Run { config: None } => config::parse(config::DEFAULT_CONFIG_NAME, config::DEFAULT_CONFIG),
+        Cmd::Run { config: None } => {
+            config::parse(config::DEFAULT_CONFIG_NAME, config::DEFAULT_CONFIG)
+        }
     };
     let cfg = match loaded {
         Ok(c) => c,

@@ -19,7 +19,9 @@ pub enum NetnsError {
     #[error("{0} does not exist: create it first (`ip netns add NAME`) or start the container")]
     Missing(Netns),
     /// The container already has an interface of that name.
-    #[error("{netns} already has an interface named {ifname:?}: choose another `ifname` or remove it")]
+    #[error(
+        "{netns} already has an interface named {ifname:?}: choose another `ifname` or remove it"
+    )]
     NameTaken {
         /// Namespace.
         netns: Netns,
@@ -46,10 +48,13 @@ pub fn check_exists(ns: &Netns) -> Result<(), NetnsError> {
 }
 
 fn run(args: &[&str]) -> Result<String, NetnsError> {
-    let out = Command::new(args[0]).args(&args[1..]).output().map_err(|e| NetnsError::Command {
-        cmd: args.join(" "),
-        stderr: e.to_string(),
-    })?;
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .map_err(|e| NetnsError::Command {
+            cmd: args.join(" "),
+            stderr: e.to_string(),
+        })?;
     if !out.status.success() {
         return Err(NetnsError::Command {
             cmd: args.join(" "),
@@ -76,7 +81,10 @@ pub fn has_interface(ns: &Netns, ifname: &str) -> bool {
 pub fn plumb(host_if: &str, spec: &TapSpec) -> Result<(), NetnsError> {
     check_exists(&spec.netns)?;
     if has_interface(&spec.netns, &spec.ifname) {
-        return Err(NetnsError::NameTaken { netns: spec.netns.clone(), ifname: spec.ifname.clone() });
+        return Err(NetnsError::NameTaken {
+            netns: spec.netns.clone(),
+            ifname: spec.ifname.clone(),
+        });
     }
     let target = match &spec.netns {
         Netns::Name(n) => n.clone(),
@@ -88,15 +96,32 @@ pub fn plumb(host_if: &str, spec: &TapSpec) -> Result<(), NetnsError> {
     ip_in(ns, &["link", "set", "dev", host_if, "name", &spec.ifname])?;
     let dev = spec.ifname.as_str();
     if let Some(mac) = spec.mac {
-        ip_in(ns, &["link", "set", "dev", dev, "address", &mac.to_string()])?;
+        ip_in(
+            ns,
+            &["link", "set", "dev", dev, "address", &mac.to_string()],
+        )?;
     }
-    ip_in(ns, &["link", "set", "dev", dev, "mtu", &spec.mtu.to_string()])?;
+    ip_in(
+        ns,
+        &["link", "set", "dev", dev, "mtu", &spec.mtu.to_string()],
+    )?;
     if let Some((addr, len)) = spec.ipv4 {
         ip_in(ns, &["addr", "add", &format!("{addr}/{len}"), "dev", dev])?;
     }
     ip_in(ns, &["link", "set", "dev", dev, "up"])?;
     if let Some(gw) = spec.gateway {
-        ip_in(ns, &["route", "replace", "default", "via", &gw.to_string(), "dev", dev])?;
+        ip_in(
+            ns,
+            &[
+                "route",
+                "replace",
+                "default",
+                "via",
+                &gw.to_string(),
+                "dev",
+                dev,
+            ],
+        )?;
     }
     Ok(())
 }

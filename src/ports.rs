@@ -69,11 +69,20 @@ pub fn devargs(spec: &PortSpec, index: usize, n_workers: usize) -> Option<String
             }
             s
         }
-        PortKind::AfPacket { iface } => format!("net_af_packet_{name},iface={iface},qpairs={queues}"),
-        PortKind::AfXdp { iface, queue } => {
-            format!("net_af_xdp_{name},iface={iface},start_queue={queue},queue_count={}", spec.rx_queues)
+        PortKind::AfPacket { iface } => {
+            format!("net_af_packet_{name},iface={iface},qpairs={queues}")
         }
-        PortKind::Pcap { rx_pcap, tx_pcap, infinite_rx } => {
+        PortKind::AfXdp { iface, queue } => {
+            format!(
+                "net_af_xdp_{name},iface={iface},start_queue={queue},queue_count={}",
+                spec.rx_queues
+            )
+        }
+        PortKind::Pcap {
+            rx_pcap,
+            tx_pcap,
+            infinite_rx,
+        } => {
             let mut s = format!("net_pcap_{name}");
             if let Some(rx) = rx_pcap {
                 s.push_str(&format!(",rx_pcap={}", rx.display()));
@@ -86,7 +95,9 @@ pub fn devargs(spec: &PortSpec, index: usize, n_workers: usize) -> Option<String
             }
             s
         }
-        PortKind::Null { size, no_rx } => format!("net_null_{name},size={size},no-rx={}", u8::from(*no_rx)),
+        PortKind::Null { size, no_rx } => {
+            format!("net_null_{name},size={size},no-rx={}", u8::from(*no_rx))
+        }
         PortKind::Ring => format!("net_ring_{name}"),
         PortKind::Pci { .. } => return None,
     })
@@ -95,19 +106,31 @@ pub fn devargs(spec: &PortSpec, index: usize, n_workers: usize) -> Option<String
 /// Checks what a port needs from the machine before DPDK starts, so the
 /// operator gets a message about the config rather than a PMD error.
 pub fn preflight(spec: &PortSpec) -> Result<(), SetupError> {
-    let fail = |message: String| SetupError::Preflight { port: spec.name.clone(), message };
+    let fail = |message: String| SetupError::Preflight {
+        port: spec.name.clone(),
+        message,
+    };
     match &spec.kind {
-        PortKind::Tap(t) => netns::check_exists(&t.netns)
-            .map_err(|source| SetupError::Netns { port: spec.name.clone(), source })?,
-        PortKind::VhostUser { socket, client: false } => {
+        PortKind::Tap(t) => netns::check_exists(&t.netns).map_err(|source| SetupError::Netns {
+            port: spec.name.clone(),
+            source,
+        })?,
+        PortKind::VhostUser {
+            socket,
+            client: false,
+        } => {
             claim_socket_path(socket).map_err(fail)?;
         }
         PortKind::AfPacket { iface } | PortKind::AfXdp { iface, .. } => {
             if !netns::host_interface_exists(iface) {
-                return Err(fail(format!("interface {iface:?} does not exist on the host")));
+                return Err(fail(format!(
+                    "interface {iface:?} does not exist on the host"
+                )));
             }
         }
-        PortKind::Pcap { rx_pcap: Some(f), .. } if !f.exists() => {
+        PortKind::Pcap {
+            rx_pcap: Some(f), ..
+        } if !f.exists() => {
             return Err(fail(format!("rx_pcap file {} does not exist", f.display())));
         }
         _ => {}
@@ -119,7 +142,8 @@ pub fn preflight(spec: &PortSpec) -> Result<(), SetupError> {
 /// if a live process listens there, removes a stale socket file.
 pub fn claim_socket_path(path: &Path) -> Result<(), String> {
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        std::fs::create_dir_all(dir)
+            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     }
     match UnixStream::connect(path) {
         Ok(_) => Err(format!(
@@ -137,18 +161,34 @@ pub fn claim_socket_path(path: &Path) -> Result<(), String> {
 impl Port {
     /// Attaches, configures and starts the port; plumbs TAPs into their
     /// container. On error nothing of the port is left behind.
-    pub fn open(spec: &PortSpec, index: usize, n_workers: usize, pool: &Mempool) -> Result<Port, SetupError> {
+    pub fn open(
+        spec: &PortSpec,
+        index: usize,
+        n_workers: usize,
+        pool: &Mempool,
+    ) -> Result<Port, SetupError> {
         let mut eth = match (devargs(spec, index, n_workers), &spec.kind) {
             (Some(args), _) => EthPort::attach_vdev(&args)?,
             (None, PortKind::Pci { address }) => EthPort::lookup(address)?,
             (None, _) => unreachable!("only PCI ports have no devargs"),
         };
-        eth.configure(spec.rx_queues, n_workers as u16, spec.rx_desc, spec.tx_desc, pool)?;
+        eth.configure(
+            spec.rx_queues,
+            n_workers as u16,
+            spec.rx_desc,
+            spec.tx_desc,
+            pool,
+        )?;
         eth.start()?;
         if let PortKind::Tap(t) = &spec.kind {
-            netns::plumb(&tap_host_name(index), t)
-                .map_err(|source| SetupError::Netns { port: spec.name.clone(), source })?;
+            netns::plumb(&tap_host_name(index), t).map_err(|source| SetupError::Netns {
+                port: spec.name.clone(),
+                source,
+            })?;
         }
-        Ok(Port { spec: spec.clone(), eth })
+        Ok(Port {
+            spec: spec.clone(),
+            eth,
+        })
     }
 }

@@ -74,7 +74,11 @@ pub fn collect(ports: &[Option<Port>], shared: &Shared, cores: &[u32], tsc_hz: u
         let Some(port) = port else { continue };
         let id = PortId(i as u16);
         let sum = |f: &dyn Fn(&vswitch::PortCounters) -> u64| -> u64 {
-            shared.workers.iter().map(|w| f(&w.counters.ports[id.index()])).sum()
+            shared
+                .workers
+                .iter()
+                .map(|w| f(&w.counters.ports[id.index()]))
+                .sum()
         };
         let mut drops = std::collections::BTreeMap::new();
         for r in DropReason::ALL {
@@ -110,12 +114,24 @@ pub fn collect(ports: &[Option<Port>], shared: &Shared, cores: &[u32], tsc_hz: u
                 packets: pkts,
                 busy_cycles: busy,
                 idle_cycles: idle,
-                busy_pct: if busy + idle == 0 { 0.0 } else { 100.0 * busy as f64 / (busy + idle) as f64 },
-                cycles_per_packet: if pkts == 0 { 0.0 } else { busy as f64 / pkts as f64 },
+                busy_pct: if busy + idle == 0 {
+                    0.0
+                } else {
+                    100.0 * busy as f64 / (busy + idle) as f64
+                },
+                cycles_per_packet: if pkts == 0 {
+                    0.0
+                } else {
+                    busy as f64 / pkts as f64
+                },
             }
         })
         .collect();
-    Report { ports: out, workers, tsc_hz }
+    Report {
+        ports: out,
+        workers,
+        tsc_hz,
+    }
 }
 
 impl Report {
@@ -140,7 +156,11 @@ impl Report {
                 p.tx_packets,
                 p.rx_bytes,
                 p.tx_bytes,
-                if drops.is_empty() { "-".to_string() } else { drops.join(" ") }
+                if drops.is_empty() {
+                    "-".to_string()
+                } else {
+                    drops.join(" ")
+                }
             );
         }
         for w in &self.workers {

@@ -49,7 +49,12 @@ impl Worker {
             shared,
             dp,
             gen,
-            tx: (0..MAX_PORTS).map(|_| TxBuf { frames: Burst::default(), bytes: 0 }).collect(),
+            tx: (0..MAX_PORTS)
+                .map(|_| TxBuf {
+                    frames: Burst::default(),
+                    bytes: 0,
+                })
+                .collect(),
             dirty: 0,
             drops: Burst::default(),
             actions: [Action::Flood; MAX_BURST],
@@ -82,7 +87,13 @@ impl Worker {
                     continue;
                 }
                 got += n;
-                dp.switch.forward(q.port, rx.mbufs(), now, &counters.ports[q.port.index()], &mut self.actions);
+                dp.switch.forward(
+                    q.port,
+                    rx.mbufs(),
+                    now,
+                    &counters.ports[q.port.index()],
+                    &mut self.actions,
+                );
                 self.dispatch(&dp, q.port, &mut rx, counters);
             }
             self.flush_all(&dp, counters);
@@ -104,7 +115,13 @@ impl Worker {
 
     /// Moves each frame of `rx` where its action says; `rx` ends empty.
     #[inline]
-    fn dispatch(&mut self, dp: &Datapath, in_port: PortId, rx: &mut Burst, counters: &WorkerCounters) {
+    fn dispatch(
+        &mut self,
+        dp: &Datapath,
+        in_port: PortId,
+        rx: &mut Burst,
+        counters: &WorkerCounters,
+    ) {
         let n = rx.len();
         for i in 0..n {
             match self.actions[i] {
@@ -170,7 +187,12 @@ impl Worker {
         };
         let mut bytes = b.bytes;
         if sent < queued {
-            bytes -= b.frames.mbufs().iter().map(|m| u64::from(m.pkt_len())).sum::<u64>();
+            bytes -= b
+                .frames
+                .mbufs()
+                .iter()
+                .map(|m| u64::from(m.pkt_len()))
+                .sum::<u64>();
             b.frames.free_all();
             c.drop(DropReason::TxFull, (queued - sent) as u64);
         }

@@ -10,7 +10,10 @@ use testbed::vswitchd::TempDir;
 
 fn vswitchd(args: &[&str]) -> (i32, String) {
     let out = Command::new(common::bin()).args(args).output().unwrap();
-    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).into_owned())
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 fn run_config(dir: &TempDir, cfg: &str) -> (i32, String) {
@@ -35,10 +38,19 @@ fn malformed_config_names_file_line_and_field() {
     std::fs::write(&path, "[[port]]\nname = \"p1\"\nkind = \"veth\"\n").unwrap();
     let (code, err) = vswitchd(&["check-config", p]);
     assert_eq!(code, 1);
-    assert!(err.contains(":3:") && err.contains("unknown port kind \"veth\""), "{err}");
+    assert!(
+        err.contains(":3:") && err.contains("unknown port kind \"veth\""),
+        "{err}"
+    );
     let (code, out) = {
-        let o = Command::new(common::bin()).args(["check-config", "configs/demo.toml"]).output().unwrap();
-        (o.status.code(), String::from_utf8_lossy(&o.stdout).into_owned())
+        let o = Command::new(common::bin())
+            .args(["check-config", "configs/demo.toml"])
+            .output()
+            .unwrap();
+        (
+            o.status.code(),
+            String::from_utf8_lossy(&o.stdout).into_owned(),
+        )
     };
     assert_eq!(code, Some(0));
     assert!(out.contains("ok (1 bridges, 4 ports, 1 workers)"), "{out}");
@@ -49,10 +61,15 @@ fn missing_netns_says_how_to_create_it() {
     let dir = TempDir::new("vs-err");
     let ns = unique("nonexistent");
     let cfg = common::header(&dir)
-        + &format!("[[port]]\nname = \"c1\"\nkind = \"tap\"\nbridge = \"vpc1\"\nnetns = \"{ns}\"\n");
+        + &format!(
+            "[[port]]\nname = \"c1\"\nkind = \"tap\"\nbridge = \"vpc1\"\nnetns = \"{ns}\"\n"
+        );
     let (code, err) = run_config(&dir, &cfg);
     assert_eq!(code, 2, "{err}");
-    assert!(err.contains(&format!("netns \"{ns}\" does not exist")), "{err}");
+    assert!(
+        err.contains(&format!("netns \"{ns}\" does not exist")),
+        "{err}"
+    );
     assert!(err.contains("ip netns add"), "{err}");
 }
 
@@ -72,7 +89,10 @@ fn socket_in_use_is_refused_with_advice() {
     let sock = dir.join("taken.sock");
     let _listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
     let cfg = common::header(&dir)
-        + &format!("[[port]]\nname = \"d1\"\nkind = \"vhost-user\"\nbridge = \"vpc1\"\nsocket = \"{}\"\n", sock.display());
+        + &format!(
+            "[[port]]\nname = \"d1\"\nkind = \"vhost-user\"\nbridge = \"vpc1\"\nsocket = \"{}\"\n",
+            sock.display()
+        );
     let (code, err) = run_config(&dir, &cfg);
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("is in use by another process"), "{err}");

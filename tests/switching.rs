@@ -51,7 +51,10 @@ fn tap_containers_ping_and_exchange_udp_with_matching_counters() {
         + &tap_port("ca", &a, "02:00:00:00:0a:01", "10.77.0.1/24")
         + &tap_port("cb", &b, "02:00:00:00:0a:02", "10.77.0.2/24");
     let vs = common::start(&dir, &cfg);
-    assert!(a.has_interface("eth0") && b.has_interface("eth0"), "NICs plumbed as eth0");
+    assert!(
+        a.has_interface("eth0") && b.has_interface("eth0"),
+        "NICs plumbed as eth0"
+    );
     let mac = a.exec(&["cat", "/sys/class/net/eth0/address"]).unwrap();
     assert_eq!(mac.trim(), "02:00:00:00:0a:01");
 
@@ -70,7 +73,9 @@ fn tap_containers_ping_and_exchange_udp_with_matching_counters() {
     assert!(wait_until(Duration::from_secs(10), || b
         .exec(&["ss", "-uln", "sport", "= :9000"])
         .is_ok_and(|o| o.contains("9000"))));
-    let out = a.exec(&["python3", "-c", UDP_CLIENT, "10.77.0.2", &N.to_string()]).unwrap();
+    let out = a
+        .exec(&["python3", "-c", UDP_CLIENT, "10.77.0.2", &N.to_string()])
+        .unwrap();
     assert_eq!(out.trim(), N.to_string(), "every datagram echoed");
     let server_out = server.wait_with_output().unwrap();
     assert!(server_out.status.success());
@@ -78,8 +83,14 @@ fn tap_containers_ping_and_exchange_udp_with_matching_counters() {
     // Every frame a container sent reached the switch and every frame the
     // switch sent reached the other container: kernel counters = ours.
     let settled = wait_until(Duration::from_secs(5), || {
-        let (ka_tx, kb_rx) = (a.if_counter("eth0", "tx_packets").unwrap(), b.if_counter("eth0", "rx_packets").unwrap());
-        let (kb_tx, ka_rx) = (b.if_counter("eth0", "tx_packets").unwrap(), a.if_counter("eth0", "rx_packets").unwrap());
+        let (ka_tx, kb_rx) = (
+            a.if_counter("eth0", "tx_packets").unwrap(),
+            b.if_counter("eth0", "rx_packets").unwrap(),
+        );
+        let (kb_tx, ka_rx) = (
+            b.if_counter("eth0", "tx_packets").unwrap(),
+            a.if_counter("eth0", "rx_packets").unwrap(),
+        );
         vs.counter("ca", "rx_packets") == ka_tx
             && vs.counter("cb", "tx_packets") == kb_rx
             && vs.counter("cb", "rx_packets") == kb_tx
@@ -90,17 +101,36 @@ fn tap_containers_ping_and_exchange_udp_with_matching_counters() {
     assert!(settled, "counters disagree: ca={ca} cb={cb}");
     // 5 pings + N datagrams each way, plus ARP.
     assert!(ca["rx_packets"].as_u64().unwrap() >= 5 + N as u64);
-    assert_eq!(ca["rx_packets"], cb["tx_packets"], "nothing lost in the switch");
+    assert_eq!(
+        ca["rx_packets"], cb["tx_packets"],
+        "nothing lost in the switch"
+    );
     assert_eq!(cb["rx_packets"], ca["tx_packets"]);
     assert_eq!(ca["drops"], serde_json::json!({}));
 
-    let fdb = vs.request(serde_json::json!({"cmd": "fdb-show", "bridge": "vpc1"})).unwrap();
-    let macs: Vec<_> = fdb.as_array().unwrap().iter().map(|e| (e["mac"].clone(), e["port"].clone())).collect();
-    assert!(macs.contains(&("02:00:00:00:0a:01".into(), "ca".into())), "{fdb}");
-    assert!(macs.contains(&("02:00:00:00:0a:02".into(), "cb".into())), "{fdb}");
+    let fdb = vs
+        .request(serde_json::json!({"cmd": "fdb-show", "bridge": "vpc1"}))
+        .unwrap();
+    let macs: Vec<_> = fdb
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["mac"].clone(), e["port"].clone()))
+        .collect();
+    assert!(
+        macs.contains(&("02:00:00:00:0a:01".into(), "ca".into())),
+        "{fdb}"
+    );
+    assert!(
+        macs.contains(&("02:00:00:00:0a:02".into(), "cb".into())),
+        "{fdb}"
+    );
 
     assert_eq!(vs.stop(), Some(0), "clean exit on SIGTERM");
-    assert!(!a.has_interface("eth0"), "TAP removed from the container at exit");
+    assert!(
+        !a.has_interface("eth0"),
+        "TAP removed from the container at exit"
+    );
 }
 
 #[test]
@@ -118,11 +148,31 @@ fn dpdk_containers_exchange_frames_and_learned_unicast_is_not_flooded() {
     let vs = common::start(&dir, &cfg);
     const MAC_A: &str = "02:00:00:00:0d:01";
     const MAC_B: &str = "02:00:00:00:0d:02";
-    let mut tb = Testpmd::start("tp-b", &TestpmdOpts { socket: &sb, mac: MAC_B, peer: Some(MAC_A), ..Default::default() })
-        .unwrap();
-    let mut ta = Testpmd::start("tp-a", &TestpmdOpts { socket: &sa, mac: MAC_A, peer: Some(MAC_B), ..Default::default() })
-        .unwrap();
-    assert!(wait_until(Duration::from_secs(20), || vs.link_up("da") && vs.link_up("db")), "vhost links up");
+    let mut tb = Testpmd::start(
+        "tp-b",
+        &TestpmdOpts {
+            socket: &sb,
+            mac: MAC_B,
+            peer: Some(MAC_A),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let mut ta = Testpmd::start(
+        "tp-a",
+        &TestpmdOpts {
+            socket: &sa,
+            mac: MAC_A,
+            peer: Some(MAC_B),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert!(
+        wait_until(Duration::from_secs(20), || vs.link_up("da")
+            && vs.link_up("db")),
+        "vhost links up"
+    );
     ta.cmd("start");
     tb.cmd("start");
 
@@ -130,23 +180,44 @@ fn dpdk_containers_exchange_frames_and_learned_unicast_is_not_flooded() {
     // the sink). The switch learns B's MAC from it.
     tb.cmd("stop");
     tb.cmd("start tx_first 1");
-    assert!(wait_until(Duration::from_secs(10), || vs.counter("sink", "tx_packets") == 32), "B's burst flooded");
+    assert!(
+        wait_until(Duration::from_secs(10), || vs.counter("sink", "tx_packets")
+            == 32),
+        "B's burst flooded"
+    );
 
     // A sends 4 bursts of 32 to B: known unicast, so B only.
     ta.cmd("stop");
     ta.cmd("start tx_first 4");
-    let delivered = wait_until(Duration::from_secs(10), || vs.counter("db", "tx_packets") == 128);
+    let delivered = wait_until(Duration::from_secs(10), || {
+        vs.counter("db", "tx_packets") == 128
+    });
     let (_, a_tx) = ta.port_stats().unwrap();
     let (b_rx, _) = tb.port_stats().unwrap();
     let report = vs.request(serde_json::json!({"cmd": "stats"})).unwrap();
     assert!(delivered, "B's port did not send 128: {report}");
     assert_eq!(a_tx, 128, "testpmd A sent 4 bursts of 32");
-    assert_eq!(vs.counter("da", "rx_packets"), 128, "switch received all of A's frames");
+    assert_eq!(
+        vs.counter("da", "rx_packets"),
+        128,
+        "switch received all of A's frames"
+    );
     assert_eq!(b_rx, 128, "testpmd B received all of them");
-    assert_eq!(vs.counter("sink", "tx_packets"), 32, "learned unicast was not flooded: {report}");
-    assert_eq!(vs.port_stats("da").unwrap()["drops"], serde_json::json!({}), "{report}");
+    assert_eq!(
+        vs.counter("sink", "tx_packets"),
+        32,
+        "learned unicast was not flooded: {report}"
+    );
+    assert_eq!(
+        vs.port_stats("da").unwrap()["drops"],
+        serde_json::json!({}),
+        "{report}"
+    );
     drop(ta);
     drop(tb);
     assert_eq!(vs.stop(), Some(0));
-    assert!(!sa.exists() && !sb.exists(), "vhost sockets removed at exit");
+    assert!(
+        !sa.exists() && !sb.exists(),
+        "vhost sockets removed at exit"
+    );
 }

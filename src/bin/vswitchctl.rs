@@ -55,8 +55,14 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let req = match &cli.noun {
         Noun::Stats => Request::Stats,
-        Noun::Port { verb: PortVerb::List } => Request::PortList,
-        Noun::Fdb { verb: FdbVerb::Show { bridge } } => Request::FdbShow { bridge: bridge.clone() },
+        Noun::Port {
+            verb: PortVerb::List,
+        } => Request::PortList,
+        Noun::Fdb {
+            verb: FdbVerb::Show { bridge },
+        } => Request::FdbShow {
+            bridge: bridge.clone(),
+        },
     };
     let resp = match request(&cli.socket, &req) {
         Ok(r) => r,
@@ -71,7 +77,9 @@ fn main() -> ExitCode {
     }
     let result = resp.result.unwrap_or_default();
     if !cli.json {
-        if let (Noun::Stats, Ok(report)) = (&cli.noun, serde_json::from_value::<Report>(result.clone())) {
+        if let (Noun::Stats, Ok(report)) =
+            (&cli.noun, serde_json::from_value::<Report>(result.clone()))
+        {
             print!("{}", report.to_table());
             return ExitCode::SUCCESS;
         }

@@ -34,7 +34,10 @@ impl Eal {
         // EAL only reorders the pointer array.
         let rc = unsafe { ffi::rte_eal_init(argv.len() as i32, argv.as_mut_ptr()) };
         if rc < 0 {
-            return Err(EalError { reason: super::strerror(super::errno()), args: args.join(" ") });
+            return Err(EalError {
+                reason: super::strerror(super::errno()),
+                args: args.join(" "),
+            });
         }
         Ok(Eal { _private: () })
     }

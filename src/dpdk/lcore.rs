@@ -46,7 +46,10 @@ pub fn launch(lcore: u32, job: impl FnOnce() + Send + 'static) -> Result<(), Str
     if rc < 0 {
         // SAFETY: the launch failed, so the lcore never took ownership.
         drop(unsafe { Box::from_raw(arg as *mut Job) });
-        return Err(format!("cannot launch on lcore {lcore}: {}", super::strerror(rc)));
+        return Err(format!(
+            "cannot launch on lcore {lcore}: {}",
+            super::strerror(rc)
+        ));
     }
     Ok(())
 }

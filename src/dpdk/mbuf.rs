@@ -25,7 +25,10 @@ impl Frame for Mbuf {
         // the first segment's data, inside the mbuf's buffer.
         unsafe {
             let m = self.0.as_ref();
-            std::slice::from_raw_parts((m.buf_addr as *const u8).add(usize::from(m.data_off)), usize::from(m.data_len))
+            std::slice::from_raw_parts(
+                (m.buf_addr as *const u8).add(usize::from(m.data_off)),
+                usize::from(m.data_len),
+            )
         }
     }
 }
@@ -64,7 +67,10 @@ pub struct Burst {
 
 impl Default for Burst {
     fn default() -> Self {
-        Burst { ptrs: [std::ptr::null_mut(); MAX_BURST], len: 0 }
+        Burst {
+            ptrs: [std::ptr::null_mut(); MAX_BURST],
+            len: 0,
+        }
     }
 }
 

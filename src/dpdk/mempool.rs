@@ -29,15 +29,23 @@ pub struct MempoolError {
 impl Mempool {
     /// A pool of `count` mbufs with `data_room` bytes each (headroom
     /// included) and a per-lcore cache of `cache`.
-    pub fn new(name: &str, count: u32, cache: u32, data_room: u16) -> Result<Mempool, MempoolError> {
+    pub fn new(
+        name: &str,
+        count: u32,
+        cache: u32,
+        data_room: u16,
+    ) -> Result<Mempool, MempoolError> {
         let cname = CString::new(name).expect("pool name has no NUL");
         // SAFETY: cname is a valid C string for the call; socket -1 = any.
-        let raw = unsafe { ffi::rte_pktmbuf_pool_create(cname.as_ptr(), count, cache, 0, data_room, -1) };
-        NonNull::new(raw).map(|raw| Mempool { raw }).ok_or_else(|| MempoolError {
-            name: name.into(),
-            count,
-            reason: super::strerror(super::errno()),
-        })
+        let raw =
+            unsafe { ffi::rte_pktmbuf_pool_create(cname.as_ptr(), count, cache, 0, data_room, -1) };
+        NonNull::new(raw)
+            .map(|raw| Mempool { raw })
+            .ok_or_else(|| MempoolError {
+                name: name.into(),
+                count,
+                reason: super::strerror(super::errno()),
+            })
     }
 
     pub(crate) fn as_ptr(&self) -> *mut ffi::rte_mempool {

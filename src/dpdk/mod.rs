@@ -18,7 +18,9 @@ use std::ffi::CStr;
 pub fn strerror(errnum: i32) -> String {
     // SAFETY: rte_strerror returns a pointer to a static or thread-local,
     // NUL-terminated string that stays valid until the next call here.
-    unsafe { CStr::from_ptr(ffi::rte_strerror(errnum.abs())) }.to_string_lossy().into_owned()
+    unsafe { CStr::from_ptr(ffi::rte_strerror(errnum.abs())) }
+        .to_string_lossy()
+        .into_owned()
 }
 
 /// The calling thread's `rte_errno`.

@@ -53,7 +53,11 @@ pub struct EthPort {
 }
 
 fn port_err(port: &str, op: &'static str, rc: i32) -> PortError {
-    PortError { port: port.to_string(), op, reason: super::strerror(rc) }
+    PortError {
+        port: port.to_string(),
+        op,
+        reason: super::strerror(rc),
+    }
 }
 
 impl EthPort {
@@ -88,7 +92,12 @@ impl EthPort {
         if rc < 0 {
             return Err(port_err(dev_name, "ethdev lookup", rc));
         }
-        Ok(EthPort { id, name: dev_name.to_string(), hotplugged: None, started: false })
+        Ok(EthPort {
+            id,
+            name: dev_name.to_string(),
+            hotplugged: None,
+            started: false,
+        })
     }
 
     /// DPDK's port id.
@@ -103,7 +112,14 @@ impl EthPort {
 
     /// Configures `nb_rxq` rx and `nb_txq` tx queues, all taking mbufs from
     /// `pool`, with descriptor counts adjusted to the device's limits.
-    pub fn configure(&self, nb_rxq: u16, nb_txq: u16, rx_desc: u16, tx_desc: u16, pool: &Mempool) -> Result<(), PortError> {
+    pub fn configure(
+        &self,
+        nb_rxq: u16,
+        nb_txq: u16,
+        rx_desc: u16,
+        tx_desc: u16,
+        pool: &Mempool,
+    ) -> Result<(), PortError> {
         let mut info = MaybeUninit::<ffi::rte_eth_dev_info>::zeroed();
         // SAFETY: info is a valid out pointer of the right type.
         let rc = unsafe { ffi::rte_eth_dev_info_get(self.id, info.as_mut_ptr()) };
@@ -139,14 +155,24 @@ impl EthPort {
         for q in 0..nb_rxq {
             // SAFETY: the port is configured with nb_rxq queues; a null rxconf
             // means the driver defaults; the pool outlives the port.
-            let rc = unsafe { ffi::rte_eth_rx_queue_setup(self.id, q, nrx, socket, std::ptr::null(), pool.as_ptr()) };
+            let rc = unsafe {
+                ffi::rte_eth_rx_queue_setup(
+                    self.id,
+                    q,
+                    nrx,
+                    socket,
+                    std::ptr::null(),
+                    pool.as_ptr(),
+                )
+            };
             if rc < 0 {
                 return Err(port_err(&self.name, "rx queue setup", rc));
             }
         }
         for q in 0..nb_txq {
             // SAFETY: as above, for tx queues.
-            let rc = unsafe { ffi::rte_eth_tx_queue_setup(self.id, q, ntx, socket, std::ptr::null()) };
+            let rc =
+                unsafe { ffi::rte_eth_tx_queue_setup(self.id, q, ntx, socket, std::ptr::null()) };
             if rc < 0 {
                 return Err(port_err(&self.name, "tx queue setup", rc));
             }
@@ -243,7 +269,8 @@ pub fn rx_burst(port: u16, queue: u16, burst: &mut Burst) -> usize {
     // SAFETY: the port and queue were configured and started by the control
     // plane and are polled only by this worker; the burst has room for
     // MAX_BURST pointers.
-    let n = unsafe { ffi::rte_eth_rx_burst(port, queue, burst.raw_mut(), MAX_BURST as u16) } as usize;
+    let n =
+        unsafe { ffi::rte_eth_rx_burst(port, queue, burst.raw_mut(), MAX_BURST as u16) } as usize;
     burst.set_len(n);
     n
 }
@@ -258,7 +285,8 @@ pub fn tx_burst(port: u16, queue: u16, burst: &mut Burst) -> usize {
         // SAFETY: this worker owns tx queue `queue` of the started port; the
         // burst holds `len` owned references, which the PMD takes over for
         // the first n.
-        let n = unsafe { ffi::rte_eth_tx_burst(port, queue, burst.raw_mut(), burst.len() as u16) } as usize;
+        let n = unsafe { ffi::rte_eth_tx_burst(port, queue, burst.raw_mut(), burst.len() as u16) }
+            as usize;
         if n == 0 {
             break;
         }

@@ -19,7 +19,11 @@ use std::time::{Duration, Instant};
 /// short enough for interface and netns names.
 pub fn unique(prefix: &str) -> String {
     static N: AtomicU32 = AtomicU32::new(0);
-    format!("{prefix}{}-{}", std::process::id() % 100_000, N.fetch_add(1, Ordering::Relaxed))
+    format!(
+        "{prefix}{}-{}",
+        std::process::id() % 100_000,
+        N.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 /// Polls `cond` every 20 ms until it holds or `timeout` passes; returns

@@ -8,11 +8,18 @@ pub struct Netns {
 }
 
 fn run(args: &[&str]) -> Result<String, String> {
-    let out = Command::new(args[0]).args(&args[1..]).output().map_err(|e| format!("{}: {e}", args[0]))?;
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .map_err(|e| format!("{}: {e}", args[0]))?;
     if out.status.success() {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     } else {
-        Err(format!("`{}` failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim()))
+        Err(format!(
+            "`{}` failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
     }
 }
 
@@ -23,7 +30,9 @@ impl Netns {
     pub fn create(name: &str) -> Result<Netns, String> {
         let _ = run(&["ip", "netns", "del", name]);
         run(&["ip", "netns", "add", name])?;
-        let ns = Netns { name: name.to_string() };
+        let ns = Netns {
+            name: name.to_string(),
+        };
         ns.exec(&["ip", "link", "set", "lo", "up"])?;
         ns.exec(&["sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1"])?;
         ns.exec(&["sysctl", "-qw", "net.ipv6.conf.default.disable_ipv6=1"])?;
@@ -52,7 +61,10 @@ impl Netns {
     /// A counter of an interface inside it (`rx_packets`, `tx_packets`, ...).
     pub fn if_counter(&self, ifname: &str, counter: &str) -> Result<u64, String> {
         let path = format!("/sys/class/net/{ifname}/statistics/{counter}");
-        self.exec(&["cat", &path])?.trim().parse().map_err(|e| format!("{path}: {e}"))
+        self.exec(&["cat", &path])?
+            .trim()
+            .parse()
+            .map_err(|e| format!("{path}: {e}"))
     }
 
     /// Whether the interface exists inside it.

@@ -16,12 +16,17 @@ pub struct Proc {
 impl Proc {
     /// Spawns `cmd` with piped stdin/stdout/stderr.
     pub fn spawn(name: &str, mut cmd: Command) -> std::io::Result<Proc> {
-        cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        cmd.stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
         let mut child = cmd.spawn()?;
         let lines = Arc::new(Mutex::new(Vec::new()));
         let out = child.stdout.take().expect("piped");
         let err = child.stderr.take().expect("piped");
-        for stream in [Box::new(out) as Box<dyn std::io::Read + Send>, Box::new(err)] {
+        for stream in [
+            Box::new(out) as Box<dyn std::io::Read + Send>,
+            Box::new(err),
+        ] {
             let lines = Arc::clone(&lines);
             std::thread::spawn(move || {
                 for line in BufReader::new(stream).lines().map_while(Result::ok) {
@@ -30,7 +35,12 @@ impl Proc {
             });
         }
         let stdin = child.stdin.take();
-        Ok(Proc { name: name.to_string(), child: Some(child), stdin, lines })
+        Ok(Proc {
+            name: name.to_string(),
+            child: Some(child),
+            stdin,
+            lines,
+        })
     }
 
     /// Everything printed so far.
@@ -75,7 +85,10 @@ impl Proc {
         if let Some(code) = self.wait_exit(grace) {
             return Some(code);
         }
-        eprintln!("testbed: {} ignored SIGTERM for {grace:?}; killing it", self.name);
+        eprintln!(
+            "testbed: {} ignored SIGTERM for {grace:?}; killing it",
+            self.name
+        );
         let c = self.child.as_mut()?;
         let _ = c.kill();
         c.wait().ok().and_then(|s| s.code())

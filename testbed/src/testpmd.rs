@@ -53,16 +53,35 @@ impl Testpmd {
         let mut cmd = Command::new("stdbuf");
         // In-memory with single-file segments: no hugepage files left behind,
         // and one fd per memory list that virtio-user can pass to vhost.
-        cmd.args(["-oL", "dpdk-testpmd", "--lcores", o.lcores, "--no-pci", "--in-memory"])
-            .args(["--single-file-segments", "-m", "256", "--no-telemetry", "--file-prefix", &prefix])
-            .args(["--vdev", &vdev, "--", "-i", "--nb-cores=1", "--burst=32"])
-            .arg(format!("--forward-mode={}", o.fwd));
+        cmd.args([
+            "-oL",
+            "dpdk-testpmd",
+            "--lcores",
+            o.lcores,
+            "--no-pci",
+            "--in-memory",
+        ])
+        .args([
+            "--single-file-segments",
+            "-m",
+            "256",
+            "--no-telemetry",
+            "--file-prefix",
+            &prefix,
+        ])
+        .args(["--vdev", &vdev, "--", "-i", "--nb-cores=1", "--burst=32"])
+        .arg(format!("--forward-mode={}", o.fwd));
         if let Some(p) = o.peer {
             cmd.arg(format!("--eth-peer=0,{p}"));
         }
-        let mut proc = Proc::spawn(name, cmd).map_err(|e| format!("cannot run dpdk-testpmd: {e}"))?;
+        let mut proc =
+            Proc::spawn(name, cmd).map_err(|e| format!("cannot run dpdk-testpmd: {e}"))?;
         let up = crate::wait_until(Duration::from_secs(30), || {
-            proc.exit_code().is_some() || proc.output().iter().any(|l| l.contains("Checking link statuses..."))
+            proc.exit_code().is_some()
+                || proc
+                    .output()
+                    .iter()
+                    .any(|l| l.contains("Checking link statuses..."))
         });
         if !up || proc.exit_code().is_some() {
             proc.dump();

@@ -62,15 +62,23 @@ impl Vswitchd {
     pub fn spawn(bin: &Path, args: &[&str], socket: &Path) -> Result<Vswitchd, String> {
         let mut cmd = Command::new(bin);
         cmd.args(args);
-        let mut proc = Proc::spawn("vswitchd", cmd).map_err(|e| format!("cannot run {}: {e}", bin.display()))?;
+        let mut proc = Proc::spawn("vswitchd", cmd)
+            .map_err(|e| format!("cannot run {}: {e}", bin.display()))?;
         let ready = crate::wait_until(Duration::from_secs(60), || {
-            proc.exit_code().is_some() || proc.output().iter().any(|l| l.starts_with("vswitchd: ready"))
+            proc.exit_code().is_some()
+                || proc
+                    .output()
+                    .iter()
+                    .any(|l| l.starts_with("vswitchd: ready"))
         });
         if !ready || proc.exit_code().is_some() {
             let out = proc.output().join("\n");
             return Err(format!("vswitchd did not become ready:\n{out}"));
         }
-        Ok(Vswitchd { proc, socket: socket.to_path_buf() })
+        Ok(Vswitchd {
+            proc,
+            socket: socket.to_path_buf(),
+        })
     }
 
     /// Where a test config puts the control socket.
@@ -81,11 +89,14 @@ impl Vswitchd {
     /// Sends one control request (a JSON object); its `result`, or its error.
     pub fn request(&self, req: Value) -> Result<Value, String> {
         let s = UnixStream::connect(&self.socket).map_err(|e| format!("connect: {e}"))?;
-        s.set_read_timeout(Some(Duration::from_secs(10))).map_err(|e| e.to_string())?;
+        s.set_read_timeout(Some(Duration::from_secs(10)))
+            .map_err(|e| e.to_string())?;
         let mut w = s.try_clone().map_err(|e| e.to_string())?;
         writeln!(w, "{req}").map_err(|e| e.to_string())?;
         let mut line = String::new();
-        BufReader::new(s).read_line(&mut line).map_err(|e| e.to_string())?;
+        BufReader::new(s)
+            .read_line(&mut line)
+            .map_err(|e| e.to_string())?;
         let v: Value = serde_json::from_str(&line).map_err(|e| format!("{e}: {line:?}"))?;
         if v["ok"] == Value::Bool(true) {
             Ok(v["result"].clone())
@@ -105,7 +116,10 @@ impl Vswitchd {
 
     /// A counter of port `name` (`rx_packets`, `tx_packets`, ...).
     pub fn counter(&self, name: &str, counter: &str) -> u64 {
-        self.port_stats(name).ok().and_then(|p| p[counter].as_u64()).unwrap_or(0)
+        self.port_stats(name)
+            .ok()
+            .and_then(|p| p[counter].as_u64())
+            .unwrap_or(0)
     }
 
     /// Whether port `name`'s link is up.

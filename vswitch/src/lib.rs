@@ -19,7 +19,7 @@ pub mod stats;
 pub mod switch;
 pub mod types;
 
-pub use flow::{FlowKey, L3, ParseError};
+pub use flow::{FlowKey, ParseError, L3};
 pub use mac_table::{Learn, MacTable};
 pub use stats::{Counter, DropReason, PortCounters};
 pub use switch::{Action, BridgeConf, BridgeDomain, BuildError, Frame, Switch, SwitchBuilder};

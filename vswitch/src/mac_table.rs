@@ -69,7 +69,7 @@ pub struct MacTable {
 
 #[inline]
 fn pack(mac: MacAddr, port: PortId) -> u64 {
-    mac.to_u64() << 16 | u64::from(port.0) + 1
+    (mac.to_u64() << 16) | (u64::from(port.0) + 1)
 }
 
 #[inline]
@@ -172,7 +172,10 @@ impl MacTable {
             let Some((i, old)) = free else {
                 continue;
             };
-            if slots[i].compare_exchange(old, want, Relaxed, Relaxed).is_ok() {
+            if slots[i]
+                .compare_exchange(old, want, Relaxed, Relaxed)
+                .is_ok()
+            {
                 self.stamps[b * SLOTS + i].store(now, Relaxed);
                 return Learn::New;
             }
@@ -201,7 +204,10 @@ impl MacTable {
         for (b, bucket) in self.buckets.iter().enumerate() {
             for (i, word) in bucket.0.iter().enumerate() {
                 let w = word.load(Relaxed);
-                if w != 0 && pred(b * SLOTS + i, w) && word.compare_exchange(w, 0, Relaxed, Relaxed).is_ok() {
+                if w != 0
+                    && pred(b * SLOTS + i, w)
+                    && word.compare_exchange(w, 0, Relaxed, Relaxed).is_ok()
+                {
                     n += 1;
                 }
             }
@@ -295,7 +301,9 @@ mod tests {
             t.learn(mac(i), PortId((i % 2) as u16), 0);
         }
         assert_eq!(t.flush_port(PortId(0)), 5);
-        assert!((0..10).all(|i| t.lookup(mac(i), 0) == if i % 2 == 1 { Some(PortId(1)) } else { None }));
+        assert!(
+            (0..10).all(|i| t.lookup(mac(i), 0) == if i % 2 == 1 { Some(PortId(1)) } else { None })
+        );
         assert_eq!(t.flush(), 5);
     }
 

@@ -107,8 +107,12 @@ impl std::fmt::Display for BuildError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             BuildError::DuplicateBridge(n) => write!(f, "bridge {n:?} is defined twice"),
-            BuildError::PortOutOfRange(p) => write!(f, "port index {p} is beyond the limit of {MAX_PORTS}"),
-            BuildError::PortInTwoBridges(p) => write!(f, "port index {p} is attached to two bridges"),
+            BuildError::PortOutOfRange(p) => {
+                write!(f, "port index {p} is beyond the limit of {MAX_PORTS}")
+            }
+            BuildError::PortInTwoBridges(p) => {
+                write!(f, "port index {p} is attached to two bridges")
+            }
         }
     }
 }
@@ -151,7 +155,9 @@ impl SwitchBuilder {
                 return Err(BuildError::DuplicateBridge(conf.name));
             }
             for &p in &ports {
-                let slot = port_bridge.get_mut(p.index()).ok_or(BuildError::PortOutOfRange(p))?;
+                let slot = port_bridge
+                    .get_mut(p.index())
+                    .ok_or(BuildError::PortOutOfRange(p))?;
                 if slot.is_some() {
                     return Err(BuildError::PortInTwoBridges(p));
                 }
@@ -159,8 +165,9 @@ impl SwitchBuilder {
                 flood[p.index()] = ports.iter().copied().filter(|&q| q != p).collect();
             }
             let macs = match old.get(conf.name.as_str()) {
-                Some(t) if t.capacity() == MacTable::new(conf.mac_capacity, 0).capacity()
-                    && t.aging_secs() == conf.mac_aging_secs =>
+                Some(t)
+                    if t.capacity() == MacTable::new(conf.mac_capacity, 0).capacity()
+                        && t.aging_secs() == conf.mac_aging_secs =>
                 {
                     Arc::clone(t)
                 }
@@ -168,7 +175,11 @@ impl SwitchBuilder {
             };
             bridges.push(BridgeDomain { conf, ports, macs });
         }
-        Ok(Switch { bridges, port_bridge, flood })
+        Ok(Switch {
+            bridges,
+            port_bridge,
+            flood,
+        })
     }
 }
 
@@ -288,7 +299,11 @@ mod tests {
     }
 
     fn conf(name: &str) -> BridgeConf {
-        BridgeConf { name: name.into(), mac_capacity: 1024, mac_aging_secs: 300 }
+        BridgeConf {
+            name: name.into(),
+            mac_capacity: 1024,
+            mac_aging_secs: 300,
+        }
     }
 
     /// Ports 0,1,2 in "a"; 3,4 in "b"; 5 in none.
@@ -296,7 +311,9 @@ mod tests {
         let mut b = SwitchBuilder::new();
         let a = b.bridge(conf("a"));
         let bb = b.bridge(conf("b"));
-        b.attach(PortId(0), a).attach(PortId(1), a).attach(PortId(2), a);
+        b.attach(PortId(0), a)
+            .attach(PortId(1), a)
+            .attach(PortId(2), a);
         b.attach(PortId(3), bb).attach(PortId(4), bb);
         b.build(None).unwrap()
     }
@@ -314,9 +331,15 @@ mod tests {
         assert_eq!(run(&sw, 0, &[frame(mac(2), mac(1))], 0), [Action::Flood]);
         assert_eq!(sw.flood_ports(PortId(0)), [PortId(1), PortId(2)]);
         // Reply from port 1 goes straight to port 0, learned above.
-        assert_eq!(run(&sw, 1, &[frame(mac(1), mac(2))], 0), [Action::Output(PortId(0))]);
+        assert_eq!(
+            run(&sw, 1, &[frame(mac(1), mac(2))], 0),
+            [Action::Output(PortId(0))]
+        );
         // And now 1 -> 2 is known too.
-        assert_eq!(run(&sw, 0, &[frame(mac(2), mac(1))], 0), [Action::Output(PortId(1))]);
+        assert_eq!(
+            run(&sw, 0, &[frame(mac(2), mac(1))], 0),
+            [Action::Output(PortId(1))]
+        );
     }
 
     #[test]
@@ -342,9 +365,9 @@ mod tests {
         let sw = two_bridges();
         let c = PortCounters::default();
         let frames = vec![
-            vec![0u8; 10],                       // truncated
+            vec![0u8; 10],                        // truncated
             frame(mac(2), [0x01, 0, 0, 0, 0, 1]), // group source MAC
-            frame(mac(7), mac(7)),               // learned on port 0 then sent to itself
+            frame(mac(7), mac(7)),                // learned on port 0 then sent to itself
         ];
         let mut a = vec![Action::Flood; 3];
         sw.forward(PortId(0), &frames, 0, &c, &mut a);
@@ -369,17 +392,27 @@ mod tests {
         let a = b.bridge(conf("solo"));
         b.attach(PortId(0), a);
         let sw = b.build(None).unwrap();
-        assert_eq!(run(&sw, 0, &[frame([0xff; 6], mac(1))], 0), [Action::Drop(DropReason::NoOutput)]);
+        assert_eq!(
+            run(&sw, 0, &[frame([0xff; 6], mac(1))], 0),
+            [Action::Drop(DropReason::NoOutput)]
+        );
     }
 
     #[test]
     fn aged_destination_is_flooded_again() {
         let mut b = SwitchBuilder::new();
-        let a = b.bridge(BridgeConf { name: "a".into(), mac_capacity: 64, mac_aging_secs: 5 });
+        let a = b.bridge(BridgeConf {
+            name: "a".into(),
+            mac_capacity: 64,
+            mac_aging_secs: 5,
+        });
         b.attach(PortId(0), a).attach(PortId(1), a);
         let sw = b.build(None).unwrap();
         run(&sw, 1, &[frame([0xff; 6], mac(2))], 100);
-        assert_eq!(run(&sw, 0, &[frame(mac(2), mac(1))], 105), [Action::Output(PortId(1))]);
+        assert_eq!(
+            run(&sw, 0, &[frame(mac(2), mac(1))], 105),
+            [Action::Output(PortId(1))]
+        );
         assert_eq!(run(&sw, 0, &[frame(mac(2), mac(1))], 106), [Action::Flood]);
     }
 
@@ -391,13 +424,19 @@ mod tests {
         let a = b.bridge(conf("a"));
         b.attach(PortId(0), a).attach(PortId(1), a);
         let sw2 = b.build(Some(&sw)).unwrap();
-        assert_eq!(run(&sw2, 0, &[frame(mac(2), mac(1))], 0), [Action::Output(PortId(1))]);
+        assert_eq!(
+            run(&sw2, 0, &[frame(mac(2), mac(1))], 0),
+            [Action::Output(PortId(1))]
+        );
 
         let mut b = SwitchBuilder::new();
         let a = b.bridge(conf("a"));
         let c = b.bridge(conf("c"));
         b.attach(PortId(0), a).attach(PortId(0), c);
-        assert_eq!(b.build(None).err(), Some(BuildError::PortInTwoBridges(PortId(0))));
+        assert_eq!(
+            b.build(None).err(),
+            Some(BuildError::PortInTwoBridges(PortId(0)))
+        );
         let mut b = SwitchBuilder::new();
         b.bridge(conf("a"));
         b.bridge(conf("a"));
