@@ -121,12 +121,12 @@ pub fn preflight(spec: &PortSpec) -> Result<(), SetupError> {
         } => {
             claim_socket_path(socket).map_err(fail)?;
         }
-        PortKind::AfPacket { iface } | PortKind::AfXdp { iface, .. } => {
-            if !netns::host_interface_exists(iface) {
-                return Err(fail(format!(
-                    "interface {iface:?} does not exist on the host"
-                )));
-            }
+        PortKind::AfPacket { iface } | PortKind::AfXdp { iface, .. }
+            if !netns::host_interface_exists(iface) =>
+        {
+            return Err(fail(format!(
+                "interface {iface:?} does not exist on the host"
+            )));
         }
         PortKind::Pcap {
             rx_pcap: Some(f), ..
