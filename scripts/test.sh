@@ -7,4 +7,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 cargo build --workspace --all-targets
-cargo test --workspace -- --test-threads=1
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+status=0
+cargo test --workspace -- --test-threads=1 2>&1 | tee "$log" || status=$?
+# cargo prints one result line per test binary, the last often a doc-test run
+# with nothing in it: close with the totals.
+awk '/^test result:/ { p += $4; f += $6 } END { printf "tests: %d passed, %d failed\n", p, f }' "$log"
+exit "$status"
