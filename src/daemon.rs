@@ -182,8 +182,9 @@ fn build_datapath(
     })
 }
 
-/// Runs the switch until SIGINT/SIGTERM. `ready` is called once the ports
-/// are up and workers run (the demo and tests wait for it via stdout).
+/// Runs the switch until SIGINT/SIGTERM. Prints a `vswitchd: ready` line on
+/// stdout once the ports are up and the workers run (the demo and tests wait
+/// for it).
 pub fn run(cfg: Config) -> Result<()> {
     preflight(&cfg)?;
     let n_workers = cfg.workers.cores.len();
