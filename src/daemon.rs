@@ -131,12 +131,7 @@ fn pool_size(cfg: &Config) -> u32 {
 }
 
 /// The datapath snapshot for a set of open ports.
-fn build_datapath(
-    cfg: &Config,
-    ports: &[Option<Port>],
-    n_workers: usize,
-    prev: Option<&Datapath>,
-) -> Result<Datapath> {
+fn build_datapath(cfg: &Config, ports: &[Option<Port>], n_workers: usize) -> Result<Datapath> {
     let mut b = SwitchBuilder::new();
     let ids: Vec<(String, BridgeId)> = cfg
         .bridges
@@ -172,9 +167,7 @@ fn build_datapath(
             });
         }
     }
-    let switch = b
-        .build(prev.map(|p| &p.switch))
-        .context("building the switch topology")?;
+    let switch = b.build(None).context("building the switch topology")?;
     Ok(Datapath {
         switch,
         tx_port,
@@ -214,11 +207,11 @@ pub fn run(cfg: Config) -> Result<()> {
         );
         ports.push(Some(p));
     }
-    let dp = build_datapath(&cfg, &ports, n_workers, None)?;
+    let dp = build_datapath(&cfg, &ports, n_workers)?;
     let shared = Arc::new(Shared::new(dp, n_workers, cfg.workers.idle_sleep_us));
     for (i, &l) in lcores.iter().enumerate() {
         let s = Arc::clone(&shared);
-        lcore::launch(l, move || Worker::new(i, s).run()).map_err(anyhow::Error::msg)?;
+        lcore::launch(l, move || Worker::new(i).run(&s)).map_err(anyhow::Error::msg)?;
     }
 
     let term = Arc::new(AtomicBool::new(false));

@@ -136,3 +136,51 @@ impl Shared {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vswitch::SwitchBuilder;
+
+    fn snapshot(rx_port: u16) -> Datapath {
+        Datapath {
+            switch: SwitchBuilder::new().build(None).unwrap(),
+            tx_port: [None; MAX_PORTS],
+            rx_queues: vec![vec![RxQueue {
+                port: PortId(rx_port),
+                dpdk_port: rx_port,
+                queue: 0,
+            }]],
+        }
+    }
+
+    #[test]
+    fn publish_waits_for_the_worker_to_switch() {
+        let shared = Arc::new(Shared::new(snapshot(0), 1, 0));
+        // A stand-in for a worker's poll loop: switch snapshots between
+        // rounds and ack the generation, as Worker::run does.
+        let w = Arc::clone(&shared);
+        let worker = std::thread::spawn(move || {
+            let mut seen = 0;
+            while w.running.load(Ordering::Relaxed) {
+                let g = w.generation();
+                let dp = w.load();
+                seen = dp.rx_queues[0][0].dpdk_port;
+                w.workers[0].ack.store(g, Ordering::Release);
+                std::thread::yield_now();
+            }
+            seen
+        });
+        assert!(shared.publish(snapshot(7), Duration::from_secs(10)));
+        // Once publish returned, the worker polls the new port only.
+        assert_eq!(shared.load().rx_queues[0][0].dpdk_port, 7);
+        shared.running.store(false, Ordering::Relaxed);
+        assert_eq!(worker.join().unwrap(), 7);
+    }
+
+    #[test]
+    fn publish_reports_a_worker_that_never_acks() {
+        let shared = Shared::new(snapshot(0), 1, 0);
+        assert!(!shared.publish(snapshot(1), Duration::from_millis(50)));
+    }
+}

@@ -24,12 +24,11 @@ struct TxBuf {
     bytes: u64,
 }
 
-/// A worker's private state: its snapshot, tx buffers and scratch arrays.
+/// A worker's private state: tx buffers and scratch arrays. The snapshot
+/// it forwards with is a local of [`Worker::run`], so a poll round costs no
+/// reference-count traffic on it.
 pub struct Worker {
     index: usize,
-    shared: Arc<Shared>,
-    dp: Arc<Datapath>,
-    gen: u64,
     tx: Vec<TxBuf>,
     /// Bit p set: tx buffer of port p holds frames.
     dirty: u64,
@@ -40,15 +39,10 @@ pub struct Worker {
 const _: () = assert!(MAX_PORTS <= 64, "dirty is a u64 bitmap");
 
 impl Worker {
-    /// Worker `index` of `shared`.
-    pub fn new(index: usize, shared: Arc<Shared>) -> Worker {
-        let gen = shared.generation();
-        let dp = shared.load();
+    /// Worker `index` of the [`Shared`] it will run on.
+    pub fn new(index: usize) -> Worker {
         Worker {
             index,
-            shared,
-            dp,
-            gen,
             tx: (0..MAX_PORTS)
                 .map(|_| TxBuf {
                     frames: Burst::default(),
@@ -62,24 +56,25 @@ impl Worker {
     }
 
     /// Polls until `shared.running` is cleared.
-    pub fn run(mut self) {
+    pub fn run(mut self, shared: &Shared) {
         let hz = dpdk::tsc_hz().max(1);
         let start = dpdk::rdtsc();
-        let sleep = std::time::Duration::from_micros(u64::from(self.shared.idle_sleep_us));
-        let shared = Arc::clone(&self.shared);
-        let counters: &WorkerCounters = &shared.workers[self.index].counters;
+        let sleep = std::time::Duration::from_micros(u64::from(shared.idle_sleep_us));
+        let slot = &shared.workers[self.index];
+        let counters: &WorkerCounters = &slot.counters;
+        let mut gen = shared.generation();
+        let mut dp: Arc<Datapath> = shared.load();
         let mut rx = Burst::default();
         while shared.running.load(Ordering::Relaxed) {
-            let gen = shared.generation();
-            if gen != self.gen {
-                self.dp = shared.load();
-                self.gen = gen;
+            let g = shared.generation();
+            if g != gen {
+                dp = shared.load();
+                gen = g;
             }
-            shared.workers[self.index].ack.store(gen, Ordering::Release);
+            slot.ack.store(gen, Ordering::Release);
 
             let t0 = dpdk::rdtsc();
             let now = ((t0 - start) / hz) as u32;
-            let dp = Arc::clone(&self.dp);
             let mut got = 0;
             for q in &dp.rx_queues[self.index] {
                 let n = port::rx_burst(q.dpdk_port, q.queue, &mut rx);
@@ -108,9 +103,6 @@ impl Worker {
                 }
             }
         }
-        // Leave nothing in flight: flush what is buffered.
-        let dp = Arc::clone(&self.dp);
-        self.flush_all(&dp, counters);
     }
 
     /// Moves each frame of `rx` where its action says; `rx` ends empty.

@@ -51,12 +51,6 @@ impl Mempool {
     pub(crate) fn as_ptr(&self) -> *mut ffi::rte_mempool {
         self.raw.as_ptr()
     }
-
-    /// Mbufs currently in the pool (not in flight).
-    pub fn available(&self) -> u32 {
-        // SAFETY: the pool is valid; the count is a racy but safe read.
-        unsafe { ffi::rte_mempool_avail_count(self.raw.as_ptr()) }
-    }
 }
 
 impl Drop for Mempool {

@@ -105,11 +105,6 @@ impl EthPort {
         self.id
     }
 
-    /// Device name.
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-
     /// Configures `nb_rxq` rx and `nb_txq` tx queues, all taking mbufs from
     /// `pool`, with descriptor counts adjusted to the device's limits.
     pub fn configure(

@@ -53,6 +53,14 @@ impl Proc {
         self.lines.lock().expect("lines").len()
     }
 
+    /// Waits up to `timeout` for a printed line matching `pred`; false if
+    /// it exits or the time passes first.
+    pub fn wait_for_line(&mut self, timeout: Duration, pred: impl Fn(&str) -> bool) -> bool {
+        crate::wait_until(timeout, || {
+            self.exit_code().is_some() || self.output().iter().any(|l| pred(l))
+        }) && self.exit_code().is_none()
+    }
+
     /// Writes a line to its stdin.
     pub fn send(&mut self, line: &str) {
         if let Some(s) = self.stdin.as_mut() {

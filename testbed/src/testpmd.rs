@@ -76,14 +76,9 @@ impl Testpmd {
         }
         let mut proc =
             Proc::spawn(name, cmd).map_err(|e| format!("cannot run dpdk-testpmd: {e}"))?;
-        let up = crate::wait_until(Duration::from_secs(30), || {
-            proc.exit_code().is_some()
-                || proc
-                    .output()
-                    .iter()
-                    .any(|l| l.contains("Checking link statuses..."))
-        });
-        if !up || proc.exit_code().is_some() {
+        if !proc.wait_for_line(Duration::from_secs(30), |l| {
+            l.contains("Checking link statuses...")
+        }) {
             proc.dump();
             return Err(format!("testpmd {name} did not come up"));
         }

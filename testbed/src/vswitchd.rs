@@ -64,14 +64,9 @@ impl Vswitchd {
         cmd.args(args);
         let mut proc = Proc::spawn("vswitchd", cmd)
             .map_err(|e| format!("cannot run {}: {e}", bin.display()))?;
-        let ready = crate::wait_until(Duration::from_secs(60), || {
-            proc.exit_code().is_some()
-                || proc
-                    .output()
-                    .iter()
-                    .any(|l| l.starts_with("vswitchd: ready"))
-        });
-        if !ready || proc.exit_code().is_some() {
+        if !proc.wait_for_line(Duration::from_secs(60), |l| {
+            l.starts_with("vswitchd: ready")
+        }) {
             let out = proc.output().join("\n");
             return Err(format!("vswitchd did not become ready:\n{out}"));
         }

@@ -219,14 +219,11 @@ impl Switch {
     ) {
         let n = frames.len();
         let actions = &mut actions[..n];
-        let mut bytes = 0u64;
-        for f in frames {
-            bytes += f.data().len() as u64;
-        }
         counters.rx_packets.add(n as u64);
-        counters.rx_bytes.add(bytes);
 
         let Some(bd) = self.bridge_of(in_port) else {
+            let bytes: usize = frames.iter().map(|f| f.data().len()).sum();
+            counters.rx_bytes.add(bytes as u64);
             actions.fill(Action::Drop(DropReason::NoBridge));
             counters.drop(DropReason::NoBridge, n as u64);
             return;
@@ -241,8 +238,10 @@ impl Switch {
         let mut last_src = MacAddr::BROADCAST;
         let mut last_dst = (MacAddr::BROADCAST, flood);
         let mut learn_full = 0;
+        let mut bytes = 0;
         for (f, action) in frames.iter().zip(actions.iter_mut()) {
             let d = f.data();
+            bytes += d.len() as u64;
             if d.len() < ETH_HLEN {
                 *action = Action::Drop(DropReason::Malformed);
                 continue;
@@ -273,6 +272,7 @@ impl Switch {
             }
             *action = last_dst.1;
         }
+        counters.rx_bytes.add(bytes);
         counters.learn_full.add(learn_full);
         for a in actions.iter() {
             if let Action::Drop(r) = *a {
