@@ -179,6 +179,7 @@ struct PortFile {
     rx_desc: Option<Spanned<u16>>,
     tx_desc: Option<Spanned<u16>>,
     rx_workers: Option<Spanned<Vec<u32>>>,
+    static_macs: Option<Vec<Spanned<String>>>,
     // vhost-user
     socket: Option<Spanned<PathBuf>>,
     client: Option<Spanned<bool>>,
@@ -239,6 +240,9 @@ pub struct PortSpec {
     pub tx_desc: u16,
     /// Worker index per rx queue (None: round robin).
     pub rx_workers: Option<Vec<usize>>,
+    /// Stations known to be behind this port: static MAC-table entries that
+    /// never age and that traffic cannot move.
+    pub static_macs: Vec<MacAddr>,
     /// What the port is.
     pub kind: PortKind,
 }
@@ -485,8 +489,23 @@ pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
     let mut ports = Vec::new();
     let mut port_names = HashSet::new();
     let mut sockets = HashSet::new();
+    let mut statics = HashSet::new();
     for (i, p) in model.ports.iter().enumerate() {
         let spec = validate_port(&cx, i, p.get_ref(), &bridge_names, n_workers)?;
+        for (j, mac) in spec.static_macs.iter().enumerate() {
+            if !statics.insert((spec.bridge.clone(), *mac)) {
+                let span = p
+                    .get_ref()
+                    .static_macs
+                    .as_ref()
+                    .map_or(0..0, |v| v[j].span());
+                return Err(cx.err(
+                    span,
+                    format!("port[{i}].static_macs[{j}]"),
+                    format!("{mac} is already a static MAC of another port in this bridge"),
+                ));
+            }
+        }
         if !port_names.insert(spec.name.clone()) {
             return Err(cx.err(
                 p.get_ref().name.span(),
@@ -727,9 +746,25 @@ fn validate_port(
             Some(list.iter().map(|&x| x as usize).collect())
         }
     };
+    let mut static_macs = Vec::new();
+    for (j, m) in p.static_macs.iter().flatten().enumerate() {
+        let field = f(&format!("static_macs[{j}]"));
+        let mac: MacAddr = m
+            .get_ref()
+            .parse()
+            .map_err(|e| cx.err(m.span(), field.clone(), format!("{e}")))?;
+        if mac.is_group() || mac.is_zero() {
+            return Err(cx.err(m.span(), field, "a station's MAC is unicast and non-zero"));
+        }
+        if p.bridge.is_none() {
+            return Err(cx.err(m.span(), field, "static MACs need the port in a `bridge`"));
+        }
+        static_macs.push(mac);
+    }
     Ok(PortSpec {
         name: p.name.get_ref().clone(),
         bridge: p.bridge.as_ref().map(|b| b.get_ref().clone()),
+        static_macs,
         rx_queues,
         rx_desc: desc(&p.rx_desc, "rx_desc")?,
         tx_desc: desc(&p.tx_desc, "tx_desc")?,
@@ -950,5 +985,30 @@ mod tests {
     fn workers_must_not_share_the_main_core() {
         let e = err("[eal]\nmain_lcore = 1\n[workers]\ncores = [1]\n");
         assert_eq!(e.field, "workers.cores");
+    }
+
+    #[test]
+    fn static_macs_are_checked() {
+        let head = "[[bridge]]\nname = \"a\"\n[[port]]\nname = \"p\"\nkind = \"ring\"\n";
+        let ok = parse(
+            "t.toml",
+            &format!("{head}bridge = \"a\"\nstatic_macs = [\"02:00:00:00:00:02\"]\n"),
+        )
+        .unwrap();
+        assert_eq!(
+            ok.ports[0].static_macs,
+            ["02:00:00:00:00:02".parse().unwrap()]
+        );
+        let e = err(&format!(
+            "{head}bridge = \"a\"\nstatic_macs = [\"02:00:00:00:00:02\", \"ff:ff:ff:ff:ff:ff\"]\n"
+        ));
+        assert_eq!((e.line, e.field.as_str()), (7, "port[0].static_macs[1]"));
+        let e = err(&format!("{head}static_macs = [\"02:00:00:00:00:02\"]\n"));
+        assert!(e.message.contains("bridge"), "{e}");
+        let e = err(&format!(
+            "{head}bridge = \"a\"\nstatic_macs = [\"02:00:00:00:00:02\"]\n\
+             [[port]]\nname = \"q\"\nkind = \"ring\"\nbridge = \"a\"\nstatic_macs = [\"02:00:00:00:00:02\"]\n"
+        ));
+        assert_eq!((e.line, e.field.as_str()), (12, "port[1].static_macs[0]"));
     }
 }

@@ -150,6 +150,9 @@ fn build_datapath(cfg: &Config, ports: &[Option<Port>], n_workers: usize) -> Res
                 .find(|(n, _)| n == name)
                 .expect("validated bridge name");
             b.attach(pid, *bid);
+            for &mac in &port.spec.static_macs {
+                b.static_mac(*bid, mac, pid);
+            }
         }
         tx_port[i] = Some(port.eth.id());
         for q in 0..port.spec.rx_queues {
@@ -322,7 +325,7 @@ fn handle(
                         .and_then(|p| p.as_ref())
                         .map(|p| p.spec.name.clone());
                     out.push(serde_json::json!({
-                        "bridge": b.conf.name, "mac": e.mac.to_string(), "port": port, "age": e.age,
+                        "bridge": b.conf.name, "mac": e.mac.to_string(), "port": port, "age": e.age, "static": e.is_static,
                     }));
                 }
             }

@@ -15,6 +15,10 @@
 //! memory under MAC flooding attacks, as the fixed-size tables of hardware
 //! switches do.
 //!
+//! Static entries (configured stations, like OVS's `fdb/add`) carry a flag
+//! bit in the word: they never age, and learning never moves them, so a
+//! spoofed source MAC cannot steal a configured station's traffic.
+//!
 //! Two workers learning the same new MAC at the same instant may both claim a
 //! slot; lookups and refreshes use the first match, the duplicate is never
 //! refreshed and ages out. Aging is lazy (an expired entry is a miss) plus a
@@ -31,6 +35,9 @@ use crate::types::{MacAddr, PortId};
 
 /// Slots per bucket: 8 x 8 bytes = one 64-byte cache line.
 pub const SLOTS: usize = 8;
+
+/// Flag bit of a static entry, above the port field (ports are < 2^15).
+const STATIC: u64 = 1 << 15;
 
 #[repr(align(64))]
 struct Bucket([AtomicU64; SLOTS]);
@@ -55,8 +62,10 @@ pub struct Entry {
     pub mac: MacAddr,
     /// The port it was last seen on.
     pub port: PortId,
-    /// Seconds since it was last seen.
+    /// Seconds since it was last seen (0 for a static entry).
     pub age: u32,
+    /// Configured, not learned: never ages or moves.
+    pub is_static: bool,
 }
 
 /// See the module documentation.
@@ -79,7 +88,7 @@ fn word_mac(w: u64) -> u64 {
 
 #[inline]
 fn word_port(w: u64) -> PortId {
-    PortId(((w & 0xffff) - 1) as u16)
+    PortId(((w & (STATIC - 1)) - 1) as u16)
 }
 
 impl MacTable {
@@ -113,9 +122,10 @@ impl MacTable {
         (mac.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 32) as usize & self.mask
     }
 
+    /// Whether the entry `w` in `slot` has aged out (static ones never do).
     #[inline]
-    fn expired(&self, slot: usize, now: u32) -> bool {
-        now.wrapping_sub(self.stamps[slot].load(Relaxed)) > self.aging_secs
+    fn expired(&self, w: u64, slot: usize, now: u32) -> bool {
+        w & STATIC == 0 && now.wrapping_sub(self.stamps[slot].load(Relaxed)) > self.aging_secs
     }
 
     /// The port `mac` was last seen on, unless unknown or aged out.
@@ -126,7 +136,7 @@ impl MacTable {
         for (i, word) in self.buckets[b].0.iter().enumerate() {
             let w = word.load(Relaxed);
             if w != 0 && word_mac(w) == m {
-                if self.expired(b * SLOTS + i, now) {
+                if self.expired(w, b * SLOTS + i, now) {
                     return None;
                 }
                 return Some(word_port(w));
@@ -150,6 +160,9 @@ impl MacTable {
                 let w = word.load(Relaxed);
                 let s = b * SLOTS + i;
                 if w != 0 && word_mac(w) == m {
+                    if w & STATIC != 0 {
+                        return Learn::Known;
+                    }
                     if w == want {
                         // Write the stamp only when it changes: one store per
                         // MAC per second keeps the line shared, not bouncing.
@@ -165,7 +178,7 @@ impl MacTable {
                     free = None;
                     break;
                 }
-                if free.is_none() && (w == 0 || self.expired(s, now)) {
+                if free.is_none() && (w == 0 || self.expired(w, s, now)) {
                     free = Some((i, w));
                 }
             }
@@ -183,10 +196,41 @@ impl MacTable {
         Learn::Full
     }
 
+    /// Installs a static entry: `mac` lives behind `port` until the port is
+    /// flushed, whatever traffic says. Replaces a learned entry for `mac`.
+    /// Returns false when the MAC's bucket is full of static entries.
+    pub fn add_static(&self, mac: MacAddr, port: PortId) -> bool {
+        let m = mac.to_u64();
+        let b = self.bucket_of(m);
+        let want = pack(mac, port) | STATIC;
+        let slots = &self.buckets[b].0;
+        // The control thread is the only writer of static entries; a
+        // learner may race for the same slot, so every store is a CAS.
+        for _ in 0..SLOTS * 2 {
+            let own = slots.iter().position(|w| {
+                let w = w.load(Relaxed);
+                w != 0 && word_mac(w) == m
+            });
+            let pick = own.or_else(|| slots.iter().position(|w| w.load(Relaxed) & STATIC == 0));
+            let Some(i) = pick else { return false };
+            let old = slots[i].load(Relaxed);
+            if old & STATIC != 0 && word_mac(old) != m {
+                continue;
+            }
+            if slots[i]
+                .compare_exchange(old, want, Relaxed, Relaxed)
+                .is_ok()
+            {
+                return true;
+            }
+        }
+        false
+    }
+
     /// Empties every expired slot; returns how many. Run by the control
     /// thread so that listings and counts do not show dead entries.
     pub fn sweep(&self, now: u32) -> usize {
-        self.remove_where(|slot, _| self.expired(slot, now))
+        self.remove_where(|slot, w| self.expired(w, slot, now))
     }
 
     /// Removes every entry pointing at `port` (the port was removed).
@@ -222,11 +266,17 @@ impl MacTable {
             for (i, word) in bucket.0.iter().enumerate() {
                 let w = word.load(Relaxed);
                 let s = b * SLOTS + i;
-                if w != 0 && !self.expired(s, now) {
+                if w != 0 && !self.expired(w, s, now) {
+                    let is_static = w & STATIC != 0;
                     out.push(Entry {
                         mac: MacAddr::from_u64(word_mac(w)),
                         port: word_port(w),
-                        age: now.wrapping_sub(self.stamps[s].load(Relaxed)),
+                        age: if is_static {
+                            0
+                        } else {
+                            now.wrapping_sub(self.stamps[s].load(Relaxed))
+                        },
+                        is_static,
                     });
                 }
             }
@@ -292,6 +342,36 @@ mod tests {
         // Everything learned is still found; nothing else is.
         let found = (0..1000).filter(|&i| t.lookup(mac(i), 0).is_some()).count();
         assert_eq!(found, 16);
+    }
+
+    #[test]
+    fn static_entries_never_age_nor_move() {
+        let t = MacTable::new(64, 10);
+        assert_eq!(t.learn(mac(1), PortId(1), 0), Learn::New);
+        assert!(
+            t.add_static(mac(1), PortId(2)),
+            "replaces the learned entry"
+        );
+        assert!(t.add_static(mac(3), PortId(3)));
+        // Traffic from the MAC on another port does not move it.
+        assert_eq!(t.learn(mac(1), PortId(5), 1), Learn::Known);
+        assert_eq!(t.lookup(mac(1), 1_000_000), Some(PortId(2)));
+        assert_eq!(t.sweep(1_000_000), 0);
+        let mut e = t.entries(1_000_000);
+        e.sort_by_key(|e| e.port.0);
+        assert_eq!(e.len(), 2, "one slot per MAC: {e:?}");
+        assert!(e.iter().all(|e| e.is_static && e.age == 0));
+        assert_eq!(t.flush_port(PortId(3)), 1);
+        assert_eq!(t.lookup(mac(3), 0), None);
+    }
+
+    #[test]
+    fn static_entries_fill_a_bucket_at_most() {
+        // One bucket: the ninth static MAC has no room, learned ones get none.
+        let t = MacTable::new(SLOTS, 300);
+        assert!((0..SLOTS as u64).all(|i| t.add_static(mac(i), PortId(1))));
+        assert!(!t.add_static(mac(100), PortId(1)));
+        assert_eq!(t.learn(mac(101), PortId(1), 0), Learn::Full);
     }
 
     #[test]

@@ -90,6 +90,7 @@ pub struct Switch {
 #[derive(Default)]
 pub struct SwitchBuilder {
     bridges: Vec<(BridgeConf, Vec<PortId>)>,
+    static_macs: Vec<(BridgeId, MacAddr, PortId)>,
 }
 
 /// A topology mistake found while building a snapshot.
@@ -101,6 +102,8 @@ pub enum BuildError {
     PortOutOfRange(PortId),
     /// A port attached to two bridges.
     PortInTwoBridges(PortId),
+    /// A static MAC whose table bucket is full of static entries.
+    NoRoomForStaticMac(MacAddr),
 }
 
 impl std::fmt::Display for BuildError {
@@ -113,6 +116,11 @@ impl std::fmt::Display for BuildError {
             BuildError::PortInTwoBridges(p) => {
                 write!(f, "port index {p} is attached to two bridges")
             }
+            BuildError::NoRoomForStaticMac(m) => write!(
+                f,
+                "no room for static MAC {m}: its MAC-table bucket is full of static entries \
+                 (raise mac_table_size)"
+            ),
         }
     }
 }
@@ -134,6 +142,12 @@ impl SwitchBuilder {
     /// Makes `port` a member of `bridge`.
     pub fn attach(&mut self, port: PortId, bridge: BridgeId) -> &mut Self {
         self.bridges[bridge.index()].1.push(port);
+        self
+    }
+
+    /// Pins `mac` behind `port` in `bridge`'s MAC table (never aged or moved).
+    pub fn static_mac(&mut self, bridge: BridgeId, mac: MacAddr, port: PortId) -> &mut Self {
+        self.static_macs.push((bridge, mac, port));
         self
     }
 
@@ -174,6 +188,11 @@ impl SwitchBuilder {
                 _ => Arc::new(MacTable::new(conf.mac_capacity, conf.mac_aging_secs)),
             };
             bridges.push(BridgeDomain { conf, ports, macs });
+        }
+        for (b, mac, port) in self.static_macs {
+            if !bridges[b.index()].macs.add_static(mac, port) {
+                return Err(BuildError::NoRoomForStaticMac(mac));
+            }
         }
         Ok(Switch {
             bridges,
