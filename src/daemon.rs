@@ -121,7 +121,11 @@ fn pool_size(cfg: &Config) -> u32 {
     let mut n: u32 = cfg
         .ports
         .iter()
-        .map(|p| u32::from(p.rx_queues) * u32::from(p.rx_desc) + n_workers * u32::from(p.tx_desc))
+        .map(|p| {
+            u32::from(p.rx_queues) * u32::from(p.rx_desc)
+                + n_workers * u32::from(p.tx_desc)
+                + ports::extra_mbufs(p)
+        })
         .sum();
     // Tx buffers, rx bursts and per-lcore caches.
     n += n_workers * (MAX_PORTS as u32 + 2) * MAX_BURST as u32;

@@ -138,6 +138,43 @@ pub fn preflight(spec: &PortSpec) -> Result<(), SetupError> {
     Ok(())
 }
 
+/// Mbufs a port holds on its own beyond its descriptor rings: net_pcap
+/// with `infinite_rx` copies every frame of its file into an mbuf of the
+/// port's pool at start and keeps them for the port's life.
+pub fn extra_mbufs(spec: &PortSpec) -> u32 {
+    match &spec.kind {
+        PortKind::Pcap {
+            rx_pcap: Some(f),
+            infinite_rx: true,
+            ..
+        } => pcap_frames(f).unwrap_or(0),
+        _ => 0,
+    }
+}
+
+/// Number of records in a pcap file: walks the 16-byte record headers
+/// (caplen at offset 8, in the file's byte order) without reading frames.
+fn pcap_frames(path: &Path) -> std::io::Result<u32> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = std::fs::File::open(path)?;
+    let mut hdr = [0u8; 24];
+    f.read_exact(&mut hdr)?;
+    let big = match u32::from_le_bytes(hdr[..4].try_into().expect("4 bytes")) {
+        0xa1b2_c3d4 | 0xa1b2_3c4d => false,
+        0xd4c3_b2a1 | 0x4d3c_b2a1 => true,
+        _ => return Err(std::io::Error::new(ErrorKind::InvalidData, "not a pcap file")),
+    };
+    let mut n = 0;
+    let mut rec = [0u8; 16];
+    while f.read_exact(&mut rec).is_ok() {
+        let b: [u8; 4] = rec[8..12].try_into().expect("4 bytes");
+        let caplen = if big { u32::from_be_bytes(b) } else { u32::from_le_bytes(b) };
+        f.seek(SeekFrom::Current(i64::from(caplen)))?;
+        n += 1;
+    }
+    Ok(n)
+}
+
 /// Makes `path` free for a listening socket: creates its directory, fails
 /// if a live process listens there, removes a stale socket file.
 pub fn claim_socket_path(path: &Path) -> Result<(), String> {

@@ -8,10 +8,12 @@
 //! bounded; names and paths are unique per process so runs do not collide.
 
 pub mod netns;
+pub mod ovs;
 pub mod process;
 pub mod testpmd;
 pub mod vswitchd;
 
+use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
@@ -38,5 +40,19 @@ pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
             return false;
         }
         std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Runs a command to completion: its stdout, or an error that shows the
+/// command and its stderr.
+pub fn run(c: &mut Command) -> Result<String, String> {
+    let out = c.output().map_err(|e| format!("{c:?}: {e}"))?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(format!(
+            "{c:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
     }
 }

@@ -43,37 +43,40 @@ impl Default for TestpmdOpts<'_> {
 }
 
 impl Testpmd {
-    /// Starts testpmd and waits (bounded) until its port is up.
+    /// Starts testpmd as a container with one virtio-user NIC and waits
+    /// (bounded) until its port is up.
     pub fn start(name: &str, o: &TestpmdOpts) -> Result<Testpmd, String> {
-        let prefix = crate::unique("tp");
         let mut vdev = format!("net_virtio_user0,path={},mac={}", o.socket.display(), o.mac);
         if o.server {
             vdev.push_str(",server=1");
         }
-        let mut cmd = Command::new("stdbuf");
-        // In-memory with single-file segments: no hugepage files left behind,
-        // and one fd per memory list that virtio-user can pass to vhost.
-        cmd.args([
-            "-oL",
-            "dpdk-testpmd",
-            "--lcores",
-            o.lcores,
-            "--no-pci",
-            "--in-memory",
-        ])
-        .args([
-            "--single-file-segments",
-            "-m",
-            "256",
-            "--no-telemetry",
-            "--file-prefix",
-            &prefix,
-        ])
-        .args(["--vdev", &vdev, "--", "-i", "--nb-cores=1", "--burst=32"])
-        .arg(format!("--forward-mode={}", o.fwd));
+        let mut app = vec![format!("--forward-mode={}", o.fwd)];
         if let Some(p) = o.peer {
-            cmd.arg(format!("--eth-peer=0,{p}"));
+            app.push(format!("--eth-peer=0,{p}"));
         }
+        Testpmd::spawn(name, &["--lcores", o.lcores], &[vdev], &app)
+    }
+
+    /// Starts testpmd with `eal` options (cores), these `vdevs` and extra
+    /// application options, interactive, one forwarding core, bursts of 32.
+    /// In-memory with single-file segments: no hugepage files left behind,
+    /// and one fd per memory list that virtio-user can pass to vhost.
+    pub fn spawn(
+        name: &str,
+        eal: &[&str],
+        vdevs: &[String],
+        app: &[String],
+    ) -> Result<Testpmd, String> {
+        let prefix = crate::unique("tp");
+        let mut cmd = Command::new("stdbuf");
+        cmd.args(["-oL", "dpdk-testpmd"])
+            .args(eal)
+            .args(["--no-pci", "--in-memory", "--single-file-segments"])
+            .args(["-m", "512", "--no-telemetry", "--file-prefix", &prefix]);
+        for v in vdevs {
+            cmd.args(["--vdev", v]);
+        }
+        cmd.args(["--", "-i", "--nb-cores=1", "--burst=32"]).args(app);
         let mut proc =
             Proc::spawn(name, cmd).map_err(|e| format!("cannot run dpdk-testpmd: {e}"))?;
         if !proc.wait_for_line(Duration::from_secs(30), |l| {
@@ -92,27 +95,42 @@ impl Testpmd {
 
     /// (RX-packets, TX-packets) of port 0, as testpmd counts them.
     pub fn port_stats(&mut self) -> Result<(u64, u64), String> {
+        self.stats_of(0)
+    }
+
+    /// (RX-packets, TX-packets) of `port`.
+    pub fn stats_of(&mut self, port: u16) -> Result<(u64, u64), String> {
+        let lines = self.query(&format!("show port stats {port}"), |l| {
+            l.contains("TX-packets:")
+        })?;
+        let field = |name: &str| -> Option<u64> {
+            lines.iter().find_map(|l| {
+                let rest = &l[l.find(name)? + name.len()..];
+                rest.split_whitespace().next()?.parse().ok()
+            })
+        };
+        field("RX-packets:")
+            .zip(field("TX-packets:"))
+            .ok_or_else(|| format!("testpmd printed no counters for port {port}"))
+    }
+
+    /// Sends `c` and returns the lines it printed once one matches `done`
+    /// (bounded: 10 s).
+    pub fn query(&mut self, c: &str, done: impl Fn(&str) -> bool) -> Result<Vec<String>, String> {
         let from = self.proc.line_count();
-        self.proc.send("show port stats 0");
-        let mut found = None;
-        crate::wait_until(Duration::from_secs(10), || {
+        self.proc.send(c);
+        let mut lines = Vec::new();
+        let ok = crate::wait_until(Duration::from_secs(10), || {
             let out = self.proc.output();
-            let new = &out[from.min(out.len())..];
-            let field = |name: &str| -> Option<u64> {
-                new.iter().find_map(|l| {
-                    let rest = &l[l.find(name)? + name.len()..];
-                    rest.split_whitespace().next()?.parse().ok()
-                })
-            };
-            if let (Some(rx), Some(tx)) = (field("RX-packets:"), field("TX-packets:")) {
-                found = Some((rx, tx));
-            }
-            found.is_some()
+            lines = out[from.min(out.len())..].to_vec();
+            lines.iter().any(|l| done(l))
         });
-        found.ok_or_else(|| {
+        if ok {
+            Ok(lines)
+        } else {
             self.proc.dump();
-            "testpmd did not print port stats".to_string()
-        })
+            Err(format!("testpmd did not answer {c:?}"))
+        }
     }
 
     /// Prints its output (for a failing test's log).

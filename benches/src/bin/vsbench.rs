@@ -1,0 +1,148 @@
+//! `vsbench`: writes the workload pcaps and runs the harnesses, printing
+//! and writing the results table (markdown + JSON).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use vsbench::report::Report;
+use vsbench::{harness_k, harness_p, harness_v, machine::Machine, workload};
+
+#[derive(Parser)]
+#[command(about = "vswitchd benchmarks against testpmd, Open vSwitch and the Linux bridge")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Write every workload pcap into DIR.
+    Gen {
+        #[arg(long, default_value = "target/bench-pcaps")]
+        dir: PathBuf,
+    },
+    /// Run harnesses and write the results table.
+    Run {
+        /// Seconds of traffic and a single configuration per peer: checks
+        /// the harnesses work, measures nothing worth reading.
+        #[arg(long)]
+        smoke: bool,
+        /// Harnesses to run (P, V, K).
+        #[arg(long, value_delimiter = ',', default_value = "P,V,K")]
+        harness: Vec<String>,
+        /// The vswitchd binary.
+        #[arg(long, default_value = "target/release/vswitchd")]
+        vswitchd: PathBuf,
+        /// The latency probe binary.
+        #[arg(long, default_value = "target/release/latprobe")]
+        latprobe: PathBuf,
+        /// Where the workload pcaps go.
+        #[arg(long, default_value = "target/bench-pcaps")]
+        pcap_dir: PathBuf,
+        /// Markdown output.
+        #[arg(long)]
+        md: Option<PathBuf>,
+        /// JSON output.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().cmd {
+        Cmd::Gen { dir } => {
+            std::fs::create_dir_all(&dir)?;
+            for w in workload::ALL {
+                let p = w.write_to(&dir)?;
+                println!("{}", p.display());
+            }
+            Ok(())
+        }
+        Cmd::Run {
+            smoke,
+            harness,
+            vswitchd,
+            latprobe,
+            pcap_dir,
+            md,
+            json,
+        } => {
+            let machine = Machine::describe();
+            let hz = machine.tsc_hz;
+            let (warmup, window) = if smoke {
+                (Duration::from_secs(1), Duration::from_secs(2))
+            } else {
+                (Duration::from_secs(5), Duration::from_secs(12))
+            };
+            let command = |h: &str| {
+                format!("bash scripts/bench.sh --harness {h}{}", if smoke { " --smoke" } else { "" })
+            };
+            let abs = |p: PathBuf| std::path::absolute(&p).unwrap_or(p);
+            let mut report = Report {
+                date: now_utc(),
+                mode: if smoke { "smoke" } else { "full" }.into(),
+                machine,
+                sections: Vec::new(),
+            };
+            for h in &harness {
+                let sec = match h.to_ascii_uppercase().as_str() {
+                    "P" => harness_p::run(
+                        &harness_p::Opts {
+                            warmup,
+                            window,
+                            pcap_dir: abs(pcap_dir.clone()),
+                            vswitchd: abs(vswitchd.clone()),
+                            smoke,
+                        },
+                        hz,
+                        &command("P"),
+                    )
+                    .context("harness P")?,
+                    "V" => harness_v::run(
+                        &harness_v::Opts {
+                            warmup,
+                            window,
+                            vswitchd: abs(vswitchd.clone()),
+                            latprobe: abs(latprobe.clone()),
+                            smoke,
+                        },
+                        hz,
+                        &command("V"),
+                    )
+                    .context("harness V")?,
+                    "K" => harness_k::run(
+                        &harness_k::Opts {
+                            seconds: window.as_secs().max(1),
+                            vswitchd: abs(vswitchd.clone()),
+                        },
+                        &command("K"),
+                    )
+                    .context("harness K")?,
+                    other => anyhow::bail!("unknown harness {other:?} (P, V, K)"),
+                };
+                report.sections.push(sec);
+                // Print as we go: a full run takes minutes.
+                println!("{}", report.markdown());
+            }
+            if let Some(p) = md {
+                std::fs::write(&p, report.markdown()).with_context(|| p.display().to_string())?;
+            }
+            if let Some(p) = json {
+                std::fs::write(&p, serde_json::to_string_pretty(&report)?)
+                    .with_context(|| p.display().to_string())?;
+            }
+            Ok(())
+        }
+    }
+}
+
+/// The current UTC time, RFC 3339, from `date` (no time crate for one line).
+fn now_utc() -> String {
+    std::process::Command::new("date")
+        .args(["-u", "+%Y-%m-%dT%H:%M:%SZ"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default()
+}

@@ -1,0 +1,255 @@
+//! Harness P, single-core capacity: a `net_pcap` port replaying a workload
+//! forever (`infinite_rx=1`, a line-rate generator that needs no core of
+//! its own) into the switch, which forwards to a `net_null` sink. The
+//! switch gets exactly one forwarding core (CPU 1); its control thread
+//! stays on CPU 0. The same pcap and ports go through:
+//!
+//! - dpdk-testpmd io forwarding: the ceiling of the harness (pcap rx copy
+//!   plus null tx free, no switching at all);
+//! - vswitchd, one worker, the sink's station as a static MAC;
+//! - Open vSwitch with its DPDK datapath, one PMD thread, configured to do
+//!   the same work.
+//!
+//! Mpps is the sink's tx counter delta over the window (after a warm-up);
+//! cycles/packet is the forwarding core's TSC cycles over the window
+//! divided by the packets (every one of these switches polls its core at
+//! 100 %), plus each switch's own busy-cycle accounting where it has one.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use serde_json::{json, Value};
+use testbed::ovs::{Ovs, OvsOpts};
+use testbed::testpmd::Testpmd;
+use testbed::vswitchd::{TempDir, Vswitchd};
+
+use crate::report::Section;
+use crate::workload::{Workload, DST_MAC};
+
+/// How long to run.
+#[derive(Debug, Clone)]
+pub struct Opts {
+    /// Traffic before the window opens (caches, learning, EMC warm).
+    pub warmup: Duration,
+    /// The measurement window.
+    pub window: Duration,
+    /// Where the workload pcaps are (written if missing).
+    pub pcap_dir: PathBuf,
+    /// The vswitchd binary.
+    pub vswitchd: PathBuf,
+    /// Only the L2 workload with one OVS configuration (CI smoke).
+    pub smoke: bool,
+}
+
+/// What one system did over the window.
+#[derive(Debug, Clone, Default)]
+struct Measured {
+    mpps: f64,
+    /// TSC cycles of the forwarding core per packet.
+    core_cycles: f64,
+    /// The switch's own busy cycles per packet, if it reports them.
+    own_cycles: Option<f64>,
+    /// The switch's own busy share, if it reports it.
+    busy_pct: Option<f64>,
+}
+
+const COLUMNS: &[&str] = &["Mpps", "cycles/pkt", "own cycles/pkt", "busy %"];
+
+fn hex_mac(m: [u8; 6]) -> String {
+    m.map(|b| format!("{b:02x}")).join(":")
+}
+
+/// Counts packets out of `read` over the window after the warm-up.
+fn window(o: &Opts, hz: u64, mut read: impl FnMut() -> Result<u64>) -> Result<Measured> {
+    std::thread::sleep(o.warmup);
+    let (c0, t0) = (read()?, Instant::now());
+    std::thread::sleep(o.window);
+    let (c1, dt) = (read()?, t0.elapsed().as_secs_f64());
+    let pkts = c1.saturating_sub(c0);
+    if pkts == 0 {
+        bail!("no packets reached the sink in {dt:.1} s");
+    }
+    Ok(Measured {
+        mpps: pkts as f64 / dt / 1e6,
+        core_cycles: hz as f64 * dt / pkts as f64,
+        ..Default::default()
+    })
+}
+
+fn testpmd_io(o: &Opts, hz: u64, pcap: &Path) -> Result<Measured> {
+    let vdevs = [
+        format!("net_pcap0,rx_pcap={},infinite_rx=1", pcap.display()),
+        "net_null0,no-rx=1".to_string(),
+    ];
+    let mut tp = Testpmd::spawn(
+        "testpmd-io",
+        &["-l", "0,1", "--main-lcore", "0"],
+        &vdevs,
+        &["--forward-mode=io".into()],
+    )
+    .map_err(|e| anyhow!(e))?;
+    tp.cmd("start");
+    window(o, hz, || tp.stats_of(1).map(|s| s.1).map_err(|e| anyhow!(e)))
+}
+
+fn vswitchd(o: &Opts, hz: u64, pcap: &Path) -> Result<Measured> {
+    let dir = TempDir::new("vsb");
+    let config = format!(
+        r#"[eal]
+main_lcore = 0
+memory_mb = 1024
+file_prefix = "{prefix}"
+
+[workers]
+cores = [1]
+
+[control]
+socket = "{sock}"
+
+[[bridge]]
+name = "b"
+
+[[port]]
+name = "gen"
+kind = "pcap"
+bridge = "b"
+rx_pcap = "{pcap}"
+infinite_rx = true
+
+[[port]]
+name = "sink"
+kind = "null"
+bridge = "b"
+no_rx = true
+static_macs = ["{dst}"]
+"#,
+        prefix = testbed::unique("vsb"),
+        sock = Vswitchd::control_socket(&dir).display(),
+        pcap = pcap.display(),
+        dst = hex_mac(DST_MAC),
+    );
+    let vs = Vswitchd::start(&o.vswitchd, &dir, &config).map_err(|e| anyhow!(e))?;
+    let stats = || -> Result<Value> { vs.request(json!({"cmd": "stats"})).map_err(|e| anyhow!(e)) };
+    let sink_tx = |s: &Value| -> u64 {
+        s["ports"]
+            .as_array()
+            .and_then(|p| p.iter().find(|p| p["name"] == "sink"))
+            .and_then(|p| p["tx_packets"].as_u64())
+            .unwrap_or(0)
+    };
+    let worker = |s: &Value, k: &str| s["workers"][0][k].as_u64().unwrap_or(0);
+    let mut first = None;
+    let mut last = None;
+    let mut m = window(o, hz, || {
+        let s = stats()?;
+        let tx = sink_tx(&s);
+        if first.is_none() {
+            first = Some(s);
+        } else {
+            last = Some(s);
+        }
+        Ok(tx)
+    })?;
+    let (a, b) = (first.expect("read twice"), last.expect("read twice"));
+    let d = |k: &str| worker(&b, k).saturating_sub(worker(&a, k)) as f64;
+    m.own_cycles = Some(d("busy_cycles") / d("packets").max(1.0));
+    m.busy_pct = Some(100.0 * d("busy_cycles") / (d("busy_cycles") + d("idle_cycles")).max(1.0));
+    vs.stop();
+    Ok(m)
+}
+
+/// The OVS configurations of the L2 workload: (row name, OpenFlow flows,
+/// EMC on).
+const OVS_L2: &[(&str, &[&str], bool)] = &[
+    ("OVS single flow in_port=1,output:2", &["in_port=1,actions=output:2"], true),
+    ("OVS NORMAL, static fdb", &["actions=NORMAL"], true),
+    ("OVS NORMAL, static fdb, EMC off", &["actions=NORMAL"], false),
+];
+
+/// Runs OVS once on `pcap` and measures every configuration in `confs`.
+fn ovs(o: &Opts, hz: u64, pcap: &Path, confs: &[(&str, &[&str], bool)]) -> Result<Vec<(String, Measured)>> {
+    let ovs = Ovs::start(&OvsOpts::default()).map_err(|e| anyhow!(e))?;
+    let e = |e: String| anyhow!(e);
+    ovs.add_bridge("br0").map_err(e)?;
+    ovs.add_dpdk_port("br0", "p0", &format!("net_pcap0,rx_pcap={},infinite_rx=1", pcap.display()), 1)
+        .map_err(e)?;
+    ovs.add_dpdk_port("br0", "p1", "net_null0,no-rx=1", 2).map_err(e)?;
+    ovs.appctl(&["fdb/add", "br0", "p1", "0", &hex_mac(DST_MAC)]).map_err(e)?;
+    let mut out = Vec::new();
+    for (name, flows, emc) in confs {
+        let prob = if *emc { "100" } else { "0" };
+        ovs.vsctl(&["set", "Open_vSwitch", ".", &format!("other_config:emc-insert-inv-prob={prob}")])
+            .map_err(e)?;
+        ovs.ofctl(&["del-flows", "br0"]).map_err(e)?;
+        let file = ovs.run_dir().join("flows.txt");
+        std::fs::write(&file, flows.join("\n")).context("writing the flow file")?;
+        ovs.ofctl(&["add-flows", "br0", &file.display().to_string()]).map_err(e)?;
+        // Old datapath flows and EMC entries must not serve the new config.
+        ovs.appctl(&["dpctl/del-flows"]).map_err(e)?;
+        let mut cleared = false;
+        let mut m = window(o, hz, || {
+            if !cleared {
+                ovs.clear_pmd_stats().map_err(|e| anyhow!(e))?;
+                cleared = true;
+            }
+            ovs.port_packets("br0", 2).map(|p| p.1).map_err(|e| anyhow!(e))
+        })
+        .with_context(|| format!("{name}:\n{}", ovs.log()))?;
+        let (own, busy) = ovs.pmd_stats().map_err(e)?;
+        m.own_cycles = own;
+        m.busy_pct = busy;
+        out.push((name.to_string(), m));
+    }
+    Ok(out)
+}
+
+fn add(sec: &mut Section, workload: &str, system: &str, m: &Measured, note: &str) {
+    let mut v = vec![("Mpps", m.mpps), ("cycles/pkt", m.core_cycles)];
+    if let Some(c) = m.own_cycles {
+        v.push(("own cycles/pkt", c));
+    }
+    if let Some(b) = m.busy_pct {
+        v.push(("busy %", b));
+    }
+    sec.row(workload, system, &v, note);
+}
+
+/// Runs harness P; `command` is what reproduces it (for the report).
+pub fn run(o: &Opts, hz: u64, command: &str) -> Result<Section> {
+    let mut sec = Section::new("P", "single-core capacity, net_pcap -> 1 core -> net_null", command, COLUMNS);
+    sec.notes = vec![
+        format!(
+            "The switch's forwarding core is CPU {}; its control thread, the main lcore and the generator \
+             (net_pcap infinite_rx, polled by the forwarding core itself) use no other core.",
+            crate::SWITCH_CPU
+        ),
+        format!(
+            "Mpps: sink tx delta over a {:.0} s window after {:.0} s of warm-up. cycles/pkt: the forwarding \
+             core's TSC cycles in the window / packets. own cycles/pkt: vswitchd's worker busy cycles / packets, \
+             OVS's `pmd-stats-show` avg processing cycles per packet.",
+            o.window.as_secs_f64(),
+            o.warmup.as_secs_f64()
+        ),
+        "Frames are 60 bytes in the pcap (64 on the wire with FCS).".into(),
+    ];
+    let mut workloads = vec![("L2 forward, known MAC, 1k flows", Workload::Udp4 { flows: 1024 })];
+    if !o.smoke {
+        workloads.push(("L2 forward, known MAC, 64k flows", Workload::Udp4 { flows: 65536 }));
+        workloads.push(("L2 forward, IMIX, 1k flows", Workload::Imix { flows: 1024 }));
+    }
+    std::fs::create_dir_all(&o.pcap_dir)?;
+    for (name, w) in workloads {
+        let pcap = w.write_to(&o.pcap_dir)?;
+        let tp = testpmd_io(o, hz, &pcap).context("testpmd io")?;
+        add(&mut sec, name, "testpmd io (ceiling)", &tp, "");
+        let vs = vswitchd(o, hz, &pcap).context("vswitchd")?;
+        add(&mut sec, name, "vswitchd", &vs, "MAC learning + static MAC lookup, 1 worker");
+        let confs = if o.smoke { &OVS_L2[..1] } else { OVS_L2 };
+        for (system, m) in ovs(o, hz, &pcap, confs).context("Open vSwitch")? {
+            add(&mut sec, name, &system, &m, "");
+        }
+        sec.ratios_against_all(name, "vswitchd", "Mpps");
+    }
+    Ok(sec)
+}

@@ -1,0 +1,26 @@
+//! vswitchd's benchmarks: the workload generator and the harnesses that
+//! measure vswitchd side by side with its peers in the same run.
+//!
+//! - [`workload`]: pcap files of the benchmark traffic.
+//! - [`harness_p`]: single-core capacity, net_pcap -> switch -> net_null.
+//! - [`harness_v`]: DPDK containers on vhost-user, pps and latency.
+//! - [`harness_k`]: kernel-stack containers, TAP NICs vs veth + Linux bridge.
+//! - [`report`]: the markdown and JSON tables.
+//!
+//! Every harness pins the switch's forwarding core to CPU 1 and the traffic
+//! apps to CPU 0, so on a 2-core machine they never share a core.
+#![deny(missing_docs)]
+
+pub mod harness_k;
+pub mod harness_p;
+pub mod harness_v;
+pub mod machine;
+pub mod pcap;
+pub mod report;
+pub mod workload;
+
+/// CPU of the switch's forwarding core (vswitchd worker, testpmd fwd
+/// lcore, OVS PMD thread).
+pub const SWITCH_CPU: u32 = 1;
+/// CPU of the traffic apps and of the switches' control threads.
+pub const APP_CPU: u32 = 0;
