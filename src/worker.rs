@@ -129,7 +129,7 @@ impl Worker {
             }
         }
         // Every reference moved to a tx buffer or the drop list.
-        rx.set_len(0);
+        rx.handed_over();
         self.drops.free_all();
     }
 

@@ -51,6 +51,25 @@ impl Mbuf {
         unsafe { self.0.as_mut().refcnt = n };
     }
 
+    /// The first segment's data, writable (to rewrite headers in place).
+    #[inline]
+    pub fn data_mut(&mut self) -> &mut [u8] {
+        // SAFETY: as in `data`; &mut self means no other reference to the
+        // data exists in this worker, and the mbuf is not shared while a
+        // worker owns it alone (refcnt 1, not yet sent).
+        unsafe {
+            let m = self.0.as_mut();
+            std::slice::from_raw_parts_mut(
+                (m.buf_addr as *mut u8).add(usize::from(m.data_off)),
+                usize::from(m.data_len),
+            )
+        }
+    }
+
+    pub(crate) fn from_raw(m: NonNull<ffi::rte_mbuf>) -> Mbuf {
+        Mbuf(m)
+    }
+
     /// The raw pointer, for tx buffers.
     #[inline]
     pub(crate) fn as_raw(&self) -> *mut ffi::rte_mbuf {
@@ -117,6 +136,13 @@ impl Burst {
 
     pub(crate) fn raw_mut(&mut self) -> *mut *mut ffi::rte_mbuf {
         self.ptrs.as_mut_ptr()
+    }
+
+    /// Empties the burst without freeing: every reference it held was
+    /// [`push`](Burst::push)ed into another burst, which now owns it.
+    #[inline]
+    pub fn handed_over(&mut self) {
+        self.len = 0;
     }
 
     pub(crate) fn set_len(&mut self, n: usize) {

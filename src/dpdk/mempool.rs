@@ -48,6 +48,27 @@ impl Mempool {
             })
     }
 
+    /// A new mbuf holding a copy of `frame` (for generators and probes, not
+    /// the forwarding path); None when the pool is empty or the frame does
+    /// not fit one segment.
+    pub fn alloc_frame(&self, frame: &[u8]) -> Option<super::mbuf::Mbuf> {
+        let len = u16::try_from(frame.len()).ok()?;
+        // SAFETY: the pool is valid for the handle's life.
+        let m = std::ptr::NonNull::new(unsafe { ffi::rte_pktmbuf_alloc(self.raw.as_ptr()) })?;
+        // SAFETY: m is a fresh mbuf owned by us; append returns the start of
+        // `len` writable bytes in its one segment, or null if they do not fit.
+        let dst = unsafe { ffi::rte_pktmbuf_append(m.as_ptr(), len) } as *mut u8;
+        let mut mbuf = super::mbuf::Mbuf::from_raw(m);
+        if dst.is_null() {
+            let mut b = super::mbuf::Burst::default();
+            b.push(&mbuf);
+            b.free_all();
+            return None;
+        }
+        mbuf.data_mut().copy_from_slice(frame);
+        Some(mbuf)
+    }
+
     pub(crate) fn as_ptr(&self) -> *mut ffi::rte_mempool {
         self.raw.as_ptr()
     }
