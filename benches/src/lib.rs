@@ -5,6 +5,7 @@
 //! - [`harness_p`]: single-core capacity, net_pcap -> switch -> net_null.
 //! - [`harness_v`]: DPDK containers on vhost-user, pps and latency.
 //! - [`harness_k`]: kernel-stack containers, TAP NICs vs veth + Linux bridge.
+//! - [`micro`]: the criterion micro-benchmarks as a table.
 //! - [`report`]: the markdown and JSON tables.
 //!
 //! Every harness pins the switch's forwarding core to CPU 1 and the traffic
@@ -15,6 +16,7 @@ pub mod harness_k;
 pub mod harness_p;
 pub mod harness_v;
 pub mod machine;
+pub mod micro;
 pub mod pcap;
 pub mod report;
 pub mod workload;

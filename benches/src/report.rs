@@ -40,6 +40,9 @@ pub struct Section {
     pub id: String,
     /// Heading.
     pub title: String,
+    /// Names of the two label columns (what `Row::workload` and
+    /// `Row::system` hold).
+    pub heads: (String, String),
     /// The command that reproduces the section.
     pub command: String,
     /// How it was measured (pinning, windows, bottlenecks).
@@ -58,6 +61,7 @@ impl Section {
         Section {
             id: id.into(),
             title: title.into(),
+            heads: ("workload".into(), "system".into()),
             command: command.into(),
             notes: Vec::new(),
             columns: columns.iter().map(|c| c.to_string()).collect(),
@@ -161,7 +165,13 @@ impl Report {
             if !sec.notes.is_empty() {
                 s.push('\n');
             }
-            let _ = writeln!(s, "| workload | system | {} | note |", sec.columns.join(" | "));
+            let _ = writeln!(
+                s,
+                "| {} | {} | {} | note |",
+                sec.heads.0,
+                sec.heads.1,
+                sec.columns.join(" | ")
+            );
             let _ = writeln!(s, "| --- | --- |{} --- |", " ---: |".repeat(sec.columns.len()));
             for r in &sec.rows {
                 let vals: Vec<String> = sec

@@ -47,6 +47,9 @@ enum Cmd {
         /// JSON output.
         #[arg(long)]
         json: Option<PathBuf>,
+        /// Add the micro-benchmark results criterion saved here.
+        #[arg(long)]
+        criterion: Option<PathBuf>,
     },
 }
 
@@ -68,6 +71,7 @@ fn main() -> Result<()> {
             pcap_dir,
             md,
             json,
+            criterion,
         } => {
             let machine = Machine::describe();
             let hz = machine.tsc_hz;
@@ -86,7 +90,11 @@ fn main() -> Result<()> {
                 machine,
                 sections: Vec::new(),
             };
-            for h in &harness {
+            if let Some(dir) = criterion {
+                let cmd = "taskset -c 1 cargo bench -p vsbench --bench stages";
+                report.sections.push(vsbench::micro::section(&dir, hz, cmd)?);
+            }
+            for h in harness.iter().filter(|h| !h.is_empty()) {
                 let sec = match h.to_ascii_uppercase().as_str() {
                     "P" => harness_p::run(
                         &harness_p::Opts {
@@ -122,10 +130,11 @@ fn main() -> Result<()> {
                     .context("harness K")?,
                     other => anyhow::bail!("unknown harness {other:?} (P, V, K)"),
                 };
+                // Progress as we go: a full run takes minutes.
+                eprintln!("vsbench: harness {h} done: {} rows", sec.rows.len());
                 report.sections.push(sec);
-                // Print as we go: a full run takes minutes.
-                println!("{}", report.markdown());
             }
+            println!("{}", report.markdown());
             if let Some(p) = md {
                 std::fs::write(&p, report.markdown()).with_context(|| p.display().to_string())?;
             }

@@ -1,0 +1,78 @@
+//! Smoke runs of every harness (CI): a few seconds each, against the real
+//! peers. They assert that traffic flowed through every system and that
+//! every figure was produced, never a speed.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use vsbench::report::Section;
+use vsbench::{harness_k, harness_p, harness_v};
+
+/// A binary of the workspace, next to this test's own profile directory.
+fn workspace_bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test path");
+    let profile = exe.parent().and_then(|d| d.parent()).expect("target/<profile>/deps");
+    let p = profile.join(name);
+    assert!(p.exists(), "{} is missing: cargo build --workspace first", p.display());
+    p
+}
+
+fn tsc_hz() -> u64 {
+    vsbench::machine::tsc_hz()
+}
+
+/// Every row has every one of `columns`, each positive.
+fn assert_figures(sec: &Section, systems: usize, columns: &[&str]) {
+    assert_eq!(sec.rows.len(), systems, "{sec:#?}");
+    for r in &sec.rows {
+        for c in columns {
+            let v = r.values.get(*c).copied();
+            assert!(v.is_some_and(|v| v > 0.0), "{} {}: {c} = {v:?}", r.workload, r.system);
+        }
+    }
+    assert!(!sec.ratios.is_empty(), "no ratios: {sec:#?}");
+}
+
+#[test]
+fn harness_p_smoke() {
+    let pcaps = testbed::vswitchd::TempDir::new("pcaps");
+    let o = harness_p::Opts {
+        warmup: Duration::from_secs(1),
+        window: Duration::from_secs(2),
+        pcap_dir: pcaps.path().to_path_buf(),
+        vswitchd: workspace_bin("vswitchd"),
+        smoke: true,
+    };
+    let sec = harness_p::run(&o, tsc_hz(), "smoke").unwrap_or_else(|e| panic!("{e:#}"));
+    // testpmd io, vswitchd, one OVS configuration.
+    assert_figures(&sec, 3, &["Mpps", "cycles/pkt"]);
+    let vs = sec.rows.iter().find(|r| r.system == "vswitchd").unwrap();
+    assert!(vs.values["own cycles/pkt"] > 0.0 && vs.values["busy %"] > 0.0);
+}
+
+#[test]
+fn harness_v_smoke() {
+    let o = harness_v::Opts {
+        warmup: Duration::from_secs(1),
+        window: Duration::from_secs(2),
+        vswitchd: workspace_bin("vswitchd"),
+        latprobe: PathBuf::from(env!("CARGO_BIN_EXE_latprobe")),
+        smoke: true,
+    };
+    let sec = harness_v::run(&o, tsc_hz(), "smoke").unwrap_or_else(|e| panic!("{e:#}"));
+    assert_figures(&sec, 3, &["Mpps", "gen busy %", "switch busy %", "RTT p50 us", "RTT p99.9 us"]);
+}
+
+#[test]
+fn harness_k_smoke() {
+    let o = harness_k::Opts {
+        seconds: 2,
+        vswitchd: workspace_bin("vswitchd"),
+    };
+    let sec = harness_k::run(&o, "smoke").unwrap_or_else(|e| panic!("{e:#}"));
+    assert_figures(
+        &sec,
+        2,
+        &["iperf3 kpps rcvd", "sockperf tp kmsg/s", "RTT p50 us", "RTT p99.9 us"],
+    );
+}
