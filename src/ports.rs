@@ -162,13 +162,22 @@ fn pcap_frames(path: &Path) -> std::io::Result<u32> {
     let big = match u32::from_le_bytes(hdr[..4].try_into().expect("4 bytes")) {
         0xa1b2_c3d4 | 0xa1b2_3c4d => false,
         0xd4c3_b2a1 | 0x4d3c_b2a1 => true,
-        _ => return Err(std::io::Error::new(ErrorKind::InvalidData, "not a pcap file")),
+        _ => {
+            return Err(std::io::Error::new(
+                ErrorKind::InvalidData,
+                "not a pcap file",
+            ))
+        }
     };
     let mut n = 0;
     let mut rec = [0u8; 16];
     while f.read_exact(&mut rec).is_ok() {
         let b: [u8; 4] = rec[8..12].try_into().expect("4 bytes");
-        let caplen = if big { u32::from_be_bytes(b) } else { u32::from_le_bytes(b) };
+        let caplen = if big {
+            u32::from_be_bytes(b)
+        } else {
+            u32::from_le_bytes(b)
+        };
         f.seek(SeekFrom::Current(i64::from(caplen)))?;
         n += 1;
     }

@@ -113,7 +113,13 @@ fn pipeline(c: &mut Criterion) {
         let frames = burst(w);
         g.bench_function(name, |bch| {
             bch.iter(|| {
-                sw.forward(PortId(0), black_box(&frames[..]), 1, &counters, &mut actions);
+                sw.forward(
+                    PortId(0),
+                    black_box(&frames[..]),
+                    1,
+                    &counters,
+                    &mut actions,
+                );
                 black_box(&actions);
             })
         });
@@ -130,7 +136,13 @@ fn pipeline(c: &mut Criterion) {
         .collect();
     g.bench_function("forward_distinct_stations", |bch| {
         bch.iter(|| {
-            sw.forward(PortId(0), black_box(&frames[..]), 1, &counters, &mut actions);
+            sw.forward(
+                PortId(0),
+                black_box(&frames[..]),
+                1,
+                &counters,
+                &mut actions,
+            );
             black_box(&actions);
         })
     });

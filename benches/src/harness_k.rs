@@ -92,7 +92,12 @@ struct Figures {
 fn measure(a: &Netns, b: &Netns, secs: u64) -> Result<Figures> {
     let t = secs.to_string();
     // iperf3: UDP, 18-byte payload, unlimited rate.
-    let srv = server(b, "iperf3-server", &["iperf3", "-s", "-1", "-B", IP_B], "Server listening")?;
+    let srv = server(
+        b,
+        "iperf3-server",
+        &["iperf3", "-s", "-1", "-B", IP_B],
+        "Server listening",
+    )?;
     let mut c = pinned(a, "iperf3");
     c.args(["-c", IP_B, "-u", "-l", "18", "-b", "0", "-t", &t, "-J"]);
     let json: Value = serde_json::from_str(&client(c, secs)?).context("iperf3 -J output")?;
@@ -107,7 +112,12 @@ fn measure(a: &Netns, b: &Netns, secs: u64) -> Result<Figures> {
         bail!("iperf3 sent nothing: {json}");
     }
     // sockperf: throughput, then ping-pong latency.
-    let srv = server(b, "sockperf-server", &["sockperf", "sr", "-i", IP_B, "-p", "11111"], "listen on")?;
+    let srv = server(
+        b,
+        "sockperf-server",
+        &["sockperf", "sr", "-i", IP_B, "-p", "11111"],
+        "listen on",
+    )?;
     let mut c = pinned(a, "sockperf");
     c.args(["tp", "-i", IP_B, "-p", "11111", "-m", "18", "-t", &t]);
     let tp = client(c, secs)?;
@@ -121,7 +131,9 @@ fn measure(a: &Netns, b: &Netns, secs: u64) -> Result<Figures> {
             rest.split_whitespace().next()?.parse().ok()
         })
     };
-    let get = |text: &str, key: &str| after(text, key).ok_or_else(|| anyhow!("no {key:?} in sockperf output:\n{text}"));
+    let get = |text: &str, key: &str| {
+        after(text, key).ok_or_else(|| anyhow!("no {key:?} in sockperf output:\n{text}"))
+    };
     Ok(Figures {
         sent_kpps: pk / s / 1e3,
         rcvd_kpps: (pk - lost) / s / 1e3,
@@ -143,13 +155,28 @@ fn linux_bridge(secs: u64) -> Result<Figures> {
     let (a, b) = containers()?;
     let br = Netns::create(&testbed::unique("vkBr")).map_err(|e| anyhow!(e))?;
     let e = |e: String| anyhow!(e);
-    br.exec(&["ip", "link", "add", "br0", "type", "bridge"]).map_err(e)?;
+    br.exec(&["ip", "link", "add", "br0", "type", "bridge"])
+        .map_err(e)?;
     br.exec(&["ip", "link", "set", "br0", "up"]).map_err(e)?;
     for (ns, port, ip) in [(&a, "va", IP_A), (&b, "vb", IP_B)] {
-        br.exec(&["ip", "link", "add", port, "type", "veth", "peer", "name", "eth0", "netns", ns.name()])
+        br.exec(&[
+            "ip",
+            "link",
+            "add",
+            port,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            ns.name(),
+        ])
+        .map_err(e)?;
+        br.exec(&["ip", "link", "set", port, "master", "br0", "up"])
             .map_err(e)?;
-        br.exec(&["ip", "link", "set", port, "master", "br0", "up"]).map_err(e)?;
-        ns.exec(&["ip", "addr", "add", &format!("{ip}/24"), "dev", "eth0"]).map_err(e)?;
+        ns.exec(&["ip", "addr", "add", &format!("{ip}/24"), "dev", "eth0"])
+            .map_err(e)?;
         ns.exec(&["ip", "link", "set", "eth0", "up"]).map_err(e)?;
     }
     measure(&a, &b, secs)
@@ -223,8 +250,14 @@ pub fn run(o: &Opts, command: &str) -> Result<Section> {
     ];
     let workload = "UDP 18 B, netns <-> netns";
     for (name, f) in [
-        ("veth + Linux bridge", linux_bridge(o.seconds).context("Linux bridge")?),
-        ("vswitchd TAP NICs", vswitchd_taps(o).context("vswitchd TAP NICs")?),
+        (
+            "veth + Linux bridge",
+            linux_bridge(o.seconds).context("Linux bridge")?,
+        ),
+        (
+            "vswitchd TAP NICs",
+            vswitchd_taps(o).context("vswitchd TAP NICs")?,
+        ),
     ] {
         sec.row(
             workload,

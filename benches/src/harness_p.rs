@@ -90,7 +90,9 @@ fn testpmd_io(o: &Opts, hz: u64, pcap: &Path) -> Result<Measured> {
     )
     .map_err(|e| anyhow!(e))?;
     tp.cmd("start");
-    window(o, hz, || tp.stats_of(1).map(|s| s.1).map_err(|e| anyhow!(e)))
+    window(o, hz, || {
+        tp.stats_of(1).map(|s| s.1).map_err(|e| anyhow!(e))
+    })
 }
 
 fn vswitchd(o: &Opts, hz: u64, pcap: &Path) -> Result<Measured> {
@@ -159,32 +161,135 @@ static_macs = ["{dst}"]
     Ok(m)
 }
 
-/// The OVS configurations of the L2 workload: (row name, OpenFlow flows,
-/// EMC on).
-const OVS_L2: &[(&str, &[&str], bool)] = &[
-    ("OVS single flow in_port=1,output:2", &["in_port=1,actions=output:2"], true),
-    ("OVS NORMAL, static fdb", &["actions=NORMAL"], true),
-    ("OVS NORMAL, static fdb, EMC off", &["actions=NORMAL"], false),
-];
+/// One Open vSwitch configuration: OpenFlow flows, EMC on or off, and an
+/// optional ingress policer on the generator port.
+struct OvsConf {
+    name: String,
+    flows: Vec<String>,
+    emc: bool,
+    police_kbps: Option<u64>,
+}
+
+impl OvsConf {
+    fn new(name: &str, flows: &[&str]) -> OvsConf {
+        OvsConf {
+            name: name.into(),
+            flows: flows.iter().map(|f| f.to_string()).collect(),
+            emc: true,
+            police_kbps: None,
+        }
+    }
+
+    fn emc_off(mut self) -> OvsConf {
+        self.name.push_str(", EMC off");
+        self.emc = false;
+        self
+    }
+}
+
+/// OVS doing L2 forwarding: one flow, or NORMAL with the sink's station
+/// as a static fdb entry (as vswitchd's static MAC).
+fn ovs_l2(smoke: bool) -> Vec<OvsConf> {
+    let mut v = vec![OvsConf::new(
+        "OVS single flow in_port=1,output:2",
+        &["in_port=1,actions=output:2"],
+    )];
+    if !smoke {
+        v.push(OvsConf::new("OVS NORMAL, static fdb", &["actions=NORMAL"]));
+        v.push(OvsConf::new("OVS NORMAL, static fdb", &["actions=NORMAL"]).emc_off());
+    }
+    v
+}
+
+/// OVS applying the benchmark security group as OpenFlow rules.
+fn ovs_security_group() -> Vec<OvsConf> {
+    let rules = crate::workload::security_group(1000);
+    let n = rules.len();
+    let mut flows: Vec<String> = rules
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            format!(
+                "priority={},udp,nw_src={}/{},tp_dst={},actions=output:2",
+                10 + n - i,
+                r.src,
+                r.len,
+                r.dport
+            )
+        })
+        .collect();
+    flows.push("priority=0,actions=drop".into());
+    let flows: Vec<&str> = flows.iter().map(String::as_str).collect();
+    let name = "OVS 1000 OpenFlow rules";
+    vec![
+        OvsConf::new(name, &flows),
+        OvsConf::new(name, &flows).emc_off(),
+    ]
+}
+
+/// OVS userspace conntrack: track, commit new, pass established.
+fn ovs_conntrack() -> Vec<OvsConf> {
+    vec![OvsConf::new(
+        "OVS conntrack (ct, recirc, commit)",
+        &[
+            "table=0,priority=10,udp,ct_state=-trk,actions=ct(table=1)",
+            "table=1,priority=10,udp,ct_state=+trk+new,actions=ct(commit),output:2",
+            "table=1,priority=10,udp,ct_state=+trk+est,actions=output:2",
+        ],
+    )]
+}
+
+/// OVS with an ingress policer that admits everything (100 Gbit/s): the
+/// cost of policing, not of dropping.
+fn ovs_policer() -> Vec<OvsConf> {
+    let mut c = OvsConf::new(
+        "OVS ingress policing 100 Gbit/s + single flow",
+        &["in_port=1,actions=output:2"],
+    );
+    c.police_kbps = Some(100_000_000);
+    vec![c]
+}
 
 /// Runs OVS once on `pcap` and measures every configuration in `confs`.
-fn ovs(o: &Opts, hz: u64, pcap: &Path, confs: &[(&str, &[&str], bool)]) -> Result<Vec<(String, Measured)>> {
+fn ovs(o: &Opts, hz: u64, pcap: &Path, confs: &[OvsConf]) -> Result<Vec<(String, Measured)>> {
     let ovs = Ovs::start(&OvsOpts::default()).map_err(|e| anyhow!(e))?;
     let e = |e: String| anyhow!(e);
     ovs.add_bridge("br0").map_err(e)?;
-    ovs.add_dpdk_port("br0", "p0", &format!("net_pcap0,rx_pcap={},infinite_rx=1", pcap.display()), 1)
+    ovs.add_dpdk_port(
+        "br0",
+        "p0",
+        &format!("net_pcap0,rx_pcap={},infinite_rx=1", pcap.display()),
+        1,
+    )
+    .map_err(e)?;
+    ovs.add_dpdk_port("br0", "p1", "net_null0,no-rx=1", 2)
         .map_err(e)?;
-    ovs.add_dpdk_port("br0", "p1", "net_null0,no-rx=1", 2).map_err(e)?;
-    ovs.appctl(&["fdb/add", "br0", "p1", "0", &hex_mac(DST_MAC)]).map_err(e)?;
+    ovs.appctl(&["fdb/add", "br0", "p1", "0", &hex_mac(DST_MAC)])
+        .map_err(e)?;
     let mut out = Vec::new();
-    for (name, flows, emc) in confs {
-        let prob = if *emc { "100" } else { "0" };
-        ovs.vsctl(&["set", "Open_vSwitch", ".", &format!("other_config:emc-insert-inv-prob={prob}")])
-            .map_err(e)?;
+    for conf in confs {
+        let prob = if conf.emc { "100" } else { "0" };
+        ovs.vsctl(&[
+            "set",
+            "Open_vSwitch",
+            ".",
+            &format!("other_config:emc-insert-inv-prob={prob}"),
+        ])
+        .map_err(e)?;
+        let (rate, burst) = conf.police_kbps.map_or((0, 0), |r| (r, r / 10));
+        ovs.vsctl(&[
+            "set",
+            "Interface",
+            "p0",
+            &format!("ingress_policing_rate={rate}"),
+            &format!("ingress_policing_burst={burst}"),
+        ])
+        .map_err(e)?;
         ovs.ofctl(&["del-flows", "br0"]).map_err(e)?;
         let file = ovs.run_dir().join("flows.txt");
-        std::fs::write(&file, flows.join("\n")).context("writing the flow file")?;
-        ovs.ofctl(&["add-flows", "br0", &file.display().to_string()]).map_err(e)?;
+        std::fs::write(&file, conf.flows.join("\n")).context("writing the flow file")?;
+        ovs.ofctl(&["add-flows", "br0", &file.display().to_string()])
+            .map_err(e)?;
         // Old datapath flows and EMC entries must not serve the new config.
         ovs.appctl(&["dpctl/del-flows"]).map_err(e)?;
         let mut cleared = false;
@@ -193,13 +298,15 @@ fn ovs(o: &Opts, hz: u64, pcap: &Path, confs: &[(&str, &[&str], bool)]) -> Resul
                 ovs.clear_pmd_stats().map_err(|e| anyhow!(e))?;
                 cleared = true;
             }
-            ovs.port_packets("br0", 2).map(|p| p.1).map_err(|e| anyhow!(e))
+            ovs.port_packets("br0", 2)
+                .map(|p| p.1)
+                .map_err(|e| anyhow!(e))
         })
-        .with_context(|| format!("{name}:\n{}", ovs.log()))?;
+        .with_context(|| format!("{}:\n{}", conf.name, ovs.log()))?;
         let (own, busy) = ovs.pmd_stats().map_err(e)?;
         m.own_cycles = own;
         m.busy_pct = busy;
-        out.push((name.to_string(), m));
+        out.push((conf.name.clone(), m));
     }
     Ok(out)
 }
@@ -217,7 +324,12 @@ fn add(sec: &mut Section, workload: &str, system: &str, m: &Measured, note: &str
 
 /// Runs harness P; `command` is what reproduces it (for the report).
 pub fn run(o: &Opts, hz: u64, command: &str) -> Result<Section> {
-    let mut sec = Section::new("P", "single-core capacity, net_pcap -> 1 core -> net_null", command, COLUMNS);
+    let mut sec = Section::new(
+        "P",
+        "single-core capacity, net_pcap -> 1 core -> net_null",
+        command,
+        COLUMNS,
+    );
     sec.notes = vec![
         format!(
             "The switch's forwarding core is CPU {}; its control thread, the main lcore and the generator \
@@ -232,21 +344,58 @@ pub fn run(o: &Opts, hz: u64, command: &str) -> Result<Section> {
             o.warmup.as_secs_f64()
         ),
         "Frames are 60 bytes in the pcap (64 on the wire with FCS).".into(),
+        "Security group, sessions and policer rows measure the peer only until vswitchd's ACL/QoS/session \
+         stage lands (issue 4); VXLAN encap/decap rows come with the VXLAN stage (issue 5)."
+            .into(),
     ];
-    let mut workloads = vec![("L2 forward, known MAC, 1k flows", Workload::Udp4 { flows: 1024 })];
+    let udp1k = Workload::Udp4 { flows: 1024 };
+    // (workload, pcap, vswitchd measured, OVS configurations)
+    let mut workloads = vec![(
+        "L2 forward, known MAC, 1k flows",
+        udp1k,
+        true,
+        ovs_l2(o.smoke),
+    )];
     if !o.smoke {
-        workloads.push(("L2 forward, known MAC, 64k flows", Workload::Udp4 { flows: 65536 }));
-        workloads.push(("L2 forward, IMIX, 1k flows", Workload::Imix { flows: 1024 }));
+        workloads.extend([
+            (
+                "L2 forward, known MAC, 64k flows",
+                Workload::Udp4 { flows: 65536 },
+                true,
+                ovs_l2(false),
+            ),
+            (
+                "L2 forward, IMIX, 1k flows",
+                Workload::Imix { flows: 1024 },
+                true,
+                ovs_l2(true),
+            ),
+            (
+                "security group, 1000 rules, 1k flows",
+                udp1k,
+                false,
+                ovs_security_group(),
+            ),
+            ("stateful sessions, 1k flows", udp1k, false, ovs_conntrack()),
+            ("ingress policer, 1k flows", udp1k, false, ovs_policer()),
+        ]);
     }
     std::fs::create_dir_all(&o.pcap_dir)?;
-    for (name, w) in workloads {
+    for (name, w, ours, confs) in workloads {
         let pcap = w.write_to(&o.pcap_dir)?;
         let tp = testpmd_io(o, hz, &pcap).context("testpmd io")?;
         add(&mut sec, name, "testpmd io (ceiling)", &tp, "");
-        let vs = vswitchd(o, hz, &pcap).context("vswitchd")?;
-        add(&mut sec, name, "vswitchd", &vs, "MAC learning + static MAC lookup, 1 worker");
-        let confs = if o.smoke { &OVS_L2[..1] } else { OVS_L2 };
-        for (system, m) in ovs(o, hz, &pcap, confs).context("Open vSwitch")? {
+        if ours {
+            let vs = vswitchd(o, hz, &pcap).context("vswitchd")?;
+            add(
+                &mut sec,
+                name,
+                "vswitchd",
+                &vs,
+                "MAC learning + static MAC lookup, 1 worker",
+            );
+        }
+        for (system, m) in ovs(o, hz, &pcap, &confs).context("Open vSwitch")? {
             add(&mut sec, name, &system, &m, "");
         }
         sec.ratios_against_all(name, "vswitchd", "Mpps");

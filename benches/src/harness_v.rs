@@ -59,10 +59,7 @@ const COLUMNS: &[&str] = &[
 /// A switch under test, holding its two ports' sockets.
 enum Switch {
     Testpmd(Testpmd, Instant),
-    Vswitchd {
-        vs: Vswitchd,
-        _config: TempDir,
-    },
+    Vswitchd { vs: Vswitchd, _config: TempDir },
     Ovs(Ovs),
 }
 
@@ -84,9 +81,15 @@ impl Switch {
                 Some((busy, total, pkts))
             }
             Switch::Vswitchd { vs, .. } => {
-                let s = vs.request(json!({"cmd": "stats"})).map_err(|e| anyhow!(e))?;
+                let s = vs
+                    .request(json!({"cmd": "stats"}))
+                    .map_err(|e| anyhow!(e))?;
                 let w = |k: &str| s["workers"][0][k].as_u64().unwrap_or(0) as f64;
-                Some((w("busy_cycles"), w("busy_cycles") + w("idle_cycles"), w("packets")))
+                Some((
+                    w("busy_cycles"),
+                    w("busy_cycles") + w("idle_cycles"),
+                    w("packets"),
+                ))
             }
             Switch::Ovs(_) => None,
         })
@@ -102,7 +105,10 @@ fn testpmd_busy_cycles(tp: &mut Testpmd) -> Result<(f64, f64)> {
     let after = |key: &str| -> Option<f64> {
         lines.iter().find_map(|l| {
             let rest = &l[l.find(key)? + key.len()..];
-            rest.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
+            rest.split(|c: char| !c.is_ascii_digit())
+                .next()?
+                .parse()
+                .ok()
         })
     };
     after("total cycles=")
@@ -176,12 +182,17 @@ socket = "{sb}"
             }
             ovs.ofctl(&["del-flows", "br0"]).map_err(e)?;
             if flows == "ovs-flows" {
-                ovs.ofctl(&["add-flow", "br0", "in_port=1,actions=output:2"]).map_err(e)?;
-                ovs.ofctl(&["add-flow", "br0", "in_port=2,actions=output:1"]).map_err(e)?;
+                ovs.ofctl(&["add-flow", "br0", "in_port=1,actions=output:2"])
+                    .map_err(e)?;
+                ovs.ofctl(&["add-flow", "br0", "in_port=2,actions=output:1"])
+                    .map_err(e)?;
             } else {
-                ovs.ofctl(&["add-flow", "br0", "actions=NORMAL"]).map_err(e)?;
-                ovs.appctl(&["fdb/add", "br0", "va", "0", MAC_A]).map_err(e)?;
-                ovs.appctl(&["fdb/add", "br0", "vb", "0", MAC_B]).map_err(e)?;
+                ovs.ofctl(&["add-flow", "br0", "actions=NORMAL"])
+                    .map_err(e)?;
+                ovs.appctl(&["fdb/add", "br0", "va", "0", MAC_A])
+                    .map_err(e)?;
+                ovs.appctl(&["fdb/add", "br0", "vb", "0", MAC_B])
+                    .map_err(e)?;
             }
             Switch::Ovs(ovs)
         }
@@ -198,7 +209,11 @@ struct Figures {
 
 fn measure(o: &Opts, hz: u64, sw: &mut Switch, dir: &Path) -> Result<Figures> {
     let (sa, sb) = (dir.join("a.sock"), dir.join("b.sock"));
-    let server = if sw.containers_listen() { ",server=1" } else { "" };
+    let server = if sw.containers_listen() {
+        ",server=1"
+    } else {
+        ""
+    };
     let vdevs = [
         format!("net_virtio_user0,path={},mac={MAC_A}{server}", sa.display()),
         format!("net_virtio_user1,path={},mac={MAC_B}{server}", sb.display()),
@@ -242,7 +257,11 @@ fn measure(o: &Opts, hz: u64, sw: &mut Switch, dir: &Path) -> Result<Figures> {
     let (switch_cycles, switch_busy) = match (sw, busy0, busy1) {
         (Switch::Ovs(ovs), _, _) => ovs.pmd_stats().map_err(|e| anyhow!(e))?,
         (_, Some((b0, t0, p0)), Some((b1, t1, p1))) => {
-            let cyc = if p1 > p0 { Some((b1 - b0) / (p1 - p0)) } else { None };
+            let cyc = if p1 > p0 {
+                Some((b1 - b0) / (p1 - p0))
+            } else {
+                None
+            };
             (cyc, Some(100.0 * (b1 - b0) / (t1 - t0).max(1.0)))
         }
         _ => (None, None),
@@ -261,11 +280,18 @@ fn measure(o: &Opts, hz: u64, sw: &mut Switch, dir: &Path) -> Result<Figures> {
 fn latprobe(o: &Opts, sa: &Path, sb: &Path, client: bool) -> Result<Value> {
     let mut c = std::process::Command::new(&o.latprobe);
     c.arg("--a").arg(sa).arg("--b").arg(sb);
-    c.args(["--seconds", &o.window.as_secs().max(1).to_string(), "--cpu", "0"]);
+    c.args([
+        "--seconds",
+        &o.window.as_secs().max(1).to_string(),
+        "--cpu",
+        "0",
+    ]);
     if !client {
         c.arg("--server");
     }
-    let out = c.output().with_context(|| format!("running {}", o.latprobe.display()))?;
+    let out = c
+        .output()
+        .with_context(|| format!("running {}", o.latprobe.display()))?;
     let text = String::from_utf8_lossy(&out.stdout);
     let line = text.lines().rev().find(|l| l.starts_with('{'));
     match (out.status.success(), line) {
@@ -305,7 +331,11 @@ pub fn run(o: &Opts, hz: u64, command: &str) -> Result<Section> {
             .into(),
     ];
     let systems: &[(&str, &str)] = if o.smoke {
-        &[("testpmd", "testpmd io, 2 x net_vhost (ceiling)"), ("vswitchd", "vswitchd"), ("ovs-flows", "OVS dpdkvhostuserclient, in_port flows")]
+        &[
+            ("testpmd", "testpmd io, 2 x net_vhost (ceiling)"),
+            ("vswitchd", "vswitchd"),
+            ("ovs-flows", "OVS dpdkvhostuserclient, in_port flows"),
+        ]
     } else {
         &[
             ("testpmd", "testpmd io, 2 x net_vhost (ceiling)"),
@@ -326,7 +356,11 @@ pub fn run(o: &Opts, hz: u64, command: &str) -> Result<Section> {
         if let Some(b) = f.switch_busy {
             v.push(("switch busy %", b));
         }
-        for (col, key) in [("RTT p50 us", "p50_us"), ("RTT p99 us", "p99_us"), ("RTT p99.9 us", "p999_us")] {
+        for (col, key) in [
+            ("RTT p50 us", "p50_us"),
+            ("RTT p99 us", "p99_us"),
+            ("RTT p99.9 us", "p999_us"),
+        ] {
             if let Some(x) = f.latency[key].as_f64() {
                 v.push((col, x));
             }
@@ -336,7 +370,10 @@ pub fn run(o: &Opts, hz: u64, command: &str) -> Result<Section> {
             Some(_) => "bound by the containers",
             None => "bound by ?",
         };
-        let note = format!("{bound}; {} probes, {} lost", f.latency["samples"], f.latency["lost"]);
+        let note = format!(
+            "{bound}; {} probes, {} lost",
+            f.latency["samples"], f.latency["lost"]
+        );
         sec.row(workload, name, &v, &note);
     }
     sec.ratios_against_all(workload, "vswitchd", "Mpps");

@@ -32,8 +32,17 @@ fn first_line(cmd: &str, args: &[&str]) -> String {
         .output()
         .ok()
         .map(|o| {
-            let text = if o.stdout.is_empty() { o.stderr } else { o.stdout };
-            String::from_utf8_lossy(&text).lines().next().unwrap_or("").trim().to_string()
+            let text = if o.stdout.is_empty() {
+                o.stderr
+            } else {
+                o.stdout
+            };
+            String::from_utf8_lossy(&text)
+                .lines()
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_string()
         })
         .filter(|s| !s.is_empty())
         .unwrap_or_else(|| "not installed".into())
@@ -63,9 +72,15 @@ impl Machine {
             hugepages_2m: kb("HugePages_Total:"),
             versions: vec![
                 ("vswitchd".into(), env!("CARGO_PKG_VERSION").into()),
-                ("DPDK (libdpdk-dev)".into(), first_line("pkg-config", &["--modversion", "libdpdk"])),
+                (
+                    "DPDK (libdpdk-dev)".into(),
+                    first_line("pkg-config", &["--modversion", "libdpdk"]),
+                ),
                 ("dpdk-testpmd (dpdk)".into(), dpkg("dpdk")),
-                ("Open vSwitch (openvswitch-switch-dpdk)".into(), dpkg("openvswitch-switch-dpdk")),
+                (
+                    "Open vSwitch (openvswitch-switch-dpdk)".into(),
+                    dpkg("openvswitch-switch-dpdk"),
+                ),
                 ("sockperf".into(), dpkg("sockperf")),
                 ("iperf3".into(), dpkg("iperf3")),
             ],

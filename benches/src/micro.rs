@@ -24,9 +24,12 @@ pub fn section(criterion_dir: &Path, hz: u64, command: &str) -> Result<Section> 
             .into(),
     ];
     let mut found = Vec::new();
-    for group in std::fs::read_dir(criterion_dir)
-        .with_context(|| format!("{}: run the micro-benchmarks first", criterion_dir.display()))?
-    {
+    for group in std::fs::read_dir(criterion_dir).with_context(|| {
+        format!(
+            "{}: run the micro-benchmarks first",
+            criterion_dir.display()
+        )
+    })? {
         let group = group?.path();
         if !group.is_dir() || group.ends_with("report") {
             continue;
@@ -57,7 +60,11 @@ pub fn section(criterion_dir: &Path, hz: u64, command: &str) -> Result<Section> 
         sec.row(
             &group,
             &func,
-            &[("ns/pkt", per), ("cycles/pkt", per * hz as f64 / 1e9), ("ns/burst", ns)],
+            &[
+                ("ns/pkt", per),
+                ("cycles/pkt", per * hz as f64 / 1e9),
+                ("ns/burst", ns),
+            ],
             "",
         );
     }

@@ -63,7 +63,10 @@ mod tests {
         let p = dir.join("t.pcap");
         let frames = vec![vec![1u8; 60], vec![2u8; 1514], vec![3u8; 14]];
         super::write(&p, &frames).unwrap();
-        assert_eq!(std::fs::metadata(&p).unwrap().len(), 24 + 3 * 16 + 60 + 1514 + 14);
+        assert_eq!(
+            std::fs::metadata(&p).unwrap().len(),
+            24 + 3 * 16 + 60 + 1514 + 14
+        );
         assert_eq!(super::read(&p).unwrap(), frames);
         std::fs::write(&p, b"not a pcap").unwrap();
         assert!(super::read(&p).is_err());

@@ -150,9 +150,19 @@ impl Report {
         );
         let _ = writeln!(s, "## Machine\n");
         let _ = writeln!(s, "| | |\n| --- | --- |");
-        let _ = writeln!(s, "| CPU | {} ({} CPUs, TSC {:.3} GHz) |", m.cpu, m.cpus, m.tsc_hz as f64 / 1e9);
+        let _ = writeln!(
+            s,
+            "| CPU | {} ({} CPUs, TSC {:.3} GHz) |",
+            m.cpu,
+            m.cpus,
+            m.tsc_hz as f64 / 1e9
+        );
         let _ = writeln!(s, "| kernel | {} |", m.kernel);
-        let _ = writeln!(s, "| memory | {} GiB, {} x 2 MB hugepages |", m.memory_gib, m.hugepages_2m);
+        let _ = writeln!(
+            s,
+            "| memory | {} GiB, {} x 2 MB hugepages |",
+            m.memory_gib, m.hugepages_2m
+        );
         for (k, v) in &m.versions {
             let _ = writeln!(s, "| {k} | {v} |");
         }
@@ -172,14 +182,25 @@ impl Report {
                 sec.heads.1,
                 sec.columns.join(" | ")
             );
-            let _ = writeln!(s, "| --- | --- |{} --- |", " ---: |".repeat(sec.columns.len()));
+            let _ = writeln!(
+                s,
+                "| --- | --- |{} --- |",
+                " ---: |".repeat(sec.columns.len())
+            );
             for r in &sec.rows {
                 let vals: Vec<String> = sec
                     .columns
                     .iter()
                     .map(|c| r.values.get(c).map_or("-".into(), |v| fmt_value(*v)))
                     .collect();
-                let _ = writeln!(s, "| {} | {} | {} | {} |", r.workload, r.system, vals.join(" | "), r.note);
+                let _ = writeln!(
+                    s,
+                    "| {} | {} | {} | {} |",
+                    r.workload,
+                    r.system,
+                    vals.join(" | "),
+                    r.note
+                );
             }
             if !sec.ratios.is_empty() {
                 let _ = writeln!(s, "\n| workload | ratio | value |\n| --- | --- | ---: |");

@@ -102,9 +102,9 @@ impl Workload {
                     .map(|i| udp4(i % flows, SIZES[i as usize % SIZES.len()]))
                     .collect()
             }
-            Workload::Vxlan { flows } => (0..frame_count(flows))
-                .map(|i| vxlan(i % flows))
-                .collect(),
+            Workload::Vxlan { flows } => {
+                (0..frame_count(flows)).map(|i| vxlan(i % flows)).collect()
+            }
             Workload::Tcp { flows } => (0..flows).flat_map(tcp_connection).collect(),
         }
     }
@@ -204,7 +204,8 @@ fn tcp_connection(i: u32) -> Vec<Vec<u8>> {
             b = b.ack(a);
         }
         let mut out = Vec::new();
-        b.write(&mut out, &vec![0u8; data]).expect("writing to a Vec");
+        b.write(&mut out, &vec![0u8; data])
+            .expect("writing to a Vec");
         out
     };
     let mut v = vec![seg(true, cseq, None, "S", 0)];
@@ -224,6 +225,39 @@ fn tcp_connection(i: u32) -> Vec<Vec<u8>> {
     sseq += 1;
     v.push(seg(true, cseq, Some(sseq), "", 0));
     v
+}
+
+/// One rule of the benchmark security group: allow UDP from `src`/`len`
+/// to `dport`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AllowRule {
+    /// Source prefix.
+    pub src: Ipv4Addr,
+    /// Its length.
+    pub len: u8,
+    /// UDP destination port.
+    pub dport: u16,
+}
+
+/// The benchmark security group of `n` rules, highest priority first: the
+/// first n - 1 allow other prefixes and ports (no benchmark frame matches
+/// them), the last allows the workloads' flows (10.0.0.0/16 to
+/// [`DST_PORT`]); anything else is denied. Every frame thus goes past
+/// every other rule, the worst case for a classifier.
+pub fn security_group(n: u32) -> Vec<AllowRule> {
+    let mut rules: Vec<AllowRule> = (0..n.saturating_sub(1))
+        .map(|i| AllowRule {
+            src: Ipv4Addr::new(172, 16 + (i / 256) as u8, (i % 256) as u8, 0),
+            len: if i % 2 == 0 { 24 } else { 32 },
+            dport: 1000 + (i % 1000) as u16,
+        })
+        .collect();
+    rules.push(AllowRule {
+        src: Ipv4Addr::new(10, 0, 0, 0),
+        len: 16,
+        dport: DST_PORT,
+    });
+    rules
 }
 
 /// The workloads `vsbench gen` writes.
@@ -286,6 +320,25 @@ mod tests {
     }
 
     #[test]
+    fn only_the_last_security_group_rule_admits_the_workload() {
+        let rules = security_group(1000);
+        assert_eq!(rules.len(), 1000);
+        let admits = |r: &AllowRule, ip: Ipv4Addr, port: u16| {
+            let mask = u32::MAX << (32 - r.len);
+            u32::from(ip) & mask == u32::from(r.src) & mask && port == r.dport
+        };
+        for i in [0, 1, 1023, 65535] {
+            let hits: Vec<usize> = rules
+                .iter()
+                .enumerate()
+                .filter(|(_, r)| admits(r, flow_src_ip(i), DST_PORT))
+                .map(|(k, _)| k)
+                .collect();
+            assert_eq!(hits, [999]);
+        }
+    }
+
+    #[test]
     fn imix_has_the_simple_imix_mix() {
         let fr = Workload::Imix { flows: 24 }.frames();
         let count = |l| fr.iter().filter(|f| f.len() == l).count();
@@ -296,7 +349,9 @@ mod tests {
     fn vxlan_frames_carry_the_inner_frame() {
         for (i, f) in (Workload::Vxlan { flows: 64 }).frames().iter().enumerate() {
             let p = SlicedPacket::from_ethernet(f).unwrap();
-            let Some(TransportSlice::Udp(u)) = p.transport else { panic!() };
+            let Some(TransportSlice::Udp(u)) = p.transport else {
+                panic!()
+            };
             assert_eq!(u.destination_port(), VXLAN_PORT);
             let vx = u.payload();
             assert_eq!(vx[0], 0x08);
@@ -310,11 +365,15 @@ mod tests {
         let fr = Workload::Tcp { flows: 3 }.frames();
         assert_eq!(fr.len(), 3 * 14);
         let p = SlicedPacket::from_ethernet(&fr[1]).unwrap();
-        let Some(TransportSlice::Tcp(t)) = p.transport else { panic!() };
+        let Some(TransportSlice::Tcp(t)) = p.transport else {
+            panic!()
+        };
         assert!(t.syn() && t.ack() && t.source_port() == 80);
         assert_eq!(t.acknowledgment_number(), 1001);
         let p = SlicedPacket::from_ethernet(&fr[13]).unwrap();
-        let Some(TransportSlice::Tcp(t)) = p.transport else { panic!() };
+        let Some(TransportSlice::Tcp(t)) = p.transport else {
+            panic!()
+        };
         assert!(t.ack() && !t.fin() && !t.syn());
     }
 }

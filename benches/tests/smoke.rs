@@ -11,9 +11,16 @@ use vsbench::{harness_k, harness_p, harness_v};
 /// A binary of the workspace, next to this test's own profile directory.
 fn workspace_bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test path");
-    let profile = exe.parent().and_then(|d| d.parent()).expect("target/<profile>/deps");
+    let profile = exe
+        .parent()
+        .and_then(|d| d.parent())
+        .expect("target/<profile>/deps");
     let p = profile.join(name);
-    assert!(p.exists(), "{} is missing: cargo build --workspace first", p.display());
+    assert!(
+        p.exists(),
+        "{} is missing: cargo build --workspace first",
+        p.display()
+    );
     p
 }
 
@@ -27,7 +34,12 @@ fn assert_figures(sec: &Section, systems: usize, columns: &[&str]) {
     for r in &sec.rows {
         for c in columns {
             let v = r.values.get(*c).copied();
-            assert!(v.is_some_and(|v| v > 0.0), "{} {}: {c} = {v:?}", r.workload, r.system);
+            assert!(
+                v.is_some_and(|v| v > 0.0),
+                "{} {}: {c} = {v:?}",
+                r.workload,
+                r.system
+            );
         }
     }
     assert!(!sec.ratios.is_empty(), "no ratios: {sec:#?}");
@@ -60,7 +72,17 @@ fn harness_v_smoke() {
         smoke: true,
     };
     let sec = harness_v::run(&o, tsc_hz(), "smoke").unwrap_or_else(|e| panic!("{e:#}"));
-    assert_figures(&sec, 3, &["Mpps", "gen busy %", "switch busy %", "RTT p50 us", "RTT p99.9 us"]);
+    assert_figures(
+        &sec,
+        3,
+        &[
+            "Mpps",
+            "gen busy %",
+            "switch busy %",
+            "RTT p50 us",
+            "RTT p99.9 us",
+        ],
+    );
 }
 
 #[test]
@@ -73,6 +95,11 @@ fn harness_k_smoke() {
     assert_figures(
         &sec,
         2,
-        &["iperf3 kpps rcvd", "sockperf tp kmsg/s", "RTT p50 us", "RTT p99.9 us"],
+        &[
+            "iperf3 kpps rcvd",
+            "sockperf tp kmsg/s",
+            "RTT p50 us",
+            "RTT p99.9 us",
+        ],
     );
 }

@@ -62,16 +62,24 @@ impl Ovs {
         let dir = TempDir::new("ovs");
         let ns = Netns::create(&crate::unique("ovs"))?;
         let db = dir.join("conf.db");
-        run(Command::new("ovsdb-tool").arg("create").arg(&db).arg(SCHEMA))?;
+        run(Command::new("ovsdb-tool")
+            .arg("create")
+            .arg(&db)
+            .arg(SCHEMA))?;
         let mut cmd = Command::new("ovsdb-server");
         cmd.arg(&db)
             .arg(format!("--remote=punix:{}", dir.join("db.sock").display()))
-            .arg(format!("--unixctl={}", dir.join("ovsdb-server.ctl").display()))
-            .arg(format!("--log-file={}", dir.join("ovsdb-server.log").display()))
+            .arg(format!(
+                "--unixctl={}",
+                dir.join("ovsdb-server.ctl").display()
+            ))
+            .arg(format!(
+                "--log-file={}",
+                dir.join("ovsdb-server.log").display()
+            ))
             .arg("-vconsole:off");
         env(&mut cmd, &dir);
-        let db_proc =
-            Proc::spawn("ovsdb-server", cmd).map_err(|e| format!("ovsdb-server: {e}"))?;
+        let db_proc = Proc::spawn("ovsdb-server", cmd).map_err(|e| format!("ovsdb-server: {e}"))?;
         let sock = dir.join("db.sock");
         if !crate::wait_until(Duration::from_secs(10), || sock.exists()) {
             db_proc.dump();
@@ -79,7 +87,9 @@ impl Ovs {
         }
         let vsctl = |args: &[&str]| -> Result<String, String> {
             let mut c = Command::new("ovs-vsctl");
-            c.arg(format!("--db=unix:{}", sock.display())).arg("--no-wait").args(args);
+            c.arg(format!("--db=unix:{}", sock.display()))
+                .arg("--no-wait")
+                .args(args);
             run(&mut c)
         };
         vsctl(&["init"])?;
@@ -97,9 +107,18 @@ impl Ovs {
         ])?;
         let mut cmd = ns.command(OVS_VSWITCHD_DPDK);
         cmd.arg(format!("unix:{}", sock.display()))
-            .arg(format!("--pidfile={}", dir.join("ovs-vswitchd.pid").display()))
-            .arg(format!("--log-file={}", dir.join("ovs-vswitchd.log").display()))
-            .arg(format!("--unixctl={}", dir.join("ovs-vswitchd.ctl").display()))
+            .arg(format!(
+                "--pidfile={}",
+                dir.join("ovs-vswitchd.pid").display()
+            ))
+            .arg(format!(
+                "--log-file={}",
+                dir.join("ovs-vswitchd.log").display()
+            ))
+            .arg(format!(
+                "--unixctl={}",
+                dir.join("ovs-vswitchd.ctl").display()
+            ))
             .arg("-vconsole:off");
         env(&mut cmd, &dir);
         let vswitchd =
@@ -115,7 +134,10 @@ impl Ovs {
                 .is_ok_and(|v| v.trim() == "true")
         });
         if !up {
-            return Err(format!("ovs-vswitchd did not initialize DPDK:\n{}", ovs.log()));
+            return Err(format!(
+                "ovs-vswitchd did not initialize DPDK:\n{}",
+                ovs.log()
+            ));
         }
         Ok(ovs)
     }
@@ -141,20 +163,42 @@ impl Ovs {
     /// `ovs-appctl ARGS` to ovs-vswitchd.
     pub fn appctl(&self, args: &[&str]) -> Result<String, String> {
         let mut c = Command::new("ovs-appctl");
-        c.arg("-t").arg(self.dir.join("ovs-vswitchd.ctl")).args(args);
+        c.arg("-t")
+            .arg(self.dir.join("ovs-vswitchd.ctl"))
+            .args(args);
         env(&mut c, &self.dir);
         run(&mut c)
     }
 
     /// Adds a userspace (netdev) bridge.
     pub fn add_bridge(&self, name: &str) -> Result<(), String> {
-        self.vsctl(&["add-br", name, "--", "set", "bridge", name, "datapath_type=netdev"])
-            .map(drop)
+        self.vsctl(&[
+            "add-br",
+            name,
+            "--",
+            "set",
+            "bridge",
+            name,
+            "datapath_type=netdev",
+        ])
+        .map(drop)
     }
 
     /// Adds a DPDK port on `devargs` (a vdev) with OpenFlow port `ofport`.
-    pub fn add_dpdk_port(&self, bridge: &str, name: &str, devargs: &str, ofport: u16) -> Result<(), String> {
-        self.add_port(bridge, name, "dpdk", &[&format!("options:dpdk-devargs=\"{devargs}\"")], ofport)
+    pub fn add_dpdk_port(
+        &self,
+        bridge: &str,
+        name: &str,
+        devargs: &str,
+        ofport: u16,
+    ) -> Result<(), String> {
+        self.add_port(
+            bridge,
+            name,
+            "dpdk",
+            &[&format!("options:dpdk-devargs=\"{devargs}\"")],
+            ofport,
+        )
     }
 
     /// Adds a port of `kind` with extra Interface `settings`, and checks
@@ -183,7 +227,11 @@ impl Ovs {
         self.vsctl(&args)?;
         let err = self.vsctl(&["get", "Interface", name, "error"])?;
         if err.trim() != "[]" {
-            return Err(format!("OVS refused port {name}: {}\n{}", err.trim(), self.log()));
+            return Err(format!(
+                "OVS refused port {name}: {}\n{}",
+                err.trim(),
+                self.log()
+            ));
         }
         Ok(())
     }
@@ -193,7 +241,9 @@ impl Ovs {
     pub fn port_packets(&self, bridge: &str, ofport: u16) -> Result<(u64, u64), String> {
         let out = self.ofctl(&["dump-ports", bridge, &ofport.to_string()])?;
         let field = |dir: &str| -> Option<u64> {
-            let line = out.lines().find(|l| l.trim_start().starts_with(dir) || l.contains(&format!(": {dir}")))?;
+            let line = out
+                .lines()
+                .find(|l| l.trim_start().starts_with(dir) || l.contains(&format!(": {dir}")))?;
             let rest = &line[line.find("pkts=")? + 5..];
             rest.split(',').next()?.trim().parse().ok()
         };

@@ -76,7 +76,8 @@ impl Testpmd {
         for v in vdevs {
             cmd.args(["--vdev", v]);
         }
-        cmd.args(["--", "-i", "--nb-cores=1", "--burst=32"]).args(app);
+        cmd.args(["--", "-i", "--nb-cores=1", "--burst=32"])
+            .args(app);
         let mut proc =
             Proc::spawn(name, cmd).map_err(|e| format!("cannot run dpdk-testpmd: {e}"))?;
         if !proc.wait_for_line(Duration::from_secs(30), |l| {

@@ -130,7 +130,9 @@ fn main() -> Result<()> {
             break;
         }
         let sent = rdtsc();
-        let m = pool.alloc_frame(&probe(seq, sent)).ok_or_else(|| anyhow!("pool empty"))?;
+        let m = pool
+            .alloc_frame(&probe(seq, sent))
+            .ok_or_else(|| anyhow!("pool empty"))?;
         tx.push(&m);
         if tx_burst(a.id(), 0, &mut tx) == 0 {
             tx.free_all();

@@ -81,7 +81,10 @@ fn main() -> Result<()> {
                 (Duration::from_secs(5), Duration::from_secs(12))
             };
             let command = |h: &str| {
-                format!("bash scripts/bench.sh --harness {h}{}", if smoke { " --smoke" } else { "" })
+                format!(
+                    "bash scripts/bench.sh --harness {h}{}",
+                    if smoke { " --smoke" } else { "" }
+                )
             };
             let abs = |p: PathBuf| std::path::absolute(&p).unwrap_or(p);
             let mut report = Report {
@@ -92,7 +95,9 @@ fn main() -> Result<()> {
             };
             if let Some(dir) = criterion {
                 let cmd = "taskset -c 1 cargo bench -p vsbench --bench stages";
-                report.sections.push(vsbench::micro::section(&dir, hz, cmd)?);
+                report
+                    .sections
+                    .push(vsbench::micro::section(&dir, hz, cmd)?);
             }
             for h in harness.iter().filter(|h| !h.is_empty()) {
                 let sec = match h.to_ascii_uppercase().as_str() {
