@@ -24,12 +24,15 @@ use testbed::process::Proc;
 use testbed::vswitchd::{TempDir, Vswitchd};
 
 use crate::report::Section;
+use crate::rounds::Rounds;
 
 /// How long to run.
 #[derive(Debug, Clone)]
 pub struct Opts {
     /// Seconds per test.
     pub seconds: u64,
+    /// Rounds (both topologies once per round; the median is reported).
+    pub rounds: usize,
     /// The vswitchd binary.
     pub vswitchd: PathBuf,
 }
@@ -39,6 +42,7 @@ const IP_B: &str = "10.20.0.2";
 const COLUMNS: &[&str] = &[
     "iperf3 kpps sent",
     "iperf3 kpps rcvd",
+    "spread %",
     "sockperf tp kmsg/s",
     "RTT p50 us",
     "RTT p99 us",
@@ -242,28 +246,33 @@ pub fn run(o: &Opts, command: &str) -> Result<Section> {
             crate::SWITCH_CPU
         ),
         format!(
-            "{} s per test. iperf3 -u -l 18 -b 0 (60-byte frames); sockperf tp and pp with 18-byte \
+            "{} rounds, the row is the round with the median iperf3 kpps received, spread % is \
+             (max - min) / median of it. {} s per test. iperf3 -u -l 18 -b 0 (60-byte frames); sockperf tp and pp with 18-byte \
              messages, blocking sockets, both ends on one CPU.",
+            o.rounds,
             o.seconds
         ),
         "Ratios are vswitchd / Linux bridge: above 1 is better for rates, below 1 is better for RTT.".into(),
     ];
     let workload = "UDP 18 B, netns <-> netns";
-    for (name, f) in [
-        (
+    let mut rounds = Rounds::default();
+    for _ in 0..o.rounds {
+        rounds.push(
             "veth + Linux bridge",
             linux_bridge(o.seconds).context("Linux bridge")?,
-        ),
-        (
+        );
+        rounds.push(
             "vswitchd TAP NICs",
             vswitchd_taps(o).context("vswitchd TAP NICs")?,
-        ),
-    ] {
+        );
+    }
+    for (name, f, spread) in rounds.medians(|f| f.rcvd_kpps) {
         sec.row(
             workload,
-            name,
+            &name,
             &[
                 ("iperf3 kpps sent", f.sent_kpps),
+                ("spread %", spread),
                 ("iperf3 kpps rcvd", f.rcvd_kpps),
                 ("sockperf tp kmsg/s", f.tp_kmsgs),
                 ("RTT p50 us", f.p50),

@@ -25,6 +25,7 @@ use testbed::testpmd::Testpmd;
 use testbed::vswitchd::{TempDir, Vswitchd};
 
 use crate::report::Section;
+use crate::rounds::Rounds;
 use crate::workload::{Workload, DST_MAC};
 
 /// How long to run.
@@ -38,6 +39,8 @@ pub struct Opts {
     pub pcap_dir: PathBuf,
     /// The vswitchd binary.
     pub vswitchd: PathBuf,
+    /// Rounds of measurements (every system once per round).
+    pub rounds: usize,
     /// Only the L2 workload with one OVS configuration (CI smoke).
     pub smoke: bool,
 }
@@ -54,7 +57,7 @@ struct Measured {
     busy_pct: Option<f64>,
 }
 
-const COLUMNS: &[&str] = &["Mpps", "cycles/pkt", "own cycles/pkt", "busy %"];
+const COLUMNS: &[&str] = &["Mpps", "spread %", "cycles/pkt", "own cycles/pkt", "busy %"];
 
 fn hex_mac(m: [u8; 6]) -> String {
     m.map(|b| format!("{b:02x}")).join(":")
@@ -311,8 +314,12 @@ fn ovs(o: &Opts, hz: u64, pcap: &Path, confs: &[OvsConf]) -> Result<Vec<(String,
     Ok(out)
 }
 
-fn add(sec: &mut Section, workload: &str, system: &str, m: &Measured, note: &str) {
-    let mut v = vec![("Mpps", m.mpps), ("cycles/pkt", m.core_cycles)];
+fn add(sec: &mut Section, workload: &str, system: &str, m: &Measured, spread: f64, note: &str) {
+    let mut v = vec![
+        ("Mpps", m.mpps),
+        ("spread %", spread),
+        ("cycles/pkt", m.core_cycles),
+    ];
     if let Some(c) = m.own_cycles {
         v.push(("own cycles/pkt", c));
     }
@@ -337,9 +344,12 @@ pub fn run(o: &Opts, hz: u64, command: &str) -> Result<Section> {
             crate::SWITCH_CPU
         ),
         format!(
-            "Mpps: sink tx delta over a {:.0} s window after {:.0} s of warm-up. cycles/pkt: the forwarding \
+            "{} rounds, each system once per round; the row is the round with the median Mpps, spread % is \
+             (max - min) / median over the rounds. Mpps: sink tx delta over a {:.0} s window after {:.0} s of \
+             warm-up. cycles/pkt: the forwarding \
              core's TSC cycles in the window / packets. own cycles/pkt: vswitchd's worker busy cycles / packets, \
              OVS's `pmd-stats-show` avg processing cycles per packet.",
+            o.rounds,
             o.window.as_secs_f64(),
             o.warmup.as_secs_f64()
         ),
@@ -383,20 +393,24 @@ pub fn run(o: &Opts, hz: u64, command: &str) -> Result<Section> {
     std::fs::create_dir_all(&o.pcap_dir)?;
     for (name, w, ours, confs) in workloads {
         let pcap = w.write_to(&o.pcap_dir)?;
-        let tp = testpmd_io(o, hz, &pcap).context("testpmd io")?;
-        add(&mut sec, name, "testpmd io (ceiling)", &tp, "");
-        if ours {
-            let vs = vswitchd(o, hz, &pcap).context("vswitchd")?;
-            add(
-                &mut sec,
-                name,
-                "vswitchd",
-                &vs,
-                "MAC learning + static MAC lookup, 1 worker",
-            );
+        let mut rounds = Rounds::default();
+        for _ in 0..o.rounds {
+            let tp = testpmd_io(o, hz, &pcap).context("testpmd io")?;
+            rounds.push("testpmd io (ceiling)", tp);
+            if ours {
+                rounds.push("vswitchd", vswitchd(o, hz, &pcap).context("vswitchd")?);
+            }
+            for (system, m) in ovs(o, hz, &pcap, &confs).context("Open vSwitch")? {
+                rounds.push(&system, m);
+            }
         }
-        for (system, m) in ovs(o, hz, &pcap, &confs).context("Open vSwitch")? {
-            add(&mut sec, name, &system, &m, "");
+        for (system, m, spread) in rounds.medians(|m| m.mpps) {
+            let note = if system == "vswitchd" {
+                "MAC learning + static MAC lookup, 1 worker"
+            } else {
+                ""
+            };
+            add(&mut sec, name, &system, &m, spread, note);
         }
         sec.ratios_against_all(name, "vswitchd", "Mpps");
     }

@@ -28,6 +28,7 @@ use testbed::testpmd::Testpmd;
 use testbed::vswitchd::{TempDir, Vswitchd};
 
 use crate::report::Section;
+use crate::rounds::Rounds;
 
 /// How long to run.
 #[derive(Debug, Clone)]
@@ -40,6 +41,8 @@ pub struct Opts {
     pub vswitchd: PathBuf,
     /// The latency probe binary.
     pub latprobe: PathBuf,
+    /// Rounds of measurements (every system once per round).
+    pub rounds: usize,
     /// One OVS configuration only (CI smoke).
     pub smoke: bool,
 }
@@ -48,6 +51,7 @@ const MAC_A: &str = "02:00:00:00:0b:0a";
 const MAC_B: &str = "02:00:00:00:0b:0b";
 const COLUMNS: &[&str] = &[
     "Mpps",
+    "spread %",
     "switch cycles/pkt",
     "switch busy %",
     "gen busy %",
@@ -319,8 +323,11 @@ pub fn run(o: &Opts, hz: u64, command: &str) -> Result<Section> {
             crate::APP_CPU
         ),
         format!(
-            "Mpps: both container ports' rx summed over a {:.0} s window after {:.0} s warm-up. RTT: latprobe, \
+            "{} rounds, each system once per round; the row is the round with the median Mpps (its RTT \
+             is that round's), spread % is (max - min) / median Mpps over the rounds. \
+             Mpps: both container ports' rx summed over a {:.0} s window after {:.0} s warm-up. RTT: latprobe, \
              one 60-byte probe in flight, A -> switch -> B -> switch -> A, for {:.0} s.",
+            o.rounds,
             o.window.as_secs_f64(),
             o.warmup.as_secs_f64(),
             o.window.as_secs_f64()
@@ -345,11 +352,21 @@ pub fn run(o: &Opts, hz: u64, command: &str) -> Result<Section> {
         ]
     };
     let workload = "container <-> container, 60 B";
-    for (kind, name) in systems {
-        let dir = TempDir::new("vsv");
-        let mut sw = start_switch(kind, o, dir.path()).with_context(|| name.to_string())?;
-        let f = measure(o, hz, &mut sw, dir.path()).with_context(|| name.to_string())?;
-        let mut v = vec![("Mpps", f.mpps), ("gen busy %", f.gen_busy)];
+    let mut rounds = Rounds::default();
+    for _ in 0..o.rounds {
+        for (kind, name) in systems {
+            let dir = TempDir::new("vsv");
+            let mut sw = start_switch(kind, o, dir.path()).with_context(|| name.to_string())?;
+            let f = measure(o, hz, &mut sw, dir.path()).with_context(|| name.to_string())?;
+            rounds.push(name, f);
+        }
+    }
+    for (name, f, spread) in rounds.medians(|f| f.mpps) {
+        let mut v = vec![
+            ("Mpps", f.mpps),
+            ("spread %", spread),
+            ("gen busy %", f.gen_busy),
+        ];
         if let Some(c) = f.switch_cycles {
             v.push(("switch cycles/pkt", c));
         }
@@ -374,7 +391,7 @@ pub fn run(o: &Opts, hz: u64, command: &str) -> Result<Section> {
             "{bound}; {} probes, {} lost",
             f.latency["samples"], f.latency["lost"]
         );
-        sec.row(workload, name, &v, &note);
+        sec.row(workload, &name, &v, &note);
     }
     sec.ratios_against_all(workload, "vswitchd", "Mpps");
     sec.ratios_against_all(workload, "vswitchd", "RTT p50 us");

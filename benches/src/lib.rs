@@ -19,6 +19,7 @@ pub mod machine;
 pub mod micro;
 pub mod pcap;
 pub mod report;
+pub mod rounds;
 pub mod workload;
 
 /// CPU of the switch's forwarding core (vswitchd worker, testpmd fwd

@@ -53,6 +53,7 @@ fn harness_p_smoke() {
         window: Duration::from_secs(2),
         pcap_dir: pcaps.path().to_path_buf(),
         vswitchd: workspace_bin("vswitchd"),
+        rounds: 1,
         smoke: true,
     };
     let sec = harness_p::run(&o, tsc_hz(), "smoke").unwrap_or_else(|e| panic!("{e:#}"));
@@ -69,6 +70,7 @@ fn harness_v_smoke() {
         window: Duration::from_secs(2),
         vswitchd: workspace_bin("vswitchd"),
         latprobe: PathBuf::from(env!("CARGO_BIN_EXE_latprobe")),
+        rounds: 1,
         smoke: true,
     };
     let sec = harness_v::run(&o, tsc_hz(), "smoke").unwrap_or_else(|e| panic!("{e:#}"));
@@ -89,6 +91,7 @@ fn harness_v_smoke() {
 fn harness_k_smoke() {
     let o = harness_k::Opts {
         seconds: 2,
+        rounds: 1,
         vswitchd: workspace_bin("vswitchd"),
     };
     let sec = harness_k::run(&o, "smoke").unwrap_or_else(|e| panic!("{e:#}"));

@@ -29,6 +29,10 @@ enum Cmd {
         /// the harnesses work, measures nothing worth reading.
         #[arg(long)]
         smoke: bool,
+        /// Rounds per harness: every system is measured once per round and
+        /// the median round is reported (1 with --smoke).
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
         /// Harnesses to run (P, V, K).
         #[arg(long, value_delimiter = ',', default_value = "P,V,K")]
         harness: Vec<String>,
@@ -65,6 +69,7 @@ fn main() -> Result<()> {
         }
         Cmd::Run {
             smoke,
+            rounds,
             harness,
             vswitchd,
             latprobe,
@@ -75,10 +80,10 @@ fn main() -> Result<()> {
         } => {
             let machine = Machine::describe();
             let hz = machine.tsc_hz;
-            let (warmup, window) = if smoke {
-                (Duration::from_secs(1), Duration::from_secs(2))
+            let (warmup, window, rounds) = if smoke {
+                (Duration::from_secs(1), Duration::from_secs(2), 1)
             } else {
-                (Duration::from_secs(5), Duration::from_secs(12))
+                (Duration::from_secs(3), Duration::from_secs(6), rounds)
             };
             let command = |h: &str| {
                 format!(
@@ -107,6 +112,7 @@ fn main() -> Result<()> {
                             window,
                             pcap_dir: abs(pcap_dir.clone()),
                             vswitchd: abs(vswitchd.clone()),
+                            rounds,
                             smoke,
                         },
                         hz,
@@ -119,6 +125,7 @@ fn main() -> Result<()> {
                             window,
                             vswitchd: abs(vswitchd.clone()),
                             latprobe: abs(latprobe.clone()),
+                            rounds,
                             smoke,
                         },
                         hz,
@@ -128,6 +135,7 @@ fn main() -> Result<()> {
                     "K" => harness_k::run(
                         &harness_k::Opts {
                             seconds: window.as_secs().max(1),
+                            rounds,
                             vswitchd: abs(vswitchd.clone()),
                         },
                         &command("K"),
