@@ -47,14 +47,19 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    for w in &cfg.warnings {
+        eprintln!("vswitchd: warning: {w}");
+    }
     match cli.cmd {
         Cmd::CheckConfig { file } => {
             println!(
-                "{}: ok ({} bridges, {} ports, {} workers)",
+                "{}: ok ({} bridges, {} ports, {} workers, {} security groups, {} QoS policies)",
                 file.display(),
                 cfg.bridges.len(),
                 cfg.ports.len(),
-                cfg.workers.cores.len()
+                cfg.workers.cores.len(),
+                cfg.security_groups.len(),
+                cfg.qos_policies.len()
             );
             ExitCode::SUCCESS
         }

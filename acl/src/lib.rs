@@ -1,2 +1,22 @@
-//! ACL, QoS and session tables (issue 4): not written yet.
+//! ACL, QoS and session tables: the per-container security stage of the
+//! pipeline. DPDK-free, so it builds, tests and fuzzes anywhere.
+//!
+//! - [`rule`]: the model (security groups of prioritized allow/deny rules).
+//! - [`classifier`]: tuple space search, the compiled form workers use.
+//! - [`reference`]: the linear classifier the compiled one is checked against.
+//! - [`lint`]: config-time checks (shadowed, ambiguous, duplicate rules).
 #![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+pub mod classifier;
+pub mod lint;
+pub mod policer;
+pub mod reference;
+pub mod rule;
+pub mod session;
+
+pub use classifier::Classifier;
+pub use rule::{Action, Cidr, Family, PortRange, Proto, Rule, SecurityGroup, Tuple, Verdict};
+
+#[cfg(test)]
+mod proptests;

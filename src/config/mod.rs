@@ -21,9 +21,12 @@ use serde::Deserialize;
 use toml::Spanned;
 use vswitch::MacAddr;
 
+mod policy;
+pub use policy::{QosPolicy, SessionsConf};
+
 /// The demo configuration compiled into the binary: `vswitchd run` without
 /// `--config` uses it.
-pub const DEFAULT_CONFIG: &str = include_str!("../configs/demo.toml");
+pub const DEFAULT_CONFIG: &str = include_str!("../../configs/demo.toml");
 /// How [`DEFAULT_CONFIG`] is named in error messages.
 pub const DEFAULT_CONFIG_NAME: &str = "<embedded configs/demo.toml>";
 
@@ -71,6 +74,12 @@ struct FileModel {
     bridges: Vec<Spanned<BridgeFile>>,
     #[serde(default, rename = "port")]
     ports: Vec<Spanned<PortFile>>,
+    #[serde(default)]
+    sessions: SessionsConf,
+    #[serde(default, rename = "security_group")]
+    security_groups: Vec<Spanned<policy::GroupFile>>,
+    #[serde(default, rename = "qos_policy")]
+    qos_policies: Vec<Spanned<policy::QosFile>>,
 }
 
 /// EAL options, typed (never a free-form argument string).
@@ -180,6 +189,10 @@ struct PortFile {
     tx_desc: Option<Spanned<u16>>,
     rx_workers: Option<Spanned<Vec<u32>>>,
     static_macs: Option<Vec<Spanned<String>>>,
+    ingress_group: Option<Spanned<String>>,
+    egress_group: Option<Spanned<String>>,
+    ingress_qos: Option<Spanned<String>>,
+    egress_qos: Option<Spanned<String>>,
     // vhost-user
     socket: Option<Spanned<PathBuf>>,
     client: Option<Spanned<bool>>,
@@ -223,6 +236,14 @@ pub struct Config {
     pub bridges: Vec<vswitch::BridgeConf>,
     /// Ports, in file order (which is also their switch port index).
     pub ports: Vec<PortSpec>,
+    /// The session table of stateful security groups.
+    pub sessions: SessionsConf,
+    /// Security groups.
+    pub security_groups: Vec<acl::SecurityGroup>,
+    /// QoS policies.
+    pub qos_policies: Vec<QosPolicy>,
+    /// Things that work but are probably not meant (shadowed rules).
+    pub warnings: Vec<String>,
 }
 
 /// One port.
@@ -243,6 +264,14 @@ pub struct PortSpec {
     /// Stations known to be behind this port: static MAC-table entries that
     /// never age and that traffic cannot move.
     pub static_macs: Vec<MacAddr>,
+    /// Security group judging frames to the container.
+    pub ingress_group: Option<String>,
+    /// Security group judging frames from the container.
+    pub egress_group: Option<String>,
+    /// QoS policy metering frames to the container.
+    pub ingress_qos: Option<String>,
+    /// QoS policy metering frames from the container.
+    pub egress_qos: Option<String>,
     /// What the port is.
     pub kind: PortKind,
 }
@@ -486,12 +515,43 @@ pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
         });
     }
 
+    let qos_policies = policy::qos_policies(&cx, &model.qos_policies)?;
+    let (security_groups, warnings) =
+        policy::security_groups(&cx, &model.security_groups, &qos_policies)?;
+    let group_names: HashSet<&str> = security_groups.iter().map(|g| g.name.as_str()).collect();
+    let qos_names: HashSet<&str> = qos_policies.iter().map(|q| q.name.as_str()).collect();
+    if model.sessions.capacity == 0 || model.sessions.capacity > 1 << 26 {
+        return Err(cx.err(0..0, "sessions.capacity", "between 1 and 67108864 sessions"));
+    }
+
     let mut ports = Vec::new();
     let mut port_names = HashSet::new();
     let mut sockets = HashSet::new();
     let mut statics = HashSet::new();
     for (i, p) in model.ports.iter().enumerate() {
-        let spec = validate_port(&cx, i, p.get_ref(), &bridge_names, n_workers)?;
+        let mut spec = validate_port(&cx, i, p.get_ref(), &bridge_names, n_workers)?;
+        let pf = p.get_ref();
+        let field = |n: &str| format!("port[{i}].{n}");
+        let sg = "[[security_group]]";
+        spec.ingress_group = policy::check_ref(
+            &cx,
+            &pf.ingress_group,
+            field("ingress_group"),
+            &group_names,
+            sg,
+        )?;
+        spec.egress_group = policy::check_ref(
+            &cx,
+            &pf.egress_group,
+            field("egress_group"),
+            &group_names,
+            sg,
+        )?;
+        let qp = "[[qos_policy]]";
+        spec.ingress_qos =
+            policy::check_ref(&cx, &pf.ingress_qos, field("ingress_qos"), &qos_names, qp)?;
+        spec.egress_qos =
+            policy::check_ref(&cx, &pf.egress_qos, field("egress_qos"), &qos_names, qp)?;
         for (j, mac) in spec.static_macs.iter().enumerate() {
             if !statics.insert((spec.bridge.clone(), *mac)) {
                 let span = p
@@ -540,6 +600,10 @@ pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
         stats: model.stats,
         bridges,
         ports,
+        sessions: model.sessions,
+        security_groups,
+        qos_policies,
+        warnings,
     })
 }
 
@@ -765,6 +829,10 @@ fn validate_port(
         name: p.name.get_ref().clone(),
         bridge: p.bridge.as_ref().map(|b| b.get_ref().clone()),
         static_macs,
+        ingress_group: None,
+        egress_group: None,
+        ingress_qos: None,
+        egress_qos: None,
         rx_queues,
         rx_desc: desc(&p.rx_desc, "rx_desc")?,
         tx_desc: desc(&p.tx_desc, "tx_desc")?,
@@ -1010,5 +1078,56 @@ mod tests {
              [[port]]\nname = \"q\"\nkind = \"ring\"\nbridge = \"a\"\nstatic_macs = [\"02:00:00:00:00:02\"]\n"
         ));
         assert_eq!((e.line, e.field.as_str()), (12, "port[1].static_macs[0]"));
+    }
+
+    const SG: &str = "[[security_group]]\nname = \"g\"\n[[security_group.rule]]\nname = \"r\"\npriority = 1\naction = \"allow\"\n";
+
+    #[test]
+    fn security_groups_and_qos_are_checked() {
+        let c = load(Path::new(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/configs/security.toml"
+        )))
+        .unwrap();
+        assert_eq!(c.security_groups.len(), 3);
+        assert_eq!(c.ports[0].egress_qos.as_deref(), Some("10mbit"));
+        assert_eq!(c.ports[1].ingress_group.as_deref(), Some("web"));
+        let e = err(&format!("{SG}proto = \"udp\"\ndst_ports = \"90-80\"\n"));
+        assert_eq!(
+            (e.line, e.field.as_str()),
+            (8, "security_group[0].rule[0].dst_ports")
+        );
+        assert!(e.message.contains("empty"), "{e}");
+        let e = err(&format!("{SG}dst_ports = \"80\"\n"));
+        assert!(e.message.contains("tcp"), "{e}");
+        let e = err(&format!("{SG}src = \"10.0.0.0/33\"\n"));
+        assert_eq!(e.field, "security_group[0].rule[0].src");
+        let e = err(&format!("{SG}src = \"10.0.0.0/8\"\ndst = \"fd00::/8\"\n"));
+        assert!(e.message.contains("different families"), "{e}");
+        let e = err(&format!("{SG}qos_class = \"gold\"\n"));
+        assert!(e.message.contains("no [[qos_policy]]"), "{e}");
+        // Equal priority, overlapping, different actions: ambiguous.
+        let e = err(&format!(
+            "{SG}[[security_group.rule]]\nname = \"d\"\npriority = 1\naction = \"deny\"\nproto = \"tcp\"\n"
+        ));
+        assert_eq!(e.field, "security_group[0]");
+        assert!(e.message.contains("overlap"), "{e}");
+        // A shadowed rule is a warning, not an error.
+        let c = parse(
+            "t.toml",
+            &format!("{SG}[[security_group.rule]]\nname = \"d\"\npriority = 0\naction = \"deny\"\nproto = \"tcp\"\n"),
+        )
+        .unwrap();
+        assert!(
+            c.warnings[0].contains("can never match"),
+            "{:?}",
+            c.warnings
+        );
+        let e = err("[[port]]\nname = \"p\"\nkind = \"ring\"\ningress_group = \"nope\"\n");
+        assert_eq!((e.line, e.field.as_str()), (4, "port[0].ingress_group"));
+        let e = err("[[qos_policy]]\nname = \"q\"\nkind = \"trtcm\"\ncir = 10\ncbs = 10\npir = 5\npbs = 10\n");
+        assert_eq!(e.field, "qos_policy[0].pir");
+        let e = err("[[qos_policy]]\nname = \"q\"\nkind = \"srtcm\"\ncir = 10\ncbs = 10\nred = \"dscp:64\"\n");
+        assert_eq!(e.field, "qos_policy[0].red");
     }
 }

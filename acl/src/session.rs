@@ -1,0 +1,733 @@
+//! The session table: stateful security groups, as cloud security groups
+//! behave. A packet the rules allow opens a session on its bidirectional
+//! 5-tuple; later packets of the session, in either direction, pass without
+//! rule lookup, so the replies of an allowed outbound connection come back
+//! even where the inbound rules would deny them.
+//!
+//! Tracking: TCP through SYN, SYN-ACK, established, FIN and RST with a
+//! timeout per state (no sequence-number window checks: this is a security
+//! group, not a firewall scrubbing TCP); UDP and ICMP with an unreplied and a
+//! replied timeout; any other protocol with one timeout. A TCP packet that
+//! is not a SYN and finds no session opens one as established when the
+//! rules allow it (loose pickup, so a reload or restart does not cut live
+//! connections).
+//!
+//! Concurrency: every worker reads and writes the table; the two directions
+//! of a flow may be on different workers. No locks: a slot is atomics. Its
+//! head word is a sequence number (odd while a writer fills the key) and a
+//! hash tag; a reader checks the tag, reads the key, and re-reads the head
+//! to see it unchanged (a seqlock read: readers never block writers or
+//! each other). Claiming a slot is a CAS on its head; the state word is
+//! updated with CAS; the deadline (absolute seconds) is a plain store,
+//! refreshed at most once a second.
+//!
+//! Layout: a key hashes to two buckets (two choices, as in cuckoo
+//! hashing without the moves); a bucket is one cache line of [`WAYS`] slot
+//! heads, and each slot's body (key, state, deadline) is one more line, so
+//! a lookup reads two lines in the common case.
+//!
+//! Capacity is fixed at creation. An expired
+//! slot is free for reuse at once; [`SessionTable::sweep`] (control thread)
+//! empties expired slots for accurate counts. When a new session finds its
+//! bucket full of live sessions the table fails closed: [`Open::Full`],
+//! which the pipeline drops and counts as `session_full`, as Linux
+//! conntrack drops when its table is full. Live sessions are never evicted
+//! for new ones, so a flood of new flows cannot cut established
+//! connections.
+//!
+//! Why not a crate (dashmap, flurry) or DPDK's rte_hash: those lock shards
+//! or allocate per entry, or need DPDK in this crate; a fixed table of
+//! cache-line slots costs one line per lookup and never allocates after
+//! creation.
+
+use std::sync::atomic::{AtomicU64, Ordering::Acquire, Ordering::Relaxed, Ordering::Release};
+
+use crate::rule::{Family, Tuple, ICMP, ICMPV6, TCP, UDP};
+
+/// Slots per bucket: one cache line of slot heads.
+pub const WAYS: usize = 8;
+
+/// Timeouts in seconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    /// TCP: SYN seen, no SYN-ACK yet.
+    pub tcp_syn_sent: u32,
+    /// TCP: SYN-ACK seen, handshake not done.
+    pub tcp_syn_recv: u32,
+    /// TCP: established.
+    pub tcp_established: u32,
+    /// TCP: a FIN seen.
+    pub tcp_fin_wait: u32,
+    /// TCP: FINs from both sides.
+    pub tcp_time_wait: u32,
+    /// TCP: reset.
+    pub tcp_close: u32,
+    /// UDP, no reply yet.
+    pub udp: u32,
+    /// UDP, replied (a stream).
+    pub udp_stream: u32,
+    /// ICMP.
+    pub icmp: u32,
+    /// Any other protocol.
+    pub other: u32,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            tcp_syn_sent: 30,
+            tcp_syn_recv: 30,
+            tcp_established: 3600,
+            tcp_fin_wait: 120,
+            tcp_time_wait: 30,
+            tcp_close: 10,
+            udp: 30,
+            udp_stream: 180,
+            icmp: 30,
+            other: 60,
+        }
+    }
+}
+
+/// TCP connection states.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum TcpState {
+    /// Not TCP.
+    None = 0,
+    /// The originator's SYN.
+    SynSent = 1,
+    /// The responder's SYN-ACK.
+    SynRecv = 2,
+    /// Handshake complete (or picked up mid-stream).
+    Established = 3,
+    /// One side sent FIN.
+    FinWait = 4,
+    /// Both sides sent FIN.
+    TimeWait = 5,
+    /// RST seen.
+    Close = 6,
+}
+
+impl TcpState {
+    fn from_u8(v: u8) -> TcpState {
+        match v {
+            1 => TcpState::SynSent,
+            2 => TcpState::SynRecv,
+            3 => TcpState::Established,
+            4 => TcpState::FinWait,
+            5 => TcpState::TimeWait,
+            6 => TcpState::Close,
+            _ => TcpState::None,
+        }
+    }
+}
+
+/// TCP flag bits as the flow key carries them.
+pub mod tcp_flags {
+    /// FIN.
+    pub const FIN: u8 = 0x01;
+    /// SYN.
+    pub const SYN: u8 = 0x02;
+    /// RST.
+    pub const RST: u8 = 0x04;
+    /// ACK.
+    pub const ACK: u8 = 0x10;
+}
+use tcp_flags::{ACK, FIN, RST, SYN};
+
+/// The state word: TCP state, which sides sent FIN, whether the responder
+/// replied, and the ruleset generation that admitted the session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct State {
+    tcp: TcpState,
+    fin_orig: bool,
+    fin_reply: bool,
+    replied: bool,
+    generation: u32,
+}
+
+impl State {
+    fn pack(self) -> u64 {
+        u64::from(self.tcp as u8)
+            | u64::from(self.fin_orig) << 8
+            | u64::from(self.fin_reply) << 9
+            | u64::from(self.replied) << 10
+            | u64::from(self.generation) << 32
+    }
+
+    fn unpack(w: u64) -> State {
+        State {
+            tcp: TcpState::from_u8(w as u8),
+            fin_orig: w & 1 << 8 != 0,
+            fin_reply: w & 1 << 9 != 0,
+            replied: w & 1 << 10 != 0,
+            generation: (w >> 32) as u32,
+        }
+    }
+
+    /// The state after a packet with `flags`, from the originator if `orig`.
+    fn advance(mut self, proto: u8, orig: bool, flags: u8) -> State {
+        if !orig {
+            self.replied = true;
+        }
+        if proto != TCP {
+            return self;
+        }
+        use TcpState::*;
+        if flags & RST != 0 {
+            self.tcp = Close;
+            return self;
+        }
+        if flags & SYN != 0 && flags & ACK == 0 && orig && matches!(self.tcp, TimeWait | Close) {
+            // A new connection on the same ports.
+            return State {
+                tcp: SynSent,
+                fin_orig: false,
+                fin_reply: false,
+                replied: false,
+                ..self
+            };
+        }
+        self.tcp = match self.tcp {
+            SynSent if !orig && flags & SYN != 0 && flags & ACK != 0 => SynRecv,
+            SynRecv if orig && flags & ACK != 0 && flags & SYN == 0 => Established,
+            s => s,
+        };
+        if flags & FIN != 0 {
+            if orig {
+                self.fin_orig = true;
+            } else {
+                self.fin_reply = true;
+            }
+            if matches!(self.tcp, SynRecv | Established | FinWait) {
+                self.tcp = if self.fin_orig && self.fin_reply {
+                    TimeWait
+                } else {
+                    FinWait
+                };
+            }
+        }
+        self
+    }
+
+    fn timeout(&self, proto: u8, t: &Timeouts) -> u32 {
+        use TcpState::*;
+        match (proto, self.tcp) {
+            (TCP, SynSent) => t.tcp_syn_sent,
+            (TCP, SynRecv) => t.tcp_syn_recv,
+            (TCP, FinWait) => t.tcp_fin_wait,
+            (TCP, TimeWait) => t.tcp_time_wait,
+            (TCP, Close) => t.tcp_close,
+            (TCP, _) => t.tcp_established,
+            (UDP, _) if self.replied => t.udp_stream,
+            (UDP, _) => t.udp,
+            (ICMP | ICMPV6, _) => t.icmp,
+            _ => t.other,
+        }
+    }
+}
+
+/// A session's identity: the tuple in canonical order plus the zone
+/// (bridge domain) so equal addresses in two VPCs stay apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Key {
+    words: [u64; 5],
+    /// Whether the packet's source is the canonical first endpoint.
+    src_first: bool,
+}
+
+fn canonical(t: &Tuple, zone: u16) -> Key {
+    let (s, d) = ((t.src, t.sport), (t.dst, t.dport));
+    let src_first = s <= d;
+    let ((a, pa), (b, pb)) = if src_first { (s, d) } else { (d, s) };
+    let fam = u64::from(t.family == Family::V6);
+    Key {
+        words: [
+            a as u64,
+            (a >> 64) as u64,
+            b as u64,
+            (b >> 64) as u64,
+            u64::from(pa)
+                | u64::from(pb) << 16
+                | u64::from(t.proto) << 32
+                | u64::from(zone) << 40
+                | fam << 56,
+        ],
+        src_first,
+    }
+}
+
+fn hash(k: &Key) -> u64 {
+    let mut h = 0u64;
+    for w in k.words {
+        h = (h.rotate_left(5) ^ w).wrapping_mul(0x517c_c1b7_2722_0a95);
+    }
+    h ^ h >> 29
+}
+
+/// The heads of one bucket's slots, one cache line: `tag << 32 | seq`
+/// per slot; seq odd while the slot is being written; tag 0 = empty.
+#[repr(align(64))]
+#[derive(Default)]
+struct Heads([AtomicU64; WAYS]);
+
+/// A slot's body, one cache line: key words, state, and `deadline (secs)
+/// | orig_first << 32` (which endpoint opened the session).
+#[repr(align(64))]
+#[derive(Default)]
+struct Body {
+    key: [AtomicU64; 5],
+    state: AtomicU64,
+    meta: AtomicU64,
+}
+
+/// What a packet found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Found {
+    /// A live session; the packet is from its originator if `orig`.
+    Hit {
+        /// Direction of the packet.
+        orig: bool,
+        /// The ruleset generation that admitted the session.
+        generation: u32,
+        /// Where it lives, for [`SessionTable::update`].
+        slot: u32,
+    },
+    /// No live session.
+    Miss,
+}
+
+/// What opening a session did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Open {
+    /// A new session.
+    New,
+    /// Another worker opened it at the same time; it is live.
+    Exists,
+    /// No free slot in its bucket: the packet must be dropped.
+    Full,
+}
+
+/// See the module documentation.
+pub struct SessionTable {
+    heads: Box<[Heads]>,
+    bodies: Box<[Body]>,
+    mask: usize,
+    timeouts: Timeouts,
+}
+
+impl SessionTable {
+    /// A table of at least `capacity` sessions.
+    pub fn new(capacity: usize, timeouts: Timeouts) -> SessionTable {
+        let buckets = capacity.div_ceil(WAYS).next_power_of_two().max(2);
+        SessionTable {
+            heads: (0..buckets).map(|_| Heads::default()).collect(),
+            bodies: (0..buckets * WAYS).map(|_| Body::default()).collect(),
+            mask: buckets - 1,
+            timeouts,
+        }
+    }
+
+    /// Slots (the hard bound on sessions).
+    pub fn capacity(&self) -> usize {
+        self.bodies.len()
+    }
+
+    /// The two candidate buckets of a hash (two choices keep buckets
+    /// from overflowing until the table is nearly full).
+    fn buckets(&self, h: u64) -> [usize; 2] {
+        let b1 = (h as usize) & self.mask;
+        let mut b2 = ((h >> 32).wrapping_mul(0x9e37_79b9) as usize) & self.mask;
+        if b2 == b1 {
+            b2 = b1 ^ 1;
+        }
+        [b1, b2]
+    }
+
+    fn head(&self, slot: usize) -> &AtomicU64 {
+        &self.heads[slot / WAYS].0[slot % WAYS]
+    }
+
+    fn slots(&self, h: u64) -> impl Iterator<Item = usize> {
+        self.buckets(h)
+            .into_iter()
+            .flat_map(|b| b * WAYS..(b + 1) * WAYS)
+    }
+
+    fn tag(h: u64) -> u64 {
+        (h >> 32) | 1
+    }
+
+    /// Reads slot `i` if it holds `key` and is live at `now`: (orig first?, state word).
+    fn read(&self, i: usize, tag: u64, key: &Key, now: u32) -> Option<(bool, u64)> {
+        let head = self.head(i).load(Acquire);
+        if head >> 32 != tag || head & 1 == 1 {
+            return None;
+        }
+        let body = &self.bodies[i];
+        if body
+            .key
+            .iter()
+            .zip(key.words)
+            .any(|(a, w)| a.load(Relaxed) != w)
+        {
+            return None;
+        }
+        let (state, meta) = (body.state.load(Relaxed), body.meta.load(Relaxed));
+        std::sync::atomic::fence(Acquire);
+        if self.head(i).load(Relaxed) != head {
+            return None; // rewritten while we read
+        }
+        if (meta as u32) < now {
+            return None; // expired
+        }
+        Some((meta >> 32 != 0, state))
+    }
+
+    /// Looks up the session of `t` in `zone`.
+    #[inline]
+    pub fn lookup(&self, t: &Tuple, zone: u16, now: u32) -> Found {
+        let key = canonical(t, zone);
+        let h = hash(&key);
+        let tag = Self::tag(h);
+        for i in self.slots(h) {
+            if let Some((orig_first, state)) = self.read(i, tag, &key, now) {
+                return Found::Hit {
+                    orig: orig_first == key.src_first,
+                    generation: State::unpack(state).generation,
+                    slot: i as u32,
+                };
+            }
+        }
+        Found::Miss
+    }
+
+    /// Records a packet of a session found by [`lookup`](Self::lookup):
+    /// advances the TCP state and pushes the deadline out. (If the session
+    /// expired and its slot was reused between the lookup and this call, in
+    /// the same second, the new session's deadline is refreshed once more
+    /// than it should be: harmless.)
+    #[inline]
+    pub fn update(&self, slot: u32, proto: u8, orig: bool, tcp_flags: u8, now: u32) {
+        let b = &self.bodies[slot as usize];
+        let mut cur = b.state.load(Relaxed);
+        let next = loop {
+            let next = State::unpack(cur).advance(proto, orig, tcp_flags);
+            let packed = next.pack();
+            if packed == cur {
+                break next;
+            }
+            match b.state.compare_exchange_weak(cur, packed, Relaxed, Relaxed) {
+                Ok(_) => break next,
+                Err(c) => cur = c,
+            }
+        };
+        let deadline = now.saturating_add(next.timeout(proto, &self.timeouts));
+        let meta = b.meta.load(Relaxed);
+        if meta as u32 != deadline {
+            b.meta
+                .store((meta & !0xffff_ffff) | u64::from(deadline), Relaxed);
+        }
+    }
+
+    /// Re-stamps a session with the generation of the ruleset that just
+    /// re-admitted it.
+    pub fn set_generation(&self, slot: u32, generation: u32) {
+        let b = &self.bodies[slot as usize];
+        let mut cur = b.state.load(Relaxed);
+        loop {
+            let mut st = State::unpack(cur);
+            st.generation = generation;
+            match b
+                .state
+                .compare_exchange_weak(cur, st.pack(), Relaxed, Relaxed)
+            {
+                Ok(_) => return,
+                Err(c) => cur = c,
+            }
+        }
+    }
+
+    /// Ends a session at once (its ruleset no longer admits it).
+    pub fn remove(&self, slot: u32) {
+        let head = self.head(slot as usize);
+        let h = head.load(Relaxed);
+        if h & 1 == 0 && h >> 32 != 0 {
+            let _ = head.compare_exchange(h, (h & 0xffff_ffff) + 2, Release, Relaxed);
+        }
+    }
+
+    /// Opens a session for `t` (from its originator) admitted by ruleset
+    /// `generation`.
+    pub fn open(&self, t: &Tuple, zone: u16, tcp_flags: u8, generation: u32, now: u32) -> Open {
+        let key = canonical(t, zone);
+        let h = hash(&key);
+        let tag = Self::tag(h);
+        for _ in 0..3 {
+            // The first free slot and the free count of each candidate
+            // bucket; the emptier bucket gets the session (two choices
+            // balance the buckets).
+            let mut free = [(None, 0usize); 2];
+            for (k, b) in self.buckets(h).into_iter().enumerate() {
+                for i in b * WAYS..(b + 1) * WAYS {
+                    if self.read(i, tag, &key, now).is_some() {
+                        return Open::Exists;
+                    }
+                    let head = self.head(i).load(Acquire);
+                    let expired = (self.bodies[i].meta.load(Relaxed) as u32) < now;
+                    if head & 1 == 0 && (head >> 32 == 0 || expired) {
+                        free[k].1 += 1;
+                        free[k].0.get_or_insert((i, head));
+                    }
+                }
+            }
+            let free = if free[1].1 > free[0].1 {
+                free[1].0
+            } else {
+                free[0].0
+            };
+            let Some((i, head)) = free else {
+                return Open::Full;
+            };
+            let seq = head & 0xffff_ffff;
+            // Claim: odd sequence with our tag; readers skip the slot.
+            if self
+                .head(i)
+                .compare_exchange(head, tag << 32 | (seq + 1), Acquire, Relaxed)
+                .is_err()
+            {
+                continue;
+            }
+            let body = &self.bodies[i];
+            for (a, w) in body.key.iter().zip(key.words) {
+                a.store(w, Relaxed);
+            }
+            let st = State {
+                tcp: TcpState::None,
+                fin_orig: false,
+                fin_reply: false,
+                replied: false,
+                generation,
+            };
+            let st = if t.proto == TCP {
+                let first = if tcp_flags & SYN != 0 && tcp_flags & ACK == 0 {
+                    TcpState::SynSent
+                } else {
+                    TcpState::Established
+                };
+                State { tcp: first, ..st }.advance(TCP, true, tcp_flags & (FIN | RST))
+            } else {
+                st
+            };
+            body.state.store(st.pack(), Relaxed);
+            let deadline = now.saturating_add(st.timeout(t.proto, &self.timeouts));
+            body.meta.store(
+                u64::from(deadline) | u64::from(key.src_first) << 32,
+                Relaxed,
+            );
+            self.head(i).store(tag << 32 | (seq + 2), Release);
+            return Open::New;
+        }
+        Open::Full
+    }
+
+    /// Empties every expired slot; returns (emptied, live).
+    pub fn sweep(&self, now: u32) -> (usize, usize) {
+        let (mut emptied, mut live) = (0, 0);
+        for i in 0..self.bodies.len() {
+            let head = self.head(i);
+            let h = head.load(Acquire);
+            if h >> 32 == 0 || h & 1 == 1 {
+                continue;
+            }
+            if (self.bodies[i].meta.load(Relaxed) as u32) < now {
+                if head
+                    .compare_exchange(h, (h & 0xffff_ffff) + 2, Release, Relaxed)
+                    .is_ok()
+                {
+                    emptied += 1;
+                }
+            } else {
+                live += 1;
+            }
+        }
+        (emptied, live)
+    }
+
+    /// The TCP state of a slot (tests and `session show`).
+    pub fn tcp_state(&self, slot: u32) -> TcpState {
+        State::unpack(self.bodies[slot as usize].state.load(Relaxed)).tcp
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(src: u32, sport: u16, dst: u32, dport: u16, proto: u8) -> Tuple {
+        Tuple {
+            family: Family::V4,
+            src: src.into(),
+            dst: dst.into(),
+            proto,
+            sport,
+            dport,
+        }
+    }
+
+    fn rev(x: &Tuple) -> Tuple {
+        Tuple {
+            src: x.dst,
+            dst: x.src,
+            sport: x.dport,
+            dport: x.sport,
+            ..*x
+        }
+    }
+
+    fn hit(tb: &SessionTable, x: &Tuple, now: u32) -> (bool, u32) {
+        match tb.lookup(x, 0, now) {
+            Found::Hit { orig, slot, .. } => (orig, slot),
+            Found::Miss => panic!("no session for {x:?}"),
+        }
+    }
+
+    #[test]
+    fn tcp_handshake_data_and_close() {
+        let tb = SessionTable::new(64, Timeouts::default());
+        let c = t(1, 40000, 2, 80, TCP);
+        assert_eq!(tb.lookup(&c, 0, 0), Found::Miss);
+        assert_eq!(tb.open(&c, 0, SYN, 1, 0), Open::New);
+        let (orig, slot) = hit(&tb, &c, 0);
+        assert!(orig);
+        assert_eq!(tb.tcp_state(slot), TcpState::SynSent);
+        let (orig, _) = hit(&tb, &rev(&c), 0);
+        assert!(!orig, "the reply is seen as the reply");
+        tb.update(slot, TCP, false, SYN | ACK, 1);
+        assert_eq!(tb.tcp_state(slot), TcpState::SynRecv);
+        tb.update(slot, TCP, true, ACK, 1);
+        assert_eq!(tb.tcp_state(slot), TcpState::Established);
+        // Established lives an hour.
+        assert!(matches!(tb.lookup(&c, 0, 3000), Found::Hit { .. }));
+        tb.update(slot, TCP, true, FIN | ACK, 3000);
+        assert_eq!(tb.tcp_state(slot), TcpState::FinWait);
+        tb.update(slot, TCP, false, FIN | ACK, 3001);
+        assert_eq!(tb.tcp_state(slot), TcpState::TimeWait);
+        assert!(matches!(tb.lookup(&c, 0, 3031), Found::Hit { .. }));
+        assert_eq!(
+            tb.lookup(&c, 0, 3032),
+            Found::Miss,
+            "time-wait expires after 30 s"
+        );
+    }
+
+    #[test]
+    fn timeouts_per_state_and_protocol() {
+        let tb = SessionTable::new(64, Timeouts::default());
+        let syn = t(1, 1, 2, 2, TCP);
+        tb.open(&syn, 0, SYN, 1, 100);
+        assert!(matches!(tb.lookup(&syn, 0, 130), Found::Hit { .. }));
+        assert_eq!(tb.lookup(&syn, 0, 131), Found::Miss, "unanswered SYN: 30 s");
+        let u = t(1, 5, 2, 53, UDP);
+        tb.open(&u, 0, 0, 1, 0);
+        assert_eq!(tb.lookup(&u, 0, 31), Found::Miss, "unreplied UDP: 30 s");
+        tb.open(&u, 0, 0, 1, 100);
+        let (_, slot) = hit(&tb, &rev(&u), 100);
+        tb.update(slot, UDP, false, 0, 100);
+        assert!(
+            matches!(tb.lookup(&u, 0, 280), Found::Hit { .. }),
+            "replied UDP: 180 s"
+        );
+        let r = t(3, 1, 4, 1, TCP);
+        tb.open(&r, 0, SYN, 1, 0);
+        let (_, slot) = hit(&tb, &r, 0);
+        tb.update(slot, TCP, false, RST, 0);
+        assert_eq!(tb.tcp_state(slot), TcpState::Close);
+        assert_eq!(tb.lookup(&r, 0, 11), Found::Miss, "reset: 10 s");
+        // Loose pickup: a mid-stream segment opens an established session.
+        let m = t(5, 1, 6, 1, TCP);
+        tb.open(&m, 0, ACK, 1, 0);
+        assert_eq!(tb.tcp_state(hit(&tb, &m, 0).1), TcpState::Established);
+    }
+
+    #[test]
+    fn zones_keep_equal_tuples_apart() {
+        let tb = SessionTable::new(64, Timeouts::default());
+        let u = t(1, 5, 2, 53, UDP);
+        tb.open(&u, 7, 0, 1, 0);
+        assert!(matches!(tb.lookup(&u, 7, 0), Found::Hit { .. }));
+        assert_eq!(tb.lookup(&u, 8, 0), Found::Miss);
+    }
+
+    #[test]
+    fn full_table_fails_closed_and_expired_slots_are_reused() {
+        // The smallest table: 2 buckets, both candidates of every key.
+        let tb = SessionTable::new(1, Timeouts::default());
+        let cap = tb.capacity() as u32;
+        assert_eq!(cap, 2 * WAYS as u32);
+        for i in 0..cap {
+            assert_eq!(tb.open(&t(i, 1, 99, 1, UDP), 0, 0, 1, 0), Open::New);
+        }
+        assert_eq!(tb.open(&t(500, 1, 99, 1, UDP), 0, 0, 1, 0), Open::Full);
+        assert_eq!(tb.open(&t(0, 1, 99, 1, UDP), 0, 0, 1, 0), Open::Exists);
+        // After the UDP timeout every slot is free again.
+        assert_eq!(tb.open(&t(500, 1, 99, 1, UDP), 0, 0, 1, 31), Open::New);
+        assert_eq!(tb.sweep(31), (cap as usize - 1, 1));
+    }
+
+    #[test]
+    fn two_choices_fill_the_table_before_refusing() {
+        let tb = SessionTable::new(1 << 14, Timeouts::default());
+        let cap = tb.capacity();
+        let mut refused = 0;
+        for i in 0..cap as u32 {
+            if tb.open(&t(i, 1, 99, 1, UDP), 0, 0, 1, 0) == Open::Full {
+                refused += 1;
+            }
+            let load = i as usize + 1;
+            if load == cap * 3 / 4 {
+                assert_eq!(refused, 0, "refused at 75 % load");
+            }
+            if load == cap * 9 / 10 {
+                assert!(refused * 100 < load, "{refused} refused by 90 % load");
+            }
+        }
+    }
+
+    #[test]
+    fn directions_on_different_threads() {
+        // Two workers: one opens and sends originals, the other sees only
+        // replies; every reply finds the session.
+        let tb = std::sync::Arc::new(SessionTable::new(4096, Timeouts::default()));
+        let flows: Vec<Tuple> = (0..1000)
+            .map(|i| t(i, 1000, 1_000_000 + i, 53, UDP))
+            .collect();
+        let opener = {
+            let (tb, flows) = (tb.clone(), flows.clone());
+            std::thread::spawn(move || {
+                for f in &flows {
+                    assert_ne!(tb.open(f, 0, 0, 1, 0), Open::Full);
+                }
+            })
+        };
+        opener.join().unwrap();
+        let replier = {
+            let (tb, flows) = (tb.clone(), flows.clone());
+            std::thread::spawn(move || {
+                for f in &flows {
+                    let (orig, slot) = hit(&tb, &rev(f), 0);
+                    assert!(!orig);
+                    tb.update(slot, UDP, false, 0, 1);
+                }
+            })
+        };
+        for f in &flows {
+            let (orig, slot) = hit(&tb, f, 0);
+            assert!(orig);
+            tb.update(slot, UDP, true, 0, 1);
+        }
+        replier.join().unwrap();
+        assert_eq!(tb.sweep(1).1, 1000);
+    }
+}
