@@ -53,7 +53,10 @@ fn malformed_config_names_file_line_and_field() {
         )
     };
     assert_eq!(code, Some(0));
-    assert!(out.contains("ok (1 bridges, 4 ports, 1 workers)"), "{out}");
+    assert!(
+        out.contains("ok (1 bridges, 4 ports, 1 workers, 0 security groups, 0 QoS policies)"),
+        "{out}"
+    );
 }
 
 #[test]
