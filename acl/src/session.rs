@@ -137,13 +137,15 @@ pub mod tcp_flags {
 use tcp_flags::{ACK, FIN, RST, SYN};
 
 /// The state word: TCP state, which sides sent FIN, whether the responder
-/// replied, and the ruleset generation that admitted the session.
+/// replied, the QoS class of the rule that admitted it, and the ruleset
+/// generation that admitted it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct State {
     tcp: TcpState,
     fin_orig: bool,
     fin_reply: bool,
     replied: bool,
+    class: u16,
     generation: u32,
 }
 
@@ -153,6 +155,7 @@ impl State {
             | u64::from(self.fin_orig) << 8
             | u64::from(self.fin_reply) << 9
             | u64::from(self.replied) << 10
+            | u64::from(self.class) << 16
             | u64::from(self.generation) << 32
     }
 
@@ -162,6 +165,7 @@ impl State {
             fin_orig: w & 1 << 8 != 0,
             fin_reply: w & 1 << 9 != 0,
             replied: w & 1 << 10 != 0,
+            class: (w >> 16) as u16,
             generation: (w >> 32) as u32,
         }
     }
@@ -291,6 +295,8 @@ pub enum Found {
         orig: bool,
         /// The ruleset generation that admitted the session.
         generation: u32,
+        /// The QoS class given at [`SessionTable::open`] (0: none).
+        class: u16,
         /// Where it lives, for [`SessionTable::update`].
         slot: u32,
     },
@@ -393,9 +399,11 @@ impl SessionTable {
         let tag = Self::tag(h);
         for i in self.slots(h) {
             if let Some((orig_first, state)) = self.read(i, tag, &key, now) {
+                let st = State::unpack(state);
                 return Found::Hit {
                     orig: orig_first == key.src_first,
-                    generation: State::unpack(state).generation,
+                    generation: st.generation,
+                    class: st.class,
                     slot: i as u32,
                 };
             }
@@ -431,14 +439,15 @@ impl SessionTable {
         }
     }
 
-    /// Re-stamps a session with the generation of the ruleset that just
-    /// re-admitted it.
-    pub fn set_generation(&self, slot: u32, generation: u32) {
+    /// Re-stamps a session with the generation (and QoS class) of the
+    /// ruleset that just re-admitted it.
+    pub fn readmit(&self, slot: u32, generation: u32, class: u16) {
         let b = &self.bodies[slot as usize];
         let mut cur = b.state.load(Relaxed);
         loop {
             let mut st = State::unpack(cur);
             st.generation = generation;
+            st.class = class;
             match b
                 .state
                 .compare_exchange_weak(cur, st.pack(), Relaxed, Relaxed)
@@ -459,8 +468,16 @@ impl SessionTable {
     }
 
     /// Opens a session for `t` (from its originator) admitted by ruleset
-    /// `generation`.
-    pub fn open(&self, t: &Tuple, zone: u16, tcp_flags: u8, generation: u32, now: u32) -> Open {
+    /// `generation` with QoS class `class` (0: none).
+    pub fn open(
+        &self,
+        t: &Tuple,
+        zone: u16,
+        tcp_flags: u8,
+        generation: u32,
+        class: u16,
+        now: u32,
+    ) -> Open {
         let key = canonical(t, zone);
         let h = hash(&key);
         let tag = Self::tag(h);
@@ -508,6 +525,7 @@ impl SessionTable {
                 fin_orig: false,
                 fin_reply: false,
                 replied: false,
+                class,
                 generation,
             };
             let st = if t.proto == TCP {
@@ -598,7 +616,7 @@ mod tests {
         let tb = SessionTable::new(64, Timeouts::default());
         let c = t(1, 40000, 2, 80, TCP);
         assert_eq!(tb.lookup(&c, 0, 0), Found::Miss);
-        assert_eq!(tb.open(&c, 0, SYN, 1, 0), Open::New);
+        assert_eq!(tb.open(&c, 0, SYN, 1, 0, 0), Open::New);
         let (orig, slot) = hit(&tb, &c, 0);
         assert!(orig);
         assert_eq!(tb.tcp_state(slot), TcpState::SynSent);
@@ -626,13 +644,13 @@ mod tests {
     fn timeouts_per_state_and_protocol() {
         let tb = SessionTable::new(64, Timeouts::default());
         let syn = t(1, 1, 2, 2, TCP);
-        tb.open(&syn, 0, SYN, 1, 100);
+        tb.open(&syn, 0, SYN, 1, 0, 100);
         assert!(matches!(tb.lookup(&syn, 0, 130), Found::Hit { .. }));
         assert_eq!(tb.lookup(&syn, 0, 131), Found::Miss, "unanswered SYN: 30 s");
         let u = t(1, 5, 2, 53, UDP);
-        tb.open(&u, 0, 0, 1, 0);
+        tb.open(&u, 0, 0, 1, 0, 0);
         assert_eq!(tb.lookup(&u, 0, 31), Found::Miss, "unreplied UDP: 30 s");
-        tb.open(&u, 0, 0, 1, 100);
+        tb.open(&u, 0, 0, 1, 0, 100);
         let (_, slot) = hit(&tb, &rev(&u), 100);
         tb.update(slot, UDP, false, 0, 100);
         assert!(
@@ -640,14 +658,14 @@ mod tests {
             "replied UDP: 180 s"
         );
         let r = t(3, 1, 4, 1, TCP);
-        tb.open(&r, 0, SYN, 1, 0);
+        tb.open(&r, 0, SYN, 1, 0, 0);
         let (_, slot) = hit(&tb, &r, 0);
         tb.update(slot, TCP, false, RST, 0);
         assert_eq!(tb.tcp_state(slot), TcpState::Close);
         assert_eq!(tb.lookup(&r, 0, 11), Found::Miss, "reset: 10 s");
         // Loose pickup: a mid-stream segment opens an established session.
         let m = t(5, 1, 6, 1, TCP);
-        tb.open(&m, 0, ACK, 1, 0);
+        tb.open(&m, 0, ACK, 1, 0, 0);
         assert_eq!(tb.tcp_state(hit(&tb, &m, 0).1), TcpState::Established);
     }
 
@@ -655,7 +673,7 @@ mod tests {
     fn zones_keep_equal_tuples_apart() {
         let tb = SessionTable::new(64, Timeouts::default());
         let u = t(1, 5, 2, 53, UDP);
-        tb.open(&u, 7, 0, 1, 0);
+        tb.open(&u, 7, 0, 1, 0, 0);
         assert!(matches!(tb.lookup(&u, 7, 0), Found::Hit { .. }));
         assert_eq!(tb.lookup(&u, 8, 0), Found::Miss);
     }
@@ -667,12 +685,12 @@ mod tests {
         let cap = tb.capacity() as u32;
         assert_eq!(cap, 2 * WAYS as u32);
         for i in 0..cap {
-            assert_eq!(tb.open(&t(i, 1, 99, 1, UDP), 0, 0, 1, 0), Open::New);
+            assert_eq!(tb.open(&t(i, 1, 99, 1, UDP), 0, 0, 1, 0, 0), Open::New);
         }
-        assert_eq!(tb.open(&t(500, 1, 99, 1, UDP), 0, 0, 1, 0), Open::Full);
-        assert_eq!(tb.open(&t(0, 1, 99, 1, UDP), 0, 0, 1, 0), Open::Exists);
+        assert_eq!(tb.open(&t(500, 1, 99, 1, UDP), 0, 0, 1, 0, 0), Open::Full);
+        assert_eq!(tb.open(&t(0, 1, 99, 1, UDP), 0, 0, 1, 0, 0), Open::Exists);
         // After the UDP timeout every slot is free again.
-        assert_eq!(tb.open(&t(500, 1, 99, 1, UDP), 0, 0, 1, 31), Open::New);
+        assert_eq!(tb.open(&t(500, 1, 99, 1, UDP), 0, 0, 1, 0, 31), Open::New);
         assert_eq!(tb.sweep(31), (cap as usize - 1, 1));
     }
 
@@ -682,7 +700,7 @@ mod tests {
         let cap = tb.capacity();
         let mut refused = 0;
         for i in 0..cap as u32 {
-            if tb.open(&t(i, 1, 99, 1, UDP), 0, 0, 1, 0) == Open::Full {
+            if tb.open(&t(i, 1, 99, 1, UDP), 0, 0, 1, 0, 0) == Open::Full {
                 refused += 1;
             }
             let load = i as usize + 1;
@@ -707,7 +725,7 @@ mod tests {
             let (tb, flows) = (tb.clone(), flows.clone());
             std::thread::spawn(move || {
                 for f in &flows {
-                    assert_ne!(tb.open(f, 0, 0, 1, 0), Open::Full);
+                    assert_ne!(tb.open(f, 0, 0, 1, 0, 0), Open::Full);
                 }
             })
         };

@@ -15,6 +15,7 @@
 
 pub mod flow;
 pub mod mac_table;
+pub mod security;
 pub mod stats;
 pub mod switch;
 pub mod types;

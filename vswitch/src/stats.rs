@@ -62,6 +62,15 @@ drop_reasons! {
     NoOutput => "no_output",
     /// The output port's tx queue took no more.
     TxFull => "tx_full",
+    /// Denied by a security group (counted on the port the group is on).
+    AclDeny => "acl_deny",
+    /// A TCP segment of no known connection (not a SYN) that the rules
+    /// deny: typically a reply whose session expired or never existed.
+    NoSession => "no_session",
+    /// Allowed, but the session table had no room for its session.
+    SessionFull => "session_full",
+    /// Colored by a policer whose action for that color is drop.
+    PolicerDrop => "policer_drop",
 }
 
 /// Counters of one port on one worker, a cache line apart from the next

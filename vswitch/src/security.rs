@@ -1,0 +1,684 @@
+//! The security stage: per-port security groups (stateful, through the
+//! session table) and QoS meters, applied to a burst after the bridge
+//! decided where each frame goes.
+//!
+//! Directions are the container's: a frame from port P to port Q is judged
+//! by P's *egress* group and Q's *ingress* group; both must allow it. A
+//! frame of a live session passes without rule lookup in either direction.
+//! Non-IP frames (ARP, LLDP) are not judged by groups, as cloud security
+//! groups let ARP through; they are metered like any frame.
+//!
+//! Per burst (all frames came in on one port): one pass parses and looks
+//! sessions up; the misses go through the ingress port's egress group in
+//! one `classify_burst`; each miss then meets its output port's ingress
+//! group; allowed misses open sessions; finally the meters color what is
+//! left (the ingress port's egress meter once for the burst, then each
+//! output port's ingress meter and the QoS class of the admitting rule).
+//!
+//! A ruleset change bumps the generation; a session admitted under an
+//! older generation is judged again on its next packet (in its original
+//! direction) and ended if the new rules deny it, so a deny takes effect
+//! on live connections too.
+
+use std::sync::Arc;
+
+use acl::policer::{Color, ColorAction, SharedMeter};
+use acl::session::{Found, Open, SessionTable};
+use acl::{Action as AclAction, Classifier, Family, Tuple, Verdict};
+
+use crate::flow::{FlowKey, IPPROTO_TCP, L3};
+use crate::stats::{DropReason, PortCounters};
+use crate::switch::{Action, Frame};
+use crate::types::{PortId, MAX_BURST, MAX_PORTS};
+
+/// A compiled security group and the QoS class of each of its rules.
+pub struct Group {
+    /// Its name.
+    pub name: String,
+    /// The classifier.
+    pub classifier: Classifier,
+    /// Per rule: index + 1 into [`Security`]'s class meters (0: none).
+    pub rule_class: Vec<u16>,
+}
+
+/// What one port has attached.
+#[derive(Clone, Default)]
+pub struct PortPolicy {
+    /// Judges frames to the container.
+    pub ingress: Option<Arc<Group>>,
+    /// Judges frames from the container.
+    pub egress: Option<Arc<Group>>,
+    /// Meters frames to the container.
+    pub ingress_meter: Option<Arc<SharedMeter>>,
+    /// Meters frames from the container.
+    pub egress_meter: Option<Arc<SharedMeter>>,
+}
+
+impl PortPolicy {
+    fn is_empty(&self) -> bool {
+        self.ingress.is_none()
+            && self.egress.is_none()
+            && self.ingress_meter.is_none()
+            && self.egress_meter.is_none()
+    }
+}
+
+/// The stage's tables in one snapshot.
+pub struct Security {
+    ports: Vec<PortPolicy>,
+    class_meters: Vec<Arc<SharedMeter>>,
+    sessions: Arc<SessionTable>,
+    generation: u32,
+    active: bool,
+}
+
+/// Per-burst scratch the stage fills and the worker reads back (the flow
+/// keys of flooded frames, DSCP rewrites). Lives in the worker: no
+/// allocation per burst.
+pub struct Scratch {
+    tuples: [Option<(Tuple, u8)>; MAX_BURST],
+    /// DSCP to write into frame i before it is sent.
+    pub remark: [Option<u8>; MAX_BURST],
+    class: [u16; MAX_BURST],
+}
+
+impl Default for Scratch {
+    fn default() -> Self {
+        Scratch {
+            tuples: [None; MAX_BURST],
+            remark: [None; MAX_BURST],
+            class: [0; MAX_BURST],
+        }
+    }
+}
+
+/// The 5-tuple of an IP frame's key.
+pub fn tuple_of(k: &FlowKey) -> Option<Tuple> {
+    let family = match k.l3 {
+        L3::V4 => Family::V4,
+        L3::V6 => Family::V6,
+        L3::Other => return None,
+    };
+    Some(Tuple {
+        family,
+        src: k.src_ip,
+        dst: k.dst_ip,
+        proto: k.proto,
+        sport: k.src_port,
+        dport: k.dst_port,
+    })
+}
+
+fn reversed(t: &Tuple) -> Tuple {
+    Tuple {
+        src: t.dst,
+        dst: t.src,
+        sport: t.dport,
+        dport: t.sport,
+        ..*t
+    }
+}
+
+impl Security {
+    /// The stage for `ports` (indexed by port id), sharing `sessions` with
+    /// the snapshots before and after; `generation` numbers the ruleset.
+    pub fn new(
+        mut ports: Vec<PortPolicy>,
+        class_meters: Vec<Arc<SharedMeter>>,
+        sessions: Arc<SessionTable>,
+        generation: u32,
+    ) -> Security {
+        ports.resize(MAX_PORTS, PortPolicy::default());
+        let active = ports.iter().any(|p| !p.is_empty());
+        Security {
+            ports,
+            class_meters,
+            sessions,
+            generation,
+            active,
+        }
+    }
+
+    /// A stage that passes everything.
+    pub fn none(sessions: Arc<SessionTable>) -> Security {
+        Security::new(Vec::new(), Vec::new(), sessions, 0)
+    }
+
+    /// The session table.
+    pub fn sessions(&self) -> &Arc<SessionTable> {
+        &self.sessions
+    }
+
+    /// Whether any port has a group or meter (else the stage is skipped).
+    #[inline]
+    pub fn is_active(&self) -> bool {
+        self.active
+    }
+
+    /// Whether `src`'s egress and `dst`'s ingress groups allow `t`; the
+    /// verdict that decided (for its QoS class) and the port whose group
+    /// denied.
+    fn rules(&self, src: Option<PortId>, dst: Option<PortId>, t: &Tuple) -> Result<u16, PortId> {
+        let mut class = 0;
+        for (p, ingress) in [(src, false), (dst, true)] {
+            let Some(p) = p else { continue };
+            let pp = &self.ports[p.index()];
+            let g = if ingress { &pp.ingress } else { &pp.egress };
+            if let Some(g) = g {
+                let v = g.classifier.classify(t);
+                if v.action == AclAction::Deny {
+                    return Err(p);
+                }
+                class = class.max(rule_class(g, &v));
+            }
+        }
+        Ok(class)
+    }
+
+    /// Judges and meters a burst received on `in_port` in bridge `zone`:
+    /// turns the actions of denied or red frames into drops (counted in
+    /// `counters`, indexed by port) and fills `scratch`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn filter<F: Frame>(
+        &self,
+        in_port: PortId,
+        zone: u16,
+        frames: &[F],
+        actions: &mut [Action],
+        scratch: &mut Scratch,
+        now: u32,
+        now_ns: u64,
+        counters: &[PortCounters],
+    ) {
+        let n = frames.len();
+        scratch.remark[..n].fill(None);
+        scratch.tuples[..n].fill(None);
+        scratch.class[..n].fill(0);
+        if !self.active {
+            return;
+        }
+        let inp = &self.ports[in_port.index()];
+        let drop = |actions: &mut [Action], i: usize, why: DropReason, port: PortId| {
+            actions[i] = Action::Drop(why);
+            counters[port.index()].drop(why, 1);
+        };
+        // 1. Parse what a group will judge; sessions first.
+        let mut miss = [0u8; MAX_BURST];
+        let mut misses = 0;
+        for i in 0..n {
+            let out = match actions[i] {
+                Action::Output(q) => Some(q),
+                Action::Flood => None,
+                Action::Drop(_) => continue,
+            };
+            let judged = inp.egress.is_some()
+                || out.is_some_and(|q| self.ports[q.index()].ingress.is_some())
+                || (out.is_none() && self.ports.iter().any(|p| p.ingress.is_some()));
+            if !judged {
+                continue;
+            }
+            let key = match FlowKey::parse(frames[i].data()) {
+                Ok(k) => k,
+                Err(_) => {
+                    drop(actions, i, DropReason::Malformed, in_port);
+                    continue;
+                }
+            };
+            let Some(t) = tuple_of(&key) else { continue };
+            scratch.tuples[i] = Some((t, key.tcp_flags));
+            match self.sessions.lookup(&t, zone, now) {
+                Found::Hit {
+                    orig,
+                    generation,
+                    class,
+                    slot,
+                } => {
+                    if generation != self.generation {
+                        // Judge again in the direction that opened it.
+                        let verdict = if orig {
+                            self.rules(Some(in_port), out, &t)
+                        } else {
+                            self.rules(out, Some(in_port), &reversed(&t))
+                        };
+                        match verdict {
+                            Ok(c) => self.sessions.readmit(slot, self.generation, c),
+                            Err(_) => {
+                                self.sessions.remove(slot);
+                                miss[misses] = i as u8;
+                                misses += 1;
+                                continue;
+                            }
+                        }
+                    }
+                    self.sessions
+                        .update(slot, t.proto, orig, key.tcp_flags, now);
+                    scratch.class[i] = class;
+                }
+                Found::Miss => {
+                    miss[misses] = i as u8;
+                    misses += 1;
+                }
+            }
+        }
+        // 2. The ingress port's egress group over all misses at once.
+        let mut verdicts = [Verdict {
+            action: AclAction::Allow,
+            rule: None,
+        }; MAX_BURST];
+        if let (Some(g), true) = (&inp.egress, misses > 0) {
+            let mut tuples = [Tuple {
+                family: Family::V4,
+                src: 0,
+                dst: 0,
+                proto: 0,
+                sport: 0,
+                dport: 0,
+            }; MAX_BURST];
+            for (k, &i) in miss[..misses].iter().enumerate() {
+                tuples[k] = scratch.tuples[usize::from(i)].expect("parsed").0;
+            }
+            g.classifier
+                .classify_burst(&tuples[..misses], &mut verdicts[..misses]);
+        }
+        // 3. Output ports' ingress groups, then sessions for what passed.
+        for (k, &i) in miss[..misses].iter().enumerate() {
+            let i = usize::from(i);
+            let (t, flags) = scratch.tuples[i].expect("parsed");
+            let deny_reason = if t.proto == IPPROTO_TCP && flags & 0x02 == 0 {
+                DropReason::NoSession
+            } else {
+                DropReason::AclDeny
+            };
+            let mut class = 0;
+            if let Some(g) = &inp.egress {
+                if verdicts[k].action == AclAction::Deny {
+                    drop(actions, i, deny_reason, in_port);
+                    continue;
+                }
+                class = rule_class(g, &verdicts[k]);
+            }
+            if let Action::Output(q) = actions[i] {
+                if let Some(g) = &self.ports[q.index()].ingress {
+                    let v = g.classifier.classify(&t);
+                    if v.action == AclAction::Deny {
+                        drop(actions, i, deny_reason, q);
+                        continue;
+                    }
+                    class = class.max(rule_class(g, &v));
+                }
+            }
+            // A flooded frame's session opens when a copy is admitted.
+            let opened = matches!(actions[i], Action::Output(_)).then(|| {
+                self.sessions
+                    .open(&t, zone, flags, self.generation, class, now)
+            });
+            if opened == Some(Open::Full) {
+                drop(actions, i, DropReason::SessionFull, in_port);
+                continue;
+            }
+            scratch.class[i] = class;
+        }
+        // 4. Meters.
+        self.meter(in_port, frames, actions, scratch, now_ns, counters);
+    }
+
+    fn meter<F: Frame>(
+        &self,
+        in_port: PortId,
+        frames: &[F],
+        actions: &mut [Action],
+        scratch: &mut Scratch,
+        now_ns: u64,
+        counters: &[PortCounters],
+    ) {
+        let n = frames.len();
+        let mut sizes = [0u32; MAX_BURST];
+        let mut colors = [Color::Green; MAX_BURST];
+        let mut idx = [0u8; MAX_BURST];
+        // Runs one meter over the live frames selected by `pick`.
+        let mut run = |m: &SharedMeter,
+                       actions: &mut [Action],
+                       scratch: &mut Scratch,
+                       charge: PortId,
+                       pick: &dyn Fn(usize, &Action) -> bool| {
+            let mut k = 0;
+            for i in 0..n {
+                if !matches!(actions[i], Action::Drop(_)) && pick(i, &actions[i]) {
+                    sizes[k] = frames[i].data().len() as u32;
+                    idx[k] = i as u8;
+                    k += 1;
+                }
+            }
+            if k == 0 {
+                return;
+            }
+            m.color_burst(now_ns, &sizes[..k], &mut colors[..k]);
+            for j in 0..k {
+                let i = usize::from(idx[j]);
+                match m.policy.action(colors[j]) {
+                    ColorAction::Pass => {}
+                    ColorAction::Remark(d) => scratch.remark[i] = Some(d),
+                    ColorAction::Drop => {
+                        actions[i] = Action::Drop(DropReason::PolicerDrop);
+                        counters[charge.index()].drop(DropReason::PolicerDrop, 1);
+                    }
+                }
+            }
+        };
+        if let Some(m) = &self.ports[in_port.index()].egress_meter {
+            run(m, actions, scratch, in_port, &|_, _| true);
+        }
+        for (q, pp) in self.ports.iter().enumerate() {
+            if let Some(m) = &pp.ingress_meter {
+                let q = PortId(q as u16);
+                run(m, actions, scratch, q, &|_, a| *a == Action::Output(q));
+            }
+        }
+        for (c, m) in self.class_meters.iter().enumerate() {
+            let class = c as u16 + 1;
+            let classes = scratch.class;
+            run(m, actions, scratch, in_port, &|i, _| classes[i] == class);
+        }
+    }
+
+    /// Whether the copy of flooded frame `i` may go to port `q`: `q`'s
+    /// ingress group judges it (opening its session when allowed). Counts
+    /// a denial on `q`.
+    pub fn admit_flood_copy(
+        &self,
+        q: PortId,
+        i: usize,
+        zone: u16,
+        scratch: &Scratch,
+        now: u32,
+        counters: &[PortCounters],
+    ) -> bool {
+        let Some(g) = &self.ports[q.index()].ingress else {
+            return true;
+        };
+        let Some((t, flags)) = scratch.tuples[i] else {
+            return true; // not IP
+        };
+        if matches!(self.sessions.lookup(&t, zone, now), Found::Hit { .. }) {
+            return true;
+        }
+        let v = g.classifier.classify(&t);
+        if v.action == AclAction::Deny {
+            counters[q.index()].drop(DropReason::AclDeny, 1);
+            return false;
+        }
+        self.sessions
+            .open(&t, zone, flags, self.generation, rule_class(g, &v), now);
+        true
+    }
+}
+
+fn rule_class(g: &Group, v: &Verdict) -> u16 {
+    v.rule.map_or(0, |r| g.rule_class[r as usize])
+}
+
+/// Writes `dscp` into an IPv4 or IPv6 frame's header in place (IPv4 header
+/// checksum updated incrementally, RFC 1624). False if the frame is not IP.
+pub fn set_dscp(frame: &mut [u8], dscp: u8) -> bool {
+    let Ok(k) = FlowKey::parse_l2(frame) else {
+        return false;
+    };
+    let at = usize::from(k.l3_offset);
+    match k.ethertype {
+        crate::flow::ETH_P_IPV4 if frame.len() >= at + 20 => {
+            let old = u16::from_be_bytes([frame[at], frame[at + 1]]);
+            frame[at + 1] = (dscp << 2) | (frame[at + 1] & 0x03);
+            let new = u16::from_be_bytes([frame[at], frame[at + 1]]);
+            let hc = u16::from_be_bytes([frame[at + 10], frame[at + 11]]);
+            // HC' = ~(~HC + ~m + m')
+            let mut sum = u32::from(!hc) + u32::from(!old) + u32::from(new);
+            sum = (sum & 0xffff) + (sum >> 16);
+            sum = (sum & 0xffff) + (sum >> 16);
+            frame[at + 10..at + 12].copy_from_slice(&(!(sum as u16)).to_be_bytes());
+            true
+        }
+        crate::flow::ETH_P_IPV6 if frame.len() >= at + 40 => {
+            // Traffic class: low nibble of byte 0, high nibble of byte 1.
+            let tc = (dscp << 2) | ((frame[at] & 0x0f) << 4 | frame[at + 1] >> 4) & 0x03;
+            frame[at] = (frame[at] & 0xf0) | (tc >> 4);
+            frame[at + 1] = (frame[at + 1] & 0x0f) | (tc << 4);
+            true
+        }
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use acl::policer::{MeterConf, Policy, Unit};
+    use acl::session::Timeouts;
+    use acl::{Proto, Rule, SecurityGroup};
+    use etherparse::PacketBuilder;
+
+    const A: [u8; 4] = [10, 0, 0, 1];
+    const B: [u8; 4] = [10, 0, 0, 2];
+
+    fn tcp(src: [u8; 4], dst: [u8; 4], sp: u16, dp: u16, syn: bool, ack: bool) -> Vec<u8> {
+        let mut b = PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
+            .ipv4(src, dst, 64)
+            .tcp(sp, dp, 1, 1000);
+        if syn {
+            b = b.syn();
+        }
+        if ack {
+            b = b.ack(1);
+        }
+        let mut v = Vec::new();
+        b.write(&mut v, &[]).unwrap();
+        v
+    }
+
+    fn udp(src: [u8; 4], dst: [u8; 4], len: usize) -> Vec<u8> {
+        let mut v = Vec::new();
+        PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
+            .ipv4(src, dst, 64)
+            .udp(1, 2)
+            .write(&mut v, &vec![0; len - 42])
+            .unwrap();
+        v
+    }
+
+    fn compiled(name: &str, rules: Vec<Rule>) -> Arc<Group> {
+        let n = rules.len();
+        let g = SecurityGroup {
+            name: name.into(),
+            rules,
+            default: AclAction::Deny,
+        };
+        Arc::new(Group {
+            name: name.into(),
+            classifier: Classifier::new(&g),
+            rule_class: vec![0; n],
+        })
+    }
+
+    struct Rig {
+        sec: Security,
+        counters: Vec<PortCounters>,
+        scratch: Scratch,
+    }
+
+    impl Rig {
+        fn new(ports: Vec<PortPolicy>) -> Rig {
+            let sessions = Arc::new(SessionTable::new(1024, Timeouts::default()));
+            Rig {
+                sec: Security::new(ports, Vec::new(), sessions, 1),
+                counters: (0..4).map(|_| PortCounters::default()).collect(),
+                scratch: Scratch::default(),
+            }
+        }
+
+        /// One frame from `from` to `to`: its action after the stage.
+        fn send(&mut self, from: u16, to: u16, frame: Vec<u8>, now_ns: u64) -> Action {
+            let mut actions = [Action::Output(PortId(to))];
+            self.sec.filter(
+                PortId(from),
+                0,
+                &[frame],
+                &mut actions,
+                &mut self.scratch,
+                0,
+                now_ns,
+                &self.counters,
+            );
+            actions[0]
+        }
+
+        fn drops(&self, port: usize, why: DropReason) -> u64 {
+            self.counters[port].drops[why as usize].get()
+        }
+    }
+
+    #[test]
+    fn egress_only_rules_are_stateful() {
+        // Port 0 may open TCP to port 80 only; nothing may come in.
+        let mut http = Rule::any("http", 10, AclAction::Allow);
+        http.proto = Proto::Tcp;
+        http.dst_ports = acl::PortRange::one(80);
+        let p0 = PortPolicy {
+            egress: Some(compiled("out", vec![http])),
+            ingress: Some(compiled("in", vec![])),
+            ..PortPolicy::default()
+        };
+        let mut r = Rig::new(vec![p0]);
+        let out = Action::Output(PortId(1));
+        let back = Action::Output(PortId(0));
+        // Outbound connection: SYN passes, the SYN-ACK comes back.
+        assert_eq!(r.send(0, 1, tcp(A, B, 40000, 80, true, false), 0), out);
+        assert_eq!(r.send(1, 0, tcp(B, A, 80, 40000, true, true), 0), back);
+        assert_eq!(r.send(0, 1, tcp(A, B, 40000, 80, false, true), 0), out);
+        // Other outbound traffic is denied by the egress group.
+        assert_eq!(
+            r.send(0, 1, udp(A, B, 60), 0),
+            Action::Drop(DropReason::AclDeny)
+        );
+        assert_eq!(r.drops(0, DropReason::AclDeny), 1);
+        // A new inbound connection is refused by port 0's ingress group
+        // and counted on port 0; a stray ACK counts as no_session.
+        assert_eq!(
+            r.send(1, 0, tcp(B, A, 5555, 22, true, false), 0),
+            Action::Drop(DropReason::AclDeny)
+        );
+        assert_eq!(
+            r.send(1, 0, tcp(B, A, 5555, 23, false, true), 0),
+            Action::Drop(DropReason::NoSession)
+        );
+        assert_eq!(r.drops(0, DropReason::AclDeny), 2);
+        assert_eq!(r.drops(0, DropReason::NoSession), 1);
+        // ARP is not judged.
+        let mut arp = tcp(A, B, 1, 2, false, false);
+        arp[12..14].copy_from_slice(&[0x08, 0x06]);
+        assert_eq!(r.send(1, 0, arp, 0), back);
+    }
+
+    #[test]
+    fn a_new_ruleset_ends_sessions_it_denies() {
+        let allow_all = || compiled("all", vec![Rule::any("all", 1, AclAction::Allow)]);
+        let sessions = Arc::new(SessionTable::new(1024, Timeouts::default()));
+        let counters: Vec<PortCounters> = (0..2).map(|_| PortCounters::default()).collect();
+        let mut scratch = Scratch::default();
+        let mut send = |sec: &Security, frame: Vec<u8>| {
+            let mut a = [Action::Output(PortId(1))];
+            sec.filter(
+                PortId(0),
+                0,
+                &[frame],
+                &mut a,
+                &mut scratch,
+                0,
+                0,
+                &counters,
+            );
+            a[0]
+        };
+        let p = |g: Arc<Group>| PortPolicy {
+            egress: Some(g),
+            ..PortPolicy::default()
+        };
+        let v1 = Security::new(vec![p(allow_all())], Vec::new(), sessions.clone(), 1);
+        assert_eq!(send(&v1, udp(A, B, 60)), Action::Output(PortId(1)));
+        // Generation 2 denies everything: the live session ends too.
+        let v2 = Security::new(
+            vec![p(compiled("none", vec![]))],
+            Vec::new(),
+            sessions.clone(),
+            2,
+        );
+        assert_eq!(send(&v2, udp(A, B, 60)), Action::Drop(DropReason::AclDeny));
+        // Generation 3 allows again; a fresh session opens.
+        let v3 = Security::new(vec![p(allow_all())], Vec::new(), sessions, 3);
+        assert_eq!(send(&v3, udp(A, B, 60)), Action::Output(PortId(1)));
+    }
+
+    #[test]
+    fn meters_drop_and_remark_by_color() {
+        // 8000 bit/s committed, 100-byte burst: one 100-byte frame is
+        // green, the next yellow (remarked to DSCP 10), then red.
+        let policy = Policy {
+            meter: MeterConf::TrTcm {
+                cir: 8000,
+                cbs: 800,
+                pir: 16000,
+                pbs: 1600,
+            },
+            unit: Unit::Bits,
+            actions: [
+                ColorAction::Pass,
+                ColorAction::Remark(10),
+                ColorAction::Drop,
+            ],
+        };
+        let p0 = PortPolicy {
+            egress_meter: Some(Arc::new(SharedMeter::new(policy, 0))),
+            ..PortPolicy::default()
+        };
+        let mut r = Rig::new(vec![p0]);
+        let out = Action::Output(PortId(1));
+        assert_eq!(r.send(0, 1, udp(A, B, 100), 0), out);
+        assert_eq!(r.scratch.remark[0], None);
+        assert_eq!(r.send(0, 1, udp(A, B, 100), 0), out);
+        assert_eq!(r.scratch.remark[0], Some(10));
+        assert_eq!(
+            r.send(0, 1, udp(A, B, 100), 0),
+            Action::Drop(DropReason::PolicerDrop)
+        );
+        assert_eq!(r.drops(0, DropReason::PolicerDrop), 1);
+        // 0.1 s later: 800 more committed bits, 1600 peak: green again.
+        assert_eq!(r.send(0, 1, udp(A, B, 100), 100_000_000), out);
+        assert_eq!(r.scratch.remark[0], None);
+    }
+
+    #[test]
+    fn set_dscp_keeps_the_ipv4_checksum_valid() {
+        let mut f = udp(A, B, 60);
+        assert!(set_dscp(&mut f, 46));
+        let p = etherparse::SlicedPacket::from_ethernet(&f).unwrap();
+        let Some(etherparse::NetSlice::Ipv4(ip)) = p.net else {
+            panic!()
+        };
+        let h = ip.header().to_header();
+        assert_eq!(h.dscp.value(), 46);
+        assert_eq!(h.header_checksum, h.calc_header_checksum());
+        let mut v6 = Vec::new();
+        PacketBuilder::ethernet2([2; 6], [4; 6])
+            .ipv6([1; 16], [2; 16], 64)
+            .udp(1, 2)
+            .write(&mut v6, &[0; 8])
+            .unwrap();
+        assert!(set_dscp(&mut v6, 46));
+        let p = etherparse::SlicedPacket::from_ethernet(&v6).unwrap();
+        let Some(etherparse::NetSlice::Ipv6(ip)) = p.net else {
+            panic!()
+        };
+        assert_eq!(ip.header().traffic_class() >> 2, 46);
+        let mut arp = udp(A, B, 60);
+        arp[12..14].copy_from_slice(&[0x08, 0x06]);
+        assert!(!set_dscp(&mut arp, 46));
+    }
+}
