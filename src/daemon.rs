@@ -134,8 +134,17 @@ fn pool_size(cfg: &Config) -> u32 {
     (n.max(8192) + 1).next_power_of_two() - 1
 }
 
-/// The datapath snapshot for a set of open ports.
-fn build_datapath(cfg: &Config, ports: &[Option<Port>], n_workers: usize) -> Result<Datapath> {
+/// The datapath snapshot for a set of open ports. With `prev`, MAC tables
+/// and the session table carry over; `generation` numbers the ruleset and
+/// `now_ns` (since the epoch) starts the meters.
+fn build_datapath(
+    cfg: &Config,
+    ports: &[Option<Port>],
+    n_workers: usize,
+    prev: Option<&Datapath>,
+    generation: u32,
+    now_ns: u64,
+) -> Result<Datapath> {
     let mut b = SwitchBuilder::new();
     let ids: Vec<(String, BridgeId)> = cfg
         .bridges
@@ -174,18 +183,80 @@ fn build_datapath(cfg: &Config, ports: &[Option<Port>], n_workers: usize) -> Res
             });
         }
     }
-    let switch = b.build(None).context("building the switch topology")?;
+    let switch = b
+        .build(prev.map(|p| &p.switch))
+        .context("building the switch topology")?;
+    let sessions = prev.map(|p| Arc::clone(p.security.sessions()));
     Ok(Datapath {
         switch,
         tx_port,
         rx_queues,
+        security: crate::security::build(cfg, sessions, generation, now_ns),
     })
+}
+
+/// Nanoseconds since `epoch` (a TSC value) at `hz`.
+fn ns_since(epoch: u64, hz: u64) -> u64 {
+    (u128::from(dpdk::rdtsc().wrapping_sub(epoch)) * 1_000_000_000 / u128::from(hz.max(1))) as u64
+}
+
+/// Applies a changed config file (SIGHUP): security groups, QoS policies,
+/// session timeouts and the ports' group and policy names. Anything else
+/// needs a restart (ports and bridges are hot-plugged through the control
+/// socket, not by editing the file). The new snapshot is built off the data
+/// path and published atomically; workers switch between bursts.
+fn reload(
+    path: &std::path::Path,
+    cfg: &mut Config,
+    ports: &[Option<Port>],
+    shared: &Shared,
+    generation: &mut u32,
+    epoch: u64,
+    hz: u64,
+) -> Result<()> {
+    let new = crate::config::load(path)?;
+    let strip = |c: &Config| {
+        let mut c = c.clone();
+        for p in &mut c.ports {
+            p.ingress_group = None;
+            p.egress_group = None;
+            p.ingress_qos = None;
+            p.egress_qos = None;
+        }
+        (c.eal, c.workers, c.control, c.bridges, c.ports)
+    };
+    if strip(&new) != strip(cfg) {
+        bail!(
+            "only security groups, QoS policies, [sessions] timeouts and the ports' \
+             ingress/egress group and QoS fields change at run time; restart vswitchd for the rest"
+        );
+    }
+    for w in &new.warnings {
+        eprintln!("vswitchd: warning: {w}");
+    }
+    let n_workers = new.workers.cores.len();
+    let old = shared.load();
+    let dp = build_datapath(
+        &new,
+        ports,
+        n_workers,
+        Some(&old),
+        *generation + 1,
+        ns_since(epoch, hz),
+    )?;
+    drop(old);
+    if !shared.publish(dp, Duration::from_secs(5)) {
+        bail!("a worker did not pick up the new snapshot within 5 s");
+    }
+    *generation += 1;
+    *cfg = new;
+    Ok(())
 }
 
 /// Runs the switch until SIGINT/SIGTERM. Prints a `vswitchd: ready` line on
 /// stdout once the ports are up and the workers run (the demo and tests wait
 /// for it).
-pub fn run(cfg: Config) -> Result<()> {
+pub fn run(mut cfg: Config, config_path: Option<std::path::PathBuf>) -> Result<()> {
     preflight(&cfg)?;
     let n_workers = cfg.workers.cores.len();
     let eal = Eal::init(&eal_args(&cfg))?;
@@ -214,8 +285,11 @@ pub fn run(cfg: Config) -> Result<()> {
         );
         ports.push(Some(p));
     }
-    let dp = build_datapath(&cfg, &ports, n_workers)?;
-    let shared = Arc::new(Shared::new(dp, n_workers, cfg.workers.idle_sleep_us));
+    let hz = dpdk::tsc_hz();
+    let epoch = dpdk::rdtsc();
+    let mut generation = 1;
+    let dp = build_datapath(&cfg, &ports, n_workers, None, generation, 0)?;
+    let shared = Arc::new(Shared::new(dp, n_workers, cfg.workers.idle_sleep_us, epoch));
     for (i, &l) in lcores.iter().enumerate() {
         let s = Arc::clone(&shared);
         lcore::launch(l, move || Worker::new(i).run(&s)).map_err(anyhow::Error::msg)?;
@@ -227,10 +301,10 @@ pub fn run(cfg: Config) -> Result<()> {
         signal_hook::flag::register(sig, Arc::clone(&term))?;
     }
     signal_hook::flag::register(signal_hook::consts::SIGUSR1, Arc::clone(&dump))?;
+    let hup = Arc::new(AtomicBool::new(false));
+    signal_hook::flag::register(signal_hook::consts::SIGHUP, Arc::clone(&hup))?;
     let control = ControlServer::bind(&cfg.control.socket)
         .with_context(|| format!("control socket {}", cfg.control.socket.display()))?;
-    let hz = dpdk::tsc_hz();
-    let started = Instant::now();
     println!(
         "vswitchd: ready: {} ports, {} workers, control socket {}",
         ports.len(),
@@ -243,7 +317,16 @@ pub fn run(cfg: Config) -> Result<()> {
     let mut last_sweep = Instant::now();
     while !term.load(Ordering::Relaxed) {
         std::thread::sleep(Duration::from_millis(10));
-        let now_secs = started.elapsed().as_secs() as u32;
+        let now_secs = (ns_since(epoch, hz) / 1_000_000_000) as u32;
+        if hup.swap(false, Ordering::Relaxed) {
+            match &config_path {
+                Some(path) => match reload(path, &mut cfg, &ports, &shared, &mut generation, epoch, hz) {
+                    Ok(()) => eprintln!("vswitchd: reloaded {} (ruleset generation {generation})", path.display()),
+                    Err(e) => eprintln!("vswitchd: reload of {} refused, still running the old config: {e:#}", path.display()),
+                },
+                None => eprintln!("vswitchd: SIGHUP ignored: running the embedded config, there is no file to reload"),
+            }
+        }
         if dump.swap(false, Ordering::Relaxed)
             || (!interval.is_zero() && last_stats.elapsed() >= interval)
         {
@@ -254,9 +337,11 @@ pub fn run(cfg: Config) -> Result<()> {
             last_stats = Instant::now();
         }
         if last_sweep.elapsed() >= Duration::from_secs(1) {
-            for b in shared.load().switch.bridges() {
+            let dp = shared.load();
+            for b in dp.switch.bridges() {
                 b.macs.sweep(now_secs);
             }
+            dp.security.sessions().sweep(now_secs);
             last_sweep = Instant::now();
         }
         control.poll(|req| handle(req, &ports, &shared, &cfg, hz, now_secs));

@@ -18,6 +18,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
+use vswitch::security::Security;
 use vswitch::{Counter, PortCounters, PortId, Switch, MAX_PORTS};
 
 /// One rx queue a worker polls.
@@ -40,6 +41,8 @@ pub struct Datapath {
     pub tx_port: [Option<u16>; MAX_PORTS],
     /// Per worker: its rx queues.
     pub rx_queues: Vec<Vec<RxQueue>>,
+    /// Security groups, sessions and meters.
+    pub security: Security,
 }
 
 /// Counters of one worker (single writer: that worker).
@@ -83,11 +86,15 @@ pub struct Shared {
     pub workers: Vec<WorkerSlot>,
     /// Microseconds a worker sleeps after an empty poll round.
     pub idle_sleep_us: u32,
+    /// TSC at start: the time base of every worker (MAC ages, session
+    /// deadlines, meters), so shared tables see one clock.
+    pub epoch_tsc: u64,
 }
 
 impl Shared {
-    /// State for `n_workers` workers starting with `dp`.
-    pub fn new(dp: Datapath, n_workers: usize, idle_sleep_us: u32) -> Shared {
+    /// State for `n_workers` workers starting with `dp`; `epoch_tsc` is
+    /// time zero.
+    pub fn new(dp: Datapath, n_workers: usize, idle_sleep_us: u32, epoch_tsc: u64) -> Shared {
         Shared {
             current: ArcSwap::from_pointee(dp),
             generation: AtomicU64::new(1),
@@ -99,6 +106,7 @@ impl Shared {
                 })
                 .collect(),
             idle_sleep_us,
+            epoch_tsc,
         }
     }
 
@@ -151,12 +159,16 @@ mod tests {
                 dpdk_port: rx_port,
                 queue: 0,
             }]],
+            security: Security::none(Arc::new(acl::session::SessionTable::new(
+                16,
+                Default::default(),
+            ))),
         }
     }
 
     #[test]
     fn publish_waits_for_the_worker_to_switch() {
-        let shared = Arc::new(Shared::new(snapshot(0), 1, 0));
+        let shared = Arc::new(Shared::new(snapshot(0), 1, 0, 0));
         // A stand-in for a worker's poll loop: switch snapshots between
         // rounds and ack the generation, as Worker::run does.
         let w = Arc::clone(&shared);
@@ -180,7 +192,7 @@ mod tests {
 
     #[test]
     fn publish_reports_a_worker_that_never_acks() {
-        let shared = Shared::new(snapshot(0), 1, 0);
+        let shared = Shared::new(snapshot(0), 1, 0, 0);
         assert!(!shared.publish(snapshot(1), Duration::from_millis(50)));
     }
 }

@@ -13,5 +13,6 @@ pub mod datapath;
 pub mod dpdk;
 pub mod netns;
 pub mod ports;
+pub mod security;
 pub mod stats;
 pub mod worker;

@@ -63,7 +63,7 @@ fn main() -> ExitCode {
             );
             ExitCode::SUCCESS
         }
-        Cmd::Run { .. } => match vswitchd::daemon::run(cfg) {
+        Cmd::Run { config } => match vswitchd::daemon::run(cfg, config) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("vswitchd: {e:#}");

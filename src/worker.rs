@@ -13,6 +13,7 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+use vswitch::security::{set_dscp, Scratch};
 use vswitch::{Action, DropReason, PortId, MAX_BURST, MAX_PORTS};
 
 use crate::datapath::{Datapath, Shared, WorkerCounters};
@@ -34,6 +35,7 @@ pub struct Worker {
     dirty: u64,
     drops: Burst,
     actions: [Action; MAX_BURST],
+    scratch: Box<Scratch>,
 }
 
 const _: () = assert!(MAX_PORTS <= 64, "dirty is a u64 bitmap");
@@ -52,13 +54,14 @@ impl Worker {
             dirty: 0,
             drops: Burst::default(),
             actions: [Action::Flood; MAX_BURST],
+            scratch: Box::default(),
         }
     }
 
     /// Polls until `shared.running` is cleared.
     pub fn run(mut self, shared: &Shared) {
-        let hz = dpdk::tsc_hz().max(1);
-        let start = dpdk::rdtsc();
+        let hz = u128::from(dpdk::tsc_hz().max(1));
+        let start = shared.epoch_tsc;
         let sleep = std::time::Duration::from_micros(u64::from(shared.idle_sleep_us));
         let slot = &shared.workers[self.index];
         let counters: &WorkerCounters = &slot.counters;
@@ -74,7 +77,8 @@ impl Worker {
             slot.ack.store(gen, Ordering::Release);
 
             let t0 = dpdk::rdtsc();
-            let now = ((t0 - start) / hz) as u32;
+            let now_ns = (u128::from(t0.wrapping_sub(start)) * 1_000_000_000 / hz) as u64;
+            let now = (now_ns / 1_000_000_000) as u32;
             let mut got = 0;
             for q in &dp.rx_queues[self.index] {
                 let n = port::rx_burst(q.dpdk_port, q.queue, &mut rx);
@@ -89,7 +93,20 @@ impl Worker {
                     &counters.ports[q.port.index()],
                     &mut self.actions,
                 );
-                self.dispatch(&dp, q.port, &mut rx, counters);
+                let zone = dp.switch.bridge_of(q.port).map_or(0, |b| b.0);
+                if dp.security.is_active() {
+                    dp.security.filter(
+                        q.port,
+                        zone,
+                        rx.mbufs(),
+                        &mut self.actions,
+                        &mut self.scratch,
+                        now,
+                        now_ns,
+                        &counters.ports,
+                    );
+                }
+                self.dispatch(&dp, q.port, zone, now, &mut rx, counters);
             }
             self.flush_all(&dp, counters);
             let t1 = dpdk::rdtsc();
@@ -106,18 +123,53 @@ impl Worker {
     }
 
     /// Moves each frame of `rx` where its action says; `rx` ends empty.
+    /// With the security stage on, DSCP rewrites are applied and each
+    /// flood copy must pass its port's ingress group.
     #[inline]
     fn dispatch(
         &mut self,
         dp: &Datapath,
         in_port: PortId,
+        zone: u16,
+        now: u32,
         rx: &mut Burst,
         counters: &WorkerCounters,
     ) {
         let n = rx.len();
+        let secure = dp.security.is_active();
         for i in 0..n {
+            if secure {
+                if let Some(d) = self.scratch.remark[i] {
+                    set_dscp(rx.mbufs_mut()[i].data_mut(), d);
+                }
+            }
             match self.actions[i] {
                 Action::Output(p) => self.enqueue(dp, p, &rx.mbufs()[i], counters),
+                Action::Flood if secure => {
+                    let mut to = [PortId(0); MAX_PORTS];
+                    let mut k = 0;
+                    for &p in dp.switch.flood_ports(in_port) {
+                        if dp.security.admit_flood_copy(
+                            p,
+                            i,
+                            zone,
+                            &self.scratch,
+                            now,
+                            &counters.ports,
+                        ) {
+                            to[k] = p;
+                            k += 1;
+                        }
+                    }
+                    if k == 0 {
+                        self.drop_frame(&rx.mbufs()[i]);
+                        continue;
+                    }
+                    rx.mbufs_mut()[i].set_owners(k as u16);
+                    for &p in &to[..k] {
+                        self.enqueue(dp, p, &rx.mbufs()[i], counters);
+                    }
+                }
                 Action::Flood => {
                     let ports = dp.switch.flood_ports(in_port);
                     rx.mbufs_mut()[i].set_owners(ports.len() as u16);

@@ -241,8 +241,13 @@ struct Key {
     src_first: bool,
 }
 
+/// ICMP's "ports" are type and code, which differ between a request and
+/// its reply: an ICMP session is keyed by the two addresses alone (one
+/// session per host pair and zone), so echo replies find the request's.
 fn canonical(t: &Tuple, zone: u16) -> Key {
-    let (s, d) = ((t.src, t.sport), (t.dst, t.dport));
+    let icmp = t.proto == ICMP || t.proto == ICMPV6;
+    let (sp, dp) = if icmp { (0, 0) } else { (t.sport, t.dport) };
+    let (s, d) = ((t.src, sp), (t.dst, dp));
     let src_first = s <= d;
     let ((a, pa), (b, pb)) = if src_first { (s, d) } else { (d, s) };
     let fam = u64::from(t.family == Family::V6);
@@ -667,6 +672,15 @@ mod tests {
         let m = t(5, 1, 6, 1, TCP);
         tb.open(&m, 0, ACK, 1, 0, 0);
         assert_eq!(tb.tcp_state(hit(&tb, &m, 0).1), TcpState::Established);
+    }
+
+    #[test]
+    fn icmp_replies_find_the_request_session() {
+        let tb = SessionTable::new(64, Timeouts::default());
+        // Echo request: type 8 code 0; reply: type 0 code 0.
+        tb.open(&t(1, 8, 2, 0, ICMP), 0, 0, 1, 0, 0);
+        let (orig, _) = hit(&tb, &t(2, 0, 1, 0, ICMP), 0);
+        assert!(!orig);
     }
 
     #[test]

@@ -3,8 +3,7 @@
 //! Criterion reports time per burst and, with the element throughput set
 //! to 32, frames per second; ns/packet = 1000 / (Melem/s).
 //!
-//! Stages not built yet (ACL classify, sessions, policer, VXLAN encap and
-//! decap) get their benchmarks with the code that implements them.
+//! VXLAN encap and decap get their benchmarks with the VXLAN stage.
 
 use std::hint::black_box;
 
@@ -149,5 +148,157 @@ fn pipeline(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, parse, mac_table, pipeline);
+/// The benchmark security group as acl rules (see workload::security_group).
+fn group(n: u32) -> acl::SecurityGroup {
+    let rules = vsbench::workload::security_group(n)
+        .into_iter()
+        .enumerate()
+        .map(|(i, r)| {
+            let mut rule = acl::Rule::any(&format!("r{i}"), n - i as u32, acl::Action::Allow);
+            rule.proto = acl::Proto::Udp;
+            rule.src = Some(acl::Cidr::new(r.src.into(), r.len).expect("valid prefix"));
+            rule.dst_ports = acl::PortRange::one(r.dport);
+            rule
+        })
+        .collect();
+    acl::SecurityGroup {
+        name: "bench".into(),
+        rules,
+        default: acl::Action::Deny,
+    }
+}
+
+/// 32 tuples of the 1k-flow workload.
+fn tuples() -> Vec<acl::Tuple> {
+    burst(Workload::Udp4 { flows: 1024 })
+        .iter()
+        .map(|f| {
+            let k = FlowKey::parse(f).expect("valid frame");
+            vswitch::security::tuple_of(&k).expect("IP")
+        })
+        .collect()
+}
+
+/// Classification of a burst against 10 to 10,000 rules: every frame
+/// passes all rules but the last (the worst case for a classifier).
+fn acl_classify(c: &mut Criterion) {
+    let mut g = c.benchmark_group("acl_classify");
+    g.throughput(Throughput::Elements(MAX_BURST as u64));
+    let t = tuples();
+    let mut out = vec![
+        acl::Verdict {
+            action: acl::Action::Deny,
+            rule: None
+        };
+        MAX_BURST
+    ];
+    for n in [10, 100, 1000, 10_000] {
+        let cls = acl::Classifier::new(&group(n));
+        g.bench_function(format!("{n}_rules"), |b| {
+            b.iter(|| {
+                cls.classify_burst(black_box(&t), &mut out);
+                assert_eq!(out[0].action, acl::Action::Allow);
+            })
+        });
+    }
+    g.finish();
+}
+
+fn sessions(c: &mut Criterion) {
+    use acl::session::{SessionTable, Timeouts};
+    let mut g = c.benchmark_group("session");
+    g.throughput(Throughput::Elements(MAX_BURST as u64));
+    let table = SessionTable::new(65536, Timeouts::default());
+    // 16k live sessions; the burst's flows among them.
+    let all: Vec<acl::Tuple> = (0..16_384u32)
+        .map(|i| acl::Tuple {
+            src: u128::from(u32::from(vsbench::workload::flow_src_ip(i))),
+            ..tuples()[0]
+        })
+        .collect();
+    for t in &all {
+        table.open(t, 0, 0, 1, 0, 0);
+    }
+    let hits: Vec<acl::Tuple> = all.iter().step_by(509).take(MAX_BURST).copied().collect();
+    let misses: Vec<acl::Tuple> = hits.iter().map(|t| acl::Tuple { dport: 9, ..*t }).collect();
+    g.bench_function("lookup_hit", |b| {
+        b.iter(|| {
+            for t in &hits {
+                black_box(table.lookup(black_box(t), 0, 1));
+            }
+        })
+    });
+    g.bench_function("lookup_miss", |b| {
+        b.iter(|| {
+            for t in &misses {
+                black_box(table.lookup(black_box(t), 0, 1));
+            }
+        })
+    });
+    g.bench_function("lookup_hit_update", |b| {
+        b.iter(|| {
+            for t in &hits {
+                if let acl::session::Found::Hit { orig, slot, .. } = table.lookup(t, 0, 1) {
+                    table.update(slot, t.proto, orig, 0, 1);
+                }
+            }
+        })
+    });
+    g.finish();
+}
+
+fn policer(c: &mut Criterion) {
+    use acl::policer::{Color, ColorAction, MeterConf, Policy, SharedMeter, Unit};
+    let mut g = c.benchmark_group("policer");
+    g.throughput(Throughput::Elements(MAX_BURST as u64));
+    for (name, meter) in [
+        (
+            "srtcm",
+            MeterConf::SrTcm {
+                cir: 10_000_000_000,
+                cbs: 1_000_000,
+                ebs: 1_000_000,
+            },
+        ),
+        (
+            "trtcm",
+            MeterConf::TrTcm {
+                cir: 10_000_000_000,
+                cbs: 1_000_000,
+                pir: 20_000_000_000,
+                pbs: 1_000_000,
+            },
+        ),
+    ] {
+        let m = SharedMeter::new(
+            Policy {
+                meter,
+                unit: Unit::Bits,
+                actions: [ColorAction::Pass; 3],
+            },
+            0,
+        );
+        let sizes = [60u32; MAX_BURST];
+        let mut colors = [Color::Green; MAX_BURST];
+        let mut now = 0u64;
+        g.bench_function(format!("{name}_burst"), |b| {
+            b.iter(|| {
+                now += 1000;
+                m.color_burst(now, black_box(&sizes), &mut colors);
+                black_box(&colors);
+            })
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(
+    benches,
+    parse,
+    mac_table,
+    pipeline,
+    acl_classify,
+    sessions,
+    policer
+);
 criterion_main!(benches);

@@ -456,13 +456,19 @@ pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
     let model: FileModel = toml::from_str(text).map_err(|e| {
         let span = e.span().unwrap_or(0..0);
         let msg = e.message().to_string();
-        // toml names unknown or missing keys in the message; point at the key.
-        let field = msg
-            .split('`')
-            .nth(1)
-            .filter(|_| msg.contains("field"))
-            .unwrap_or("-")
-            .to_string();
+        // toml names unknown or missing keys in the message; for a bad
+        // value, the key is what precedes `=` on the value's line.
+        let named = msg.split('`').nth(1).filter(|_| msg.contains("field"));
+        let line_key = || {
+            let start = text[..span.start.min(text.len())]
+                .rfind('\n')
+                .map_or(0, |i| i + 1);
+            let line = &text[start..];
+            let (key, _) = line.split_once('=')?;
+            let key = key.trim();
+            (!key.is_empty() && !key.starts_with('[') && !key.contains('\n')).then_some(key)
+        };
+        let field = named.or_else(line_key).unwrap_or("-").to_string();
         cx.err(span, field, msg)
     })?;
 
@@ -983,7 +989,7 @@ mod tests {
     #[test]
     fn syntax_errors_name_line_and_column() {
         let e = err("[eal]\nmemory_mb = \"lots\"\n");
-        assert_eq!((e.line, e.field.as_str()), (2, "-"));
+        assert_eq!((e.line, e.field.as_str()), (2, "memory_mb"));
         assert!(e.message.contains("invalid type"), "{e}");
     }
 

@@ -85,6 +85,16 @@ impl Proc {
         code
     }
 
+    /// Sends `sig` (a libc signal number) if it still runs.
+    pub fn signal(&mut self, sig: i32) {
+        if self.exit_code().is_none() {
+            if let Some(c) = self.child.as_ref() {
+                // kill(2) on our own, still running child.
+                unsafe { libc::kill(c.id() as i32, sig) };
+            }
+        }
+    }
+
     /// SIGTERM, then SIGKILL after `grace`; returns the exit code.
     pub fn stop(&mut self, grace: Duration) -> Option<i32> {
         let pid = self.child.as_ref()?.id() as i32;

@@ -125,6 +125,24 @@ impl Vswitchd {
             .is_some_and(|l| l.iter().any(|p| p["name"] == name && p["link_up"] == true))
     }
 
+    /// SIGHUP (re-read the config file) and wait (bounded) for the
+    /// daemon's answer: Ok once reloaded, Err with its reason if refused.
+    pub fn reload(&mut self) -> Result<(), String> {
+        let is_answer = |l: &String| l.starts_with("vswitchd: reload");
+        let before = self.proc.output().iter().filter(|l| is_answer(l)).count();
+        self.proc.signal(libc::SIGHUP);
+        let mut answer = None;
+        crate::wait_until(Duration::from_secs(20), || {
+            answer = self.proc.output().into_iter().filter(is_answer).nth(before);
+            answer.is_some()
+        });
+        match answer {
+            Some(l) if l.starts_with("vswitchd: reloaded") => Ok(()),
+            Some(l) => Err(l),
+            None => Err("vswitchd did not answer SIGHUP within 20 s".into()),
+        }
+    }
+
     /// SIGTERM and wait; the exit code.
     pub fn stop(mut self) -> Option<i32> {
         self.proc.stop(Duration::from_secs(20))

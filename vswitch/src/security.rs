@@ -191,9 +191,6 @@ impl Security {
         counters: &[PortCounters],
     ) {
         let n = frames.len();
-        scratch.remark[..n].fill(None);
-        scratch.tuples[..n].fill(None);
-        scratch.class[..n].fill(0);
         if !self.active {
             return;
         }
@@ -206,6 +203,9 @@ impl Security {
         let mut miss = [0u8; MAX_BURST];
         let mut misses = 0;
         for i in 0..n {
+            scratch.remark[i] = None;
+            scratch.tuples[i] = None;
+            scratch.class[i] = 0;
             let out = match actions[i] {
                 Action::Output(q) => Some(q),
                 Action::Flood => None,
