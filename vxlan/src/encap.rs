@@ -1,0 +1,269 @@
+//! Encap: the outer headers prepended to an inner frame, written into the
+//! mbuf's headroom by the worker (no copy of the inner frame).
+//!
+//! The outer UDP source port carries a hash of the inner flow (RFC 7348
+//! section 5) so the underlay's ECMP spreads tunnels by inner flow while
+//! each flow stays on one path; it lies in the dynamic range 49152-65535.
+//! The outer IPv4 checksum is computed; the UDP checksum is 0, as RFC 7348
+//! allows for IPv4.
+
+use std::net::Ipv4Addr;
+
+use crate::{ETH_LEN, ETH_P_IPV4, FLAG_I, IPPROTO_UDP, IPV4_LEN, OUTER_LEN, UDP_LEN, VXLAN_LEN};
+
+/// One tunnel's outer header fields.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Tunnel {
+    /// Our uplink MAC.
+    pub src_mac: [u8; 6],
+    /// The next hop's MAC (the remote VTEP or the router towards it).
+    pub dst_mac: [u8; 6],
+    /// Our VTEP address.
+    pub src_ip: Ipv4Addr,
+    /// The remote VTEP address.
+    pub dst_ip: Ipv4Addr,
+    /// UDP destination port (4789 unless configured).
+    pub dst_port: u16,
+    /// The VNI.
+    pub vni: u32,
+    /// Outer TTL.
+    pub ttl: u8,
+    /// Set the outer DF bit.
+    pub df: bool,
+}
+
+/// The one's complement sum of a header, folded: its checksum is `!sum`.
+fn ones_sum(b: &[u8]) -> u16 {
+    let mut s: u32 = b
+        .chunks(2)
+        .map(|c| u32::from(u16::from_be_bytes([c[0], c[1]])))
+        .sum();
+    while s > 0xffff {
+        s = (s & 0xffff) + (s >> 16);
+    }
+    s as u16
+}
+
+/// Writes the outer headers for an inner frame of `inner_len` bytes into
+/// `out`, with UDP source port `sport` and IPv4 identification `ip_id`.
+pub fn write_outer(
+    out: &mut [u8; OUTER_LEN],
+    t: &Tunnel,
+    inner_len: usize,
+    sport: u16,
+    ip_id: u16,
+) {
+    let udp_len = (UDP_LEN + VXLAN_LEN + inner_len) as u16;
+    let ip_len = IPV4_LEN as u16 + udp_len;
+    out[0..6].copy_from_slice(&t.dst_mac);
+    out[6..12].copy_from_slice(&t.src_mac);
+    out[12..14].copy_from_slice(&ETH_P_IPV4.to_be_bytes());
+    let ip = &mut out[ETH_LEN..ETH_LEN + IPV4_LEN];
+    ip[0] = 0x45;
+    ip[1] = 0;
+    ip[2..4].copy_from_slice(&ip_len.to_be_bytes());
+    ip[4..6].copy_from_slice(&ip_id.to_be_bytes());
+    ip[6..8].copy_from_slice(&(if t.df { 0x4000u16 } else { 0 }).to_be_bytes());
+    ip[8] = t.ttl;
+    ip[9] = IPPROTO_UDP;
+    ip[10..12].fill(0);
+    ip[12..16].copy_from_slice(&t.src_ip.octets());
+    ip[16..20].copy_from_slice(&t.dst_ip.octets());
+    let csum = !ones_sum(ip);
+    ip[10..12].copy_from_slice(&csum.to_be_bytes());
+    let udp = &mut out[ETH_LEN + IPV4_LEN..ETH_LEN + IPV4_LEN + UDP_LEN];
+    udp[0..2].copy_from_slice(&sport.to_be_bytes());
+    udp[2..4].copy_from_slice(&t.dst_port.to_be_bytes());
+    udp[4..6].copy_from_slice(&udp_len.to_be_bytes());
+    udp[6..8].fill(0);
+    let vx = &mut out[ETH_LEN + IPV4_LEN + UDP_LEN..];
+    vx[0] = FLAG_I;
+    vx[1..4].fill(0);
+    vx[4..7].copy_from_slice(&t.vni.to_be_bytes()[1..]);
+    vx[7] = 0;
+}
+
+/// The outer source port for an inner frame: a hash of its MACs and, for
+/// IPv4/IPv6, its addresses, protocol and ports, into 49152-65535.
+pub fn source_port(inner: &[u8]) -> u16 {
+    // FNV-1a over the fields that identify the flow; a few dozen bytes.
+    let mut h: u32 = 0x811c_9dc5;
+    let mut mix = |b: &[u8]| {
+        for &x in b {
+            h = (h ^ u32::from(x)).wrapping_mul(0x0100_0193);
+        }
+    };
+    mix(inner.get(..12).unwrap_or(inner));
+    if inner.len() >= ETH_LEN {
+        let l3 = &inner[ETH_LEN..];
+        match be16(inner, 12) {
+            0x0800 if l3.len() >= IPV4_LEN => {
+                mix(&l3[9..10]);
+                mix(&l3[12..20]);
+                let ihl = usize::from(l3[0] & 0x0f) * 4;
+                if let Some(ports) = l3.get(ihl..ihl + 4) {
+                    mix(ports);
+                }
+            }
+            0x86dd if l3.len() >= 44 => {
+                mix(&l3[6..7]);
+                mix(&l3[8..40]);
+                mix(&l3[40..44]);
+            }
+            _ => {}
+        }
+    }
+    49_152 + ((h ^ (h >> 16)) % 16_384) as u16
+}
+
+fn be16(b: &[u8], at: usize) -> u16 {
+    u16::from_be_bytes([b[at], b[at + 1]])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::decap::{decap, Decap, DecapError};
+    use etherparse::{NetSlice, SlicedPacket, TransportSlice};
+
+    fn tunnel() -> Tunnel {
+        Tunnel {
+            src_mac: [2, 0, 0, 0, 0x0a, 2],
+            dst_mac: [2, 0, 0, 0, 0x0a, 1],
+            src_ip: Ipv4Addr::new(192, 168, 10, 2),
+            dst_ip: Ipv4Addr::new(192, 168, 10, 1),
+            dst_port: crate::VXLAN_PORT,
+            vni: 0x00ab_cdef,
+            ttl: 64,
+            df: true,
+        }
+    }
+
+    fn inner(i: u16) -> Vec<u8> {
+        let mut v = Vec::new();
+        etherparse::PacketBuilder::ethernet2([2, 0, 0, 0, 1, 1], [2, 0, 0, 0, 1, 2])
+            .ipv4([10, 0, 0, 1], [10, 0, 0, 2], 64)
+            .udp(1000 + i, 80)
+            .write(&mut v, &[7; 18])
+            .unwrap();
+        v
+    }
+
+    fn encapsulate(t: &Tunnel, inner: &[u8]) -> Vec<u8> {
+        let mut outer = [0u8; OUTER_LEN];
+        write_outer(&mut outer, t, inner.len(), source_port(inner), 7);
+        [&outer[..], inner].concat()
+    }
+
+    #[test]
+    fn encapsulated_frames_parse_with_the_configured_fields() {
+        let t = tunnel();
+        let inn = inner(1);
+        let f = encapsulate(&t, &inn);
+        let p = SlicedPacket::from_ethernet(&f).unwrap();
+        let Some(NetSlice::Ipv4(ip)) = p.net else {
+            panic!()
+        };
+        let h = ip.header().to_header();
+        assert_eq!(
+            h.header_checksum,
+            h.calc_header_checksum(),
+            "outer IPv4 checksum"
+        );
+        assert!(h.dont_fragment);
+        assert_eq!(
+            (h.time_to_live, h.source, h.destination),
+            (64, [192, 168, 10, 2], [192, 168, 10, 1])
+        );
+        assert_eq!(usize::from(h.total_len), f.len() - 14);
+        let Some(TransportSlice::Udp(u)) = p.transport else {
+            panic!()
+        };
+        assert_eq!(u.destination_port(), 4789);
+        assert_eq!(u.checksum(), 0);
+        assert!((49_152..=65_535).contains(&u.source_port()));
+        assert_eq!(usize::from(u.length()), f.len() - 34);
+        let vx = u.payload();
+        assert_eq!(vx[0], FLAG_I);
+        assert_eq!(u32::from_be_bytes([0, vx[4], vx[5], vx[6]]), 0x00ab_cdef);
+        assert_eq!(&vx[8..], &inn[..]);
+    }
+
+    #[test]
+    fn decap_undoes_encap() {
+        let t = tunnel();
+        let inn = inner(2);
+        let f = encapsulate(&t, &inn);
+        // Seen from the remote VTEP (the destination address).
+        match decap(&f, t.dst_ip, 4789) {
+            Decap::Tunnel(o) => {
+                assert_eq!(o.vni, t.vni);
+                assert_eq!(o.src_ip, t.src_ip);
+                assert_eq!(o.src_mac, t.src_mac);
+                assert_eq!(&f[o.inner_offset..], &inn[..]);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn decap_tells_foreign_from_broken() {
+        let t = tunnel();
+        let f = encapsulate(&t, &inner(3));
+        assert_eq!(
+            decap(&f, Ipv4Addr::new(192, 168, 10, 9), 4789),
+            Decap::NotOurs,
+            "another VTEP"
+        );
+        assert_eq!(
+            decap(&f, t.dst_ip, 8472),
+            Decap::NotOurs,
+            "another UDP port"
+        );
+        assert_eq!(
+            decap(&inner(3), t.dst_ip, 4789),
+            Decap::NotOurs,
+            "plain traffic"
+        );
+        let mut no_i = f.clone();
+        no_i[42] = 0;
+        assert_eq!(
+            decap(&no_i, t.dst_ip, 4789),
+            Decap::Bad(DecapError::BadFlags)
+        );
+        let mut frag = f.clone();
+        frag[20] = 0x20; // MF
+        assert_eq!(
+            decap(&frag, t.dst_ip, 4789),
+            Decap::Bad(DecapError::Fragment)
+        );
+        assert_eq!(
+            decap(&f[..OUTER_LEN + 4], t.dst_ip, 4789),
+            Decap::Bad(DecapError::BadIpHeader),
+            "total length beyond the frame"
+        );
+        let mut short = encapsulate(&t, &[0u8; 10]);
+        short.truncate(OUTER_LEN + 10);
+        assert_eq!(
+            decap(&short, t.dst_ip, 4789),
+            Decap::Bad(DecapError::Truncated)
+        );
+        // Never panics on any prefix of a valid frame.
+        for n in 0..f.len() {
+            let _ = decap(&f[..n], t.dst_ip, 4789);
+        }
+    }
+
+    #[test]
+    fn source_port_is_stable_per_flow_and_spreads_flows() {
+        assert_eq!(source_port(&inner(5)), source_port(&inner(5)));
+        let ports: std::collections::HashSet<u16> =
+            (0..1000).map(|i| source_port(&inner(i))).collect();
+        assert!(
+            ports.len() > 950,
+            "{} distinct ports for 1000 flows",
+            ports.len()
+        );
+        assert!(ports.iter().all(|p| *p >= 49_152));
+    }
+}
