@@ -266,10 +266,11 @@ pub fn run(o: &Opts, command: &str) -> Result<Section> {
             vswitchd_taps(o).context("vswitchd TAP NICs")?,
         );
     }
-    for (name, f, spread) in rounds.medians(|f| f.rcvd_kpps) {
+    for r in rounds.medians(|f| f.rcvd_kpps) {
+        let (f, spread) = (&r.sample, r.spread);
         sec.row(
             workload,
-            &name,
+            &r.system,
             &[
                 ("iperf3 kpps sent", f.sent_kpps),
                 ("spread %", spread),
@@ -279,7 +280,7 @@ pub fn run(o: &Opts, command: &str) -> Result<Section> {
                 ("RTT p99 us", f.p99),
                 ("RTT p99.9 us", f.p999),
             ],
-            "",
+            &format!("kpps rcvd {}", r.rounds_note()),
         );
     }
     for col in ["iperf3 kpps rcvd", "sockperf tp kmsg/s", "RTT p50 us"] {

@@ -460,13 +460,12 @@ pub fn run(o: &Opts, hz: u64, command: &str) -> Result<Section> {
                 rounds.push(&system, m);
             }
         }
-        for (system, m, spread) in rounds.medians(|m| m.mpps) {
-            let note = if system == "vswitchd" {
-                vs_conf.note
-            } else {
-                ""
-            };
-            add(&mut sec, name, &system, &m, spread, note);
+        for r in rounds.medians(|m| m.mpps) {
+            let mut note = r.rounds_note();
+            if r.system == "vswitchd" {
+                note = format!("{}; {note}", vs_conf.note);
+            }
+            add(&mut sec, name, &r.system, &r.sample, r.spread, &note);
         }
         sec.ratios_against_all(name, "vswitchd", "Mpps");
     }

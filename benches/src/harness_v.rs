@@ -361,7 +361,8 @@ pub fn run(o: &Opts, hz: u64, command: &str) -> Result<Section> {
             rounds.push(name, f);
         }
     }
-    for (name, f, spread) in rounds.medians(|f| f.mpps) {
+    for r in rounds.medians(|f| f.mpps) {
+        let (name, f, spread) = (&r.system, &r.sample, r.spread);
         let mut v = vec![
             ("Mpps", f.mpps),
             ("spread %", spread),
@@ -388,10 +389,12 @@ pub fn run(o: &Opts, hz: u64, command: &str) -> Result<Section> {
             None => "bound by ?",
         };
         let note = format!(
-            "{bound}; {} probes, {} lost",
-            f.latency["samples"], f.latency["lost"]
+            "{bound}; {} probes, {} lost; Mpps {}",
+            f.latency["samples"],
+            f.latency["lost"],
+            r.rounds_note()
         );
-        sec.row(workload, &name, &v, &note);
+        sec.row(workload, name, &v, &note);
     }
     sec.ratios_against_all(workload, "vswitchd", "Mpps");
     sec.ratios_against_all(workload, "vswitchd", "RTT p50 us");
