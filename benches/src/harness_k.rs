@@ -190,20 +190,7 @@ fn vswitchd_taps(o: &Opts) -> Result<Figures> {
     let (a, b) = containers()?;
     let dir = TempDir::new("vsk");
     let config = format!(
-        r#"[eal]
-main_lcore = 0
-memory_mb = 512
-file_prefix = "{prefix}"
-
-[workers]
-cores = [1]
-
-[control]
-socket = "{ctl}"
-
-[[bridge]]
-name = "b"
-
+        r#"{header}
 [[port]]
 name = "a"
 kind = "tap"
@@ -220,8 +207,7 @@ netns = "{nb}"
 mac = "02:00:00:00:0c:02"
 ipv4 = "{IP_B}/24"
 "#,
-        prefix = testbed::unique("vsk"),
-        ctl = Vswitchd::control_socket(&dir).display(),
+        header = Vswitchd::config_header(&dir, 512, "b"),
         na = a.name(),
         nb = b.name(),
     );

@@ -141,20 +141,7 @@ fn vs_policer() -> VsConf {
 fn vswitchd(o: &Opts, hz: u64, pcap: &Path, conf: &VsConf) -> Result<Measured> {
     let dir = TempDir::new("vsb");
     let config = format!(
-        r#"[eal]
-main_lcore = 0
-memory_mb = 1024
-file_prefix = "{prefix}"
-
-[workers]
-cores = [1]
-
-[control]
-socket = "{sock}"
-
-[[bridge]]
-name = "b"
-
+        r#"{header}
 {tables}
 
 [[port]]
@@ -172,8 +159,7 @@ bridge = "b"
 no_rx = true
 static_macs = ["{dst}"]
 "#,
-        prefix = testbed::unique("vsb"),
-        sock = Vswitchd::control_socket(&dir).display(),
+        header = Vswitchd::config_header(&dir, 1024, "b"),
         pcap = pcap.display(),
         dst = hex_mac(DST_MAC),
         tables = conf.tables,

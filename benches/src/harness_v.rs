@@ -141,20 +141,7 @@ fn start_switch(kind: &str, o: &Opts, dir: &Path) -> Result<Switch> {
         "vswitchd" => {
             let tmp = TempDir::new("vsv");
             let config = format!(
-                r#"[eal]
-main_lcore = 0
-memory_mb = 512
-file_prefix = "{prefix}"
-
-[workers]
-cores = [1]
-
-[control]
-socket = "{ctl}"
-
-[[bridge]]
-name = "b"
-
+                r#"{header}
 [[port]]
 name = "a"
 kind = "vhost-user"
@@ -167,8 +154,7 @@ kind = "vhost-user"
 bridge = "b"
 socket = "{sb}"
 "#,
-                prefix = testbed::unique("vsv"),
-                ctl = Vswitchd::control_socket(&tmp).display(),
+                header = Vswitchd::config_header(&tmp, 512, "b"),
                 sa = sa.display(),
                 sb = sb.display(),
             );

@@ -85,13 +85,8 @@ impl Ovs {
             db_proc.dump();
             return Err("ovsdb-server did not create its socket".into());
         }
-        let vsctl = |args: &[&str]| -> Result<String, String> {
-            let mut c = Command::new("ovs-vsctl");
-            c.arg(format!("--db=unix:{}", sock.display()))
-                .arg("--no-wait")
-                .args(args);
-            run(&mut c)
-        };
+        // ovs-vswitchd is not running yet: nothing to wait for.
+        let vsctl = |args: &[&str]| vsctl_in(&dir, "--no-wait", args);
         vsctl(&["init"])?;
         let prefix = crate::unique("ovs");
         vsctl(&[
@@ -144,12 +139,7 @@ impl Ovs {
 
     /// `ovs-vsctl ARGS` (waiting for ovs-vswitchd to apply the change).
     pub fn vsctl(&self, args: &[&str]) -> Result<String, String> {
-        let mut c = Command::new("ovs-vsctl");
-        c.arg(format!("--db=unix:{}", self.dir.join("db.sock").display()))
-            .arg("--timeout=60")
-            .args(args);
-        env(&mut c, &self.dir);
-        run(&mut c)
+        vsctl_in(&self.dir, "--timeout=60", args)
     }
 
     /// `ovs-ofctl ARGS`.
@@ -304,6 +294,16 @@ impl Drop for Ovs {
         let _ = self.appctl(&["exit"]);
         self.vswitchd.wait_exit(Duration::from_secs(20));
     }
+}
+
+/// `ovs-vsctl` on the database in `dir`, with one wait option.
+fn vsctl_in(dir: &TempDir, wait: &str, args: &[&str]) -> Result<String, String> {
+    let mut c = Command::new("ovs-vsctl");
+    c.arg(format!("--db=unix:{}", dir.join("db.sock").display()))
+        .arg(wait)
+        .args(args);
+    env(&mut c, dir);
+    run(&mut c)
 }
 
 /// Points OVS's tools at the private run directory.

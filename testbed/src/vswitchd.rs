@@ -81,6 +81,18 @@ impl Vswitchd {
         dir.join("ctl.sock")
     }
 
+    /// The `[eal]`, `[workers]`, `[control]` tables and one bridge of a
+    /// test or benchmark config: main lcore on CPU 0, one worker on CPU 1,
+    /// a DPDK file prefix unique to this run, the control socket in `dir`.
+    pub fn config_header(dir: &TempDir, memory_mb: u32, bridge: &str) -> String {
+        format!(
+            "[eal]\nmain_lcore = 0\nmemory_mb = {memory_mb}\nfile_prefix = \"{prefix}\"\nin_memory = true\n\n\
+             [workers]\ncores = [1]\n\n[control]\nsocket = \"{ctl}\"\n\n[[bridge]]\nname = \"{bridge}\"\n",
+            prefix = crate::unique("vs"),
+            ctl = Self::control_socket(dir).display(),
+        )
+    }
+
     /// Sends one control request (a JSON object); its `result`, or its error.
     pub fn request(&self, req: Value) -> Result<Value, String> {
         let s = UnixStream::connect(&self.socket).map_err(|e| format!("connect: {e}"))?;

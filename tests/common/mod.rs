@@ -13,26 +13,7 @@ pub fn bin() -> &'static Path {
 
 /// `[eal]`, `[workers]`, `[control]` and one bridge `vpc1`, unique to `dir`.
 pub fn header(dir: &TempDir) -> String {
-    format!(
-        r#"
-[eal]
-main_lcore = 0
-memory_mb = 256
-file_prefix = "{prefix}"
-in_memory = true
-
-[workers]
-cores = [1]
-
-[control]
-socket = "{ctl}"
-
-[[bridge]]
-name = "vpc1"
-"#,
-        prefix = testbed::unique("vst"),
-        ctl = Vswitchd::control_socket(dir).display(),
-    )
+    Vswitchd::config_header(dir, 256, "vpc1")
 }
 
 /// Starts vswitchd or fails the test with its output.

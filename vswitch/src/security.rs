@@ -70,6 +70,10 @@ pub struct Security {
     sessions: Arc<SessionTable>,
     generation: u32,
     active: bool,
+    /// Some port has an ingress group (a flooded frame may meet one).
+    any_ingress: bool,
+    /// Ports with an ingress meter.
+    ingress_metered: Vec<PortId>,
 }
 
 /// Per-burst scratch the stage fills and the worker reads back (the flow
@@ -130,12 +134,19 @@ impl Security {
     ) -> Security {
         ports.resize(MAX_PORTS, PortPolicy::default());
         let active = ports.iter().any(|p| !p.is_empty());
+        let any_ingress = ports.iter().any(|p| p.ingress.is_some());
+        let ingress_metered = (0..ports.len())
+            .filter(|&q| ports[q].ingress_meter.is_some())
+            .map(|q| PortId(q as u16))
+            .collect();
         Security {
             ports,
             class_meters,
             sessions,
             generation,
             active,
+            any_ingress,
+            ingress_metered,
         }
     }
 
@@ -213,7 +224,7 @@ impl Security {
             };
             let judged = inp.egress.is_some()
                 || out.is_some_and(|q| self.ports[q.index()].ingress.is_some())
-                || (out.is_none() && self.ports.iter().any(|p| p.ingress.is_some()));
+                || (out.is_none() && self.any_ingress);
             if !judged {
                 continue;
             }
@@ -368,11 +379,12 @@ impl Security {
         if let Some(m) = &self.ports[in_port.index()].egress_meter {
             run(m, actions, scratch, in_port, &|_, _| true);
         }
-        for (q, pp) in self.ports.iter().enumerate() {
-            if let Some(m) = &pp.ingress_meter {
-                let q = PortId(q as u16);
-                run(m, actions, scratch, q, &|_, a| *a == Action::Output(q));
-            }
+        for &q in &self.ingress_metered {
+            let m = self.ports[q.index()]
+                .ingress_meter
+                .as_ref()
+                .expect("metered");
+            run(m, actions, scratch, q, &|_, a| *a == Action::Output(q));
         }
         for (c, m) in self.class_meters.iter().enumerate() {
             let class = c as u16 + 1;
