@@ -113,12 +113,22 @@ pub fn tuple_of(k: &FlowKey) -> Option<Tuple> {
     })
 }
 
-fn reversed(t: &Tuple) -> Tuple {
+/// The packet that opened the session a reply `t` belongs to, as the
+/// rules saw it: addresses and ports swapped, and for ICMP the echo reply
+/// turned back into its request (type 0 -> 8, ICMPv6 129 -> 128; ICMP's
+/// "ports" are type and code, which a reply does not mirror).
+fn original_of_reply(t: &Tuple) -> Tuple {
+    let (sport, dport) = match (t.proto, t.sport) {
+        (acl::rule::ICMP, 0) => (8, t.dport),
+        (acl::rule::ICMPV6, 129) => (128, t.dport),
+        (acl::rule::ICMP | acl::rule::ICMPV6, _) => (t.sport, t.dport),
+        _ => (t.dport, t.sport),
+    };
     Tuple {
         src: t.dst,
         dst: t.src,
-        sport: t.dport,
-        dport: t.sport,
+        sport,
+        dport,
         ..*t
     }
 }
@@ -249,7 +259,7 @@ impl Security {
                         let verdict = if orig {
                             self.rules(Some(in_port), out, &t)
                         } else {
-                            self.rules(out, Some(in_port), &reversed(&t))
+                            self.rules(out, Some(in_port), &original_of_reply(&t))
                         };
                         match verdict {
                             Ok(c) => self.sessions.readmit(slot, self.generation, c),
@@ -626,6 +636,60 @@ mod tests {
         // Generation 3 allows again; a fresh session opens.
         let v3 = Security::new(vec![p(allow_all())], Vec::new(), sessions, 3);
         assert_eq!(send(&v3, udp(A, B, 60)), Action::Output(PortId(1)));
+    }
+
+    #[test]
+    fn an_echo_reply_first_after_a_reload_keeps_its_session() {
+        // web accepts echo requests only; the client accepts nothing new.
+        let mut ping = Rule::any("ping", 1, AclAction::Allow);
+        ping.proto = Proto::Icmp;
+        ping.icmp_type = Some(8);
+        let ports = || {
+            vec![
+                PortPolicy {
+                    ingress: Some(compiled("client-in", vec![])),
+                    ..PortPolicy::default()
+                },
+                PortPolicy {
+                    ingress: Some(compiled("web", vec![ping.clone()])),
+                    ..PortPolicy::default()
+                },
+            ]
+        };
+        let icmp = |src: [u8; 4], dst: [u8; 4], ty: u8| {
+            let mut v = Vec::new();
+            let b =
+                PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2]).ipv4(src, dst, 64);
+            let b = if ty == 8 {
+                b.icmpv4_echo_request(1, 1)
+            } else {
+                b.icmpv4_echo_reply(1, 1)
+            };
+            b.write(&mut v, &[0; 8]).unwrap();
+            v
+        };
+        let sessions = Arc::new(SessionTable::new(1024, Timeouts::default()));
+        let counters: Vec<PortCounters> = (0..2).map(|_| PortCounters::default()).collect();
+        let mut scratch = Scratch::default();
+        let mut send = |sec: &Security, from: u16, to: u16, frame: Vec<u8>| {
+            let mut a = [Action::Output(PortId(to))];
+            sec.filter(
+                PortId(from),
+                0,
+                &[frame],
+                &mut a,
+                &mut scratch,
+                0,
+                0,
+                &counters,
+            );
+            a[0]
+        };
+        let v1 = Security::new(ports(), Vec::new(), sessions.clone(), 1);
+        assert_eq!(send(&v1, 0, 1, icmp(A, B, 8)), Action::Output(PortId(1)));
+        // The ruleset is replaced between the request and its reply.
+        let v2 = Security::new(ports(), Vec::new(), sessions, 2);
+        assert_eq!(send(&v2, 1, 0, icmp(B, A, 0)), Action::Output(PortId(0)));
     }
 
     #[test]
