@@ -22,6 +22,8 @@ pub enum Request {
     Stats,
     /// Ports with their kind and bridge.
     PortList,
+    /// The VTEP's tunnel ports (remote VTEPs per VNI) and neighbours.
+    TunnelList,
     /// Learned MACs of one bridge (or all).
     FdbShow {
         /// Bridge name; all bridges when absent.

@@ -12,16 +12,18 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use vswitch::{BridgeId, PortId, SwitchBuilder, MAX_BURST, MAX_PORTS};
+use vswitch::security::Security;
+use vswitch::{BridgeId, MacAddr, PortId, SwitchBuilder, MAX_BURST, MAX_PORTS};
 
 use crate::config::{Config, PortKind};
 use crate::control::{ControlServer, Request};
 use crate::datapath::{Datapath, RxQueue, Shared};
 use crate::dpdk::eal::Eal;
-use crate::dpdk::mempool::Mempool;
+use crate::dpdk::mempool::{Mempool, PoolHandle};
 use crate::dpdk::{self, lcore};
 use crate::ports::{self, Port};
 use crate::stats;
+use crate::vtep::Vtep;
 use crate::worker::Worker;
 
 /// mbuf data room: 2048 bytes of frame (MTU 1500 plus tags, in one segment)
@@ -134,16 +136,17 @@ fn pool_size(cfg: &Config) -> u32 {
     (n.max(8192) + 1).next_power_of_two() - 1
 }
 
-/// The datapath snapshot for a set of open ports. With `prev`, MAC tables
-/// and the session table carry over; `generation` numbers the ruleset and
-/// `now_ns` (since the epoch) starts the meters.
+/// The datapath snapshot for a set of open ports, with `security` as its
+/// security stage and the VTEP's tunnel ports. With `prev`, MAC tables
+/// carry over.
 fn build_datapath(
     cfg: &Config,
     ports: &[Option<Port>],
     n_workers: usize,
     prev: Option<&Datapath>,
-    generation: u32,
-    now_ns: u64,
+    security: Security,
+    vtep: Option<&Vtep>,
+    pool: PoolHandle,
 ) -> Result<Datapath> {
     let mut b = SwitchBuilder::new();
     let ids: Vec<(String, BridgeId)> = cfg
@@ -151,6 +154,9 @@ fn build_datapath(
         .iter()
         .map(|c| (c.name.clone(), b.bridge(c.clone())))
         .collect();
+    if let Some(v) = vtep {
+        v.attach(cfg, &mut b, &ids);
+    }
     let mut tx_port = [None; MAX_PORTS];
     let mut rx_queues = vec![Vec::new(); n_workers];
     let mut rr = 0;
@@ -186,13 +192,18 @@ fn build_datapath(
     let switch = b
         .build(prev.map(|p| &p.switch))
         .context("building the switch topology")?;
-    let sessions = prev.map(|p| Arc::clone(p.security.sessions()));
     Ok(Datapath {
         switch,
         tx_port,
         rx_queues,
-        security: crate::security::build(cfg, sessions, generation, now_ns),
+        security,
+        vtep: vtep.map(|v| v.path(cfg, &ids, pool)),
     })
+}
+
+/// Which switch ports NICs occupy (tunnel ports take the others).
+fn nic_ports(ports: &[Option<Port>]) -> Vec<bool> {
+    ports.iter().map(Option::is_some).collect()
 }
 
 /// Nanoseconds since `epoch` (a TSC value) at `hz`.
@@ -211,9 +222,11 @@ fn reload(
     ports: &[Option<Port>],
     shared: &Shared,
     generation: &mut u32,
-    epoch: u64,
-    hz: u64,
+    clock: (u64, u64),
+    vtep: Option<&Vtep>,
+    pool: PoolHandle,
 ) -> Result<()> {
+    let (epoch, hz) = clock;
     let new = crate::config::load(path)?;
     let strip = |c: &Config| {
         let mut c = c.clone();
@@ -223,7 +236,9 @@ fn reload(
             p.ingress_qos = None;
             p.egress_qos = None;
         }
-        (c.eal, c.workers, c.control, c.bridges, c.ports)
+        (
+            c.eal, c.workers, c.control, c.bridges, c.ports, c.vtep, c.vnis,
+        )
     };
     if strip(&new) != strip(cfg) {
         bail!(
@@ -236,20 +251,45 @@ fn reload(
     }
     let n_workers = new.workers.cores.len();
     let old = shared.load();
-    let dp = build_datapath(
+    let security = crate::security::build(
         &new,
-        ports,
-        n_workers,
-        Some(&old),
+        Some(Arc::clone(old.security.sessions())),
         *generation + 1,
         ns_since(epoch, hz),
-    )?;
+    );
+    let dp = build_datapath(&new, ports, n_workers, Some(&old), security, vtep, pool)?;
     drop(old);
     if !shared.publish(dp, Duration::from_secs(5)) {
         bail!("a worker did not pick up the new snapshot within 5 s");
     }
     *generation += 1;
     *cfg = new;
+    Ok(())
+}
+
+/// Publishes a snapshot with the VTEP's current tunnel ports and
+/// neighbours; everything else (security stage included) is kept.
+fn republish_tunnels(
+    cfg: &Config,
+    ports: &[Option<Port>],
+    shared: &Shared,
+    vtep: &Vtep,
+    pool: PoolHandle,
+) -> Result<()> {
+    let old = shared.load();
+    let dp = build_datapath(
+        cfg,
+        ports,
+        cfg.workers.cores.len(),
+        Some(&old),
+        old.security.clone(),
+        Some(vtep),
+        pool,
+    )?;
+    drop(old);
+    if !shared.publish(dp, Duration::from_secs(5)) {
+        bail!("a worker did not pick up the new snapshot within 5 s");
+    }
     Ok(())
 }
 
@@ -287,8 +327,29 @@ pub fn run(mut cfg: Config, config_path: Option<std::path::PathBuf>) -> Result<(
     }
     let hz = dpdk::tsc_hz();
     let epoch = dpdk::rdtsc();
-    let mut generation = 1;
-    let dp = build_datapath(&cfg, &ports, n_workers, None, generation, 0)?;
+    let generation = 1;
+    let mut vtep = match &cfg.vtep {
+        Some(v) => {
+            let i = cfg
+                .ports
+                .iter()
+                .position(|p| p.name == v.uplink)
+                .expect("validated uplink");
+            let mac = ports[i].as_ref().expect("uplink is open").eth.mac();
+            Some(Vtep::new(&cfg, PortId(i as u16), mac, &nic_ports(&ports))?)
+        }
+        None => None,
+    };
+    let security = crate::security::build(&cfg, None, generation, 0);
+    let dp = build_datapath(
+        &cfg,
+        &ports,
+        n_workers,
+        None,
+        security,
+        vtep.as_ref(),
+        pool.handle(),
+    )?;
     let shared = Arc::new(Shared::new(dp, n_workers, cfg.workers.idle_sleep_us, epoch));
     for (i, &l) in lcores.iter().enumerate() {
         let s = Arc::clone(&shared);
@@ -315,12 +376,24 @@ pub fn run(mut cfg: Config, config_path: Option<std::path::PathBuf>) -> Result<(
     let interval = Duration::from_secs(u64::from(cfg.stats.interval_secs));
     let mut last_stats = Instant::now();
     let mut last_sweep = Instant::now();
+    let mut generation = generation;
     while !term.load(Ordering::Relaxed) {
-        std::thread::sleep(Duration::from_millis(10));
+        match &mut vtep {
+            Some(v) => {
+                if v.serve(&cfg, &nic_ports(&ports), Duration::from_millis(10))
+                    .rebuild
+                {
+                    if let Err(e) = republish_tunnels(&cfg, &ports, &shared, v, pool.handle()) {
+                        eprintln!("vswitchd: tunnel update not applied: {e:#}");
+                    }
+                }
+            }
+            None => std::thread::sleep(Duration::from_millis(10)),
+        }
         let now_secs = (ns_since(epoch, hz) / 1_000_000_000) as u32;
         if hup.swap(false, Ordering::Relaxed) {
             match &config_path {
-                Some(path) => match reload(path, &mut cfg, &ports, &shared, &mut generation, epoch, hz) {
+                Some(path) => match reload(path, &mut cfg, &ports, &shared, &mut generation, (epoch, hz), vtep.as_ref(), pool.handle()) {
                     Ok(()) => eprintln!("vswitchd: reloaded {} (ruleset generation {generation})", path.display()),
                     Err(e) => eprintln!("vswitchd: reload of {} refused, still running the old config: {e:#}", path.display()),
                 },
@@ -332,7 +405,7 @@ pub fn run(mut cfg: Config, config_path: Option<std::path::PathBuf>) -> Result<(
         {
             print!(
                 "{}",
-                stats::collect(&ports, &shared, &cfg.workers.cores, hz).to_table()
+                report(&ports, vtep.as_ref(), &shared, &cfg.workers.cores, hz).to_table()
             );
             last_stats = Instant::now();
         }
@@ -344,7 +417,7 @@ pub fn run(mut cfg: Config, config_path: Option<std::path::PathBuf>) -> Result<(
             dp.security.sessions().sweep(now_secs);
             last_sweep = Instant::now();
         }
-        control.poll(|req| handle(req, &ports, &shared, &cfg, hz, now_secs));
+        control.poll(|req| handle(req, &ports, vtep.as_ref(), &shared, &cfg, hz, now_secs));
     }
 
     eprintln!("vswitchd: stopping");
@@ -352,7 +425,7 @@ pub fn run(mut cfg: Config, config_path: Option<std::path::PathBuf>) -> Result<(
     lcore::wait_all();
     print!(
         "{}",
-        stats::collect(&ports, &shared, &cfg.workers.cores, hz).to_table()
+        report(&ports, vtep.as_ref(), &shared, &cfg.workers.cores, hz).to_table()
     );
     drop(control);
     for p in ports.into_iter().flatten() {
@@ -371,9 +444,23 @@ pub fn run(mut cfg: Config, config_path: Option<std::path::PathBuf>) -> Result<(
     Ok(())
 }
 
+/// The stats report, tunnel ports included.
+fn report(
+    ports: &[Option<Port>],
+    vtep: Option<&Vtep>,
+    shared: &Shared,
+    cores: &[u32],
+    hz: u64,
+) -> stats::Report {
+    let tunnels = vtep.map_or(&[][..], |v| v.tunnels());
+    let resolved = |t: &crate::vtep::TunnelPort| vtep.is_some_and(|v| v.resolved(t.remote));
+    stats::collect(ports, tunnels, &resolved, shared, cores, hz)
+}
+
 fn handle(
     req: Request,
     ports: &[Option<Port>],
+    vtep: Option<&Vtep>,
     shared: &Shared,
     cfg: &Config,
     hz: u64,
@@ -382,7 +469,7 @@ fn handle(
     match req {
         Request::Stats => {
             Ok(
-                serde_json::to_value(stats::collect(ports, shared, &cfg.workers.cores, hz))
+                serde_json::to_value(report(ports, vtep, shared, &cfg.workers.cores, hz))
                     .expect("reports serialize"),
             )
         }
@@ -399,6 +486,38 @@ fn handle(
                 "link_up": p.eth.link_up(),
             })))
             .collect::<Vec<_>>())),
+        Request::TunnelList => {
+            let Some(v) = vtep else {
+                return Err("no [vtep] in the running config".into());
+            };
+            let tunnels: Vec<_> = v
+                .tunnels()
+                .iter()
+                .map(|t| {
+                    serde_json::json!({
+                        "name": t.name(),
+                        "port": t.port.0,
+                        "vni": t.vni,
+                        "bridge": t.bridge,
+                        "remote": t.remote.to_string(),
+                        "next_hop": v.host().next_hop(t.remote).map(|h| h.to_string()),
+                        "next_hop_mac": v.next_hop_mac(t.remote).map(|m| MacAddr(m).to_string()),
+                        "flood": t.flood,
+                        "learned": t.learned,
+                    })
+                })
+                .collect();
+            let neighbours: Vec<_> = v
+                .host()
+                .neighbours()
+                .map(|(ip, n)| {
+                    serde_json::json!({
+                        "ip": ip.to_string(), "mac": MacAddr(n.mac).to_string(), "static": n.is_static,
+                    })
+                })
+                .collect();
+            Ok(serde_json::json!({ "tunnels": tunnels, "neighbours": neighbours }))
+        }
         Request::FdbShow { bridge } => {
             let dp = shared.load();
             let mut out = Vec::new();
@@ -412,7 +531,14 @@ fn handle(
                     let port = ports
                         .get(e.port.index())
                         .and_then(|p| p.as_ref())
-                        .map(|p| p.spec.name.clone());
+                        .map(|p| p.spec.name.clone())
+                        .or_else(|| {
+                            vtep?
+                                .tunnels()
+                                .iter()
+                                .find(|t| t.port == e.port)
+                                .map(|t| t.name())
+                        });
                     out.push(serde_json::json!({
                         "bridge": b.conf.name, "mac": e.mac.to_string(), "port": port, "age": e.age, "static": e.is_static,
                     }));

@@ -43,6 +43,8 @@ pub struct Datapath {
     pub rx_queues: Vec<Vec<RxQueue>>,
     /// Security groups, sessions and meters.
     pub security: Security,
+    /// The VXLAN tunnel endpoint, if configured.
+    pub vtep: Option<crate::vtep::VtepPath>,
 }
 
 /// Counters of one worker (single writer: that worker).
@@ -163,6 +165,7 @@ mod tests {
                 16,
                 Default::default(),
             ))),
+            vtep: None,
         }
     }
 

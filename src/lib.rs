@@ -2,8 +2,8 @@
 //!
 //! The crate is the daemon around the DPDK-free `vswitch` pipeline: config,
 //! EAL and ports (`dpdk`), port kinds and container plumbing (`ports`,
-//! `netns`), the worker lcores (`worker`, `datapath`), counters (`stats`) and
-//! the control socket (`control`). See DESIGN.md for the data flow.
+//! `netns`), the worker lcores (`worker`, `datapath`), the VXLAN tunnel
+//! endpoint (`vtep`), counters (`stats`) and the control socket (`control`). See DESIGN.md for the data flow.
 #![deny(missing_docs)]
 
 pub mod config;
@@ -15,4 +15,5 @@ pub mod netns;
 pub mod ports;
 pub mod security;
 pub mod stats;
+pub mod vtep;
 pub mod worker;

@@ -9,6 +9,7 @@ use vswitch::{DropReason, PortId};
 use crate::datapath::Shared;
 use crate::dpdk::port::EthStats;
 use crate::ports::Port;
+use crate::vtep::TunnelPort;
 
 /// One port's counters.
 #[derive(Debug, Clone, Serialize, serde::Deserialize)]
@@ -56,50 +57,126 @@ pub struct WorkerReport {
     pub cycles_per_packet: f64,
 }
 
+/// One VNI's tunnel traffic: the sums over its tunnel ports.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct VniReport {
+    /// The VNI.
+    pub vni: u32,
+    /// Its bridge.
+    pub bridge: String,
+    /// Frames decapsulated into the bridge.
+    pub decap_packets: u64,
+    /// Their bytes (inner frames).
+    pub decap_bytes: u64,
+    /// Frames encapsulated out of the bridge.
+    pub encap_packets: u64,
+    /// Their bytes (inner frames).
+    pub encap_bytes: u64,
+    /// Drops on its tunnel ports by reason.
+    pub drops: std::collections::BTreeMap<String, u64>,
+}
+
 /// Everything `vswitchctl stats` shows.
 #[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct Report {
-    /// Per port, in config order.
+    /// Per port, in config order, then one per remote VTEP and VNI (kind
+    /// `vxlan`: rx is decap, tx is encap, both in inner bytes).
     pub ports: Vec<PortReport>,
+    /// Per VNI.
+    #[serde(default)]
+    pub vnis: Vec<VniReport>,
     /// Per worker.
     pub workers: Vec<WorkerReport>,
     /// TSC frequency, to turn cycles into time.
     pub tsc_hz: u64,
 }
 
-/// Builds the report. `ports[i]` is switch port i.
-pub fn collect(ports: &[Option<Port>], shared: &Shared, cores: &[u32], tsc_hz: u64) -> Report {
+/// A port's switch counters summed over workers; the caller fills in the
+/// name, kind, bridge, link and PMD fields.
+fn port_counters(shared: &Shared, id: PortId) -> PortReport {
+    let sum = |f: &dyn Fn(&vswitch::PortCounters) -> u64| -> u64 {
+        shared
+            .workers
+            .iter()
+            .map(|w| f(&w.counters.ports[id.index()]))
+            .sum()
+    };
+    let mut drops = std::collections::BTreeMap::new();
+    for r in DropReason::ALL {
+        let n = sum(&|c| c.drops[*r as usize].get());
+        if n > 0 {
+            drops.insert(r.name().to_string(), n);
+        }
+    }
+    PortReport {
+        name: String::new(),
+        kind: String::new(),
+        bridge: None,
+        link_up: false,
+        rx_packets: sum(&|c| c.rx_packets.get()),
+        rx_bytes: sum(&|c| c.rx_bytes.get()),
+        tx_packets: sum(&|c| c.tx_packets.get()),
+        tx_bytes: sum(&|c| c.tx_bytes.get()),
+        drops,
+        learn_full: sum(&|c| c.learn_full.get()),
+        pmd: EthStats::default(),
+    }
+}
+
+/// Builds the report. `ports[i]` is switch port i; `tunnels` are the
+/// VTEP's tunnel ports, `resolved(t)` whether one's next hop has a MAC.
+pub fn collect(
+    ports: &[Option<Port>],
+    tunnels: &[TunnelPort],
+    resolved: &dyn Fn(&TunnelPort) -> bool,
+    shared: &Shared,
+    cores: &[u32],
+    tsc_hz: u64,
+) -> Report {
     let mut out = Vec::new();
     for (i, port) in ports.iter().enumerate() {
         let Some(port) = port else { continue };
-        let id = PortId(i as u16);
-        let sum = |f: &dyn Fn(&vswitch::PortCounters) -> u64| -> u64 {
-            shared
-                .workers
-                .iter()
-                .map(|w| f(&w.counters.ports[id.index()]))
-                .sum()
-        };
-        let mut drops = std::collections::BTreeMap::new();
-        for r in DropReason::ALL {
-            let n = sum(&|c| c.drops[*r as usize].get());
-            if n > 0 {
-                drops.insert(r.name().to_string(), n);
-            }
-        }
         out.push(PortReport {
             name: port.spec.name.clone(),
             kind: port.spec.kind.name().to_string(),
             bridge: port.spec.bridge.clone(),
             link_up: port.eth.link_up(),
-            rx_packets: sum(&|c| c.rx_packets.get()),
-            rx_bytes: sum(&|c| c.rx_bytes.get()),
-            tx_packets: sum(&|c| c.tx_packets.get()),
-            tx_bytes: sum(&|c| c.tx_bytes.get()),
-            drops,
-            learn_full: sum(&|c| c.learn_full.get()),
             pmd: port.eth.stats(),
+            ..port_counters(shared, PortId(i as u16))
         });
+    }
+    let mut vnis: Vec<VniReport> = Vec::new();
+    for t in tunnels {
+        let r = PortReport {
+            name: t.name(),
+            kind: "vxlan".into(),
+            bridge: Some(t.bridge.clone()),
+            link_up: resolved(t),
+            ..port_counters(shared, t.port)
+        };
+        let v = match vnis.iter_mut().position(|v| v.vni == t.vni) {
+            Some(i) => &mut vnis[i],
+            None => {
+                vnis.push(VniReport {
+                    vni: t.vni,
+                    bridge: t.bridge.clone(),
+                    decap_packets: 0,
+                    decap_bytes: 0,
+                    encap_packets: 0,
+                    encap_bytes: 0,
+                    drops: Default::default(),
+                });
+                vnis.last_mut().expect("just pushed")
+            }
+        };
+        v.decap_packets += r.rx_packets;
+        v.decap_bytes += r.rx_bytes;
+        v.encap_packets += r.tx_packets;
+        v.encap_bytes += r.tx_bytes;
+        for (k, n) in &r.drops {
+            *v.drops.entry(k.clone()).or_default() += n;
+        }
+        out.push(r);
     }
     let workers = shared
         .workers
@@ -129,6 +206,7 @@ pub fn collect(ports: &[Option<Port>], shared: &Shared, cores: &[u32], tsc_hz: u
         .collect();
     Report {
         ports: out,
+        vnis,
         workers,
         tsc_hz,
     }
@@ -158,6 +236,24 @@ impl Report {
                 p.tx_bytes,
                 if drops.is_empty() {
                     "-".to_string()
+                } else {
+                    drops.join(" ")
+                }
+            );
+        }
+        for v in &self.vnis {
+            let drops: Vec<String> = v.drops.iter().map(|(k, n)| format!("{k}={n}")).collect();
+            let _ = writeln!(
+                s,
+                "vni {} ({}): decap {} pkts {} bytes, encap {} pkts {} bytes, drops {}",
+                v.vni,
+                v.bridge,
+                v.decap_packets,
+                v.decap_bytes,
+                v.encap_packets,
+                v.encap_bytes,
+                if drops.is_empty() {
+                    "-".into()
                 } else {
                     drops.join(" ")
                 }

@@ -7,6 +7,13 @@
 //! mid-round is flushed at once. Frames a tx queue does not take are freed
 //! and counted as `tx_full` on that port.
 //!
+//! With a VTEP, frames from the uplink are decapsulated (outer headers
+//! stripped in place with an mbuf adj) and switched as if received on the
+//! tunnel port of their remote VTEP, one sub-burst per tunnel port; frames
+//! switched to a tunnel port get the outer headers prepended in the mbuf's
+//! headroom and leave by the uplink. Flooded frames are shared by their
+//! local outputs, so each tunnel gets its own copy to prepend to.
+//!
 //! Nothing here allocates, locks, logs or makes a syscall per packet; the
 //! only per-round syscall is the optional idle sleep.
 
@@ -14,11 +21,14 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use vswitch::security::{set_dscp, Scratch};
-use vswitch::{Action, DropReason, PortId, MAX_BURST, MAX_PORTS};
+use vswitch::{Action, DropReason, Frame, PortId, MAX_BURST, MAX_PORTS};
+use vxlan::decap::{decap, Decap, DecapError};
+use vxlan::tunnels::Lookup;
 
-use crate::datapath::{Datapath, Shared, WorkerCounters};
+use crate::datapath::{Datapath, RxQueue, Shared, WorkerCounters};
 use crate::dpdk::mbuf::{Burst, Mbuf};
 use crate::dpdk::{self, port};
+use crate::vtep::{Punt, VtepPath};
 
 struct TxBuf {
     frames: Burst,
@@ -36,6 +46,14 @@ pub struct Worker {
     drops: Burst,
     actions: [Action; MAX_BURST],
     scratch: Box<Scratch>,
+    /// Decapsulated frames of one uplink burst, grouped by tunnel port.
+    decapped: Vec<(PortId, Burst)>,
+    /// The last unknown VTEP reported to the slow path (not re-reported
+    /// for every frame until the new snapshot arrives).
+    last_unknown: (u32, u32),
+    /// Outer IPv4 identification (meaningless with DF, RFC 6864, but
+    /// varied for middleboxes that look at it anyway).
+    ip_id: u16,
 }
 
 const _: () = assert!(MAX_PORTS <= 64, "dirty is a u64 bitmap");
@@ -55,6 +73,11 @@ impl Worker {
             drops: Burst::default(),
             actions: [Action::Flood; MAX_BURST],
             scratch: Box::default(),
+            decapped: (0..MAX_BURST)
+                .map(|_| (PortId(0), Burst::default()))
+                .collect(),
+            last_unknown: (u32::MAX, 0),
+            ip_id: 0,
         }
     }
 
@@ -86,27 +109,15 @@ impl Worker {
                     continue;
                 }
                 got += n;
-                dp.switch.forward(
-                    q.port,
-                    rx.mbufs(),
-                    now,
-                    &counters.ports[q.port.index()],
-                    &mut self.actions,
-                );
-                let zone = dp.switch.bridge_of(q.port).map_or(0, |b| b.0);
-                if dp.security.is_active() {
-                    dp.security.filter(
-                        q.port,
-                        zone,
-                        rx.mbufs(),
-                        &mut self.actions,
-                        &mut self.scratch,
-                        now,
-                        now_ns,
-                        &counters.ports,
-                    );
+                match &dp.vtep {
+                    Some(vt) if vt.uplink == q.port => {
+                        self.rx_uplink(&dp, vt, q, &mut rx, now, now_ns, counters)
+                    }
+                    _ => self.switch(&dp, q.port, &mut rx, now, now_ns, counters),
                 }
-                self.dispatch(&dp, q.port, zone, now, &mut rx, counters);
+            }
+            if let Some(vt) = &dp.vtep {
+                self.inject(&dp, vt, counters);
             }
             self.flush_all(&dp, counters);
             let t1 = dpdk::rdtsc();
@@ -119,6 +130,179 @@ impl Worker {
                     std::thread::sleep(sleep);
                 }
             }
+        }
+    }
+
+    /// Switches a burst received on `in_port`: bridge, security stage,
+    /// dispatch. `rx` ends empty.
+    #[inline]
+    fn switch(
+        &mut self,
+        dp: &Datapath,
+        in_port: PortId,
+        rx: &mut Burst,
+        now: u32,
+        now_ns: u64,
+        counters: &WorkerCounters,
+    ) {
+        dp.switch.forward(
+            in_port,
+            rx.mbufs(),
+            now,
+            &counters.ports[in_port.index()],
+            &mut self.actions,
+        );
+        let zone = dp.switch.bridge_of(in_port).map_or(0, |b| b.0);
+        if dp.security.is_active() {
+            dp.security.filter(
+                in_port,
+                zone,
+                rx.mbufs(),
+                &mut self.actions,
+                &mut self.scratch,
+                now,
+                now_ns,
+                &counters.ports,
+            );
+        }
+        self.dispatch(dp, in_port, zone, now, rx, counters);
+    }
+
+    /// A burst from the uplink: VXLAN to our VTEP is decapsulated and
+    /// switched per tunnel port; ARP and other traffic for the VTEP's
+    /// address goes to the slow path; the rest is dropped and counted.
+    #[allow(clippy::too_many_arguments)]
+    fn rx_uplink(
+        &mut self,
+        dp: &Datapath,
+        vt: &VtepPath,
+        q: &RxQueue,
+        rx: &mut Burst,
+        now: u32,
+        now_ns: u64,
+        counters: &WorkerCounters,
+    ) {
+        let c = &counters.ports[q.port.index()];
+        c.rx_packets.add(rx.len() as u64);
+        c.rx_bytes
+            .add(rx.mbufs().iter().map(|m| u64::from(m.pkt_len())).sum());
+        let mut groups = 0;
+        for m in rx.mbufs_mut() {
+            let reason = match decap(m.data(), vt.ip, vt.udp_port) {
+                Decap::Tunnel(o) => match vt.map.lookup(o.vni, o.src_ip) {
+                    Lookup::Port(p) => {
+                        m.adj(o.inner_offset as u16);
+                        let p = PortId(p);
+                        let g = match self.decapped[..groups].iter().position(|(q, _)| *q == p) {
+                            Some(g) => g,
+                            None => {
+                                self.decapped[groups].0 = p;
+                                groups += 1;
+                                groups - 1
+                            }
+                        };
+                        self.decapped[g].1.push(m);
+                        continue;
+                    }
+                    Lookup::UnknownRemote(bridge) => {
+                        let key = (o.vni, u32::from(o.src_ip));
+                        if vt.learn[usize::from(bridge)] && self.last_unknown != key {
+                            self.last_unknown = key;
+                            vt.punt(Punt::Vtep {
+                                vni: o.vni,
+                                remote: o.src_ip,
+                            });
+                        }
+                        DropReason::VxlanUnknownVtep
+                    }
+                    Lookup::UnknownVni => DropReason::VxlanUnknownVni,
+                },
+                Decap::NotOurs if vxlan::decap::for_host(m.data(), vt.ip) => {
+                    // The slow path: a copy (ARP and ICMP are small and
+                    // rare), so the mbuf never leaves this lcore.
+                    if vt.punt(Punt::Frame(m.data().to_vec())) {
+                        self.drop_frame(m);
+                        continue;
+                    }
+                    DropReason::PuntFull
+                }
+                Decap::NotOurs => DropReason::NotForVtep,
+                Decap::Bad(DecapError::Truncated) => DropReason::VxlanTruncated,
+                Decap::Bad(DecapError::BadIpHeader) => DropReason::VxlanBadIp,
+                Decap::Bad(DecapError::Fragment) => DropReason::VxlanFragment,
+                Decap::Bad(DecapError::BadFlags) => DropReason::VxlanBadFlags,
+            };
+            c.drop(reason, 1);
+            self.drop_frame(m);
+        }
+        // Every reference moved to a sub-burst or the drop list.
+        rx.handed_over();
+        self.drops.free_all();
+        for g in 0..groups {
+            let (port, mut burst) = std::mem::take(&mut self.decapped[g]);
+            self.switch(dp, port, &mut burst, now, now_ns, counters);
+            self.decapped[g].1 = burst;
+        }
+    }
+
+    /// Sends what the slow path queued for the uplink.
+    fn inject(&mut self, dp: &Datapath, vt: &VtepPath, counters: &WorkerCounters) {
+        while let Ok(frame) = vt.inject.try_recv() {
+            match vt.pool.alloc_frame(&frame) {
+                Some(m) => self.enqueue(dp, vt.uplink, &m, counters),
+                None => counters.ports[vt.uplink.index()].drop(DropReason::NoMbuf, 1),
+            }
+        }
+    }
+
+    /// Encapsulates a frame this worker owns alone for tunnel port `p` and
+    /// queues it on the uplink; frames too big for the underlay or whose
+    /// next hop is unresolved are dropped and counted on the tunnel port.
+    #[inline]
+    fn encap(&mut self, dp: &Datapath, p: PortId, m: &mut Mbuf, counters: &WorkerCounters) {
+        let vt = dp
+            .vtep
+            .as_ref()
+            .expect("tunnel ports exist only with a VTEP");
+        let e = vt.encap[p.index()]
+            .as_ref()
+            .expect("a tunnel port has its encap");
+        let c = &counters.ports[p.index()];
+        let inner_len = m.pkt_len();
+        let reason = if inner_len > vt.max_inner {
+            DropReason::MtuExceeded
+        } else if !e.resolved {
+            DropReason::NoNeighbour
+        } else {
+            let sport = vxlan::encap::source_port(m.data());
+            let id = self.ip_id;
+            self.ip_id = id.wrapping_add(1);
+            match m.prepend(vxlan::OUTER_LEN as u16) {
+                Some(hdr) => {
+                    let hdr: &mut [u8; vxlan::OUTER_LEN] = hdr.try_into().expect("OUTER_LEN bytes");
+                    vxlan::encap::write_outer(hdr, &e.tunnel, inner_len as usize, sport, id);
+                    c.tx_packets.add(1);
+                    c.tx_bytes.add(u64::from(inner_len));
+                    self.enqueue(dp, vt.uplink, m, counters);
+                    return;
+                }
+                None => DropReason::NoMbuf,
+            }
+        };
+        c.drop(reason, 1);
+        self.drop_frame(m);
+    }
+
+    /// A copy of a flooded frame for tunnel port `p`.
+    fn encap_copy(&mut self, dp: &Datapath, p: PortId, m: &Mbuf, counters: &WorkerCounters) {
+        let vt = dp
+            .vtep
+            .as_ref()
+            .expect("tunnel ports exist only with a VTEP");
+        match vt.pool.alloc_frame(m.data()) {
+            // Its one reference ends in a tx buffer or the drop list.
+            Some(mut copy) => self.encap(dp, p, &mut copy, counters),
+            None => counters.ports[p.index()].drop(DropReason::NoMbuf, 1),
         }
     }
 
@@ -144,36 +328,46 @@ impl Worker {
                 }
             }
             match self.actions[i] {
+                Action::Output(p) if dp.switch.is_tunnel(p) => {
+                    self.encap(dp, p, &mut rx.mbufs_mut()[i], counters)
+                }
                 Action::Output(p) => self.enqueue(dp, p, &rx.mbufs()[i], counters),
-                Action::Flood if secure => {
+                Action::Flood => {
                     let mut to = [PortId(0); MAX_PORTS];
                     let mut k = 0;
                     for &p in dp.switch.flood_ports(in_port) {
-                        if dp.security.admit_flood_copy(
-                            p,
-                            i,
-                            zone,
-                            &self.scratch,
-                            now,
-                            &counters.ports,
-                        ) {
+                        if !secure
+                            || dp.security.admit_flood_copy(
+                                p,
+                                i,
+                                zone,
+                                &self.scratch,
+                                now,
+                                &counters.ports,
+                            )
+                        {
                             to[k] = p;
                             k += 1;
                         }
                     }
-                    if k == 0 {
+                    // Tunnels get copies (each needs its own outer
+                    // headers); local ports share the frame.
+                    let mut locals = 0;
+                    for j in 0..k {
+                        let p = to[j];
+                        if dp.switch.is_tunnel(p) {
+                            self.encap_copy(dp, p, &rx.mbufs()[i], counters);
+                        } else {
+                            to[locals] = p;
+                            locals += 1;
+                        }
+                    }
+                    if locals == 0 {
                         self.drop_frame(&rx.mbufs()[i]);
                         continue;
                     }
-                    rx.mbufs_mut()[i].set_owners(k as u16);
-                    for &p in &to[..k] {
-                        self.enqueue(dp, p, &rx.mbufs()[i], counters);
-                    }
-                }
-                Action::Flood => {
-                    let ports = dp.switch.flood_ports(in_port);
-                    rx.mbufs_mut()[i].set_owners(ports.len() as u16);
-                    for &p in ports {
+                    rx.mbufs_mut()[i].set_owners(locals as u16);
+                    for &p in &to[..locals] {
                         self.enqueue(dp, p, &rx.mbufs()[i], counters);
                     }
                 }

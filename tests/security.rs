@@ -97,31 +97,6 @@ proto = "icmp"
 icmp_type = 8
 "#;
 
-/// A TCP server in `ns` on `port` answering each connection with "hello".
-fn tcp_server(ns: &Netns, port: u16) -> Proc {
-    let mut c = ns.command("socat");
-    c.args([
-        &format!("TCP-LISTEN:{port},reuseaddr,fork"),
-        "SYSTEM:echo hello",
-    ]);
-    let p = Proc::spawn("socat", c).unwrap();
-    assert!(wait_until(Duration::from_secs(10), || ns
-        .exec(&["ss", "-tln", "sport", &format!("= :{port}")])
-        .is_ok_and(|o| o.contains(&port.to_string()))));
-    p
-}
-
-/// Whether a TCP connection from `ns` to `ip:port` gets "hello" (2 s).
-fn tcp_works(ns: &Netns, ip: &str, port: u16) -> bool {
-    ns.exec(&[
-        "socat",
-        "-T2",
-        "-",
-        &format!("TCP:{ip}:{port},connect-timeout=2"),
-    ])
-    .is_ok_and(|o| o.contains("hello"))
-}
-
 struct Rig {
     client: Netns,
     web: Netns,
@@ -144,19 +119,25 @@ fn rig() -> Rig {
 fn groups_allow_deny_and_track_sessions() {
     let r = rig();
     let vs = common::start(&r.dir, &config(&r.header, &r.client, &r.web, WEB_RULES, ""));
-    let _http = tcp_server(&r.web, 80);
-    let _ssh = tcp_server(&r.web, 22);
-    let _back = tcp_server(&r.client, 8080);
+    let _http = common::tcp_server(&r.web, 80);
+    let _ssh = common::tcp_server(&r.web, 22);
+    let _back = common::tcp_server(&r.client, 8080);
 
     // Allowed port: the connection works, and its replies reach the client
     // although the client's ingress group denies everything (stateful).
-    assert!(tcp_works(&r.client, WEB, 80), "client -> web:80 allowed");
+    assert!(
+        common::tcp_works(&r.client, WEB, 80),
+        "client -> web:80 allowed"
+    );
     // Denied port on the web side.
     let denied_before = vs.counter("web", "drops");
-    assert!(!tcp_works(&r.client, WEB, 22), "client -> web:22 denied");
+    assert!(
+        !common::tcp_works(&r.client, WEB, 22),
+        "client -> web:22 denied"
+    );
     // A new inbound connection to the client is refused.
     assert!(
-        !tcp_works(&r.web, CLIENT, 8080),
+        !common::tcp_works(&r.web, CLIENT, 8080),
         "web -> client:8080 denied"
     );
     let drops = |port: &str| -> u64 {
@@ -249,11 +230,11 @@ fn replacing_the_ruleset_under_traffic_loses_nothing_both_allow() {
     // The reloads really changed the rules: with B, TCP 80 is denied.
     std::fs::write(&path, &b).unwrap();
     vs.reload().unwrap();
-    let _http = tcp_server(&r.web, 80);
-    assert!(!tcp_works(&r.client, WEB, 80));
+    let _http = common::tcp_server(&r.web, 80);
+    assert!(!common::tcp_works(&r.client, WEB, 80));
     std::fs::write(&path, &a).unwrap();
     vs.reload().unwrap();
-    assert!(tcp_works(&r.client, WEB, 80));
+    assert!(common::tcp_works(&r.client, WEB, 80));
     vs.stop();
 }
 

@@ -29,6 +29,11 @@ enum Noun {
         #[command(subcommand)]
         verb: PortVerb,
     },
+    /// VXLAN tunnels: remote VTEPs per VNI, underlay neighbours.
+    Tunnel {
+        #[command(subcommand)]
+        verb: TunnelVerb,
+    },
     /// The MAC learning tables.
     Fdb {
         #[command(subcommand)]
@@ -39,6 +44,12 @@ enum Noun {
 #[derive(Subcommand)]
 enum PortVerb {
     /// List ports.
+    List,
+}
+
+#[derive(Subcommand)]
+enum TunnelVerb {
+    /// List tunnel ports and neighbours.
     List,
 }
 
@@ -58,6 +69,9 @@ fn main() -> ExitCode {
         Noun::Port {
             verb: PortVerb::List,
         } => Request::PortList,
+        Noun::Tunnel {
+            verb: TunnelVerb::List,
+        } => Request::TunnelList,
         Noun::Fdb {
             verb: FdbVerb::Show { bridge },
         } => Request::FdbShow {

@@ -22,7 +22,9 @@ use toml::Spanned;
 use vswitch::MacAddr;
 
 mod policy;
+mod vtep;
 pub use policy::{QosPolicy, SessionsConf};
+pub use vtep::{VniConf, VtepConf};
 
 /// The demo configuration compiled into the binary: `vswitchd run` without
 /// `--config` uses it.
@@ -80,6 +82,7 @@ struct FileModel {
     security_groups: Vec<Spanned<policy::GroupFile>>,
     #[serde(default, rename = "qos_policy")]
     qos_policies: Vec<Spanned<policy::QosFile>>,
+    vtep: Option<Spanned<vtep::VtepFile>>,
 }
 
 /// EAL options, typed (never a free-form argument string).
@@ -166,6 +169,12 @@ struct BridgeFile {
     mac_table_size: Spanned<usize>,
     #[serde(default = "default_mac_aging")]
     mac_aging_secs: u32,
+    vni: Option<Spanned<u32>>,
+    #[serde(default)]
+    remote_vteps: Vec<Spanned<String>>,
+    learn_vteps: Option<Spanned<bool>>,
+    #[serde(default, rename = "remote_mac")]
+    remote_macs: Vec<vtep::RemoteMacFile>,
 }
 
 fn default_mac_table_size() -> Spanned<usize> {
@@ -242,6 +251,10 @@ pub struct Config {
     pub security_groups: Vec<acl::SecurityGroup>,
     /// QoS policies.
     pub qos_policies: Vec<QosPolicy>,
+    /// The local VXLAN tunnel endpoint, if the bridges have VNIs.
+    pub vtep: Option<VtepConf>,
+    /// VNIs of bridge domains, with their remote VTEPs.
+    pub vnis: Vec<VniConf>,
     /// Things that work but are probably not meant (shadowed rules).
     pub warnings: Vec<String>,
 }
@@ -599,6 +612,38 @@ pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
     if ports.len() > vswitch::MAX_PORTS.min(32) {
         return Err(cx.err(0..0, "port", "at most 32 ports (DPDK's RTE_MAX_ETHPORTS)"));
     }
+    let vtep = match &model.vtep {
+        Some(v) => Some(vtep::vtep(&cx, v, &ports)?),
+        None => None,
+    };
+    let mut vnis = Vec::new();
+    let mut vni_seen = HashSet::new();
+    for (i, b) in model.bridges.iter().enumerate() {
+        if let Some(v) = vtep::bridge_vni(&cx, i, b.get_ref(), vtep.as_ref(), &mut vni_seen)? {
+            vnis.push(v);
+        }
+    }
+    let tunnel_ports: usize = vnis
+        .iter()
+        .map(|v| {
+            let mut r: Vec<Ipv4Addr> = v.remote_vteps.clone();
+            r.extend(v.remote_macs.iter().map(|(_, ip)| *ip));
+            r.sort();
+            r.dedup();
+            r.len()
+        })
+        .sum();
+    if ports.len() + tunnel_ports > vswitch::MAX_PORTS {
+        return Err(cx.err(
+            0..0,
+            "remote_vteps",
+            format!(
+                "{} ports and {tunnel_ports} remote VTEPs (one tunnel port per VTEP and VNI) exceed the switch's {} ports",
+                ports.len(),
+                vswitch::MAX_PORTS
+            ),
+        ));
+    }
     Ok(Config {
         eal: model.eal,
         workers: model.workers,
@@ -609,6 +654,8 @@ pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
         sessions: model.sessions,
         security_groups,
         qos_policies,
+        vtep,
+        vnis,
         warnings,
     })
 }

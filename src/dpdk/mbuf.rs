@@ -66,6 +66,42 @@ impl Mbuf {
         }
     }
 
+    /// Strips `n` bytes off the front (outer headers after decap), as
+    /// `rte_pktmbuf_adj` does, in Rust. The caller checked that the first
+    /// segment holds more than `n` bytes.
+    #[inline]
+    pub fn adj(&mut self, n: u16) {
+        // SAFETY: sole owner (see data_mut); the caller's check keeps
+        // data_len and pkt_len from underflowing.
+        unsafe {
+            let m = self.0.as_mut();
+            debug_assert!(n < m.data_len);
+            m.data_off += n;
+            m.data_len -= n;
+            m.pkt_len -= u32::from(n);
+        }
+    }
+
+    /// Grows the frame by `n` bytes at the front, into the headroom (for
+    /// tunnel headers), as `rte_pktmbuf_prepend` does, in Rust; returns the
+    /// new first `n` bytes to fill, or None if the headroom is too small.
+    /// Only for an mbuf this worker owns alone (refcnt 1).
+    #[inline]
+    pub fn prepend(&mut self, n: u16) -> Option<&mut [u8]> {
+        // SAFETY: sole owner; data_off >= n keeps the new start inside the
+        // buffer (the headroom is buf_addr .. buf_addr + data_off).
+        unsafe {
+            let m = self.0.as_mut();
+            if m.data_off < n {
+                return None;
+            }
+            m.data_off -= n;
+            m.data_len += n;
+            m.pkt_len += u32::from(n);
+        }
+        Some(&mut self.data_mut()[..usize::from(n)])
+    }
+
     pub(crate) fn from_raw(m: NonNull<ffi::rte_mbuf>) -> Mbuf {
         Mbuf(m)
     }

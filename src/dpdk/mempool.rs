@@ -48,13 +48,49 @@ impl Mempool {
             })
     }
 
-    /// A new mbuf holding a copy of `frame` (for generators and probes, not
-    /// the forwarding path); None when the pool is empty or the frame does
-    /// not fit one segment.
+    /// A new mbuf holding a copy of `frame`; see [`PoolHandle::alloc_frame`].
+    pub fn alloc_frame(&self, frame: &[u8]) -> Option<super::mbuf::Mbuf> {
+        self.handle().alloc_frame(frame)
+    }
+
+    /// A non-owning handle for the data path (see [`PoolHandle`]).
+    pub fn handle(&self) -> PoolHandle {
+        PoolHandle(self.raw)
+    }
+
+    pub(crate) fn as_ptr(&self) -> *mut ffi::rte_mempool {
+        self.raw.as_ptr()
+    }
+}
+
+impl Drop for Mempool {
+    fn drop(&mut self) {
+        // SAFETY: ports using the pool were closed before the pool is dropped.
+        unsafe { ffi::rte_mempool_free(self.raw.as_ptr()) };
+    }
+}
+
+/// A copyable reference to a [`Mempool`], carried in datapath snapshots so
+/// workers can allocate (tunnel copies of flooded frames, frames the slow
+/// path injects). Valid as long as the pool: the daemon drops the pool only
+/// after every worker stopped and every snapshot is gone.
+#[derive(Clone, Copy)]
+pub struct PoolHandle(NonNull<ffi::rte_mempool>);
+
+// SAFETY: as for Mempool: the pool's operations are multi-thread safe, and
+// the handle is only a pointer whose lifetime the daemon guarantees.
+unsafe impl Send for PoolHandle {}
+// SAFETY: as above.
+unsafe impl Sync for PoolHandle {}
+
+impl PoolHandle {
+    /// A new mbuf holding a copy of `frame` behind the pool's standard
+    /// headroom (so tunnel headers can still be prepended); None when the
+    /// pool is empty or the frame does not fit one segment.
     pub fn alloc_frame(&self, frame: &[u8]) -> Option<super::mbuf::Mbuf> {
         let len = u16::try_from(frame.len()).ok()?;
-        // SAFETY: the pool is valid for the handle's life.
-        let m = std::ptr::NonNull::new(unsafe { ffi::rte_pktmbuf_alloc(self.raw.as_ptr()) })?;
+        // SAFETY: the pool is valid for the handle's life (see the type doc).
+        let m = NonNull::new(unsafe { ffi::rte_pktmbuf_alloc(self.0.as_ptr()) })?;
         // SAFETY: m is a fresh mbuf owned by us; append returns the start of
         // `len` writable bytes in its one segment, or null if they do not fit.
         let dst = unsafe { ffi::rte_pktmbuf_append(m.as_ptr(), len) } as *mut u8;
@@ -67,16 +103,5 @@ impl Mempool {
         }
         mbuf.data_mut().copy_from_slice(frame);
         Some(mbuf)
-    }
-
-    pub(crate) fn as_ptr(&self) -> *mut ffi::rte_mempool {
-        self.raw.as_ptr()
-    }
-}
-
-impl Drop for Mempool {
-    fn drop(&mut self) {
-        // SAFETY: ports using the pool were closed before the pool is dropped.
-        unsafe { ffi::rte_mempool_free(self.raw.as_ptr()) };
     }
 }

@@ -68,3 +68,50 @@ impl Drop for Netns {
         let _ = run(&["ip", "netns", "del", &self.name]);
     }
 }
+
+/// A veth pair, deleted on drop (deleting one end deletes both).
+pub struct Veth {
+    name: String,
+}
+
+impl Veth {
+    /// Creates `name` in the current namespace and its peer `peer`, in
+    /// `ns` if given (else here too), both up.
+    pub fn create(name: &str, peer: &str, ns: Option<&Netns>) -> Result<Veth, String> {
+        let _ = run(&["ip", "link", "del", name]);
+        let mut args = vec![
+            "ip", "link", "add", name, "type", "veth", "peer", "name", peer,
+        ];
+        if let Some(ns) = ns {
+            args.extend(["netns", ns.name()]);
+        }
+        run(&args)?;
+        let veth = Veth {
+            name: name.to_string(),
+        };
+        run(&["ip", "link", "set", name, "up"])?;
+        match ns {
+            Some(ns) => ns.exec(&["ip", "link", "set", peer, "up"])?,
+            None => run(&["ip", "link", "set", peer, "up"])?,
+        };
+        Ok(veth)
+    }
+
+    /// The name of this end.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The MAC of this end.
+    pub fn mac(&self) -> Result<String, String> {
+        std::fs::read_to_string(format!("/sys/class/net/{}/address", self.name))
+            .map(|s| s.trim().to_string())
+            .map_err(|e| format!("{}: {e}", self.name))
+    }
+}
+
+impl Drop for Veth {
+    fn drop(&mut self) {
+        let _ = run(&["ip", "link", "del", &self.name]);
+    }
+}

@@ -63,7 +63,9 @@ impl PortPolicy {
     }
 }
 
-/// The stage's tables in one snapshot.
+/// The stage's tables in one snapshot. Cloning shares every table (a
+/// snapshot that changes only the topology keeps its meters and sessions).
+#[derive(Clone)]
 pub struct Security {
     ports: Vec<PortPolicy>,
     class_meters: Vec<Arc<SharedMeter>>,

@@ -71,6 +71,29 @@ drop_reasons! {
     SessionFull => "session_full",
     /// Colored by a policer whose action for that color is drop.
     PolicerDrop => "policer_drop",
+    /// VXLAN to our VTEP with a VNI no bridge domain carries.
+    VxlanUnknownVni => "vxlan_unknown_vni",
+    /// VXLAN from a remote VTEP not (yet) a port of its VNI: learned on the
+    /// slow path when the VNI learns VTEPs, else refused.
+    VxlanUnknownVtep => "vxlan_unknown_vtep",
+    /// VXLAN to our VTEP cut short in its headers.
+    VxlanTruncated => "vxlan_truncated",
+    /// VXLAN to our VTEP with an invalid outer IPv4 header.
+    VxlanBadIp => "vxlan_bad_ip",
+    /// VXLAN to our VTEP in IP fragments (VTEPs do not reassemble).
+    VxlanFragment => "vxlan_fragment",
+    /// VXLAN to our VTEP without the I flag.
+    VxlanBadFlags => "vxlan_bad_flags",
+    /// Uplink traffic that is neither VXLAN nor for the VTEP's host stack.
+    NotForVtep => "not_for_vtep",
+    /// The slow path's queue was full (ARP/ICMP flood): punt dropped.
+    PuntFull => "punt_full",
+    /// Encapsulated, the frame would exceed the uplink MTU.
+    MtuExceeded => "mtu_exceeded",
+    /// The remote VTEP's next hop has no MAC yet (ARP pending).
+    NoNeighbour => "no_neighbour",
+    /// No mbuf for a flooded frame's tunnel copy (pool exhausted).
+    NoMbuf => "no_mbuf",
 }
 
 /// Counters of one port on one worker, a cache line apart from the next

@@ -13,7 +13,12 @@
 //! - broadcast, multicast and unknown unicast are flooded to every other port
 //!   of the domain, never back to the ingress port;
 //! - known unicast goes to the learned port only; if that is the ingress port
-//!   the frame is dropped (the destination is on the sender's own segment).
+//!   the frame is dropped (the destination is on the sender's own segment);
+//! - tunnel ports (one per remote VTEP of the domain's VNI) keep split
+//!   horizon: a frame that came out of a tunnel is never flooded into
+//!   another tunnel (every VTEP floods to all others itself), and a local
+//!   frame is flooded only into the tunnels of the head-end replication
+//!   list, not into VTEPs that were merely learned.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -82,8 +87,9 @@ pub struct BridgeDomain {
 pub struct Switch {
     bridges: Vec<BridgeDomain>,
     port_bridge: [Option<BridgeId>; MAX_PORTS],
-    /// Per ingress port: the other ports of its domain.
+    /// Per ingress port: where its floods go (see the module documentation).
     flood: Vec<Vec<PortId>>,
+    tunnel: [bool; MAX_PORTS],
 }
 
 /// Builds a [`Switch`].
@@ -91,6 +97,8 @@ pub struct Switch {
 pub struct SwitchBuilder {
     bridges: Vec<(BridgeConf, Vec<PortId>)>,
     static_macs: Vec<(BridgeId, MacAddr, PortId)>,
+    /// Tunnel ports, and whether each is on its domain's flood list.
+    tunnels: Vec<(PortId, bool)>,
 }
 
 /// A topology mistake found while building a snapshot.
@@ -145,6 +153,13 @@ impl SwitchBuilder {
         self
     }
 
+    /// Makes tunnel port `port` (a remote VTEP) a member of `bridge`;
+    /// `flood`: local broadcast and unknown unicast are replicated to it.
+    pub fn attach_tunnel(&mut self, port: PortId, bridge: BridgeId, flood: bool) -> &mut Self {
+        self.tunnels.push((port, flood));
+        self.attach(port, bridge)
+    }
+
     /// Pins `mac` behind `port` in `bridge`'s MAC table (never aged or moved).
     pub fn static_mac(&mut self, bridge: BridgeId, mac: MacAddr, port: PortId) -> &mut Self {
         self.static_macs.push((bridge, mac, port));
@@ -161,6 +176,16 @@ impl SwitchBuilder {
             }
         }
         let mut port_bridge = [None; MAX_PORTS];
+        let mut tunnel = [false; MAX_PORTS];
+        let mut flood_target = [true; MAX_PORTS];
+        for &(p, f) in &self.tunnels {
+            let i = p.index();
+            if i >= MAX_PORTS {
+                return Err(BuildError::PortOutOfRange(p));
+            }
+            tunnel[i] = true;
+            flood_target[i] = f;
+        }
         let mut flood = vec![Vec::new(); MAX_PORTS];
         let mut bridges = Vec::with_capacity(self.bridges.len());
         let mut names = HashMap::new();
@@ -176,7 +201,19 @@ impl SwitchBuilder {
                     return Err(BuildError::PortInTwoBridges(p));
                 }
                 *slot = Some(BridgeId(i as u16));
-                flood[p.index()] = ports.iter().copied().filter(|&q| q != p).collect();
+                let from_tunnel = tunnel[p.index()];
+                flood[p.index()] = ports
+                    .iter()
+                    .copied()
+                    .filter(|&q| {
+                        q != p
+                            && if tunnel[q.index()] {
+                                !from_tunnel && flood_target[q.index()]
+                            } else {
+                                true
+                            }
+                    })
+                    .collect();
             }
             let macs = match old.get(conf.name.as_str()) {
                 Some(t)
@@ -198,6 +235,7 @@ impl SwitchBuilder {
             bridges,
             port_bridge,
             flood,
+            tunnel,
         })
     }
 }
@@ -214,7 +252,14 @@ impl Switch {
         self.port_bridge.get(port.index()).copied().flatten()
     }
 
-    /// Where a frame from `in_port` is flooded: the other ports of its domain.
+    /// Whether `port` is a tunnel port (a remote VTEP).
+    #[inline]
+    pub fn is_tunnel(&self, port: PortId) -> bool {
+        self.tunnel.get(port.index()).copied().unwrap_or(false)
+    }
+
+    /// Where a frame from `in_port` is flooded: the other ports of its
+    /// domain, minus tunnels as split horizon requires.
     #[inline]
     pub fn flood_ports(&self, in_port: PortId) -> &[PortId] {
         &self.flood[in_port.index()]
@@ -403,6 +448,31 @@ mod tests {
         sw.forward(PortId(5), &[frame(mac(1), mac(2))], 0, &c5, &mut a);
         assert_eq!(a, [Action::Drop(DropReason::NoBridge)]);
         assert_eq!(c5.drops[DropReason::NoBridge as usize].get(), 1);
+    }
+
+    #[test]
+    fn tunnels_keep_split_horizon() {
+        // Local ports 0, 1; tunnels 10 and 11 on the flood list, 12 learned only.
+        let mut b = SwitchBuilder::new();
+        let a = b.bridge(conf("vni100"));
+        b.attach(PortId(0), a).attach(PortId(1), a);
+        b.attach_tunnel(PortId(10), a, true)
+            .attach_tunnel(PortId(11), a, true)
+            .attach_tunnel(PortId(12), a, false);
+        let sw = b.build(None).unwrap();
+        assert_eq!(
+            sw.flood_ports(PortId(0)),
+            [PortId(1), PortId(10), PortId(11)]
+        );
+        assert_eq!(sw.flood_ports(PortId(10)), [PortId(0), PortId(1)]);
+        assert_eq!(sw.flood_ports(PortId(12)), [PortId(0), PortId(1)]);
+        assert!(sw.is_tunnel(PortId(12)) && !sw.is_tunnel(PortId(1)));
+        // A MAC learned from tunnel 12 is reached by unicast, not flooding.
+        run(&sw, 12, &[frame([0xff; 6], mac(9))], 0);
+        assert_eq!(
+            run(&sw, 0, &[frame(mac(9), mac(1))], 0),
+            [Action::Output(PortId(12))]
+        );
     }
 
     #[test]

@@ -45,6 +45,22 @@ pub enum Decap {
     Bad(DecapError),
 }
 
+/// Whether a frame that is not VXLAN for us is for the VTEP's host stack:
+/// ARP about our address, or IPv4 to it (ICMP echo, and whatever else a
+/// host answers, such as port unreachable).
+pub fn for_host(frame: &[u8], local: Ipv4Addr) -> bool {
+    const ETH_P_ARP: u16 = 0x0806;
+    if frame.len() < ETH_LEN + 28 {
+        return false;
+    }
+    match be16(frame, 12) {
+        // ARP target protocol address.
+        ETH_P_ARP => frame[ETH_LEN + 24..ETH_LEN + 28] == local.octets(),
+        ETH_P_IPV4 => frame[ETH_LEN + 16..ETH_LEN + 20] == local.octets(),
+        _ => false,
+    }
+}
+
 fn be16(b: &[u8], at: usize) -> u16 {
     u16::from_be_bytes([b[at], b[at + 1]])
 }
@@ -92,4 +108,30 @@ pub fn decap(frame: &[u8], local: Ipv4Addr, port: u16) -> Decap {
         vni: u32::from_be_bytes([0, vx[4], vx[5], vx[6]]),
         inner_offset,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use etherparse::PacketBuilder;
+
+    #[test]
+    fn host_traffic_is_arp_or_ipv4_to_our_address() {
+        let us = Ipv4Addr::new(10, 9, 0, 1);
+        let mut ping = Vec::new();
+        PacketBuilder::ethernet2([2; 6], [4; 6])
+            .ipv4([10, 9, 0, 2], us.octets(), 64)
+            .icmpv4_echo_request(1, 1)
+            .write(&mut ping, &[0; 8])
+            .unwrap();
+        assert!(for_host(&ping, us));
+        assert!(!for_host(&ping, Ipv4Addr::new(10, 9, 0, 3)));
+        let mut arp = vec![0u8; 42];
+        arp[12..14].copy_from_slice(&0x0806u16.to_be_bytes());
+        arp[38..42].copy_from_slice(&us.octets());
+        assert!(for_host(&arp, us));
+        arp[41] = 9;
+        assert!(!for_host(&arp, us));
+        assert!(!for_host(&arp[..20], us));
+    }
 }

@@ -6,11 +6,16 @@
 //!   inner frame?
 //! - [`encap`]: the 50 outer bytes (Ethernet, IPv4, UDP, VXLAN) to prepend
 //!   in an mbuf's headroom, and the entropy source port.
+//! - [`tunnels`]: VNI -> bridge domain and remote VTEP -> tunnel port.
+//! - [`host`]: the VTEP's host stack on the slow path (ARP, ICMP echo,
+//!   next-hop resolution) on smoltcp.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
 pub mod decap;
 pub mod encap;
+pub mod host;
+pub mod tunnels;
 
 /// VXLAN's IANA UDP port.
 pub const VXLAN_PORT: u16 = 4789;

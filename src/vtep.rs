@@ -1,0 +1,387 @@
+//! The VXLAN tunnel endpoint: its control-plane state and the read-only
+//! part of it that workers forward with.
+//!
+//! Every remote VTEP of a VNI is a tunnel port of that VNI's bridge domain
+//! (ids allocated from the top of the port space, so they never collide with
+//! NIC ports). Remote VTEPs come from the config (`remote_vteps`,
+//! `remote_mac`) or are learned: a worker that decapsulates a frame from a
+//! VTEP that is not a port yet drops it (`vxlan_unknown_vtep`) and tells the
+//! control thread, which adds the port and publishes a new snapshot; the
+//! VTEP's next frames are switched and their MACs learned against it.
+//!
+//! Frames for the VTEP's own address that are not VXLAN (ARP, ICMP) are
+//! punted through a bounded channel to the control thread's smoltcp host
+//! ([`vxlan::host::VtepHost`]); its answers and the ARP requests resolving
+//! next hops come back through another channel that workers drain onto
+//! the uplink. Once a next hop's MAC is known (or changes) the snapshot is
+//! rebuilt with complete outer headers; until then encap drops
+//! `no_neighbour`.
+
+use std::net::Ipv4Addr;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender, TrySendError};
+use vswitch::{BridgeId, MacAddr, PortId, SwitchBuilder, MAX_PORTS};
+use vxlan::encap::Tunnel;
+use vxlan::host::VtepHost;
+use vxlan::tunnels::TunnelMap;
+
+use crate::config::{Config, VtepConf};
+use crate::dpdk::mempool::PoolHandle;
+
+/// How long a learned neighbour is trusted before it is re-resolved.
+const NEIGHBOUR_REFRESH: Duration = Duration::from_secs(30);
+/// Frames waiting for the slow path, at most (an ARP storm is dropped and
+/// counted as `punt_full`, never queued without bound).
+const PUNT_QUEUE: usize = 1024;
+
+/// What workers send the control thread.
+pub enum Punt {
+    /// An uplink frame for the VTEP's host stack.
+    Frame(Vec<u8>),
+    /// A VTEP that is not a tunnel port of `vni` sent us a frame.
+    Vtep {
+        /// Its VNI.
+        vni: u32,
+        /// Its address.
+        remote: Ipv4Addr,
+    },
+}
+
+/// One tunnel port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TunnelPort {
+    /// Its switch port id.
+    pub port: PortId,
+    /// Its VNI.
+    pub vni: u32,
+    /// The bridge of that VNI.
+    pub bridge: String,
+    /// The remote VTEP.
+    pub remote: Ipv4Addr,
+    /// On the bridge's head-end replication list.
+    pub flood: bool,
+    /// Learned from traffic rather than configured.
+    pub learned: bool,
+}
+
+impl TunnelPort {
+    /// Its name in stats and listings.
+    pub fn name(&self) -> String {
+        format!("vxlan{}@{}", self.vni, self.remote)
+    }
+}
+
+/// Per tunnel port: the outer headers and where they go.
+#[derive(Debug, Clone, Copy)]
+pub struct Encap {
+    /// Outer header fields (dst_mac valid only if `resolved`).
+    pub tunnel: Tunnel,
+    /// The next hop's MAC is known.
+    pub resolved: bool,
+}
+
+/// What workers need of the VTEP (part of the datapath snapshot).
+pub struct VtepPath {
+    /// The uplink's switch port.
+    pub uplink: PortId,
+    /// Our VTEP address.
+    pub ip: Ipv4Addr,
+    /// Our VXLAN UDP port.
+    pub udp_port: u16,
+    /// Largest inner frame (Ethernet header included) that fits the
+    /// underlay MTU once encapsulated.
+    pub max_inner: u32,
+    /// Decap lookup.
+    pub map: TunnelMap,
+    /// Per bridge index: whether it learns remote VTEPs.
+    pub learn: Vec<bool>,
+    /// Per switch port: its encap, for tunnel ports.
+    pub encap: Box<[Option<Encap>; MAX_PORTS]>,
+    /// To the slow path.
+    pub punt: Sender<Punt>,
+    /// From the slow path, to send on the uplink.
+    pub inject: Receiver<Vec<u8>>,
+    /// For tunnel copies of flooded frames and injected frames.
+    pub pool: PoolHandle,
+}
+
+impl VtepPath {
+    /// Punts without blocking; false if the slow path's queue is full.
+    #[inline]
+    pub fn punt(&self, p: Punt) -> bool {
+        !matches!(self.punt.try_send(p), Err(TrySendError::Full(_)))
+    }
+}
+
+/// The control thread's VTEP (see the module documentation).
+pub struct Vtep {
+    conf: VtepConf,
+    uplink: PortId,
+    uplink_mac: MacAddr,
+    host: VtepHost,
+    tunnels: Vec<TunnelPort>,
+    punt_tx: Sender<Punt>,
+    punt_rx: Receiver<Punt>,
+    inject_tx: Sender<Vec<u8>>,
+    inject_rx: Receiver<Vec<u8>>,
+    last_resolve: Option<Instant>,
+}
+
+/// What handling punts changed.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Changes {
+    /// The snapshot must be rebuilt (a tunnel port or a neighbour changed).
+    pub rebuild: bool,
+}
+
+impl Vtep {
+    /// The VTEP of `cfg` (None if it has none) on uplink port `uplink`
+    /// whose MAC is `uplink_mac`, with tunnel ports for every configured
+    /// remote VTEP. `used` marks the switch ports NICs occupy.
+    pub fn new(
+        cfg: &Config,
+        uplink: PortId,
+        uplink_mac: MacAddr,
+        used: &[bool],
+    ) -> anyhow::Result<Vtep> {
+        let conf = cfg.vtep.clone().expect("caller checked [vtep]");
+        if uplink_mac.is_group() || uplink_mac.is_zero() {
+            anyhow::bail!(
+                "the uplink {:?} has no unicast MAC ({uplink_mac})",
+                conf.uplink
+            );
+        }
+        let statics: Vec<(Ipv4Addr, [u8; 6])> =
+            conf.neighbours.iter().map(|(ip, m)| (*ip, m.0)).collect();
+        let host = VtepHost::new(
+            uplink_mac.0,
+            conf.ip,
+            conf.prefix,
+            conf.gateway,
+            conf.mtu,
+            &statics,
+        );
+        let (punt_tx, punt_rx) = crossbeam_channel::bounded(PUNT_QUEUE);
+        let (inject_tx, inject_rx) = crossbeam_channel::bounded(PUNT_QUEUE);
+        let mut v = Vtep {
+            conf,
+            uplink,
+            uplink_mac,
+            host,
+            tunnels: Vec::new(),
+            punt_tx,
+            punt_rx,
+            inject_tx,
+            inject_rx,
+            last_resolve: None,
+        };
+        for n in &cfg.vnis {
+            let mut remotes: Vec<(Ipv4Addr, bool)> =
+                n.remote_vteps.iter().map(|&r| (r, true)).collect();
+            for &(_, r) in &n.remote_macs {
+                if !remotes.iter().any(|(x, _)| *x == r) {
+                    remotes.push((r, false));
+                }
+            }
+            for (remote, flood) in remotes {
+                let port = v.free_port(used).ok_or_else(|| {
+                    anyhow::anyhow!("no switch port left for remote VTEP {remote}")
+                })?;
+                v.tunnels.push(TunnelPort {
+                    port,
+                    vni: n.vni,
+                    bridge: n.bridge.clone(),
+                    remote,
+                    flood,
+                    learned: false,
+                });
+            }
+        }
+        Ok(v)
+    }
+
+    /// The highest switch port id used by neither a NIC nor a tunnel.
+    fn free_port(&self, used: &[bool]) -> Option<PortId> {
+        (0..MAX_PORTS)
+            .rev()
+            .find(|&i| {
+                !used.get(i).copied().unwrap_or(false)
+                    && !self.tunnels.iter().any(|t| t.port.index() == i)
+            })
+            .map(|i| PortId(i as u16))
+    }
+
+    /// The tunnel ports.
+    pub fn tunnels(&self) -> &[TunnelPort] {
+        &self.tunnels
+    }
+
+    /// The host stack (for listings).
+    pub fn host(&self) -> &VtepHost {
+        &self.host
+    }
+
+    /// The MAC of the next hop towards `remote`, if resolved.
+    pub fn next_hop_mac(&self, remote: Ipv4Addr) -> Option<[u8; 6]> {
+        self.host
+            .next_hop(remote)
+            .and_then(|h| self.host.neighbour(h))
+            .map(|n| n.mac)
+    }
+
+    /// Whether the next hop towards `remote` has a MAC.
+    pub fn resolved(&self, remote: Ipv4Addr) -> bool {
+        self.next_hop_mac(remote).is_some()
+    }
+
+    /// Attaches the tunnel ports to their bridges in `b` and pins the
+    /// configured remote stations behind them.
+    pub fn attach(&self, cfg: &Config, b: &mut SwitchBuilder, bridges: &[(String, BridgeId)]) {
+        let bid = |name: &str| bridges.iter().find(|(n, _)| n == name).map(|(_, id)| *id);
+        for t in &self.tunnels {
+            let id = bid(&t.bridge).expect("validated bridge name");
+            b.attach_tunnel(t.port, id, t.flood);
+        }
+        for n in &cfg.vnis {
+            let id = bid(&n.bridge).expect("validated bridge name");
+            for &(mac, remote) in &n.remote_macs {
+                let t = self
+                    .tunnels
+                    .iter()
+                    .find(|t| t.vni == n.vni && t.remote == remote)
+                    .expect("a tunnel port per remote_mac VTEP");
+                b.static_mac(id, mac, t.port);
+            }
+        }
+    }
+
+    /// The workers' view, for a snapshot.
+    pub fn path(&self, cfg: &Config, bridges: &[(String, BridgeId)], pool: PoolHandle) -> VtepPath {
+        let mut map = TunnelMap::new();
+        let mut learn = vec![false; bridges.len()];
+        for n in &cfg.vnis {
+            let (_, id) = bridges
+                .iter()
+                .find(|(name, _)| *name == n.bridge)
+                .expect("validated bridge name");
+            map.add_vni(n.vni, id.0);
+            learn[id.index()] = n.learn_vteps;
+        }
+        let mut encap = Box::new([None; MAX_PORTS]);
+        for t in &self.tunnels {
+            map.add_remote(t.vni, t.remote, t.port.0);
+            let mac = self.next_hop_mac(t.remote);
+            encap[t.port.index()] = Some(Encap {
+                tunnel: Tunnel {
+                    src_mac: self.uplink_mac.0,
+                    dst_mac: mac.unwrap_or([0; 6]),
+                    src_ip: self.conf.ip,
+                    dst_ip: t.remote,
+                    dst_port: self.conf.udp_port,
+                    vni: t.vni,
+                    ttl: self.conf.ttl,
+                    df: self.conf.df,
+                },
+                resolved: mac.is_some(),
+            });
+        }
+        VtepPath {
+            uplink: self.uplink,
+            ip: self.conf.ip,
+            udp_port: self.conf.udp_port,
+            // Outer IPv4 + UDP + VXLAN headers ride inside the MTU.
+            max_inner: u32::from(self.conf.mtu) - 36,
+            map,
+            learn,
+            encap,
+            punt: self.punt_tx.clone(),
+            inject: self.inject_rx.clone(),
+            pool,
+        }
+    }
+
+    /// Waits up to `timeout` for punts, then handles every one queued.
+    /// `used` marks the switch ports NICs occupy (for learned VTEPs).
+    pub fn serve(&mut self, cfg: &Config, used: &[bool], timeout: Duration) -> Changes {
+        let mut ch = Changes::default();
+        let first = match self.punt_rx.recv_timeout(timeout) {
+            Ok(p) => Some(p),
+            Err(_) => None,
+        };
+        let now = Instant::now();
+        let rx = self.punt_rx.clone();
+        for p in first.into_iter().chain(rx.try_iter()) {
+            match p {
+                Punt::Frame(f) => {
+                    let r = self.host.receive(f, now);
+                    ch.rebuild |= r.neighbours_changed;
+                    for out in r.send {
+                        self.inject(out);
+                    }
+                }
+                Punt::Vtep { vni, remote } => {
+                    if self.learn_vtep(cfg, used, vni, remote) {
+                        ch.rebuild = true;
+                        self.last_resolve = None;
+                    }
+                }
+            }
+        }
+        self.resolve(now);
+        ch
+    }
+
+    fn learn_vtep(&mut self, cfg: &Config, used: &[bool], vni: u32, remote: Ipv4Addr) -> bool {
+        if self
+            .tunnels
+            .iter()
+            .any(|t| t.vni == vni && t.remote == remote)
+        {
+            return false;
+        }
+        let Some(n) = cfg.vnis.iter().find(|n| n.vni == vni && n.learn_vteps) else {
+            return false;
+        };
+        if self.host.next_hop(remote).is_none() || remote == self.conf.ip {
+            return false;
+        }
+        let Some(port) = self.free_port(used) else {
+            eprintln!("vswitchd: cannot learn VTEP {remote} in VNI {vni}: no switch port left");
+            return false;
+        };
+        eprintln!("vswitchd: learned VTEP {remote} in VNI {vni} as tunnel port {port}");
+        self.tunnels.push(TunnelPort {
+            port,
+            vni,
+            bridge: n.bridge.clone(),
+            remote,
+            flood: false,
+            learned: true,
+        });
+        true
+    }
+
+    /// Sends ARP requests for next hops that need (re-)resolving, at most
+    /// once a second.
+    fn resolve(&mut self, now: Instant) {
+        if self
+            .last_resolve
+            .is_some_and(|t| now.duration_since(t) < Duration::from_secs(1))
+        {
+            return;
+        }
+        self.last_resolve = Some(now);
+        let remotes: Vec<Ipv4Addr> = self.tunnels.iter().map(|t| t.remote).collect();
+        for hop in self.host.to_resolve(remotes, now, NEIGHBOUR_REFRESH) {
+            let req = self.host.arp_request(hop);
+            self.inject(req);
+        }
+    }
+
+    fn inject(&self, frame: Vec<u8>) {
+        // A full queue means workers are not draining it; dropping an
+        // answer is what a congested host does too.
+        let _ = self.inject_tx.try_send(frame);
+    }
+}

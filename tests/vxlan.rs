@@ -1,0 +1,268 @@
+//! VXLAN tunnels against real peers: the Linux kernel's VXLAN device, and a
+//! second vswitchd. Containers are network namespaces on TAP NICs; the
+//! uplink is an AF_PACKET port on a veth. Needs root, DPDK and hugepages.
+
+mod common;
+
+use std::net::Ipv4Addr;
+use std::time::Duration;
+
+use etherparse::{NetSlice, SlicedPacket, TransportSlice};
+use testbed::netns::{Netns, Veth};
+use testbed::process::Proc;
+use testbed::vswitchd::{TempDir, Vswitchd};
+use testbed::{unique, wait_until};
+
+/// A small per-test number so concurrent tests use distinct subnets.
+fn subnet_id() -> u8 {
+    (std::process::id() % 200) as u8 + 20
+}
+
+fn tap(name: &str, bridge: &str, ns: &Netns, mac: &str, ip: &str) -> String {
+    // MTU 1450: the underlay's 1500 minus the 50 bytes of VXLAN headers.
+    format!(
+        "[[port]]\nname = \"{name}\"\nkind = \"tap\"\nbridge = \"{bridge}\"\nnetns = \"{}\"\n\
+         mac = \"{mac}\"\nipv4 = \"{ip}\"\nmtu = 1450\n",
+        ns.name()
+    )
+}
+
+/// Pings until one answer comes (ARP and neighbour resolution may take a
+/// moment after start), bounded; then whether `count` more all arrive.
+fn pings(ns: &Netns, ip: &str, count: u32) -> bool {
+    wait_until(Duration::from_secs(15), || {
+        ns.exec(&["ping", "-c", "1", "-W", "1", ip]).is_ok()
+    }) && ns
+        .exec(&["ping", "-c", &count.to_string(), "-i", "0.2", "-W", "2", ip])
+        .is_ok_and(|o| o.contains(&format!("{count} received")))
+}
+
+/// Whether no ping from `ns` to `ip` gets through in `tries` seconds.
+fn unreachable(ns: &Netns, ip: &str, tries: u32) -> bool {
+    ns.exec(&["ping", "-c", &tries.to_string(), "-i", "1", "-W", "1", ip])
+        .is_err()
+}
+
+/// Records from a classic pcap file (tcpdump -w).
+fn pcap_records(path: &std::path::Path) -> Vec<Vec<u8>> {
+    let b = std::fs::read(path).unwrap();
+    assert!(b.len() >= 24, "pcap header");
+    let mut out = Vec::new();
+    let mut at = 24;
+    while at + 16 <= b.len() {
+        let caplen = u32::from_le_bytes(b[at + 8..at + 12].try_into().unwrap()) as usize;
+        at += 16;
+        out.push(b[at..at + caplen].to_vec());
+        at += caplen;
+    }
+    out
+}
+
+/// The kernel side: netns `k` is a host with a kernel VTEP (VNI 100 bridged
+/// to host netns `h`; VNIs 200 and 300 with addresses on the devices), its
+/// underlay NIC the peer of vswitchd's uplink veth.
+struct KernelPeer {
+    k: Netns,
+    h: Netns,
+    uplink: Veth,
+}
+
+fn kernel_peer(n: u8) -> KernelPeer {
+    let k = Netns::create(&unique("vxk")).unwrap();
+    let h = Netns::create(&unique("vxh")).unwrap();
+    let uplink = Veth::create(&unique("vxu"), "up0", Some(&k)).unwrap();
+    let under = |host: u8| format!("10.{n}.0.{host}");
+    let sh = |ns: &Netns, cmd: &str| {
+        let args: Vec<&str> = cmd.split_whitespace().collect();
+        ns.exec(&args).unwrap_or_else(|e| panic!("{cmd}: {e}"));
+    };
+    sh(&k, &format!("ip addr add {}/24 dev up0", under(2)));
+    for vni in [100, 200, 300] {
+        sh(
+            &k,
+            &format!(
+                "ip link add vx{vni} type vxlan id {vni} dstport 4789 local {} remote {} dev up0",
+                under(2),
+                under(1)
+            ),
+        );
+    }
+    sh(&k, "ip link add br0 type bridge");
+    sh(&k, "ip link set vx100 master br0");
+    sh(
+        &k,
+        &format!("ip link add hk type veth peer name eth0 netns {}", h.name()),
+    );
+    sh(&k, "ip link set hk master br0");
+    sh(&k, "ip addr add 192.168.100.9/24 dev vx200");
+    sh(&k, "ip addr add 192.168.101.9/24 dev vx300");
+    for dev in ["vx100", "vx200", "vx300", "br0", "hk"] {
+        sh(&k, &format!("ip link set {dev} up"));
+    }
+    // veth leaves checksums to "hardware" (CHECKSUM_PARTIAL) and AF_PACKET
+    // hands such frames over as they are: compute them in the kernel, as
+    // a real NIC on the underlay would receive them complete.
+    sh(&h, "ethtool -K eth0 tx off");
+    sh(&k, "ethtool -K up0 tx off");
+    sh(&h, "ip link set eth0 mtu 1450 address 02:00:00:64:00:02");
+    sh(&h, "ip addr add 192.168.100.2/24 dev eth0");
+    sh(&h, "ip link set eth0 up");
+    KernelPeer { k, h, uplink }
+}
+
+#[test]
+fn interop_with_the_kernel_vxlan_device() {
+    let n = subnet_id();
+    let peer = kernel_peer(n);
+    let c = Netns::create(&unique("vxc")).unwrap();
+    let d = Netns::create(&unique("vxd")).unwrap();
+    let dir = TempDir::new("vs-vxlan");
+    let cfg = Vswitchd::config_header(&dir, 256, "vpc100")
+        + &format!(
+            "vni = 100\nremote_vteps = [\"10.{n}.0.2\"]\n\n\
+             [[bridge]]\nname = \"vpc200\"\nvni = 200\nremote_vteps = [\"10.{n}.0.2\"]\n\n\
+             [vtep]\nuplink = \"uplink\"\nip = \"10.{n}.0.1/24\"\n\n\
+             [[port]]\nname = \"uplink\"\nkind = \"af-packet\"\niface = \"{}\"\n",
+            peer.uplink.name()
+        )
+        + &tap("c", "vpc100", &c, "02:00:00:64:00:01", "192.168.100.1/24")
+        + &tap("d", "vpc200", &d, "02:00:00:c8:00:05", "192.168.100.5/24");
+    let vs = common::start(&dir, &cfg);
+    let k = &peer.k;
+    let h = &peer.h;
+
+    // Capture the first VXLAN frames on the kernel's underlay NIC.
+    let pcap = dir.join("underlay.pcap");
+    let mut tcpdump = k.command("tcpdump");
+    tcpdump.args(["-i", "up0", "-U", "-c", "4", "-w"]);
+    tcpdump
+        .arg(&pcap)
+        .args(["udp", "port", "4789", "and", "src", &format!("10.{n}.0.1")]);
+    let cap = Proc::spawn("tcpdump", tcpdump).unwrap();
+    assert!(
+        wait_until(Duration::from_secs(10), || cap
+            .output()
+            .iter()
+            .any(|l| l.contains("listening on"))),
+        "tcpdump did not start"
+    );
+
+    // A container behind vswitchd pings the host behind the kernel VTEP.
+    assert!(pings(&c, "192.168.100.2", 5), "ping across the tunnel");
+    assert!(
+        wait_until(Duration::from_secs(10), || pcap_records(&pcap).len() >= 4),
+        "4 VXLAN frames captured"
+    );
+    drop(cap);
+
+    // What vswitchd put on the wire is well-formed VXLAN.
+    let uplink_mac = peer.uplink.mac().unwrap();
+    for f in pcap_records(&pcap) {
+        let p = SlicedPacket::from_ethernet(&f).unwrap();
+        let Some(NetSlice::Ipv4(ip)) = &p.net else {
+            panic!("not IPv4")
+        };
+        let hdr = ip.header().to_header();
+        assert_eq!(hdr.header_checksum, hdr.calc_header_checksum());
+        assert_eq!(hdr.source, [10, n, 0, 1]);
+        assert_eq!(hdr.destination, [10, n, 0, 2]);
+        assert!(hdr.dont_fragment);
+        let Some(TransportSlice::Udp(u)) = &p.transport else {
+            panic!("not UDP")
+        };
+        assert_eq!(u.destination_port(), 4789);
+        assert!(u.source_port() >= 49152);
+        assert_eq!(u.checksum(), 0);
+        assert_eq!(usize::from(u.length()), f.len() - 34);
+        let vx = u.payload();
+        assert_eq!(vx[0], 0x08, "I flag");
+        assert_eq!(u32::from_be_bytes([0, vx[4], vx[5], vx[6]]), 100);
+        let mac = f[6..12]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<Vec<_>>()
+            .join(":");
+        assert_eq!(mac, uplink_mac, "outer source MAC is the uplink's");
+        // The inner frame is the container's.
+        let inner = SlicedPacket::from_ethernet(&vx[8..]).unwrap();
+        assert_eq!(
+            inner
+                .link
+                .unwrap()
+                .to_header()
+                .unwrap()
+                .ethernet2()
+                .unwrap()
+                .source,
+            [2, 0, 0, 0x64, 0, 1]
+        );
+    }
+
+    // The inner MAC of the kernel's host is learned against the tunnel.
+    let fdb = vs
+        .request(serde_json::json!({"cmd": "fdb-show", "bridge": "vpc100"}))
+        .unwrap();
+    assert!(
+        fdb.as_array().unwrap().iter().any(|e| e["mac"] == "02:00:00:64:00:02"
+            && e["port"] == format!("vxlan100@10.{n}.0.2")),
+        "{fdb}"
+    );
+
+    // TCP both ways, with full-size frames (the replies are ~290 kB).
+    let _srv_h = common::tcp_server_with(h, 8080, "seq 1 50000");
+    let _srv_c = common::tcp_server_with(&c, 8081, "seq 1 50000");
+    for (from, to, port) in [(&c, "192.168.100.2", 8080), (h, "192.168.100.1", 8081)] {
+        let got = common::tcp_fetch(from, to, port).unwrap_or_default();
+        assert_eq!(got.lines().count(), 50000, "TCP to {to}:{port}");
+        assert_eq!(got.lines().last(), Some("50000"));
+    }
+
+    // vswitchd answers the kernel's ARP for its VTEP address, and ping.
+    k.exec(&["ip", "neigh", "flush", "dev", "up0"]).unwrap();
+    let vtep = format!("10.{n}.0.1");
+    assert!(pings(k, &vtep, 3), "ping to the VTEP address");
+    let neigh = k
+        .exec(&["ip", "neigh", "show", &vtep, "dev", "up0"])
+        .unwrap();
+    assert!(
+        neigh.contains(&uplink_mac),
+        "ARP answered with the uplink MAC: {neigh}"
+    );
+
+    // VNI 200 is another domain: the kernel's vx200 reaches D, never C.
+    assert!(pings(k, "192.168.100.5", 3), "VNI 200 to its own container");
+    assert!(
+        unreachable(k, "192.168.100.1", 3),
+        "VNI 200 reached VNI 100"
+    );
+    let vx200_mac = k.exec(&["cat", "/sys/class/net/vx200/address"]).unwrap();
+    let fdb100 = vs
+        .request(serde_json::json!({"cmd": "fdb-show", "bridge": "vpc100"}))
+        .unwrap();
+    assert!(
+        !fdb100.to_string().contains(vx200_mac.trim()),
+        "VNI 200 MAC leaked: {fdb100}"
+    );
+    // VNI 300 is served by no bridge: dropped and counted on the uplink.
+    assert!(unreachable(k, "192.168.101.1", 2));
+    let up = vs.port_stats("uplink").unwrap();
+    assert!(
+        up["drops"]["vxlan_unknown_vni"].as_u64().unwrap_or(0) >= 1,
+        "{up}"
+    );
+
+    // Per-VNI and per-VTEP counters add up.
+    let stats = vs.request(serde_json::json!({"cmd": "stats"})).unwrap();
+    let vni100 = stats["vnis"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["vni"] == 100)
+        .cloned()
+        .unwrap();
+    let tunnel = vs.port_stats(&format!("vxlan100@10.{n}.0.2")).unwrap();
+    assert!(vni100["decap_packets"].as_u64().unwrap() > 100, "{vni100}");
+    assert_eq!(vni100["decap_packets"], tunnel["rx_packets"]);
+    assert_eq!(vni100["encap_packets"], tunnel["tx_packets"]);
+    vs.stop();
+}
