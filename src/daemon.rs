@@ -219,14 +219,10 @@ fn ns_since(epoch: u64, hz: u64) -> u64 {
 fn reload(
     path: &std::path::Path,
     cfg: &mut Config,
-    ports: &[Option<Port>],
-    shared: &Shared,
+    plant: &Plant,
     generation: &mut u32,
-    clock: (u64, u64),
-    vtep: Option<&Vtep>,
-    pool: PoolHandle,
+    now_ns: u64,
 ) -> Result<()> {
-    let (epoch, hz) = clock;
     let new = crate::config::load(path)?;
     let strip = |c: &Config| {
         let mut c = c.clone();
@@ -249,48 +245,43 @@ fn reload(
     for w in &new.warnings {
         eprintln!("vswitchd: warning: {w}");
     }
-    let n_workers = new.workers.cores.len();
-    let old = shared.load();
-    let security = crate::security::build(
-        &new,
-        Some(Arc::clone(old.security.sessions())),
-        *generation + 1,
-        ns_since(epoch, hz),
-    );
-    let dp = build_datapath(&new, ports, n_workers, Some(&old), security, vtep, pool)?;
-    drop(old);
-    if !shared.publish(dp, Duration::from_secs(5)) {
-        bail!("a worker did not pick up the new snapshot within 5 s");
-    }
+    let sessions = Arc::clone(plant.shared.load().security.sessions());
+    let security = crate::security::build(&new, Some(sessions), *generation + 1, now_ns);
+    plant.publish(&new, security)?;
     *generation += 1;
     *cfg = new;
     Ok(())
 }
 
-/// Publishes a snapshot with the VTEP's current tunnel ports and
-/// neighbours; everything else (security stage included) is kept.
-fn republish_tunnels(
-    cfg: &Config,
-    ports: &[Option<Port>],
-    shared: &Shared,
-    vtep: &Vtep,
+/// What snapshots are built from besides the config: the open ports, the
+/// VTEP's tunnels, the pool; and where they are published.
+struct Plant<'a> {
+    ports: &'a [Option<Port>],
+    shared: &'a Shared,
+    vtep: Option<&'a Vtep>,
     pool: PoolHandle,
-) -> Result<()> {
-    let old = shared.load();
-    let dp = build_datapath(
-        cfg,
-        ports,
-        cfg.workers.cores.len(),
-        Some(&old),
-        old.security.clone(),
-        Some(vtep),
-        pool,
-    )?;
-    drop(old);
-    if !shared.publish(dp, Duration::from_secs(5)) {
-        bail!("a worker did not pick up the new snapshot within 5 s");
+}
+
+impl Plant<'_> {
+    /// Builds a snapshot of `cfg` with `security` and publishes it (MAC
+    /// tables carry over).
+    fn publish(&self, cfg: &Config, security: Security) -> Result<()> {
+        let old = self.shared.load();
+        let dp = build_datapath(
+            cfg,
+            self.ports,
+            cfg.workers.cores.len(),
+            Some(&old),
+            security,
+            self.vtep,
+            self.pool,
+        )?;
+        drop(old);
+        if !self.shared.publish(dp, Duration::from_secs(5)) {
+            bail!("a worker did not pick up the new snapshot within 5 s");
+        }
+        Ok(())
     }
-    Ok(())
 }
 
 /// Runs the switch until SIGINT/SIGTERM. Prints a `vswitchd: ready` line on
@@ -383,7 +374,14 @@ pub fn run(mut cfg: Config, config_path: Option<std::path::PathBuf>) -> Result<(
                 if v.serve(&cfg, &nic_ports(&ports), Duration::from_millis(10))
                     .rebuild
                 {
-                    if let Err(e) = republish_tunnels(&cfg, &ports, &shared, v, pool.handle()) {
+                    let plant = Plant {
+                        ports: &ports,
+                        shared: &shared,
+                        vtep: Some(v),
+                        pool: pool.handle(),
+                    };
+                    // Tunnels changed, not the rules: the stage is kept.
+                    if let Err(e) = plant.publish(&cfg, shared.load().security.clone()) {
                         eprintln!("vswitchd: tunnel update not applied: {e:#}");
                     }
                 }
@@ -393,7 +391,7 @@ pub fn run(mut cfg: Config, config_path: Option<std::path::PathBuf>) -> Result<(
         let now_secs = (ns_since(epoch, hz) / 1_000_000_000) as u32;
         if hup.swap(false, Ordering::Relaxed) {
             match &config_path {
-                Some(path) => match reload(path, &mut cfg, &ports, &shared, &mut generation, (epoch, hz), vtep.as_ref(), pool.handle()) {
+                Some(path) => match reload(path, &mut cfg, &Plant { ports: &ports, shared: &shared, vtep: vtep.as_ref(), pool: pool.handle() }, &mut generation, ns_since(epoch, hz)) {
                     Ok(()) => eprintln!("vswitchd: reloaded {} (ruleset generation {generation})", path.display()),
                     Err(e) => eprintln!("vswitchd: reload of {} refused, still running the old config: {e:#}", path.display()),
                 },

@@ -305,10 +305,7 @@ impl Vtep {
     /// `used` marks the switch ports NICs occupy (for learned VTEPs).
     pub fn serve(&mut self, cfg: &Config, used: &[bool], timeout: Duration) -> Changes {
         let mut ch = Changes::default();
-        let first = match self.punt_rx.recv_timeout(timeout) {
-            Ok(p) => Some(p),
-            Err(_) => None,
-        };
+        let first = self.punt_rx.recv_timeout(timeout).ok();
         let now = Instant::now();
         let rx = self.punt_rx.clone();
         for p in first.into_iter().chain(rx.try_iter()) {

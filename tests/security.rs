@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use testbed::netns::Netns;
 use testbed::process::Proc;
+use testbed::unique;
 use testbed::vswitchd::{TempDir, Vswitchd};
-use testbed::{unique, wait_until};
 
 const CLIENT: &str = "10.30.0.1";
 const WEB: &str = "10.30.0.2";

@@ -4,7 +4,6 @@
 
 mod common;
 
-use std::net::Ipv4Addr;
 use std::time::Duration;
 
 use etherparse::{NetSlice, SlicedPacket, TransportSlice};
@@ -265,4 +264,93 @@ fn interop_with_the_kernel_vxlan_device() {
     assert_eq!(vni100["decap_packets"], tunnel["rx_packets"]);
     assert_eq!(vni100["encap_packets"], tunnel["tx_packets"]);
     vs.stop();
+}
+
+/// One host of the two-host test: a vswitchd whose uplink is `uplink`,
+/// VTEP `10.N.1.<host>`, with a container in VNI 100 and one in VNI 200.
+struct Host {
+    vs: Vswitchd,
+    vni100: Netns,
+    vni200: Netns,
+    _dir: TempDir,
+}
+
+fn host(n: u8, me: u8, other: u8, uplink: &str, learn_only_100: bool) -> Host {
+    let dir = TempDir::new("vs-vxh");
+    let vni100 = Netns::create(&unique("vx1")).unwrap();
+    let vni200 = Netns::create(&unique("vx2")).unwrap();
+    // With `learn_only_100`, VNI 100 lists no remote VTEP: the other host
+    // becomes a tunnel port when its first frame arrives.
+    let remotes100 = if learn_only_100 {
+        String::new()
+    } else {
+        format!("\"10.{n}.1.{other}\"")
+    };
+    let cfg = Vswitchd::config_header_idle(&dir, 256, "vpc100", 20)
+        + &format!(
+            "vni = 100\nremote_vteps = [{remotes100}]\n\n\
+             [[bridge]]\nname = \"vpc200\"\nvni = 200\nremote_vteps = [\"10.{n}.1.{other}\"]\n\n\
+             [vtep]\nuplink = \"uplink\"\nip = \"10.{n}.1.{me}/24\"\n\n\
+             [[port]]\nname = \"uplink\"\nkind = \"af-packet\"\niface = \"{uplink}\"\n"
+        )
+        + &tap(
+            "c100",
+            "vpc100",
+            &vni100,
+            &format!("02:00:00:01:00:{me:02x}"),
+            &format!("192.168.50.{me}/24"),
+        )
+        + &tap(
+            "c200",
+            "vpc200",
+            &vni200,
+            &format!("02:00:00:02:00:{me:02x}"),
+            &format!("192.168.50.{}/24", 10 + me),
+        );
+    Host {
+        vs: common::start(&dir, &cfg),
+        vni100,
+        vni200,
+        _dir: dir,
+    }
+}
+
+#[test]
+fn two_vswitchd_hosts_joined_by_their_uplinks() {
+    let n = subnet_id();
+    let a_if = unique("vxa");
+    let b_if = unique("vxb");
+    let _wire = Veth::create(&a_if, &b_if, None).unwrap();
+    let a = host(n, 1, 2, &a_if, false);
+    let b = host(n, 2, 1, &b_if, true);
+
+    // Same VNI: reachable across the tunnel, both ways.
+    assert!(pings(&a.vni100, "192.168.50.2", 3), "VNI 100 a -> b");
+    assert!(pings(&b.vni100, "192.168.50.1", 3), "VNI 100 b -> a");
+    assert!(pings(&a.vni200, "192.168.50.12", 3), "VNI 200 a -> b");
+    // B learned A as a VTEP of VNI 100 from its traffic.
+    let tunnels =
+        b.vs.request(serde_json::json!({"cmd": "tunnel-list"}))
+            .unwrap();
+    assert!(
+        tunnels["tunnels"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t["vni"] == 100
+                && t["remote"] == format!("10.{n}.1.1")
+                && t["learned"] == true),
+        "{tunnels}"
+    );
+    // Different VNIs: not reachable, though the addresses share a subnet.
+    assert!(
+        unreachable(&a.vni100, "192.168.50.12", 3),
+        "VNI 100 reached VNI 200"
+    );
+    assert!(
+        unreachable(&b.vni200, "192.168.50.1", 3),
+        "VNI 200 reached VNI 100"
+    );
+    a.vs.stop();
+    b.vs.stop();
 }

@@ -307,7 +307,7 @@ pub(super) fn bridge_vni(
         bridge: b.name.get_ref().clone(),
         vni: n,
         remote_vteps,
-        learn_vteps: b.learn_vteps.as_ref().is_none_or(|v| *v.get_ref()),
+        learn_vteps: b.learn_vteps.as_ref().map_or(true, |v| *v.get_ref()),
         remote_macs,
     }))
 }

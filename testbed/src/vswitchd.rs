@@ -85,9 +85,20 @@ impl Vswitchd {
     /// test or benchmark config: main lcore on CPU 0, one worker on CPU 1,
     /// a DPDK file prefix unique to this run, the control socket in `dir`.
     pub fn config_header(dir: &TempDir, memory_mb: u32, bridge: &str) -> String {
+        Self::config_header_idle(dir, memory_mb, bridge, 0)
+    }
+
+    /// [`Vswitchd::config_header`] with the worker sleeping `idle_sleep_us`
+    /// after empty polls: for several switches sharing CPU 1.
+    pub fn config_header_idle(
+        dir: &TempDir,
+        memory_mb: u32,
+        bridge: &str,
+        idle_sleep_us: u32,
+    ) -> String {
         format!(
             "[eal]\nmain_lcore = 0\nmemory_mb = {memory_mb}\nfile_prefix = \"{prefix}\"\nin_memory = true\n\n\
-             [workers]\ncores = [1]\n\n[control]\nsocket = \"{ctl}\"\n\n[[bridge]]\nname = \"{bridge}\"\n",
+             [workers]\ncores = [1]\nidle_sleep_us = {idle_sleep_us}\n\n[control]\nsocket = \"{ctl}\"\n\n[[bridge]]\nname = \"{bridge}\"\n",
             prefix = crate::unique("vs"),
             ctl = Self::control_socket(dir).display(),
         )
