@@ -1133,6 +1133,68 @@ mod tests {
         assert_eq!((e.line, e.field.as_str()), (12, "port[1].static_macs[0]"));
     }
 
+    #[test]
+    fn vtep_and_vnis_are_checked() {
+        let c = load(Path::new(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/configs/vxlan.toml"
+        )))
+        .unwrap();
+        let v = c.vtep.as_ref().unwrap();
+        assert_eq!(
+            (v.ip, v.prefix, v.udp_port, v.mtu),
+            ("10.99.0.1".parse().unwrap(), 24, 4789, 1500)
+        );
+        assert_eq!(c.vnis.len(), 2);
+        assert_eq!(c.vnis[0].remote_vteps.len(), 2);
+        assert!(c.vnis[0].learn_vteps && !c.vnis[1].learn_vteps);
+        assert_eq!(
+            c.vnis[0].remote_macs[0].1,
+            "10.99.0.2".parse::<Ipv4Addr>().unwrap()
+        );
+
+        let up = "[[port]]\nname = \"up\"\nkind = \"ring\"\n";
+        let vtep = "[vtep]\nuplink = \"up\"\nip = \"10.0.0.1/24\"\n";
+        let e = err(&format!("[[bridge]]\nname = \"a\"\nvni = 5\n{up}"));
+        assert_eq!((e.line, e.field.as_str()), (3, "bridge[0].vni"));
+        assert!(e.message.contains("[vtep]"), "{e}");
+        let e = err(&format!(
+            "[[bridge]]\nname = \"a\"\nvni = 16777216\n{up}{vtep}"
+        ));
+        assert_eq!(e.field, "bridge[0].vni");
+        let e = err(&format!(
+            "[[bridge]]\nname = \"a\"\nvni = 5\n[[bridge]]\nname = \"b\"\nvni = 5\n{up}{vtep}"
+        ));
+        assert_eq!((e.line, e.field.as_str()), (6, "bridge[1].vni"));
+        let e = err(&format!(
+            "[[bridge]]\nname = \"a\"\nvni = 5\nremote_vteps = [\"172.16.0.1\"]\n{up}{vtep}"
+        ));
+        assert_eq!((e.line, e.field.as_str()), (4, "bridge[0].remote_vteps[0]"));
+        assert!(e.message.contains("no gateway"), "{e}");
+        let e = err(&format!(
+            "[[bridge]]\nname = \"a\"\nremote_vteps = [\"10.0.0.2\"]\n{up}"
+        ));
+        assert!(e.message.contains("needs `vni`"), "{e}");
+        let e = err(&format!(
+            "{up}[vtep]\nuplink = \"nope\"\nip = \"10.0.0.1/24\"\n"
+        ));
+        assert_eq!((e.line, e.field.as_str()), (5, "vtep.uplink"));
+        let e = err(&format!(
+            "[[bridge]]\nname = \"a\"\n{up}bridge = \"a\"\n[vtep]\nuplink = \"up\"\nip = \"10.0.0.1/24\"\n"
+        ));
+        assert!(e.message.contains("in a bridge"), "{e}");
+        let e = err(&format!("{up}[vtep]\nuplink = \"up\"\nip = \"10.0.0.1\"\n"));
+        assert_eq!(e.field, "vtep.ip");
+        let e = err(&format!("{up}{vtep}gateway = \"10.1.0.1\"\n"));
+        assert!(e.message.contains("not on the VTEP's subnet"), "{e}");
+        let e = err(&format!("{up}{vtep}mtu = 100\n"));
+        assert_eq!(e.field, "vtep.mtu");
+        let e = err(&format!(
+            "{up}{vtep}[[vtep.neighbour]]\nip = \"10.0.0.9\"\nmac = \"ff:ff:ff:ff:ff:ff\"\n"
+        ));
+        assert_eq!(e.field, "vtep.neighbour[0].mac");
+    }
+
     const SG: &str = "[[security_group]]\nname = \"g\"\n[[security_group.rule]]\nname = \"r\"\npriority = 1\naction = \"allow\"\n";
 
     #[test]
