@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 use vswitch::{BridgeId, MacAddr, PortId, SwitchBuilder, MAX_PORTS};
-use vxlan::encap::Tunnel;
+use vxlan::encap::{Template, Tunnel};
 use vxlan::host::VtepHost;
 use vxlan::tunnels::TunnelMap;
 
@@ -75,8 +75,8 @@ impl TunnelPort {
 /// Per tunnel port: the outer headers and where they go.
 #[derive(Debug, Clone, Copy)]
 pub struct Encap {
-    /// Outer header fields (dst_mac valid only if `resolved`).
-    pub tunnel: Tunnel,
+    /// The outer headers (their destination MAC valid only if `resolved`).
+    pub template: Template,
     /// The next hop's MAC is known.
     pub resolved: bool,
 }
@@ -273,7 +273,7 @@ impl Vtep {
             map.add_remote(t.vni, t.remote, t.port.0);
             let mac = self.next_hop_mac(t.remote);
             encap[t.port.index()] = Some(Encap {
-                tunnel: Tunnel {
+                template: Template::new(&Tunnel {
                     src_mac: self.uplink_mac.0,
                     dst_mac: mac.unwrap_or([0; 6]),
                     src_ip: self.conf.ip,
@@ -282,7 +282,7 @@ impl Vtep {
                     vni: t.vni,
                     ttl: self.conf.ttl,
                     df: self.conf.df,
-                },
+                }),
                 resolved: mac.is_some(),
             });
         }

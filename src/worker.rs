@@ -187,9 +187,18 @@ impl Worker {
         c.rx_bytes
             .add(rx.mbufs().iter().map(|m| u64::from(m.pkt_len())).sum());
         let mut groups = 0;
+        // A burst usually comes from one VTEP: look it up once.
+        let mut last: Option<(u32, std::net::Ipv4Addr, Lookup)> = None;
         for m in rx.mbufs_mut() {
             let reason = match decap(m.data(), vt.ip, vt.udp_port) {
-                Decap::Tunnel(o) => match vt.map.lookup(o.vni, o.src_ip) {
+                Decap::Tunnel(o) => match match last {
+                    Some((vni, ip, l)) if vni == o.vni && ip == o.src_ip => l,
+                    _ => {
+                        let l = vt.map.lookup(o.vni, o.src_ip);
+                        last = Some((o.vni, o.src_ip, l));
+                        l
+                    }
+                } {
                     Lookup::Port(p) => {
                         m.adj(o.inner_offset as u16);
                         let p = PortId(p);
@@ -280,7 +289,7 @@ impl Worker {
             match m.prepend(vxlan::OUTER_LEN as u16) {
                 Some(hdr) => {
                     let hdr: &mut [u8; vxlan::OUTER_LEN] = hdr.try_into().expect("OUTER_LEN bytes");
-                    vxlan::encap::write_outer(hdr, &e.tunnel, inner_len as usize, sport, id);
+                    e.template.write(hdr, inner_len as usize, sport, id);
                     c.tx_packets.add(1);
                     c.tx_bytes.add(u64::from(inner_len));
                     self.enqueue(dp, vt.uplink, m, counters);

@@ -302,7 +302,7 @@ fn vxlan_headers(c: &mut Criterion) {
         })
     });
     let inner = burst(Workload::Udp4 { flows: 1024 });
-    let t = vxlan::encap::Tunnel {
+    let t = vxlan::encap::Template::new(&vxlan::encap::Tunnel {
         src_mac: VTEP_LOCAL_MAC,
         dst_mac: VTEP_REMOTE_MAC,
         src_ip: VTEP_LOCAL_IP,
@@ -311,13 +311,13 @@ fn vxlan_headers(c: &mut Criterion) {
         vni: 100,
         ttl: 64,
         df: true,
-    };
+    });
     let mut outer = [0u8; vxlan::OUTER_LEN];
     g.bench_function("encap_headers", |b| {
         b.iter(|| {
             for f in &inner {
                 let sport = vxlan::encap::source_port(black_box(f));
-                vxlan::encap::write_outer(&mut outer, &t, f.len(), sport, 0);
+                t.write(&mut outer, f.len(), sport, 0);
                 black_box(&outer);
             }
         })

@@ -26,7 +26,9 @@ use testbed::vswitchd::{TempDir, Vswitchd};
 
 use crate::report::Section;
 use crate::rounds::Rounds;
-use crate::workload::{Workload, DST_MAC};
+use crate::workload::{
+    Workload, DST_MAC, VNI, VTEP_LOCAL_IP, VTEP_LOCAL_MAC, VTEP_REMOTE_IP, VTEP_REMOTE_MAC,
+};
 
 /// How long to run.
 #[derive(Debug, Clone)]
@@ -43,6 +45,8 @@ pub struct Opts {
     pub rounds: usize,
     /// Only the L2 workload with one OVS configuration (CI smoke).
     pub smoke: bool,
+    /// Only the workloads whose name contains this (case-insensitive).
+    pub workload: Option<String>,
 }
 
 /// What one system did over the window.
@@ -98,13 +102,63 @@ fn testpmd_io(o: &Opts, hz: u64, pcap: &Path) -> Result<Measured> {
     })
 }
 
-/// vswitchd's configuration of a workload: extra top-level tables and
-/// extra fields of the generator port (its container's egress side).
-#[derive(Clone, Default)]
+/// vswitchd's configuration of a workload: fields of bridge "b" and extra
+/// top-level tables, and the fields of the generator and sink ports (by
+/// default both in "b", the sink's station a static MAC).
+#[derive(Clone)]
 struct VsConf {
     tables: String,
     gen_fields: String,
+    sink_fields: String,
     note: &'static str,
+}
+
+impl VsConf {
+    fn l2(note: &'static str) -> VsConf {
+        VsConf {
+            tables: String::new(),
+            gen_fields: "bridge = \"b\"\n".into(),
+            sink_fields: format!("bridge = \"b\"\nstatic_macs = [\"{}\"]\n", hex_mac(DST_MAC)),
+            note,
+        }
+    }
+}
+
+/// VXLAN encap: frames from the generator (in VNI 100's bridge) to a
+/// station pinned behind the remote VTEP; the sink is the uplink. The
+/// next hop's MAC is a static neighbour (no ARP on a null port).
+fn vs_vxlan_encap() -> VsConf {
+    VsConf {
+        tables: format!(
+            "vni = {VNI}\nremote_vteps = [\"{VTEP_LOCAL_IP}\"]\n\
+             [[bridge.remote_mac]]\nmac = \"{dst}\"\nvtep = \"{VTEP_LOCAL_IP}\"\n\n\
+             [vtep]\nuplink = \"sink\"\nip = \"{VTEP_REMOTE_IP}/24\"\n\
+             [[vtep.neighbour]]\nip = \"{VTEP_LOCAL_IP}\"\nmac = \"{nh}\"\n",
+            dst = hex_mac(DST_MAC),
+            nh = hex_mac(VTEP_LOCAL_MAC),
+        ),
+        gen_fields: "bridge = \"b\"\n".into(),
+        sink_fields: String::new(),
+        note:
+            "VNI 100, static remote MAC and neighbour, outer headers prepended in place, 1 worker",
+    }
+}
+
+/// VXLAN decap: the generator is the uplink replaying VXLAN from a known
+/// remote VTEP; inner frames go to the sink's static MAC in VNI 100.
+fn vs_vxlan_decap() -> VsConf {
+    VsConf {
+        tables: format!(
+            "vni = {VNI}\nremote_vteps = [\"{VTEP_REMOTE_IP}\"]\n\n\
+             [vtep]\nuplink = \"gen\"\nip = \"{VTEP_LOCAL_IP}/24\"\n\
+             [[vtep.neighbour]]\nip = \"{VTEP_REMOTE_IP}\"\nmac = \"{nh}\"\n",
+            nh = hex_mac(VTEP_REMOTE_MAC),
+        ),
+        gen_fields: String::new(),
+        ..VsConf::l2(
+            "VNI 100 from a configured remote VTEP, outer headers stripped in place, 1 worker",
+        )
+    }
 }
 
 /// The benchmark security group as a vswitchd config, attached to the
@@ -124,8 +178,8 @@ fn vs_security_group() -> VsConf {
     }
     VsConf {
         tables: t,
-        gen_fields: "egress_group = \"sg\"\n".into(),
-        note: "1000-rule group + sessions (stateful), 1 worker",
+        gen_fields: "bridge = \"b\"\negress_group = \"sg\"\n".into(),
+        ..VsConf::l2("1000-rule group + sessions (stateful), 1 worker")
     }
 }
 
@@ -133,8 +187,8 @@ fn vs_security_group() -> VsConf {
 fn vs_policer() -> VsConf {
     VsConf {
         tables: "[[qos_policy]]\nname = \"p\"\nkind = \"srtcm\"\nunit = \"bits\"\ncir = 100_000_000_000\ncbs = 10_000_000\n".into(),
-        gen_fields: "egress_qos = \"p\"\n".into(),
-        note: "srTCM policer 100 Gbit/s on the generator port, 1 worker",
+        gen_fields: "bridge = \"b\"\negress_qos = \"p\"\n".into(),
+        ..VsConf::l2("srTCM policer 100 Gbit/s on the generator port, 1 worker")
     }
 }
 
@@ -147,7 +201,6 @@ fn vswitchd(o: &Opts, hz: u64, pcap: &Path, conf: &VsConf) -> Result<Measured> {
 [[port]]
 name = "gen"
 kind = "pcap"
-bridge = "b"
 rx_pcap = "{pcap}"
 infinite_rx = true
 {gen_fields}
@@ -155,15 +208,14 @@ infinite_rx = true
 [[port]]
 name = "sink"
 kind = "null"
-bridge = "b"
 no_rx = true
-static_macs = ["{dst}"]
+{sink_fields}
 "#,
         header = Vswitchd::config_header(&dir, 1024, "b"),
         pcap = pcap.display(),
-        dst = hex_mac(DST_MAC),
         tables = conf.tables,
         gen_fields = conf.gen_fields,
+        sink_fields = conf.sink_fields,
     );
     let vs = Vswitchd::start(&o.vswitchd, &dir, &config).map_err(|e| anyhow!(e))?;
     let stats = || -> Result<Value> { vs.request(json!({"cmd": "stats"})).map_err(|e| anyhow!(e)) };
@@ -202,6 +254,7 @@ struct OvsConf {
     flows: Vec<String>,
     emc: bool,
     police_kbps: Option<u64>,
+    topology: Topology,
 }
 
 impl OvsConf {
@@ -211,6 +264,7 @@ impl OvsConf {
             flows: flows.iter().map(|f| f.to_string()).collect(),
             emc: true,
             police_kbps: None,
+            topology: Topology::L2,
         }
     }
 
@@ -284,22 +338,131 @@ fn ovs_policer() -> Vec<OvsConf> {
     vec![c]
 }
 
-/// Runs OVS once on `pcap` and measures every configuration in `confs`.
+/// OVS doing VXLAN with its native (userspace) tunneling: a `vxlan` port
+/// in br0 and the underlay on br-phy, whose internal port holds the VTEP
+/// address (in OVS's private netns) with a static tunnel ARP entry.
+/// Encap: br0 sends the generator's frames into the tunnel, OVS pushes
+/// the outer headers and outputs through br-phy to the sink. Decap:
+/// br-phy hands VXLAN from the generator to its LOCAL port, where OVS
+/// pops it and recirculates the inner frame into br0, to the sink.
+fn ovs_vxlan(encap: bool) -> Vec<OvsConf> {
+    let (name, flow) = if encap {
+        (
+            "OVS native VXLAN encap (tnl_push via br-phy)",
+            "in_port=1,actions=output:3",
+        )
+    } else {
+        (
+            "OVS native VXLAN decap (tnl_pop + recirc)",
+            "in_port=3,actions=output:2",
+        )
+    };
+    let mut c = OvsConf::new(name, &[flow]);
+    c.topology = if encap {
+        Topology::VxlanEncap
+    } else {
+        Topology::VxlanDecap
+    };
+    vec![c]
+}
+
+/// Where OVS's generator (OpenFlow port 1) and sink (port 2) sit.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Topology {
+    /// Both in br0.
+    L2,
+    /// Generator in br0 with tunnel port 3; sink on br-phy.
+    VxlanEncap,
+    /// Generator on br-phy; tunnel port 3 and sink in br0.
+    VxlanDecap,
+}
+
+/// Builds `topology` in `ovs` for `pcap`; the sink's (bridge, ofport).
+fn ovs_topology(ovs: &Ovs, topology: Topology, pcap: &Path) -> Result<(&'static str, u16)> {
+    let e = |e: String| anyhow!(e);
+    let gen = format!("net_pcap0,rx_pcap={},infinite_rx=1", pcap.display());
+    let sink = "net_null0,no-rx=1";
+    ovs.add_bridge("br0").map_err(e)?;
+    if topology == Topology::L2 {
+        ovs.add_dpdk_port("br0", "p0", &gen, 1).map_err(e)?;
+        ovs.add_dpdk_port("br0", "p1", sink, 2).map_err(e)?;
+        ovs.appctl(&["fdb/add", "br0", "p1", "0", &hex_mac(DST_MAC)])
+            .map_err(e)?;
+        return Ok(("br0", 2));
+    }
+    let encap = topology == Topology::VxlanEncap;
+    // Our VTEP is the workload's remote one when encapsulating, its local
+    // one when decapsulating (the pcap's outer headers are addressed so).
+    let (ours, our_mac, theirs, their_mac) = if encap {
+        (
+            VTEP_REMOTE_IP,
+            VTEP_REMOTE_MAC,
+            VTEP_LOCAL_IP,
+            VTEP_LOCAL_MAC,
+        )
+    } else {
+        (
+            VTEP_LOCAL_IP,
+            VTEP_LOCAL_MAC,
+            VTEP_REMOTE_IP,
+            VTEP_REMOTE_MAC,
+        )
+    };
+    ovs.add_bridge("br-phy").map_err(e)?;
+    ovs.vsctl(&[
+        "set",
+        "bridge",
+        "br-phy",
+        &format!("other_config:hwaddr={}", hex_mac(our_mac)),
+    ])
+    .map_err(e)?;
+    ovs.add_port(
+        "br0",
+        "vx0",
+        "vxlan",
+        &[
+            &format!("options:remote_ip={theirs}"),
+            &format!("options:local_ip={ours}"),
+            &format!("options:key={VNI}"),
+        ],
+        3,
+    )
+    .map_err(e)?;
+    let ns = ovs.netns();
+    ns.exec(&["ip", "addr", "add", &format!("{ours}/24"), "dev", "br-phy"])
+        .map_err(e)?;
+    ns.exec(&["ip", "link", "set", "br-phy", "up"]).map_err(e)?;
+    ovs.appctl(&[
+        "tnl/arp/set",
+        "br-phy",
+        &theirs.to_string(),
+        &hex_mac(their_mac),
+    ])
+    .map_err(e)?;
+    if encap {
+        ovs.add_dpdk_port("br0", "p0", &gen, 1).map_err(e)?;
+        ovs.add_dpdk_port("br-phy", "p1", sink, 2).map_err(e)?;
+        ovs.ofctl(&["del-flows", "br-phy"]).map_err(e)?;
+        ovs.ofctl(&["add-flow", "br-phy", "in_port=LOCAL,actions=output:2"])
+            .map_err(e)?;
+        Ok(("br-phy", 2))
+    } else {
+        ovs.add_dpdk_port("br-phy", "p0", &gen, 1).map_err(e)?;
+        ovs.add_dpdk_port("br0", "p1", sink, 2).map_err(e)?;
+        ovs.ofctl(&["del-flows", "br-phy"]).map_err(e)?;
+        ovs.ofctl(&["add-flow", "br-phy", "in_port=1,actions=LOCAL"])
+            .map_err(e)?;
+        Ok(("br0", 2))
+    }
+}
+
+/// Runs OVS once on `pcap` and measures every configuration in `confs`
+/// (which share one topology).
 fn ovs(o: &Opts, hz: u64, pcap: &Path, confs: &[OvsConf]) -> Result<Vec<(String, Measured)>> {
     let ovs = Ovs::start(&OvsOpts::default()).map_err(|e| anyhow!(e))?;
     let e = |e: String| anyhow!(e);
-    ovs.add_bridge("br0").map_err(e)?;
-    ovs.add_dpdk_port(
-        "br0",
-        "p0",
-        &format!("net_pcap0,rx_pcap={},infinite_rx=1", pcap.display()),
-        1,
-    )
-    .map_err(e)?;
-    ovs.add_dpdk_port("br0", "p1", "net_null0,no-rx=1", 2)
-        .map_err(e)?;
-    ovs.appctl(&["fdb/add", "br0", "p1", "0", &hex_mac(DST_MAC)])
-        .map_err(e)?;
+    let topology = confs.first().map_or(Topology::L2, |c| c.topology);
+    let (sink_bridge, sink_port) = ovs_topology(&ovs, topology, pcap)?;
     let mut out = Vec::new();
     for conf in confs {
         let prob = if conf.emc { "100" } else { "0" };
@@ -332,7 +495,7 @@ fn ovs(o: &Opts, hz: u64, pcap: &Path, confs: &[OvsConf]) -> Result<Vec<(String,
                 ovs.clear_pmd_stats().map_err(|e| anyhow!(e))?;
                 cleared = true;
             }
-            ovs.port_packets("br0", 2)
+            ovs.port_packets(sink_bridge, sink_port)
                 .map(|p| p.1)
                 .map_err(|e| anyhow!(e))
         })
@@ -386,16 +549,18 @@ pub fn run(o: &Opts, hz: u64, command: &str) -> Result<Section> {
         ),
         "Frames are 60 bytes in the pcap (64 on the wire with FCS).".into(),
         "The security-group workload compares vswitchd's stateful group (every frame: session hit; the \
-         group is consulted once per flow) with OVS stateless 1000 OpenFlow rules and with OVS conntrack. \
-         VXLAN encap/decap rows come with the VXLAN stage (issue 5)."
+         group is consulted once per flow) with OVS stateless 1000 OpenFlow rules and with OVS conntrack."
+            .into(),
+        "VXLAN encap: the generator's 60-byte frames leave the sink encapsulated (110 bytes); vswitchd \
+         prepends the outer headers in the mbuf's headroom, OVS pushes them (native tunneling via br-phy, \
+         static tunnel ARP). VXLAN decap: the generator replays 110-byte VXLAN frames of VNI 100 from one \
+         remote VTEP; the sink gets the 60-byte inner frames. testpmd io forwards the same pcap unchanged \
+         (the ceiling of moving those frames)."
             .into(),
     ];
     let udp1k = Workload::Udp4 { flows: 1024 };
     // (workload, pcap, vswitchd measured, OVS configurations)
-    let l2 = VsConf {
-        note: "MAC learning + static MAC lookup, 1 worker",
-        ..VsConf::default()
-    };
+    let l2 = VsConf::l2("MAC learning + static MAC lookup, 1 worker");
     // (workload, pcap, vswitchd's config, OVS configurations)
     let mut workloads = vec![(
         "L2 forward, known MAC, 1k flows",
@@ -431,7 +596,23 @@ pub fn run(o: &Opts, hz: u64, command: &str) -> Result<Section> {
                 vs_policer(),
                 ovs_policer(),
             ),
+            (
+                "VXLAN encap, 1k flows",
+                udp1k,
+                vs_vxlan_encap(),
+                ovs_vxlan(true),
+            ),
+            (
+                "VXLAN decap, 1k flows",
+                Workload::Vxlan { flows: 1024 },
+                vs_vxlan_decap(),
+                ovs_vxlan(false),
+            ),
         ]);
+    }
+    if let Some(only) = &o.workload {
+        let only = only.to_ascii_lowercase();
+        workloads.retain(|(name, ..)| name.to_ascii_lowercase().contains(&only));
     }
     std::fs::create_dir_all(&o.pcap_dir)?;
     for (name, w, vs_conf, confs) in workloads {

@@ -55,12 +55,39 @@ fn harness_p_smoke() {
         vswitchd: workspace_bin("vswitchd"),
         rounds: 1,
         smoke: true,
+        workload: None,
     };
     let sec = harness_p::run(&o, tsc_hz(), "smoke").unwrap_or_else(|e| panic!("{e:#}"));
     // testpmd io, vswitchd, one OVS configuration.
     assert_figures(&sec, 3, &["Mpps", "cycles/pkt"]);
     let vs = sec.rows.iter().find(|r| r.system == "vswitchd").unwrap();
     assert!(vs.values["own cycles/pkt"] > 0.0 && vs.values["busy %"] > 0.0);
+}
+
+/// The VXLAN rows: vswitchd's VTEP and OVS's native tunneling both carry
+/// traffic, encap and decap.
+#[test]
+fn harness_p_vxlan_smoke() {
+    let pcaps = testbed::vswitchd::TempDir::new("pcaps");
+    let o = harness_p::Opts {
+        warmup: Duration::from_secs(1),
+        window: Duration::from_secs(2),
+        pcap_dir: pcaps.path().to_path_buf(),
+        vswitchd: workspace_bin("vswitchd"),
+        rounds: 1,
+        smoke: false,
+        workload: Some("vxlan".into()),
+    };
+    let sec = harness_p::run(&o, tsc_hz(), "smoke").unwrap_or_else(|e| panic!("{e:#}"));
+    // Two workloads x (testpmd io, vswitchd, OVS).
+    assert_figures(&sec, 6, &["Mpps", "cycles/pkt"]);
+    for w in ["VXLAN encap, 1k flows", "VXLAN decap, 1k flows"] {
+        assert_eq!(
+            sec.rows.iter().filter(|r| r.workload == w).count(),
+            3,
+            "{w}"
+        );
+    }
 }
 
 #[test]

@@ -32,55 +32,74 @@ pub struct Tunnel {
     pub df: bool,
 }
 
-/// The one's complement sum of a header, folded: its checksum is `!sum`.
-fn ones_sum(b: &[u8]) -> u16 {
-    let mut s: u32 = b
-        .chunks(2)
+/// The one's complement sum of a header, unfolded.
+fn ones_sum(b: &[u8]) -> u32 {
+    b.chunks(2)
         .map(|c| u32::from(u16::from_be_bytes([c[0], c[1]])))
-        .sum();
+        .sum()
+}
+
+/// Folds a one's complement sum to 16 bits.
+fn fold(mut s: u32) -> u16 {
     while s > 0xffff {
         s = (s & 0xffff) + (s >> 16);
     }
     s as u16
 }
 
-/// Writes the outer headers for an inner frame of `inner_len` bytes into
-/// `out`, with UDP source port `sport` and IPv4 identification `ip_id`.
-pub fn write_outer(
-    out: &mut [u8; OUTER_LEN],
-    t: &Tunnel,
-    inner_len: usize,
-    sport: u16,
-    ip_id: u16,
-) {
-    let udp_len = (UDP_LEN + VXLAN_LEN + inner_len) as u16;
-    let ip_len = IPV4_LEN as u16 + udp_len;
-    out[0..6].copy_from_slice(&t.dst_mac);
-    out[6..12].copy_from_slice(&t.src_mac);
-    out[12..14].copy_from_slice(&ETH_P_IPV4.to_be_bytes());
-    let ip = &mut out[ETH_LEN..ETH_LEN + IPV4_LEN];
-    ip[0] = 0x45;
-    ip[1] = 0;
-    ip[2..4].copy_from_slice(&ip_len.to_be_bytes());
-    ip[4..6].copy_from_slice(&ip_id.to_be_bytes());
-    ip[6..8].copy_from_slice(&(if t.df { 0x4000u16 } else { 0 }).to_be_bytes());
-    ip[8] = t.ttl;
-    ip[9] = IPPROTO_UDP;
-    ip[10..12].fill(0);
-    ip[12..16].copy_from_slice(&t.src_ip.octets());
-    ip[16..20].copy_from_slice(&t.dst_ip.octets());
-    let csum = !ones_sum(ip);
-    ip[10..12].copy_from_slice(&csum.to_be_bytes());
-    let udp = &mut out[ETH_LEN + IPV4_LEN..ETH_LEN + IPV4_LEN + UDP_LEN];
-    udp[0..2].copy_from_slice(&sport.to_be_bytes());
-    udp[2..4].copy_from_slice(&t.dst_port.to_be_bytes());
-    udp[4..6].copy_from_slice(&udp_len.to_be_bytes());
-    udp[6..8].fill(0);
-    let vx = &mut out[ETH_LEN + IPV4_LEN + UDP_LEN..];
-    vx[0] = FLAG_I;
-    vx[1..4].fill(0);
-    vx[4..7].copy_from_slice(&t.vni.to_be_bytes()[1..]);
-    vx[7] = 0;
+/// One tunnel's outer headers, precomputed when the snapshot is built:
+/// per frame only the lengths, the IPv4 identification, the source port
+/// and the checksum change, and the checksum is finished from a sum over
+/// the constant fields (RFC 1071's incremental property) instead of
+/// summing the header again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Template {
+    hdr: [u8; OUTER_LEN],
+    /// One's complement sum of the IPv4 header with length, id and
+    /// checksum zero.
+    base_sum: u32,
+}
+
+impl Template {
+    /// The template of tunnel `t`.
+    pub fn new(t: &Tunnel) -> Template {
+        let mut out = [0u8; OUTER_LEN];
+        out[0..6].copy_from_slice(&t.dst_mac);
+        out[6..12].copy_from_slice(&t.src_mac);
+        out[12..14].copy_from_slice(&ETH_P_IPV4.to_be_bytes());
+        let ip = &mut out[ETH_LEN..ETH_LEN + IPV4_LEN];
+        ip[0] = 0x45;
+        ip[6..8].copy_from_slice(&(if t.df { 0x4000u16 } else { 0 }).to_be_bytes());
+        ip[8] = t.ttl;
+        ip[9] = IPPROTO_UDP;
+        ip[12..16].copy_from_slice(&t.src_ip.octets());
+        ip[16..20].copy_from_slice(&t.dst_ip.octets());
+        let base_sum = ones_sum(ip);
+        let udp = &mut out[ETH_LEN + IPV4_LEN..ETH_LEN + IPV4_LEN + UDP_LEN];
+        udp[2..4].copy_from_slice(&t.dst_port.to_be_bytes());
+        let vx = &mut out[ETH_LEN + IPV4_LEN + UDP_LEN..];
+        vx[0] = FLAG_I;
+        vx[4..7].copy_from_slice(&t.vni.to_be_bytes()[1..]);
+        Template { hdr: out, base_sum }
+    }
+
+    /// Writes the outer headers for an inner frame of `inner_len` bytes
+    /// into `out`, with UDP source port `sport` and IPv4 identification
+    /// `ip_id`.
+    #[inline]
+    pub fn write(&self, out: &mut [u8; OUTER_LEN], inner_len: usize, sport: u16, ip_id: u16) {
+        let udp_len = (UDP_LEN + VXLAN_LEN + inner_len) as u16;
+        let ip_len = IPV4_LEN as u16 + udp_len;
+        *out = self.hdr;
+        let ip = &mut out[ETH_LEN..ETH_LEN + IPV4_LEN];
+        ip[2..4].copy_from_slice(&ip_len.to_be_bytes());
+        ip[4..6].copy_from_slice(&ip_id.to_be_bytes());
+        let csum = !fold(self.base_sum + u32::from(ip_len) + u32::from(ip_id));
+        ip[10..12].copy_from_slice(&csum.to_be_bytes());
+        let udp = &mut out[ETH_LEN + IPV4_LEN..ETH_LEN + IPV4_LEN + UDP_LEN];
+        udp[0..2].copy_from_slice(&sport.to_be_bytes());
+        udp[4..6].copy_from_slice(&udp_len.to_be_bytes());
+    }
 }
 
 /// The outer source port for an inner frame: a hash of its MACs and, for
@@ -159,8 +178,44 @@ mod tests {
 
     fn encapsulate(t: &Tunnel, inner: &[u8]) -> Vec<u8> {
         let mut outer = [0u8; OUTER_LEN];
-        write_outer(&mut outer, t, inner.len(), source_port(inner), 7);
+        Template::new(t).write(&mut outer, inner.len(), source_port(inner), 7);
         [&outer[..], inner].concat()
+    }
+
+    #[test]
+    fn the_checksum_is_right_for_every_length_and_id() {
+        // The incremental sum must match a full recomputation, including
+        // when the carries fold more than once.
+        for t in [
+            tunnel(),
+            Tunnel {
+                df: false,
+                ttl: 255,
+                src_ip: Ipv4Addr::new(255, 255, 255, 254),
+                ..tunnel()
+            },
+        ] {
+            let tpl = Template::new(&t);
+            for (len, id) in [
+                (14, 0),
+                (60, 1),
+                (1450, 0xffff),
+                (9000, 0x8001),
+                (64, 0xfffe),
+            ] {
+                let mut out = [0u8; OUTER_LEN];
+                tpl.write(&mut out, len, 50_000, id);
+                let h = etherparse::Ipv4HeaderSlice::from_slice(&out[14..34])
+                    .unwrap()
+                    .to_header();
+                assert_eq!(
+                    h.header_checksum,
+                    h.calc_header_checksum(),
+                    "len {len} id {id}"
+                );
+                assert_eq!(usize::from(h.total_len), 36 + len);
+            }
+        }
     }
 
     #[test]

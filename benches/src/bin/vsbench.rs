@@ -54,6 +54,10 @@ enum Cmd {
         /// Add the micro-benchmark results criterion saved here.
         #[arg(long)]
         criterion: Option<PathBuf>,
+        /// Harness P: only the workloads whose name contains this text
+        /// (case-insensitive), e.g. "vxlan".
+        #[arg(long)]
+        workload: Option<String>,
     },
 }
 
@@ -77,6 +81,7 @@ fn main() -> Result<()> {
             md,
             json,
             criterion,
+            workload,
         } => {
             let machine = Machine::describe();
             let hz = machine.tsc_hz;
@@ -114,6 +119,7 @@ fn main() -> Result<()> {
                             vswitchd: abs(vswitchd.clone()),
                             rounds,
                             smoke,
+                            workload: workload.clone(),
                         },
                         hz,
                         &command("P"),
