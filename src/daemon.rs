@@ -413,6 +413,36 @@ pub fn run(mut cfg: Config, config_path: Option<std::path::PathBuf>) -> Result<(
                 b.macs.sweep(now_secs);
             }
             dp.security.sessions().sweep(now_secs);
+            if let Some(v) = &mut vtep {
+                let behind: std::collections::HashSet<PortId> = dp
+                    .switch
+                    .bridges()
+                    .iter()
+                    .flat_map(|b| b.macs.entries(now_secs))
+                    .map(|e| e.port)
+                    .collect();
+                let gone = v.expire_learned(|t| behind.contains(&t.port));
+                if !gone.is_empty() {
+                    let plant = Plant {
+                        ports: &ports,
+                        shared: &shared,
+                        vtep: Some(v),
+                        pool: pool.handle(),
+                    };
+                    match plant.publish(&cfg, dp.security.clone()) {
+                        // No worker uses the ports any more: a MAC learned
+                        // against one meanwhile must not outlive it.
+                        Ok(()) => {
+                            for b in dp.switch.bridges() {
+                                for t in &gone {
+                                    b.macs.flush_port(t.port);
+                                }
+                            }
+                        }
+                        Err(e) => eprintln!("vswitchd: tunnel update not applied: {e:#}"),
+                    }
+                }
+            }
             last_sweep = Instant::now();
         }
         control.poll(|req| handle(req, &ports, vtep.as_ref(), &shared, &cfg, hz, now_secs));
@@ -501,7 +531,7 @@ fn handle(
                         "next_hop": v.host().next_hop(t.remote).map(|h| h.to_string()),
                         "next_hop_mac": v.next_hop_mac(t.remote).map(|m| MacAddr(m).to_string()),
                         "flood": t.flood,
-                        "learned": t.learned,
+                        "learned": t.learned.is_some(),
                     })
                 })
                 .collect();

@@ -7,7 +7,9 @@
 //! `remote_mac`) or are learned: a worker that decapsulates a frame from a
 //! VTEP that is not a port yet drops it (`vxlan_unknown_vtep`) and tells the
 //! control thread, which adds the port and publishes a new snapshot; the
-//! VTEP's next frames are switched and their MACs learned against it.
+//! VTEP's next frames are switched and their MACs learned against it. A
+//! learned VTEP behind which no MAC is left (they aged out) is removed
+//! again, so the port space does not fill with VTEPs long gone.
 //!
 //! Frames for the VTEP's own address that are not VXLAN (ARP, ICMP) are
 //! punted through a bounded channel to the control thread's smoltcp host
@@ -31,6 +33,9 @@ use crate::dpdk::mempool::PoolHandle;
 
 /// How long a learned neighbour is trusted before it is re-resolved.
 const NEIGHBOUR_REFRESH: Duration = Duration::from_secs(30);
+/// A learned VTEP is kept at least this long, even with no MAC behind it
+/// yet (its first frames are still on their way through the new snapshot).
+const LEARNED_GRACE: Duration = Duration::from_secs(10);
 /// Frames waiting for the slow path, at most (an ARP storm is dropped and
 /// counted as `punt_full`, never queued without bound).
 const PUNT_QUEUE: usize = 1024;
@@ -61,8 +66,8 @@ pub struct TunnelPort {
     pub remote: Ipv4Addr,
     /// On the bridge's head-end replication list.
     pub flood: bool,
-    /// Learned from traffic rather than configured.
-    pub learned: bool,
+    /// When it was learned from traffic (None: configured).
+    pub learned: Option<Instant>,
 }
 
 impl TunnelPort {
@@ -194,7 +199,7 @@ impl Vtep {
                     bridge: n.bridge.clone(),
                     remote,
                     flood,
-                    learned: false,
+                    learned: None,
                 });
             }
         }
@@ -354,9 +359,30 @@ impl Vtep {
             bridge: n.bridge.clone(),
             remote,
             flood: false,
-            learned: true,
+            learned: Some(Instant::now()),
         });
         true
+    }
+
+    /// Removes learned VTEPs older than the grace period that no MAC
+    /// lives behind (`has_macs`); returns the removed ones (the caller
+    /// publishes a snapshot without them, then flushes their MACs).
+    pub fn expire_learned(&mut self, has_macs: impl Fn(&TunnelPort) -> bool) -> Vec<TunnelPort> {
+        let now = Instant::now();
+        let (gone, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut self.tunnels)
+            .into_iter()
+            .partition(|t| {
+                t.learned
+                    .is_some_and(|at| now.duration_since(at) >= LEARNED_GRACE && !has_macs(t))
+            });
+        self.tunnels = kept;
+        for t in &gone {
+            eprintln!(
+                "vswitchd: forgot VTEP {} in VNI {}: no MAC behind it",
+                t.remote, t.vni
+            );
+        }
+        gone
     }
 
     /// Sends ARP requests for next hops that need (re-)resolving, at most

@@ -286,9 +286,10 @@ fn host(n: u8, me: u8, other: u8, uplink: &str, learn_only_100: bool) -> Host {
     } else {
         format!("\"10.{n}.1.{other}\"")
     };
+    // MACs age in 3 s, so a learned VTEP falls idle quickly.
     let cfg = Vswitchd::config_header_idle(&dir, 256, "vpc100", 20)
         + &format!(
-            "vni = 100\nremote_vteps = [{remotes100}]\n\n\
+            "mac_aging_secs = 3\nvni = 100\nremote_vteps = [{remotes100}]\n\n\
              [[bridge]]\nname = \"vpc200\"\nvni = 200\nremote_vteps = [\"10.{n}.1.{other}\"]\n\n\
              [vtep]\nuplink = \"uplink\"\nip = \"10.{n}.1.{me}/24\"\n\n\
              [[port]]\nname = \"uplink\"\nkind = \"af-packet\"\niface = \"{uplink}\"\n"
