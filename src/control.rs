@@ -14,22 +14,143 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-/// Requests `vswitchctl` sends.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+/// Requests `vswitchctl` (and the CNI plugin) send. The protocol, one JSON
+/// object per line each way, is documented in the README ("Control
+/// socket"). Requests that change something are all-or-nothing: on an
+/// error reply nothing changed.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(tag = "cmd", rename_all = "kebab-case", deny_unknown_fields)]
 pub enum Request {
-    /// Counters of every port and worker.
+    /// Counters of every port, tunnel, VNI and worker.
     Stats,
+    /// Per worker: packets, busy/idle cycles, cycles per packet, busy %
+    /// (since start or the last `clear`).
+    PmdPerf {
+        /// Start a new measurement period after answering.
+        #[serde(default)]
+        clear: bool,
+    },
+    /// Per worker: percentiles of the processing time of poll rounds
+    /// that had packets (one burst per rx queue), in cycles and ns.
+    Latency,
     /// Ports with their kind and bridge.
     PortList,
-    /// The VTEP's tunnel ports (remote VTEPs per VNI) and neighbours.
-    TunnelList,
+    /// One port: its config, counters and link.
+    PortShow {
+        /// Port name.
+        name: String,
+    },
+    /// Hot-plugs a port: `port` holds the fields of a `[[port]]` table.
+    PortAdd {
+        /// The port's fields (name, kind, bridge, kind options, groups...).
+        port: serde_json::Map<String, serde_json::Value>,
+    },
+    /// Unplugs a port (after a grace period no worker polls it).
+    PortDel {
+        /// Port name.
+        name: String,
+    },
+    /// Moves a TAP NIC into another container, keeping its MAC, address,
+    /// groups and QoS.
+    PortMove {
+        /// Port name.
+        name: String,
+        /// The new container's named netns ...
+        #[serde(default)]
+        netns: Option<String>,
+        /// ... or a process in it.
+        #[serde(default)]
+        pid: Option<u32>,
+        /// Interface name there (default: the current one).
+        #[serde(default)]
+        ifname: Option<String>,
+    },
+    /// Bridge domains with their ports, VNI and MAC table use.
+    BridgeList,
     /// Learned MACs of one bridge (or all).
     FdbShow {
         /// Bridge name; all bridges when absent.
         #[serde(default)]
         bridge: Option<String>,
     },
+    /// Forgets learned MACs (static ones stay) of a bridge, a port, or all.
+    FdbFlush {
+        /// Only this bridge.
+        #[serde(default)]
+        bridge: Option<String>,
+        /// Only those behind this port.
+        #[serde(default)]
+        port: Option<String>,
+    },
+    /// Live sessions of stateful groups.
+    SessionShow {
+        /// At most this many (default 1000).
+        #[serde(default)]
+        limit: Option<usize>,
+    },
+    /// Ends every session (later packets are judged by the rules again).
+    SessionFlush,
+    /// Defines, replaces or removes security groups and attaches them to a
+    /// port.
+    AclSet {
+        /// `[[security_group]]` tables (TOML, as in the config file); each
+        /// replaces the group of its name or is added.
+        #[serde(default)]
+        groups: Option<String>,
+        /// Groups to remove (no port may still use them).
+        #[serde(default)]
+        remove: Vec<String>,
+        /// A port whose attachments change.
+        #[serde(default)]
+        port: Option<String>,
+        /// Its ingress group ("" detaches).
+        #[serde(default)]
+        ingress: Option<String>,
+        /// Its egress group ("" detaches).
+        #[serde(default)]
+        egress: Option<String>,
+    },
+    /// The security groups (as TOML) and which port uses which.
+    AclShow,
+    /// Defines, replaces or removes QoS policies and attaches them to a
+    /// port.
+    QosSet {
+        /// `[[qos_policy]]` tables (TOML).
+        #[serde(default)]
+        policies: Option<String>,
+        /// Policies to remove.
+        #[serde(default)]
+        remove: Vec<String>,
+        /// A port whose policies change.
+        #[serde(default)]
+        port: Option<String>,
+        /// Its ingress policy ("" detaches).
+        #[serde(default)]
+        ingress: Option<String>,
+        /// Its egress policy ("" detaches).
+        #[serde(default)]
+        egress: Option<String>,
+    },
+    /// The QoS policies (as TOML) and which port uses which.
+    QosShow,
+    /// Adds a remote VTEP to a bridge's head-end replication list.
+    TunnelAdd {
+        /// The bridge (it has a VNI).
+        bridge: String,
+        /// The remote VTEP's address.
+        remote: String,
+    },
+    /// Removes a remote VTEP from a bridge's list.
+    TunnelDel {
+        /// The bridge.
+        bridge: String,
+        /// The remote VTEP's address.
+        remote: String,
+    },
+    /// The VTEP's tunnel ports (remote VTEPs per VNI) and neighbours.
+    TunnelList,
+    /// The running config as TOML, loadable by `vswitchd run`.
+    ConfigDump,
 }
 
 /// An answer.

@@ -13,10 +13,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use vswitch::security::Security;
-use vswitch::{BridgeId, MacAddr, PortId, SwitchBuilder, MAX_BURST, MAX_PORTS};
+use vswitch::{BridgeId, PortId, SwitchBuilder, MAX_BURST, MAX_PORTS};
 
 use crate::config::{Config, PortKind};
-use crate::control::{ControlServer, Request};
+use crate::control::ControlServer;
 use crate::datapath::{Datapath, RxQueue, Shared};
 use crate::dpdk::eal::Eal;
 use crate::dpdk::mempool::{Mempool, PoolHandle};
@@ -118,17 +118,29 @@ pub fn preflight(cfg: &Config) -> Result<()> {
     Ok(())
 }
 
+/// Ports that can be hot-plugged beyond the config's, each with default
+/// descriptor rings: the pool holds mbufs for them from the start (one
+/// shared pool: an mbuf may sit in any port's tx ring, so per-port pools
+/// could not be freed safely when their port goes).
+const HOTPLUG_PORTS: u32 = 16;
+
+/// Mbufs a port can hold: its rx rings filled, a tx ring per worker, and
+/// what the PMD keeps on its own.
+pub(crate) fn mbuf_demand(p: &crate::config::PortSpec, n_workers: u32) -> u32 {
+    u32::from(p.rx_queues) * u32::from(p.rx_desc)
+        + n_workers * u32::from(p.tx_desc)
+        + ports::extra_mbufs(p)
+}
+
+/// The mbufs reserved for hot-plugged ports.
+fn hotplug_reserve(n_workers: u32) -> u32 {
+    HOTPLUG_PORTS * (1024 + n_workers * 1024)
+}
+
 fn pool_size(cfg: &Config) -> u32 {
     let n_workers = cfg.workers.cores.len() as u32;
-    let mut n: u32 = cfg
-        .ports
-        .iter()
-        .map(|p| {
-            u32::from(p.rx_queues) * u32::from(p.rx_desc)
-                + n_workers * u32::from(p.tx_desc)
-                + ports::extra_mbufs(p)
-        })
-        .sum();
+    let mut n: u32 = cfg.ports.iter().map(|p| mbuf_demand(p, n_workers)).sum();
+    n += hotplug_reserve(n_workers);
     // Tx buffers, rx bursts and per-lcore caches.
     n += n_workers * (MAX_PORTS as u32 + 2) * MAX_BURST as u32;
     n += (n_workers + 1) * MEMPOOL_CACHE * 2;
@@ -139,7 +151,7 @@ fn pool_size(cfg: &Config) -> u32 {
 /// The datapath snapshot for a set of open ports, with `security` as its
 /// security stage and the VTEP's tunnel ports. With `prev`, MAC tables
 /// carry over.
-fn build_datapath(
+pub(crate) fn build_datapath(
     cfg: &Config,
     ports: &[Option<Port>],
     n_workers: usize,
@@ -202,7 +214,7 @@ fn build_datapath(
 }
 
 /// Which switch ports NICs occupy (tunnel ports take the others).
-fn nic_ports(ports: &[Option<Port>]) -> Vec<bool> {
+pub(crate) fn nic_ports(ports: &[Option<Port>]) -> Vec<bool> {
     ports.iter().map(Option::is_some).collect()
 }
 
@@ -211,84 +223,207 @@ fn ns_since(epoch: u64, hz: u64) -> u64 {
     (u128::from(dpdk::rdtsc().wrapping_sub(epoch)) * 1_000_000_000 / u128::from(hz.max(1))) as u64
 }
 
-/// Applies a changed config file (SIGHUP): security groups, QoS policies,
-/// session timeouts and the ports' group and policy names. Anything else
-/// needs a restart (ports and bridges are hot-plugged through the control
-/// socket, not by editing the file). The new snapshot is built off the data
-/// path and published atomically; workers switch between bursts.
-fn reload(
-    path: &std::path::Path,
-    cfg: &mut Config,
-    plant: &Plant,
-    generation: &mut u32,
-    now_ns: u64,
-) -> Result<()> {
-    let new = crate::config::load(path)?;
-    let strip = |c: &Config| {
-        let mut c = c.clone();
-        for p in &mut c.ports {
-            p.ingress_group = None;
-            p.egress_group = None;
-            p.ingress_qos = None;
-            p.egress_qos = None;
-        }
-        (
-            c.eal, c.workers, c.control, c.bridges, c.ports, c.vtep, c.vnis,
-        )
-    };
-    if strip(&new) != strip(cfg) {
-        bail!(
-            "only security groups, QoS policies, [sessions] timeouts and the ports' \
-             ingress/egress group and QoS fields change at run time; restart vswitchd for the rest"
-        );
-    }
-    for w in &new.warnings {
-        eprintln!("vswitchd: warning: {w}");
-    }
-    let sessions = Arc::clone(plant.shared.load().security.sessions());
-    let security = crate::security::build(&new, Some(sessions), *generation + 1, now_ns);
-    plant.publish(&new, security)?;
-    *generation += 1;
-    *cfg = new;
-    Ok(())
+/// The running switch as the control thread sees it: the config (typed,
+/// and as the TOML document runtime changes edit), the open ports by
+/// switch port id, the VTEP, and where snapshots are published.
+///
+/// Every change follows one pattern, which makes it all-or-nothing: edit a
+/// copy of the document, validate it with the same code as a config file
+/// (so a runtime change can never produce a config `vswitchd run` would
+/// refuse), do the side effects that can fail (open a port, move a NIC)
+/// and undo them if a later step fails, publish the new snapshot, and only
+/// then commit the new config.
+pub struct Daemon<'p> {
+    pub(crate) cfg: Config,
+    pub(crate) doc: toml::Table,
+    config_path: Option<std::path::PathBuf>,
+    pub(crate) ports: Vec<Option<Port>>,
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) vtep: Option<Vtep>,
+    pub(crate) pool: &'p Mempool,
+    /// Ruleset generation: bumped when groups or their attachments change
+    /// (live sessions are judged again).
+    pub(crate) generation: u32,
+    epoch: u64,
+    pub(crate) hz: u64,
+    /// Mbufs of the pool's hot-plug reserve not taken by ports.
+    pub(crate) reserve_left: u32,
+    /// Worker counters at the last `pmd-perf --clear`.
+    pub(crate) perf_base: Vec<(u64, u64, u64)>,
 }
 
-/// What snapshots are built from besides the config: the open ports, the
-/// VTEP's tunnels, the pool; and where they are published.
-struct Plant<'a> {
-    ports: &'a [Option<Port>],
-    shared: &'a Shared,
-    vtep: Option<&'a Vtep>,
-    pool: PoolHandle,
-}
+impl Daemon<'_> {
+    /// Nanoseconds since the workers' epoch.
+    pub(crate) fn now_ns(&self) -> u64 {
+        ns_since(self.epoch, self.hz)
+    }
 
-impl Plant<'_> {
-    /// Builds a snapshot of `cfg` with `security` and publishes it (MAC
-    /// tables carry over).
-    fn publish(&self, cfg: &Config, security: Security) -> Result<()> {
+    /// Seconds since the workers' epoch (MAC and session clocks).
+    pub(crate) fn now_secs(&self) -> u32 {
+        (self.now_ns() / 1_000_000_000) as u32
+    }
+
+    /// Publishes the snapshot of `cfg` for the current ports and tunnels.
+    /// `new_rules`: groups or their attachments changed, so the ruleset
+    /// generation moves on (on success).
+    pub(crate) fn publish(&mut self, cfg: &Config, new_rules: bool) -> Result<()> {
+        let generation = self.generation + u32::from(new_rules);
         let old = self.shared.load();
+        let slots: Vec<Option<&str>> = self
+            .ports
+            .iter()
+            .map(|p| p.as_ref().map(|p| p.spec.name.as_str()))
+            .collect();
+        let security = crate::security::build(
+            cfg,
+            &slots,
+            Some(Arc::clone(old.security.sessions())),
+            generation,
+            self.now_ns(),
+        );
         let dp = build_datapath(
             cfg,
-            self.ports,
+            &self.ports,
             cfg.workers.cores.len(),
             Some(&old),
             security,
-            self.vtep,
-            self.pool,
+            self.vtep.as_ref(),
+            self.pool.handle(),
         )?;
         drop(old);
         if !self.shared.publish(dp, Duration::from_secs(5)) {
             bail!("a worker did not pick up the new snapshot within 5 s");
         }
+        self.generation = generation;
         Ok(())
+    }
+
+    /// Makes `cfg` (validated from `doc`) the running config; the ports'
+    /// own copies of their specs follow it.
+    pub(crate) fn commit(&mut self, cfg: Config, doc: toml::Table) {
+        for p in self.ports.iter_mut().flatten() {
+            if let Some(s) = cfg.ports.iter().find(|s| s.name == p.spec.name) {
+                p.spec = s.clone();
+            }
+        }
+        self.cfg = cfg;
+        self.doc = doc;
+    }
+
+    /// Applies a changed config file (SIGHUP): security groups, QoS
+    /// policies, session timeouts and the ports' group and policy names.
+    /// Anything else needs a restart (ports, bridges and tunnels change
+    /// through the control socket). The snapshot is built off the data
+    /// path and published atomically; workers switch between bursts.
+    fn reload(&mut self, path: &std::path::Path) -> Result<()> {
+        let text = crate::config::read(path)?;
+        let new = crate::config::parse(&path.display().to_string(), &text)?;
+        let strip = |c: &Config| {
+            let mut c = c.clone();
+            for p in &mut c.ports {
+                p.ingress_group = None;
+                p.egress_group = None;
+                p.ingress_qos = None;
+                p.egress_qos = None;
+            }
+            c.ports.sort_by(|a, b| a.name.cmp(&b.name));
+            (
+                c.eal, c.workers, c.control, c.bridges, c.ports, c.vtep, c.vnis,
+            )
+        };
+        if strip(&new) != strip(&self.cfg) {
+            bail!(
+                "only security groups, QoS policies, [sessions] timeouts and the ports' \
+                 ingress/egress group and QoS fields change at run time; restart vswitchd for the rest \
+                 (after changes through vswitchctl, `vswitchctl config dump` writes the running config)"
+            );
+        }
+        for w in &new.warnings {
+            eprintln!("vswitchd: warning: {w}");
+        }
+        let doc: toml::Table = toml::from_str(&text).context("re-reading the config")?;
+        self.publish(&new, true)?;
+        self.commit(new, doc);
+        Ok(())
+    }
+
+    /// The stats report, tunnel ports included.
+    pub(crate) fn report(&self) -> stats::Report {
+        let vtep = self.vtep.as_ref();
+        let tunnels = vtep.map_or(&[][..], |v| v.tunnels());
+        let resolved = |t: &crate::vtep::TunnelPort| vtep.is_some_and(|v| v.resolved(t.remote));
+        stats::collect(
+            &self.ports,
+            tunnels,
+            &resolved,
+            &self.shared,
+            &self.cfg.workers.cores,
+            self.hz,
+        )
+    }
+
+    /// Handles punts for up to `timeout` (or sleeps it without a VTEP) and
+    /// publishes what the VTEP learned.
+    fn serve_vtep(&mut self, timeout: Duration) {
+        let used = nic_ports(&self.ports);
+        let Some(v) = &mut self.vtep else {
+            std::thread::sleep(timeout);
+            return;
+        };
+        if v.serve(&self.cfg, &used, timeout).rebuild {
+            let cfg = self.cfg.clone();
+            if let Err(e) = self.publish(&cfg, false) {
+                eprintln!("vswitchd: tunnel update not applied: {e:#}");
+            }
+        }
+    }
+
+    /// Once a second: ages MACs and sessions, forgets idle learned VTEPs.
+    fn sweep(&mut self) {
+        let now = self.now_secs();
+        let dp = self.shared.load();
+        for b in dp.switch.bridges() {
+            b.macs.sweep(now);
+        }
+        dp.security.sessions().sweep(now);
+        let Some(v) = &mut self.vtep else { return };
+        let behind: std::collections::HashSet<PortId> = dp
+            .switch
+            .bridges()
+            .iter()
+            .flat_map(|b| b.macs.entries(now))
+            .map(|e| e.port)
+            .collect();
+        let gone = v.expire_learned(|t| behind.contains(&t.port));
+        if !gone.is_empty() {
+            let cfg = self.cfg.clone();
+            match self.publish(&cfg, false) {
+                // No worker uses the ports any more: a MAC learned against
+                // one meanwhile must not outlive it.
+                Ok(()) => flush_ports(&dp, gone.iter().map(|t| t.port)),
+                Err(e) => eprintln!("vswitchd: tunnel update not applied: {e:#}"),
+            }
+        }
     }
 }
 
-/// Runs the switch until SIGINT/SIGTERM. Prints a `vswitchd: ready` line on
-/// stdout once the ports are up and the workers run (the demo and tests wait
-/// for it).
-pub fn run(mut cfg: Config, config_path: Option<std::path::PathBuf>) -> Result<()> {
+/// Forgets every MAC (static ones included) behind `ports`, which the
+/// published snapshot no longer has.
+pub(crate) fn flush_ports(dp: &Datapath, ports: impl Iterator<Item = PortId> + Clone) {
+    for b in dp.switch.bridges() {
+        for p in ports.clone() {
+            b.macs.flush_port(p);
+        }
+    }
+}
+
+/// Runs the switch until SIGINT/SIGTERM. `text` is the config file's
+/// content (the document runtime changes edit). Prints a `vswitchd: ready`
+/// line on stdout once the ports are up and the workers run (the demo and
+/// tests wait for it).
+pub fn run(cfg: Config, text: &str, config_path: Option<std::path::PathBuf>) -> Result<()> {
     preflight(&cfg)?;
+    let doc: toml::Table = toml::from_str(text).context("the config as a TOML document")?;
     let n_workers = cfg.workers.cores.len();
     let eal = Eal::init(&eal_args(&cfg))?;
     let lcores = lcore::worker_lcores();
@@ -318,8 +453,7 @@ pub fn run(mut cfg: Config, config_path: Option<std::path::PathBuf>) -> Result<(
     }
     let hz = dpdk::tsc_hz();
     let epoch = dpdk::rdtsc();
-    let generation = 1;
-    let mut vtep = match &cfg.vtep {
+    let vtep = match &cfg.vtep {
         Some(v) => {
             let i = cfg
                 .ports
@@ -331,7 +465,8 @@ pub fn run(mut cfg: Config, config_path: Option<std::path::PathBuf>) -> Result<(
         }
         None => None,
     };
-    let security = crate::security::build(&cfg, None, generation, 0);
+    let slots: Vec<Option<&str>> = cfg.ports.iter().map(|p| Some(p.name.as_str())).collect();
+    let security = crate::security::build(&cfg, &slots, None, 1, 0);
     let dp = build_datapath(
         &cfg,
         &ports,
@@ -364,218 +499,67 @@ pub fn run(mut cfg: Config, config_path: Option<std::path::PathBuf>) -> Result<(
         cfg.control.socket.display()
     );
 
-    let interval = Duration::from_secs(u64::from(cfg.stats.interval_secs));
+    let mut d = Daemon {
+        reserve_left: hotplug_reserve(n_workers as u32),
+        perf_base: vec![(0, 0, 0); n_workers],
+        cfg,
+        doc,
+        config_path,
+        ports,
+        shared,
+        vtep,
+        pool: &pool,
+        generation: 1,
+        epoch,
+        hz,
+    };
+    let interval = Duration::from_secs(u64::from(d.cfg.stats.interval_secs));
     let mut last_stats = Instant::now();
     let mut last_sweep = Instant::now();
-    let mut generation = generation;
     while !term.load(Ordering::Relaxed) {
-        match &mut vtep {
-            Some(v) => {
-                if v.serve(&cfg, &nic_ports(&ports), Duration::from_millis(10))
-                    .rebuild
-                {
-                    let plant = Plant {
-                        ports: &ports,
-                        shared: &shared,
-                        vtep: Some(v),
-                        pool: pool.handle(),
-                    };
-                    // Tunnels changed, not the rules: the stage is kept.
-                    if let Err(e) = plant.publish(&cfg, shared.load().security.clone()) {
-                        eprintln!("vswitchd: tunnel update not applied: {e:#}");
-                    }
-                }
-            }
-            None => std::thread::sleep(Duration::from_millis(10)),
-        }
-        let now_secs = (ns_since(epoch, hz) / 1_000_000_000) as u32;
+        d.serve_vtep(Duration::from_millis(10));
         if hup.swap(false, Ordering::Relaxed) {
-            match &config_path {
-                Some(path) => match reload(path, &mut cfg, &Plant { ports: &ports, shared: &shared, vtep: vtep.as_ref(), pool: pool.handle() }, &mut generation, ns_since(epoch, hz)) {
-                    Ok(()) => eprintln!("vswitchd: reloaded {} (ruleset generation {generation})", path.display()),
-                    Err(e) => eprintln!("vswitchd: reload of {} refused, still running the old config: {e:#}", path.display()),
+            match d.config_path.clone() {
+                Some(path) => match d.reload(&path) {
+                    Ok(()) => eprintln!(
+                        "vswitchd: reloaded {} (ruleset generation {})",
+                        path.display(),
+                        d.generation
+                    ),
+                    Err(e) => eprintln!(
+                        "vswitchd: reload of {} refused, still running the old config: {e:#}",
+                        path.display()
+                    ),
                 },
-                None => eprintln!("vswitchd: SIGHUP ignored: running the embedded config, there is no file to reload"),
+                None => eprintln!(
+                    "vswitchd: SIGHUP ignored: running the embedded config, there is no file to reload"
+                ),
             }
         }
         if dump.swap(false, Ordering::Relaxed)
             || (!interval.is_zero() && last_stats.elapsed() >= interval)
         {
-            print!(
-                "{}",
-                report(&ports, vtep.as_ref(), &shared, &cfg.workers.cores, hz).to_table()
-            );
+            print!("{}", d.report().to_table());
             last_stats = Instant::now();
         }
         if last_sweep.elapsed() >= Duration::from_secs(1) {
-            let dp = shared.load();
-            for b in dp.switch.bridges() {
-                b.macs.sweep(now_secs);
-            }
-            dp.security.sessions().sweep(now_secs);
-            if let Some(v) = &mut vtep {
-                let behind: std::collections::HashSet<PortId> = dp
-                    .switch
-                    .bridges()
-                    .iter()
-                    .flat_map(|b| b.macs.entries(now_secs))
-                    .map(|e| e.port)
-                    .collect();
-                let gone = v.expire_learned(|t| behind.contains(&t.port));
-                if !gone.is_empty() {
-                    let plant = Plant {
-                        ports: &ports,
-                        shared: &shared,
-                        vtep: Some(v),
-                        pool: pool.handle(),
-                    };
-                    match plant.publish(&cfg, dp.security.clone()) {
-                        // No worker uses the ports any more: a MAC learned
-                        // against one meanwhile must not outlive it.
-                        Ok(()) => {
-                            for b in dp.switch.bridges() {
-                                for t in &gone {
-                                    b.macs.flush_port(t.port);
-                                }
-                            }
-                        }
-                        Err(e) => eprintln!("vswitchd: tunnel update not applied: {e:#}"),
-                    }
-                }
-            }
+            d.sweep();
             last_sweep = Instant::now();
         }
-        control.poll(|req| handle(req, &ports, vtep.as_ref(), &shared, &cfg, hz, now_secs));
+        control.poll(|req| d.handle(req));
     }
 
     eprintln!("vswitchd: stopping");
-    shared.running.store(false, Ordering::Relaxed);
+    d.shared.running.store(false, Ordering::Relaxed);
     lcore::wait_all();
-    print!(
-        "{}",
-        report(&ports, vtep.as_ref(), &shared, &cfg.workers.cores, hz).to_table()
-    );
+    print!("{}", d.report().to_table());
     drop(control);
-    for p in ports.into_iter().flatten() {
-        p.eth.close();
-        if let PortKind::VhostUser {
-            socket,
-            client: false,
-        } = &p.spec.kind
-        {
-            let _ = std::fs::remove_file(socket);
-        }
+    for p in std::mem::take(&mut d.ports).into_iter().flatten() {
+        crate::admin::close_port(p);
     }
+    drop(d);
     drop(pool);
     drop(eal);
     eprintln!("vswitchd: stopped");
     Ok(())
-}
-
-/// The stats report, tunnel ports included.
-fn report(
-    ports: &[Option<Port>],
-    vtep: Option<&Vtep>,
-    shared: &Shared,
-    cores: &[u32],
-    hz: u64,
-) -> stats::Report {
-    let tunnels = vtep.map_or(&[][..], |v| v.tunnels());
-    let resolved = |t: &crate::vtep::TunnelPort| vtep.is_some_and(|v| v.resolved(t.remote));
-    stats::collect(ports, tunnels, &resolved, shared, cores, hz)
-}
-
-fn handle(
-    req: Request,
-    ports: &[Option<Port>],
-    vtep: Option<&Vtep>,
-    shared: &Shared,
-    cfg: &Config,
-    hz: u64,
-    now: u32,
-) -> Result<serde_json::Value, String> {
-    match req {
-        Request::Stats => {
-            Ok(
-                serde_json::to_value(report(ports, vtep, shared, &cfg.workers.cores, hz))
-                    .expect("reports serialize"),
-            )
-        }
-        Request::PortList => Ok(serde_json::json!(ports
-            .iter()
-            .enumerate()
-            .filter_map(|(i, p)| p.as_ref().map(|p| serde_json::json!({
-                "index": i,
-                "name": p.spec.name,
-                "kind": p.spec.kind.name(),
-                "bridge": p.spec.bridge,
-                "dpdk_port": p.eth.id(),
-                "mac": p.eth.mac().to_string(),
-                "link_up": p.eth.link_up(),
-            })))
-            .collect::<Vec<_>>())),
-        Request::TunnelList => {
-            let Some(v) = vtep else {
-                return Err("no [vtep] in the running config".into());
-            };
-            let tunnels: Vec<_> = v
-                .tunnels()
-                .iter()
-                .map(|t| {
-                    serde_json::json!({
-                        "name": t.name(),
-                        "port": t.port.0,
-                        "vni": t.vni,
-                        "bridge": t.bridge,
-                        "remote": t.remote.to_string(),
-                        "next_hop": v.host().next_hop(t.remote).map(|h| h.to_string()),
-                        "next_hop_mac": v.next_hop_mac(t.remote).map(|m| MacAddr(m).to_string()),
-                        "flood": t.flood,
-                        "learned": t.learned.is_some(),
-                    })
-                })
-                .collect();
-            let neighbours: Vec<_> = v
-                .host()
-                .neighbours()
-                .map(|(ip, n)| {
-                    serde_json::json!({
-                        "ip": ip.to_string(), "mac": MacAddr(n.mac).to_string(), "static": n.is_static,
-                    })
-                })
-                .collect();
-            Ok(serde_json::json!({ "tunnels": tunnels, "neighbours": neighbours }))
-        }
-        Request::FdbShow { bridge } => {
-            let dp = shared.load();
-            let mut out = Vec::new();
-            let mut found = bridge.is_none();
-            for b in dp.switch.bridges() {
-                if bridge.as_ref().is_some_and(|n| *n != b.conf.name) {
-                    continue;
-                }
-                found = true;
-                for e in b.macs.entries(now) {
-                    let port = ports
-                        .get(e.port.index())
-                        .and_then(|p| p.as_ref())
-                        .map(|p| p.spec.name.clone())
-                        .or_else(|| {
-                            vtep?
-                                .tunnels()
-                                .iter()
-                                .find(|t| t.port == e.port)
-                                .map(|t| t.name())
-                        });
-                    out.push(serde_json::json!({
-                        "bridge": b.conf.name, "mac": e.mac.to_string(), "port": port, "age": e.age, "static": e.is_static,
-                    }));
-                }
-            }
-            if !found {
-                return Err(format!("no bridge named {:?}", bridge.unwrap_or_default()));
-            }
-            Ok(serde_json::Value::Array(out))
-        }
-    }
 }

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use vswitch::security::Security;
-use vswitch::{Counter, PortCounters, PortId, Switch, MAX_PORTS};
+use vswitch::{Counter, CycleHistogram, PortCounters, PortId, Switch, MAX_PORTS};
 
 /// One rx queue a worker polls.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,6 +57,8 @@ pub struct WorkerCounters {
     pub idle_cycles: Counter,
     /// Frames received.
     pub packets: Counter,
+    /// Cycles of each poll round that had packets (`vswitchctl latency`).
+    pub burst_cycles: CycleHistogram,
 }
 
 impl Default for WorkerCounters {
@@ -66,6 +68,7 @@ impl Default for WorkerCounters {
             busy_cycles: Counter::default(),
             idle_cycles: Counter::default(),
             packets: Counter::default(),
+            burst_cycles: CycleHistogram::default(),
         }
     }
 }

@@ -3,9 +3,11 @@
 //! The crate is the daemon around the DPDK-free `vswitch` pipeline: config,
 //! EAL and ports (`dpdk`), port kinds and container plumbing (`ports`,
 //! `netns`), the worker lcores (`worker`, `datapath`), the VXLAN tunnel
-//! endpoint (`vtep`), counters (`stats`) and the control socket (`control`). See DESIGN.md for the data flow.
+//! endpoint (`vtep`), counters (`stats`), the control socket (`control`)
+//! and what its requests do (`admin`). See DESIGN.md for the data flow.
 #![deny(missing_docs)]
 
+pub mod admin;
 pub mod config;
 pub mod control;
 pub mod daemon;

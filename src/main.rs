@@ -34,13 +34,23 @@ enum Cmd {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let loaded = match &cli.cmd {
-        Cmd::Run { config: Some(f) } | Cmd::CheckConfig { file: f } => config::load(f),
-        Cmd::Run { config: None } => {
-            config::parse(config::DEFAULT_CONFIG_NAME, config::DEFAULT_CONFIG)
+    let text = match &cli.cmd {
+        Cmd::Run { config: Some(f) } | Cmd::CheckConfig { file: f } => {
+            config::read(f).map(|t| (f.display().to_string(), t))
+        }
+        Cmd::Run { config: None } => Ok((
+            config::DEFAULT_CONFIG_NAME.to_string(),
+            config::DEFAULT_CONFIG.to_string(),
+        )),
+    };
+    let (name, text) = match text {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("vswitchd: invalid config: {e}");
+            return ExitCode::from(1);
         }
     };
-    let cfg = match loaded {
+    let cfg = match config::parse(&name, &text) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("vswitchd: invalid config: {e}");
@@ -63,7 +73,7 @@ fn main() -> ExitCode {
             );
             ExitCode::SUCCESS
         }
-        Cmd::Run { config } => match vswitchd::daemon::run(cfg, config) {
+        Cmd::Run { config } => match vswitchd::daemon::run(cfg, &text, config) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("vswitchd: {e:#}");

@@ -77,8 +77,15 @@ pub fn has_interface(ns: &Netns, ifname: &str) -> bool {
     ip_in(ns, &["link", "show", "dev", ifname]).is_ok()
 }
 
-/// Moves host interface `host_if` into the container and configures it.
-pub fn plumb(host_if: &str, spec: &TapSpec) -> Result<(), NetnsError> {
+/// The `ip link set ... netns` argument naming a namespace.
+fn netns_arg(ns: &Netns) -> String {
+    match ns {
+        Netns::Name(n) => n.clone(),
+        Netns::Pid(p) => p.to_string(),
+    }
+}
+
+fn check_free(spec: &TapSpec) -> Result<(), NetnsError> {
     check_exists(&spec.netns)?;
     if has_interface(&spec.netns, &spec.ifname) {
         return Err(NetnsError::NameTaken {
@@ -86,14 +93,80 @@ pub fn plumb(host_if: &str, spec: &TapSpec) -> Result<(), NetnsError> {
             ifname: spec.ifname.clone(),
         });
     }
-    let target = match &spec.netns {
-        Netns::Name(n) => n.clone(),
-        Netns::Pid(p) => p.to_string(),
-    };
-    run(&["ip", "link", "set", "dev", host_if, "netns", &target])?;
+    Ok(())
+}
+
+/// Moves host interface `host_if` into the container and configures it.
+pub fn plumb(host_if: &str, spec: &TapSpec) -> Result<(), NetnsError> {
+    check_free(spec)?;
+    run(&[
+        "ip",
+        "link",
+        "set",
+        "dev",
+        host_if,
+        "netns",
+        &netns_arg(&spec.netns),
+    ])?;
+    configure(host_if, spec)
+}
+
+/// Moves a container's NIC (as `from` describes it) into another
+/// container (as `to` does), where it gets `to`'s name, address, MTU and
+/// route; its MAC goes with the device. Moving flushes the NIC's addresses,
+/// hence the full configuration. If that fails, the NIC is put back.
+pub fn move_nic(from: &TapSpec, to: &TapSpec) -> Result<(), NetnsError> {
+    check_free(to)?;
+    ip_in(
+        &from.netns,
+        &[
+            "link",
+            "set",
+            "dev",
+            &from.ifname,
+            "netns",
+            &netns_arg(&to.netns),
+        ],
+    )?;
+    configure(&from.ifname, to).inspect_err(|_| {
+        let back = ip_in(
+            &to.netns,
+            &[
+                "link",
+                "set",
+                "dev",
+                &from.ifname,
+                "netns",
+                &netns_arg(&from.netns),
+            ],
+        )
+        .or_else(|_| {
+            ip_in(
+                &to.netns,
+                &[
+                    "link",
+                    "set",
+                    "dev",
+                    &to.ifname,
+                    "netns",
+                    &netns_arg(&from.netns),
+                ],
+            )
+        });
+        if back.is_ok() {
+            let _ = configure(&from.ifname, from).or_else(|_| configure(&to.ifname, from));
+        }
+    })
+}
+
+/// Configures interface `dev`, already inside `spec.netns`, as `spec` says:
+/// name, MAC, MTU, address, up, default route.
+fn configure(dev: &str, spec: &TapSpec) -> Result<(), NetnsError> {
     let ns = &spec.netns;
-    ip_in(ns, &["link", "set", "dev", host_if, "down"])?;
-    ip_in(ns, &["link", "set", "dev", host_if, "name", &spec.ifname])?;
+    ip_in(ns, &["link", "set", "dev", dev, "down"])?;
+    if dev != spec.ifname {
+        ip_in(ns, &["link", "set", "dev", dev, "name", &spec.ifname])?;
+    }
     let dev = spec.ifname.as_str();
     if let Some(mac) = spec.mac {
         ip_in(
@@ -106,7 +179,10 @@ pub fn plumb(host_if: &str, spec: &TapSpec) -> Result<(), NetnsError> {
         &["link", "set", "dev", dev, "mtu", &spec.mtu.to_string()],
     )?;
     if let Some((addr, len)) = spec.ipv4 {
-        ip_in(ns, &["addr", "add", &format!("{addr}/{len}"), "dev", dev])?;
+        ip_in(
+            ns,
+            &["addr", "replace", &format!("{addr}/{len}"), "dev", dev],
+        )?;
     }
     ip_in(ns, &["link", "set", "dev", dev, "up"])?;
     if let Some(gw) = spec.gateway {

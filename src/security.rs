@@ -13,11 +13,13 @@ use vswitch::security::{Group, PortPolicy, Security};
 
 use crate::config::Config;
 
-/// The stage for `cfg`, numbered `generation`; `sessions` is the table of
+/// The stage for `cfg`, numbered `generation`; `slots[i]` names the port
+/// with switch port id i (None: no NIC there); `sessions` is the table of
 /// the previous snapshot, if any. `now_ns` starts the meters' clocks (the
 /// workers' time base).
 pub fn build(
     cfg: &Config,
+    slots: &[Option<&str>],
     sessions: Option<Arc<SessionTable>>,
     generation: u32,
     now_ns: u64,
@@ -73,14 +75,18 @@ pub fn build(
             Arc::new(SharedMeter::new(p.policy, now_ns))
         })
     };
-    let ports = cfg
-        .ports
+    let ports = slots
         .iter()
-        .map(|p| PortPolicy {
-            ingress: p.ingress_group.as_deref().map(|g| Arc::clone(&groups[g])),
-            egress: p.egress_group.as_deref().map(|g| Arc::clone(&groups[g])),
-            ingress_meter: meter(&p.ingress_qos),
-            egress_meter: meter(&p.egress_qos),
+        .map(|slot| {
+            let Some(p) = slot.and_then(|n| cfg.ports.iter().find(|p| p.name == n)) else {
+                return PortPolicy::default();
+            };
+            PortPolicy {
+                ingress: p.ingress_group.as_deref().map(|g| Arc::clone(&groups[g])),
+                egress: p.egress_group.as_deref().map(|g| Arc::clone(&groups[g])),
+                ingress_meter: meter(&p.ingress_qos),
+                egress_meter: meter(&p.egress_qos),
+            }
         })
         .collect();
     Security::new(ports, class_meters, sessions, generation)

@@ -133,6 +133,22 @@ pub struct Vtep {
     last_resolve: Option<Instant>,
 }
 
+/// The highest switch port id used by neither a NIC (`used`) nor one of
+/// `tunnels`.
+fn free_port(tunnels: &[TunnelPort], used: &[bool]) -> Option<PortId> {
+    (0..MAX_PORTS)
+        .rev()
+        .find(|&i| {
+            !used.get(i).copied().unwrap_or(false) && !tunnels.iter().any(|t| t.port.index() == i)
+        })
+        .map(|i| PortId(i as u16))
+}
+
+/// Whether switch port `port` is free for a NIC: no tunnel port holds it.
+pub fn free_for_nic(tunnels: &[TunnelPort], port: PortId) -> bool {
+    !tunnels.iter().any(|t| t.port == port)
+}
+
 /// What handling punts changed.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Changes {
@@ -181,40 +197,65 @@ impl Vtep {
             inject_rx,
             last_resolve: None,
         };
-        for n in &cfg.vnis {
-            let mut remotes: Vec<(Ipv4Addr, bool)> =
-                n.remote_vteps.iter().map(|&r| (r, true)).collect();
-            for &(_, r) in &n.remote_macs {
-                if !remotes.iter().any(|(x, _)| *x == r) {
-                    remotes.push((r, false));
-                }
-            }
-            for (remote, flood) in remotes {
-                let port = v.free_port(used).ok_or_else(|| {
-                    anyhow::anyhow!("no switch port left for remote VTEP {remote}")
-                })?;
-                v.tunnels.push(TunnelPort {
-                    port,
-                    vni: n.vni,
-                    bridge: n.bridge.clone(),
-                    remote,
-                    flood,
-                    learned: None,
-                });
-            }
-        }
+        v.sync(cfg, used)?;
         Ok(v)
     }
 
-    /// The highest switch port id used by neither a NIC nor a tunnel.
-    fn free_port(&self, used: &[bool]) -> Option<PortId> {
-        (0..MAX_PORTS)
-            .rev()
-            .find(|&i| {
-                !used.get(i).copied().unwrap_or(false)
-                    && !self.tunnels.iter().any(|t| t.port.index() == i)
-            })
-            .map(|i| PortId(i as u16))
+    /// Makes the tunnel ports match `cfg`: one per remote VTEP a VNI lists
+    /// in `remote_vteps` (flooded to) or `remote_mac` (not); learned ones
+    /// stay (and become configured when listed); configured ones no longer
+    /// listed go. Returns the ports removed (the caller publishes, then
+    /// flushes their MACs). On error (no port id left) nothing changed.
+    pub fn sync(&mut self, cfg: &Config, used: &[bool]) -> anyhow::Result<Vec<TunnelPort>> {
+        let mut want: Vec<(u32, &str, Ipv4Addr, bool)> = Vec::new();
+        for n in &cfg.vnis {
+            for &r in &n.remote_vteps {
+                want.push((n.vni, &n.bridge, r, true));
+            }
+            for &(_, r) in &n.remote_macs {
+                if !want.iter().any(|w| w.0 == n.vni && w.2 == r) {
+                    want.push((n.vni, &n.bridge, r, false));
+                }
+            }
+        }
+        let mut next = self.tunnels.clone();
+        let mut gone = Vec::new();
+        next.retain(|t| {
+            let listed = want.iter().find(|w| w.0 == t.vni && w.2 == t.remote);
+            let vni_kept = cfg
+                .vnis
+                .iter()
+                .any(|n| n.vni == t.vni && n.bridge == t.bridge);
+            let keep = vni_kept && (listed.is_some() || t.learned.is_some());
+            if !keep {
+                gone.push(t.clone());
+            }
+            keep
+        });
+        for t in &mut next {
+            if let Some(w) = want.iter().find(|w| w.0 == t.vni && w.2 == t.remote) {
+                t.flood = w.3;
+                t.learned = None;
+            }
+        }
+        for &(vni, bridge, remote, flood) in &want {
+            if next.iter().any(|t| t.vni == vni && t.remote == remote) {
+                continue;
+            }
+            let port = free_port(&next, used)
+                .ok_or_else(|| anyhow::anyhow!("no switch port left for remote VTEP {remote}"))?;
+            next.push(TunnelPort {
+                port,
+                vni,
+                bridge: bridge.to_string(),
+                remote,
+                flood,
+                learned: None,
+            });
+        }
+        self.tunnels = next;
+        self.last_resolve = None;
+        Ok(gone)
     }
 
     /// The tunnel ports.
@@ -334,6 +375,11 @@ impl Vtep {
         ch
     }
 
+    /// Puts back the tunnel ports [`Vtep::sync`] replaced (a publish failed).
+    pub fn restore(&mut self, tunnels: Vec<TunnelPort>) {
+        self.tunnels = tunnels;
+    }
+
     fn learn_vtep(&mut self, cfg: &Config, used: &[bool], vni: u32, remote: Ipv4Addr) -> bool {
         if self
             .tunnels
@@ -348,7 +394,7 @@ impl Vtep {
         if self.host.next_hop(remote).is_none() || remote == self.conf.ip {
             return false;
         }
-        let Some(port) = self.free_port(used) else {
+        let Some(port) = free_port(&self.tunnels, used) else {
             eprintln!("vswitchd: cannot learn VTEP {remote} in VNI {vni}: no switch port left");
             return false;
         };

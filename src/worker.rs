@@ -123,6 +123,7 @@ impl Worker {
             let t1 = dpdk::rdtsc();
             if got > 0 {
                 counters.busy_cycles.add(t1 - t0);
+                counters.burst_cycles.record(t1 - t0);
                 counters.packets.add(got as u64);
             } else {
                 counters.idle_cycles.add(t1 - t0);

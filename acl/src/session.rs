@@ -582,11 +582,132 @@ impl SessionTable {
     pub fn tcp_state(&self, slot: u32) -> TcpState {
         State::unpack(self.bodies[slot as usize].state.load(Relaxed)).tcp
     }
+
+    /// Up to `limit` live sessions at `now`, for `session show` (a scan
+    /// of the table on the control thread; slots being rewritten are
+    /// skipped).
+    pub fn entries(&self, now: u32, limit: usize) -> Vec<SessionInfo> {
+        let mut out = Vec::new();
+        for i in 0..self.bodies.len() {
+            if out.len() >= limit {
+                break;
+            }
+            let head = self.head(i).load(Acquire);
+            if head >> 32 == 0 || head & 1 == 1 {
+                continue;
+            }
+            let body = &self.bodies[i];
+            let w: Vec<u64> = body.key.iter().map(|k| k.load(Relaxed)).collect();
+            let (state, meta) = (body.state.load(Relaxed), body.meta.load(Relaxed));
+            std::sync::atomic::fence(Acquire);
+            if self.head(i).load(Relaxed) != head || (meta as u32) < now {
+                continue;
+            }
+            let st = State::unpack(state);
+            let (a, b) = (
+                u128::from(w[0]) | u128::from(w[1]) << 64,
+                u128::from(w[2]) | u128::from(w[3]) << 64,
+            );
+            let (pa, pb) = (w[4] as u16, (w[4] >> 16) as u16);
+            // The originator is the canonical first endpoint if meta says so.
+            let ((src, sport), (dst, dport)) = if meta >> 32 != 0 {
+                ((a, pa), (b, pb))
+            } else {
+                ((b, pb), (a, pa))
+            };
+            let proto = (w[4] >> 32) as u8;
+            out.push(SessionInfo {
+                tuple: Tuple {
+                    family: if (w[4] >> 56) & 1 == 1 {
+                        Family::V6
+                    } else {
+                        Family::V4
+                    },
+                    src,
+                    dst,
+                    proto,
+                    sport,
+                    dport,
+                },
+                zone: (w[4] >> 40) as u16,
+                tcp: (proto == TCP).then_some(st.tcp),
+                replied: st.replied,
+                expires_in: (meta as u32).saturating_sub(now),
+                generation: st.generation,
+                class: st.class,
+            });
+        }
+        out
+    }
+
+    /// Ends every session (`session flush`): later packets are judged by
+    /// the rules again. Returns how many were live.
+    pub fn flush(&self) -> usize {
+        (0..self.bodies.len())
+            .filter(|&i| {
+                let h = self.head(i).load(Acquire);
+                h >> 32 != 0
+                    && h & 1 == 0
+                    && self
+                        .head(i)
+                        .compare_exchange(h, (h & 0xffff_ffff) + 2, Release, Relaxed)
+                        .is_ok()
+            })
+            .count()
+    }
+}
+
+/// A live session as `session show` lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionInfo {
+    /// The tuple as its originator sent it (ICMP: ports 0).
+    pub tuple: Tuple,
+    /// Its zone (bridge domain index).
+    pub zone: u16,
+    /// TCP state (None for other protocols).
+    pub tcp: Option<TcpState>,
+    /// Whether the responder has answered.
+    pub replied: bool,
+    /// Seconds until it expires without traffic.
+    pub expires_in: u32,
+    /// The ruleset generation that admitted it.
+    pub generation: u32,
+    /// Its QoS class (0: none).
+    pub class: u16,
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn entries_list_sessions_from_their_originator_and_flush_ends_them() {
+        let tab = SessionTable::new(64, Timeouts::default());
+        // Opened by the higher address, so the canonical order is reversed.
+        let orig = t(0x0a00_0009, 40000, 0x0a00_0001, 80, TCP);
+        assert_eq!(tab.open(&orig, 3, SYN, 7, 2, 100), Open::New);
+        let udp = t(0x0a00_0001, 5000, 0x0a00_0002, 53, UDP);
+        assert_eq!(tab.open(&udp, 3, 0, 7, 0, 100), Open::New);
+        let mut e = tab.entries(100, 10);
+        e.sort_by_key(|s| s.tuple.proto);
+        assert_eq!(e.len(), 2);
+        assert_eq!(e[0].tuple, orig);
+        assert_eq!(
+            (e[0].zone, e[0].tcp, e[0].generation, e[0].class),
+            (3, Some(TcpState::SynSent), 7, 2)
+        );
+        assert_eq!(e[1].tuple, udp);
+        assert_eq!((e[1].tcp, e[1].replied), (None, false));
+        assert_eq!(e[1].expires_in, Timeouts::default().udp);
+        assert_eq!(tab.entries(100, 1).len(), 1, "limit");
+        assert!(
+            tab.entries(100 + 3600, 10).is_empty(),
+            "expired ones are not listed"
+        );
+        assert_eq!(tab.flush(), 2);
+        assert!(tab.entries(100, 10).is_empty());
+        assert_eq!(tab.lookup(&orig, 3, 100), Found::Miss);
+    }
 
     fn t(src: u32, sport: u16, dst: u32, dport: u16, proto: u8) -> Tuple {
         Tuple {

@@ -450,17 +450,20 @@ fn line_col(text: &str, offset: usize) -> (usize, usize) {
     (line, col)
 }
 
-/// Reads and validates a config file.
-pub fn load(path: &Path) -> Result<Config, ConfigError> {
-    let file = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
-        file: file.clone(),
+/// Reads a config file's text.
+pub fn read(path: &Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path).map_err(|e| ConfigError {
+        file: path.display().to_string(),
         line: 0,
         col: 0,
         field: "-".into(),
         message: format!("cannot read the config file: {e}"),
-    })?;
-    parse(&file, &text)
+    })
+}
+
+/// Reads and validates a config file.
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    parse(&path.display().to_string(), &read(path)?)
 }
 
 /// Validates config text; `file` names it in errors.

@@ -22,6 +22,6 @@ pub mod types;
 
 pub use flow::{FlowKey, ParseError, L3};
 pub use mac_table::{Learn, MacTable};
-pub use stats::{Counter, DropReason, PortCounters};
+pub use stats::{Counter, CycleHistogram, DropReason, PortCounters};
 pub use switch::{Action, BridgeConf, BridgeDomain, BuildError, Frame, Switch, SwitchBuilder};
 pub use types::{BridgeId, MacAddr, PortId, MAX_BURST, MAX_PORTS};

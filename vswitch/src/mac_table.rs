@@ -238,9 +238,14 @@ impl MacTable {
         self.remove_where(|_, w| word_port(w) == port)
     }
 
-    /// Removes every entry.
+    /// Removes every learned entry (`fdb flush`); static ones stay.
     pub fn flush(&self) -> usize {
-        self.remove_where(|_, _| true)
+        self.remove_where(|_, w| w & STATIC == 0)
+    }
+
+    /// Removes the learned entries pointing at `port`.
+    pub fn flush_learned_on(&self, port: PortId) -> usize {
+        self.remove_where(|_, w| w & STATIC == 0 && word_port(w) == port)
     }
 
     fn remove_where(&self, pred: impl Fn(usize, u64) -> bool) -> usize {
@@ -385,6 +390,12 @@ mod tests {
             (0..10).all(|i| t.lookup(mac(i), 0) == if i % 2 == 1 { Some(PortId(1)) } else { None })
         );
         assert_eq!(t.flush(), 5);
+        // Static entries survive a flush; flush_learned_on spares them too.
+        assert!(t.add_static(mac(50), PortId(1)));
+        t.learn(mac(51), PortId(1), 0);
+        assert_eq!(t.flush_learned_on(PortId(1)), 1);
+        assert_eq!(t.flush(), 0);
+        assert_eq!(t.lookup(mac(50), 0), Some(PortId(1)));
     }
 
     #[test]

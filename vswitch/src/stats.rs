@@ -124,9 +124,90 @@ impl PortCounters {
     }
 }
 
+/// Sub-buckets per power of two in a [`CycleHistogram`] (2 bits of
+/// mantissa: values are kept to within 25 %).
+const SUB: usize = 4;
+
+/// A histogram of cycle counts (per-burst processing time) that a worker
+/// records into and the control thread reads, without locks: log-linear
+/// buckets of single-writer counters. Why not hdrhistogram here: its
+/// recording is not safe against a concurrent reader, and per-worker
+/// copies would have to be handed over; the reader turns these buckets
+/// into an hdrhistogram for percentiles instead.
+#[derive(Debug)]
+pub struct CycleHistogram {
+    buckets: [Counter; 63 * SUB],
+}
+
+impl Default for CycleHistogram {
+    fn default() -> Self {
+        CycleHistogram {
+            buckets: std::array::from_fn(|_| Counter::default()),
+        }
+    }
+}
+
+impl CycleHistogram {
+    fn index(v: u64) -> usize {
+        if v < SUB as u64 {
+            return v as usize;
+        }
+        let msb = 63 - v.leading_zeros() as usize;
+        let mant = ((v >> (msb - 2)) & (SUB as u64 - 1)) as usize;
+        (msb - 1) * SUB + mant
+    }
+
+    /// The smallest value of bucket `i` (the inverse of `index`).
+    fn lower(i: usize) -> u64 {
+        if i < SUB {
+            return i as u64;
+        }
+        let msb = i / SUB + 1;
+        ((SUB + i % SUB) as u64) << (msb - 2)
+    }
+
+    /// Records one value. Only the owning worker may call this.
+    #[inline]
+    pub fn record(&self, v: u64) {
+        self.buckets[Self::index(v)].add(1);
+    }
+
+    /// (bucket's lowest value, count) of every non-empty bucket.
+    pub fn buckets(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
+        self.buckets
+            .iter()
+            .enumerate()
+            .map(|(i, c)| (Self::lower(i), c.get()))
+            .filter(|&(_, n)| n > 0)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn histogram_buckets_bound_their_values_within_a_quarter() {
+        for v in (0..5000u64).chain([1 << 20, (1 << 40) + 12345, u64::MAX]) {
+            let i = CycleHistogram::index(v);
+            let lo = CycleHistogram::lower(i);
+            assert!(lo <= v, "{v}: bucket {i} starts at {lo}");
+            if i + 1 < 63 * SUB {
+                assert!(CycleHistogram::lower(i + 1) > v, "{v}: next bucket");
+            }
+            assert!(v - lo <= v / 4, "{v} vs {lo}");
+        }
+        let h = CycleHistogram::default();
+        for v in [10, 11, 1000, 1000, 1000] {
+            h.record(v);
+        }
+        let b: Vec<_> = h.buckets().collect();
+        assert_eq!(b.iter().map(|x| x.1).sum::<u64>(), 5);
+        assert_eq!(
+            b.last().unwrap(),
+            &(CycleHistogram::lower(CycleHistogram::index(1000)), 3)
+        );
+    }
 
     #[test]
     fn reasons_have_unique_names_in_order() {

@@ -1,0 +1,692 @@
+//! What each control request does to the running switch.
+//!
+//! Changes follow the pattern of [`Daemon`]: edit a copy of the config
+//! document, validate it as a config file, do the fallible side effects
+//! (open a port, move a NIC), publish, commit; any error on the way undoes
+//! what was done and leaves the switch as it was.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use serde_json::{json, Map, Value};
+use vswitch::{MacAddr, PortId, MAX_PORTS};
+
+use crate::config::{self, Config, Netns, PortKind};
+use crate::control::Request;
+use crate::daemon::{flush_ports, mbuf_demand, nic_ports, Daemon};
+use crate::netns;
+use crate::ports::{self, Port};
+
+/// How validation errors of a changed running config name their source.
+const RUNNING: &str = "<running config>";
+
+/// The TOML text of a document.
+fn text_of(doc: &toml::Table) -> Result<String, String> {
+    toml::to_string(doc).map_err(|e| format!("cannot write the config as TOML: {e}"))
+}
+
+/// Validates a changed document exactly as a config file.
+fn validate(doc: &toml::Table) -> Result<Config, String> {
+    config::parse(RUNNING, &text_of(doc)?)
+        .map_err(|e| format!("field `{}`: {}", e.field, e.message))
+}
+
+/// The array of tables `key` (`port`, `security_group`, ...), created empty.
+fn tables<'a>(doc: &'a mut toml::Table, key: &str) -> &'a mut Vec<toml::Value> {
+    let v = doc
+        .entry(key.to_string())
+        .or_insert_with(|| toml::Value::Array(Vec::new()));
+    if !v.is_array() {
+        *v = toml::Value::Array(Vec::new());
+    }
+    v.as_array_mut().expect("made an array above")
+}
+
+/// The table of `key` named `name`.
+fn named<'a>(doc: &'a mut toml::Table, key: &str, name: &str) -> Option<&'a mut toml::Table> {
+    tables(doc, key)
+        .iter_mut()
+        .filter_map(|v| v.as_table_mut())
+        .find(|t| t.get("name").and_then(|n| n.as_str()) == Some(name))
+}
+
+/// Removes the table of `key` named `name`; whether there was one.
+fn remove_named(doc: &mut toml::Table, key: &str, name: &str) -> bool {
+    let arr = tables(doc, key);
+    let before = arr.len();
+    arr.retain(|v| v.get("name").and_then(|n| n.as_str()) != Some(name));
+    arr.len() != before
+}
+
+/// An address of a session tuple as text.
+fn addr(family: acl::Family, a: u128) -> String {
+    match family {
+        acl::Family::V4 => IpAddr::V4(Ipv4Addr::from(a as u32)).to_string(),
+        acl::Family::V6 => IpAddr::V6(Ipv6Addr::from(a)).to_string(),
+    }
+}
+
+/// Stops and detaches a port; a vhost-user server socket file goes too.
+pub fn close_port(p: Port) {
+    p.eth.close();
+    if let PortKind::VhostUser {
+        socket,
+        client: false,
+    } = &p.spec.kind
+    {
+        let _ = std::fs::remove_file(socket);
+    }
+}
+
+/// Security groups or QoS policies: the request shapes are the same.
+#[derive(Clone, Copy)]
+enum Policy {
+    Acl,
+    Qos,
+}
+
+impl Policy {
+    /// The config's array of tables.
+    fn key(self) -> &'static str {
+        match self {
+            Policy::Acl => "security_group",
+            Policy::Qos => "qos_policy",
+        }
+    }
+
+    /// The port fields attaching one: (ingress, egress).
+    fn fields(self) -> (&'static str, &'static str) {
+        match self {
+            Policy::Acl => ("ingress_group", "egress_group"),
+            Policy::Qos => ("ingress_qos", "egress_qos"),
+        }
+    }
+}
+
+/// What an `acl set` / `qos set` asks.
+struct PolicyChange {
+    tables: Option<String>,
+    remove: Vec<String>,
+    port: Option<String>,
+    ingress: Option<String>,
+    egress: Option<String>,
+}
+
+impl Daemon<'_> {
+    /// Answers one request.
+    pub fn handle(&mut self, req: Request) -> Result<Value, String> {
+        match req {
+            Request::Stats => Ok(serde_json::to_value(self.report()).expect("reports serialize")),
+            Request::PmdPerf { clear } => Ok(self.pmd_perf(clear)),
+            Request::Latency => Ok(self.latency()),
+            Request::PortList => Ok(self.port_list()),
+            Request::PortShow { name } => self.port_show(&name),
+            Request::PortAdd { port } => self.port_add(port),
+            Request::PortDel { name } => self.port_del(&name),
+            Request::PortMove {
+                name,
+                netns,
+                pid,
+                ifname,
+            } => self.port_move(&name, netns, pid, ifname),
+            Request::BridgeList => Ok(self.bridge_list()),
+            Request::FdbShow { bridge } => self.fdb_show(bridge),
+            Request::FdbFlush { bridge, port } => self.fdb_flush(bridge, port),
+            Request::SessionShow { limit } => Ok(self.session_show(limit.unwrap_or(1000))),
+            Request::SessionFlush => {
+                Ok(json!({ "flushed": self.shared.load().security.sessions().flush() }))
+            }
+            Request::AclSet {
+                groups,
+                remove,
+                port,
+                ingress,
+                egress,
+            } => self.policy_set(
+                Policy::Acl,
+                PolicyChange {
+                    tables: groups,
+                    remove,
+                    port,
+                    ingress,
+                    egress,
+                },
+            ),
+            Request::AclShow => Ok(self.policy_show(Policy::Acl)),
+            Request::QosSet {
+                policies,
+                remove,
+                port,
+                ingress,
+                egress,
+            } => self.policy_set(
+                Policy::Qos,
+                PolicyChange {
+                    tables: policies,
+                    remove,
+                    port,
+                    ingress,
+                    egress,
+                },
+            ),
+            Request::QosShow => Ok(self.policy_show(Policy::Qos)),
+            Request::TunnelAdd { bridge, remote } => self.tunnel_edit(&bridge, &remote, true),
+            Request::TunnelDel { bridge, remote } => self.tunnel_edit(&bridge, &remote, false),
+            Request::TunnelList => self.tunnel_list(),
+            Request::ConfigDump => Ok(json!({ "toml": text_of(&self.doc)? })),
+        }
+    }
+
+    /// The switch port id of the NIC named `name`.
+    fn slot_of(&self, name: &str) -> Option<usize> {
+        self.ports
+            .iter()
+            .position(|p| p.as_ref().is_some_and(|p| p.spec.name == name))
+    }
+
+    fn slot_or_err(&self, name: &str) -> Result<usize, String> {
+        self.slot_of(name)
+            .ok_or_else(|| format!("no port named {name:?}"))
+    }
+
+    /// The name of whatever holds switch port `p` (a NIC or a tunnel).
+    fn port_name(&self, p: PortId) -> Option<String> {
+        match self.ports.get(p.index()).and_then(|x| x.as_ref()) {
+            Some(port) => Some(port.spec.name.clone()),
+            None => self
+                .vtep
+                .as_ref()?
+                .tunnels()
+                .iter()
+                .find(|t| t.port == p)
+                .map(|t| t.name()),
+        }
+    }
+
+    fn port_json(&self, i: usize, p: &Port) -> Value {
+        json!({
+            "index": i,
+            "name": p.spec.name,
+            "kind": p.spec.kind.name(),
+            "bridge": p.spec.bridge,
+            "dpdk_port": p.eth.id(),
+            "mac": p.eth.mac().to_string(),
+            "link_up": p.eth.link_up(),
+        })
+    }
+
+    fn port_list(&self) -> Value {
+        Value::Array(
+            self.ports
+                .iter()
+                .enumerate()
+                .filter_map(|(i, p)| p.as_ref().map(|p| self.port_json(i, p)))
+                .collect(),
+        )
+    }
+
+    fn port_show(&self, name: &str) -> Result<Value, String> {
+        let slot = self.slot_or_err(name)?;
+        let p = self.ports[slot].as_ref().expect("slot_of found it");
+        let mut v = self.port_json(slot, p);
+        let mut doc = self.doc.clone();
+        v["config"] = serde_json::to_value(named(&mut doc, "port", name).cloned())
+            .map_err(|e| e.to_string())?;
+        v["stats"] = self
+            .report()
+            .ports
+            .into_iter()
+            .find(|r| r.name == name)
+            .map(|r| serde_json::to_value(r).expect("reports serialize"))
+            .unwrap_or(Value::Null);
+        Ok(v)
+    }
+
+    /// The lowest switch port id free for a NIC.
+    fn free_slot(&self) -> Result<usize, String> {
+        let tunnels = self.vtep.as_ref().map_or(&[][..], |v| v.tunnels());
+        (0..MAX_PORTS)
+            .find(|&i| {
+                self.ports.get(i).map_or(true, |p| p.is_none())
+                    && crate::vtep::free_for_nic(tunnels, PortId(i as u16))
+            })
+            .ok_or_else(|| format!("all {MAX_PORTS} switch ports are in use"))
+    }
+
+    fn port_add(&mut self, fields: Map<String, Value>) -> Result<Value, String> {
+        let name = fields
+            .get("name")
+            .and_then(|v| v.as_str())
+            .ok_or("a port needs a `name`")?
+            .to_string();
+        if self.slot_of(&name).is_some() {
+            return Err(format!("port name {name:?} is in use"));
+        }
+        let table = toml::Value::try_from(Value::Object(fields))
+            .map_err(|e| format!("the port's fields do not make a TOML table: {e}"))?;
+        let mut doc = self.doc.clone();
+        tables(&mut doc, "port").push(table);
+        let cfg = validate(&doc)?;
+        let spec = cfg
+            .ports
+            .iter()
+            .find(|p| p.name == name)
+            .expect("validated with it")
+            .clone();
+        ports::preflight(&spec).map_err(|e| e.to_string())?;
+        let n_workers = cfg.workers.cores.len();
+        let demand = mbuf_demand(&spec, n_workers as u32);
+        if demand > self.reserve_left {
+            return Err(format!(
+                "not enough mbufs for port {name:?}: it needs {demand}, the hot-plug reserve has {} left; \
+                 give it fewer descriptors (rx_desc, tx_desc) or put it in the config file and restart",
+                self.reserve_left
+            ));
+        }
+        let slot = self.free_slot()?;
+        let port = Port::open(&spec, slot, n_workers, self.pool).map_err(|e| e.to_string())?;
+        if self.ports.len() <= slot {
+            self.ports.resize_with(slot + 1, || None);
+        }
+        self.ports[slot] = Some(port);
+        if let Err(e) = self.publish(&cfg, false) {
+            if let Some(p) = self.ports[slot].take() {
+                close_port(p);
+            }
+            return Err(format!("{e:#}"));
+        }
+        self.reserve_left -= demand;
+        self.commit(cfg, doc);
+        let p = self.ports[slot].as_ref().expect("just added");
+        eprintln!(
+            "vswitchd: port {name} ({}) added as switch port {slot}",
+            p.spec.kind.name()
+        );
+        Ok(self.port_json(slot, p))
+    }
+
+    fn port_del(&mut self, name: &str) -> Result<Value, String> {
+        let slot = self.slot_or_err(name)?;
+        if self.cfg.vtep.as_ref().is_some_and(|v| v.uplink == name) {
+            return Err(format!(
+                "port {name:?} is the VTEP's uplink; it goes only with [vtep] (edit the config and restart)"
+            ));
+        }
+        let mut doc = self.doc.clone();
+        remove_named(&mut doc, "port", name);
+        let cfg = validate(&doc)?;
+        let port = self.ports[slot].take();
+        if let Err(e) = self.publish(&cfg, false) {
+            self.ports[slot] = port;
+            return Err(format!("{e:#}"));
+        }
+        // Published: no worker polls the port or holds a frame for it.
+        flush_ports(&self.shared.load(), std::iter::once(PortId(slot as u16)));
+        let port = port.expect("slot_of found it");
+        self.reserve_left += mbuf_demand(&port.spec, cfg.workers.cores.len() as u32);
+        close_port(port);
+        self.commit(cfg, doc);
+        eprintln!("vswitchd: port {name} removed");
+        Ok(json!({ "removed": name }))
+    }
+
+    fn port_move(
+        &mut self,
+        name: &str,
+        netns: Option<String>,
+        pid: Option<u32>,
+        ifname: Option<String>,
+    ) -> Result<Value, String> {
+        let slot = self.slot_or_err(name)?;
+        let port = self.ports[slot].as_ref().expect("slot_of found it");
+        let PortKind::Tap(from) = port.spec.kind.clone() else {
+            return Err(format!(
+                "port {name:?} is a {} port: only TAP NICs move between containers \
+                 (a DPDK container opens its vhost-user socket itself)",
+                port.spec.kind.name()
+            ));
+        };
+        let (key, value, target) = match (netns, pid) {
+            (Some(n), None) => ("netns", toml::Value::from(n.clone()), Netns::Name(n)),
+            (None, Some(p)) => ("pid", toml::Value::from(i64::from(p)), Netns::Pid(p)),
+            _ => return Err("give the new container as either `netns` or `pid`".into()),
+        };
+        netns::check_exists(&target).map_err(|e| e.to_string())?;
+        let mut doc = self.doc.clone();
+        let t = named(&mut doc, "port", name).ok_or("the port is not in the config document")?;
+        t.remove("netns");
+        t.remove("pid");
+        t.insert(key.into(), value);
+        if let Some(i) = &ifname {
+            t.insert("ifname".into(), toml::Value::from(i.clone()));
+        }
+        let cfg = validate(&doc)?;
+        let Some(PortKind::Tap(to)) = cfg
+            .ports
+            .iter()
+            .find(|p| p.name == name)
+            .map(|p| p.kind.clone())
+        else {
+            unreachable!("a TAP port stays a TAP port");
+        };
+        netns::move_nic(&from, &to).map_err(|e| e.to_string())?;
+        self.commit(cfg, doc);
+        eprintln!(
+            "vswitchd: port {name} moved from {} to {}",
+            from.netns, to.netns
+        );
+        Ok(json!({ "moved": name, "netns": to.netns.to_string(), "ifname": to.ifname }))
+    }
+
+    fn bridge_list(&self) -> Value {
+        let dp = self.shared.load();
+        let now = self.now_secs();
+        Value::Array(
+            dp.switch
+                .bridges()
+                .iter()
+                .map(|b| {
+                    let vni = self.cfg.vnis.iter().find(|v| v.bridge == b.conf.name);
+                    json!({
+                        "name": b.conf.name,
+                        "vni": vni.map(|v| v.vni),
+                        "ports": b.ports.iter().filter_map(|p| self.port_name(*p)).collect::<Vec<_>>(),
+                        "macs": b.macs.entries(now).len(),
+                        "mac_capacity": b.macs.capacity(),
+                        "mac_aging_secs": b.conf.mac_aging_secs,
+                    })
+                })
+                .collect(),
+        )
+    }
+
+    fn fdb_show(&self, bridge: Option<String>) -> Result<Value, String> {
+        let dp = self.shared.load();
+        let now = self.now_secs();
+        let mut out = Vec::new();
+        let mut found = bridge.is_none();
+        for b in dp.switch.bridges() {
+            if bridge.as_ref().is_some_and(|n| *n != b.conf.name) {
+                continue;
+            }
+            found = true;
+            for e in b.macs.entries(now) {
+                out.push(json!({
+                    "bridge": b.conf.name, "mac": e.mac.to_string(), "port": self.port_name(e.port),
+                    "age": e.age, "static": e.is_static,
+                }));
+            }
+        }
+        if !found {
+            return Err(format!("no bridge named {:?}", bridge.unwrap_or_default()));
+        }
+        Ok(Value::Array(out))
+    }
+
+    fn fdb_flush(&self, bridge: Option<String>, port: Option<String>) -> Result<Value, String> {
+        let dp = self.shared.load();
+        if let Some(b) = &bridge {
+            if !dp.switch.bridges().iter().any(|x| x.conf.name == *b) {
+                return Err(format!("no bridge named {b:?}"));
+            }
+        }
+        let port = match &port {
+            Some(n) => Some(PortId(self.slot_or_err(n)? as u16)),
+            None => None,
+        };
+        let mut n = 0;
+        for b in dp.switch.bridges() {
+            if bridge.as_ref().is_some_and(|x| *x != b.conf.name) {
+                continue;
+            }
+            n += match port {
+                Some(p) => b.macs.flush_learned_on(p),
+                None => b.macs.flush(),
+            };
+        }
+        Ok(json!({ "flushed": n }))
+    }
+
+    fn session_show(&self, limit: usize) -> Value {
+        let dp = self.shared.load();
+        let sessions = dp.security.sessions();
+        let list: Vec<Value> = sessions
+            .entries(self.now_secs(), limit)
+            .into_iter()
+            .map(|s| {
+                let t = s.tuple;
+                json!({
+                    "bridge": self.cfg.bridges.get(usize::from(s.zone)).map(|b| b.name.clone()),
+                    "proto": t.proto,
+                    "src": addr(t.family, t.src),
+                    "sport": t.sport,
+                    "dst": addr(t.family, t.dst),
+                    "dport": t.dport,
+                    "tcp_state": s.tcp.map(|st| format!("{st:?}")),
+                    "replied": s.replied,
+                    "expires_in": s.expires_in,
+                    "generation": s.generation,
+                })
+            })
+            .collect();
+        json!({ "capacity": sessions.capacity(), "shown": list.len(), "sessions": list })
+    }
+
+    fn policy_set(&mut self, kind: Policy, change: PolicyChange) -> Result<Value, String> {
+        let key = kind.key();
+        let mut doc = self.doc.clone();
+        let mut changed = false;
+        if let Some(text) = &change.tables {
+            let parsed: toml::Table =
+                toml::from_str(text).map_err(|e| format!("not TOML: {}", e.message()))?;
+            let items = match parsed.get(key) {
+                Some(toml::Value::Array(a)) if parsed.len() == 1 => a.clone(),
+                _ => return Err(format!("expected only [[{key}]] tables")),
+            };
+            for item in items {
+                let name = item
+                    .get("name")
+                    .and_then(|n| n.as_str())
+                    .ok_or_else(|| format!("every [[{key}]] needs a `name`"))?
+                    .to_string();
+                match named(&mut doc, key, &name) {
+                    Some(t) => *t = item.as_table().cloned().unwrap_or_default(),
+                    None => tables(&mut doc, key).push(item),
+                }
+                changed = true;
+            }
+        }
+        for r in &change.remove {
+            if !remove_named(&mut doc, key, r) {
+                return Err(format!("no [[{key}]] named {r:?}"));
+            }
+            changed = true;
+        }
+        match &change.port {
+            Some(p) => {
+                let t = named(&mut doc, "port", p).ok_or_else(|| format!("no port named {p:?}"))?;
+                let (fin, fout) = kind.fields();
+                for (field, v) in [(fin, &change.ingress), (fout, &change.egress)] {
+                    match v.as_deref() {
+                        Some("") => {
+                            t.remove(field);
+                        }
+                        Some(g) => {
+                            t.insert(field.into(), toml::Value::from(g));
+                        }
+                        None => continue,
+                    }
+                    changed = true;
+                }
+            }
+            None if change.ingress.is_some() || change.egress.is_some() => {
+                return Err("`ingress` and `egress` need the `port` they attach to".into())
+            }
+            None => {}
+        }
+        if !changed {
+            return Err("nothing to change".into());
+        }
+        let cfg = validate(&doc)?;
+        for w in &cfg.warnings {
+            eprintln!("vswitchd: warning: {w}");
+        }
+        self.publish(&cfg, true).map_err(|e| format!("{e:#}"))?;
+        let warnings = cfg.warnings.clone();
+        self.commit(cfg, doc);
+        Ok(json!({ "generation": self.generation, "warnings": warnings }))
+    }
+
+    fn policy_show(&self, kind: Policy) -> Value {
+        let key = kind.key();
+        let mut only = toml::Table::new();
+        if let Some(v) = self.doc.get(key) {
+            only.insert(key.into(), v.clone());
+        }
+        let (fin, fout) = kind.fields();
+        let ports: Vec<Value> = self
+            .cfg
+            .ports
+            .iter()
+            .map(|p| {
+                let (i, o) = match kind {
+                    Policy::Acl => (&p.ingress_group, &p.egress_group),
+                    Policy::Qos => (&p.ingress_qos, &p.egress_qos),
+                };
+                json!({ "port": p.name, fin: i, fout: o })
+            })
+            .collect();
+        json!({ "toml": toml::to_string(&only).unwrap_or_default(), "ports": ports })
+    }
+
+    fn tunnel_edit(&mut self, bridge: &str, remote: &str, add: bool) -> Result<Value, String> {
+        if self.vtep.is_none() {
+            return Err("no [vtep] in the running config".into());
+        }
+        let ip: Ipv4Addr = remote
+            .parse()
+            .map_err(|_| format!("{remote:?} is not an IPv4 address"))?;
+        let mut doc = self.doc.clone();
+        let b = named(&mut doc, "bridge", bridge)
+            .ok_or_else(|| format!("no bridge named {bridge:?}"))?;
+        let list = b
+            .entry("remote_vteps")
+            .or_insert_with(|| toml::Value::Array(Vec::new()))
+            .as_array_mut()
+            .ok_or("remote_vteps is not a list")?;
+        let listed = list.iter().position(|v| v.as_str() == Some(remote));
+        match (add, listed) {
+            (true, Some(_)) => return Err(format!("{ip} is already a remote VTEP of {bridge:?}")),
+            (true, None) => list.push(toml::Value::from(ip.to_string())),
+            (false, Some(i)) => {
+                list.remove(i);
+            }
+            (false, None) => return Err(format!("{ip} is not a remote VTEP of {bridge:?}")),
+        }
+        let cfg = validate(&doc)?;
+        let used = nic_ports(&self.ports);
+        let v = self.vtep.as_mut().expect("checked above");
+        let before = v.tunnels().to_vec();
+        let gone = v.sync(&cfg, &used).map_err(|e| format!("{e:#}"))?;
+        if let Err(e) = self.publish(&cfg, false) {
+            self.vtep.as_mut().expect("checked above").restore(before);
+            return Err(format!("{e:#}"));
+        }
+        flush_ports(&self.shared.load(), gone.iter().map(|t| t.port));
+        self.commit(cfg, doc);
+        self.tunnel_list()
+    }
+
+    fn tunnel_list(&self) -> Result<Value, String> {
+        let v = self
+            .vtep
+            .as_ref()
+            .ok_or("no [vtep] in the running config")?;
+        let tunnels: Vec<_> = v
+            .tunnels()
+            .iter()
+            .map(|t| {
+                json!({
+                    "name": t.name(),
+                    "port": t.port.0,
+                    "vni": t.vni,
+                    "bridge": t.bridge,
+                    "remote": t.remote.to_string(),
+                    "next_hop": v.host().next_hop(t.remote).map(|h| h.to_string()),
+                    "next_hop_mac": v.next_hop_mac(t.remote).map(|m| MacAddr(m).to_string()),
+                    "flood": t.flood,
+                    "learned": t.learned.is_some(),
+                })
+            })
+            .collect();
+        let neighbours: Vec<_> = v
+            .host()
+            .neighbours()
+            .map(|(ip, n)| {
+                json!({ "ip": ip.to_string(), "mac": MacAddr(n.mac).to_string(), "static": n.is_static })
+            })
+            .collect();
+        Ok(json!({ "tunnels": tunnels, "neighbours": neighbours }))
+    }
+
+    fn pmd_perf(&mut self, clear: bool) -> Value {
+        let now: Vec<(u64, u64, u64)> = self
+            .shared
+            .workers
+            .iter()
+            .map(|w| {
+                let c = &w.counters;
+                (c.packets.get(), c.busy_cycles.get(), c.idle_cycles.get())
+            })
+            .collect();
+        let workers: Vec<Value> = now
+            .iter()
+            .zip(&self.perf_base)
+            .enumerate()
+            .map(|(i, (n, b))| {
+                let (pkts, busy, idle) = (n.0 - b.0, n.1 - b.1, n.2 - b.2);
+                json!({
+                    "worker": i,
+                    "core": self.cfg.workers.cores.get(i),
+                    "packets": pkts,
+                    "busy_cycles": busy,
+                    "idle_cycles": idle,
+                    "busy_pct": if busy + idle == 0 { 0.0 } else { 100.0 * busy as f64 / (busy + idle) as f64 },
+                    "cycles_per_packet": if pkts == 0 { 0.0 } else { busy as f64 / pkts as f64 },
+                })
+            })
+            .collect();
+        if clear {
+            self.perf_base = now;
+        }
+        json!({ "tsc_hz": self.hz, "workers": workers })
+    }
+
+    fn latency(&self) -> Value {
+        let hz = self.hz.max(1) as f64;
+        let workers: Vec<Value> = self
+            .shared
+            .workers
+            .iter()
+            .enumerate()
+            .map(|(i, w)| {
+                let mut h = hdrhistogram::Histogram::<u64>::new(3).expect("3 significant digits");
+                for (lo, n) in w.counters.burst_cycles.buckets() {
+                    let _ = h.record_n(lo.max(1), n);
+                }
+                let q = |p: f64| h.value_at_quantile(p);
+                let ns = |c: u64| c as f64 * 1e9 / hz;
+                json!({
+                    "worker": i,
+                    "rounds": h.len(),
+                    "cycles": { "p50": q(0.5), "p90": q(0.9), "p99": q(0.99), "p99.9": q(0.999), "max": h.max() },
+                    "ns": { "p50": ns(q(0.5)), "p90": ns(q(0.9)), "p99": ns(q(0.99)), "p99.9": ns(q(0.999)), "max": ns(h.max()) },
+                })
+            })
+            .collect();
+        json!({
+            "what": "processing time of poll rounds with packets (rx, switch, tx of one burst per rx queue); \
+                     buckets are within 25 %",
+            "workers": workers,
+        })
+    }
+}
