@@ -1,9 +1,16 @@
 //! `vswitchctl`: talk to a running vswitchd over its control socket.
+//!
+//! Every verb is one request of the JSON protocol (README, "Control
+//! socket"); answers are printed as pretty JSON unless a verb has a
+//! natural text form (stats, config dump, acl/qos show). Exit status: 0 on
+//! success, 1 when vswitchd refused the request, 2 when it could not be
+//! asked.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use serde_json::{Map, Value};
 use vswitchd::control::{request, Request};
 use vswitchd::stats::Report;
 
@@ -22,22 +29,55 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Noun {
-    /// Per-port and per-worker counters.
+    /// Per-port, per-tunnel, per-VNI and per-worker counters.
     Stats,
-    /// Ports.
+    /// Per worker: cycles per packet and busy share.
+    PmdPerf {
+        /// Start a new measurement period after printing.
+        #[arg(long)]
+        clear: bool,
+    },
+    /// Per worker: percentiles of the processing time of a poll round.
+    Latency,
+    /// Ports (container NICs, uplinks).
     Port {
         #[command(subcommand)]
         verb: PortVerb,
+    },
+    /// Bridge domains.
+    Bridge {
+        #[command(subcommand)]
+        verb: BridgeVerb,
+    },
+    /// The MAC learning tables.
+    Fdb {
+        #[command(subcommand)]
+        verb: FdbVerb,
+    },
+    /// Sessions of stateful security groups.
+    Session {
+        #[command(subcommand)]
+        verb: SessionVerb,
+    },
+    /// Security groups and their attachment to ports.
+    Acl {
+        #[command(subcommand)]
+        verb: PolicyVerb,
+    },
+    /// QoS policies and their attachment to ports.
+    Qos {
+        #[command(subcommand)]
+        verb: PolicyVerb,
     },
     /// VXLAN tunnels: remote VTEPs per VNI, underlay neighbours.
     Tunnel {
         #[command(subcommand)]
         verb: TunnelVerb,
     },
-    /// The MAC learning tables.
-    Fdb {
+    /// The running configuration.
+    Config {
         #[command(subcommand)]
-        verb: FdbVerb,
+        verb: ConfigVerb,
     },
 }
 
@@ -45,11 +85,34 @@ enum Noun {
 enum PortVerb {
     /// List ports.
     List,
+    /// One port's config, counters and link.
+    Show { name: String },
+    /// Hot-plug a port: `[[port]]` fields as KEY=VALUE, e.g.
+    /// `name=web kind=tap netns=c1 bridge=vpc1 ipv4=10.0.0.5/24`.
+    Add {
+        #[arg(required = true)]
+        fields: Vec<String>,
+    },
+    /// Unplug a port.
+    Del { name: String },
+    /// Move a TAP NIC into another container (keeps MAC, address, groups).
+    Move {
+        name: String,
+        /// The new container's named netns.
+        #[arg(long, conflicts_with = "pid", required_unless_present = "pid")]
+        netns: Option<String>,
+        /// A process of the new container.
+        #[arg(long)]
+        pid: Option<u32>,
+        /// The interface name there (default: unchanged).
+        #[arg(long)]
+        ifname: Option<String>,
+    },
 }
 
 #[derive(Subcommand)]
-enum TunnelVerb {
-    /// List tunnel ports and neighbours.
+enum BridgeVerb {
+    /// List bridge domains.
     List,
 }
 
@@ -60,23 +123,212 @@ enum FdbVerb {
         /// Only this bridge.
         bridge: Option<String>,
     },
+    /// Forget learned MACs (static ones stay).
+    Flush {
+        /// Only this bridge.
+        #[arg(long)]
+        bridge: Option<String>,
+        /// Only those behind this port.
+        #[arg(long)]
+        port: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum SessionVerb {
+    /// List live sessions.
+    Show {
+        /// At most this many.
+        #[arg(long)]
+        limit: Option<usize>,
+    },
+    /// End every session.
+    Flush,
+}
+
+#[derive(Subcommand)]
+enum PolicyVerb {
+    /// Define/replace (from a TOML file of `[[security_group]]` or
+    /// `[[qos_policy]]` tables), remove, and attach to a port.
+    Set {
+        /// TOML file with the tables to define or replace.
+        #[arg(long)]
+        file: Option<PathBuf>,
+        /// Names to remove.
+        #[arg(long)]
+        remove: Vec<String>,
+        /// The port to attach to.
+        #[arg(long)]
+        port: Option<String>,
+        /// Ingress (towards the container) name; "" detaches.
+        #[arg(long)]
+        ingress: Option<String>,
+        /// Egress (from the container) name; "" detaches.
+        #[arg(long)]
+        egress: Option<String>,
+    },
+    /// Show the definitions and attachments.
+    Show,
+}
+
+#[derive(Subcommand)]
+enum TunnelVerb {
+    /// Add a remote VTEP to a bridge's flood list.
+    Add { bridge: String, remote: String },
+    /// Remove a remote VTEP from a bridge's flood list.
+    Del { bridge: String, remote: String },
+    /// List tunnel ports and neighbours.
+    List,
+}
+
+#[derive(Subcommand)]
+enum ConfigVerb {
+    /// Print the running config as TOML (loadable by `vswitchd run`).
+    Dump,
+}
+
+/// A `KEY=VALUE` port field as JSON: booleans and integers typed, lists
+/// (`static_macs`, `rx_workers`) split at commas, the rest strings.
+fn field(kv: &str) -> Result<(String, Value), String> {
+    let (k, v) = kv
+        .split_once('=')
+        .ok_or_else(|| format!("{kv:?}: expected KEY=VALUE"))?;
+    let scalar = |s: &str| -> Value {
+        match s {
+            "true" => Value::Bool(true),
+            "false" => Value::Bool(false),
+            _ => s
+                .parse::<i64>()
+                .map(Value::from)
+                .unwrap_or_else(|_| Value::from(s)),
+        }
+    };
+    let value = match k {
+        "static_macs" | "rx_workers" => {
+            Value::Array(v.split(',').filter(|s| !s.is_empty()).map(scalar).collect())
+        }
+        // Names stay strings even when they look like numbers.
+        "name" | "netns" | "ifname" | "iface" | "bridge" => Value::from(v),
+        _ => scalar(v),
+    };
+    Ok((k.to_string(), value))
+}
+
+fn policy_request(acl: bool, verb: &PolicyVerb) -> Result<Request, String> {
+    Ok(match verb {
+        PolicyVerb::Show if acl => Request::AclShow,
+        PolicyVerb::Show => Request::QosShow,
+        PolicyVerb::Set {
+            file,
+            remove,
+            port,
+            ingress,
+            egress,
+        } => {
+            let tables = match file {
+                Some(f) => Some(
+                    std::fs::read_to_string(f)
+                        .map_err(|e| format!("cannot read {}: {e}", f.display()))?,
+                ),
+                None => None,
+            };
+            let (remove, port, ingress, egress) = (
+                remove.clone(),
+                port.clone(),
+                ingress.clone(),
+                egress.clone(),
+            );
+            if acl {
+                Request::AclSet {
+                    groups: tables,
+                    remove,
+                    port,
+                    ingress,
+                    egress,
+                }
+            } else {
+                Request::QosSet {
+                    policies: tables,
+                    remove,
+                    port,
+                    ingress,
+                    egress,
+                }
+            }
+        }
+    })
+}
+
+fn to_request(noun: &Noun) -> Result<Request, String> {
+    Ok(match noun {
+        Noun::Stats => Request::Stats,
+        Noun::PmdPerf { clear } => Request::PmdPerf { clear: *clear },
+        Noun::Latency => Request::Latency,
+        Noun::Port { verb } => match verb {
+            PortVerb::List => Request::PortList,
+            PortVerb::Show { name } => Request::PortShow { name: name.clone() },
+            PortVerb::Add { fields } => Request::PortAdd {
+                port: fields
+                    .iter()
+                    .map(|f| field(f))
+                    .collect::<Result<Map<_, _>, _>>()?,
+            },
+            PortVerb::Del { name } => Request::PortDel { name: name.clone() },
+            PortVerb::Move {
+                name,
+                netns,
+                pid,
+                ifname,
+            } => Request::PortMove {
+                name: name.clone(),
+                netns: netns.clone(),
+                pid: *pid,
+                ifname: ifname.clone(),
+            },
+        },
+        Noun::Bridge {
+            verb: BridgeVerb::List,
+        } => Request::BridgeList,
+        Noun::Fdb { verb } => match verb {
+            FdbVerb::Show { bridge } => Request::FdbShow {
+                bridge: bridge.clone(),
+            },
+            FdbVerb::Flush { bridge, port } => Request::FdbFlush {
+                bridge: bridge.clone(),
+                port: port.clone(),
+            },
+        },
+        Noun::Session { verb } => match verb {
+            SessionVerb::Show { limit } => Request::SessionShow { limit: *limit },
+            SessionVerb::Flush => Request::SessionFlush,
+        },
+        Noun::Acl { verb } => policy_request(true, verb)?,
+        Noun::Qos { verb } => policy_request(false, verb)?,
+        Noun::Tunnel { verb } => match verb {
+            TunnelVerb::Add { bridge, remote } => Request::TunnelAdd {
+                bridge: bridge.clone(),
+                remote: remote.clone(),
+            },
+            TunnelVerb::Del { bridge, remote } => Request::TunnelDel {
+                bridge: bridge.clone(),
+                remote: remote.clone(),
+            },
+            TunnelVerb::List => Request::TunnelList,
+        },
+        Noun::Config {
+            verb: ConfigVerb::Dump,
+        } => Request::ConfigDump,
+    })
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let req = match &cli.noun {
-        Noun::Stats => Request::Stats,
-        Noun::Port {
-            verb: PortVerb::List,
-        } => Request::PortList,
-        Noun::Tunnel {
-            verb: TunnelVerb::List,
-        } => Request::TunnelList,
-        Noun::Fdb {
-            verb: FdbVerb::Show { bridge },
-        } => Request::FdbShow {
-            bridge: bridge.clone(),
-        },
+    let req = match to_request(&cli.noun) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("vswitchctl: {e}");
+            return ExitCode::from(2);
+        }
     };
     let resp = match request(&cli.socket, &req) {
         Ok(r) => r,
@@ -91,13 +343,56 @@ fn main() -> ExitCode {
     }
     let result = resp.result.unwrap_or_default();
     if !cli.json {
-        if let (Noun::Stats, Ok(report)) =
-            (&cli.noun, serde_json::from_value::<Report>(result.clone()))
-        {
-            print!("{}", report.to_table());
-            return ExitCode::SUCCESS;
+        match &cli.noun {
+            Noun::Stats => {
+                if let Ok(report) = serde_json::from_value::<Report>(result.clone()) {
+                    print!("{}", report.to_table());
+                    return ExitCode::SUCCESS;
+                }
+            }
+            Noun::Config { .. }
+            | Noun::Acl {
+                verb: PolicyVerb::Show,
+            }
+            | Noun::Qos {
+                verb: PolicyVerb::Show,
+            } => {
+                if let Some(t) = result["toml"].as_str() {
+                    print!("{t}");
+                    if let Some(ports) = result.get("ports") {
+                        println!(
+                            "# attachments: {}",
+                            serde_json::to_string(ports).expect("json")
+                        );
+                    }
+                    return ExitCode::SUCCESS;
+                }
+            }
+            _ => {}
         }
     }
     println!("{}", serde_json::to_string_pretty(&result).expect("json"));
     ExitCode::SUCCESS
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn port_fields_are_typed() {
+        assert_eq!(
+            field("mtu=1450").unwrap(),
+            ("mtu".into(), Value::from(1450))
+        );
+        assert_eq!(field("client=true").unwrap().1, Value::Bool(true));
+        assert_eq!(field("netns=123").unwrap().1, Value::from("123"));
+        assert_eq!(
+            field("static_macs=02:00:00:00:00:01,02:00:00:00:00:02")
+                .unwrap()
+                .1,
+            serde_json::json!(["02:00:00:00:00:01", "02:00:00:00:00:02"])
+        );
+        assert!(field("mtu").is_err());
+    }
 }

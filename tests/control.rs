@@ -1,0 +1,442 @@
+//! The control plane against a running vswitchd: every `vswitchctl` verb
+//! with its error replies, and NICs hot-plugged, moved and removed while
+//! other containers talk. Containers are network namespaces on TAP NICs.
+//! Needs root, DPDK and hugepages.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use serde_json::Value;
+use testbed::netns::Netns;
+use testbed::process::Proc;
+use testbed::vswitchd::{TempDir, Vswitchd};
+use testbed::{unique, wait_until};
+
+/// `vswitchctl --socket S ARGS`: (exit code, stdout, stderr).
+fn ctl(socket: &Path, args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_vswitchctl"))
+        .arg("--socket")
+        .arg(socket)
+        .args(args)
+        .output()
+        .expect("vswitchctl runs");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A verb that must succeed; its JSON answer.
+fn ok(socket: &Path, args: &[&str]) -> Value {
+    let mut full = vec!["--json"];
+    full.extend_from_slice(args);
+    let (code, out, err) = ctl(socket, &full);
+    assert_eq!(code, 0, "vswitchctl {args:?}: {err}");
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("{args:?}: {e}: {out}"))
+}
+
+/// A verb that vswitchd must refuse (exit 1) with `needle` in the message.
+fn refused(socket: &Path, args: &[&str], needle: &str) {
+    let (code, _, err) = ctl(socket, args);
+    assert_eq!(code, 1, "vswitchctl {args:?} should be refused: {err}");
+    assert!(
+        err.contains(needle),
+        "vswitchctl {args:?}: {err:?} lacks {needle:?}"
+    );
+}
+
+fn tap(name: &str, ns: &Netns, mac: &str, ip: &str) -> String {
+    format!(
+        "[[port]]\nname = \"{name}\"\nkind = \"tap\"\nbridge = \"vpc1\"\nnetns = \"{}\"\nmac = \"{mac}\"\nipv4 = \"{ip}\"\n",
+        ns.name()
+    )
+}
+
+fn pings(ns: &Netns, ip: &str) -> bool {
+    ns.exec(&["ping", "-c", "2", "-i", "0.2", "-W", "2", ip])
+        .is_ok_and(|o| o.contains("2 received"))
+}
+
+const GROUPS: &str = r#"
+[[security_group]]
+name = "web"
+default = "deny"
+[[security_group.rule]]
+name = "http"
+priority = 10
+action = "allow"
+proto = "tcp"
+dst_ports = "80"
+"#;
+
+const POLICIES: &str = r#"
+[[qos_policy]]
+name = "slow"
+kind = "srtcm"
+cir = 1_000_000
+cbs = 100_000
+"#;
+
+#[test]
+fn every_vswitchctl_verb_against_a_running_vswitchd() {
+    let a = Netns::create(&unique("cta")).unwrap();
+    let b = Netns::create(&unique("ctb")).unwrap();
+    let c = Netns::create(&unique("ctc")).unwrap();
+    let d = Netns::create(&unique("ctd")).unwrap();
+    let dir = TempDir::new("vs-ctl");
+    let cfg = common::header(&dir)
+        + "vni = 100\n\n[vtep]\nuplink = \"up\"\nip = \"10.66.0.1/24\"\n\
+           [[vtep.neighbour]]\nip = \"10.66.0.9\"\nmac = \"02:00:00:66:00:09\"\n\n\
+           [[security_group]]\nname = \"all\"\ndefault = \"allow\"\n\
+           [[port]]\nname = \"up\"\nkind = \"null\"\nno_rx = true\n"
+        + &tap("a", &a, "02:00:00:88:00:01", "10.88.0.1/24")
+        + "ingress_group = \"all\"\n"
+        + &tap("b", &b, "02:00:00:88:00:02", "10.88.0.2/24");
+    let vs = common::start(&dir, &cfg);
+    let s = Vswitchd::control_socket(&dir);
+    let s = s.as_path();
+    assert!(pings(&a, "10.88.0.2"));
+
+    // Read-only verbs.
+    let (code, table, _) = ctl(s, &["stats"]);
+    assert_eq!(code, 0);
+    assert!(
+        table.lines().any(|l| l.starts_with("a ")) && table.contains("worker 0"),
+        "{table}"
+    );
+    let ports = ok(s, &["port", "list"]);
+    assert_eq!(ports.as_array().unwrap().len(), 3, "{ports}");
+    let show = ok(s, &["port", "show", "a"]);
+    assert_eq!(show["config"]["netns"], a.name());
+    assert!(show["stats"]["rx_packets"].as_u64().unwrap() >= 2, "{show}");
+    refused(s, &["port", "show", "nope"], "no port named \"nope\"");
+    let bridges = ok(s, &["bridge", "list"]);
+    assert_eq!(bridges[0]["vni"], 100);
+    assert_eq!(bridges[0]["ports"], serde_json::json!(["a", "b"]));
+    let fdb = ok(s, &["fdb", "show", "vpc1"]);
+    assert!(fdb.to_string().contains("02:00:00:88:00:02"), "{fdb}");
+    refused(s, &["fdb", "show", "nope"], "no bridge");
+    assert!(
+        ok(s, &["fdb", "flush", "--bridge", "vpc1"])["flushed"]
+            .as_u64()
+            .unwrap()
+            >= 2
+    );
+    refused(s, &["fdb", "flush", "--port", "nope"], "no port named");
+    let sessions = ok(s, &["session", "show"]);
+    assert!(
+        sessions["sessions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|x| x["proto"] == 1 && x["dst"] == "10.88.0.1"),
+        "{sessions}"
+    );
+    assert!(ok(s, &["session", "flush"])["flushed"].as_u64().unwrap() >= 1);
+    let perf = ok(s, &["pmd-perf", "--clear"]);
+    assert!(
+        perf["workers"][0]["packets"].as_u64().unwrap() >= 4,
+        "{perf}"
+    );
+    assert!(
+        ok(s, &["pmd-perf"])["workers"][0]["packets"]
+            .as_u64()
+            .unwrap()
+            < 4
+    );
+    let lat = ok(s, &["latency"]);
+    let w = &lat["workers"][0];
+    assert!(w["rounds"].as_u64().unwrap() >= 4, "{lat}");
+    assert!(w["cycles"]["p50"].as_u64().unwrap() <= w["cycles"]["p99"].as_u64().unwrap());
+
+    // Security groups: define and attach (ICMP then denied), detach.
+    let groups = dir.join("groups.toml");
+    std::fs::write(&groups, GROUPS).unwrap();
+    let gfile = groups.to_str().unwrap();
+    let set = ok(
+        s,
+        &[
+            "acl",
+            "set",
+            "--file",
+            gfile,
+            "--port",
+            "b",
+            "--ingress",
+            "web",
+        ],
+    );
+    assert!(set["generation"].as_u64().unwrap() >= 2);
+    assert!(!pings(&a, "10.88.0.2"), "web admits only TCP 80");
+    let (_, shown, _) = ctl(s, &["acl", "show"]);
+    assert!(
+        shown.contains("name = \"web\"") && shown.contains("\"ingress_group\":\"web\""),
+        "{shown}"
+    );
+    ok(s, &["acl", "set", "--port", "b", "--ingress", ""]);
+    assert!(pings(&a, "10.88.0.2"), "detached");
+    refused(
+        s,
+        &["acl", "set", "--port", "b", "--ingress", "nope"],
+        "nope",
+    );
+    refused(
+        s,
+        &["acl", "set", "--remove", "nope"],
+        "no [[security_group]] named",
+    );
+    refused(s, &["acl", "set", "--remove", "all"], "all");
+    refused(s, &["acl", "set", "--ingress", "web"], "need the `port`");
+    refused(s, &["acl", "set"], "nothing to change");
+
+    // QoS policies.
+    let pol = dir.join("qos.toml");
+    std::fs::write(&pol, POLICIES).unwrap();
+    ok(
+        s,
+        &[
+            "qos",
+            "set",
+            "--file",
+            pol.to_str().unwrap(),
+            "--port",
+            "a",
+            "--egress",
+            "slow",
+        ],
+    );
+    let (_, shown, _) = ctl(s, &["qos", "show"]);
+    assert!(
+        shown.contains("name = \"slow\"") && shown.contains("\"egress_qos\":\"slow\""),
+        "{shown}"
+    );
+    refused(s, &["qos", "set", "--remove", "slow"], "slow");
+    ok(s, &["qos", "set", "--port", "a", "--egress", ""]);
+    ok(s, &["qos", "set", "--remove", "slow"]);
+
+    // Tunnels.
+    let t = ok(s, &["tunnel", "add", "vpc1", "10.66.0.9"]);
+    assert!(
+        t["tunnels"].to_string().contains("vxlan100@10.66.0.9"),
+        "{t}"
+    );
+    assert_eq!(t["tunnels"][0]["next_hop_mac"], "02:00:00:66:00:09");
+    refused(s, &["tunnel", "add", "vpc1", "10.66.0.9"], "already");
+    refused(s, &["tunnel", "add", "nope", "10.66.0.9"], "no bridge");
+    refused(s, &["tunnel", "add", "vpc1", "172.16.0.1"], "no gateway");
+    ok(s, &["tunnel", "del", "vpc1", "10.66.0.9"]);
+    assert!(ok(s, &["tunnel", "list"])["tunnels"]
+        .as_array()
+        .unwrap()
+        .is_empty());
+    refused(
+        s,
+        &["tunnel", "del", "vpc1", "10.66.0.9"],
+        "not a remote VTEP",
+    );
+
+    // Hot plug a third container's NIC, move it, remove it.
+    let add = ok(
+        s,
+        &[
+            "port",
+            "add",
+            "name=c",
+            "kind=tap",
+            "bridge=vpc1",
+            &format!("netns={}", c.name()),
+            "mac=02:00:00:88:00:03",
+            "ipv4=10.88.0.3/24",
+        ],
+    );
+    assert_eq!(add["mac"], "02:00:00:88:00:03");
+    assert!(c.has_interface("eth0"));
+    assert!(pings(&a, "10.88.0.3"), "the hot-plugged NIC works at once");
+    refused(s, &["port", "add", "name=c", "kind=null"], "in use");
+    refused(
+        s,
+        &["port", "add", "name=e", "kind=tap", "netns=vs-no-such-ns"],
+        "does not exist",
+    );
+    refused(s, &["port", "add", "name=e", "kind=tap"], "netns");
+    refused(
+        s,
+        &[
+            "port",
+            "add",
+            "name=e",
+            "kind=tap",
+            &format!("netns={}", c.name()),
+            "bridge=nope",
+        ],
+        "bridge",
+    );
+    assert_eq!(
+        ok(s, &["port", "list"]).as_array().unwrap().len(),
+        4,
+        "refusals changed nothing"
+    );
+
+    ok(s, &["port", "move", "c", "--netns", d.name()]);
+    assert!(!c.has_interface("eth0") && d.has_interface("eth0"));
+    let mac = d.exec(&["cat", "/sys/class/net/eth0/address"]).unwrap();
+    assert_eq!(
+        mac.trim(),
+        "02:00:00:88:00:03",
+        "the MAC moved with the NIC"
+    );
+    assert!(pings(&d, "10.88.0.1"), "the moved NIC talks at once");
+    refused(
+        s,
+        &["port", "move", "c", "--netns", "vs-no-such-ns"],
+        "does not exist",
+    );
+    refused(
+        s,
+        &["port", "move", "a", "--netns", b.name()],
+        "already has an interface",
+    );
+    refused(
+        s,
+        &["port", "move", "up", "--netns", d.name()],
+        "only TAP NICs",
+    );
+    assert!(pings(&a, "10.88.0.2"), "a refused move changed nothing");
+
+    // The running config, dumped, is a valid config with the changes.
+    let (code, dump, _) = ctl(s, &["config", "dump"]);
+    assert_eq!(code, 0);
+    assert!(
+        dump.contains(&format!("netns = \"{}\"", d.name())),
+        "{dump}"
+    );
+    let file = dir.join("dump.toml");
+    std::fs::write(&file, &dump).unwrap();
+    let check = Command::new(common::bin())
+        .args(["check-config", file.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+
+    ok(s, &["port", "del", "c"]);
+    assert!(!d.has_interface("eth0"));
+    refused(s, &["port", "del", "c"], "no port named");
+    refused(s, &["port", "del", "up"], "uplink");
+
+    // Bad requests on the wire.
+    let raw = vs.request(serde_json::json!({"cmd": "nope"}));
+    assert!(raw.is_err_and(|e| e.contains("bad request")));
+    let raw = vs.request(serde_json::json!({"cmd": "port-del"}));
+    assert!(raw.is_err_and(|e| e.contains("missing field `name`")));
+    assert!(pings(&a, "10.88.0.2"));
+    vs.stop();
+}
+
+/// UDP echo client: sends a numbered datagram every 2 ms until STOP
+/// exists, then waits 2 s for the last answers; prints "sent received".
+const COUNTING_CLIENT: &str = r#"
+import os, socket, sys, time
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.setblocking(False)
+dst, stop = (sys.argv[1], 9000), sys.argv[2]
+sent, got, seen = 0, 0, set()
+def drain():
+    global got
+    while True:
+        try: d = s.recv(64)
+        except BlockingIOError: return
+        if d not in seen: seen.add(d); got += 1
+end = None
+while end is None or time.time() < end:
+    if end is None:
+        s.sendto(b"%d" % sent, dst); sent += 1
+        if os.path.exists(stop): end = time.time() + 2
+    drain(); time.sleep(0.002)
+print(sent, got)
+"#;
+
+const ECHO_SERVER: &str = r#"
+import socket
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("0.0.0.0", 9000))
+while True:
+    d, p = s.recvfrom(64); s.sendto(d, p)
+"#;
+
+#[test]
+fn hot_plug_under_traffic_loses_nothing() {
+    let a = Netns::create(&unique("hpa")).unwrap();
+    let b = Netns::create(&unique("hpb")).unwrap();
+    let c = Netns::create(&unique("hpc")).unwrap();
+    let d = Netns::create(&unique("hpd")).unwrap();
+    let dir = TempDir::new("vs-hp");
+    let cfg = common::header(&dir)
+        + &tap("a", &a, "02:00:00:89:00:01", "10.89.0.1/24")
+        + &tap("b", &b, "02:00:00:89:00:02", "10.89.0.2/24");
+    let vs = common::start(&dir, &cfg);
+    let s = Vswitchd::control_socket(&dir);
+    let s = s.as_path();
+    assert!(pings(&a, "10.89.0.2"));
+
+    let mut server = b.command("python3");
+    server.args(["-c", ECHO_SERVER]);
+    let _server = Proc::spawn("echo", server).unwrap();
+    assert!(wait_until(Duration::from_secs(10), || b
+        .exec(&["ss", "-uln", "sport", "= :9000"])
+        .is_ok_and(|o| o.contains("9000"))));
+    let stop = dir.join("stop");
+    let mut client = a.command("python3");
+    client.args(["-c", COUNTING_CLIENT, "10.89.0.2", stop.to_str().unwrap()]);
+    let mut client = Proc::spawn("client", client).unwrap();
+
+    for i in 0..50 {
+        ok(
+            s,
+            &[
+                "port",
+                "add",
+                "name=c",
+                "kind=tap",
+                "bridge=vpc1",
+                &format!("netns={}", c.name()),
+                "mac=02:00:00:89:00:03",
+                "ipv4=10.89.0.3/24",
+            ],
+        );
+        ok(s, &["port", "move", "c", "--netns", d.name()]);
+        if i == 0 || i == 49 {
+            // The moved NIC keeps its MAC and address and works.
+            let mac = d.exec(&["cat", "/sys/class/net/eth0/address"]).unwrap();
+            assert_eq!(mac.trim(), "02:00:00:89:00:03");
+            assert!(d
+                .exec(&["ip", "-4", "addr", "show", "eth0"])
+                .unwrap()
+                .contains("10.89.0.3/24"));
+            assert!(pings(&d, "10.89.0.1"), "iteration {i}: the moved NIC talks");
+        }
+        ok(s, &["port", "del", "c"]);
+    }
+    std::fs::write(&stop, "").unwrap();
+    assert!(
+        client.wait_exit(Duration::from_secs(30)).is_some(),
+        "client did not finish"
+    );
+    let out = client.output().join(" ");
+    let n: Vec<u64> = out
+        .split_whitespace()
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    assert_eq!(n.len(), 2, "client printed {out:?}");
+    assert!(n[0] > 500, "too little traffic to judge: {out}");
+    assert_eq!(
+        n[0], n[1],
+        "datagrams lost while NICs were hot-plugged: {out}"
+    );
+    vs.stop();
+}
