@@ -65,18 +65,6 @@ fn addr(family: acl::Family, a: u128) -> String {
     }
 }
 
-/// Stops and detaches a port; a vhost-user server socket file goes too.
-pub fn close_port(p: Port) {
-    p.eth.close();
-    if let PortKind::VhostUser {
-        socket,
-        client: false,
-    } = &p.spec.kind
-    {
-        let _ = std::fs::remove_file(socket);
-    }
-}
-
 /// Security groups or QoS policies: the request shapes are the same.
 #[derive(Clone, Copy)]
 enum Policy {
@@ -283,14 +271,14 @@ impl Daemon<'_> {
             ));
         }
         let slot = self.free_slot()?;
-        let port = Port::open(&spec, slot, n_workers, self.pool).map_err(|e| e.to_string())?;
+        let port = Port::open(&spec, n_workers, self.pool).map_err(|e| e.to_string())?;
         if self.ports.len() <= slot {
             self.ports.resize_with(slot + 1, || None);
         }
         self.ports[slot] = Some(port);
         if let Err(e) = self.publish(&cfg, false) {
             if let Some(p) = self.ports[slot].take() {
-                close_port(p);
+                p.remove();
             }
             return Err(format!("{e:#}"));
         }
@@ -323,7 +311,7 @@ impl Daemon<'_> {
         flush_ports(&self.shared.load(), std::iter::once(PortId(slot as u16)));
         let port = port.expect("slot_of found it");
         self.reserve_left += mbuf_demand(&port.spec, cfg.workers.cores.len() as u32);
-        close_port(port);
+        port.remove();
         self.commit(cfg, doc);
         eprintln!("vswitchd: port {name} removed");
         Ok(json!({ "removed": name }))

@@ -441,41 +441,62 @@ pub fn run(cfg: Config, text: &str, config_path: Option<std::path::PathBuf>) -> 
     )?;
 
     let mut ports: Vec<Option<Port>> = Vec::new();
-    for (i, spec) in cfg.ports.iter().enumerate() {
-        let p = Port::open(spec, i, n_workers, &pool)?;
-        eprintln!(
-            "vswitchd: port {} ({}) up as DPDK port {}",
-            spec.name,
-            spec.kind.name(),
-            p.eth.id()
-        );
-        ports.push(Some(p));
+    for spec in &cfg.ports {
+        match Port::open(spec, n_workers, &pool) {
+            Ok(p) => {
+                eprintln!(
+                    "vswitchd: port {} ({}) up as DPDK port {}",
+                    spec.name,
+                    spec.kind.name(),
+                    p.eth.id()
+                );
+                ports.push(Some(p));
+            }
+            Err(e) => {
+                ports.into_iter().flatten().for_each(Port::abandon);
+                return Err(e.into());
+            }
+        }
     }
     let hz = dpdk::tsc_hz();
     let epoch = dpdk::rdtsc();
-    let vtep = match &cfg.vtep {
-        Some(v) => {
-            let i = cfg
-                .ports
-                .iter()
-                .position(|p| p.name == v.uplink)
-                .expect("validated uplink");
-            let mac = ports[i].as_ref().expect("uplink is open").eth.mac();
-            Some(Vtep::new(&cfg, PortId(i as u16), mac, &nic_ports(&ports))?)
+    // Everything that can still fail before the workers start; on error
+    // the ports opened above are undone.
+    let prepared = (|| -> Result<_> {
+        let vtep = match &cfg.vtep {
+            Some(v) => {
+                let i = cfg
+                    .ports
+                    .iter()
+                    .position(|p| p.name == v.uplink)
+                    .expect("validated uplink");
+                let mac = ports[i].as_ref().expect("uplink is open").eth.mac();
+                Some(Vtep::new(&cfg, PortId(i as u16), mac, &nic_ports(&ports))?)
+            }
+            None => None,
+        };
+        let slots: Vec<Option<&str>> = cfg.ports.iter().map(|p| Some(p.name.as_str())).collect();
+        let security = crate::security::build(&cfg, &slots, None, 1, 0);
+        let dp = build_datapath(
+            &cfg,
+            &ports,
+            n_workers,
+            None,
+            security,
+            vtep.as_ref(),
+            pool.handle(),
+        )?;
+        let control = ControlServer::bind(&cfg.control.socket)
+            .with_context(|| format!("control socket {}", cfg.control.socket.display()))?;
+        Ok((vtep, dp, control))
+    })();
+    let (vtep, dp, control) = match prepared {
+        Ok(x) => x,
+        Err(e) => {
+            ports.into_iter().flatten().for_each(Port::abandon);
+            return Err(e);
         }
-        None => None,
     };
-    let slots: Vec<Option<&str>> = cfg.ports.iter().map(|p| Some(p.name.as_str())).collect();
-    let security = crate::security::build(&cfg, &slots, None, 1, 0);
-    let dp = build_datapath(
-        &cfg,
-        &ports,
-        n_workers,
-        None,
-        security,
-        vtep.as_ref(),
-        pool.handle(),
-    )?;
     let shared = Arc::new(Shared::new(dp, n_workers, cfg.workers.idle_sleep_us, epoch));
     for (i, &l) in lcores.iter().enumerate() {
         let s = Arc::clone(&shared);
@@ -490,8 +511,6 @@ pub fn run(cfg: Config, text: &str, config_path: Option<std::path::PathBuf>) -> 
     signal_hook::flag::register(signal_hook::consts::SIGUSR1, Arc::clone(&dump))?;
     let hup = Arc::new(AtomicBool::new(false));
     signal_hook::flag::register(signal_hook::consts::SIGHUP, Arc::clone(&hup))?;
-    let control = ControlServer::bind(&cfg.control.socket)
-        .with_context(|| format!("control socket {}", cfg.control.socket.display()))?;
     println!(
         "vswitchd: ready: {} ports, {} workers, control socket {}",
         ports.len(),
@@ -555,7 +574,7 @@ pub fn run(cfg: Config, text: &str, config_path: Option<std::path::PathBuf>) -> 
     print!("{}", d.report().to_table());
     drop(control);
     for p in std::mem::take(&mut d.ports).into_iter().flatten() {
-        crate::admin::close_port(p);
+        p.close();
     }
     drop(d);
     drop(pool);

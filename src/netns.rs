@@ -1,6 +1,15 @@
 //! Plumbing a TAP NIC into a container's network namespace, the way one
-//! hot-plugs a NIC into a VM: move it, rename it, give it its MAC, address,
-//! MTU and default route.
+//! hot-plugs a NIC into a VM: the TAP is created inside the container
+//! (the creating thread enters the namespace for the DPDK probe, see
+//! [`Entered`]) under its final name, made persistent, and given its MAC,
+//! address, MTU and default route.
+//!
+//! Creating it in place rather than creating it here and moving it in has
+//! two consequences the multi-NIC design wants: net_tap's ioctl socket
+//! lives in the container's namespace, so link state and link up/down
+//! work; and a persistent TAP outlives vswitchd, so a restarted vswitchd
+//! re-attaches to the same device (same probe in the same namespace) and
+//! the container keeps its eth0 and addresses across the restart.
 //!
 //! Why `ip` (iproute2) rather than netlink from Rust: this is control-plane
 //! work done once per port, iproute2's messages are what an operator knows,
@@ -96,19 +105,91 @@ fn check_free(spec: &TapSpec) -> Result<(), NetnsError> {
     Ok(())
 }
 
-/// Moves host interface `host_if` into the container and configures it.
-pub fn plumb(host_if: &str, spec: &TapSpec) -> Result<(), NetnsError> {
-    check_free(spec)?;
-    run(&[
-        "ip",
-        "link",
-        "set",
-        "dev",
-        host_if,
-        "netns",
-        &netns_arg(&spec.netns),
-    ])?;
-    configure(host_if, spec)
+/// The calling thread inside another network namespace until dropped
+/// (then back in the one it came from). Only the calling thread moves:
+/// workers and other threads are unaffected.
+pub struct Entered {
+    home: std::fs::File,
+}
+
+/// Moves the calling thread into `ns`.
+pub fn enter(ns: &Netns) -> Result<Entered, NetnsError> {
+    use std::os::fd::AsRawFd;
+    let fail = |what: &str, e: std::io::Error| NetnsError::Command {
+        cmd: format!("setns {what}"),
+        stderr: e.to_string(),
+    };
+    let home = std::fs::File::open("/proc/thread-self/ns/net").map_err(|e| fail("(own)", e))?;
+    let target = std::fs::File::open(ns.path()).map_err(|_| NetnsError::Missing(ns.clone()))?;
+    // SAFETY: setns on a valid namespace fd; it only changes this thread's
+    // network namespace.
+    if unsafe { libc::setns(target.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+        return Err(fail(&ns.to_string(), std::io::Error::last_os_error()));
+    }
+    Ok(Entered { home })
+}
+
+impl Drop for Entered {
+    fn drop(&mut self) {
+        use std::os::fd::AsRawFd;
+        // SAFETY: as in `enter`, back to the namespace the thread was in.
+        let r = unsafe { libc::setns(self.home.as_raw_fd(), libc::CLONE_NEWNET) };
+        assert_eq!(r, 0, "cannot return to vswitchd's network namespace");
+    }
+}
+
+/// Sets or clears the persist flag of TAP `ifname` in the calling thread's
+/// namespace: a persistent TAP outlives the descriptors DPDK holds (so a
+/// restart finds it), a cleared one vanishes with them.
+pub fn set_persist(ifname: &str, on: bool) -> Result<(), NetnsError> {
+    use std::os::fd::AsRawFd;
+    const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
+    const TUNSETPERSIST: libc::c_ulong = 0x4004_54cb;
+    const IFF_TAP: libc::c_short = 0x0002;
+    const IFF_NO_PI: libc::c_short = 0x1000;
+    const IFF_MULTI_QUEUE: libc::c_short = 0x0100;
+    let fail = |e: std::io::Error| NetnsError::Command {
+        cmd: format!("TUNSETPERSIST {ifname} {}", u8::from(on)),
+        stderr: e.to_string(),
+    };
+    // struct ifreq: the name, then the flags (a union of 24 bytes).
+    #[repr(C)]
+    struct IfReq {
+        name: [u8; libc::IFNAMSIZ],
+        flags: libc::c_short,
+        _pad: [u8; 22],
+    }
+    let mut req = IfReq {
+        name: [0; libc::IFNAMSIZ],
+        flags: 0,
+        _pad: [0; 22],
+    };
+    let n = ifname.len().min(libc::IFNAMSIZ - 1);
+    req.name[..n].copy_from_slice(&ifname.as_bytes()[..n]);
+    let tun = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/net/tun")
+        .map_err(fail)?;
+    // net_tap opens its TAPs multi-queue; attaching needs the same flags.
+    for flags in [IFF_TAP | IFF_NO_PI | IFF_MULTI_QUEUE, IFF_TAP | IFF_NO_PI] {
+        req.flags = flags;
+        // SAFETY: TUNSETIFF reads and writes the ifreq we own.
+        if unsafe { libc::ioctl(tun.as_raw_fd(), TUNSETIFF, &mut req) } == 0 {
+            // SAFETY: TUNSETPERSIST takes an int argument.
+            if unsafe { libc::ioctl(tun.as_raw_fd(), TUNSETPERSIST, libc::c_ulong::from(on)) } != 0
+            {
+                return Err(fail(std::io::Error::last_os_error()));
+            }
+            return Ok(());
+        }
+    }
+    Err(fail(std::io::Error::last_os_error()))
+}
+
+/// Configures a TAP created in its container (see the module documentation).
+pub fn plumb(spec: &TapSpec) -> Result<(), NetnsError> {
+    configure(&spec.ifname, spec)
 }
 
 /// Moves a container's NIC (as `from` describes it) into another

@@ -44,16 +44,12 @@ pub struct Port {
     pub spec: PortSpec,
     /// The DPDK port.
     pub eth: EthPort,
-}
-
-/// Kernel name of a TAP before it moves into its container: unique per
-/// process and port, within IFNAMSIZ.
-fn tap_host_name(index: usize) -> String {
-    format!("vsd{}p{}", std::process::id() % 10_000_000, index)
+    /// Its TAP was created by this open, not re-attached after a restart.
+    fresh: bool,
 }
 
 /// The vdev devargs for a port; None for PCI (probed by EAL at start).
-pub fn devargs(spec: &PortSpec, index: usize, n_workers: usize) -> Option<String> {
+pub fn devargs(spec: &PortSpec, n_workers: usize) -> Option<String> {
     let name = spec.name.replace('-', "_");
     let queues = usize::from(spec.rx_queues).max(n_workers);
     Some(match &spec.kind {
@@ -63,7 +59,8 @@ pub fn devargs(spec: &PortSpec, index: usize, n_workers: usize) -> Option<String
             u8::from(*client)
         ),
         PortKind::Tap(t) => {
-            let mut s = format!("net_tap_{name},iface={}", tap_host_name(index));
+            // Probed inside the container's namespace (Port::open).
+            let mut s = format!("net_tap_{name},iface={}", t.ifname);
             if let Some(mac) = t.mac {
                 s.push_str(&format!(",mac={mac}"));
             }
@@ -207,13 +204,33 @@ pub fn claim_socket_path(path: &Path) -> Result<(), String> {
 impl Port {
     /// Attaches, configures and starts the port; plumbs TAPs into their
     /// container. On error nothing of the port is left behind.
-    pub fn open(
-        spec: &PortSpec,
-        index: usize,
-        n_workers: usize,
-        pool: &Mempool,
-    ) -> Result<Port, SetupError> {
-        let mut eth = match (devargs(spec, index, n_workers), &spec.kind) {
+    pub fn open(spec: &PortSpec, n_workers: usize, pool: &Mempool) -> Result<Port, SetupError> {
+        let netns_err = |source| SetupError::Netns {
+            port: spec.name.clone(),
+            source,
+        };
+        let fresh = match &spec.kind {
+            PortKind::Tap(t) => !netns::has_interface(&t.netns, &t.ifname),
+            _ => true,
+        };
+        // A TAP is probed, configured and started inside its container:
+        // net_tap opens the device by name for every queue.
+        let inside = match &spec.kind {
+            PortKind::Tap(t) => Some(netns::enter(&t.netns).map_err(netns_err)?),
+            _ => None,
+        };
+        let mut eth = match (devargs(spec, n_workers), &spec.kind) {
+            (Some(args), PortKind::Tap(t)) => EthPort::attach_vdev(&args).map_err(|e| {
+                if fresh {
+                    SetupError::Dpdk(e)
+                } else {
+                    // Not a TAP we can attach to: something else has the name.
+                    netns_err(NetnsError::NameTaken {
+                        netns: t.netns.clone(),
+                        ifname: t.ifname.clone(),
+                    })
+                }
+            })?,
             (Some(args), _) => EthPort::attach_vdev(&args)?,
             (None, PortKind::Pci { address }) => EthPort::lookup(address)?,
             (None, _) => unreachable!("only PCI ports have no devargs"),
@@ -227,14 +244,56 @@ impl Port {
         )?;
         eth.start()?;
         if let PortKind::Tap(t) = &spec.kind {
-            netns::plumb(&tap_host_name(index), t).map_err(|source| SetupError::Netns {
-                port: spec.name.clone(),
-                source,
-            })?;
+            // Last, so a failure above leaves no TAP behind.
+            netns::set_persist(&t.ifname, true).map_err(netns_err)?;
         }
-        Ok(Port {
+        drop(inside);
+        let port = Port {
             spec: spec.clone(),
             eth,
-        })
+            fresh,
+        };
+        if let PortKind::Tap(t) = &spec.kind {
+            if let Err(e) = netns::plumb(t) {
+                port.remove();
+                return Err(netns_err(e));
+            }
+        }
+        Ok(port)
+    }
+
+    /// Stops and detaches the port at shutdown. A TAP stays in its
+    /// container (persistent, carrier down) for the next vswitchd to
+    /// re-attach; a vhost-user server socket file is removed.
+    pub fn close(self) {
+        self.eth.close();
+        if let PortKind::VhostUser {
+            socket,
+            client: false,
+        } = &self.spec.kind
+        {
+            let _ = std::fs::remove_file(socket);
+        }
+    }
+
+    /// Undoes an open when the daemon fails to start: what this start
+    /// created is removed, a TAP it re-attached stays for the next try.
+    pub fn abandon(self) {
+        if self.fresh {
+            self.remove();
+        } else {
+            self.close();
+        }
+    }
+
+    /// Unplugs the port for good: a TAP vanishes from its container too.
+    pub fn remove(self) {
+        if let PortKind::Tap(t) = &self.spec.kind {
+            // Best effort: if the container is gone, so is its TAP.
+            if let Ok(_inside) = netns::enter(&t.netns) {
+                let _ = netns::set_persist(&t.ifname, false);
+            }
+        }
+        self.close();
     }
 }

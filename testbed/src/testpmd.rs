@@ -10,6 +10,7 @@ use crate::process::Proc;
 /// A running testpmd (quit on drop).
 pub struct Testpmd {
     proc: Proc,
+    name: String,
 }
 
 /// How to start one.
@@ -46,6 +47,15 @@ impl Testpmd {
     /// Starts testpmd as a container with one virtio-user NIC and waits
     /// (bounded) until its port is up.
     pub fn start(name: &str, o: &TestpmdOpts) -> Result<Testpmd, String> {
+        let mut t = Testpmd::launch(name, o)?;
+        t.wait_up()?;
+        Ok(t)
+    }
+
+    /// Starts it without waiting: a virtio-user NIC in server mode blocks
+    /// testpmd's start until the switch connects to its socket, so the
+    /// caller starts the switch, then calls [`Testpmd::wait_up`].
+    pub fn launch(name: &str, o: &TestpmdOpts) -> Result<Testpmd, String> {
         let mut vdev = format!("net_virtio_user0,path={},mac={}", o.socket.display(), o.mac);
         if o.server {
             vdev.push_str(",server=1");
@@ -54,7 +64,7 @@ impl Testpmd {
         if let Some(p) = o.peer {
             app.push(format!("--eth-peer=0,{p}"));
         }
-        Testpmd::spawn(name, &["--lcores", o.lcores], &[vdev], &app)
+        Testpmd::launch_with(name, &["--lcores", o.lcores], &[vdev], &app)
     }
 
     /// Starts testpmd with `eal` options (cores), these `vdevs` and extra
@@ -62,6 +72,18 @@ impl Testpmd {
     /// In-memory with single-file segments: no hugepage files left behind,
     /// and one fd per memory list that virtio-user can pass to vhost.
     pub fn spawn(
+        name: &str,
+        eal: &[&str],
+        vdevs: &[String],
+        app: &[String],
+    ) -> Result<Testpmd, String> {
+        let mut t = Testpmd::launch_with(name, eal, vdevs, app)?;
+        t.wait_up()?;
+        Ok(t)
+    }
+
+    /// [`Testpmd::spawn`] without waiting for its ports.
+    fn launch_with(
         name: &str,
         eal: &[&str],
         vdevs: &[String],
@@ -78,15 +100,22 @@ impl Testpmd {
         }
         cmd.args(["--", "-i", "--nb-cores=1", "--burst=32"])
             .args(app);
-        let mut proc =
-            Proc::spawn(name, cmd).map_err(|e| format!("cannot run dpdk-testpmd: {e}"))?;
-        if !proc.wait_for_line(Duration::from_secs(30), |l| {
+        let proc = Proc::spawn(name, cmd).map_err(|e| format!("cannot run dpdk-testpmd: {e}"))?;
+        Ok(Testpmd {
+            proc,
+            name: name.to_string(),
+        })
+    }
+
+    /// Waits (bounded) until its ports are up and its prompt answers.
+    pub fn wait_up(&mut self) -> Result<(), String> {
+        if !self.proc.wait_for_line(Duration::from_secs(30), |l| {
             l.contains("Checking link statuses...")
         }) {
-            proc.dump();
-            return Err(format!("testpmd {name} did not come up"));
+            self.proc.dump();
+            return Err(format!("testpmd {} did not come up", self.name));
         }
-        Ok(Testpmd { proc })
+        Ok(())
     }
 
     /// Sends a command to its prompt.
