@@ -4,10 +4,11 @@
 //! EAL and ports (`dpdk`), port kinds and container plumbing (`ports`,
 //! `netns`), the worker lcores (`worker`, `datapath`), the VXLAN tunnel
 //! endpoint (`vtep`), counters (`stats`), the control socket (`control`)
-//! and what its requests do (`admin`). See DESIGN.md for the data flow.
+//! and what its requests do (`admin`), and the CNI plugin (`cni`). See DESIGN.md for the data flow.
 #![deny(missing_docs)]
 
 pub mod admin;
+pub mod cni;
 pub mod config;
 pub mod control;
 pub mod daemon;

@@ -49,8 +49,14 @@ pub struct Port {
 }
 
 /// The vdev devargs for a port; None for PCI (probed by EAL at start).
+///
+/// The device is named by a number unique in this process, not by the
+/// port's name: PMDs derive internal object names from it within small
+/// limits (net_tap's queue setup fails with EPERM beyond about 24
+/// characters), and port names may be 32 characters long.
 pub fn devargs(spec: &PortSpec, n_workers: usize) -> Option<String> {
-    let name = spec.name.replace('-', "_");
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let name = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let queues = usize::from(spec.rx_queues).max(n_workers);
     Some(match &spec.kind {
         PortKind::VhostUser { socket, client } => format!(
