@@ -144,10 +144,11 @@ fn demo(bin: &Path) -> Result<(), String> {
     let stats = vs.request(serde_json::json!({"cmd": "stats"}))?;
     print_stats(&stats);
 
-    step("stopping vswitchd (SIGTERM): TAPs, sockets and hugepages are released");
+    step("stopping vswitchd (SIGTERM): sockets and hugepages are released; TAP NICs stay");
     let code = vs.stop();
     println!(
-        "vswitchd exited with {code:?}; eth0 still in vsd-c1: {}",
+        "vswitchd exited with {code:?}; eth0 still in vsd-c1 (persistent, for a restart to \
+         re-attach): {}; the demo's containers and their NICs go now",
         c1.has_interface("eth0")
     );
     Ok(())
