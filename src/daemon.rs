@@ -250,6 +250,8 @@ pub struct Daemon<'p> {
     pub(crate) reserve_left: u32,
     /// Worker counters at the last `pmd-perf --clear`.
     pub(crate) perf_base: Vec<(u64, u64, u64)>,
+    /// QoS meters, carried from snapshot to snapshot.
+    meters: crate::security::Meters,
 }
 
 impl Daemon<'_> {
@@ -274,12 +276,14 @@ impl Daemon<'_> {
             .iter()
             .map(|p| p.as_ref().map(|p| p.spec.name.as_str()))
             .collect();
+        let now_ns = self.now_ns();
         let security = crate::security::build(
             cfg,
             &slots,
             Some(Arc::clone(old.security.sessions())),
             generation,
-            self.now_ns(),
+            now_ns,
+            &mut self.meters,
         );
         let dp = build_datapath(
             cfg,
@@ -462,6 +466,7 @@ pub fn run(cfg: Config, text: &str, config_path: Option<std::path::PathBuf>) -> 
     let epoch = dpdk::rdtsc();
     // Everything that can still fail before the workers start; on error
     // the ports opened above are undone.
+    let mut meters = crate::security::Meters::default();
     let prepared = (|| -> Result<_> {
         let vtep = match &cfg.vtep {
             Some(v) => {
@@ -476,7 +481,7 @@ pub fn run(cfg: Config, text: &str, config_path: Option<std::path::PathBuf>) -> 
             None => None,
         };
         let slots: Vec<Option<&str>> = cfg.ports.iter().map(|p| Some(p.name.as_str())).collect();
-        let security = crate::security::build(&cfg, &slots, None, 1, 0);
+        let security = crate::security::build(&cfg, &slots, None, 1, 0, &mut meters);
         let dp = build_datapath(
             &cfg,
             &ports,
@@ -521,6 +526,7 @@ pub fn run(cfg: Config, text: &str, config_path: Option<std::path::PathBuf>) -> 
     let mut d = Daemon {
         reserve_left: hotplug_reserve(n_workers as u32),
         perf_base: vec![(0, 0, 0); n_workers],
+        meters,
         cfg,
         doc,
         config_path,

@@ -2,16 +2,56 @@
 //! groups, one meter per port and direction with a QoS policy, one meter
 //! per QoS class that rules name, and the session table (created once and
 //! carried across reloads so live connections survive a ruleset change).
+//! Meters are carried too ([`Meters`]): a snapshot rebuilt because a port
+//! came or a group changed must not refill everyone's token buckets.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use acl::policer::SharedMeter;
+use acl::policer::{Policy, SharedMeter};
 use acl::session::SessionTable;
 use acl::Classifier;
 use vswitch::security::{Group, PortPolicy, Security};
 
 use crate::config::Config;
+
+/// Which way a port meter counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Dir {
+    Ingress,
+    Egress,
+}
+
+/// The meters of the running snapshot, by what they meter: (port name,
+/// direction, policy name) for port meters, the policy name for class
+/// meters. A meter is reused while its key and its policy's parameters
+/// stay the same; a changed policy starts a new one.
+#[derive(Default)]
+pub struct Meters {
+    port: HashMap<(String, Dir, String), (Policy, Arc<SharedMeter>)>,
+    class: HashMap<String, (Policy, Arc<SharedMeter>)>,
+}
+
+impl Meters {
+    /// The meter for `key` with `policy`, reused or new; marks it used.
+    fn get<K: std::hash::Hash + Eq + Clone>(
+        map: &mut HashMap<K, (Policy, Arc<SharedMeter>)>,
+        used: &mut Vec<K>,
+        key: K,
+        policy: Policy,
+        now_ns: u64,
+    ) -> Arc<SharedMeter> {
+        used.push(key.clone());
+        match map.get(&key) {
+            Some((p, m)) if *p == policy => Arc::clone(m),
+            _ => {
+                let m = Arc::new(SharedMeter::new(policy, now_ns));
+                map.insert(key, (policy, Arc::clone(&m)));
+                m
+            }
+        }
+    }
+}
 
 /// The stage for `cfg`, numbered `generation`; `slots[i]` names the port
 /// with switch port id i (None: no NIC there); `sessions` is the table of
@@ -23,6 +63,7 @@ pub fn build(
     sessions: Option<Arc<SessionTable>>,
     generation: u32,
     now_ns: u64,
+    meters: &mut Meters,
 ) -> Security {
     let sessions = sessions.unwrap_or_else(|| {
         Arc::new(SessionTable::new(
@@ -33,6 +74,7 @@ pub fn build(
     // Class meters: one per QoS policy some rule names, numbered from 1.
     let mut class_ids: HashMap<&str, u16> = HashMap::new();
     let mut class_meters = Vec::new();
+    let (mut used_class, mut used_port) = (Vec::new(), Vec::new());
     for g in &cfg.security_groups {
         for r in &g.rules {
             if let Some(c) = &r.qos_class {
@@ -42,7 +84,13 @@ pub fn build(
                         .iter()
                         .find(|q| &q.name == c)
                         .expect("validated QoS class");
-                    class_meters.push(Arc::new(SharedMeter::new(p.policy, now_ns)));
+                    class_meters.push(Meters::get(
+                        &mut meters.class,
+                        &mut used_class,
+                        c.clone(),
+                        p.policy,
+                        now_ns,
+                    ));
                     class_ids.insert(c.as_str(), class_meters.len() as u16);
                 }
             }
@@ -65,14 +113,15 @@ pub fn build(
             (g.name.as_str(), Arc::new(compiled))
         })
         .collect();
-    let meter = |name: &Option<String>| {
+    let mut meter = |port: &str, dir: Dir, name: &Option<String>| {
         name.as_ref().map(|n| {
             let p = cfg
                 .qos_policies
                 .iter()
                 .find(|q| &q.name == n)
                 .expect("validated QoS policy");
-            Arc::new(SharedMeter::new(p.policy, now_ns))
+            let key = (port.to_string(), dir, n.clone());
+            Meters::get(&mut meters.port, &mut used_port, key, p.policy, now_ns)
         })
     };
     let ports = slots
@@ -84,10 +133,88 @@ pub fn build(
             PortPolicy {
                 ingress: p.ingress_group.as_deref().map(|g| Arc::clone(&groups[g])),
                 egress: p.egress_group.as_deref().map(|g| Arc::clone(&groups[g])),
-                ingress_meter: meter(&p.ingress_qos),
-                egress_meter: meter(&p.egress_qos),
+                ingress_meter: meter(&p.name, Dir::Ingress, &p.ingress_qos),
+                egress_meter: meter(&p.name, Dir::Egress, &p.egress_qos),
             }
         })
         .collect();
+    // Meters nothing uses any more go.
+    meters.port.retain(|k, _| used_port.contains(k));
+    meters.class.retain(|k, _| used_class.contains(k));
     Security::new(ports, class_meters, sessions, generation)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CFG: &str = r#"
+[[bridge]]
+name = "b"
+[[qos_policy]]
+name = "slow"
+kind = "srtcm"
+cir = 1000000
+cbs = 10000
+[[qos_policy]]
+name = "gold"
+kind = "srtcm"
+cir = 5000000
+cbs = 10000
+[[security_group]]
+name = "g"
+default = "allow"
+[[security_group.rule]]
+name = "r"
+priority = 1
+action = "allow"
+qos_class = "gold"
+[[port]]
+name = "a"
+kind = "ring"
+bridge = "b"
+egress_qos = "slow"
+egress_group = "g"
+[[port]]
+name = "c"
+kind = "ring"
+bridge = "b"
+"#;
+
+    fn ptrs(m: &Meters) -> Vec<*const SharedMeter> {
+        let mut v: Vec<_> = m
+            .port
+            .values()
+            .chain(m.class.values())
+            .map(|(_, a)| Arc::as_ptr(a))
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn meters_survive_rebuilds_unless_their_policy_or_port_changes() {
+        let cfg = crate::config::parse("t", CFG).unwrap();
+        let mut m = Meters::default();
+        build(&cfg, &[Some("a"), Some("c")], None, 1, 0, &mut m);
+        let a = ptrs(&m);
+        // Rebuilt with the ports in other slots and a new rules generation:
+        // the same meters.
+        build(&cfg, &[None, Some("c"), Some("a")], None, 2, 5, &mut m);
+        assert_eq!(a, ptrs(&m));
+        assert_eq!(m.port.len(), 1);
+        assert_eq!(m.class.len(), 1);
+        // A changed policy is a new meter; a port gone drops its meter.
+        let changed =
+            crate::config::parse("t", &CFG.replace("cir = 1000000", "cir = 2000000")).unwrap();
+        build(&changed, &[Some("a"), Some("c")], None, 3, 9, &mut m);
+        let c = ptrs(&m);
+        assert_ne!(a[..], c[..]);
+        assert!(
+            c.contains(&a[0]) || c.contains(&a[1]),
+            "the unchanged class meter stays"
+        );
+        build(&changed, &[Some("c")], None, 4, 9, &mut m);
+        assert!(m.port.is_empty());
+    }
 }
