@@ -59,6 +59,8 @@ struct Measured {
     own_cycles: Option<f64>,
     /// The switch's own busy share, if it reports it.
     busy_pct: Option<f64>,
+    /// Other processes that used a CPU during the window.
+    others: Vec<String>,
 }
 
 const COLUMNS: &[&str] = &["Mpps", "spread %", "cycles/pkt", "own cycles/pkt", "busy %"];
@@ -70,9 +72,16 @@ fn hex_mac(m: [u8; 6]) -> String {
 /// Counts packets out of `read` over the window after the warm-up.
 fn window(o: &Opts, hz: u64, mut read: impl FnMut() -> Result<u64>) -> Result<Measured> {
     std::thread::sleep(o.warmup);
+    let cpu0 = crate::contention::sample();
     let (c0, t0) = (read()?, Instant::now());
     std::thread::sleep(o.window);
     let (c1, dt) = (read()?, t0.elapsed().as_secs_f64());
+    let others = crate::contention::others(
+        &cpu0,
+        &crate::contention::sample(),
+        crate::contention::EXPECTED,
+        2.0,
+    );
     let pkts = c1.saturating_sub(c0);
     if pkts == 0 {
         bail!("no packets reached the sink in {dt:.1} s");
@@ -80,6 +89,7 @@ fn window(o: &Opts, hz: u64, mut read: impl FnMut() -> Result<u64>) -> Result<Me
     Ok(Measured {
         mpps: pkts as f64 / dt / 1e6,
         core_cycles: hz as f64 * dt / pkts as f64,
+        others,
         ..Default::default()
     })
 }
@@ -618,17 +628,26 @@ pub fn run(o: &Opts, hz: u64, command: &str) -> Result<Section> {
     for (name, w, vs_conf, confs) in workloads {
         let pcap = w.write_to(&o.pcap_dir)?;
         let mut rounds = Rounds::default();
+        let mut others = crate::contention::PerRound::default();
+        let mut push = |system: &str, m: Measured| {
+            others.push(system, &m.others);
+            rounds.push(system, m);
+        };
         for _ in 0..o.rounds {
-            let tp = testpmd_io(o, hz, &pcap).context("testpmd io")?;
-            rounds.push("testpmd io (ceiling)", tp);
-            let vs = vswitchd(o, hz, &pcap, &vs_conf).context("vswitchd")?;
-            rounds.push("vswitchd", vs);
+            push(
+                "testpmd io (ceiling)",
+                testpmd_io(o, hz, &pcap).context("testpmd io")?,
+            );
+            push(
+                "vswitchd",
+                vswitchd(o, hz, &pcap, &vs_conf).context("vswitchd")?,
+            );
             for (system, m) in ovs(o, hz, &pcap, &confs).context("Open vSwitch")? {
-                rounds.push(&system, m);
+                push(&system, m);
             }
         }
         for r in rounds.medians(|m| m.mpps) {
-            let mut note = r.rounds_note();
+            let mut note = format!("{}; {}", r.rounds_note(), others.note(&r.system));
             if r.system == "vswitchd" {
                 note = format!("{}; {note}", vs_conf.note);
             }

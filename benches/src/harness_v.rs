@@ -195,6 +195,8 @@ struct Figures {
     switch_busy: Option<f64>,
     gen_busy: f64,
     latency: Value,
+    /// Other processes that used a CPU during the window.
+    others: Vec<String>,
 }
 
 fn measure(o: &Opts, hz: u64, sw: &mut Switch, dir: &Path) -> Result<Figures> {
@@ -232,10 +234,14 @@ fn measure(o: &Opts, hz: u64, sw: &mut Switch, dir: &Path) -> Result<Figures> {
         ovs.clear_pmd_stats().map_err(|e| anyhow!(e))?;
     }
     let busy0 = sw.busy(hz)?;
+    let cpu0 = crate::contention::sample();
     let (c0, t0) = (rx(&mut gen)?, Instant::now());
     std::thread::sleep(o.window);
     let (c1, dt) = (rx(&mut gen)?, t0.elapsed().as_secs_f64());
+    let cpu1 = crate::contention::sample();
     let busy1 = sw.busy(hz)?;
+    // The generator and the switches are expected to poll at 100 %.
+    let others = crate::contention::others(&cpu0, &cpu1, crate::contention::EXPECTED, 2.0);
     let gen_busy = 100.0 * testpmd_busy_cycles(&mut gen)?.0
         / (gen_started.elapsed().as_secs_f64() * hz as f64);
     let pkts = c1.saturating_sub(c0);
@@ -264,6 +270,7 @@ fn measure(o: &Opts, hz: u64, sw: &mut Switch, dir: &Path) -> Result<Figures> {
         switch_busy,
         gen_busy,
         latency,
+        others,
     })
 }
 
@@ -339,11 +346,13 @@ pub fn run(o: &Opts, hz: u64, command: &str) -> Result<Section> {
     };
     let workload = "container <-> container, 60 B";
     let mut rounds = Rounds::default();
+    let mut others = crate::contention::PerRound::default();
     for _ in 0..o.rounds {
         for (kind, name) in systems {
             let dir = TempDir::new("vsv");
             let mut sw = start_switch(kind, o, dir.path()).with_context(|| name.to_string())?;
             let f = measure(o, hz, &mut sw, dir.path()).with_context(|| name.to_string())?;
+            others.push(name, &f.others);
             rounds.push(name, f);
         }
     }
@@ -375,10 +384,11 @@ pub fn run(o: &Opts, hz: u64, command: &str) -> Result<Section> {
             None => "bound by ?",
         };
         let note = format!(
-            "{bound}; {} probes, {} lost; Mpps {}",
+            "{bound}; {} probes, {} lost; Mpps {}; {}",
             f.latency["samples"],
             f.latency["lost"],
-            r.rounds_note()
+            r.rounds_note(),
+            others.note(name)
         );
         sec.row(workload, name, &v, &note);
     }

@@ -12,6 +12,7 @@
 //! apps to CPU 0, so on a 2-core machine they never share a core.
 #![deny(missing_docs)]
 
+pub mod contention;
 pub mod harness_k;
 pub mod harness_p;
 pub mod harness_v;
