@@ -327,6 +327,14 @@ impl NetConf {
     }
 }
 
+/// The executable of plugin `kind` in one of CNI_PATH's directories.
+fn plugin_path(env: &Env, kind: &str) -> Option<PathBuf> {
+    env.path
+        .split(':')
+        .map(|d| Path::new(d).join(kind))
+        .find(|p| p.is_file())
+}
+
 /// Runs the IPAM plugin of `conf` for `command`, with the network
 /// configuration as it came (at a version the IPAM speaks).
 fn ipam(conf: &NetConf, raw: &Value, env: &Env, command: &str) -> Result<Option<Value>, CniError> {
@@ -337,18 +345,13 @@ fn ipam(conf: &NetConf, raw: &Value, env: &Env, command: &str) -> Result<Option<
         .get("type")
         .and_then(|t| t.as_str())
         .ok_or_else(|| err(code::INVALID_CONFIG, "ipam needs a `type`", ""))?;
-    let bin = env
-        .path
-        .split(':')
-        .map(|d| Path::new(d).join(kind))
-        .find(|p| p.is_file())
-        .ok_or_else(|| {
-            err(
-                code::INVALID_CONFIG,
-                format!("IPAM plugin {kind:?} not found"),
-                format!("searched CNI_PATH={}", env.path),
-            )
-        })?;
+    let bin = plugin_path(env, kind).ok_or_else(|| {
+        err(
+            code::INVALID_CONFIG,
+            format!("IPAM plugin {kind:?} not found"),
+            format!("searched CNI_PATH={}", env.path),
+        )
+    })?;
     let mut stdin = raw.clone();
     // Standard IPAM plugins of Debian 12 speak up to 1.0.0, whose ADD/DEL/
     // CHECK results are the same as 1.1.0's.
@@ -748,12 +751,7 @@ fn ipam_speaks(conf: &NetConf, env: &Env, version: &str) -> bool {
     let Some(kind) = conf.ipam.as_ref().and_then(|i| i["type"].as_str()) else {
         return false;
     };
-    let Some(bin) = env
-        .path
-        .split(':')
-        .map(|d| Path::new(d).join(kind))
-        .find(|p| p.is_file())
-    else {
+    let Some(bin) = plugin_path(env, kind) else {
         return false;
     };
     Command::new(bin)

@@ -13,27 +13,17 @@ use testbed::netns::Netns;
 use testbed::unique;
 use testbed::vswitchd::{TempDir, Vswitchd};
 
-/// Runs the plugin: (stdout as JSON or Null, exit code).
-fn cni(cmd: &str, netns: Option<&Netns>, id: &str, conf: &Value) -> (Value, i32) {
+/// Runs the plugin with only `env` set and `stdin` on its standard input:
+/// (stdout as JSON or Null, exit code).
+fn run_plugin(env: &[(&str, String)], stdin: &[u8]) -> (Value, i32) {
     let mut c = Command::new(env!("CARGO_BIN_EXE_vswitch-cni"));
     c.env_clear()
-        .env("CNI_COMMAND", cmd)
-        .env("CNI_CONTAINERID", id)
-        .env("CNI_IFNAME", "eth0")
-        .env("CNI_PATH", "/usr/lib/cni")
+        .envs(env.iter().map(|(k, v)| (*k, v)))
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    if let Some(ns) = netns {
-        c.env("CNI_NETNS", format!("/var/run/netns/{}", ns.name()));
-    }
     let mut child = c.spawn().expect("vswitch-cni runs");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(conf.to_string().as_bytes())
-        .unwrap();
+    child.stdin.take().unwrap().write_all(stdin).unwrap();
     let out = child.wait_with_output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     let v = if text.trim().is_empty() {
@@ -42,6 +32,26 @@ fn cni(cmd: &str, netns: Option<&Netns>, id: &str, conf: &Value) -> (Value, i32)
         serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text:?}"))
     };
     (v, out.status.code().unwrap_or(-1))
+}
+
+/// The plugin as a runtime calls it for container `id`'s eth0, in netns
+/// `netns` (a path under /var/run/netns), with `conf` on stdin.
+fn cni_at(cmd: &str, netns: Option<String>, id: &str, conf: &Value) -> (Value, i32) {
+    let mut env = vec![
+        ("CNI_COMMAND", cmd.to_string()),
+        ("CNI_CONTAINERID", id.to_string()),
+        ("CNI_IFNAME", "eth0".to_string()),
+        ("CNI_PATH", "/usr/lib/cni".to_string()),
+    ];
+    if let Some(name) = netns {
+        env.push(("CNI_NETNS", format!("/var/run/netns/{name}")));
+    }
+    run_plugin(&env, conf.to_string().as_bytes())
+}
+
+/// [`cni_at`] for a namespace that exists.
+fn cni(cmd: &str, netns: Option<&Netns>, id: &str, conf: &Value) -> (Value, i32) {
+    cni_at(cmd, netns.map(|n| n.name().to_string()), id, conf)
 }
 
 fn addr_of(result: &Value) -> String {
@@ -158,19 +168,7 @@ fn the_plugin_as_a_runtime_drives_it() {
 
     // Malformed input gets the spec's codes, and changes nothing.
     let code = |v: &(Value, i32)| (v.1, v.0["code"].as_u64().unwrap_or(0));
-    let mut bad = Command::new(env!("CARGO_BIN_EXE_vswitch-cni"));
-    bad.env_clear()
-        .env("CNI_COMMAND", "ADD")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped());
-    let mut child = bad.spawn().unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(b"{\"cniVersion\": ")
-        .unwrap();
-    let out: Value = serde_json::from_slice(&child.wait_with_output().unwrap().stdout).unwrap();
+    let (out, _) = run_plugin(&[("CNI_COMMAND", "ADD".into())], b"{\"cniVersion\": ");
     assert_eq!(out["code"], 6, "undecodable config");
     let mut old = conf.clone();
     old["cniVersion"] = json!("0.3.1");
@@ -190,23 +188,7 @@ fn the_plugin_as_a_runtime_drives_it() {
     let gone = Netns::create(&unique("cn4")).unwrap();
     let name = gone.name().to_string();
     drop(gone);
-    let mut c = Command::new(env!("CARGO_BIN_EXE_vswitch-cni"));
-    c.env_clear()
-        .env("CNI_COMMAND", "ADD")
-        .env("CNI_CONTAINERID", "x")
-        .env("CNI_IFNAME", "eth0")
-        .env("CNI_NETNS", format!("/var/run/netns/{name}"))
-        .env("CNI_PATH", "/usr/lib/cni")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped());
-    let mut child = c.spawn().unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(conf.to_string().as_bytes())
-        .unwrap();
-    let out: Value = serde_json::from_slice(&child.wait_with_output().unwrap().stdout).unwrap();
+    let (out, _) = cni_at("ADD", Some(name), "x", &conf);
     assert_eq!(out["code"], 3, "unknown container: {out}");
     let mut down = conf.clone();
     down["controlSocket"] = json!(dir.join("nobody.sock"));

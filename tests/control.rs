@@ -49,13 +49,6 @@ fn refused(socket: &Path, args: &[&str], needle: &str) {
     );
 }
 
-fn tap(name: &str, ns: &Netns, mac: &str, ip: &str) -> String {
-    format!(
-        "[[port]]\nname = \"{name}\"\nkind = \"tap\"\nbridge = \"vpc1\"\nnetns = \"{}\"\nmac = \"{mac}\"\nipv4 = \"{ip}\"\n",
-        ns.name()
-    )
-}
-
 fn pings(ns: &Netns, ip: &str) -> bool {
     ns.exec(&["ping", "-c", "2", "-i", "0.2", "-W", "2", ip])
         .is_ok_and(|o| o.contains("2 received"))
@@ -93,9 +86,9 @@ fn every_vswitchctl_verb_against_a_running_vswitchd() {
            [[vtep.neighbour]]\nip = \"10.66.0.9\"\nmac = \"02:00:00:66:00:09\"\n\n\
            [[security_group]]\nname = \"all\"\ndefault = \"allow\"\n\
            [[port]]\nname = \"up\"\nkind = \"null\"\nno_rx = true\n"
-        + &tap("a", &a, "02:00:00:88:00:01", "10.88.0.1/24")
+        + &common::tap_port("a", &a, "02:00:00:88:00:01", "10.88.0.1/24")
         + "ingress_group = \"all\"\n"
-        + &tap("b", &b, "02:00:00:88:00:02", "10.88.0.2/24");
+        + &common::tap_port("b", &b, "02:00:00:88:00:02", "10.88.0.2/24");
     let vs = common::start(&dir, &cfg);
     let s = Vswitchd::control_socket(&dir);
     let s = s.as_path();
@@ -377,8 +370,8 @@ fn hot_plug_under_traffic_loses_nothing() {
     let d = Netns::create(&unique("hpd")).unwrap();
     let dir = TempDir::new("vs-hp");
     let cfg = common::header(&dir)
-        + &tap("a", &a, "02:00:00:89:00:01", "10.89.0.1/24")
-        + &tap("b", &b, "02:00:00:89:00:02", "10.89.0.2/24");
+        + &common::tap_port("a", &a, "02:00:00:89:00:01", "10.89.0.1/24")
+        + &common::tap_port("b", &b, "02:00:00:89:00:02", "10.89.0.2/24");
     let vs = common::start(&dir, &cfg);
     let s = Vswitchd::control_socket(&dir);
     let s = s.as_path();

@@ -14,13 +14,6 @@ use testbed::testpmd::{Testpmd, TestpmdOpts};
 use testbed::vswitchd::TempDir;
 use testbed::{unique, wait_until};
 
-fn tap(name: &str, ns: &Netns, mac: &str, ip: &str) -> String {
-    format!(
-        "[[port]]\nname = \"{name}\"\nkind = \"tap\"\nbridge = \"vpc1\"\nnetns = \"{}\"\nmac = \"{mac}\"\nipv4 = \"{ip}\"\n",
-        ns.name()
-    )
-}
-
 /// Timestamps (s) of the replies a `ping -D` printed.
 fn reply_times(p: &Proc) -> Vec<f64> {
     p.output()
@@ -64,8 +57,8 @@ fn containers_regain_connectivity_after_a_vswitchd_restart() {
     )
     .unwrap();
     let cfg = common::header(&dir)
-        + &tap("k", &k, "02:00:00:91:00:01", "10.91.0.1/24")
-        + &tap("l", &k2, "02:00:00:91:00:02", "10.91.0.2/24")
+        + &common::tap_port("k", &k, "02:00:00:91:00:01", "10.91.0.1/24")
+        + &common::tap_port("l", &k2, "02:00:00:91:00:02", "10.91.0.2/24")
         + &format!(
             "[[port]]\nname = \"d\"\nkind = \"vhost-user\"\nbridge = \"vpc1\"\nsocket = \"{}\"\nclient = true\n",
             sock.display()

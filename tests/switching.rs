@@ -35,21 +35,14 @@ for i in range(int(sys.argv[2])):
 print(ok)
 "#;
 
-fn tap_port(name: &str, ns: &Netns, mac: &str, ip: &str) -> String {
-    format!(
-        "[[port]]\nname = \"{name}\"\nkind = \"tap\"\nbridge = \"vpc1\"\nnetns = \"{}\"\nmac = \"{mac}\"\nipv4 = \"{ip}\"\n",
-        ns.name()
-    )
-}
-
 #[test]
 fn tap_containers_ping_and_exchange_udp_with_matching_counters() {
     let dir = TempDir::new("vs-tap");
     let a = Netns::create(&unique("vsa")).unwrap();
     let b = Netns::create(&unique("vsb")).unwrap();
     let cfg = common::header(&dir)
-        + &tap_port("ca", &a, "02:00:00:00:0a:01", "10.77.0.1/24")
-        + &tap_port("cb", &b, "02:00:00:00:0a:02", "10.77.0.2/24");
+        + &common::tap_port("ca", &a, "02:00:00:00:0a:01", "10.77.0.1/24")
+        + &common::tap_port("cb", &b, "02:00:00:00:0a:02", "10.77.0.2/24");
     let vs = common::start(&dir, &cfg);
     assert!(
         a.has_interface("eth0") && b.has_interface("eth0"),

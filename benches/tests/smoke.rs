@@ -45,18 +45,27 @@ fn assert_figures(sec: &Section, systems: usize, columns: &[&str]) {
     assert!(!sec.ratios.is_empty(), "no ratios: {sec:#?}");
 }
 
-#[test]
-fn harness_p_smoke() {
-    let pcaps = testbed::vswitchd::TempDir::new("pcaps");
-    let o = harness_p::Opts {
+/// Harness P for seconds, one round, pcaps in `pcaps`.
+fn p_opts(
+    pcaps: &testbed::vswitchd::TempDir,
+    smoke: bool,
+    workload: Option<&str>,
+) -> harness_p::Opts {
+    harness_p::Opts {
         warmup: Duration::from_secs(1),
         window: Duration::from_secs(2),
         pcap_dir: pcaps.path().to_path_buf(),
         vswitchd: workspace_bin("vswitchd"),
         rounds: 1,
-        smoke: true,
-        workload: None,
-    };
+        smoke,
+        workload: workload.map(str::to_string),
+    }
+}
+
+#[test]
+fn harness_p_smoke() {
+    let pcaps = testbed::vswitchd::TempDir::new("pcaps");
+    let o = p_opts(&pcaps, true, None);
     let sec = harness_p::run(&o, tsc_hz(), "smoke").unwrap_or_else(|e| panic!("{e:#}"));
     // testpmd io, vswitchd, one OVS configuration.
     assert_figures(&sec, 3, &["Mpps", "cycles/pkt"]);
@@ -69,15 +78,7 @@ fn harness_p_smoke() {
 #[test]
 fn harness_p_vxlan_smoke() {
     let pcaps = testbed::vswitchd::TempDir::new("pcaps");
-    let o = harness_p::Opts {
-        warmup: Duration::from_secs(1),
-        window: Duration::from_secs(2),
-        pcap_dir: pcaps.path().to_path_buf(),
-        vswitchd: workspace_bin("vswitchd"),
-        rounds: 1,
-        smoke: false,
-        workload: Some("vxlan".into()),
-    };
+    let o = p_opts(&pcaps, false, Some("vxlan"));
     let sec = harness_p::run(&o, tsc_hz(), "smoke").unwrap_or_else(|e| panic!("{e:#}"));
     // Two workloads x (testpmd io, vswitchd, OVS).
     assert_figures(&sec, 6, &["Mpps", "cycles/pkt"]);

@@ -215,10 +215,7 @@ pub(super) fn vtep(
 impl VtepConf {
     /// Whether `ip` is on the VTEP's subnet.
     pub fn on_link(&self, ip: Ipv4Addr) -> bool {
-        let mask = u32::MAX
-            .checked_shl(32 - u32::from(self.prefix))
-            .unwrap_or(0);
-        u32::from(ip) & mask == u32::from(self.ip) & mask
+        vxlan::host::same_subnet(ip, self.ip, self.prefix)
     }
 }
 

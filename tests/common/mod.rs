@@ -25,6 +25,15 @@ pub fn start(dir: &TempDir, config: &str) -> Vswitchd {
     Vswitchd::start(bin(), dir, config).unwrap_or_else(|e| panic!("{e}"))
 }
 
+/// A `[[port]]` table: a TAP NIC in bridge `vpc1` (the header's) inside
+/// container `ns`.
+pub fn tap_port(name: &str, ns: &Netns, mac: &str, ip: &str) -> String {
+    format!(
+        "[[port]]\nname = \"{name}\"\nkind = \"tap\"\nbridge = \"vpc1\"\nnetns = \"{}\"\nmac = \"{mac}\"\nipv4 = \"{ip}\"\n",
+        ns.name()
+    )
+}
+
 /// A TCP server in `ns` on `port` answering each connection with the
 /// output of the shell command `reply`.
 pub fn tcp_server_with(ns: &Netns, port: u16, reply: &str) -> Proc {

@@ -86,6 +86,12 @@ impl phy::TxToken for TxToken<'_> {
     }
 }
 
+/// Whether `a` and `b` share the `prefix`-bit subnet.
+pub fn same_subnet(a: Ipv4Addr, b: Ipv4Addr, prefix: u8) -> bool {
+    let mask = u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0);
+    u32::from(a) & mask == u32::from(b) & mask
+}
+
 /// What [`VtepHost::receive`] made of a punted frame.
 #[derive(Debug, Default)]
 pub struct Received {
@@ -168,10 +174,7 @@ impl VtepHost {
     }
 
     fn on_link(&self, ip: Ipv4Addr) -> bool {
-        let mask = u32::MAX
-            .checked_shl(32 - u32::from(self.prefix))
-            .unwrap_or(0);
-        u32::from(ip) & mask == u32::from(self.ip) & mask
+        same_subnet(ip, self.ip, self.prefix)
     }
 
     /// The underlay next hop towards a remote VTEP: itself when on the
