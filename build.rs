@@ -78,7 +78,7 @@ fn main() {
     cc.include(env::var("CARGO_MANIFEST_DIR").unwrap());
     cc.compile("vswitchd_dpdk_shim");
 
-    // Link every DPDK library the .pc file lists. PMDs (net_vhost, net_tap, ...)
+    // Link every DPDK library the .pc file lists. PMDs (net_vhost, net_pcap, ...)
     // are plugins EAL dlopens from RTE_EAL_PMD_PATH, so --as-needed must not
     // drop the libraries they rely on being loaded already.
     println!("cargo:rustc-link-arg=-Wl,--no-as-needed");

@@ -196,9 +196,9 @@ impl Daemon<'_> {
             "name": p.spec.name,
             "kind": p.spec.kind.name(),
             "bridge": p.spec.bridge,
-            "dpdk_port": p.eth.id(),
-            "mac": p.eth.mac().to_string(),
-            "link_up": p.eth.link_up(),
+            "dpdk_port": p.dpdk_id(),
+            "mac": p.mac().to_string(),
+            "link_up": p.link_up(),
         })
     }
 

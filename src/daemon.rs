@@ -17,11 +17,11 @@ use vswitch::{BridgeId, PortId, SwitchBuilder, MAX_BURST, MAX_PORTS};
 
 use crate::config::{Config, PortKind};
 use crate::control::ControlServer;
-use crate::datapath::{Datapath, RxQueue, Shared};
+use crate::datapath::{Datapath, Pools, RxQueue, RxSource, Shared, TxTarget};
 use crate::dpdk::eal::Eal;
-use crate::dpdk::mempool::{Mempool, PoolHandle};
+use crate::dpdk::mempool::Mempool;
 use crate::dpdk::{self, lcore};
-use crate::ports::{self, Port};
+use crate::ports::{self, Port, PortIo};
 use crate::stats;
 use crate::vtep::Vtep;
 use crate::worker::Worker;
@@ -30,6 +30,19 @@ use crate::worker::Worker;
 /// behind DPDK's 128-byte headroom (room to prepend tunnel headers).
 const MBUF_DATA_ROOM: u16 = 2048 + 128;
 const MEMPOOL_CACHE: u32 = 256;
+
+/// Data room of the mbufs TAP queues read into: the largest one-segment
+/// mbuf (a u16 length), so a superframe of up to 65,407 bytes behind the
+/// 128-byte headroom (where its virtio-net header lands) needs no chain.
+/// TAPs are set to `gso_max_size` [`crate::netns::TAP_GSO_MAX_SIZE`] so
+/// the kernel's superframes fit.
+const TAP_DATA_ROOM: u16 = u16::MAX;
+/// TAP rx mbufs: 511 x 64 KB = 33 MB of hugepages, whatever the number of
+/// TAPs. A TAP read fills an mbuf that leaves the worker within its poll
+/// round (every port but net_ring copies on tx), so a worker holds at most
+/// its stash and one burst per TAP queue it polls in a round.
+const TAP_POOL_MBUFS: u32 = 511;
+const TAP_POOL_CACHE: u32 = 32;
 
 /// The EAL command line for a config.
 pub fn eal_args(cfg: &Config) -> Vec<String> {
@@ -127,6 +140,10 @@ const HOTPLUG_PORTS: u32 = 16;
 /// Mbufs a port can hold: its rx rings filled, a tx ring per worker, and
 /// what the PMD keeps on its own.
 pub(crate) fn mbuf_demand(p: &crate::config::PortSpec, n_workers: u32) -> u32 {
+    if matches!(p.kind, PortKind::Tap(_)) {
+        // No descriptor rings: a TAP reads into the TAP pool per burst.
+        return 0;
+    }
     u32::from(p.rx_queues) * u32::from(p.rx_desc)
         + n_workers * u32::from(p.tx_desc)
         + ports::extra_mbufs(p)
@@ -158,7 +175,7 @@ pub(crate) fn build_datapath(
     prev: Option<&Datapath>,
     security: Security,
     vtep: Option<&Vtep>,
-    pool: PoolHandle,
+    pools: Pools,
 ) -> Result<Datapath> {
     let mut b = SwitchBuilder::new();
     let ids: Vec<(String, BridgeId)> = cfg
@@ -169,7 +186,7 @@ pub(crate) fn build_datapath(
     if let Some(v) = vtep {
         v.attach(cfg, &mut b, &ids);
     }
-    let mut tx_port = [None; MAX_PORTS];
+    let mut tx = vec![TxTarget::None; MAX_PORTS];
     let mut rx_queues = vec![Vec::new(); n_workers];
     let mut rr = 0;
     for (i, port) in ports.iter().enumerate() {
@@ -185,7 +202,17 @@ pub(crate) fn build_datapath(
                 b.static_mac(*bid, mac, pid);
             }
         }
-        tx_port[i] = Some(port.eth.id());
+        let tap_fds = match &port.io {
+            PortIo::Eth(e) => {
+                tx[i] = TxTarget::Eth(e.id());
+                Vec::new()
+            }
+            PortIo::Tap(d) => {
+                let fds = d.fds();
+                tx[i] = TxTarget::Tap(fds.clone().into());
+                fds
+            }
+        };
         for q in 0..port.spec.rx_queues {
             let w = match &port.spec.rx_workers {
                 Some(list) => list[usize::from(q)],
@@ -194,11 +221,14 @@ pub(crate) fn build_datapath(
                     (rr - 1) % n_workers
                 }
             };
-            rx_queues[w].push(RxQueue {
-                port: pid,
-                dpdk_port: port.eth.id(),
-                queue: q,
-            });
+            let src = match &port.io {
+                PortIo::Eth(e) => RxSource::Eth {
+                    dpdk_port: e.id(),
+                    queue: q,
+                },
+                PortIo::Tap(_) => RxSource::Tap(tap_fds[usize::from(q)]),
+            };
+            rx_queues[w].push(RxQueue { port: pid, src });
         }
     }
     let switch = b
@@ -206,10 +236,11 @@ pub(crate) fn build_datapath(
         .context("building the switch topology")?;
     Ok(Datapath {
         switch,
-        tx_port,
+        tx: tx.into(),
         rx_queues,
+        pools,
         security,
-        vtep: vtep.map(|v| v.path(cfg, &ids, pool)),
+        vtep: vtep.map(|v| v.path(cfg, &ids, pools.mbufs)),
     })
 }
 
@@ -241,6 +272,8 @@ pub struct Daemon<'p> {
     pub(crate) shared: Arc<Shared>,
     pub(crate) vtep: Option<Vtep>,
     pub(crate) pool: &'p Mempool,
+    /// The pool TAP queues read superframes into.
+    pub(crate) tap_pool: &'p Mempool,
     /// Ruleset generation: bumped when groups or their attachments change
     /// (live sessions are judged again).
     pub(crate) generation: u32,
@@ -292,7 +325,10 @@ impl Daemon<'_> {
             Some(&old),
             security,
             self.vtep.as_ref(),
-            self.pool.handle(),
+            Pools {
+                mbufs: self.pool.handle(),
+                tap: self.tap_pool.handle(),
+            },
         )?;
         drop(old);
         if !self.shared.publish(dp, Duration::from_secs(5)) {
@@ -443,17 +479,25 @@ pub fn run(cfg: Config, text: &str, config_path: Option<std::path::PathBuf>) -> 
         MEMPOOL_CACHE,
         MBUF_DATA_ROOM,
     )?;
+    let tap_pool = Mempool::new(
+        "vswitchd_tap",
+        TAP_POOL_MBUFS,
+        TAP_POOL_CACHE,
+        TAP_DATA_ROOM,
+    )?;
 
     let mut ports: Vec<Option<Port>> = Vec::new();
     for spec in &cfg.ports {
         match Port::open(spec, n_workers, &pool) {
             Ok(p) => {
-                eprintln!(
-                    "vswitchd: port {} ({}) up as DPDK port {}",
-                    spec.name,
-                    spec.kind.name(),
-                    p.eth.id()
-                );
+                match p.dpdk_id() {
+                    Some(id) => eprintln!(
+                        "vswitchd: port {} ({}) up as DPDK port {id}",
+                        spec.name,
+                        spec.kind.name(),
+                    ),
+                    None => eprintln!("vswitchd: port {} ({}) up", spec.name, spec.kind.name()),
+                }
                 ports.push(Some(p));
             }
             Err(e) => {
@@ -475,7 +519,7 @@ pub fn run(cfg: Config, text: &str, config_path: Option<std::path::PathBuf>) -> 
                     .iter()
                     .position(|p| p.name == v.uplink)
                     .expect("validated uplink");
-                let mac = ports[i].as_ref().expect("uplink is open").eth.mac();
+                let mac = ports[i].as_ref().expect("uplink is open").mac();
                 Some(Vtep::new(&cfg, PortId(i as u16), mac, &nic_ports(&ports))?)
             }
             None => None,
@@ -489,7 +533,10 @@ pub fn run(cfg: Config, text: &str, config_path: Option<std::path::PathBuf>) -> 
             None,
             security,
             vtep.as_ref(),
-            pool.handle(),
+            Pools {
+                mbufs: pool.handle(),
+                tap: tap_pool.handle(),
+            },
         )?;
         let control = ControlServer::bind(&cfg.control.socket)
             .with_context(|| format!("control socket {}", cfg.control.socket.display()))?;
@@ -534,6 +581,7 @@ pub fn run(cfg: Config, text: &str, config_path: Option<std::path::PathBuf>) -> 
         shared,
         vtep,
         pool: &pool,
+        tap_pool: &tap_pool,
         generation: 1,
         epoch,
         hz,

@@ -13,6 +13,7 @@
 //!
 //! Workers never block: the per-round cost is one atomic load.
 
+use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -21,26 +22,75 @@ use arc_swap::ArcSwap;
 use vswitch::security::Security;
 use vswitch::{Counter, CycleHistogram, PortCounters, PortId, Switch, MAX_PORTS};
 
+use crate::dpdk::mempool::PoolHandle;
+
 /// One rx queue a worker polls.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RxQueue {
     /// Switch port.
     pub port: PortId,
-    /// DPDK port id.
-    pub dpdk_port: u16,
-    /// Queue index.
-    pub queue: u16,
+    /// Where its frames come from.
+    pub src: RxSource,
+}
+
+/// The device side of an rx queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RxSource {
+    /// Queue `queue` of DPDK port `dpdk_port`.
+    Eth {
+        /// DPDK port id.
+        dpdk_port: u16,
+        /// Queue index.
+        queue: u16,
+    },
+    /// A TAP queue's fd (owned by the control plane's port, which closes
+    /// it only after a snapshot without it was published).
+    Tap(RawFd),
+}
+
+/// Where a switch port's frames leave.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum TxTarget {
+    /// Not a port (or a tunnel port: frames leave by the uplink).
+    #[default]
+    None,
+    /// A DPDK port; worker `w` sends on its tx queue `w`.
+    Eth(u16),
+    /// A TAP; worker `w` writes on queue fd `w % len` (the kernel takes
+    /// concurrent writes on one queue). It takes superframes and partial
+    /// checksums through the virtio-net header.
+    Tap(Box<[RawFd]>),
+}
+
+impl TxTarget {
+    /// Whether the port takes a frame's offloads as they are (a partial
+    /// checksum, a superframe); others get them finished by the worker.
+    #[inline]
+    pub fn takes_offloads(&self) -> bool {
+        matches!(self, TxTarget::Tap(_))
+    }
+}
+
+/// The mbuf pools workers allocate from.
+#[derive(Clone, Copy)]
+pub struct Pools {
+    /// Standard mbufs: segments cut from superframes for ports without
+    /// offloads, tunnel copies.
+    pub mbufs: PoolHandle,
+    /// One superframe per mbuf: what TAP queues read into.
+    pub tap: PoolHandle,
 }
 
 /// What workers forward with.
 pub struct Datapath {
     /// Topology and MAC tables.
     pub switch: Switch,
-    /// Switch port -> DPDK port id (None: not a port). Worker `w` sends on
-    /// tx queue `w` of each port.
-    pub tx_port: [Option<u16>; MAX_PORTS],
+    /// Per switch port ([`MAX_PORTS`] entries): where its frames leave.
+    pub tx: Box<[TxTarget]>,
     /// Per worker: its rx queues.
     pub rx_queues: Vec<Vec<RxQueue>>,
+    /// Where workers take mbufs from.
+    pub pools: Pools,
     /// Security groups, sessions and meters.
     pub security: Security,
     /// The VXLAN tunnel endpoint, if configured.
@@ -158,12 +208,18 @@ mod tests {
     fn snapshot(rx_port: u16) -> Datapath {
         Datapath {
             switch: SwitchBuilder::new().build(None).unwrap(),
-            tx_port: [None; MAX_PORTS],
+            tx: vec![TxTarget::None; MAX_PORTS].into(),
             rx_queues: vec![vec![RxQueue {
                 port: PortId(rx_port),
-                dpdk_port: rx_port,
-                queue: 0,
+                src: RxSource::Eth {
+                    dpdk_port: rx_port,
+                    queue: 0,
+                },
             }]],
+            pools: Pools {
+                mbufs: PoolHandle::unusable(),
+                tap: PoolHandle::unusable(),
+            },
             security: Security::none(Arc::new(acl::session::SessionTable::new(
                 16,
                 Default::default(),
@@ -183,7 +239,7 @@ mod tests {
             while w.running.load(Ordering::Relaxed) {
                 let g = w.generation();
                 let dp = w.load();
-                seen = dp.rx_queues[0][0].dpdk_port;
+                seen = dp.rx_queues[0][0].port.0;
                 w.workers[0].ack.store(g, Ordering::Release);
                 std::thread::yield_now();
             }
@@ -191,7 +247,7 @@ mod tests {
         });
         assert!(shared.publish(snapshot(7), Duration::from_secs(10)));
         // Once publish returned, the worker polls the new port only.
-        assert_eq!(shared.load().rx_queues[0][0].dpdk_port, 7);
+        assert_eq!(shared.load().rx_queues[0][0].port, PortId(7));
         shared.running.store(false, Ordering::Relaxed);
         assert_eq!(worker.join().unwrap(), 7);
     }

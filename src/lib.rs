@@ -2,7 +2,7 @@
 //!
 //! The crate is the daemon around the DPDK-free `vswitch` pipeline: config,
 //! EAL and ports (`dpdk`), port kinds and container plumbing (`ports`,
-//! `netns`), the worker lcores (`worker`, `datapath`), the VXLAN tunnel
+//! `netns`), vswitchd's own TAP port with offloads (`tap`), the worker lcores (`worker`, `datapath`), the VXLAN tunnel
 //! endpoint (`vtep`), counters (`stats`), the control socket (`control`)
 //! and what its requests do (`admin`), and the CNI plugin (`cni`). See DESIGN.md for the data flow.
 #![deny(missing_docs)]
@@ -18,5 +18,6 @@ pub mod netns;
 pub mod ports;
 pub mod security;
 pub mod stats;
+pub mod tap;
 pub mod vtep;
 pub mod worker;

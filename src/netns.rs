@@ -1,15 +1,14 @@
 //! Plumbing a TAP NIC into a container's network namespace, the way one
 //! hot-plugs a NIC into a VM: the TAP is created inside the container
-//! (the creating thread enters the namespace for the DPDK probe, see
+//! (the creating thread enters the namespace to open it, see
 //! [`Entered`]) under its final name, made persistent, and given its MAC,
 //! address, MTU and default route.
 //!
-//! Creating it in place rather than creating it here and moving it in has
-//! two consequences the multi-NIC design wants: net_tap's ioctl socket
-//! lives in the container's namespace, so link state and link up/down
-//! work; and a persistent TAP outlives vswitchd, so a restarted vswitchd
-//! re-attaches to the same device (same probe in the same namespace) and
-//! the container keeps its eth0 and addresses across the restart.
+//! Creating it in place rather than creating it here and moving it in
+//! means the name never clashes with a host interface, and a persistent
+//! TAP outlives vswitchd, so a restarted vswitchd re-attaches to the same
+//! device (same name in the same namespace) and the container keeps its
+//! eth0 and addresses across the restart.
 //!
 //! Why `ip` (iproute2) rather than netlink from Rust: this is control-plane
 //! work done once per port, iproute2's messages are what an operator knows,
@@ -138,55 +137,6 @@ impl Drop for Entered {
     }
 }
 
-/// Sets or clears the persist flag of TAP `ifname` in the calling thread's
-/// namespace: a persistent TAP outlives the descriptors DPDK holds (so a
-/// restart finds it), a cleared one vanishes with them.
-pub fn set_persist(ifname: &str, on: bool) -> Result<(), NetnsError> {
-    use std::os::fd::AsRawFd;
-    const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
-    const TUNSETPERSIST: libc::c_ulong = 0x4004_54cb;
-    const IFF_TAP: libc::c_short = 0x0002;
-    const IFF_NO_PI: libc::c_short = 0x1000;
-    const IFF_MULTI_QUEUE: libc::c_short = 0x0100;
-    let fail = |e: std::io::Error| NetnsError::Command {
-        cmd: format!("TUNSETPERSIST {ifname} {}", u8::from(on)),
-        stderr: e.to_string(),
-    };
-    // struct ifreq: the name, then the flags (a union of 24 bytes).
-    #[repr(C)]
-    struct IfReq {
-        name: [u8; libc::IFNAMSIZ],
-        flags: libc::c_short,
-        _pad: [u8; 22],
-    }
-    let mut req = IfReq {
-        name: [0; libc::IFNAMSIZ],
-        flags: 0,
-        _pad: [0; 22],
-    };
-    let n = ifname.len().min(libc::IFNAMSIZ - 1);
-    req.name[..n].copy_from_slice(&ifname.as_bytes()[..n]);
-    let tun = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/net/tun")
-        .map_err(fail)?;
-    // net_tap opens its TAPs multi-queue; attaching needs the same flags.
-    for flags in [IFF_TAP | IFF_NO_PI | IFF_MULTI_QUEUE, IFF_TAP | IFF_NO_PI] {
-        req.flags = flags;
-        // SAFETY: TUNSETIFF reads and writes the ifreq we own.
-        if unsafe { libc::ioctl(tun.as_raw_fd(), TUNSETIFF, &mut req) } == 0 {
-            // SAFETY: TUNSETPERSIST takes an int argument.
-            if unsafe { libc::ioctl(tun.as_raw_fd(), TUNSETPERSIST, libc::c_ulong::from(on)) } != 0
-            {
-                return Err(fail(std::io::Error::last_os_error()));
-            }
-            return Ok(());
-        }
-    }
-    Err(fail(std::io::Error::last_os_error()))
-}
-
 /// Configures a TAP created in its container (see the module documentation).
 pub fn plumb(spec: &TapSpec) -> Result<(), NetnsError> {
     configure(&spec.ifname, spec)
@@ -240,8 +190,13 @@ pub fn move_nic(from: &TapSpec, to: &TapSpec) -> Result<(), NetnsError> {
     })
 }
 
+/// The TAP's `gso_max_size`: the kernel builds no superframe longer, so
+/// each fits one mbuf of the TAP pool (65,407 bytes of frame) with room
+/// for an Ethernet header and VLAN tags.
+pub const TAP_GSO_MAX_SIZE: u32 = 65_000;
+
 /// Configures interface `dev`, already inside `spec.netns`, as `spec` says:
-/// name, MAC, MTU, address, up, default route.
+/// name, MAC, MTU, superframe size, address, up, default route.
 fn configure(dev: &str, spec: &TapSpec) -> Result<(), NetnsError> {
     let ns = &spec.netns;
     ip_in(ns, &["link", "set", "dev", dev, "down"])?;
@@ -257,7 +212,16 @@ fn configure(dev: &str, spec: &TapSpec) -> Result<(), NetnsError> {
     }
     ip_in(
         ns,
-        &["link", "set", "dev", dev, "mtu", &spec.mtu.to_string()],
+        &[
+            "link",
+            "set",
+            "dev",
+            dev,
+            "mtu",
+            &spec.mtu.to_string(),
+            "gso_max_size",
+            &TAP_GSO_MAX_SIZE.to_string(),
+        ],
     )?;
     if let Some((addr, len)) = spec.ipv4 {
         ip_in(

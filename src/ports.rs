@@ -11,8 +11,9 @@ use std::path::Path;
 
 use crate::config::{PortKind, PortSpec};
 use crate::dpdk::mempool::Mempool;
-use crate::dpdk::port::{EthPort, PortError};
+use crate::dpdk::port::{EthPort, EthStats, PortError};
 use crate::netns::{self, NetnsError};
+use crate::tap::TapDevice;
 
 /// Why a port could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -42,18 +43,27 @@ pub enum SetupError {
 pub struct Port {
     /// Its configuration.
     pub spec: PortSpec,
-    /// The DPDK port.
-    pub eth: EthPort,
+    /// What carries its frames.
+    pub io: PortIo,
     /// Its TAP was created by this open, not re-attached after a restart.
     fresh: bool,
 }
 
-/// The vdev devargs for a port; None for PCI (probed by EAL at start).
+/// What carries a port's frames: a DPDK ethdev, or vswitchd's own TAP
+/// (see `tap` for why TAPs are not ethdevs).
+pub enum PortIo {
+    /// An ethdev (vdev or PCI).
+    Eth(EthPort),
+    /// A TAP device with its queue fds.
+    Tap(TapDevice),
+}
+
+/// The vdev devargs for a port; None for PCI (probed by EAL at start)
+/// and TAP (vswitchd's own, not an ethdev).
 ///
 /// The device is named by a number unique in this process, not by the
 /// port's name: PMDs derive internal object names from it within small
-/// limits (net_tap's queue setup fails with EPERM beyond about 24
-/// characters), and port names may be 32 characters long.
+/// limits, and port names may be 32 characters long.
 pub fn devargs(spec: &PortSpec, n_workers: usize) -> Option<String> {
     static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     let name = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -64,14 +74,6 @@ pub fn devargs(spec: &PortSpec, n_workers: usize) -> Option<String> {
             socket.display(),
             u8::from(*client)
         ),
-        PortKind::Tap(t) => {
-            // Probed inside the container's namespace (Port::open).
-            let mut s = format!("net_tap_{name},iface={}", t.ifname);
-            if let Some(mac) = t.mac {
-                s.push_str(&format!(",mac={mac}"));
-            }
-            s
-        }
         PortKind::AfPacket { iface } => {
             format!("net_af_packet_{name},iface={iface},qpairs={queues}")
         }
@@ -102,7 +104,7 @@ pub fn devargs(spec: &PortSpec, n_workers: usize) -> Option<String> {
             format!("net_null_{name},size={size},no-rx={}", u8::from(*no_rx))
         }
         PortKind::Ring => format!("net_ring_{name}"),
-        PortKind::Pci { .. } => return None,
+        PortKind::Pci { .. } | PortKind::Tap(_) => return None,
     })
 }
 
@@ -211,36 +213,12 @@ impl Port {
     /// Attaches, configures and starts the port; plumbs TAPs into their
     /// container. On error nothing of the port is left behind.
     pub fn open(spec: &PortSpec, n_workers: usize, pool: &Mempool) -> Result<Port, SetupError> {
-        let netns_err = |source| SetupError::Netns {
-            port: spec.name.clone(),
-            source,
+        let io = match &spec.kind {
+            PortKind::Tap(t) => return Self::open_tap(spec, t),
+            PortKind::Pci { address } => EthPort::lookup(address)?,
+            _ => EthPort::attach_vdev(&devargs(spec, n_workers).expect("a vdev"))?,
         };
-        let fresh = match &spec.kind {
-            PortKind::Tap(t) => !netns::has_interface(&t.netns, &t.ifname),
-            _ => true,
-        };
-        // A TAP is probed, configured and started inside its container:
-        // net_tap opens the device by name for every queue.
-        let inside = match &spec.kind {
-            PortKind::Tap(t) => Some(netns::enter(&t.netns).map_err(netns_err)?),
-            _ => None,
-        };
-        let mut eth = match (devargs(spec, n_workers), &spec.kind) {
-            (Some(args), PortKind::Tap(t)) => EthPort::attach_vdev(&args).map_err(|e| {
-                if fresh {
-                    SetupError::Dpdk(e)
-                } else {
-                    // Not a TAP we can attach to: something else has the name.
-                    netns_err(NetnsError::NameTaken {
-                        netns: t.netns.clone(),
-                        ifname: t.ifname.clone(),
-                    })
-                }
-            })?,
-            (Some(args), _) => EthPort::attach_vdev(&args)?,
-            (None, PortKind::Pci { address }) => EthPort::lookup(address)?,
-            (None, _) => unreachable!("only PCI ports have no devargs"),
-        };
+        let mut eth = io;
         eth.configure(
             spec.rx_queues,
             n_workers as u16,
@@ -249,30 +227,99 @@ impl Port {
             pool,
         )?;
         eth.start()?;
-        if let PortKind::Tap(t) = &spec.kind {
-            // Last, so a failure above leaves no TAP behind.
-            netns::set_persist(&t.ifname, true).map_err(netns_err)?;
-        }
+        Ok(Port {
+            spec: spec.clone(),
+            io: PortIo::Eth(eth),
+            fresh: true,
+        })
+    }
+
+    /// A TAP NIC: created (or re-attached after a restart) inside its
+    /// container, persistent, then given its MAC, address and route.
+    fn open_tap(spec: &PortSpec, t: &crate::config::TapSpec) -> Result<Port, SetupError> {
+        let netns_err = |source| SetupError::Netns {
+            port: spec.name.clone(),
+            source,
+        };
+        let fresh = !netns::has_interface(&t.netns, &t.ifname);
+        let inside = netns::enter(&t.netns).map_err(netns_err)?;
+        let dev = TapDevice::open(&t.ifname, usize::from(spec.rx_queues)).map_err(|e| {
+            if fresh {
+                SetupError::Preflight {
+                    port: spec.name.clone(),
+                    message: format!("cannot create TAP {:?} in {}: {e}", t.ifname, t.netns),
+                }
+            } else {
+                // Not a TAP we can attach to: something else has the name.
+                netns_err(NetnsError::NameTaken {
+                    netns: t.netns.clone(),
+                    ifname: t.ifname.clone(),
+                })
+            }
+        })?;
+        // Last, so a failure above leaves no TAP behind.
+        dev.set_persist(true).map_err(|e| SetupError::Preflight {
+            port: spec.name.clone(),
+            message: format!("TUNSETPERSIST {}: {e}", t.ifname),
+        })?;
         drop(inside);
         let port = Port {
             spec: spec.clone(),
-            eth,
+            io: PortIo::Tap(dev),
             fresh,
         };
-        if let PortKind::Tap(t) = &spec.kind {
-            if let Err(e) = netns::plumb(t) {
-                port.remove();
-                return Err(netns_err(e));
-            }
+        if let Err(e) = netns::plumb(t) {
+            port.remove();
+            return Err(netns_err(e));
         }
         Ok(port)
+    }
+
+    /// The DPDK port id (None for a TAP).
+    pub fn dpdk_id(&self) -> Option<u16> {
+        match &self.io {
+            PortIo::Eth(e) => Some(e.id()),
+            PortIo::Tap(_) => None,
+        }
+    }
+
+    /// Link up? For a TAP: the container set it up (read in its netns).
+    pub fn link_up(&self) -> bool {
+        match (&self.io, &self.spec.kind) {
+            (PortIo::Eth(e), _) => e.link_up(),
+            (PortIo::Tap(d), PortKind::Tap(t)) => {
+                netns::enter(&t.netns).is_ok_and(|_inside| d.link_up())
+            }
+            (PortIo::Tap(_), _) => false,
+        }
+    }
+
+    /// The port's MAC: the ethdev's, or the container side's of a TAP.
+    pub fn mac(&self) -> vswitch::MacAddr {
+        match (&self.io, &self.spec.kind) {
+            (PortIo::Eth(e), _) => e.mac(),
+            (PortIo::Tap(d), PortKind::Tap(t)) => netns::enter(&t.netns)
+                .map(|_inside| d.mac())
+                .unwrap_or_default(),
+            (PortIo::Tap(_), _) => vswitch::MacAddr::default(),
+        }
+    }
+
+    /// The PMD's counters (none for a TAP: the switch counts its frames).
+    pub fn pmd_stats(&self) -> EthStats {
+        match &self.io {
+            PortIo::Eth(e) => e.stats(),
+            PortIo::Tap(_) => EthStats::default(),
+        }
     }
 
     /// Stops and detaches the port at shutdown. A TAP stays in its
     /// container (persistent, carrier down) for the next vswitchd to
     /// re-attach; a vhost-user server socket file is removed.
     pub fn close(self) {
-        self.eth.close();
+        if let PortIo::Eth(e) = self.io {
+            e.close();
+        }
         if let PortKind::VhostUser {
             socket,
             client: false,
@@ -294,11 +341,10 @@ impl Port {
 
     /// Unplugs the port for good: a TAP vanishes from its container too.
     pub fn remove(self) {
-        if let PortKind::Tap(t) = &self.spec.kind {
-            // Best effort: if the container is gone, so is its TAP.
-            if let Ok(_inside) = netns::enter(&t.netns) {
-                let _ = netns::set_persist(&t.ifname, false);
-            }
+        if let PortIo::Tap(d) = &self.io {
+            // Best effort: if the container is gone, so is its TAP. It
+            // vanishes when its fds close.
+            let _ = d.set_persist(false);
         }
         self.close();
     }

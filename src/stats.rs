@@ -34,6 +34,17 @@ pub struct PortReport {
     pub drops: std::collections::BTreeMap<String, u64>,
     /// Source MACs not learned (table bucket full).
     pub learn_full: u64,
+    /// Of rx_packets, superframes (a GSO frame of a TAP with offloads is
+    /// counted once in packets, whatever its segments).
+    #[serde(default)]
+    pub rx_superframes: u64,
+    /// Of tx_packets, superframes the port took whole.
+    #[serde(default)]
+    pub tx_superframes: u64,
+    /// Superframes cut into segments for this port (the segments count in
+    /// tx_packets).
+    #[serde(default)]
+    pub segmented: u64,
     /// The PMD's own counters.
     pub pmd: EthStats,
 }
@@ -119,6 +130,9 @@ fn port_counters(shared: &Shared, id: PortId) -> PortReport {
         tx_bytes: sum(&|c| c.tx_bytes.get()),
         drops,
         learn_full: sum(&|c| c.learn_full.get()),
+        rx_superframes: sum(&|c| c.rx_superframes.get()),
+        tx_superframes: sum(&|c| c.tx_superframes.get()),
+        segmented: sum(&|c| c.segmented.get()),
         pmd: EthStats::default(),
     }
 }
@@ -140,8 +154,8 @@ pub fn collect(
             name: port.spec.name.clone(),
             kind: port.spec.kind.name().to_string(),
             bridge: port.spec.bridge.clone(),
-            link_up: port.eth.link_up(),
-            pmd: port.eth.stats(),
+            link_up: port.link_up(),
+            pmd: port.pmd_stats(),
             ..port_counters(shared, PortId(i as u16))
         });
     }

@@ -25,9 +25,12 @@ use vswitch::{Action, DropReason, Frame, PortId, MAX_BURST, MAX_PORTS};
 use vxlan::decap::{decap, Decap, DecapError};
 use vxlan::tunnels::Lookup;
 
-use crate::datapath::{Datapath, RxQueue, Shared, WorkerCounters};
+use vswitch::offload::{complete_checksum, Segments};
+
+use crate::datapath::{Datapath, RxQueue, RxSource, Shared, TxTarget, WorkerCounters};
 use crate::dpdk::mbuf::{Burst, Mbuf};
 use crate::dpdk::{self, port};
+use crate::tap::io_path as tap;
 use crate::vtep::{Punt, VtepPath};
 
 struct TxBuf {
@@ -54,6 +57,8 @@ pub struct Worker {
     /// Outer IPv4 identification (meaningless with DF, RFC 6864, but
     /// varied for middleboxes that look at it anyway).
     ip_id: u16,
+    /// Fresh mbufs of the TAP pool for TAP reads (see `tap::io_path`).
+    tap_stash: Burst,
 }
 
 const _: () = assert!(MAX_PORTS <= 64, "dirty is a u64 bitmap");
@@ -78,6 +83,7 @@ impl Worker {
                 .collect(),
             last_unknown: (u32::MAX, 0),
             ip_id: 0,
+            tap_stash: Burst::default(),
         }
     }
 
@@ -104,7 +110,16 @@ impl Worker {
             let now = (now_ns / 1_000_000_000) as u32;
             let mut got = 0;
             for q in &dp.rx_queues[self.index] {
-                let n = port::rx_burst(q.dpdk_port, q.queue, &mut rx);
+                let n = match q.src {
+                    RxSource::Eth { dpdk_port, queue } => port::rx_burst(dpdk_port, queue, &mut rx),
+                    RxSource::Tap(fd) => tap::rx_burst(
+                        fd,
+                        dp.pools.tap,
+                        &mut self.tap_stash,
+                        &mut rx,
+                        &counters.ports[q.port.index()],
+                    ),
+                };
                 if n == 0 {
                     continue;
                 }
@@ -259,7 +274,7 @@ impl Worker {
     fn inject(&mut self, dp: &Datapath, vt: &VtepPath, counters: &WorkerCounters) {
         while let Ok(frame) = vt.inject.try_recv() {
             match vt.pool.alloc_frame(&frame) {
-                Some(m) => self.enqueue(dp, vt.uplink, &m, counters),
+                Some(mut m) => self.enqueue(dp, vt.uplink, &mut m, counters),
                 None => counters.ports[vt.uplink.index()].drop(DropReason::NoMbuf, 1),
             }
         }
@@ -277,6 +292,9 @@ impl Worker {
         let e = vt.encap[p.index()]
             .as_ref()
             .expect("a tunnel port has its encap");
+        if m.has_offload() && self.finish_offloads(dp, p, m, true, counters) {
+            return;
+        }
         let c = &counters.ports[p.index()];
         let inner_len = m.pkt_len();
         let reason = if inner_len > vt.max_inner {
@@ -309,9 +327,20 @@ impl Worker {
             .vtep
             .as_ref()
             .expect("tunnel ports exist only with a VTEP");
+        if m.has_offload() {
+            if let Some(s) = Segments::new(m.data(), &m.offload()) {
+                self.segment(dp, p, &s, true, counters);
+                return;
+            }
+        }
         match vt.pool.alloc_frame(m.data()) {
             // Its one reference ends in a tx buffer or the drop list.
-            Some(mut copy) => self.encap(dp, p, &mut copy, counters),
+            Some(mut copy) => {
+                if let Some(c) = m.offload().csum {
+                    complete_checksum(copy.data_mut(), c);
+                }
+                self.encap(dp, p, &mut copy, counters)
+            }
             None => counters.ports[p.index()].drop(DropReason::NoMbuf, 1),
         }
     }
@@ -341,7 +370,7 @@ impl Worker {
                 Action::Output(p) if dp.switch.is_tunnel(p) => {
                     self.encap(dp, p, &mut rx.mbufs_mut()[i], counters)
                 }
-                Action::Output(p) => self.enqueue(dp, p, &rx.mbufs()[i], counters),
+                Action::Output(p) => self.enqueue(dp, p, &mut rx.mbufs_mut()[i], counters),
                 Action::Flood => {
                     let mut to = [PortId(0); MAX_PORTS];
                     let mut k = 0;
@@ -378,7 +407,7 @@ impl Worker {
                     }
                     rx.mbufs_mut()[i].set_owners(locals as u16);
                     for &p in &to[..locals] {
-                        self.enqueue(dp, p, &rx.mbufs()[i], counters);
+                        self.enqueue(dp, p, &mut rx.mbufs_mut()[i], counters);
                     }
                 }
                 Action::Drop(_) => self.drop_frame(&rx.mbufs()[i]),
@@ -397,11 +426,20 @@ impl Worker {
         self.drops.push(m);
     }
 
+    /// Queues one reference to `m` for port `p` (or drops it). Offloads
+    /// the port cannot take are finished first.
     #[inline]
-    fn enqueue(&mut self, dp: &Datapath, p: PortId, m: &Mbuf, counters: &WorkerCounters) {
-        if dp.tx_port[p.index()].is_none() {
+    fn enqueue(&mut self, dp: &Datapath, p: PortId, m: &mut Mbuf, counters: &WorkerCounters) {
+        let target = &dp.tx[p.index()];
+        if *target == TxTarget::None {
             counters.ports[p.index()].drop(DropReason::NoOutput, 1);
             self.drop_frame(m);
+            return;
+        }
+        if m.has_offload()
+            && !target.takes_offloads()
+            && self.finish_offloads(dp, p, m, false, counters)
+        {
             return;
         }
         if self.tx[p.index()].frames.is_full() {
@@ -411,6 +449,70 @@ impl Worker {
         b.frames.push(m);
         b.bytes += u64::from(m.pkt_len());
         self.dirty |= 1 << p.index();
+    }
+
+    /// Finishes the offloads of `m` for port `p`, which cannot take them
+    /// (a tunnel when `tunnel`). A superframe is cut into segments that
+    /// go to `p` in its place, and the caller's reference to it is
+    /// released: returns true. A partial checksum is completed in place
+    /// and the offload flags cleared, so every output of a flooded frame
+    /// sees a complete checksum: returns false, `m` goes on as it is.
+    #[cold]
+    #[inline(never)]
+    fn finish_offloads(
+        &mut self,
+        dp: &Datapath,
+        p: PortId,
+        m: &mut Mbuf,
+        tunnel: bool,
+        counters: &WorkerCounters,
+    ) -> bool {
+        let off = m.offload();
+        if let Some(s) = Segments::new(m.data(), &off) {
+            self.segment(dp, p, &s, tunnel, counters);
+            self.drop_frame(m);
+            return true;
+        }
+        if let Some(c) = off.csum {
+            complete_checksum(m.data_mut(), c);
+        }
+        m.clear_offload();
+        false
+    }
+
+    /// Sends the segments of a superframe to port `p` (through encap for
+    /// a tunnel port), each in a fresh mbuf: from the standard pool, or
+    /// the TAP pool for a segment larger than its data room (jumbo MSS).
+    #[cold]
+    #[inline(never)]
+    fn segment(
+        &mut self,
+        dp: &Datapath,
+        p: PortId,
+        s: &Segments<'_>,
+        tunnel: bool,
+        counters: &WorkerCounters,
+    ) {
+        let c = &counters.ports[p.index()];
+        c.segmented.add(1);
+        for i in 0..s.count() {
+            let len = s.len(i);
+            let pools = dp.pools;
+            let Some(mut seg) = pools
+                .mbufs
+                .alloc_len(len)
+                .or_else(|| pools.tap.alloc_len(len))
+            else {
+                c.drop(DropReason::NoMbuf, (s.count() - i) as u64);
+                return;
+            };
+            s.write(i, seg.data_mut());
+            if tunnel {
+                self.encap(dp, p, &mut seg, counters);
+            } else {
+                self.enqueue(dp, p, &mut seg, counters);
+            }
+        }
     }
 
     fn flush_all(&mut self, dp: &Datapath, counters: &WorkerCounters) {
@@ -429,23 +531,33 @@ impl Worker {
         }
         let c = &counters.ports[p];
         let queued = b.frames.len();
-        let sent = match dp.tx_port[p] {
-            Some(dpdk_port) => port::tx_burst(dpdk_port, self.index as u16, &mut b.frames),
-            None => 0,
+        let superframes = b.frames.mbufs().iter().filter(|m| m.has_gso()).count() as u64;
+        let (sent, bytes) = match &dp.tx[p] {
+            TxTarget::Eth(dpdk_port) => {
+                let sent = port::tx_burst(*dpdk_port, self.index as u16, &mut b.frames);
+                let mut bytes = b.bytes;
+                if sent < queued {
+                    bytes -= b
+                        .frames
+                        .mbufs()
+                        .iter()
+                        .map(|m| u64::from(m.pkt_len()))
+                        .sum::<u64>();
+                    b.frames.free_all();
+                    c.drop(DropReason::TxFull, (queued - sent) as u64);
+                }
+                (sent as u64, bytes)
+            }
+            TxTarget::Tap(fds) => tap::tx_burst(fds[self.index % fds.len()], &mut b.frames, c),
+            TxTarget::None => {
+                b.frames.free_all();
+                c.drop(DropReason::NoOutput, queued as u64);
+                (0, 0)
+            }
         };
-        let mut bytes = b.bytes;
-        if sent < queued {
-            bytes -= b
-                .frames
-                .mbufs()
-                .iter()
-                .map(|m| u64::from(m.pkt_len()))
-                .sum::<u64>();
-            b.frames.free_all();
-            c.drop(DropReason::TxFull, (queued - sent) as u64);
-        }
-        c.tx_packets.add(sent as u64);
+        c.tx_packets.add(sent);
         c.tx_bytes.add(bytes);
+        c.tx_superframes.add(superframes);
         b.bytes = 0;
     }
 }

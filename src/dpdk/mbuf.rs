@@ -9,7 +9,15 @@
 use std::ptr::NonNull;
 
 use super::ffi;
+use vswitch::offload::{CsumPartial, Gso, GsoKind, Offload, TCP_CSUM_OFFSET, UDP_CSUM_OFFSET};
 use vswitch::{Frame, MAX_BURST};
+
+/// The tx offload requests of `ol_flags` this switch reads and writes
+/// (DPDK's names; the mbuf field layout is DPDK's `tx_offload` bitfield).
+const TX_OFFLOADS: u64 = ffi::RTE_MBUF_F_TX_TCP_SEG | ffi::RTE_MBUF_F_TX_UDP_SEG | L4_MASK;
+const L4_MASK: u64 = 3 << 52;
+const L4_TCP: u64 = 1 << 52;
+const L4_UDP: u64 = 3 << 52;
 
 /// A received packet buffer owned by the worker holding it.
 ///
@@ -31,9 +39,190 @@ impl Frame for Mbuf {
             )
         }
     }
+
+    /// The offloads the frame carries, from its tx offload flags (set by
+    /// [`Mbuf::set_offload`] on TAP rx, or by a PMD such as vhost's).
+    #[inline]
+    fn offload(&self) -> Offload {
+        // SAFETY: see `data`.
+        let m = unsafe { self.0.as_ref() };
+        if m.ol_flags & TX_OFFLOADS == 0 {
+            return Offload::NONE;
+        }
+        // SAFETY: tx_offload is a plain u64 view of the union.
+        let t = unsafe { m.__bindgen_anon_3.tx_offload };
+        let l2 = (t & 0x7f) as u16;
+        let l3 = ((t >> 7) & 0x1ff) as u16;
+        let l4 = ((t >> 16) & 0xff) as u16;
+        let segsz = ((t >> 24) & 0xffff) as u16;
+        let v4 = m.ol_flags & ffi::RTE_MBUF_F_TX_IPV4 != 0;
+        let kind = if m.ol_flags & ffi::RTE_MBUF_F_TX_TCP_SEG != 0 {
+            Some(if v4 { GsoKind::Tcp4 } else { GsoKind::Tcp6 })
+        } else if m.ol_flags & ffi::RTE_MBUF_F_TX_UDP_SEG != 0 {
+            Some(if v4 { GsoKind::Udp4 } else { GsoKind::Udp6 })
+        } else {
+            None
+        };
+        let offset = match (m.ol_flags & L4_MASK, kind) {
+            (_, Some(GsoKind::Tcp4 | GsoKind::Tcp6)) | (L4_TCP, None) => TCP_CSUM_OFFSET,
+            _ => UDP_CSUM_OFFSET,
+        };
+        Offload {
+            csum: Some(CsumPartial {
+                start: l2 + l3,
+                offset,
+            }),
+            gso: kind.map(|kind| Gso {
+                kind,
+                size: segsz,
+                hdr_len: l2 + l3 + l4,
+            }),
+        }
+    }
 }
 
 impl Mbuf {
+    /// Whether the frame carries offloads (one flags test, for the hot
+    /// path to skip [`Frame::offload`]).
+    #[inline]
+    pub fn has_offload(&self) -> bool {
+        // SAFETY: see `data`.
+        unsafe { self.0.as_ref().ol_flags & TX_OFFLOADS != 0 }
+    }
+
+    /// Whether the frame is a superframe waiting for segmentation.
+    #[inline]
+    pub fn has_gso(&self) -> bool {
+        // SAFETY: see `data`.
+        unsafe {
+            self.0.as_ref().ol_flags & (ffi::RTE_MBUF_F_TX_TCP_SEG | ffi::RTE_MBUF_F_TX_UDP_SEG)
+                != 0
+        }
+    }
+
+    /// Records `off` (checked against the frame by
+    /// [`Offload::from_vnet`]) in the mbuf's tx offload flags and lengths,
+    /// as DPDK PMDs with checksum/TSO offload expect them. Returns false,
+    /// recording nothing, for a partial checksum of a protocol other than
+    /// TCP or UDP, which has no DPDK flag: the caller completes it.
+    pub fn set_offload(&mut self, off: &Offload) -> bool {
+        let Some(c) = off.csum else {
+            return true;
+        };
+        let l4_flag = match c.offset {
+            TCP_CSUM_OFFSET => L4_TCP,
+            UDP_CSUM_OFFSET => L4_UDP,
+            _ => return false,
+        };
+        let Ok(k) = vswitch::FlowKey::parse_l2(self.data()) else {
+            return false;
+        };
+        let (l3, v4) = (k.l3_offset, k.ethertype == vswitch::flow::ETH_P_IPV4);
+        if c.start < l3 {
+            return false;
+        }
+        let l3_len = c.start - l3;
+        let (seg_flag, l4_len, segsz) = match off.gso {
+            Some(g) => (
+                match g.kind {
+                    GsoKind::Tcp4 | GsoKind::Tcp6 => ffi::RTE_MBUF_F_TX_TCP_SEG,
+                    GsoKind::Udp4 | GsoKind::Udp6 => ffi::RTE_MBUF_F_TX_UDP_SEG,
+                },
+                g.hdr_len - c.start,
+                g.size,
+            ),
+            None => (0, 0, 0),
+        };
+        let ip_flag = if v4 {
+            ffi::RTE_MBUF_F_TX_IPV4
+        } else {
+            ffi::RTE_MBUF_F_TX_IPV6
+        };
+        // SAFETY: sole owner (see data_mut); tx_offload is a plain u64
+        // view of the union.
+        unsafe {
+            let m = self.0.as_mut();
+            m.ol_flags |= l4_flag | seg_flag | ip_flag;
+            m.__bindgen_anon_3.tx_offload = u64::from(l3 & 0x7f)
+                | u64::from(l3_len & 0x1ff) << 7
+                | u64::from(l4_len & 0xff) << 16
+                | u64::from(segsz) << 24;
+        }
+        true
+    }
+
+    /// Fills `iov` with the frame's segments (the mbuf chain); None if
+    /// the chain has more segments than `iov` has room for.
+    #[inline]
+    pub fn segments_iovec(&self, iov: &mut [libc::iovec]) -> Option<usize> {
+        let mut k = 0;
+        let mut seg = self.0.as_ptr();
+        while !seg.is_null() {
+            if k == iov.len() {
+                return None;
+            }
+            // SAFETY: seg is this mbuf or a segment of its chain (next
+            // pointers set by the PMD or allocator), owned with it.
+            unsafe {
+                let m = &*seg;
+                iov[k] = libc::iovec {
+                    iov_base: (m.buf_addr as *mut u8).add(usize::from(m.data_off)).cast(),
+                    iov_len: usize::from(m.data_len),
+                };
+                seg = m.next;
+            }
+            k += 1;
+        }
+        Some(k)
+    }
+
+    /// Forgets the frame's offloads (its checksum was completed here).
+    #[inline]
+    pub fn clear_offload(&mut self) {
+        // SAFETY: see data_mut; the flags are the frame's own, shared
+        // copies of a flooded frame see the completed checksum too.
+        unsafe { self.0.as_mut().ol_flags &= !TX_OFFLOADS };
+    }
+
+    /// The reference count: more than 1 while a flooded frame waits in
+    /// several tx buffers.
+    #[inline]
+    pub fn owners(&self) -> u16 {
+        // SAFETY: see `data`.
+        unsafe { self.0.as_ref().refcnt }
+    }
+
+    /// A fresh, empty mbuf's whole buffer from `before` bytes ahead of
+    /// its data start (inside the headroom) to the buffer's end: where a
+    /// TAP read puts the virtio-net header and the frame.
+    #[inline]
+    pub fn read_area(&mut self, before: u16) -> &mut [u8] {
+        // SAFETY: sole owner of a fresh mbuf; data_off >= before (the
+        // pool's headroom is RTE_PKTMBUF_HEADROOM, 128) keeps the start
+        // inside the buffer, which ends at buf_addr + buf_len.
+        unsafe {
+            let m = self.0.as_mut();
+            assert!(m.data_off >= before, "headroom holds the vnet header");
+            let start = usize::from(m.data_off - before);
+            std::slice::from_raw_parts_mut(
+                (m.buf_addr as *mut u8).add(start),
+                usize::from(m.buf_len) - start,
+            )
+        }
+    }
+
+    /// Sets the frame's length (one segment) after a read filled it.
+    #[inline]
+    pub fn set_len(&mut self, n: u16) {
+        // SAFETY: sole owner; the caller read n bytes inside the buffer.
+        unsafe {
+            let m = self.0.as_mut();
+            debug_assert!(usize::from(m.data_off) + usize::from(n) <= usize::from(m.buf_len));
+            m.data_len = n;
+            m.pkt_len = u32::from(n);
+        }
+    }
+
     /// Length of the whole packet (all segments), for byte counters.
     #[inline]
     pub fn pkt_len(&self) -> u32 {
@@ -161,6 +350,22 @@ impl Burst {
     pub fn mbufs_mut(&mut self) -> &mut [Mbuf] {
         // SAFETY: as in `mbufs`.
         unsafe { std::slice::from_raw_parts_mut(self.ptrs.as_mut_ptr() as *mut Mbuf, self.len) }
+    }
+
+    /// Appends an mbuf the caller owns. The caller checked `!is_full()`.
+    #[inline]
+    pub fn push_owned(&mut self, m: Mbuf) {
+        self.push(&m);
+    }
+
+    /// Takes the last mbuf out: the caller owns it now.
+    #[inline]
+    pub fn pop(&mut self) -> Option<Mbuf> {
+        if self.len == 0 {
+            return None;
+        }
+        self.len -= 1;
+        NonNull::new(self.ptrs[self.len]).map(Mbuf)
     }
 
     /// Appends one reference. The caller checked `!is_full()`.

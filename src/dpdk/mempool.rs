@@ -84,24 +84,60 @@ unsafe impl Send for PoolHandle {}
 unsafe impl Sync for PoolHandle {}
 
 impl PoolHandle {
+    /// A handle to no pool, for snapshots in tests that never allocate
+    /// (allocating from it would crash).
+    #[cfg(test)]
+    pub(crate) fn unusable() -> PoolHandle {
+        PoolHandle(NonNull::dangling())
+    }
+
     /// A new mbuf holding a copy of `frame` behind the pool's standard
     /// headroom (so tunnel headers can still be prepended); None when the
     /// pool is empty or the frame does not fit one segment.
     pub fn alloc_frame(&self, frame: &[u8]) -> Option<super::mbuf::Mbuf> {
-        let len = u16::try_from(frame.len()).ok()?;
+        let mut mbuf = self.alloc_len(frame.len())?;
+        mbuf.data_mut().copy_from_slice(frame);
+        Some(mbuf)
+    }
+
+    /// A new mbuf whose frame is `len` bytes (their content undefined: the
+    /// caller writes them), behind the standard headroom; None when the
+    /// pool is empty or `len` does not fit one segment.
+    pub fn alloc_len(&self, len: usize) -> Option<super::mbuf::Mbuf> {
+        let len = u16::try_from(len).ok()?;
         // SAFETY: the pool is valid for the handle's life (see the type doc).
         let m = NonNull::new(unsafe { ffi::rte_pktmbuf_alloc(self.0.as_ptr()) })?;
         // SAFETY: m is a fresh mbuf owned by us; append returns the start of
         // `len` writable bytes in its one segment, or null if they do not fit.
         let dst = unsafe { ffi::rte_pktmbuf_append(m.as_ptr(), len) } as *mut u8;
-        let mut mbuf = super::mbuf::Mbuf::from_raw(m);
+        let mbuf = super::mbuf::Mbuf::from_raw(m);
         if dst.is_null() {
             let mut b = super::mbuf::Burst::default();
             b.push(&mbuf);
             b.free_all();
             return None;
         }
-        mbuf.data_mut().copy_from_slice(frame);
         Some(mbuf)
+    }
+
+    /// Fills `burst` up to [`vswitch::MAX_BURST`] fresh mbufs in one bulk
+    /// allocation; false (burst unchanged) when the pool has too few.
+    pub fn alloc_bulk(&self, burst: &mut super::mbuf::Burst) -> bool {
+        let have = burst.len();
+        let want = vswitch::MAX_BURST - have;
+        if want == 0 {
+            return true;
+        }
+        // SAFETY: the pool is valid (see the type doc); the burst has room
+        // for `want` pointers after its `have` ones, which the call fills
+        // with fresh mbufs the burst then owns (or none, on failure).
+        let rc = unsafe {
+            ffi::rte_pktmbuf_alloc_bulk(self.0.as_ptr(), burst.raw_mut().add(have), want as u32)
+        };
+        if rc != 0 {
+            return false;
+        }
+        burst.set_len(vswitch::MAX_BURST);
+        true
     }
 }

@@ -61,7 +61,7 @@ fn port_err(port: &str, op: &'static str, rc: i32) -> PortError {
 }
 
 impl EthPort {
-    /// Hot-plugs a virtual device from its devargs (`net_tap_x,iface=...`).
+    /// Hot-plugs a virtual device from its devargs (`net_vhost_0,iface=...`).
     /// The device name is the devargs up to the first comma.
     pub fn attach_vdev(devargs: &str) -> Result<EthPort, PortError> {
         let dev_name = devargs.split(',').next().unwrap_or(devargs).to_string();

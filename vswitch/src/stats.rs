@@ -62,6 +62,9 @@ drop_reasons! {
     NoOutput => "no_output",
     /// The output port's tx queue took no more.
     TxFull => "tx_full",
+    /// The output port refused the frame (a TAP whose container set the
+    /// link down, or a frame the kernel rejects).
+    TxError => "tx_error",
     /// Denied by a security group (counted on the port the group is on).
     AclDeny => "acl_deny",
     /// A TCP segment of no known connection (not a SYN) that the rules
@@ -111,6 +114,15 @@ pub struct PortCounters {
     pub tx_bytes: Counter,
     /// Source MACs not learned because their bucket was full.
     pub learn_full: Counter,
+    /// Of `rx_packets`, superframes (GSO frames from a TAP with offloads,
+    /// each standing for many wire segments; packet counters count the
+    /// superframe once).
+    pub rx_superframes: Counter,
+    /// Of `tx_packets`, superframes the port took whole.
+    pub tx_superframes: Counter,
+    /// Superframes cut into segments for this port, which cannot take
+    /// them (the segments count in `tx_packets`).
+    pub segmented: Counter,
     /// Frames dropped, by reason. Rx-side reasons count on the ingress
     /// port, [`DropReason::TxFull`] on the egress port.
     pub drops: [Counter; DropReason::COUNT],

@@ -34,6 +34,13 @@ const ETH_HLEN: usize = 14;
 pub trait Frame {
     /// The frame's bytes (first segment; headers never span segments).
     fn data(&self) -> &[u8];
+
+    /// The checksum and segmentation the frame still owes its receiver
+    /// (a superframe from a TAP with offloads); none by default.
+    #[inline]
+    fn offload(&self) -> crate::offload::Offload {
+        crate::offload::Offload::NONE
+    }
 }
 
 impl Frame for Vec<u8> {
