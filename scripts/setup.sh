@@ -9,7 +9,7 @@ PKGS=(
   libdpdk-dev dpdk pkg-config libclang-dev clang libpcap-dev libbsd-dev libnuma-dev
   # runtime peers and test tools
   dpdk-dev iproute2 iputils-ping ethtool tcpdump tshark socat python3-scapy iperf3 sockperf
-  openvswitch-switch-dpdk containernetworking-plugins
+  openvswitch-switch-dpdk containernetworking-plugins redis-server redis-tools
 )
 HUGEPAGES=${VSWITCHD_HUGEPAGES:-2048}
 
@@ -37,6 +37,8 @@ install_packages() {
   # The Debian OVS service must not start on its own and grab hugepages/cores;
   # the benchmark harness starts its own ovs-vswitchd with a private run dir.
   systemctl disable --now openvswitch-switch >/dev/null 2>&1 || true
+  # Harness K starts its own redis-server inside a container namespace.
+  systemctl disable --now redis-server >/dev/null 2>&1 || true
 }
 
 reserve_hugepages() {

@@ -617,13 +617,18 @@ impl Daemon<'_> {
     }
 
     fn pmd_perf(&mut self, clear: bool) -> Value {
-        let now: Vec<(u64, u64, u64)> = self
+        let now: Vec<(u64, u64, u64, u64)> = self
             .shared
             .workers
             .iter()
             .map(|w| {
                 let c = &w.counters;
-                (c.packets.get(), c.busy_cycles.get(), c.idle_cycles.get())
+                (
+                    c.packets.get(),
+                    c.busy_cycles.get(),
+                    c.idle_cycles.get(),
+                    c.syscalls.get(),
+                )
             })
             .collect();
         let workers: Vec<Value> = now
@@ -631,7 +636,7 @@ impl Daemon<'_> {
             .zip(&self.perf_base)
             .enumerate()
             .map(|(i, (n, b))| {
-                let (pkts, busy, idle) = (n.0 - b.0, n.1 - b.1, n.2 - b.2);
+                let (pkts, busy, idle, sys) = (n.0 - b.0, n.1 - b.1, n.2 - b.2, n.3 - b.3);
                 json!({
                     "worker": i,
                     "core": self.cfg.workers.cores.get(i),
@@ -640,6 +645,8 @@ impl Daemon<'_> {
                     "idle_cycles": idle,
                     "busy_pct": if busy + idle == 0 { 0.0 } else { 100.0 * busy as f64 / (busy + idle) as f64 },
                     "cycles_per_packet": if pkts == 0 { 0.0 } else { busy as f64 / pkts as f64 },
+                    "syscalls": sys,
+                    "syscalls_per_packet": if pkts == 0 { 0.0 } else { sys as f64 / pkts as f64 },
                 })
             })
             .collect();

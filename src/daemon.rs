@@ -282,7 +282,7 @@ pub struct Daemon<'p> {
     /// Mbufs of the pool's hot-plug reserve not taken by ports.
     pub(crate) reserve_left: u32,
     /// Worker counters at the last `pmd-perf --clear`.
-    pub(crate) perf_base: Vec<(u64, u64, u64)>,
+    pub(crate) perf_base: Vec<(u64, u64, u64, u64)>,
     /// QoS meters, carried from snapshot to snapshot.
     meters: crate::security::Meters,
 }
@@ -572,7 +572,7 @@ pub fn run(cfg: Config, text: &str, config_path: Option<std::path::PathBuf>) -> 
 
     let mut d = Daemon {
         reserve_left: hotplug_reserve(n_workers as u32),
-        perf_base: vec![(0, 0, 0); n_workers],
+        perf_base: vec![(0, 0, 0, 0); n_workers],
         meters,
         cfg,
         doc,

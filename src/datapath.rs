@@ -107,6 +107,9 @@ pub struct WorkerCounters {
     pub idle_cycles: Counter,
     /// Frames received.
     pub packets: Counter,
+    /// System calls made for TAP queues (reads, including those that found
+    /// the queue empty, and writes).
+    pub syscalls: Counter,
     /// Cycles of each poll round that had packets (`vswitchctl latency`).
     pub burst_cycles: CycleHistogram,
 }
@@ -118,6 +121,7 @@ impl Default for WorkerCounters {
             busy_cycles: Counter::default(),
             idle_cycles: Counter::default(),
             packets: Counter::default(),
+            syscalls: Counter::default(),
             burst_cycles: CycleHistogram::default(),
         }
     }

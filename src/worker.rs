@@ -118,6 +118,7 @@ impl Worker {
                         &mut self.tap_stash,
                         &mut rx,
                         &counters.ports[q.port.index()],
+                        &counters.syscalls,
                     ),
                 };
                 if n == 0 {
@@ -548,7 +549,12 @@ impl Worker {
                 }
                 (sent as u64, bytes)
             }
-            TxTarget::Tap(fds) => tap::tx_burst(fds[self.index % fds.len()], &mut b.frames, c),
+            TxTarget::Tap(fds) => tap::tx_burst(
+                fds[self.index % fds.len()],
+                &mut b.frames,
+                c,
+                &counters.syscalls,
+            ),
             TxTarget::None => {
                 b.frames.free_all();
                 c.drop(DropReason::NoOutput, queued as u64);

@@ -42,21 +42,6 @@ fn unreachable(ns: &Netns, ip: &str, tries: u32) -> bool {
         .is_err()
 }
 
-/// Records from a classic pcap file (tcpdump -w).
-fn pcap_records(path: &std::path::Path) -> Vec<Vec<u8>> {
-    let b = std::fs::read(path).unwrap();
-    assert!(b.len() >= 24, "pcap header");
-    let mut out = Vec::new();
-    let mut at = 24;
-    while at + 16 <= b.len() {
-        let caplen = u32::from_le_bytes(b[at + 8..at + 12].try_into().unwrap()) as usize;
-        at += 16;
-        out.push(b[at..at + caplen].to_vec());
-        at += caplen;
-    }
-    out
-}
-
 /// The kernel side: netns `k` is a host with a kernel VTEP (VNI 100 bridged
 /// to host netns `h`; VNIs 200 and 300 with addresses on the devices), its
 /// underlay NIC the peer of vswitchd's uplink veth.
@@ -149,14 +134,16 @@ fn interop_with_the_kernel_vxlan_device() {
     // A container behind vswitchd pings the host behind the kernel VTEP.
     assert!(pings(&c, "192.168.100.2", 5), "ping across the tunnel");
     assert!(
-        wait_until(Duration::from_secs(10), || pcap_records(&pcap).len() >= 4),
+        wait_until(Duration::from_secs(10), || common::pcap_records(&pcap)
+            .len()
+            >= 4),
         "4 VXLAN frames captured"
     );
     drop(cap);
 
     // What vswitchd put on the wire is well-formed VXLAN.
     let uplink_mac = peer.uplink.mac().unwrap();
-    for f in pcap_records(&pcap) {
+    for f in common::pcap_records(&pcap) {
         let p = SlicedPacket::from_ethernet(&f).unwrap();
         let Some(NetSlice::Ipv4(ip)) = &p.net else {
             panic!("not IPv4")
@@ -263,6 +250,68 @@ fn interop_with_the_kernel_vxlan_device() {
     assert!(vni100["decap_packets"].as_u64().unwrap() > 100, "{vni100}");
     assert_eq!(vni100["decap_packets"], tunnel["rx_packets"]);
     assert_eq!(vni100["encap_packets"], tunnel["tx_packets"]);
+    vs.stop();
+}
+
+#[test]
+fn tcp_superframes_into_a_kernel_vxlan_tunnel_are_segmented() {
+    let n = subnet_id();
+    let peer = kernel_peer(n);
+    let c = Netns::create(&unique("vxs")).unwrap();
+    let dir = TempDir::new("vs-vxgso");
+    let cfg = Vswitchd::config_header(&dir, 256, "vpc100")
+        + &format!(
+            "vni = 100\nremote_vteps = [\"10.{n}.0.2\"]\n\n\
+             [vtep]\nuplink = \"uplink\"\nip = \"10.{n}.0.1/24\"\n\n\
+             [[port]]\nname = \"uplink\"\nkind = \"af-packet\"\niface = \"{}\"\n",
+            peer.uplink.name()
+        )
+        + &tap("c", "vpc100", &c, "02:00:00:64:00:01", "192.168.100.1/24");
+    let vs = common::start(&dir, &cfg);
+    let h = &peer.h;
+    assert!(pings(&c, "192.168.100.2", 2), "ping across the tunnel");
+
+    // What the host behind the kernel VTEP receives, inner frames.
+    let pcap = dir.join("inner.pcap");
+    let mut tcpdump = h.command("tcpdump");
+    tcpdump.args(["-i", "eth0", "-U", "-s", "2000", "-c", "200", "-w"]);
+    tcpdump
+        .arg(&pcap)
+        .args(["tcp", "and", "src", "192.168.100.1"]);
+    let mut cap = Proc::spawn("tcpdump", tcpdump).unwrap();
+    assert!(
+        wait_until(Duration::from_secs(10), || cap
+            .output()
+            .iter()
+            .any(|l| l.contains("listening on"))),
+        "tcpdump did not start"
+    );
+    let data = common::test_data(4 << 20);
+    let got = common::tcp_transfer(&dir, &c, h, "192.168.100.2", 7003, &data);
+    assert!(got == data, "4 MB arrived byte-exact ({} bytes)", got.len());
+    assert_eq!(
+        cap.wait_exit(Duration::from_secs(20)),
+        Some(0),
+        "capture done"
+    );
+
+    // MTU 1450 on the container: MSS 1410, 1398 bytes of payload beside
+    // the timestamp option; no inner frame above 1464 bytes.
+    for f in common::pcap_records(&pcap) {
+        assert!(f.len() <= 1464, "a {}-byte inner frame", f.len());
+        let p = SlicedPacket::from_ethernet(&f).unwrap();
+        let Some(TransportSlice::Tcp(t)) = &p.transport else {
+            panic!("not TCP")
+        };
+        assert!(t.payload().len() <= 1410, "MSS respected");
+    }
+    let tunnel = vs.port_stats(&format!("vxlan100@10.{n}.0.2")).unwrap();
+    assert!(vs.counter("c", "rx_superframes") > 0);
+    assert!(
+        tunnel["segmented"].as_u64().unwrap() > 0,
+        "superframes cut for the tunnel: {tunnel}"
+    );
+    assert_eq!(tunnel["drops"], serde_json::json!({}), "{tunnel}");
     vs.stop();
 }
 

@@ -193,17 +193,38 @@ impl SharedMeter {
         }
     }
 
-    /// Colors a burst: `sizes[i]` in bytes, colors into `out[i]`; one lock
-    /// for the whole burst.
-    pub fn color_burst(&self, now_ns: u64, sizes: &[u32], out: &mut [Color]) {
+    /// Colors a burst: `sizes[i]` is frame i on the wire, colors into
+    /// `out[i]`; one lock for the whole burst.
+    pub fn color_burst(&self, now_ns: u64, sizes: &[WireLen], out: &mut [Color]) {
         let mut m = self.state.lock().unwrap_or_else(|p| p.into_inner());
         for (s, o) in sizes.iter().zip(out.iter_mut()) {
             let units = match self.policy.unit {
-                Unit::Bits => u64::from(*s) * 8,
-                Unit::Packets => 1,
+                Unit::Bits => u64::from(s.bytes) * 8,
+                Unit::Packets => u64::from(s.packets),
             };
             *o = m.color(now_ns, units);
         }
+    }
+}
+
+/// What a frame costs on the wire: its bytes and packets. A superframe
+/// (a GSO frame from a TAP with offloads) stands for several segments:
+/// it is charged their bytes, headers included, and their number, so a
+/// policer holds the same rate whether the sender segmented or not. It
+/// gets one color for all its segments, so a policer's burst should hold
+/// at least one superframe (64 KB) or every superframe is red.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct WireLen {
+    /// Bytes on the wire.
+    pub bytes: u32,
+    /// Packets on the wire.
+    pub packets: u32,
+}
+
+impl WireLen {
+    /// One plain frame of `bytes`.
+    pub fn frame(bytes: u32) -> WireLen {
+        WireLen { bytes, packets: 1 }
     }
 }
 
@@ -347,7 +368,7 @@ mod tests {
         let gap = 1_200_000; // 1500 B every 1.2 ms = 1.25 MB/s
         let mut out = [Color::Red; 1];
         for i in 0..(10_000_000_000 / gap) {
-            sm.color_burst(i * gap, &[1500], &mut out);
+            sm.color_burst(i * gap, &[WireLen::frame(1500)], &mut out);
             if out[0] == Color::Green {
                 green += 1500;
             }

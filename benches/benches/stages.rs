@@ -274,7 +274,7 @@ fn policer(c: &mut Criterion) {
             },
             0,
         );
-        let sizes = [60u32; MAX_BURST];
+        let sizes = [acl::policer::WireLen::frame(60); MAX_BURST];
         let mut colors = [Color::Green; MAX_BURST];
         let mut now = 0u64;
         g.bench_function(format!("{name}_burst"), |b| {

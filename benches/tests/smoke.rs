@@ -123,14 +123,29 @@ fn harness_k_smoke() {
         vswitchd: workspace_bin("vswitchd"),
     };
     let sec = harness_k::run(&o, "smoke").unwrap_or_else(|e| panic!("{e:#}"));
-    assert_figures(
-        &sec,
-        2,
-        &[
-            "iperf3 kpps rcvd",
-            "sockperf tp kmsg/s",
-            "RTT p50 us",
-            "RTT p99.9 us",
-        ],
-    );
+    // 7 workloads (TCP 1/4, UDP 1/10, ping-pong, redis SET/GET) x 3 topologies.
+    assert_eq!(sec.rows.len(), 21, "{sec:#?}");
+    for r in &sec.rows {
+        let want: &[&str] = match r.workload.as_str() {
+            w if w.starts_with("TCP") => &["Gbit/s", "CPU0 s/GB"],
+            w if w.starts_with("UDP") => &["kpps sent", "kpps rcvd"],
+            w if w.starts_with("sockperf") => &["p50 us", "p99.9 us"],
+            _ => &["kQPS", "avg ms", "p99 ms"],
+        };
+        let vs = r.system.starts_with("vswitchd");
+        for c in want.iter().chain(if vs {
+            &["cyc/frame", "syscalls/frame"][..]
+        } else {
+            &[]
+        }) {
+            let v = r.values.get(*c).copied();
+            assert!(
+                v.is_some_and(|v| v > 0.0),
+                "{} {}: {c} = {v:?}",
+                r.workload,
+                r.system
+            );
+        }
+    }
+    assert!(!sec.ratios.is_empty(), "no ratios: {sec:#?}");
 }

@@ -22,7 +22,7 @@
 use std::os::fd::RawFd;
 
 use vswitch::offload::{complete_checksum, Offload, VnetHdr, VNET_HDR_LEN};
-use vswitch::{DropReason, Frame, PortCounters};
+use vswitch::{Counter, DropReason, Frame, PortCounters};
 
 use crate::dpdk::mbuf::Burst;
 use crate::dpdk::mempool::PoolHandle;
@@ -30,7 +30,8 @@ use crate::dpdk::mempool::PoolHandle;
 /// Reads up to [`vswitch::MAX_BURST`] frames from TAP queue `fd` into the empty
 /// `burst`, taking mbufs from `stash` (refilled from `pool`); returns how
 /// many. Frames whose virtio-net header does not describe them are
-/// dropped and counted as `malformed` on `counters`.
+/// dropped and counted as `malformed` on `counters`; every read counts
+/// in `syscalls`.
 #[inline]
 pub fn rx_burst(
     fd: RawFd,
@@ -38,7 +39,9 @@ pub fn rx_burst(
     stash: &mut Burst,
     burst: &mut Burst,
     counters: &PortCounters,
+    syscalls: &Counter,
 ) -> usize {
+    let mut reads = 0;
     debug_assert!(burst.is_empty());
     while !burst.is_full() {
         if stash.is_empty() && !pool.alloc_bulk(stash) {
@@ -49,6 +52,7 @@ pub fn rx_burst(
         // SAFETY: area is writable memory of the mbuf we own, area.len()
         // bytes long; the kernel writes at most that much.
         let n = unsafe { libc::read(fd, area.as_mut_ptr().cast(), area.len()) };
+        reads += 1;
         if n < 0 {
             // EAGAIN: the queue is empty. Other errors (the device went
             // away) end the burst the same way; the control plane sees the
@@ -90,15 +94,22 @@ pub fn rx_burst(
             }
         }
     }
+    syscalls.add(reads);
     burst.len()
 }
 
 /// Writes every frame of `burst` to TAP queue `fd` and frees them all;
 /// returns (frames written, bytes written). A frame the kernel refuses
 /// (the container set its link down, a header it rejects) is counted as
-/// `tx_error` on `counters`.
+/// `tx_error` on `counters`. Every write counts in `syscalls`.
 #[inline]
-pub fn tx_burst(fd: RawFd, burst: &mut Burst, counters: &PortCounters) -> (u64, u64) {
+pub fn tx_burst(
+    fd: RawFd,
+    burst: &mut Burst,
+    counters: &PortCounters,
+    syscalls: &Counter,
+) -> (u64, u64) {
+    syscalls.add(burst.len() as u64);
     let (mut sent, mut bytes) = (0, 0);
     for m in burst.mbufs() {
         let mut hdr = [0u8; VNET_HDR_LEN];

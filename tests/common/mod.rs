@@ -69,3 +69,75 @@ pub fn tcp_fetch(ns: &Netns, ip: &str, port: u16) -> Option<String> {
 pub fn tcp_works(ns: &Netns, ip: &str, port: u16) -> bool {
     tcp_fetch(ns, ip, port).is_some_and(|o| o.contains("hello"))
 }
+
+/// Deterministic, incompressible-looking test data.
+pub fn test_data(len: usize) -> Vec<u8> {
+    let mut x: u32 = 0x9e37_79b9;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            x as u8
+        })
+        .collect()
+}
+
+/// Sends `data` over one TCP connection from `from` to `ip:port` in `to`,
+/// written in 64 KB writes; returns what the receiver read (bounded: 60 s).
+pub fn tcp_transfer(
+    dir: &TempDir,
+    from: &Netns,
+    to: &Netns,
+    ip: &str,
+    port: u16,
+    data: &[u8],
+) -> Vec<u8> {
+    let src = dir.join(&format!("tcp-{port}.src"));
+    let dst = dir.join(&format!("tcp-{port}.dst"));
+    std::fs::write(&src, data).unwrap();
+    let mut c = to.command("socat");
+    c.args([
+        "-u",
+        "-b",
+        "65536",
+        &format!("TCP-LISTEN:{port},reuseaddr"),
+        &format!("OPEN:{},creat,trunc", dst.display()),
+    ]);
+    let mut server = Proc::spawn("socat-server", c).unwrap();
+    assert!(wait_until(Duration::from_secs(10), || to
+        .exec(&["ss", "-tln", "sport", &format!("= :{port}")])
+        .is_ok_and(|o| o.contains(&port.to_string()))));
+    let sent = from.exec(&[
+        "timeout",
+        "60",
+        "socat",
+        "-u",
+        "-b",
+        "65536",
+        &format!("OPEN:{}", src.display()),
+        &format!("TCP:{ip}:{port},connect-timeout=5"),
+    ]);
+    assert!(sent.is_ok(), "sender failed: {sent:?}");
+    assert_eq!(
+        server.wait_exit(Duration::from_secs(60)),
+        Some(0),
+        "receiver did not finish"
+    );
+    std::fs::read(&dst).unwrap()
+}
+
+/// Records from a classic pcap file (tcpdump -w).
+pub fn pcap_records(path: &std::path::Path) -> Vec<Vec<u8>> {
+    let b = std::fs::read(path).unwrap();
+    assert!(b.len() >= 24, "pcap header");
+    let mut out = Vec::new();
+    let mut at = 24;
+    while at + 16 <= b.len() {
+        let caplen = u32::from_le_bytes(b[at + 8..at + 12].try_into().unwrap()) as usize;
+        at += 16;
+        out.push(b[at..at + caplen].to_vec());
+        at += caplen;
+    }
+    out
+}

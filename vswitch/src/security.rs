@@ -22,7 +22,7 @@
 
 use std::sync::Arc;
 
-use acl::policer::{Color, ColorAction, SharedMeter};
+use acl::policer::{Color, ColorAction, SharedMeter, WireLen};
 use acl::session::{Found, Open, SessionTable};
 use acl::{Action as AclAction, Classifier, Family, Tuple, Verdict};
 
@@ -355,7 +355,7 @@ impl Security {
         counters: &[PortCounters],
     ) {
         let n = frames.len();
-        let mut sizes = [0u32; MAX_BURST];
+        let mut sizes = [WireLen::default(); MAX_BURST];
         let mut colors = [Color::Green; MAX_BURST];
         let mut idx = [0u8; MAX_BURST];
         // Runs one meter over the live frames selected by `pick`.
@@ -367,7 +367,12 @@ impl Security {
             let mut k = 0;
             for i in 0..n {
                 if !matches!(actions[i], Action::Drop(_)) && pick(i, &actions[i]) {
-                    sizes[k] = frames[i].data().len() as u32;
+                    let len = frames[i].data().len();
+                    let off = frames[i].offload();
+                    sizes[k] = WireLen {
+                        bytes: off.wire_bytes(len) as u32,
+                        packets: off.segments(len),
+                    };
                     idx[k] = i as u8;
                     k += 1;
                 }

@@ -64,7 +64,7 @@ fn demo(bin: &Path) -> Result<(), String> {
     step("UDP: 1000 datagrams vsd-c1 -> vsd-c2");
     let rx = c2
         .command("python3")
-        .args(["-c", "import socket\ns=socket.socket(2,2);s.bind(('0.0.0.0',9000));s.settimeout(3)\nn=0\ntry:\n  while True: s.recv(2048); n+=1\nexcept Exception: pass\nprint(n)"])
+        .args(["-c", "import socket\ns=socket.socket(2,2);s.setsockopt(socket.SOL_SOCKET,socket.SO_RCVBUF,1<<22);s.bind(('0.0.0.0',9000));s.settimeout(3)\nn=0\ntry:\n  while True: s.recv(2048); n+=1\nexcept Exception: pass\nprint(n)"])
         .stdout(std::process::Stdio::piped())
         .spawn()
         .map_err(|e| e.to_string())?;
