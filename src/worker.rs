@@ -20,12 +20,12 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use vswitch::security::{set_dscp, Scratch};
+use vswitch::security::{set_dscp, Scratch, KEEP_ALL};
 use vswitch::{Action, DropReason, Frame, PortId, MAX_BURST, MAX_PORTS};
 use vxlan::decap::{decap, Decap, DecapError};
 use vxlan::tunnels::Lookup;
 
-use vswitch::offload::{complete_checksum, Segments};
+use vswitch::offload::{complete_checksum, trim_superframe, Segments};
 
 use crate::datapath::{Datapath, RxQueue, RxSource, Shared, TxTarget, WorkerCounters};
 use crate::dpdk::mbuf::{Burst, Mbuf};
@@ -363,8 +363,17 @@ impl Worker {
         let secure = dp.security.is_active();
         for i in 0..n {
             if secure {
+                let m = &mut rx.mbufs_mut()[i];
                 if let Some(d) = self.scratch.remark[i] {
-                    set_dscp(rx.mbufs_mut()[i].data_mut(), d);
+                    set_dscp(m.data_mut(), d);
+                }
+                let keep = self.scratch.keep[i];
+                if keep != KEEP_ALL {
+                    // A policer let only the first segments through.
+                    let off = m.offload();
+                    if let Some(len) = trim_superframe(m.data_mut(), &off, keep) {
+                        m.set_len(len as u16);
+                    }
                 }
             }
             match self.actions[i] {

@@ -193,38 +193,76 @@ impl SharedMeter {
         }
     }
 
-    /// Colors a burst: `sizes[i]` is frame i on the wire, colors into
-    /// `out[i]`; one lock for the whole burst.
-    pub fn color_burst(&self, now_ns: u64, sizes: &[WireLen], out: &mut [Color]) {
+    /// Polices a burst: `sizes[i]` is frame i on the wire, its verdict
+    /// into `out[i]`; one lock for the whole burst.
+    ///
+    /// A superframe (several wire packets) is policed as its segments
+    /// would be, one after another at the same instant: the segments up to
+    /// the first one whose color's action is drop pass, that one and every
+    /// later one are cut (they take no tokens: they are not sent). The
+    /// caller sends the kept segments (the superframe trimmed) and counts
+    /// the others as dropped, so a policer holds the same rate in wire
+    /// bytes whether the sender segmented or not.
+    pub fn police_burst(&self, now_ns: u64, sizes: &[WireLen], out: &mut [Policed]) {
         let mut m = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        for (s, o) in sizes.iter().zip(out.iter_mut()) {
-            let units = match self.policy.unit {
-                Unit::Bits => u64::from(s.bytes) * 8,
-                Unit::Packets => u64::from(s.packets),
+        for (w, o) in sizes.iter().zip(out.iter_mut()) {
+            *o = Policed {
+                kept: 0,
+                remark: None,
             };
-            *o = m.color(now_ns, units);
+            for seg in 0..w.packets {
+                let bytes = if seg + 1 == w.packets {
+                    w.bytes - (w.packets - 1) * w.seg_bytes
+                } else {
+                    w.seg_bytes
+                };
+                let units = match self.policy.unit {
+                    Unit::Bits => u64::from(bytes) * 8,
+                    Unit::Packets => 1,
+                };
+                match self.policy.action(m.color(now_ns, units)) {
+                    ColorAction::Drop => break,
+                    ColorAction::Pass => {}
+                    // The worst remark of the kept segments marks the frame.
+                    ColorAction::Remark(d) => o.remark = Some(d),
+                }
+                o.kept += 1;
+            }
         }
     }
 }
 
+/// What a policer decided for one frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Policed {
+    /// Wire packets that pass (all of them, or the first `kept` segments
+    /// of a superframe; 0: the frame is dropped).
+    pub kept: u32,
+    /// DSCP the passing packets are re-marked with.
+    pub remark: Option<u8>,
+}
+
 /// What a frame costs on the wire: its bytes and packets. A superframe
-/// (a GSO frame from a TAP with offloads) stands for several segments:
-/// it is charged their bytes, headers included, and their number, so a
-/// policer holds the same rate whether the sender segmented or not. It
-/// gets one color for all its segments, so a policer's burst should hold
-/// at least one superframe (64 KB) or every superframe is red.
+/// (a GSO frame from a TAP with offloads) stands for `packets` segments
+/// of `seg_bytes` each (the last one shorter), headers included.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct WireLen {
     /// Bytes on the wire.
     pub bytes: u32,
     /// Packets on the wire.
     pub packets: u32,
+    /// Bytes of each packet but the last.
+    pub seg_bytes: u32,
 }
 
 impl WireLen {
     /// One plain frame of `bytes`.
     pub fn frame(bytes: u32) -> WireLen {
-        WireLen { bytes, packets: 1 }
+        WireLen {
+            bytes,
+            packets: 1,
+            seg_bytes: bytes,
+        }
     }
 }
 
@@ -366,14 +404,63 @@ mod tests {
         let sm = SharedMeter::new(policy, 0);
         let mut green = 0u64;
         let gap = 1_200_000; // 1500 B every 1.2 ms = 1.25 MB/s
-        let mut out = [Color::Red; 1];
+        let mut out = [Policed::default(); 1];
         for i in 0..(10_000_000_000 / gap) {
-            sm.color_burst(i * gap, &[WireLen::frame(1500)], &mut out);
-            if out[0] == Color::Green {
+            sm.police_burst(i * gap, &[WireLen::frame(1500)], &mut out);
+            if out[0].kept == 1 {
                 green += 1500;
             }
         }
         let want = 15_000 + 10 * 125_000;
         assert!(green.abs_diff(want) <= 1500, "green {green} B, want {want}");
+    }
+
+    #[test]
+    fn a_superframe_is_policed_segment_by_segment() {
+        // 10 segments of 1000 bytes against a 4500-byte committed burst:
+        // the first 4 pass, the rest are cut and take no tokens.
+        let policy = Policy {
+            meter: MeterConf::SrTcm {
+                cir: 8_000, // 1000 bytes/s
+                cbs: 4500 * 8,
+                ebs: 0,
+            },
+            unit: Unit::Bits,
+            actions: [ColorAction::Pass, ColorAction::Drop, ColorAction::Drop],
+        };
+        let sm = SharedMeter::new(policy, 0);
+        let sf = WireLen {
+            bytes: 10_000,
+            packets: 10,
+            seg_bytes: 1000,
+        };
+        let mut out = [Policed::default(); 2];
+        sm.police_burst(0, &[sf, WireLen::frame(500)], &mut out);
+        assert_eq!(out[0].kept, 4);
+        // The cut segments took nothing: 500 bytes were left for a frame.
+        assert_eq!(out[1].kept, 1);
+        // In packets: 2 green, 3 yellow (re-marked), then red: 5 kept.
+        let policy = Policy {
+            meter: MeterConf::SrTcm {
+                cir: 1,
+                cbs: 2,
+                ebs: 3,
+            },
+            unit: Unit::Packets,
+            actions: [
+                ColorAction::Pass,
+                ColorAction::Remark(10),
+                ColorAction::Drop,
+            ],
+        };
+        let sm = SharedMeter::new(policy, 0);
+        sm.police_burst(0, &[sf], &mut out[..1]);
+        assert_eq!(
+            out[0],
+            Policed {
+                kept: 5,
+                remark: Some(10)
+            }
+        );
     }
 }

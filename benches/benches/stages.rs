@@ -244,7 +244,7 @@ fn sessions(c: &mut Criterion) {
 }
 
 fn policer(c: &mut Criterion) {
-    use acl::policer::{Color, ColorAction, MeterConf, Policy, SharedMeter, Unit};
+    use acl::policer::{ColorAction, MeterConf, Policy, SharedMeter, Unit};
     let mut g = c.benchmark_group("policer");
     g.throughput(Throughput::Elements(MAX_BURST as u64));
     for (name, meter) in [
@@ -275,12 +275,12 @@ fn policer(c: &mut Criterion) {
             0,
         );
         let sizes = [acl::policer::WireLen::frame(60); MAX_BURST];
-        let mut colors = [Color::Green; MAX_BURST];
+        let mut colors = [acl::policer::Policed::default(); MAX_BURST];
         let mut now = 0u64;
         g.bench_function(format!("{name}_burst"), |b| {
             b.iter(|| {
                 now += 1000;
-                m.color_burst(now, black_box(&sizes), &mut colors);
+                m.police_burst(now, black_box(&sizes), &mut colors);
                 black_box(&colors);
             })
         });

@@ -2,6 +2,7 @@
 
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -11,6 +12,8 @@ pub struct Proc {
     child: Option<Child>,
     stdin: Option<ChildStdin>,
     lines: Arc<Mutex<Vec<String>>>,
+    /// Output streams read to their end (2 when both are).
+    drained: Arc<AtomicUsize>,
 }
 
 impl Proc {
@@ -21,6 +24,7 @@ impl Proc {
             .stderr(Stdio::piped());
         let mut child = cmd.spawn()?;
         let lines = Arc::new(Mutex::new(Vec::new()));
+        let drained = Arc::new(AtomicUsize::new(0));
         let out = child.stdout.take().expect("piped");
         let err = child.stderr.take().expect("piped");
         for stream in [
@@ -28,10 +32,12 @@ impl Proc {
             Box::new(err),
         ] {
             let lines = Arc::clone(&lines);
+            let drained = Arc::clone(&drained);
             std::thread::spawn(move || {
                 for line in BufReader::new(stream).lines().map_while(Result::ok) {
                     lines.lock().expect("lines").push(line);
                 }
+                drained.fetch_add(1, Ordering::Release);
             });
         }
         let stdin = child.stdin.take();
@@ -40,6 +46,7 @@ impl Proc {
             child: Some(child),
             stdin,
             lines,
+            drained,
         })
     }
 
@@ -75,13 +82,20 @@ impl Proc {
         c.try_wait().ok().flatten().map(|s| s.code().unwrap_or(-1))
     }
 
-    /// Waits up to `timeout` for it to exit by itself.
+    /// Waits up to `timeout` for it to exit by itself; once it has, its
+    /// last lines are collected too (bounded: a daemon it left behind may
+    /// hold the pipes open).
     pub fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
         let mut code = None;
         crate::wait_until(timeout, || {
             code = self.exit_code();
             code.is_some()
         });
+        if code.is_some() {
+            crate::wait_until(Duration::from_secs(2), || {
+                self.drained.load(Ordering::Acquire) == 2
+            });
+        }
         code
     }
 

@@ -338,6 +338,46 @@ pub fn complete_checksum(frame: &mut [u8], c: CsumPartial) {
     frame[at..at + 2].copy_from_slice(&v.to_ne_bytes());
 }
 
+/// Cuts a superframe down to its first `keep` segments in place (what a
+/// policer lets through of it, see `acl::policer`); returns the new frame
+/// length, or None if it is not a superframe of more than `keep` (>= 1)
+/// segments. Lengths and the IPv4 header checksum are fixed, FIN and PSH
+/// (which belong to the last segment, cut) cleared, and the partial
+/// checksum's pseudo-header sum, which counts the L4 length in Linux's
+/// convention, moved to the new length (RFC 1624), so the receiver, or a
+/// segmenter after it, finishes a right checksum.
+pub fn trim_superframe(frame: &mut [u8], off: &Offload, keep: u32) -> Option<usize> {
+    let (g, c) = (off.gso?, off.csum?);
+    let new_len = usize::from(g.hdr_len) + keep as usize * usize::from(g.size);
+    if keep == 0 || new_len >= frame.len() {
+        return None;
+    }
+    let l3 = usize::from(FlowKey::parse_l2(frame).ok()?.l3_offset);
+    let l4 = usize::from(c.start);
+    let (old_l4, new_l4) = ((frame.len() - l4) as u16, (new_len - l4) as u16);
+    if g.kind.is_v4() {
+        let ip = &mut frame[l3..l4];
+        ip[2..4].copy_from_slice(&((new_len - l3) as u16).to_be_bytes());
+        ip[10..12].copy_from_slice(&[0, 0]);
+        let sum = sum16::ones_complement(sum16::add_slice(0, ip));
+        ip[10..12].copy_from_slice(&sum.to_ne_bytes());
+    } else {
+        frame[l3 + 4..l3 + 6].copy_from_slice(&((new_len - l3 - 40) as u16).to_be_bytes());
+    }
+    if g.kind.is_tcp() {
+        frame[l4 + 13] &= !(0x01 | 0x08);
+    } else {
+        frame[l4 + 4..l4 + 6].copy_from_slice(&new_l4.to_be_bytes());
+    }
+    let at = l4 + usize::from(c.offset);
+    let field = u16::from_be_bytes([frame[at], frame[at + 1]]);
+    let mut sum = u32::from(field) + u32::from(!old_l4) + u32::from(new_l4);
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    frame[at..at + 2].copy_from_slice(&(sum as u16).to_be_bytes());
+    Some(new_len)
+}
+
 /// The wire segments of a superframe, written one at a time into buffers
 /// the caller provides (mbufs, in the daemon): headers copied and fixed,
 /// payload copied, L4 checksum computed in full. Each segment's checksum
@@ -653,20 +693,7 @@ mod tests {
                     udp_superframe(v4, 333)
                 };
                 let good = f.clone();
-                let l4 = 14 + if v4 { 20 } else { 40 };
-                let at = l4 + if tcp { 16 } else { 6 };
-                // What the sender leaves: the pseudo-header sum, not
-                // complemented, in the field.
-                let l4_len = (f.len() - l4) as u16;
-                let mut s = if v4 {
-                    sum16::add_slice(0, &f[14 + 12..14 + 20])
-                } else {
-                    sum16::add_slice(0, &f[14 + 8..14 + 40])
-                };
-                s = sum16::add_2bytes(s, [0, if tcp { 6 } else { 17 }]);
-                s = sum16::add_2bytes(s, l4_len.to_be_bytes());
-                let pseudo = !sum16::ones_complement(s);
-                f[at..at + 2].copy_from_slice(&pseudo.to_ne_bytes());
+                set_partial(&mut f, v4, tcp);
                 let mut h = vnet(v4, tcp, 0);
                 h.gso_type = GSO_NONE;
                 let off = Offload::from_vnet(&h, &f).unwrap();
@@ -750,6 +777,76 @@ mod tests {
                     complete_checksum(&mut g, c);
                 }
             }
+        }
+    }
+
+    /// Writes the partial checksum a sender leaves: the folded
+    /// pseudo-header sum, L4 length included, not complemented.
+    fn set_partial(f: &mut [u8], v4: bool, tcp: bool) {
+        let l4 = 14 + if v4 { 20 } else { 40 };
+        let at = l4 + if tcp { 16 } else { 6 };
+        let l4_len = (f.len() - l4) as u16;
+        let mut s = if v4 {
+            sum16::add_slice(0, &f[14 + 12..14 + 20])
+        } else {
+            sum16::add_slice(0, &f[14 + 8..14 + 40])
+        };
+        s = sum16::add_2bytes(s, [0, if tcp { 6 } else { 17 }]);
+        s = sum16::add_2bytes(s, l4_len.to_be_bytes());
+        let pseudo = !sum16::ones_complement(s);
+        f[at..at + 2].copy_from_slice(&pseudo.to_ne_bytes());
+    }
+
+    #[test]
+    fn a_trimmed_superframe_is_a_valid_shorter_superframe() {
+        for v4 in [true, false] {
+            let mut f = tcp_superframe(v4, 10 * 1448 + 100, 0x01 | 0x08);
+            set_partial(&mut f, v4, true);
+            let off = Offload::from_vnet(&vnet(v4, true, 1448), &f).unwrap();
+            assert_eq!(off.segments(f.len()), 11);
+            assert_eq!(
+                trim_superframe(&mut f.clone(), &off, 11),
+                None,
+                "nothing to cut"
+            );
+            let n = trim_superframe(&mut f, &off, 4).unwrap();
+            f.truncate(n);
+            assert_eq!(off.segments(f.len()), 4);
+            // Its segments are right, and FIN/PSH went with the tail.
+            let s = Segments::new(&f, &off).unwrap();
+            let mut buf = vec![0u8; 2000];
+            let mut data = Vec::new();
+            for i in 0..s.count() {
+                let len = s.write(i, &mut buf);
+                let p = SlicedPacket::from_ethernet(&buf[..len]).unwrap();
+                let Some(TransportSlice::Tcp(t)) = &p.transport else {
+                    panic!()
+                };
+                assert!(!t.fin() && !t.psh());
+                data.extend_from_slice(t.payload());
+            }
+            assert_eq!(data, payload(4 * 1448));
+            // Finished as one frame, its checksum is the trimmed frame's.
+            complete_checksum(&mut f, off.csum.unwrap());
+            let p = SlicedPacket::from_ethernet(&f).unwrap();
+            let Some(TransportSlice::Tcp(t)) = &p.transport else {
+                panic!()
+            };
+            let want = match &p.net {
+                Some(NetSlice::Ipv4(ip)) => {
+                    let h = ip.header().to_header();
+                    assert_eq!(h.header_checksum, h.calc_header_checksum());
+                    assert_eq!(usize::from(h.total_len), n - 14);
+                    t.calc_checksum_ipv4(h.source, h.destination).unwrap()
+                }
+                Some(NetSlice::Ipv6(ip)) => {
+                    let h = ip.header().to_header();
+                    assert_eq!(usize::from(h.payload_length), n - 54);
+                    t.calc_checksum_ipv6(h.source, h.destination).unwrap()
+                }
+                _ => panic!(),
+            };
+            assert_eq!(t.checksum(), want, "v4={v4}");
         }
     }
 }

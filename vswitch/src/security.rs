@@ -22,7 +22,7 @@
 
 use std::sync::Arc;
 
-use acl::policer::{Color, ColorAction, SharedMeter, WireLen};
+use acl::policer::{Policed, SharedMeter, WireLen};
 use acl::session::{Found, Open, SessionTable};
 use acl::{Action as AclAction, Classifier, Family, Tuple, Verdict};
 
@@ -85,14 +85,21 @@ pub struct Scratch {
     tuples: [Option<(Tuple, u8)>; MAX_BURST],
     /// DSCP to write into frame i before it is sent.
     pub remark: [Option<u8>; MAX_BURST],
+    /// Wire segments of superframe i that may leave ([`KEEP_ALL`]: all);
+    /// a policer cut the rest (see `acl::policer::SharedMeter::police_burst`).
+    pub keep: [u32; MAX_BURST],
     class: [u16; MAX_BURST],
 }
+
+/// [`Scratch::keep`] of a frame no policer cut.
+pub const KEEP_ALL: u32 = u32::MAX;
 
 impl Default for Scratch {
     fn default() -> Self {
         Scratch {
             tuples: [None; MAX_BURST],
             remark: [None; MAX_BURST],
+            keep: [KEEP_ALL; MAX_BURST],
             class: [0; MAX_BURST],
         }
     }
@@ -227,6 +234,7 @@ impl Security {
         let mut misses = 0;
         for i in 0..n {
             scratch.remark[i] = None;
+            scratch.keep[i] = KEEP_ALL;
             scratch.tuples[i] = None;
             scratch.class[i] = 0;
             let out = match actions[i] {
@@ -356,7 +364,7 @@ impl Security {
     ) {
         let n = frames.len();
         let mut sizes = [WireLen::default(); MAX_BURST];
-        let mut colors = [Color::Green; MAX_BURST];
+        let mut verdicts = [Policed::default(); MAX_BURST];
         let mut idx = [0u8; MAX_BURST];
         // Runs one meter over the live frames selected by `pick`.
         let mut run = |m: &SharedMeter,
@@ -367,12 +375,7 @@ impl Security {
             let mut k = 0;
             for i in 0..n {
                 if !matches!(actions[i], Action::Drop(_)) && pick(i, &actions[i]) {
-                    let len = frames[i].data().len();
-                    let off = frames[i].offload();
-                    sizes[k] = WireLen {
-                        bytes: off.wire_bytes(len) as u32,
-                        packets: off.segments(len),
-                    };
+                    sizes[k] = wire_len(&frames[i], scratch.keep[i]);
                     idx[k] = i as u8;
                     k += 1;
                 }
@@ -380,15 +383,21 @@ impl Security {
             if k == 0 {
                 return;
             }
-            m.color_burst(now_ns, &sizes[..k], &mut colors[..k]);
+            m.police_burst(now_ns, &sizes[..k], &mut verdicts[..k]);
             for j in 0..k {
                 let i = usize::from(idx[j]);
-                match m.policy.action(colors[j]) {
-                    ColorAction::Pass => {}
-                    ColorAction::Remark(d) => scratch.remark[i] = Some(d),
-                    ColorAction::Drop => {
+                let (v, segs) = (verdicts[j], sizes[j].packets);
+                if let Some(d) = v.remark {
+                    scratch.remark[i] = Some(d);
+                }
+                if v.kept < segs {
+                    // A superframe's cut segments count as dropped packets.
+                    counters[charge.index()]
+                        .drop(DropReason::PolicerDrop, u64::from(segs - v.kept));
+                    if v.kept == 0 {
                         actions[i] = Action::Drop(DropReason::PolicerDrop);
-                        counters[charge.index()].drop(DropReason::PolicerDrop, 1);
+                    } else {
+                        scratch.keep[i] = v.kept;
                     }
                 }
             }
@@ -442,6 +451,29 @@ impl Security {
     }
 }
 
+/// What `f`, or its first `keep` segments, costs on the wire.
+fn wire_len<F: Frame>(f: &F, keep: u32) -> WireLen {
+    let len = f.data().len();
+    let off = f.offload();
+    match off.gso {
+        Some(g) => {
+            let packets = off.segments(len).min(keep);
+            let seg_bytes = u32::from(g.hdr_len) + u32::from(g.size);
+            let bytes = if packets < off.segments(len) {
+                packets * seg_bytes
+            } else {
+                off.wire_bytes(len) as u32
+            };
+            WireLen {
+                bytes,
+                packets,
+                seg_bytes,
+            }
+        }
+        None => WireLen::frame(len as u32),
+    }
+}
+
 fn rule_class(g: &Group, v: &Verdict) -> u16 {
     v.rule.map_or(0, |r| g.rule_class[r as usize])
 }
@@ -480,7 +512,7 @@ pub fn set_dscp(frame: &mut [u8], dscp: u8) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use acl::policer::{MeterConf, Policy, Unit};
+    use acl::policer::{ColorAction, MeterConf, Policy, Unit};
     use acl::session::Timeouts;
     use acl::{Proto, Rule, SecurityGroup};
     use etherparse::PacketBuilder;
