@@ -23,6 +23,7 @@ use crate::dpdk::mempool::Mempool;
 use crate::dpdk::{self, lcore};
 use crate::ports::{self, Port, PortIo};
 use crate::stats;
+use crate::tap::uring::TapQueue;
 use crate::vtep::Vtep;
 use crate::worker::Worker;
 
@@ -237,6 +238,17 @@ pub(crate) fn build_datapath(
     Ok(Datapath {
         switch,
         tx: tx.into(),
+        tap_queues: rx_queues
+            .iter()
+            .map(|qs| {
+                qs.iter()
+                    .filter_map(|q: &RxQueue| match q.src {
+                        RxSource::Tap(fd) => Some(TapQueue { port: q.port, fd }),
+                        RxSource::Eth { .. } => None,
+                    })
+                    .collect()
+            })
+            .collect(),
         rx_queues,
         pools,
         security,

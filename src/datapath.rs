@@ -23,6 +23,7 @@ use vswitch::security::Security;
 use vswitch::{Counter, CycleHistogram, PortCounters, PortId, Switch, MAX_PORTS};
 
 use crate::dpdk::mempool::PoolHandle;
+use crate::tap::uring::TapQueue;
 
 /// One rx queue a worker polls.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -89,6 +90,9 @@ pub struct Datapath {
     pub tx: Box<[TxTarget]>,
     /// Per worker: its rx queues.
     pub rx_queues: Vec<Vec<RxQueue>>,
+    /// Per worker: its TAP rx queues (those of `rx_queues`), for its
+    /// io_uring reader.
+    pub tap_queues: Vec<Vec<TapQueue>>,
     /// Where workers take mbufs from.
     pub pools: Pools,
     /// Security groups, sessions and meters.
@@ -220,6 +224,7 @@ mod tests {
                     queue: 0,
                 },
             }]],
+            tap_queues: vec![Vec::new()],
             pools: Pools {
                 mbufs: PoolHandle::unusable(),
                 tap: PoolHandle::unusable(),

@@ -37,6 +37,7 @@ use vswitch::offload::VNET_HDR_LEN;
 use vswitch::MacAddr;
 
 pub mod io_path;
+pub mod uring;
 
 const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
 const TUNSETPERSIST: libc::c_ulong = 0x4004_54cb;

@@ -27,10 +27,11 @@ use vxlan::tunnels::Lookup;
 
 use vswitch::offload::{complete_checksum, trim_superframe, Segments};
 
-use crate::datapath::{Datapath, RxQueue, RxSource, Shared, TxTarget, WorkerCounters};
+use crate::datapath::{Datapath, RxSource, Shared, TxTarget, WorkerCounters};
 use crate::dpdk::mbuf::{Burst, Mbuf};
 use crate::dpdk::{self, port};
 use crate::tap::io_path as tap;
+use crate::tap::uring::TapRx;
 use crate::vtep::{Punt, VtepPath};
 
 struct TxBuf {
@@ -97,11 +98,36 @@ impl Worker {
         let mut gen = shared.generation();
         let mut dp: Arc<Datapath> = shared.load();
         let mut rx = Burst::default();
+        // TAP queues through io_uring where the kernel has it (one syscall
+        // per round for all of them), else one read per frame.
+        let mut tap_rx = match TapRx::new_unless_disabled() {
+            Ok(t) => {
+                eprintln!(
+                    "vswitchd: worker {}: TAP queues read through io_uring",
+                    self.index
+                );
+                Some(t)
+            }
+            Err(e) => {
+                eprintln!(
+                    "vswitchd: worker {}: io_uring unavailable ({e}): TAP queues are read with read(2)",
+                    self.index
+                );
+                None
+            }
+        };
+        if let Some(t) = &mut tap_rx {
+            t.set_queues(&dp.tap_queues[self.index], &counters.ports);
+        }
         while shared.running.load(Ordering::Relaxed) {
             let g = shared.generation();
             if g != gen {
                 dp = shared.load();
                 gen = g;
+                // Before the ack: no read may hold a queue that left.
+                if let Some(t) = &mut tap_rx {
+                    t.set_queues(&dp.tap_queues[self.index], &counters.ports);
+                }
             }
             slot.ack.store(gen, Ordering::Release);
 
@@ -112,6 +138,7 @@ impl Worker {
             for q in &dp.rx_queues[self.index] {
                 let n = match q.src {
                     RxSource::Eth { dpdk_port, queue } => port::rx_burst(dpdk_port, queue, &mut rx),
+                    RxSource::Tap(_) if tap_rx.is_some() => continue,
                     RxSource::Tap(fd) => tap::rx_burst(
                         fd,
                         dp.pools.tap,
@@ -125,11 +152,21 @@ impl Worker {
                     continue;
                 }
                 got += n;
-                match &dp.vtep {
-                    Some(vt) if vt.uplink == q.port => {
-                        self.rx_uplink(&dp, vt, q, &mut rx, now, now_ns, counters)
-                    }
-                    _ => self.switch(&dp, q.port, &mut rx, now, now_ns, counters),
+                self.received(&dp, q.port, &mut rx, now, now_ns, counters);
+            }
+            if let Some(t) = tap_rx
+                .as_mut()
+                .filter(|_| !dp.tap_queues[self.index].is_empty())
+            {
+                t.poll(
+                    dp.pools.tap,
+                    &mut self.tap_stash,
+                    &counters.ports,
+                    &counters.syscalls,
+                );
+                while let Some(port) = t.next_burst(&mut rx) {
+                    got += rx.len();
+                    self.received(&dp, port, &mut rx, now, now_ns, counters);
                 }
             }
             if let Some(vt) = &dp.vtep {
@@ -147,6 +184,26 @@ impl Worker {
                     std::thread::sleep(sleep);
                 }
             }
+        }
+    }
+
+    /// A burst received on `port`: the uplink's goes to the VTEP, any
+    /// other port's is switched. `rx` ends empty.
+    #[inline]
+    fn received(
+        &mut self,
+        dp: &Datapath,
+        port: PortId,
+        rx: &mut Burst,
+        now: u32,
+        now_ns: u64,
+        counters: &WorkerCounters,
+    ) {
+        match &dp.vtep {
+            Some(vt) if vt.uplink == port => {
+                self.rx_uplink(dp, vt, port, rx, now, now_ns, counters)
+            }
+            _ => self.switch(dp, port, rx, now, now_ns, counters),
         }
     }
 
@@ -193,13 +250,13 @@ impl Worker {
         &mut self,
         dp: &Datapath,
         vt: &VtepPath,
-        q: &RxQueue,
+        uplink: PortId,
         rx: &mut Burst,
         now: u32,
         now_ns: u64,
         counters: &WorkerCounters,
     ) {
-        let c = &counters.ports[q.port.index()];
+        let c = &counters.ports[uplink.index()];
         c.rx_packets.add(rx.len() as u64);
         c.rx_bytes
             .add(rx.mbufs().iter().map(|m| u64::from(m.pkt_len())).sum());

@@ -19,6 +19,24 @@ use testbed::{unique, wait_until};
 
 #[test]
 fn tcp_between_tap_containers_crosses_the_switch_as_superframes() {
+    tap_to_tap_superframes(false);
+}
+
+/// The same through the fallback TAP rx path (read(2) per frame, for
+/// kernels without io_uring's multishot read).
+#[test]
+fn tcp_between_tap_containers_crosses_the_switch_as_superframes_without_io_uring() {
+    tap_to_tap_superframes(true);
+}
+
+fn tap_to_tap_superframes(read_path: bool) {
+    // The switch inherits the environment; tests of this binary run one
+    // at a time (scripts/test.sh), so the variable reaches this one only.
+    if read_path {
+        std::env::set_var("VSWITCHD_TAP_IO", "read");
+    } else {
+        std::env::remove_var("VSWITCHD_TAP_IO");
+    }
     let dir = TempDir::new("vs-gso");
     let a = Netns::create(&unique("gsa")).unwrap();
     let b = Netns::create(&unique("gsb")).unwrap();
@@ -26,6 +44,16 @@ fn tcp_between_tap_containers_crosses_the_switch_as_superframes() {
         + &common::tap_port("ca", &a, "02:00:00:00:1a:01", "10.78.0.1/24")
         + &common::tap_port("cb", &b, "02:00:00:00:1a:02", "10.78.0.2/24");
     let vs = common::start(&dir, &cfg);
+    std::env::remove_var("VSWITCHD_TAP_IO");
+    let path =
+        |v: &testbed::vswitchd::Vswitchd| v.output().into_iter().find(|l| l.contains("TAP queues"));
+    assert!(wait_until(Duration::from_secs(10), || path(&vs).is_some()));
+    let line = path(&vs).unwrap();
+    assert_eq!(
+        line.contains("through io_uring"),
+        !read_path,
+        "TAP rx path: {line}"
+    );
     let offloads = a.exec(&["ethtool", "-k", "eth0"]).unwrap();
     assert!(
         offloads.contains("tcp-segmentation-offload: on"),

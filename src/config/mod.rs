@@ -612,8 +612,25 @@ pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
         }
         ports.push(spec);
     }
-    if ports.len() > vswitch::MAX_PORTS.min(32) {
-        return Err(cx.err(0..0, "port", "at most 32 ports (DPDK's RTE_MAX_ETHPORTS)"));
+    // TAP NICs are vswitchd's own, not DPDK ports: only the others count
+    // against DPDK's table.
+    let dpdk_ports = ports
+        .iter()
+        .filter(|p| !matches!(p.kind, PortKind::Tap(_)))
+        .count();
+    if dpdk_ports > 32 {
+        return Err(cx.err(
+            0..0,
+            "port",
+            "at most 32 ports other than TAPs (DPDK's RTE_MAX_ETHPORTS)",
+        ));
+    }
+    if ports.len() > vswitch::MAX_PORTS {
+        return Err(cx.err(
+            0..0,
+            "port",
+            format!("at most {} ports", vswitch::MAX_PORTS),
+        ));
     }
     let vtep = match &model.vtep {
         Some(v) => Some(vtep::vtep(&cx, v, &ports)?),

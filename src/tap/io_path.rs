@@ -24,7 +24,7 @@ use std::os::fd::RawFd;
 use vswitch::offload::{complete_checksum, Offload, VnetHdr, VNET_HDR_LEN};
 use vswitch::{Counter, DropReason, Frame, PortCounters};
 
-use crate::dpdk::mbuf::Burst;
+use crate::dpdk::mbuf::{Burst, Mbuf};
 use crate::dpdk::mempool::PoolHandle;
 
 /// Reads up to [`vswitch::MAX_BURST`] frames from TAP queue `fd` into the empty
@@ -60,42 +60,53 @@ pub fn rx_burst(
             stash.push_owned(m);
             break;
         }
-        let n = n as usize;
-        let hdr: [u8; VNET_HDR_LEN] = area[..VNET_HDR_LEN].try_into().expect("header bytes");
-        if n < VNET_HDR_LEN + 14 {
-            counters.drop(DropReason::Malformed, 1);
-            stash.push_owned(m);
-            continue;
-        }
-        m.set_len((n - VNET_HDR_LEN) as u16);
-        let h = VnetHdr::parse(&hdr);
-        if h.flags == 0 && h.gso_type == 0 {
-            burst.push_owned(m);
-            continue;
-        }
-        match Offload::from_vnet(&h, m.data()) {
-            Ok(off) => {
-                if off.gso.is_some() {
-                    counters.rx_superframes.add(1);
-                }
-                if !m.set_offload(&off) {
-                    // A partial checksum DPDK has no flag for (neither TCP
-                    // nor UDP): finish it now.
-                    if let Some(c) = off.csum {
-                        complete_checksum(m.data_mut(), c);
-                    }
-                }
-                burst.push_owned(m);
-            }
-            Err(_) => {
-                counters.drop(DropReason::Malformed, 1);
-                m.set_len(0);
-                stash.push_owned(m);
-            }
+        match accept_frame(m, n as usize, counters) {
+            Ok(m) => burst.push_owned(m),
+            Err(m) => stash.push_owned(m),
         }
     }
     syscalls.add(reads);
     burst.len()
+}
+
+/// Takes a frame a TAP read put in `m` (`n` bytes: the virtio-net header,
+/// then the frame): sets its length and offload flags. A frame too short or
+/// whose header does not describe it is counted as `malformed` and handed
+/// back (Err) reset, for the caller to reuse.
+#[inline]
+pub(crate) fn accept_frame(mut m: Mbuf, n: usize, counters: &PortCounters) -> Result<Mbuf, Mbuf> {
+    if n < VNET_HDR_LEN + 14 {
+        counters.drop(DropReason::Malformed, 1);
+        return Err(m);
+    }
+    let hdr: [u8; VNET_HDR_LEN] = m.read_area(VNET_HDR_LEN as u16)[..VNET_HDR_LEN]
+        .try_into()
+        .expect("header bytes");
+    m.set_len((n - VNET_HDR_LEN) as u16);
+    let h = VnetHdr::parse(&hdr);
+    if h.flags == 0 && h.gso_type == 0 {
+        return Ok(m);
+    }
+    match Offload::from_vnet(&h, m.data()) {
+        Ok(off) => {
+            if off.gso.is_some() {
+                counters.rx_superframes.add(1);
+            }
+            if !m.set_offload(&off) {
+                // A partial checksum DPDK has no flag for (neither TCP nor
+                // UDP): finish it now.
+                if let Some(c) = off.csum {
+                    complete_checksum(m.data_mut(), c);
+                }
+            }
+            Ok(m)
+        }
+        Err(_) => {
+            counters.drop(DropReason::Malformed, 1);
+            m.set_len(0);
+            Err(m)
+        }
+    }
 }
 
 /// Writes every frame of `burst` to TAP queue `fd` and frees them all;
