@@ -61,6 +61,8 @@ const COLUMNS: &[&str] = &[
     "CPU1 s/GB",
     "CPU0 %",
     "CPU1 %",
+    "IPIs to CPU0 k/s",
+    "ctx sw k/s",
     "cyc/frame",
     "cyc/byte",
     "syscalls/frame",
@@ -196,6 +198,27 @@ fn cpu_times() -> [(u64, u64); 2] {
         }
     }
     out
+}
+
+/// Inter-processor interrupts received by CPU 0 (rescheduling and
+/// function-call IPIs: what a wakeup from the other CPU costs it) and
+/// context switches, from /proc.
+fn wakeup_counts() -> (u64, u64) {
+    let irqs = std::fs::read_to_string("/proc/interrupts").unwrap_or_default();
+    let ipis = irqs
+        .lines()
+        .filter(|l| {
+            let t = l.trim_start();
+            t.starts_with("RES:") || t.starts_with("CAL:")
+        })
+        .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .sum();
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let ctxt = stat
+        .lines()
+        .find_map(|l| l.strip_prefix("ctxt ")?.trim().parse().ok())
+        .unwrap_or(0);
+    (ipis, ctxt)
 }
 
 /// What a test window cost: per CPU, busy percent and busy seconds.
@@ -512,6 +535,7 @@ fn measure(env: &Env, t: Test, secs: u64) -> Result<Vec<Sample>> {
         None => None,
     };
     let c0 = cpu_times();
+    let (w0, t0) = (wakeup_counts(), std::time::Instant::now());
     let (mut samples, gb) = match t {
         Test::Tcp(n) => {
             let (s, bytes) = tcp(env, n, secs)?;
@@ -525,6 +549,7 @@ fn measure(env: &Env, t: Test, secs: u64) -> Result<Vec<Sample>> {
         }
     };
     let cpu = cpu_use(c0, cpu_times());
+    let (w1, secs_taken) = (wakeup_counts(), t0.elapsed().as_secs_f64());
     let worker = match (&env.vs, base) {
         (Some(vs), Some(b)) => Some(worker_read(vs, b)?),
         _ => None,
@@ -532,6 +557,8 @@ fn measure(env: &Env, t: Test, secs: u64) -> Result<Vec<Sample>> {
     for s in &mut samples {
         s.push(("CPU0 %", cpu.pct[0]));
         s.push(("CPU1 %", cpu.pct[1]));
+        s.push(("IPIs to CPU0 k/s", (w1.0 - w0.0) as f64 / secs_taken / 1e3));
+        s.push(("ctx sw k/s", (w1.1 - w0.1) as f64 / secs_taken / 1e3));
         if gb > 0.0 {
             s.push(("CPU0 s/GB", cpu.secs[0] / gb));
             s.push(("CPU1 s/GB", cpu.secs[1] / gb));
@@ -548,6 +575,53 @@ fn measure(env: &Env, t: Test, secs: u64) -> Result<Vec<Sample>> {
     }
     Ok(samples)
 }
+
+/// The floor of any design that hands frames between the two CPUs:
+/// sockperf ping-pong over one namespace's loopback, client on CPU 0,
+/// server on CPU 1, so every round trip wakes a sleeping task on the other
+/// CPU twice and does nothing else.
+fn cross_cpu_floor(secs: u64) -> Result<Sample> {
+    let ns = Netns::create(&testbed::unique("vkLo")).map_err(|e| anyhow!(e))?;
+    let mut srv = ns.command("taskset");
+    srv.args([
+        "-c",
+        "1",
+        "stdbuf",
+        "-oL",
+        "sockperf",
+        "sr",
+        "-i",
+        "127.0.0.1",
+        "-p",
+        "11112",
+    ]);
+    let mut p = Proc::spawn("sockperf-server", srv).context("sockperf server")?;
+    if !p.wait_for_line(Duration::from_secs(10), |l| l.contains("listen on")) {
+        p.dump();
+        bail!("sockperf server did not start");
+    }
+    let mut c = pinned(&ns, "sockperf");
+    c.args([
+        "pp",
+        "-i",
+        "127.0.0.1",
+        "-p",
+        "11112",
+        "-m",
+        "18",
+        "-t",
+        &secs.to_string(),
+    ]);
+    let pp = client(c, secs)?;
+    Ok(vec![
+        ("p50 us", after(&pp, "percentile 50.000 =")?),
+        ("p99 us", after(&pp, "percentile 99.000 =")?),
+        ("p99.9 us", after(&pp, "percentile 99.900 =")?),
+    ])
+}
+
+/// The system name of [`cross_cpu_floor`]'s rows.
+const FLOOR: &str = "loopback, client CPU 0, server CPU 1 (2 cross-CPU wakeups, no switch)";
 
 fn set_up(t: Topology, o: &Opts) -> Result<Env> {
     match t {
@@ -584,6 +658,10 @@ pub fn run(o: &Opts, command: &str) -> Result<Section> {
          and per byte it received (a TCP superframe is one frame); syscalls/frame counts its TAP reads \
          (empty ones included) and writes."
             .into(),
+        "IPIs to CPU 0 are its rescheduling and function-call interrupts (/proc/interrupts): what waking a \
+         task there from CPU 1 costs; ctx sw counts context switches on both CPUs (/proc/stat)."
+            .into(),
+        format!("The ping-pong row \"{FLOOR}\" is the floor of any design that moves frames between the CPUs."),
         "Ratios are vswitchd / each bridge: above 1 is better for rates, below 1 for latencies.".into(),
     ];
     let mut rounds: Vec<(String, &'static str, Rounds<Sample>)> = Test::ALL
@@ -612,6 +690,12 @@ pub fn run(o: &Opts, command: &str) -> Result<Section> {
                 vs.stop();
             }
         }
+        let pp = Test::PingPong.workloads().remove(0);
+        let r = rounds.iter_mut().find(|r| r.0 == pp).expect("ping-pong");
+        r.2.push(
+            FLOOR,
+            cross_cpu_floor(o.seconds).context("cross-CPU floor")?,
+        );
     }
     for (workload, key, r) in rounds {
         let get = |s: &Sample| s.iter().find(|(c, _)| *c == key).map_or(0.0, |(_, v)| *v);

@@ -123,8 +123,9 @@ fn harness_k_smoke() {
         vswitchd: workspace_bin("vswitchd"),
     };
     let sec = harness_k::run(&o, "smoke").unwrap_or_else(|e| panic!("{e:#}"));
-    // 7 workloads (TCP 1/4, UDP 1/10, ping-pong, redis SET/GET) x 3 topologies.
-    assert_eq!(sec.rows.len(), 21, "{sec:#?}");
+    // 7 workloads (TCP 1/4, UDP 1/10, ping-pong, redis SET/GET) x 3
+    // topologies, and the cross-CPU floor of ping-pong.
+    assert_eq!(sec.rows.len(), 22, "{sec:#?}");
     for r in &sec.rows {
         let want: &[&str] = match r.workload.as_str() {
             w if w.starts_with("TCP") => &["Gbit/s", "CPU0 s/GB"],
