@@ -386,6 +386,11 @@ impl Worker {
             .as_ref()
             .expect("tunnel ports exist only with a VTEP");
         if m.has_offload() {
+            if m.is_chained() {
+                // See finish_offloads.
+                counters.ports[p.index()].drop(DropReason::Malformed, 1);
+                return;
+            }
             if let Some(s) = Segments::new(m.data(), &m.offload()) {
                 self.segment(dp, p, &s, true, counters);
                 return;
@@ -499,7 +504,7 @@ impl Worker {
     fn enqueue(&mut self, dp: &Datapath, p: PortId, m: &mut Mbuf, counters: &WorkerCounters) {
         let target = &dp.tx[p.index()];
         if *target == TxTarget::None {
-            counters.ports[p.index()].drop(DropReason::NoOutput, 1);
+            counters.ports[p.index()].drop(DropReason::NoOutput, m.wire_packets());
             self.drop_frame(m);
             return;
         }
@@ -534,6 +539,15 @@ impl Worker {
         tunnel: bool,
         counters: &WorkerCounters,
     ) -> bool {
+        if m.is_chained() {
+            // A chained frame with offloads (a vhost-user guest's jumbo
+            // frame with a partial checksum): finishing it would need its
+            // segments linearised; it is dropped and counted rather than
+            // sent with a wrong checksum.
+            counters.ports[p.index()].drop(DropReason::Malformed, 1);
+            self.drop_frame(m);
+            return true;
+        }
         let off = m.offload();
         if let Some(s) = Segments::new(m.data(), &off) {
             self.segment(dp, p, &s, tunnel, counters);
@@ -610,8 +624,9 @@ impl Worker {
                         .iter()
                         .map(|m| u64::from(m.pkt_len()))
                         .sum::<u64>();
+                    let lost = b.frames.mbufs().iter().map(Frame::wire_packets).sum();
                     b.frames.free_all();
-                    c.drop(DropReason::TxFull, (queued - sent) as u64);
+                    c.drop(DropReason::TxFull, lost);
                 }
                 (sent as u64, bytes)
             }
@@ -622,8 +637,9 @@ impl Worker {
                 &counters.syscalls,
             ),
             TxTarget::None => {
+                let lost = b.frames.mbufs().iter().map(Frame::wire_packets).sum();
                 b.frames.free_all();
-                c.drop(DropReason::NoOutput, queued as u64);
+                c.drop(DropReason::NoOutput, lost);
                 (0, 0)
             }
         };

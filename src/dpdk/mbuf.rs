@@ -90,6 +90,13 @@ impl Mbuf {
         unsafe { self.0.as_ref().ol_flags & TX_OFFLOADS != 0 }
     }
 
+    /// Whether the frame spans several segments (an mbuf chain).
+    #[inline]
+    pub fn is_chained(&self) -> bool {
+        // SAFETY: see `data`.
+        unsafe { !self.0.as_ref().next.is_null() }
+    }
+
     /// Whether the frame is a superframe waiting for segmentation.
     #[inline]
     pub fn has_gso(&self) -> bool {

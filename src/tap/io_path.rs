@@ -136,14 +136,14 @@ pub fn tx_burst(
             iov_len: VNET_HDR_LEN,
         };
         let Some(k) = m.segments_iovec(&mut iov[1..]) else {
-            counters.drop(DropReason::TxError, 1);
+            counters.drop(DropReason::TxError, m.wire_packets());
             continue;
         };
         // SAFETY: iov[..1 + k] points at the header on our stack and at
         // the mbuf's segments, all live for the call; writev only reads.
         let n = unsafe { libc::writev(fd, iov.as_ptr(), (1 + k) as libc::c_int) };
         if n < 0 {
-            counters.drop(DropReason::TxError, 1);
+            counters.drop(DropReason::TxError, m.wire_packets());
         } else {
             sent += 1;
             bytes += u64::from(m.pkt_len());

@@ -227,7 +227,7 @@ impl Security {
         let inp = &self.ports[in_port.index()];
         let drop = |actions: &mut [Action], i: usize, why: DropReason, port: PortId| {
             actions[i] = Action::Drop(why);
-            counters[port.index()].drop(why, 1);
+            counters[port.index()].drop(why, frames[i].wire_packets());
         };
         // 1. Parse what a group will judge; sessions first.
         let mut miss = [0u8; MAX_BURST];
@@ -795,5 +795,111 @@ mod tests {
         let mut arp = udp(A, B, 60);
         arp[12..14].copy_from_slice(&[0x08, 0x06]);
         assert!(!set_dscp(&mut arp, 46));
+    }
+
+    /// A superframe as a TAP hands it over: its bytes and offloads.
+    struct Superframe(Vec<u8>, crate::offload::Offload);
+
+    impl Frame for Superframe {
+        fn data(&self) -> &[u8] {
+            &self.0
+        }
+        fn offload(&self) -> crate::offload::Offload {
+            self.1
+        }
+    }
+
+    /// A TCP superframe of `segs` 1000-byte segments from A:40000 to B:80.
+    fn superframe(segs: usize) -> Superframe {
+        let mut v = Vec::new();
+        PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
+            .ipv4(A, B, 64)
+            .tcp(40000, 80, 1, 1000)
+            .ack(1)
+            .write(&mut v, &vec![7; segs * 1000])
+            .unwrap();
+        let off = crate::offload::Offload {
+            csum: Some(crate::offload::CsumPartial {
+                start: 34,
+                offset: 16,
+            }),
+            gso: Some(crate::offload::Gso {
+                kind: crate::offload::GsoKind::Tcp4,
+                size: 1000,
+                hdr_len: 54,
+            }),
+        };
+        Superframe(v, off)
+    }
+
+    #[test]
+    fn superframes_are_denied_and_policed_as_their_segments() {
+        // Denied: the drop counts the 10 segments it carried.
+        let p0 = PortPolicy {
+            egress: Some(compiled("none", vec![])),
+            ..PortPolicy::default()
+        };
+        let r = Rig::new(vec![p0]);
+        let mut actions = [Action::Output(PortId(1))];
+        let mut scratch = Scratch::default();
+        let frames = [superframe(10)];
+        r.sec.filter(
+            PortId(0),
+            0,
+            &frames,
+            &mut actions,
+            &mut scratch,
+            0,
+            0,
+            &r.counters,
+        );
+        // (A mid-stream segment of no session: no_session.)
+        assert_eq!(actions[0], Action::Drop(DropReason::NoSession));
+        assert_eq!(r.drops(0, DropReason::NoSession), 10);
+
+        // A policer whose burst holds 4 of its 1054-byte segments lets
+        // those through and cuts the other 6, counted as drops.
+        let policy = Policy {
+            meter: MeterConf::SrTcm {
+                cir: 8000,
+                cbs: 4 * 1054 * 8,
+                ebs: 0,
+            },
+            unit: Unit::Bits,
+            actions: [ColorAction::Pass, ColorAction::Drop, ColorAction::Drop],
+        };
+        let p0 = PortPolicy {
+            egress_meter: Some(Arc::new(SharedMeter::new(policy, 0))),
+            ..PortPolicy::default()
+        };
+        let r = Rig::new(vec![p0]);
+        let mut actions = [Action::Output(PortId(1))];
+        r.sec.filter(
+            PortId(0),
+            0,
+            &frames,
+            &mut actions,
+            &mut scratch,
+            0,
+            0,
+            &r.counters,
+        );
+        assert_eq!(actions[0], Action::Output(PortId(1)));
+        assert_eq!(scratch.keep[0], 4);
+        assert_eq!(r.drops(0, DropReason::PolicerDrop), 6);
+        // The next one finds the bucket empty: dropped whole, 10 counted.
+        let mut actions = [Action::Output(PortId(1))];
+        r.sec.filter(
+            PortId(0),
+            0,
+            &frames,
+            &mut actions,
+            &mut scratch,
+            0,
+            0,
+            &r.counters,
+        );
+        assert_eq!(actions[0], Action::Drop(DropReason::PolicerDrop));
+        assert_eq!(r.drops(0, DropReason::PolicerDrop), 16);
     }
 }

@@ -41,6 +41,14 @@ pub trait Frame {
     fn offload(&self) -> crate::offload::Offload {
         crate::offload::Offload::NONE
     }
+
+    /// Packets the frame stands for on a wire: its segments if it is a
+    /// superframe, else 1. Drops count these, so a dropped superframe
+    /// counts as the segments it carried.
+    #[inline]
+    fn wire_packets(&self) -> u64 {
+        u64::from(self.offload().segments(self.data().len()))
+    }
 }
 
 impl Frame for Vec<u8> {
@@ -296,7 +304,10 @@ impl Switch {
             let bytes: usize = frames.iter().map(|f| f.data().len()).sum();
             counters.rx_bytes.add(bytes as u64);
             actions.fill(Action::Drop(DropReason::NoBridge));
-            counters.drop(DropReason::NoBridge, n as u64);
+            counters.drop(
+                DropReason::NoBridge,
+                frames.iter().map(Frame::wire_packets).sum(),
+            );
             return;
         };
         let macs = &*self.bridges[bd.index()].macs;
