@@ -45,6 +45,13 @@ const GSO_ECN: u8 = 0x80;
 
 const IPPROTO_TCP: u8 = 6;
 const IPPROTO_UDP: u8 = 17;
+/// Most segments a superframe may stand for. A kernel's TCP builds at most
+/// ~45 (64 KB of 1448-byte segments; 121 at the IPv4 minimum MTU), but a
+/// container can write any `gso_size` through a packet socket: one byte
+/// would make 65,000 segments, each an mbuf, and starve every port of
+/// buffers. Beyond this the frame is refused as malformed.
+pub const MAX_GSO_SEGMENTS: u32 = 256;
+
 /// `csum_offset` of the TCP checksum field.
 pub const TCP_CSUM_OFFSET: u16 = 16;
 /// `csum_offset` of the UDP checksum field.
@@ -158,7 +165,8 @@ pub enum OffloadError {
     UnsupportedGso,
     /// A GSO frame whose headers are not those of its type.
     GsoHeaders,
-    /// `gso_size` 0, or segments that would not fit a frame.
+    /// `gso_size` 0, segments that would not fit a frame, or more than
+    /// [`MAX_GSO_SEGMENTS`] of them.
     GsoSize,
 }
 
@@ -236,14 +244,18 @@ impl Offload {
         if h.gso_size == 0 || hdr_len + usize::from(h.gso_size) > usize::from(u16::MAX) {
             return Err(OffloadError::GsoSize);
         }
-        Ok(Offload {
+        let off = Offload {
             csum,
             gso: Some(Gso {
                 kind,
                 size: h.gso_size,
                 hdr_len: hdr_len as u16,
             }),
-        })
+        };
+        if off.segments(frame.len()) > MAX_GSO_SEGMENTS {
+            return Err(OffloadError::GsoSize);
+        }
+        Ok(off)
     }
 
     /// The virtio-net header that hands these offloads to a receiver.
@@ -282,30 +294,22 @@ impl Offload {
 /// `c.start`; returns the length of the headers each segment repeats.
 fn gso_headers(frame: &[u8], kind: GsoKind, c: CsumPartial) -> Result<usize, OffloadError> {
     let bad = OffloadError::GsoHeaders;
-    let k = FlowKey::parse_l2(frame).map_err(|_| bad)?;
-    let l3 = usize::from(k.l3_offset);
+    // The flow parser walks VLAN tags and IPv6 extension headers: the L4
+    // header it finds must be where the checksum starts, of the protocol
+    // and family the GSO type says.
+    let k = FlowKey::parse(frame).map_err(|_| bad)?;
+    let family_ok = match kind {
+        GsoKind::Tcp4 | GsoKind::Udp4 => k.l3 == crate::flow::L3::V4,
+        GsoKind::Tcp6 | GsoKind::Udp6 => k.l3 == crate::flow::L3::V6,
+    };
+    let want = if kind.is_tcp() {
+        IPPROTO_TCP
+    } else {
+        IPPROTO_UDP
+    };
     let l4 = usize::from(c.start);
-    match (kind.is_v4(), k.ethertype) {
-        (true, ETH_P_IPV4) => {
-            let ihl = usize::from(*frame.get(l3).ok_or(bad)? & 0x0f) * 4;
-            let proto = *frame.get(l3 + 9).ok_or(bad)?;
-            let want = if kind.is_tcp() {
-                IPPROTO_TCP
-            } else {
-                IPPROTO_UDP
-            };
-            if ihl < 20 || l3 + ihl != l4 || proto != want {
-                return Err(bad);
-            }
-        }
-        (false, ETH_P_IPV6) => {
-            // Extension headers may sit between the fixed header and L4;
-            // each segment repeats them as they are.
-            if l4 < l3 + 40 {
-                return Err(bad);
-            }
-        }
-        _ => return Err(bad),
+    if !family_ok || k.later_fragment || k.proto != want || usize::from(k.l4_offset) != l4 {
+        return Err(bad);
     }
     let (l4_len, offset) = if kind.is_tcp() {
         let off = *frame.get(l4 + 12).ok_or(bad)?;
@@ -313,7 +317,8 @@ fn gso_headers(frame: &[u8], kind: GsoKind, c: CsumPartial) -> Result<usize, Off
     } else {
         (8, UDP_CSUM_OFFSET)
     };
-    if l4_len < 8 || c.offset != offset || l4 + l4_len > frame.len() {
+    let min = if kind.is_tcp() { 20 } else { 8 };
+    if l4_len < min || c.offset != offset || l4 + l4_len > frame.len() {
         return Err(bad);
     }
     Ok(l4 + l4_len)
@@ -729,6 +734,11 @@ mod tests {
         assert_eq!(Offload::from_vnet(&h, &f), Err(OffloadError::GsoHeaders));
         let h = vnet(true, true, 0);
         assert_eq!(Offload::from_vnet(&h, &f), Err(OffloadError::GsoSize));
+        // A 1-byte gso_size: 3000 segments of one byte each.
+        let h = vnet(true, true, 1);
+        assert_eq!(Offload::from_vnet(&h, &f), Err(OffloadError::GsoSize));
+        let h = vnet(true, true, 12);
+        assert!(Offload::from_vnet(&h, &f).is_ok(), "250 segments");
         let mut h = vnet(true, true, 1448);
         h.gso_type = 3;
         assert_eq!(
