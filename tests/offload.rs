@@ -215,6 +215,9 @@ fn superframes_to_a_dpdk_container_are_segmented_with_valid_checksums() {
         vs.counter("d1", "segmented") > 0 && vs.counter("d1", "tx_superframes") == 0,
         "superframes cut for the vhost-user port: {d1}"
     );
-    assert_eq!(d1["drops"], serde_json::json!({}), "{d1}");
+    // The DPDK container shares CPU 0 with the TCP apps: its ring may fill
+    // (tx_full, which TCP recovers from); a segment the switch got wrong
+    // would show as malformed.
+    assert!(d1["drops"].get("malformed").is_none(), "{d1}");
     drop(tp);
 }
