@@ -191,14 +191,6 @@ impl Mbuf {
         unsafe { self.0.as_mut().ol_flags &= !TX_OFFLOADS };
     }
 
-    /// The reference count: more than 1 while a flooded frame waits in
-    /// several tx buffers.
-    #[inline]
-    pub fn owners(&self) -> u16 {
-        // SAFETY: see `data`.
-        unsafe { self.0.as_ref().refcnt }
-    }
-
     /// A fresh, empty mbuf's whole buffer from `before` bytes ahead of
     /// its data start (inside the headroom) to the buffer's end: where a
     /// TAP read puts the virtio-net header and the frame.
