@@ -221,3 +221,55 @@ fn superframes_to_a_dpdk_container_are_segmented_with_valid_checksums() {
     assert!(d1["drops"].get("malformed").is_none(), "{d1}");
     drop(tp);
 }
+
+/// Sends one frame from `ns`'s eth0 through a packet socket with a
+/// virtio-net header of the caller's choosing (PACKET_VNET_HDR): what a
+/// hostile container with CAP_NET_RAW can put in front of a frame.
+const VNET_SENDER: &str = r#"
+import socket, struct, sys
+from scapy.all import Ether, IP, TCP, Raw
+gso_size = int(sys.argv[1])
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+s.setsockopt(263, 15, 1)  # SOL_PACKET, PACKET_VNET_HDR
+s.bind(('eth0', 0))
+f = bytes(Ether(dst='02:00:00:00:1c:02', src='02:00:00:00:1c:01')/IP(src='10.81.0.1', dst='10.81.0.2')/TCP(sport=1, dport=2, flags='A')/Raw(b'h' * 3000))
+# flags NEEDS_CSUM, gso TCPV4, hdr_len 54, gso_size, csum_start 34, csum_offset 16
+hdr = struct.pack('<BBHHHH', 1, 1, 54, gso_size, 34, 16)
+s.send(hdr + f)
+"#;
+
+#[test]
+fn a_hostile_virtio_net_header_is_dropped_and_counted() {
+    let dir = TempDir::new("vs-vnet");
+    let a = Netns::create(&unique("vha")).unwrap();
+    let b = Netns::create(&unique("vhb")).unwrap();
+    let cfg = common::header(&dir)
+        + &common::tap_port("ca", &a, "02:00:00:00:1c:01", "10.81.0.1/24")
+        + &common::tap_port("cb", &b, "02:00:00:00:1c:02", "10.81.0.2/24");
+    let vs = common::start(&dir, &cfg);
+    assert!(a.exec(&["ping", "-c", "1", "-W", "2", "10.81.0.2"]).is_ok());
+    let b_rx = b.if_counter("eth0", "rx_packets").unwrap();
+    // A superframe claiming 1-byte segments (3000 of them): refused.
+    a.exec(&["/usr/bin/python3", "-c", VNET_SENDER, "1"])
+        .unwrap_or_else(|e| panic!("sender: {e}"));
+    assert!(
+        wait_until(Duration::from_secs(5), || {
+            vs.port_stats("ca").unwrap()["drops"]["malformed"].as_u64() == Some(1)
+        }),
+        "{}",
+        vs.port_stats("ca").unwrap()
+    );
+    // A sane one (1448-byte segments) crosses.
+    a.exec(&["/usr/bin/python3", "-c", VNET_SENDER, "1448"])
+        .unwrap();
+    assert!(
+        wait_until(Duration::from_secs(5), || vs
+            .counter("cb", "tx_superframes")
+            == 1),
+        "{}",
+        vs.port_stats("cb").unwrap()
+    );
+    assert_eq!(b.if_counter("eth0", "rx_packets").unwrap(), b_rx + 1);
+    // The switch is fine.
+    assert!(a.exec(&["ping", "-c", "1", "-W", "2", "10.81.0.2"]).is_ok());
+}
