@@ -199,6 +199,7 @@ impl Daemon<'_> {
             "dpdk_port": p.dpdk_id(),
             "mac": p.mac().to_string(),
             "link_up": p.link_up(),
+            "guest_offloads": p.guest_offloads(),
         })
     }
 

@@ -205,7 +205,10 @@ pub(crate) fn build_datapath(
         }
         let tap_fds = match &port.io {
             PortIo::Eth(e) => {
-                tx[i] = TxTarget::Eth(e.id());
+                tx[i] = TxTarget::Eth {
+                    port: e.id(),
+                    takes: port.guest_offloads(),
+                };
                 Vec::new()
             }
             PortIo::Tap(d) => {
@@ -434,6 +437,22 @@ impl Daemon<'_> {
     fn sweep(&mut self) {
         let now = self.now_secs();
         let dp = self.shared.load();
+        // A vhost-user guest (re)connected with other offloads: the
+        // workers learn it with the next snapshot.
+        let renegotiated = self
+            .ports
+            .iter()
+            .enumerate()
+            .any(|(i, p)| match (p, &dp.tx[i]) {
+                (Some(p), TxTarget::Eth { takes, .. }) => p.guest_offloads() != *takes,
+                _ => false,
+            });
+        if renegotiated {
+            let cfg = self.cfg.clone();
+            if let Err(e) = self.publish(&cfg, false) {
+                eprintln!("vswitchd: guest offloads not updated: {e:#}");
+            }
+        }
         for b in dp.switch.bridges() {
             b.macs.sweep(now);
         }

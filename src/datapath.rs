@@ -19,10 +19,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
+use vswitch::offload::{GsoKind, Offload};
 use vswitch::security::Security;
 use vswitch::{Counter, CycleHistogram, PortCounters, PortId, Switch, MAX_PORTS};
 
 use crate::dpdk::mempool::PoolHandle;
+use crate::dpdk::port::GuestOffloads;
 use crate::tap::uring::TapQueue;
 
 /// One rx queue a worker polls.
@@ -56,7 +58,13 @@ pub enum TxTarget {
     #[default]
     None,
     /// A DPDK port; worker `w` sends on its tx queue `w`.
-    Eth(u16),
+    Eth {
+        /// DPDK port id.
+        port: u16,
+        /// The offloads its peer takes (a vhost-user guest's negotiated
+        /// GUEST_* features; none for other PMDs).
+        takes: GuestOffloads,
+    },
     /// A TAP; worker `w` writes on queue fd `w % len` (the kernel takes
     /// concurrent writes on one queue). It takes superframes and partial
     /// checksums through the virtio-net header.
@@ -64,11 +72,24 @@ pub enum TxTarget {
 }
 
 impl TxTarget {
-    /// Whether the port takes a frame's offloads as they are (a partial
-    /// checksum, a superframe); others get them finished by the worker.
+    /// Whether the port takes a frame with offloads `off` as it is (a
+    /// partial checksum, a superframe); for others the worker finishes
+    /// them.
     #[inline]
-    pub fn takes_offloads(&self) -> bool {
-        matches!(self, TxTarget::Tap(_))
+    pub fn takes(&self, off: &Offload) -> bool {
+        match self {
+            TxTarget::Tap(_) => true,
+            TxTarget::Eth { takes, .. } => match off.gso {
+                Some(g) => match g.kind {
+                    GsoKind::Tcp4 => takes.tso4,
+                    GsoKind::Tcp6 => takes.tso6,
+                    // No virtio-net feature for UDP segmentation in DPDK 22.11.
+                    GsoKind::Udp4 | GsoKind::Udp6 => false,
+                },
+                None => takes.csum,
+            },
+            TxTarget::None => false,
+        }
     }
 }
 

@@ -11,7 +11,7 @@ use std::path::Path;
 
 use crate::config::{PortKind, PortSpec};
 use crate::dpdk::mempool::Mempool;
-use crate::dpdk::port::{EthPort, EthStats, PortError};
+use crate::dpdk::port::{EthPort, EthStats, GuestOffloads, PortError};
 use crate::netns::{self, NetnsError};
 use crate::tap::TapDevice;
 
@@ -302,6 +302,16 @@ impl Port {
                 .map(|_inside| d.mac())
                 .unwrap_or_default(),
             (PortIo::Tap(_), _) => vswitch::MacAddr::default(),
+        }
+    }
+
+    /// The offloads the port's peer takes in what it receives: a
+    /// vhost-user guest's negotiated ones; none for other DPDK ports (a
+    /// TAP takes all, see `datapath::TxTarget`).
+    pub fn guest_offloads(&self) -> GuestOffloads {
+        match (&self.io, &self.spec.kind) {
+            (PortIo::Eth(e), PortKind::VhostUser { .. }) => e.vhost_guest_offloads(),
+            _ => GuestOffloads::default(),
         }
     }
 

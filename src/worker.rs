@@ -509,7 +509,7 @@ impl Worker {
             return;
         }
         if m.has_offload()
-            && !target.takes_offloads()
+            && !target.takes(&m.offload())
             && self.finish_offloads(dp, p, m, false, counters)
         {
             return;
@@ -614,7 +614,9 @@ impl Worker {
         let queued = b.frames.len();
         let superframes = b.frames.mbufs().iter().filter(|m| m.has_gso()).count() as u64;
         let (sent, bytes) = match &dp.tx[p] {
-            TxTarget::Eth(dpdk_port) => {
+            TxTarget::Eth {
+                port: dpdk_port, ..
+            } => {
                 let sent = port::tx_burst(*dpdk_port, self.index as u16, &mut b.frames);
                 let mut bytes = b.bytes;
                 if sent < queued {

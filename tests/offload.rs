@@ -273,3 +273,84 @@ fn a_hostile_virtio_net_header_is_dropped_and_counted() {
     // The switch is fine.
     assert!(a.exec(&["ping", "-c", "1", "-W", "2", "10.81.0.2"]).is_ok());
 }
+
+/// A TCP superframe (3 segments of 1448 bytes, 3054 bytes in all) from
+/// `ns`'s eth0 to `dst_mac`, sent through a packet socket with its
+/// virtio-net header, as the container's TCP would hand it to its NIC.
+const SUPERFRAME_SENDER: &str = r#"
+import socket, struct, sys
+from scapy.all import Ether, IP, TCP, Raw
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+s.setsockopt(263, 15, 1)  # SOL_PACKET, PACKET_VNET_HDR
+s.bind(('eth0', 0))
+f = bytes(Ether(dst=sys.argv[1], src='02:00:00:00:1d:01')/IP(src='10.82.0.1', dst='10.82.0.2')/TCP(sport=1, dport=2, flags='A')/Raw(b'g' * 3000))
+s.send(struct.pack('<BBHHHH', 1, 1, 54, 1448, 34, 16) + f)
+"#;
+
+#[test]
+fn a_vhost_user_guest_that_negotiated_tso_gets_superframes_whole() {
+    // d1's guest enables LRO and checksum offload (so it negotiates
+    // GUEST_TSO4/6 and GUEST_CSUM); d2's guest negotiates nothing.
+    let dir = TempDir::new("vs-gtso");
+    let a = Netns::create(&unique("gta")).unwrap();
+    let (s1, s2) = (dir.join("d1.sock"), dir.join("d2.sock"));
+    let cfg = common::header(&dir)
+        + &common::tap_port("c1", &a, "02:00:00:00:1d:01", "10.82.0.1/24")
+        + &format!(
+            "[[port]]\nname = \"d1\"\nkind = \"vhost-user\"\nbridge = \"vpc1\"\nsocket = \"{}\"\n\
+             [[port]]\nname = \"d2\"\nkind = \"vhost-user\"\nbridge = \"vpc1\"\nsocket = \"{}\"\n",
+            s1.display(),
+            s2.display()
+        );
+    let vs = common::start(&dir, &cfg);
+    let guest = |name: &str, sock: &std::path::Path, mac: &str, lro: bool| {
+        let mut app = vec!["--forward-mode=rxonly".to_string()];
+        if lro {
+            app.push("--rx-offloads=0x1c".into()); // UDP, TCP checksum; LRO
+        }
+        let mut t = Testpmd::spawn(
+            name,
+            &["--lcores", "0@0,1@0"],
+            &[format!(
+                "net_virtio_user0,path={},mac={mac}",
+                sock.display()
+            )],
+            &app,
+        )
+        .unwrap();
+        t.cmd("start");
+        t
+    };
+    let mut lro = guest("tp-lro", &s1, "02:00:00:00:1d:0d", true);
+    let mut plain = guest("tp-plain", &s2, "02:00:00:00:1d:0e", false);
+    let offloads = |p: &str| {
+        vs.request(serde_json::json!({"cmd": "port-show", "name": p}))
+            .unwrap()["guest_offloads"]
+            .clone()
+    };
+    assert!(
+        wait_until(Duration::from_secs(20), || offloads("d1")["tso4"] == true),
+        "d1's guest negotiated TSO: {}",
+        offloads("d1")
+    );
+    assert_eq!(offloads("d2")["tso4"], false, "{}", offloads("d2"));
+
+    // To an unknown MAC: flooded to both guests.
+    a.exec(&[
+        "/usr/bin/python3",
+        "-c",
+        SUPERFRAME_SENDER,
+        "02:00:00:00:1d:ee",
+    ])
+    .unwrap_or_else(|e| panic!("sender: {e}"));
+    assert!(wait_until(Duration::from_secs(10), || {
+        lro.rx_of(0).is_ok_and(|r| r.0 >= 1) && plain.rx_of(0).is_ok_and(|r| r.0 >= 3)
+    }));
+    assert_eq!(lro.rx_of(0).unwrap(), (1, 3054), "one superframe, whole");
+    // Three segments, each with the 54 bytes of headers.
+    assert_eq!(plain.rx_of(0).unwrap(), (3, 3054 + 2 * 54), "cut in three");
+    assert_eq!(vs.counter("d1", "tx_superframes"), 1);
+    assert_eq!(vs.counter("d1", "segmented"), 0);
+    assert_eq!(vs.counter("d2", "segmented"), 1);
+    assert_eq!(vs.counter("d2", "tx_packets"), 3);
+}

@@ -42,6 +42,80 @@ pub struct EthStats {
     pub rx_nombuf: u64,
 }
 
+/// `rte_eth_vhost_get_vid_from_port_id`, found in the net_vhost PMD that
+/// EAL loaded as a plugin (the daemon must not link the PMD a second time:
+/// its driver would register twice). None if the plugin is not loaded.
+fn vhost_vid_of_port() -> Option<unsafe extern "C" fn(u16) -> i32> {
+    static F: std::sync::OnceLock<Option<unsafe extern "C" fn(u16) -> i32>> =
+        std::sync::OnceLock::new();
+    *F.get_or_init(|| {
+        // SAFETY: RTLD_NOLOAD only returns a handle to a library already
+        // loaded (DPDK 22.11's ABI 23 soname, as Debian ships it); dlsym
+        // looks a symbol up in it. The handle is kept (not dlclosed): the
+        // plugin stays loaded for the process's life anyway.
+        unsafe {
+            let h = libc::dlopen(
+                c"librte_net_vhost.so.23".as_ptr(),
+                libc::RTLD_NOW | libc::RTLD_NOLOAD,
+            );
+            if h.is_null() {
+                return None;
+            }
+            let f = libc::dlsym(h, c"rte_eth_vhost_get_vid_from_port_id".as_ptr());
+            // SAFETY (transmute): the symbol is that function, whose C
+            // signature is int (uint16_t).
+            (!f.is_null()).then(|| {
+                std::mem::transmute::<*mut libc::c_void, unsafe extern "C" fn(u16) -> i32>(f)
+            })
+        }
+    })
+}
+
+impl EthPort {
+    /// For a vhost-user port: the offloads its guest negotiated for the
+    /// frames it receives (`VIRTIO_NET_F_GUEST_*`), none while no guest is
+    /// connected. DPDK's vhost enqueue turns an mbuf's tx offload flags
+    /// into the virtio-net header the guest reads.
+    pub fn vhost_guest_offloads(&self) -> GuestOffloads {
+        let Some(vid_of) = vhost_vid_of_port() else {
+            return GuestOffloads::default();
+        };
+        // SAFETY: a lookup by port id; negative when the port has no guest.
+        let vid = unsafe { vid_of(self.id) };
+        if vid < 0 {
+            return GuestOffloads::default();
+        }
+        let mut f = 0u64;
+        // SAFETY: f is a valid out pointer; vid names a live connection.
+        if unsafe { ffi::rte_vhost_get_negotiated_features(vid, &mut f) } != 0 {
+            return GuestOffloads::default();
+        }
+        const GUEST_CSUM: u64 = 1 << 1;
+        const GUEST_TSO4: u64 = 1 << 7;
+        const GUEST_TSO6: u64 = 1 << 8;
+        // A 64 KB superframe spans many of the guest's receive buffers.
+        const MRG_RXBUF: u64 = 1 << 15;
+        let csum = f & GUEST_CSUM != 0;
+        let big = csum && f & MRG_RXBUF != 0;
+        GuestOffloads {
+            csum,
+            tso4: big && f & GUEST_TSO4 != 0,
+            tso6: big && f & GUEST_TSO6 != 0,
+        }
+    }
+}
+
+/// What a vhost-user guest takes in the frames it receives.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct GuestOffloads {
+    /// Partial checksums (GUEST_CSUM).
+    pub csum: bool,
+    /// TCP/IPv4 superframes (GUEST_TSO4, with mergeable buffers).
+    pub tso4: bool,
+    /// TCP/IPv6 superframes (GUEST_TSO6, with mergeable buffers).
+    pub tso6: bool,
+}
+
 /// An attached ethdev port, owned by the control plane. Workers only see
 /// its id and call [`rx_burst`]/[`tx_burst`].
 pub struct EthPort {

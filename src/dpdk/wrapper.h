@@ -11,6 +11,8 @@
 #include <rte_mbuf.h>
 #include <rte_ethdev.h>
 #include <rte_version.h>
+#include <rte_eth_vhost.h>
+#include <rte_vhost.h>
 
 /* rte_errno is a per-lcore TLS variable bindgen cannot express. */
 int vs_rte_errno(void);

@@ -130,18 +130,33 @@ impl Testpmd {
 
     /// (RX-packets, TX-packets) of `port`.
     pub fn stats_of(&mut self, port: u16) -> Result<(u64, u64), String> {
+        let v = self.counters(port, &["RX-packets:", "TX-packets:"])?;
+        Ok((v[0], v[1]))
+    }
+
+    /// (RX-packets, RX-bytes) of `port`.
+    pub fn rx_of(&mut self, port: u16) -> Result<(u64, u64), String> {
+        let v = self.counters(port, &["RX-packets:", "RX-bytes:"])?;
+        Ok((v[0], v[1]))
+    }
+
+    /// The counters `names` of `show port stats`.
+    fn counters(&mut self, port: u16, names: &[&str]) -> Result<Vec<u64>, String> {
         let lines = self.query(&format!("show port stats {port}"), |l| {
             l.contains("TX-packets:")
         })?;
-        let field = |name: &str| -> Option<u64> {
-            lines.iter().find_map(|l| {
-                let rest = &l[l.find(name)? + name.len()..];
-                rest.split_whitespace().next()?.parse().ok()
+        names
+            .iter()
+            .map(|name| {
+                lines
+                    .iter()
+                    .find_map(|l| {
+                        let rest = &l[l.find(name)? + name.len()..];
+                        rest.split_whitespace().next()?.parse().ok()
+                    })
+                    .ok_or_else(|| format!("testpmd printed no {name} for port {port}"))
             })
-        };
-        field("RX-packets:")
-            .zip(field("TX-packets:"))
-            .ok_or_else(|| format!("testpmd printed no counters for port {port}"))
+            .collect()
     }
 
     /// Sends `c` and returns the lines it printed once one matches `done`
