@@ -414,6 +414,7 @@ impl Daemon<'_> {
             &self.shared,
             &self.cfg.workers.cores,
             self.hz,
+            &[self.pool, self.tap_pool],
         )
     }
 

@@ -7,6 +7,7 @@ use serde::Serialize;
 use vswitch::{DropReason, PortId};
 
 use crate::datapath::Shared;
+use crate::dpdk::mempool::Mempool;
 use crate::dpdk::port::EthStats;
 use crate::ports::Port;
 use crate::vtep::TunnelPort;
@@ -87,6 +88,20 @@ pub struct VniReport {
     pub drops: std::collections::BTreeMap<String, u64>,
 }
 
+/// One mbuf pool's occupancy (leaks show as `in_use` that never comes
+/// back down when traffic stops).
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct MempoolReport {
+    /// Pool name.
+    pub name: String,
+    /// Mbufs in the pool.
+    pub size: u32,
+    /// Free (in the pool's ring and the lcore caches).
+    pub free: u32,
+    /// size - free: held by rings, bursts and tx buffers.
+    pub in_use: u32,
+}
+
 /// Everything `vswitchctl stats` shows.
 #[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct Report {
@@ -98,6 +113,9 @@ pub struct Report {
     pub vnis: Vec<VniReport>,
     /// Per worker.
     pub workers: Vec<WorkerReport>,
+    /// Mbuf pools.
+    #[serde(default)]
+    pub mempools: Vec<MempoolReport>,
     /// TSC frequency, to turn cycles into time.
     pub tsc_hz: u64,
 }
@@ -146,6 +164,7 @@ pub fn collect(
     shared: &Shared,
     cores: &[u32],
     tsc_hz: u64,
+    pools: &[&Mempool],
 ) -> Report {
     let mut out = Vec::new();
     for (i, port) in ports.iter().enumerate() {
@@ -222,6 +241,18 @@ pub fn collect(
         ports: out,
         vnis,
         workers,
+        mempools: pools
+            .iter()
+            .map(|p| {
+                let (free, size) = p.counts();
+                MempoolReport {
+                    name: p.name(),
+                    size,
+                    free,
+                    in_use: size.saturating_sub(free),
+                }
+            })
+            .collect(),
         tsc_hz,
     }
 }
@@ -278,6 +309,13 @@ impl Report {
                 s,
                 "worker {} (core {}): {} packets, busy {:.1}%, {:.1} cycles/packet",
                 w.worker, w.core, w.packets, w.busy_pct, w.cycles_per_packet
+            );
+        }
+        for m in &self.mempools {
+            let _ = writeln!(
+                s,
+                "mempool {}: {} of {} mbufs in use",
+                m.name, m.in_use, m.size
             );
         }
         s

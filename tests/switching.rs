@@ -217,3 +217,73 @@ fn dpdk_containers_exchange_frames_and_learned_unicast_is_not_flooded() {
         "vhost sockets removed at exit"
     );
 }
+
+/// The mbufs of the switch's main pool in use, from `vswitchctl stats`.
+fn mbufs_in_use(vs: &testbed::vswitchd::Vswitchd) -> u64 {
+    let s = vs.request(serde_json::json!({"cmd": "stats"})).unwrap();
+    s["mempools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == "vswitchd_mbufs")
+        .unwrap()["in_use"]
+        .as_u64()
+        .unwrap()
+}
+
+#[test]
+fn jumbo_chains_flooded_to_several_ports_leave_the_pool_as_it_was() {
+    // A DPDK container sends 9000-byte broadcast frames in chains of five
+    // segments; the switch floods each to two sinks, so every segment of
+    // the chain is shared by two outputs.
+    let dir = TempDir::new("vs-jumbo");
+    let sock = dir.join("j.sock");
+    let cfg = common::header(&dir)
+        + &format!(
+            "[[port]]\nname = \"dj\"\nkind = \"vhost-user\"\nbridge = \"vpc1\"\nsocket = \"{}\"\n\
+             [[port]]\nname = \"s1\"\nkind = \"null\"\nbridge = \"vpc1\"\nno_rx = true\n\
+             [[port]]\nname = \"s2\"\nkind = \"null\"\nbridge = \"vpc1\"\nno_rx = true\n",
+            sock.display()
+        );
+    let vs = common::start(&dir, &cfg);
+    let mut tp = Testpmd::start(
+        "tp-jumbo",
+        &TestpmdOpts {
+            socket: &sock,
+            mac: "02:00:00:00:0e:01",
+            peer: Some("ff:ff:ff:ff:ff:ff"),
+            fwd: "txonly",
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert!(wait_until(Duration::from_secs(20), || vs.link_up("dj")));
+    let baseline = mbufs_in_use(&vs);
+    tp.cmd("set txpkts 2000,2000,2000,2000,1000");
+    tp.cmd("start");
+    assert!(
+        wait_until(Duration::from_secs(20), || vs.counter("s2", "tx_packets")
+            >= 1000),
+        "{}",
+        vs.port_stats("s2").unwrap()
+    );
+    tp.cmd("stop");
+    let rx = vs.counter("dj", "rx_packets");
+    assert!(wait_until(Duration::from_secs(5), || {
+        let now = vs.counter("dj", "rx_packets");
+        std::thread::sleep(Duration::from_millis(50));
+        now == vs.counter("dj", "rx_packets")
+    }));
+    assert!(rx >= 1000);
+    let s1 = vs.port_stats("s1").unwrap();
+    assert!(
+        s1["tx_bytes"].as_u64().unwrap() >= 9000 * vs.counter("s1", "tx_packets"),
+        "byte counters cover every segment: {s1}"
+    );
+    // Every segment came back to the pool, none twice.
+    assert!(
+        wait_until(Duration::from_secs(5), || mbufs_in_use(&vs) == baseline),
+        "mbufs in use: {} after, {baseline} before",
+        mbufs_in_use(&vs)
+    );
+}

@@ -26,6 +26,12 @@ const L4_UDP: u64 = 3 << 52;
 pub struct Mbuf(NonNull<ffi::rte_mbuf>);
 
 impl Frame for Mbuf {
+    /// The whole frame's length, all segments.
+    #[inline]
+    fn frame_len(&self) -> usize {
+        self.pkt_len() as usize
+    }
+
     #[inline]
     fn data(&self) -> &[u8] {
         // SAFETY: the mbuf came from rx_burst and is owned by this worker
@@ -231,12 +237,22 @@ impl Mbuf {
 
     /// Gives the mbuf `n` owners (n >= 1): each tx queue it is sent to (or a
     /// free) releases one. Only valid while this worker is the sole owner,
-    /// i.e. right after rx, which is when flooding uses it.
+    /// i.e. right after rx, which is when flooding uses it. Every segment
+    /// of a chain gets the count: a free releases each segment once
+    /// (`rte_pktmbuf_free`), so a chain shared by n outputs needs n on all
+    /// of them, not only on the first.
     #[inline]
     pub fn set_owners(&mut self, n: u16) {
-        // SAFETY: the worker is the only owner (refcnt 1, nothing else holds
-        // it), so a plain store cannot race.
-        unsafe { self.0.as_mut().refcnt = n };
+        let mut seg = self.0.as_ptr();
+        while !seg.is_null() {
+            // SAFETY: seg is this mbuf or a segment of its chain; the worker
+            // is the only owner of all of them (refcnt 1, nothing else
+            // holds them), so plain stores cannot race.
+            unsafe {
+                (*seg).refcnt = n;
+                seg = (*seg).next;
+            }
+        }
     }
 
     /// The first segment's data, writable (to rewrite headers in place).

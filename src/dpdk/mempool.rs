@@ -53,6 +53,25 @@ impl Mempool {
         self.handle().alloc_frame(frame)
     }
 
+    /// Mbufs free in the pool (its ring and every lcore's cache) and its
+    /// size: `size - free` are in use (in rings, bursts, or leaked).
+    pub fn counts(&self) -> (u32, u32) {
+        // SAFETY: read-only queries on a live pool; avail_count sums the
+        // per-lcore caches without locking (a snapshot, racing benignly
+        // with the workers).
+        let free = unsafe { ffi::rte_mempool_avail_count(self.raw.as_ptr()) };
+        // SAFETY: as above; `size` is set at creation.
+        let size = unsafe { self.raw.as_ref().size };
+        (free, size)
+    }
+
+    /// The pool's name.
+    pub fn name(&self) -> String {
+        // SAFETY: `name` is a NUL-terminated array set at creation.
+        let n = unsafe { std::ffi::CStr::from_ptr(self.raw.as_ref().name.as_ptr()) };
+        n.to_string_lossy().into_owned()
+    }
+
     /// A non-owning handle for the data path (see [`PoolHandle`]).
     pub fn handle(&self) -> PoolHandle {
         PoolHandle(self.raw)

@@ -202,15 +202,6 @@ impl Offload {
         }
     }
 
-    /// The largest frame on a wire: a superframe's largest segment.
-    #[inline]
-    pub fn wire_frame_len(&self, frame_len: usize) -> usize {
-        match self.gso {
-            Some(g) => frame_len.min(usize::from(g.hdr_len) + usize::from(g.size)),
-            None => frame_len,
-        }
-    }
-
     /// The offloads `h` describes for `frame`, checked against the frame.
     pub fn from_vnet(h: &VnetHdr, frame: &[u8]) -> Result<Offload, OffloadError> {
         let csum = if h.flags & F_NEEDS_CSUM != 0 {

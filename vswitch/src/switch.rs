@@ -35,6 +35,12 @@ pub trait Frame {
     /// The frame's bytes (first segment; headers never span segments).
     fn data(&self) -> &[u8];
 
+    /// The frame's length, all segments (for byte counters).
+    #[inline]
+    fn frame_len(&self) -> usize {
+        self.data().len()
+    }
+
     /// The checksum and segmentation the frame still owes its receiver
     /// (a superframe from a TAP with offloads); none by default.
     #[inline]
@@ -301,7 +307,7 @@ impl Switch {
         counters.rx_packets.add(n as u64);
 
         let Some(bd) = self.bridge_of(in_port) else {
-            let bytes: usize = frames.iter().map(|f| f.data().len()).sum();
+            let bytes: usize = frames.iter().map(|f| f.frame_len()).sum();
             counters.rx_bytes.add(bytes as u64);
             actions.fill(Action::Drop(DropReason::NoBridge));
             counters.drop(
@@ -317,20 +323,22 @@ impl Switch {
             Action::Flood
         };
 
-        let mut last_src = MacAddr::BROADCAST;
+        // The last source learned (never a group address: those are
+        // dropped before, whatever their place in the burst).
+        let mut last_src: Option<MacAddr> = None;
         let mut last_dst = (MacAddr::BROADCAST, flood);
         let mut learn_full = 0;
         let mut bytes = 0;
         for (f, action) in frames.iter().zip(actions.iter_mut()) {
             let d = f.data();
-            bytes += d.len() as u64;
+            bytes += f.frame_len() as u64;
             if d.len() < ETH_HLEN {
                 *action = Action::Drop(DropReason::Malformed);
                 continue;
             }
             let dst = MacAddr::from_slice(&d[0..6]);
             let src = MacAddr::from_slice(&d[6..12]);
-            if src != last_src {
+            if Some(src) != last_src {
                 if src.is_group() {
                     *action = Action::Drop(DropReason::Malformed);
                     continue;
@@ -338,7 +346,7 @@ impl Switch {
                 if !src.is_zero() && macs.learn(src, in_port, now) == Learn::Full {
                     learn_full += 1;
                 }
-                last_src = src;
+                last_src = Some(src);
             }
             if dst != last_dst.0 {
                 let a = if dst.is_group() {
@@ -466,6 +474,22 @@ mod tests {
         sw.forward(PortId(5), &[frame(mac(1), mac(2))], 0, &c5, &mut a);
         assert_eq!(a, [Action::Drop(DropReason::NoBridge)]);
         assert_eq!(c5.drops[DropReason::NoBridge as usize].get(), 1);
+    }
+
+    #[test]
+    fn a_broadcast_source_is_dropped_wherever_it_is_in_the_burst() {
+        let sw = two_bridges();
+        let c = PortCounters::default();
+        // First of its burst, then after a good frame.
+        for frames in [
+            vec![frame(mac(2), [0xff; 6])],
+            vec![frame(mac(2), mac(1)), frame(mac(2), [0xff; 6])],
+        ] {
+            let mut a = vec![Action::Flood; frames.len()];
+            sw.forward(PortId(0), &frames, 0, &c, &mut a);
+            assert_eq!(*a.last().unwrap(), Action::Drop(DropReason::Malformed));
+        }
+        assert_eq!(c.drops[DropReason::Malformed as usize].get(), 2);
     }
 
     #[test]
