@@ -128,7 +128,49 @@ impl Env {
             Ok(())
         }
     }
+
+    /// CNI_CONTAINERID and CNI_IFNAME present and of the spec's forms
+    /// (CNI 1.1 "Parameters"), checked before anything uses them: they name
+    /// ports and socket paths (`socketDir/<id>/<ifname>.sock`), so `..` or
+    /// `/` would reach outside the socket directory.
+    fn need_ids(&self) -> Result<(), CniError> {
+        self.need("CNI_CONTAINERID", &self.container_id)?;
+        self.need("CNI_IFNAME", &self.ifname)?;
+        let id = &self.container_id;
+        let id_ok = id.len() <= MAX_CONTAINER_ID
+            && id.starts_with(|c: char| c.is_ascii_alphanumeric())
+            && id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
+        if !id_ok {
+            return Err(err(
+                code::INVALID_ENV,
+                "CNI_CONTAINERID is not a container ID",
+                format!(
+                    "it must start with a letter or digit, hold only letters, digits, '_', '.' and '-', \
+                     and be at most {MAX_CONTAINER_ID} characters"
+                ),
+            ));
+        }
+        let n = &self.ifname;
+        let if_ok = n.len() < libc::IFNAMSIZ
+            && n != "."
+            && n != ".."
+            && !n.chars().any(|c| c == '/' || c == ':' || c.is_whitespace());
+        if !if_ok {
+            return Err(err(
+                code::INVALID_ENV,
+                "CNI_IFNAME is not an interface name",
+                "at most 15 characters, not '.' or '..', without '/', ':' or whitespace",
+            ));
+        }
+        Ok(())
+    }
 }
+
+/// Longest container ID taken (the spec sets none; runtimes use 64 hex
+/// digits). A bound keeps names and paths built from it bounded.
+const MAX_CONTAINER_ID: usize = 128;
 
 /// The kind of NIC a network gives its containers.
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
@@ -473,8 +515,7 @@ fn bandwidth_policies(port: &str, b: &Bandwidth) -> (String, Vec<(&'static str, 
 /// ADD: IPAM, then the NIC; on a failure after IPAM, the address is
 /// released again.
 fn add(conf: &NetConf, raw: &Value, env: &Env) -> Result<Value, CniError> {
-    env.need("CNI_CONTAINERID", &env.container_id)?;
-    env.need("CNI_IFNAME", &env.ifname)?;
+    env.need_ids()?;
     let bridge = conf.bridge()?.to_string();
     if conf.nic == Nic::Tap {
         env.need("CNI_NETNS", &env.netns)?;
@@ -646,8 +687,7 @@ fn remove_port(conf: &NetConf, name: &str) -> Result<(), CniError> {
 
 /// DEL: idempotent; with vswitchd down there is no port to remove.
 fn del(conf: &NetConf, raw: &Value, env: &Env) -> Result<Value, CniError> {
-    env.need("CNI_CONTAINERID", &env.container_id)?;
-    env.need("CNI_IFNAME", &env.ifname)?;
+    env.need_ids()?;
     let name = port_name(&conf.name, &env.container_id, &env.ifname);
     match remove_port(conf, &name) {
         Err(e) if e.code == code::TRY_AGAIN && !conf.control_socket.exists() => {}
@@ -666,8 +706,7 @@ fn del(conf: &NetConf, raw: &Value, env: &Env) -> Result<Value, CniError> {
 /// CHECK: the port exists as ADD made it, the TAP is in the container
 /// with its MAC, and the IPAM agrees.
 fn check(conf: &NetConf, raw: &Value, env: &Env) -> Result<Value, CniError> {
-    env.need("CNI_CONTAINERID", &env.container_id)?;
-    env.need("CNI_IFNAME", &env.ifname)?;
+    env.need_ids()?;
     let prev = conf
         .prev_result
         .as_ref()
@@ -883,6 +922,30 @@ mod tests {
         let mut e = env("ADD");
         e.container_id.clear();
         assert_eq!(run(&e, ok).0["code"], 4);
+        // Names that would escape the socket directory or break the spec.
+        for (id, ifname) in [
+            ("../../escape", "eth0"),
+            ("a/b", "eth0"),
+            ("-leading", "eth0"),
+            (&"x".repeat(300)[..], "eth0"),
+            ("abc", "../../x"),
+            ("abc", ".."),
+            ("abc", "eth 0"),
+            ("abc", "a:b"),
+            ("abc", "sixteen-chars-xx"),
+        ] {
+            for cmd in ["ADD", "DEL", "CHECK"] {
+                let mut e = env(cmd);
+                e.container_id = id.to_string();
+                e.ifname = ifname.to_string();
+                let (v, rc) = run(&e, ok);
+                assert_eq!(
+                    (rc, v["code"].as_u64()),
+                    (1, Some(4)),
+                    "{cmd} {id:?} {ifname:?}: {v}"
+                );
+            }
+        }
         let (v, _) = run(&env("CHECK"), ok);
         assert_eq!(v["code"], 7, "CHECK without prevResult");
     }
