@@ -12,7 +12,6 @@ use std::time::Duration;
 
 use etherparse::{NetSlice, SlicedPacket, TransportSlice};
 use testbed::netns::Netns;
-use testbed::process::Proc;
 use testbed::testpmd::Testpmd;
 use testbed::vswitchd::TempDir;
 use testbed::{unique, wait_until};
@@ -149,18 +148,21 @@ fn superframes_to_a_dpdk_container_are_segmented_with_valid_checksums() {
 
     // Capture what c2's kernel receives (before it checks anything).
     let pcap = dir.join("c2.pcap");
-    let mut tcpdump = b.command("tcpdump");
-    tcpdump.args(["-i", "eth0", "-U", "-s", "2000", "-c", "300", "-w"]);
-    tcpdump
-        .arg(&pcap)
-        .args(["src", "10.79.0.1", "and", "(tcp or udp)"]);
-    let mut cap = Proc::spawn("tcpdump", tcpdump).unwrap();
-    assert!(
-        wait_until(Duration::from_secs(10), || cap
-            .output()
-            .iter()
-            .any(|l| l.contains("listening on"))),
-        "tcpdump started"
+    let mut cap = common::capture(
+        &b,
+        &pcap,
+        &[
+            "-i",
+            "eth0",
+            "-s",
+            "2000",
+            "-c",
+            "300",
+            "src",
+            "10.79.0.1",
+            "and",
+            "(tcp or udp)",
+        ],
     );
 
     // A datagram with a checksum the container got wrong on purpose

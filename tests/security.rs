@@ -97,6 +97,14 @@ proto = "icmp"
 icmp_type = 8
 "#;
 
+/// The QoS policy "limit": srTCM at `rate` bit/s with a 30 KB burst
+/// (smaller than one 64 KB superframe), red dropped.
+fn limit_policy(rate: u64) -> String {
+    format!(
+        "[[qos_policy]]\nname = \"limit\"\nkind = \"srtcm\"\nunit = \"bits\"\ncir = {rate}\ncbs = 30000\nred = \"drop\"\n"
+    )
+}
+
 struct Rig {
     client: Netns,
     web: Netns,
@@ -160,9 +168,7 @@ fn groups_allow_deny_and_track_sessions() {
 fn a_policer_holds_a_udp_flood_to_its_rate() {
     const RATE: u64 = 10_000_000;
     let r = rig();
-    let qos = format!(
-        "[[qos_policy]]\nname = \"limit\"\nkind = \"srtcm\"\nunit = \"bits\"\ncir = {RATE}\ncbs = 30000\nred = \"drop\"\n"
-    );
+    let qos = limit_policy(RATE);
     let vs = common::start(
         &r.dir,
         &config(&r.header, &r.client, &r.web, WEB_RULES, &qos),
@@ -300,9 +306,7 @@ fn superframes_are_judged_and_policed_like_their_segments() {
     let r = rig();
     // A burst smaller than one superframe: superframes are cut, not
     // passed or dropped whole.
-    let qos = format!(
-        "[[qos_policy]]\nname = \"limit\"\nkind = \"srtcm\"\nunit = \"bits\"\ncir = {RATE}\ncbs = 30000\nred = \"drop\"\n"
-    );
+    let qos = limit_policy(RATE);
     let vs = common::start(
         &r.dir,
         &config(&r.header, &r.client, &r.web, WEB_RULES, &qos),

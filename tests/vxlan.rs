@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use etherparse::{NetSlice, SlicedPacket, TransportSlice};
 use testbed::netns::{Netns, Veth};
-use testbed::process::Proc;
 use testbed::vswitchd::{TempDir, Vswitchd};
 use testbed::{unique, wait_until};
 
@@ -117,18 +116,13 @@ fn interop_with_the_kernel_vxlan_device() {
 
     // Capture the first VXLAN frames on the kernel's underlay NIC.
     let pcap = dir.join("underlay.pcap");
-    let mut tcpdump = k.command("tcpdump");
-    tcpdump.args(["-i", "up0", "-U", "-c", "4", "-w"]);
-    tcpdump
-        .arg(&pcap)
-        .args(["udp", "port", "4789", "and", "src", &format!("10.{n}.0.1")]);
-    let cap = Proc::spawn("tcpdump", tcpdump).unwrap();
-    assert!(
-        wait_until(Duration::from_secs(10), || cap
-            .output()
-            .iter()
-            .any(|l| l.contains("listening on"))),
-        "tcpdump did not start"
+    let vtep_src = format!("10.{n}.0.1");
+    let cap = common::capture(
+        k,
+        &pcap,
+        &[
+            "-i", "up0", "-c", "4", "udp", "port", "4789", "and", "src", &vtep_src,
+        ],
     );
 
     // A container behind vswitchd pings the host behind the kernel VTEP.
@@ -276,18 +270,21 @@ fn tcp_superframes_into_a_kernel_vxlan_tunnel_are_segmented() {
 
     // What the host behind the kernel VTEP receives, inner frames.
     let pcap = dir.join("inner.pcap");
-    let mut tcpdump = h.command("tcpdump");
-    tcpdump.args(["-i", "eth0", "-U", "-s", "2000", "-c", "200", "-w"]);
-    tcpdump
-        .arg(&pcap)
-        .args(["tcp", "and", "src", "192.168.100.1"]);
-    let mut cap = Proc::spawn("tcpdump", tcpdump).unwrap();
-    assert!(
-        wait_until(Duration::from_secs(10), || cap
-            .output()
-            .iter()
-            .any(|l| l.contains("listening on"))),
-        "tcpdump did not start"
+    let mut cap = common::capture(
+        h,
+        &pcap,
+        &[
+            "-i",
+            "eth0",
+            "-s",
+            "2000",
+            "-c",
+            "200",
+            "tcp",
+            "and",
+            "src",
+            "192.168.100.1",
+        ],
     );
     let data = common::test_data(4 << 20);
     let got = common::tcp_transfer(&dir, &c, h, "192.168.100.2", 7003, &data);

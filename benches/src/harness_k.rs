@@ -448,6 +448,15 @@ fn after(text: &str, key: &str) -> Result<f64> {
         .ok_or_else(|| anyhow!("no {key:?} in:\n{text}"))
 }
 
+/// p50, p99 and p99.9 of a sockperf ping-pong run's output.
+fn percentiles(pp: &str) -> Result<Sample> {
+    Ok(vec![
+        ("p50 us", after(pp, "percentile 50.000 =")?),
+        ("p99 us", after(pp, "percentile 99.000 =")?),
+        ("p99.9 us", after(pp, "percentile 99.900 =")?),
+    ])
+}
+
 fn ping_pong(env: &Env, secs: u64) -> Result<Sample> {
     let _srv = server(
         &env.b,
@@ -468,11 +477,7 @@ fn ping_pong(env: &Env, secs: u64) -> Result<Sample> {
         &secs.to_string(),
     ]);
     let pp = client(c, secs)?;
-    Ok(vec![
-        ("p50 us", after(&pp, "percentile 50.000 =")?),
-        ("p99 us", after(&pp, "percentile 99.000 =")?),
-        ("p99.9 us", after(&pp, "percentile 99.900 =")?),
-    ])
+    percentiles(&pp)
 }
 
 /// redis-benchmark's CSV: per test, rps, average and p99 latency (ms).
@@ -613,11 +618,7 @@ fn cross_cpu_floor(secs: u64) -> Result<Sample> {
         &secs.to_string(),
     ]);
     let pp = client(c, secs)?;
-    Ok(vec![
-        ("p50 us", after(&pp, "percentile 50.000 =")?),
-        ("p99 us", after(&pp, "percentile 99.000 =")?),
-        ("p99.9 us", after(&pp, "percentile 99.900 =")?),
-    ])
+    percentiles(&pp)
 }
 
 /// The system name of [`cross_cpu_floor`]'s rows.

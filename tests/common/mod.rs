@@ -141,3 +141,19 @@ pub fn pcap_records(path: &std::path::Path) -> Vec<Vec<u8>> {
     }
     out
 }
+
+/// Starts tcpdump in `ns` writing to `pcap` with `args` (interface,
+/// counts, filter) and waits (bounded) until it listens.
+pub fn capture(ns: &Netns, pcap: &Path, args: &[&str]) -> Proc {
+    let mut c = ns.command("tcpdump");
+    c.arg("-U").arg("-w").arg(pcap).args(args);
+    let cap = Proc::spawn("tcpdump", c).unwrap();
+    assert!(
+        wait_until(Duration::from_secs(10), || cap
+            .output()
+            .iter()
+            .any(|l| l.contains("listening on"))),
+        "tcpdump did not start"
+    );
+    cap
+}
