@@ -191,6 +191,12 @@ impl Daemon<'_> {
     }
 
     fn port_json(&self, i: usize, p: &Port) -> Value {
+        // What the workers apply (the snapshot's), not what the guest
+        // negotiated a moment ago: the sweep publishes a change within 1 s.
+        let offloads = match &self.shared.load().tx[i] {
+            crate::datapath::TxTarget::Eth { takes, .. } => *takes,
+            _ => p.guest_offloads(),
+        };
         json!({
             "index": i,
             "name": p.spec.name,
@@ -199,7 +205,8 @@ impl Daemon<'_> {
             "dpdk_port": p.dpdk_id(),
             "mac": p.mac().to_string(),
             "link_up": p.link_up(),
-            "guest_offloads": p.guest_offloads(),
+            "guest_offloads": offloads,
+            "cni": p.spec.cni,
         })
     }
 
@@ -230,15 +237,38 @@ impl Daemon<'_> {
         Ok(v)
     }
 
-    /// The lowest switch port id free for a NIC.
-    fn free_slot(&self) -> Result<usize, String> {
+    /// The lowest switch port id free for a NIC. A NIC takes precedence
+    /// over a learned VTEP (soft state: learned again from its next
+    /// frame), so spoofed VXLAN sources never use up the ids containers
+    /// need: the oldest learned tunnel port is dropped, and its MACs
+    /// forgotten once no worker uses it, before its id is reused.
+    fn free_slot(&mut self) -> Result<usize, String> {
         let tunnels = self.vtep.as_ref().map_or(&[][..], |v| v.tunnels());
-        (0..MAX_PORTS)
-            .find(|&i| {
-                self.ports.get(i).map_or(true, |p| p.is_none())
-                    && crate::vtep::free_for_nic(tunnels, PortId(i as u16))
-            })
-            .ok_or_else(|| format!("all {MAX_PORTS} switch ports are in use"))
+        let free = (0..MAX_PORTS).find(|&i| {
+            self.ports.get(i).map_or(true, |p| p.is_none())
+                && crate::vtep::free_for_nic(tunnels, PortId(i as u16))
+        });
+        if let Some(i) = free {
+            return Ok(i);
+        }
+        let Some(t) = self.vtep.as_mut().and_then(|v| v.evict_learned()) else {
+            return Err(format!("all {MAX_PORTS} switch ports are in use"));
+        };
+        let cfg = self.cfg.clone();
+        if let Err(e) = self.publish(&cfg, false) {
+            if let Some(v) = &mut self.vtep {
+                let mut back = v.tunnels().to_vec();
+                back.push(t);
+                v.restore(back);
+            }
+            return Err(format!("{e:#}"));
+        }
+        flush_ports(&self.shared.load(), std::iter::once(t.port));
+        eprintln!(
+            "vswitchd: learned VTEP {} of VNI {} dropped: a NIC needs its switch port {}",
+            t.remote, t.vni, t.port
+        );
+        Ok(t.port.index())
     }
 
     fn port_add(&mut self, fields: Map<String, Value>) -> Result<Value, String> {
@@ -262,6 +292,16 @@ impl Daemon<'_> {
             .expect("validated with it")
             .clone();
         ports::preflight(&spec).map_err(|e| e.to_string())?;
+        if let PortKind::Tap(t) = &spec.kind {
+            // A restart re-attaches the TAPs it finds; a new port must not
+            // take over an interface that exists (another container's NIC).
+            if netns::interface_exists(&t.netns, &t.ifname) {
+                return Err(format!(
+                    "{} already has an interface {:?}: refusing to take it over",
+                    t.netns, t.ifname
+                ));
+            }
+        }
         let n_workers = cfg.workers.cores.len();
         let demand = mbuf_demand(&spec, n_workers as u32);
         if demand > self.reserve_left {
@@ -284,7 +324,7 @@ impl Daemon<'_> {
             return Err(format!("{e:#}"));
         }
         self.reserve_left -= demand;
-        self.commit(cfg, doc);
+        self.commit(cfg, doc)?;
         let p = self.ports[slot].as_ref().expect("just added");
         eprintln!(
             "vswitchd: port {name} ({}) added as switch port {slot}",
@@ -312,8 +352,8 @@ impl Daemon<'_> {
         flush_ports(&self.shared.load(), std::iter::once(PortId(slot as u16)));
         let port = port.expect("slot_of found it");
         self.reserve_left += mbuf_demand(&port.spec, cfg.workers.cores.len() as u32);
-        port.remove();
-        self.commit(cfg, doc);
+        self.retire(port);
+        self.commit(cfg, doc)?;
         eprintln!("vswitchd: port {name} removed");
         Ok(json!({ "removed": name }))
     }
@@ -358,7 +398,7 @@ impl Daemon<'_> {
             unreachable!("a TAP port stays a TAP port");
         };
         netns::move_nic(&from, &to).map_err(|e| e.to_string())?;
-        self.commit(cfg, doc);
+        self.commit(cfg, doc)?;
         eprintln!(
             "vswitchd: port {name} moved from {} to {}",
             from.netns, to.netns
@@ -521,7 +561,7 @@ impl Daemon<'_> {
         }
         self.publish(&cfg, true).map_err(|e| format!("{e:#}"))?;
         let warnings = cfg.warnings.clone();
-        self.commit(cfg, doc);
+        self.commit(cfg, doc)?;
         Ok(json!({ "generation": self.generation, "warnings": warnings }))
     }
 
@@ -581,7 +621,7 @@ impl Daemon<'_> {
             return Err(format!("{e:#}"));
         }
         flush_ports(&self.shared.load(), gone.iter().map(|t| t.port));
-        self.commit(cfg, doc);
+        self.commit(cfg, doc)?;
         self.tunnel_list()
     }
 

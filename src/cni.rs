@@ -18,6 +18,9 @@
 //! | `nic` | `tap` | `tap` (kernel container: NIC created in `CNI_NETNS` as `CNI_IFNAME`) or `vhost-user` (DPDK container: socket `socketDir/<id>/<ifname>.sock`, reported as the interface's `socketPath`) |
 //! | `controlSocket` | /run/vswitchd/vswitchd.sock | vswitchd's control socket |
 //! | `socketDir` | /run/vswitch-cni | where per-container vhost-user directories go |
+//! | `vhostMode` | `server` | vswitchd's side of the vhost-user socket: `server` (it listens) or `client` (the container's virtio-user listens with `server=1` and vswitchd reconnects to it after a restart) |
+//! | `portSecurity` | true | the NIC may send only from its MAC and the IPAM's addresses (see vswitchd's port security); false for a router or VM-like container |
+//! | `allowedAddresses` | – | further source addresses or prefixes the NIC may use (virtual IPs) |
 //! | `ingressGroup`, `egressGroup`, `ingressQos`, `egressQos` | – | security groups / QoS policies of vswitchd for the NIC (also from `args.cni`) |
 //! | `mtu` | 1500 | the NIC's MTU (tap) |
 //!
@@ -28,7 +31,6 @@
 
 use std::collections::BTreeSet;
 use std::io::Read;
-use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
@@ -36,6 +38,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
 use crate::control::{request, Request};
+use vswitch::types::fnv;
 
 /// Versions this plugin speaks.
 pub const SUPPORTED: &[&str] = &["1.0.0", "1.1.0"];
@@ -183,6 +186,20 @@ pub enum Nic {
     VhostUser,
 }
 
+/// vswitchd's side of a vhost-user socket.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum VhostMode {
+    /// vswitchd creates the socket and listens; the container's
+    /// virtio-user connects (and must reconnect after a vswitchd restart).
+    #[default]
+    Server,
+    /// The container's virtio-user listens on the socket (`server=1`);
+    /// vswitchd connects, and reconnects after its own restart, so the
+    /// container's DPDK app never notices.
+    Client,
+}
+
 /// The bandwidth capability.
 #[derive(Debug, Clone, Copy, Deserialize, Default, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
@@ -232,6 +249,8 @@ pub struct NetConf {
     #[serde(default = "default_socket_dir")]
     socket_dir: PathBuf,
     #[serde(default)]
+    vhost_mode: VhostMode,
+    #[serde(default)]
     ingress_group: Option<String>,
     #[serde(default)]
     egress_group: Option<String>,
@@ -241,6 +260,12 @@ pub struct NetConf {
     egress_qos: Option<String>,
     #[serde(default)]
     mtu: Option<u16>,
+    /// Port security (on unless false): the NIC may send only from its
+    /// MAC and the IPAM's addresses, plus `allowedAddresses`.
+    #[serde(default)]
+    port_security: Option<bool>,
+    #[serde(default)]
+    allowed_addresses: Vec<String>,
     #[serde(default)]
     ipam: Option<Value>,
     #[serde(default)]
@@ -261,19 +286,6 @@ fn default_socket_dir() -> PathBuf {
     "/run/vswitch-cni".into()
 }
 
-/// FNV-1a, 64 bits. Hand-written on purpose: port names derive from it and
-/// must stay the same across plugin builds and upgrades (ports outlive the
-/// plugin's version), which std's hasher does not promise.
-fn fnv(parts: &[&str]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for p in parts {
-        for b in p.bytes().chain([0]) {
-            h = (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3);
-        }
-    }
-    h
-}
-
 /// The prefix of every port of network `net`.
 fn net_prefix(net: &str) -> String {
     format!("cni-{:04x}-", fnv(&[net]) & 0xffff)
@@ -291,11 +303,7 @@ pub fn port_name(net: &str, container_id: &str, ifname: &str) -> String {
 
 /// The NIC's MAC: locally administered, unicast, from the attachment.
 pub fn mac_of(container_id: &str, ifname: &str) -> String {
-    let h = fnv(&["mac", container_id, ifname]).to_be_bytes();
-    format!(
-        "02:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
-        h[0], h[1], h[2], h[3], h[4]
-    )
+    vswitch::MacAddr::derived(&["mac", container_id, ifname]).to_string()
 }
 
 /// `CNI_NETNS` as vswitchd names a namespace: a name under /run/netns (or
@@ -574,16 +582,43 @@ fn add_nic(
     let mut port = Map::new();
     port.insert("name".into(), Value::from(name.clone()));
     port.insert("bridge".into(), Value::from(bridge));
-    let v4 = ipam
+    port.insert(
+        "cni".into(),
+        json!({ "network": conf.name, "container_id": env.container_id, "ifname": env.ifname }),
+    );
+    // The IPAM's addresses: the first IPv4 one configures a TAP, and all
+    // of them are what port security lets the NIC send from.
+    let ips: Vec<Value> = ipam
         .and_then(|r| r["ips"].as_array().cloned())
-        .unwrap_or_default()
-        .into_iter()
-        .find(|ip| {
-            ip["address"]
-                .as_str()
-                .and_then(|a| a.split('/').next())
-                .is_some_and(|a| a.parse::<Ipv4Addr>().is_ok())
-        });
+        .unwrap_or_default();
+    let addr_of = |ip: &Value| {
+        ip["address"]
+            .as_str()
+            .and_then(|a| a.split('/').next())
+            .and_then(|a| a.parse::<std::net::IpAddr>().ok())
+    };
+    let v4 = ips
+        .iter()
+        .find(|ip| addr_of(ip).is_some_and(|a| a.is_ipv4()))
+        .cloned();
+    if conf.port_security == Some(false) {
+        port.insert("port_security".into(), Value::from(false));
+    } else {
+        let others: Vec<Value> = ips
+            .iter()
+            .filter(|ip| conf.nic == Nic::VhostUser || Some(*ip) != v4.as_ref())
+            .filter_map(|ip| addr_of(ip).map(|a| Value::from(a.to_string())))
+            .collect();
+        if !others.is_empty() {
+            port.insert("addresses".into(), Value::Array(others));
+        }
+        if !conf.allowed_addresses.is_empty() {
+            port.insert(
+                "allowed_addresses".into(),
+                Value::from(conf.allowed_addresses.clone()),
+            );
+        }
+    }
     let mut iface = json!({ "name": env.ifname, "mac": mac });
     match conf.nic {
         Nic::Tap => {
@@ -615,6 +650,10 @@ fn add_nic(
             })?;
             port.insert("kind".into(), Value::from("vhost-user"));
             port.insert("socket".into(), Value::from(sock.display().to_string()));
+            if conf.vhost_mode == VhostMode::Client {
+                port.insert("client".into(), Value::from(true));
+            }
+            port.insert("mac".into(), Value::from(mac.clone()));
             iface["socketPath"] = Value::from(sock.display().to_string());
         }
     }
@@ -695,7 +734,14 @@ fn del(conf: &NetConf, raw: &Value, env: &Env) -> Result<Value, CniError> {
     }
     if conf.nic == Nic::VhostUser {
         if let Ok(sock) = socket_path(conf, env) {
-            let _ = std::fs::remove_file(&sock);
+            // vswitchd's own socket (server mode) goes; the container's
+            // (client mode) is the container's. Only sockets are unlinked.
+            use std::os::unix::fs::FileTypeExt;
+            let is_socket =
+                std::fs::symlink_metadata(&sock).is_ok_and(|m| m.file_type().is_socket());
+            if conf.vhost_mode == VhostMode::Server && is_socket {
+                let _ = std::fs::remove_file(&sock);
+            }
             let _ = std::fs::remove_dir(sock.parent().expect("a file in a directory"));
         }
     }
@@ -758,24 +804,42 @@ fn check(conf: &NetConf, raw: &Value, env: &Env) -> Result<Value, CniError> {
 
 /// GC: removes this network's ports whose attachment is not valid.
 fn gc(conf: &NetConf, raw: &Value, env: &Env) -> Result<Value, CniError> {
-    let valid: BTreeSet<String> = conf
-        .valid_attachments
-        .as_deref()
-        .unwrap_or_default()
+    // Without the list, GC would remove every attachment of the network.
+    let Some(valid) = conf.valid_attachments.as_deref() else {
+        return Err(err(
+            code::INVALID_CONFIG,
+            "GC needs cni.dev/valid-attachments",
+            "refusing to remove every attachment of the network",
+        ));
+    };
+    let valid: BTreeSet<(&str, &str)> = valid
         .iter()
-        .map(|a| port_name(&conf.name, &a.container_id, &a.ifname))
+        .map(|a| (a.container_id.as_str(), a.ifname.as_str()))
         .collect();
-    let prefix = net_prefix(&conf.name);
     let ports = ask(conf, &Request::PortList)?;
     for p in ports.as_array().cloned().unwrap_or_default() {
-        let Some(name) = p["name"].as_str() else {
+        // Ports are matched on the attachment they record (the network's
+        // full name, container ID and interface), not on a name hash.
+        let (Some(name), Some(cni)) = (p["name"].as_str(), p.get("cni")) else {
             continue;
         };
-        if name.starts_with(&prefix) && !valid.contains(name) {
-            remove_port(conf, name)?;
+        let field = |k: &str| cni[k].as_str().unwrap_or_default().to_string();
+        if field("network") != conf.name
+            || valid.contains(&(field("container_id").as_str(), field("ifname").as_str()))
+        {
+            continue;
         }
+        remove_port(conf, name)?;
+        // Its address goes back to the IPAM (host-local releases by
+        // container ID and interface).
+        let gone = Env {
+            container_id: field("container_id"),
+            ifname: field("ifname"),
+            ..env.clone()
+        };
+        ipam(conf, raw, &gone, "DEL")?;
     }
-    // Delegated to IPAM only if it speaks 1.1.0 (Debian 12's host-local
+    // Delegated to IPAM too if it speaks 1.1.0 (Debian 12's host-local
     // stops at 1.0.0 and has no GC).
     if ipam_speaks(conf, env, "1.1.0") {
         let mut r = raw.clone();

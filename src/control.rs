@@ -3,14 +3,16 @@
 //! `{"ok": true, "result": ...}` or `{"ok": false, "error": "..."}`.
 //!
 //! Served from the daemon's main loop, so requests are handled one at a
-//! time against the control plane's state without any locking. The socket
+//! time against the control plane's state without any locking; clients
+//! are served side by side (see [`ControlServer`]), so a slow or hostile
+//! client never holds the others up. The socket
 //! file is created owner-only (0600): it controls the switch.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
@@ -166,10 +168,43 @@ pub struct Response {
     pub error: Option<String>,
 }
 
-/// The listening socket.
+/// Longest request line taken; a longer one is answered with an error and
+/// the connection closed (the biggest real request, a set of security
+/// groups as TOML, is far below).
+pub const MAX_LINE: usize = 1 << 20;
+/// Connections served at once; one more is told to come back later.
+pub const MAX_CLIENTS: usize = 64;
+/// Answers a client may leave unread before its requests are no longer read.
+const MAX_PENDING_OUT: usize = 1 << 16;
+/// A connection that sends no complete request for this long is closed.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
+/// A client that does not read its answers for this long is dropped.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// One client connection: what it sent that is not a whole line yet, and
+/// answers it has not read yet.
+struct Conn {
+    stream: UnixStream,
+    inbuf: Vec<u8>,
+    outbuf: Vec<u8>,
+    /// Since when it has been waiting on the client: a partial request,
+    /// or unread answers.
+    since: Instant,
+    /// Answer what is buffered, then close.
+    closing: bool,
+}
+
+/// The listening socket and its clients. Served from the daemon's main
+/// loop without ever blocking on a client: every socket is non-blocking,
+/// requests are read as whole lines as they arrive, answers are written
+/// as far as the client reads them. A client that sends half a line and
+/// stops, or stops reading its answers, or opens many idle connections,
+/// costs a buffer until its timeout, never another client's turn or the
+/// daemon's attention to signals.
 pub struct ControlServer {
     listener: UnixListener,
     path: PathBuf,
+    conns: Vec<Conn>,
 }
 
 impl ControlServer {
@@ -181,59 +216,165 @@ impl ControlServer {
         Ok(ControlServer {
             listener,
             path: path.to_path_buf(),
+            conns: Vec::new(),
         })
     }
 
-    /// Serves every connection waiting now; `handle` answers each request.
-    pub fn poll(&self, mut handle: impl FnMut(Request) -> Result<serde_json::Value, String>) {
+    /// Accepts new clients, answers every complete request received, and
+    /// writes what the clients will take; `handle` answers each request.
+    pub fn poll(&mut self, mut handle: impl FnMut(Request) -> Result<serde_json::Value, String>) {
+        let now = Instant::now();
         while let Ok((stream, _)) = self.listener.accept() {
-            let _ = serve(stream, &mut handle);
+            if stream.set_nonblocking(true).is_err() {
+                continue;
+            }
+            let mut c = Conn {
+                stream,
+                inbuf: Vec::new(),
+                outbuf: Vec::new(),
+                since: now,
+                closing: false,
+            };
+            if self.conns.len() >= MAX_CLIENTS {
+                c.answer(&refusal(format!(
+                    "busy: {MAX_CLIENTS} control clients connected; try again"
+                )));
+                c.closing = true;
+            }
+            self.conns.push(c);
+        }
+        self.conns.retain_mut(|c| c.serve(now, &mut handle));
+    }
+}
+
+fn refusal(e: String) -> Response {
+    Response {
+        ok: false,
+        result: None,
+        error: Some(e),
+    }
+}
+
+impl Conn {
+    fn answer(&mut self, r: &Response) {
+        if self.outbuf.is_empty() {
+            self.since = Instant::now();
+        }
+        serde_json::to_writer(&mut self.outbuf, r).expect("responses serialize");
+        self.outbuf.push(b'\n');
+    }
+
+    /// One turn: read, answer whole lines, write. False: drop it.
+    fn serve(
+        &mut self,
+        now: Instant,
+        handle: &mut impl FnMut(Request) -> Result<serde_json::Value, String>,
+    ) -> bool {
+        let mut eof = false;
+        // Backpressure: a client that does not read its answers is not
+        // read from either, so its buffers stay bounded.
+        if !self.closing && self.outbuf.len() < MAX_PENDING_OUT {
+            let mut buf = [0u8; 4096];
+            loop {
+                match self.stream.read(&mut buf) {
+                    Ok(0) => {
+                        eof = true;
+                        break;
+                    }
+                    Ok(n) => {
+                        if self.inbuf.is_empty() {
+                            self.since = now;
+                        }
+                        self.inbuf.extend_from_slice(&buf[..n]);
+                        if self.inbuf.len() > MAX_LINE && !self.inbuf.contains(&b'\n') {
+                            break;
+                        }
+                    }
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                    Err(_) => return false,
+                }
+            }
+            while let Some(end) = self.inbuf.iter().position(|&b| b == b'\n') {
+                let line: Vec<u8> = self.inbuf.drain(..=end).collect();
+                let resp = respond(&line[..end], handle);
+                self.answer(&resp);
+                self.since = now;
+            }
+            if self.inbuf.len() > MAX_LINE {
+                self.answer(&refusal(format!(
+                    "request line longer than {MAX_LINE} bytes"
+                )));
+                self.closing = true;
+            } else if !self.inbuf.is_empty() && now - self.since > IDLE_TIMEOUT {
+                self.answer(&refusal(format!(
+                    "no complete request line within {} s",
+                    IDLE_TIMEOUT.as_secs()
+                )));
+                self.closing = true;
+            }
+        }
+        while !self.outbuf.is_empty() {
+            match self.stream.write(&self.outbuf) {
+                Ok(0) => return false,
+                Ok(n) => {
+                    self.outbuf.drain(..n);
+                    self.since = now;
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(_) => return false,
+            }
+        }
+        if !self.outbuf.is_empty() {
+            return now - self.since <= WRITE_TIMEOUT;
+        }
+        let idle = self.inbuf.is_empty() && now - self.since > IDLE_TIMEOUT;
+        !(eof || self.closing || idle)
+    }
+}
+
+/// The answer to one request line.
+fn respond(
+    line: &[u8],
+    handle: &mut impl FnMut(Request) -> Result<serde_json::Value, String>,
+) -> Response {
+    let Ok(text) = std::str::from_utf8(line) else {
+        return refusal("bad request: not UTF-8".into());
+    };
+    match parse_request(text.trim()) {
+        Ok(req) => match handle(req) {
+            Ok(v) => Response {
+                ok: true,
+                result: Some(v),
+                error: None,
+            },
+            Err(e) => refusal(e),
+        },
+        Err(e) => refusal(format!("bad request: {e}")),
+    }
+}
+
+/// A request line, every field known: serde's `deny_unknown_fields` does
+/// not reach the variants of an internally tagged enum without fields
+/// (`{"cmd": "stats", "typo": 1}` would pass), so the keys are checked
+/// against the request as it serializes back (every field, set or not).
+fn parse_request(text: &str) -> Result<Request, String> {
+    let v: serde_json::Value = serde_json::from_str(text).map_err(|e| e.to_string())?;
+    let req: Request = serde_json::from_value(v.clone()).map_err(|e| e.to_string())?;
+    let known = serde_json::to_value(&req).expect("requests serialize");
+    if let (Some(given), Some(known)) = (v.as_object(), known.as_object()) {
+        if let Some(k) = given.keys().find(|k| !known.contains_key(*k)) {
+            return Err(format!("unknown field `{k}`"));
         }
     }
+    Ok(req)
 }
 
 impl Drop for ControlServer {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.path);
     }
-}
-
-fn serve(
-    stream: UnixStream,
-    handle: &mut impl FnMut(Request) -> Result<serde_json::Value, String>,
-) -> std::io::Result<()> {
-    stream.set_nonblocking(false)?;
-    // A client that connects and says nothing must not stall the daemon.
-    stream.set_read_timeout(Some(Duration::from_secs(2)))?;
-    let mut reader = BufReader::new(stream.try_clone()?);
-    let mut writer = stream;
-    let mut line = String::new();
-    while reader.read_line(&mut line)? > 0 {
-        let resp = match serde_json::from_str::<Request>(line.trim()) {
-            Ok(req) => match handle(req) {
-                Ok(v) => Response {
-                    ok: true,
-                    result: Some(v),
-                    error: None,
-                },
-                Err(e) => Response {
-                    ok: false,
-                    result: None,
-                    error: Some(e),
-                },
-            },
-            Err(e) => Response {
-                ok: false,
-                result: None,
-                error: Some(format!("bad request: {e}")),
-            },
-        };
-        let mut out = serde_json::to_string(&resp).expect("responses serialize");
-        out.push('\n');
-        writer.write_all(out.as_bytes())?;
-        line.clear();
-    }
-    Ok(())
 }
 
 /// Client side: sends one request, returns the response.

@@ -22,6 +22,7 @@ use crate::dpdk::eal::Eal;
 use crate::dpdk::mempool::Mempool;
 use crate::dpdk::{self, lcore};
 use crate::ports::{self, Port, PortIo};
+use crate::state::StateFile;
 use crate::stats;
 use crate::tap::uring::TapQueue;
 use crate::vtep::Vtep;
@@ -203,6 +204,12 @@ pub(crate) fn build_datapath(
                 b.static_mac(*bid, mac, pid);
             }
         }
+        if let Some(g) = &port.spec.guard {
+            b.guard(pid, vswitch::PortGuard::new(g));
+        }
+        if let Some(l) = port.spec.mac_limit {
+            b.mac_limit(pid, l);
+        }
         let tap_fds = match &port.io {
             PortIo::Eth(e) => {
                 tx[i] = TxTarget::Eth {
@@ -278,11 +285,15 @@ fn ns_since(epoch: u64, hz: u64) -> u64 {
 /// (so a runtime change can never produce a config `vswitchd run` would
 /// refuse), do the side effects that can fail (open a port, move a NIC)
 /// and undo them if a later step fails, publish the new snapshot, and only
-/// then commit the new config.
+/// then commit the new config, which saves it to the state file.
 pub struct Daemon<'p> {
     pub(crate) cfg: Config,
     pub(crate) doc: toml::Table,
     config_path: Option<std::path::PathBuf>,
+    state: StateFile,
+    /// Removed ports a worker may still poll through a snapshot it has not
+    /// left yet, with the generation that dropped them.
+    retired: Vec<(u64, Port)>,
     pub(crate) ports: Vec<Option<Port>>,
     pub(crate) shared: Arc<Shared>,
     pub(crate) vtep: Option<Vtep>,
@@ -347,15 +358,34 @@ impl Daemon<'_> {
         )?;
         drop(old);
         if !self.shared.publish(dp, Duration::from_secs(5)) {
-            bail!("a worker did not pick up the new snapshot within 5 s");
+            // Live all the same: what older snapshots use is freed only
+            // once every worker has moved on (see `retire`).
+            eprintln!(
+                "vswitchd: warning: a worker did not pick up the new snapshot within 5 s; \
+                 ports removed meanwhile are closed once it does"
+            );
         }
         self.generation = generation;
         Ok(())
     }
 
+    /// Closes a port the current snapshot no longer has, once no worker
+    /// can still be using an older one (at once, unless a publication was
+    /// not acknowledged in time; then a later sweep does it).
+    pub(crate) fn retire(&mut self, port: Port) {
+        let gen = self.shared.generation();
+        if self.shared.acked(gen) {
+            port.remove();
+        } else {
+            self.retired.push((gen, port));
+        }
+    }
+
     /// Makes `cfg` (validated from `doc`) the running config; the ports'
-    /// own copies of their specs follow it.
-    pub(crate) fn commit(&mut self, cfg: Config, doc: toml::Table) {
+    /// own copies of their specs follow it; the state file saves it. The
+    /// change is live whatever happens: an error says it could not be
+    /// saved (and would be lost at a restart).
+    pub(crate) fn commit(&mut self, cfg: Config, doc: toml::Table) -> Result<(), String> {
         for p in self.ports.iter_mut().flatten() {
             if let Some(s) = cfg.ports.iter().find(|s| s.name == p.spec.name) {
                 p.spec = s.clone();
@@ -363,6 +393,17 @@ impl Daemon<'_> {
         }
         self.cfg = cfg;
         self.doc = doc;
+        let saved = toml::to_string(&self.doc)
+            .map_err(|e| e.to_string())
+            .and_then(|t| self.state.save(&t).map_err(|e| e.to_string()));
+        saved.map_err(|e| {
+            let msg = format!(
+                "the change is live but could not be saved to {}: {e}; it will be lost at a restart",
+                self.state.path().display()
+            );
+            eprintln!("vswitchd: {msg}");
+            msg
+        })
     }
 
     /// Applies a changed config file (SIGHUP): security groups, QoS
@@ -398,8 +439,7 @@ impl Daemon<'_> {
         }
         let doc: toml::Table = toml::from_str(&text).context("re-reading the config")?;
         self.publish(&new, true)?;
-        self.commit(new, doc);
-        Ok(())
+        self.commit(new, doc).map_err(anyhow::Error::msg)
     }
 
     /// The stats report, tunnel ports included.
@@ -437,6 +477,10 @@ impl Daemon<'_> {
     /// Once a second: ages MACs and sessions, forgets idle learned VTEPs.
     fn sweep(&mut self) {
         let now = self.now_secs();
+        let shared = Arc::clone(&self.shared);
+        for (_, port) in extract(&mut self.retired, |(gen, _)| shared.acked(*gen)) {
+            port.remove();
+        }
         let dp = self.shared.load();
         // A vhost-user guest (re)connected with other offloads: the
         // workers learn it with the next snapshot.
@@ -479,6 +523,13 @@ impl Daemon<'_> {
     }
 }
 
+/// Takes the elements of `v` for which `pred` holds out of it.
+fn extract<T>(v: &mut Vec<T>, pred: impl Fn(&T) -> bool) -> Vec<T> {
+    let (out, keep) = std::mem::take(v).into_iter().partition(|x| pred(x));
+    *v = keep;
+    out
+}
+
 /// Forgets every MAC (static ones included) behind `ports`, which the
 /// published snapshot no longer has.
 pub(crate) fn flush_ports(dp: &Datapath, ports: impl Iterator<Item = PortId> + Clone) {
@@ -493,7 +544,12 @@ pub(crate) fn flush_ports(dp: &Datapath, ports: impl Iterator<Item = PortId> + C
 /// content (the document runtime changes edit). Prints a `vswitchd: ready`
 /// line on stdout once the ports are up and the workers run (the demo and
 /// tests wait for it).
-pub fn run(cfg: Config, text: &str, config_path: Option<std::path::PathBuf>) -> Result<()> {
+pub fn run(
+    cfg: Config,
+    text: &str,
+    config_path: Option<std::path::PathBuf>,
+    state: StateFile,
+) -> Result<()> {
     preflight(&cfg)?;
     let doc: toml::Table = toml::from_str(text).context("the config as a TOML document")?;
     let n_workers = cfg.workers.cores.len();
@@ -574,7 +630,7 @@ pub fn run(cfg: Config, text: &str, config_path: Option<std::path::PathBuf>) -> 
             .with_context(|| format!("control socket {}", cfg.control.socket.display()))?;
         Ok((vtep, dp, control))
     })();
-    let (vtep, dp, control) = match prepared {
+    let (vtep, dp, mut control) = match prepared {
         Ok(x) => x,
         Err(e) => {
             ports.into_iter().flatten().for_each(Port::abandon);
@@ -609,6 +665,8 @@ pub fn run(cfg: Config, text: &str, config_path: Option<std::path::PathBuf>) -> 
         cfg,
         doc,
         config_path,
+        state,
+        retired: Vec::new(),
         ports,
         shared,
         vtep,

@@ -205,20 +205,24 @@ impl Shared {
         self.generation.load(Ordering::Acquire)
     }
 
+    /// Whether every worker has switched to snapshot generation `gen` (or
+    /// a later one): nothing older is in use.
+    pub fn acked(&self, gen: u64) -> bool {
+        self.workers
+            .iter()
+            .all(|w| w.ack.load(Ordering::Acquire) >= gen)
+    }
+
     /// Publishes `dp` and waits up to `timeout` for every running worker to
     /// switch to it. Returns false if a worker did not ack in time (it is
-    /// stuck or stopped), in which case the caller must not free what the
-    /// old snapshot used.
+    /// stuck or stopped): `dp` is live all the same, and what the older
+    /// snapshots used must not be freed until [`Shared::acked`] says so.
     pub fn publish(&self, dp: Datapath, timeout: Duration) -> bool {
         self.current.store(Arc::new(dp));
         let gen = self.generation.fetch_add(1, Ordering::AcqRel) + 1;
         let deadline = Instant::now() + timeout;
         loop {
-            if self
-                .workers
-                .iter()
-                .all(|w| w.ack.load(Ordering::Acquire) >= gen)
-            {
+            if self.acked(gen) {
                 return true;
             }
             if Instant::now() >= deadline || !self.running.load(Ordering::Relaxed) {

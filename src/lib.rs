@@ -17,6 +17,7 @@ pub mod dpdk;
 pub mod netns;
 pub mod ports;
 pub mod security;
+pub mod state;
 pub mod stats;
 pub mod tap;
 pub mod vtep;

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use vswitchd::config;
+use vswitchd::state::StateFile;
 
 #[derive(Parser)]
 #[command(
@@ -73,12 +74,48 @@ fn main() -> ExitCode {
             );
             ExitCode::SUCCESS
         }
-        Cmd::Run { config } => match vswitchd::daemon::run(cfg, &text, config) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("vswitchd: {e:#}");
-                ExitCode::from(2)
-            }
-        },
+        Cmd::Run { config } => {
+            let state = StateFile::new(&cfg.control.state_file, &text);
+            let (cfg, text) = match state.load() {
+                Ok(None) => (cfg, text),
+                Ok(Some(saved)) => {
+                    let from = state.path().display().to_string();
+                    match config::parse(&from, &saved.text) {
+                        Ok(c) => {
+                            eprintln!("vswitchd: starting from the state file {from} (the running config at its last change)");
+                            if saved.config_changed {
+                                eprintln!(
+                                    "vswitchd: warning: {name} changed since {from} was saved; the state wins \
+                                     (remove {from} to start from {name})"
+                                );
+                            }
+                            (c, saved.text)
+                        }
+                        Err(e) => {
+                            eprintln!("vswitchd: invalid state file: {e} (fix or remove it)");
+                            return ExitCode::from(1);
+                        }
+                    }
+                }
+                Err(e) => {
+                    eprintln!(
+                        "vswitchd: cannot read the state file {}: {e}",
+                        state.path().display()
+                    );
+                    return ExitCode::from(1);
+                }
+            };
+            run(cfg, &text, config, state)
+        }
+    }
+}
+
+fn run(cfg: config::Config, text: &str, config: Option<PathBuf>, state: StateFile) -> ExitCode {
+    match vswitchd::daemon::run(cfg, text, config, state) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("vswitchd: {e:#}");
+            ExitCode::from(2)
+        }
     }
 }

@@ -204,12 +204,10 @@ fn configure(dev: &str, spec: &TapSpec) -> Result<(), NetnsError> {
         ip_in(ns, &["link", "set", "dev", dev, "name", &spec.ifname])?;
     }
     let dev = spec.ifname.as_str();
-    if let Some(mac) = spec.mac {
-        ip_in(
-            ns,
-            &["link", "set", "dev", dev, "address", &mac.to_string()],
-        )?;
-    }
+    ip_in(
+        ns,
+        &["link", "set", "dev", dev, "address", &spec.mac.to_string()],
+    )?;
     ip_in(
         ns,
         &[
@@ -245,6 +243,19 @@ fn configure(dev: &str, spec: &TapSpec) -> Result<(), NetnsError> {
         )?;
     }
     Ok(())
+}
+
+/// Whether interface `ifname` exists inside `ns` (false if `ns` does not).
+pub fn interface_exists(ns: &Netns, ifname: &str) -> bool {
+    let Ok(name) = std::ffi::CString::new(ifname) else {
+        return false;
+    };
+    let Ok(_inside) = enter(ns) else {
+        return false;
+    };
+    // SAFETY: a NUL-terminated name; if_nametoindex opens its own socket,
+    // in the namespace this thread just entered.
+    unsafe { libc::if_nametoindex(name.as_ptr()) != 0 }
 }
 
 /// Whether a host interface exists (for af-packet/af-xdp ports).

@@ -203,7 +203,18 @@ pub fn claim_socket_path(path: &Path) -> Result<(), String> {
         )),
         Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
         Err(_) => {
-            // Nobody listens: a leftover of a process that died.
+            // Nobody listens: a leftover of a process that died, if it is
+            // a socket at all. Anything else is someone's file: refused,
+            // never unlinked.
+            use std::os::unix::fs::FileTypeExt;
+            let meta = std::fs::symlink_metadata(path)
+                .map_err(|e| format!("cannot inspect {}: {e}", path.display()))?;
+            if !meta.file_type().is_socket() {
+                return Err(format!(
+                    "{} exists and is not a socket: refusing to replace it",
+                    path.display()
+                ));
+            }
             std::fs::remove_file(path).map_err(|e| format!("cannot remove stale socket {}: {e}", path.display()))
         }
     }

@@ -66,9 +66,10 @@ pub fn build(
     meters: &mut Meters,
 ) -> Security {
     let sessions = sessions.unwrap_or_else(|| {
-        Arc::new(SessionTable::new(
+        Arc::new(SessionTable::with_limits(
             cfg.sessions.capacity,
             cfg.sessions.timeouts(),
+            cfg.sessions.limits(),
         ))
     });
     // Class meters: one per QoS policy some rule names, numbered from 1.

@@ -46,6 +46,13 @@ pub struct PortReport {
     /// tx_packets).
     #[serde(default)]
     pub segmented: u64,
+    /// Frames handed to the VTEP's host stack (uplink).
+    #[serde(default)]
+    pub punted: u64,
+    /// Sessions charged to the port (opened by its packets), against
+    /// `[sessions] per_port`.
+    #[serde(default)]
+    pub sessions: u32,
     /// The PMD's own counters.
     pub pmd: EthStats,
 }
@@ -102,6 +109,21 @@ pub struct MempoolReport {
     pub in_use: u32,
 }
 
+/// The session table's use and shares.
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize)]
+pub struct SessionsReport {
+    /// Slots.
+    pub capacity: usize,
+    /// Share of one port.
+    pub per_port: u32,
+    /// Share of one bridge.
+    pub per_bridge: u32,
+    /// Sessions charged per bridge (name, count), non-zero ones.
+    pub bridges: Vec<(String, u32)>,
+    /// Unreplied sessions evicted for new ones since start.
+    pub evictions: u64,
+}
+
 /// Everything `vswitchctl stats` shows.
 #[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct Report {
@@ -116,6 +138,9 @@ pub struct Report {
     /// Mbuf pools.
     #[serde(default)]
     pub mempools: Vec<MempoolReport>,
+    /// The session table.
+    #[serde(default)]
+    pub sessions: SessionsReport,
     /// TSC frequency, to turn cycles into time.
     pub tsc_hz: u64,
 }
@@ -151,6 +176,8 @@ fn port_counters(shared: &Shared, id: PortId) -> PortReport {
         rx_superframes: sum(&|c| c.rx_superframes.get()),
         tx_superframes: sum(&|c| c.tx_superframes.get()),
         segmented: sum(&|c| c.segmented.get()),
+        punted: sum(&|c| c.punted.get()),
+        sessions: 0,
         pmd: EthStats::default(),
     }
 }
@@ -166,6 +193,8 @@ pub fn collect(
     tsc_hz: u64,
     pools: &[&Mempool],
 ) -> Report {
+    let dp = shared.load();
+    let table = dp.security.sessions();
     let mut out = Vec::new();
     for (i, port) in ports.iter().enumerate() {
         let Some(port) = port else { continue };
@@ -175,9 +204,25 @@ pub fn collect(
             bridge: port.spec.bridge.clone(),
             link_up: port.link_up(),
             pmd: port.pmd_stats(),
+            sessions: table.owned_by(i as u16),
             ..port_counters(shared, PortId(i as u16))
         });
     }
+    let limits = table.limits();
+    let sessions = SessionsReport {
+        capacity: table.capacity(),
+        per_port: limits.per_owner,
+        per_bridge: limits.per_zone,
+        bridges: dp
+            .switch
+            .bridges()
+            .iter()
+            .enumerate()
+            .map(|(z, b)| (b.conf.name.clone(), table.in_zone(z as u16)))
+            .filter(|(_, n)| *n > 0)
+            .collect(),
+        evictions: table.evictions(),
+    };
     let mut vnis: Vec<VniReport> = Vec::new();
     for t in tunnels {
         let r = PortReport {
@@ -253,6 +298,7 @@ pub fn collect(
                 }
             })
             .collect(),
+        sessions,
         tsc_hz,
     }
 }

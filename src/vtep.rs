@@ -39,6 +39,9 @@ const LEARNED_GRACE: Duration = Duration::from_secs(10);
 /// Frames waiting for the slow path, at most (an ARP storm is dropped and
 /// counted as `punt_full`, never queued without bound).
 const PUNT_QUEUE: usize = 1024;
+/// Punts the control thread handles per turn of its loop (10 ms at most
+/// between turns).
+pub const PUNT_BUDGET: usize = 256;
 
 /// What workers send the control thread.
 pub enum Punt {
@@ -131,6 +134,8 @@ pub struct Vtep {
     inject_tx: Sender<Vec<u8>>,
     inject_rx: Receiver<Vec<u8>>,
     last_resolve: Option<Instant>,
+    /// The learned-VTEP cap was logged (once per start, not per punt).
+    cap_reported: bool,
 }
 
 /// The highest switch port id used by neither a NIC (`used`) nor one of
@@ -196,6 +201,7 @@ impl Vtep {
             inject_tx,
             inject_rx,
             last_resolve: None,
+            cap_reported: false,
         };
         v.sync(cfg, used)?;
         Ok(v)
@@ -347,14 +353,17 @@ impl Vtep {
         }
     }
 
-    /// Waits up to `timeout` for punts, then handles every one queued.
+    /// Waits up to `timeout` for punts, then handles up to
+    /// [`PUNT_BUDGET`] of those queued: a flood at the VTEP's address
+    /// leaves the control thread its turns for the control socket,
+    /// signals and sweeps (the queue's overflow is counted `punt_full`).
     /// `used` marks the switch ports NICs occupy (for learned VTEPs).
     pub fn serve(&mut self, cfg: &Config, used: &[bool], timeout: Duration) -> Changes {
         let mut ch = Changes::default();
         let first = self.punt_rx.recv_timeout(timeout).ok();
         let now = Instant::now();
         let rx = self.punt_rx.clone();
-        for p in first.into_iter().chain(rx.try_iter()) {
+        for p in first.into_iter().chain(rx.try_iter()).take(PUNT_BUDGET) {
             match p {
                 Punt::Frame(f) => {
                     let r = self.host.receive(f, now);
@@ -394,6 +403,17 @@ impl Vtep {
         if self.host.next_hop(remote).is_none() || remote == self.conf.ip {
             return false;
         }
+        let learned = self.tunnels.iter().filter(|t| t.learned.is_some()).count();
+        if learned >= usize::from(self.conf.max_learned) {
+            if !self.cap_reported {
+                eprintln!(
+                    "vswitchd: not learning VTEP {remote} in VNI {vni}: {learned} learned VTEPs is the cap \
+                     ([vtep] max_learned); list remote VTEPs in remote_vteps instead"
+                );
+                self.cap_reported = true;
+            }
+            return false;
+        }
         let Some(port) = free_port(&self.tunnels, used) else {
             eprintln!("vswitchd: cannot learn VTEP {remote} in VNI {vni}: no switch port left");
             return false;
@@ -408,6 +428,18 @@ impl Vtep {
             learned: Some(Instant::now()),
         });
         true
+    }
+
+    /// Drops the oldest learned VTEP (a NIC needs its switch port).
+    pub fn evict_learned(&mut self) -> Option<TunnelPort> {
+        let i = self
+            .tunnels
+            .iter()
+            .enumerate()
+            .filter_map(|(i, t)| t.learned.map(|at| (i, at)))
+            .min_by_key(|&(_, at)| at)?
+            .0;
+        Some(self.tunnels.remove(i))
     }
 
     /// Removes learned VTEPs older than the grace period that no MAC

@@ -60,9 +60,31 @@ pub struct Worker {
     ip_id: u16,
     /// Fresh mbufs of the TAP pool for TAP reads (see `tap::io_path`).
     tap_stash: Burst,
+    /// This worker's share of the slow path: frames for the VTEP's host
+    /// stack beyond it are dropped (`punt_limit`) before they are copied.
+    /// acl's single-owner srTCM meter in packets, rather than another
+    /// hand-written token bucket.
+    punts: acl::policer::Meter,
 }
 
+/// Frames per second one worker punts to the VTEP's host stack (ARP and
+/// ICMP for the underlay address: a handful per second in normal
+/// operation), and the burst it may punt at once.
+const PUNT_RATE: u64 = 2000;
+const PUNT_BURST: u64 = 256;
+
 const _: () = assert!(MAX_PORTS <= 64, "dirty is a u64 bitmap");
+
+/// Whether the inner frame at `at` of a VXLAN packet carries a VLAN tag:
+/// RFC 7348 (section 6.1) has a VTEP drop such frames unless configured
+/// for them, and vswitchd's segments are untagged.
+#[inline]
+fn inner_tagged(d: &[u8], at: usize) -> bool {
+    d.get(at + 12..at + 14).is_some_and(|t| {
+        let t = u16::from_be_bytes([t[0], t[1]]);
+        t == vswitch::flow::ETH_P_8021Q || t == vswitch::flow::ETH_P_8021AD
+    })
+}
 
 impl Worker {
     /// Worker `index` of the [`Shared`] it will run on.
@@ -85,6 +107,14 @@ impl Worker {
             last_unknown: (u32::MAX, 0),
             ip_id: 0,
             tap_stash: Burst::default(),
+            punts: acl::policer::Meter::new(
+                acl::policer::MeterConf::SrTcm {
+                    cir: PUNT_RATE,
+                    cbs: PUNT_BURST,
+                    ebs: 0,
+                },
+                0,
+            ),
         }
     }
 
@@ -273,6 +303,9 @@ impl Worker {
                         l
                     }
                 } {
+                    Lookup::Port(_) if inner_tagged(m.data(), o.inner_offset) => {
+                        DropReason::VxlanInnerVlan
+                    }
                     Lookup::Port(p) => {
                         m.adj(o.inner_offset as u16);
                         let p = PortId(p);
@@ -302,12 +335,17 @@ impl Worker {
                 },
                 Decap::NotOurs if vxlan::decap::for_host(m.data(), vt.ip) => {
                     // The slow path: a copy (ARP and ICMP are small and
-                    // rare), so the mbuf never leaves this lcore.
-                    if vt.punt(Punt::Frame(m.data().to_vec())) {
+                    // rare, and rate-limited before the copy), so the mbuf
+                    // never leaves this lcore.
+                    if self.punts.color(now_ns, 1) != acl::policer::Color::Green {
+                        DropReason::PuntLimit
+                    } else if vt.punt(Punt::Frame(m.data().to_vec())) {
+                        c.punted.add(1);
                         self.drop_frame(m);
                         continue;
+                    } else {
+                        DropReason::PuntFull
                     }
-                    DropReason::PuntFull
                 }
                 Decap::NotOurs => DropReason::NotForVtep,
                 Decap::Bad(DecapError::Truncated) => DropReason::VxlanTruncated,
@@ -449,6 +487,7 @@ impl Worker {
                     for &p in dp.switch.flood_ports(in_port) {
                         if !secure
                             || dp.security.admit_flood_copy(
+                                in_port,
                                 p,
                                 i,
                                 zone,

@@ -5,58 +5,12 @@
 
 mod common;
 
-use std::io::Write;
-use std::process::{Command, Stdio};
+use common::{addr_of, cni, cni_at, run_plugin};
 
 use serde_json::{json, Value};
 use testbed::netns::Netns;
 use testbed::unique;
 use testbed::vswitchd::{TempDir, Vswitchd};
-
-/// Runs the plugin with only `env` set and `stdin` on its standard input:
-/// (stdout as JSON or Null, exit code).
-fn run_plugin(env: &[(&str, String)], stdin: &[u8]) -> (Value, i32) {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_vswitch-cni"));
-    c.env_clear()
-        .envs(env.iter().map(|(k, v)| (*k, v)))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = c.spawn().expect("vswitch-cni runs");
-    child.stdin.take().unwrap().write_all(stdin).unwrap();
-    let out = child.wait_with_output().unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    let v = if text.trim().is_empty() {
-        Value::Null
-    } else {
-        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text:?}"))
-    };
-    (v, out.status.code().unwrap_or(-1))
-}
-
-/// The plugin as a runtime calls it for container `id`'s eth0, in netns
-/// `netns` (a path under /var/run/netns), with `conf` on stdin.
-fn cni_at(cmd: &str, netns: Option<String>, id: &str, conf: &Value) -> (Value, i32) {
-    let mut env = vec![
-        ("CNI_COMMAND", cmd.to_string()),
-        ("CNI_CONTAINERID", id.to_string()),
-        ("CNI_IFNAME", "eth0".to_string()),
-        ("CNI_PATH", "/usr/lib/cni".to_string()),
-    ];
-    if let Some(name) = netns {
-        env.push(("CNI_NETNS", format!("/var/run/netns/{name}")));
-    }
-    run_plugin(&env, conf.to_string().as_bytes())
-}
-
-/// [`cni_at`] for a namespace that exists.
-fn cni(cmd: &str, netns: Option<&Netns>, id: &str, conf: &Value) -> (Value, i32) {
-    cni_at(cmd, netns.map(|n| n.name().to_string()), id, conf)
-}
-
-fn addr_of(result: &Value) -> String {
-    result["ips"][0]["address"].as_str().unwrap().to_string()
-}
 
 #[test]
 fn the_plugin_as_a_runtime_drives_it() {
@@ -143,7 +97,36 @@ fn the_plugin_as_a_runtime_drives_it() {
         "{qos}"
     );
 
-    // GC keeps only the valid attachments.
+    // A second ADD with c1's interface name in c1's namespace (another
+    // container ID) is refused, and c1's NIC is untouched.
+    let (e, rc) = cni("ADD", Some(&c1), "intruder", &conf);
+    assert_eq!(rc, 1, "{e}");
+    assert!(
+        e["details"]
+            .as_str()
+            .unwrap_or("")
+            .contains("already has an interface"),
+        "{e}"
+    );
+    assert!(
+        c1.exec(&["ping", "-c", "1", "-W", "2", ip2]).is_ok(),
+        "c1 still talks"
+    );
+    // GC without the list of valid attachments would remove everything:
+    // refused.
+    let (e, rc) = cni("GC", None, "", &conf);
+    assert_eq!((rc, e["code"].as_u64()), (1, Some(7)), "{e}");
+    assert!(c2.has_interface("eth0"));
+
+    // GC keeps only the valid attachments and releases the others'
+    // addresses (host-local keeps one file per leased address).
+    let lease = |a: &str| {
+        dir.join("ipam")
+            .join(&net)
+            .join(a.split('/').next().unwrap())
+            .exists()
+    };
+    assert!(lease(&a2));
     let mut gc = conf.clone();
     gc["cni.dev/valid-attachments"] = json!([
         { "containerID": "container-one", "ifname": "eth0" },
@@ -151,6 +134,8 @@ fn the_plugin_as_a_runtime_drives_it() {
     ]);
     assert_eq!(cni("GC", None, "", &gc).1, 0);
     assert!(!c2.has_interface("eth0"), "GC removed container two's NIC");
+    assert!(!lease(&a2), "GC released container two's address");
+    assert!(lease(&a1));
     assert!(c1.has_interface("eth0") && std::path::Path::new(&sock).exists());
 
     // DEL, twice.

@@ -88,7 +88,8 @@ fn every_vswitchctl_verb_against_a_running_vswitchd() {
            [[port]]\nname = \"up\"\nkind = \"null\"\nno_rx = true\n"
         + &common::tap_port("a", &a, "02:00:00:88:00:01", "10.88.0.1/24")
         + "ingress_group = \"all\"\n"
-        + &common::tap_port("b", &b, "02:00:00:88:00:02", "10.88.0.2/24");
+        + &common::tap_port("b", &b, "02:00:00:88:00:02", "10.88.0.2/24")
+        + "port_security = false\n";
     let vs = common::start(&dir, &cfg);
     let s = Vswitchd::control_socket(&dir);
     let s = s.as_path();
@@ -113,12 +114,21 @@ fn every_vswitchctl_verb_against_a_running_vswitchd() {
     let fdb = ok(s, &["fdb", "show", "vpc1"]);
     assert!(fdb.to_string().contains("02:00:00:88:00:02"), "{fdb}");
     refused(s, &["fdb", "show", "nope"], "no bridge");
+    // a's MAC is pinned by port security; b (port security off) learned.
     assert!(
         ok(s, &["fdb", "flush", "--bridge", "vpc1"])["flushed"]
             .as_u64()
             .unwrap()
-            >= 2
+            >= 1
     );
+    let fdb = ok(s, &["fdb", "show", "vpc1"]);
+    let macs: Vec<_> = fdb
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["mac"].as_str().unwrap(), e["static"].as_bool().unwrap()))
+        .collect();
+    assert_eq!(macs, [("02:00:00:88:00:01", true)], "{fdb}");
     refused(s, &["fdb", "flush", "--port", "nope"], "no port named");
     let sessions = ok(s, &["session", "show"]);
     assert!(
@@ -432,4 +442,82 @@ fn hot_plug_under_traffic_loses_nothing() {
         "datagrams lost while NICs were hot-plugged: {out}"
     );
     vs.stop();
+}
+
+/// Hostile control clients: ten idle connections, a client that sends
+/// requests and never reads the answers, one that sends a byte at a time,
+/// one with an endless line, invalid UTF-8 and unknown fields. Every other
+/// client is answered at once throughout, and SIGTERM ends vswitchd
+/// promptly with the non-reader still connected.
+#[test]
+fn hostile_control_clients_hold_nobody_up() {
+    use std::io::{BufRead, BufReader, Read, Write};
+    use std::os::unix::net::UnixStream;
+    use std::time::Instant;
+
+    let dir = TempDir::new("vs-ctlh");
+    let vs = common::start(&dir, &common::header(&dir));
+    let s = Vswitchd::control_socket(&dir);
+    let idle: Vec<UnixStream> = (0..10).map(|_| UnixStream::connect(&s).unwrap()).collect();
+    let mut deaf = UnixStream::connect(&s).unwrap();
+    deaf.set_nonblocking(true).unwrap();
+    // Requests until its socket takes no more: it never reads.
+    let mut sent = 0;
+    while sent < 100_000 {
+        match deaf.write_all(b"{\"cmd\": \"stats\"}\n") {
+            Ok(_) => sent += 1,
+            Err(_) => break,
+        }
+    }
+    let mut slow = UnixStream::connect(&s).unwrap();
+    slow.write_all(b"{\"cmd\"").unwrap();
+    let answered_fast = || {
+        let t = Instant::now();
+        vs.request(serde_json::json!({"cmd": "port-list"})).unwrap();
+        t.elapsed()
+    };
+    for _ in 0..5 {
+        let took = answered_fast();
+        assert!(
+            took < Duration::from_secs(1),
+            "an honest client waited {took:?}"
+        );
+        slow.write_all(b" ").unwrap();
+    }
+    // One line per answer, whatever the line held.
+    let ask = |bytes: &[u8]| -> String {
+        let mut c = UnixStream::connect(&s).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        c.write_all(bytes).unwrap();
+        let mut line = String::new();
+        BufReader::new(c).read_line(&mut line).unwrap();
+        line
+    };
+    assert!(ask(b"\xff\xfe{}\n").contains("not UTF-8"));
+    assert!(ask(b"{\"cmd\": \"stats\", \"extra\": 1}\n").contains("unknown field"));
+    assert!(
+        ask(b"{\"cmd\": \"port-show\", \"name\": \"a\", \"x\": 2}\n").contains("unknown field")
+    );
+    let mut long = UnixStream::connect(&s).unwrap();
+    long.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let chunk = vec![b' '; 1 << 16];
+    let mut answer = String::new();
+    for _ in 0..40 {
+        if long.write_all(&chunk).is_err() {
+            break;
+        }
+    }
+    let _ = long.read_to_string(&mut answer);
+    assert!(answer.contains("longer than"), "{answer:?}");
+    assert!(answered_fast() < Duration::from_secs(1));
+    drop(idle);
+    let t = Instant::now();
+    assert_eq!(vs.stop(), Some(0));
+    assert!(
+        t.elapsed() < Duration::from_secs(5),
+        "SIGTERM took {:?} with a deaf client connected",
+        t.elapsed()
+    );
+    drop(deaf);
 }

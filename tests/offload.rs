@@ -83,12 +83,12 @@ fn tap_to_tap_superframes(read_path: bool) {
 
 /// Sends one UDP datagram from `ns` with scapy, its checksum as given.
 fn send_udp_raw(ns: &Netns, dst_mac: &str, src: &str, dst: &str, chksum: u16) {
-    let script = format!(
-        "from scapy.all import *\n\
-         sendp(Ether(dst='{dst_mac}')/IP(src='{src}',dst='{dst}')/UDP(sport=4444,dport=5555,chksum={chksum})/Raw(b'z'*200), iface='eth0', verbose=0)\n"
+    common::scapy(
+        ns,
+        &format!(
+            "sendp(Ether(dst='{dst_mac}')/IP(src='{src}',dst='{dst}')/UDP(sport=4444,dport=5555,chksum={chksum})/Raw(b'z'*200), iface='eth0')"
+        ),
     );
-    ns.exec(&["/usr/bin/python3", "-c", &script])
-        .unwrap_or_else(|e| panic!("scapy: {e}"));
 }
 
 /// Sends one UDP datagram from `ns` through its socket (the kernel leaves

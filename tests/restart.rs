@@ -11,7 +11,7 @@ use std::time::Duration;
 use testbed::netns::Netns;
 use testbed::process::Proc;
 use testbed::testpmd::{Testpmd, TestpmdOpts};
-use testbed::vswitchd::TempDir;
+use testbed::vswitchd::{TempDir, Vswitchd};
 use testbed::{unique, wait_until};
 
 /// Timestamps (s) of the replies a `ping -D` printed.
@@ -107,5 +107,112 @@ fn containers_regain_connectivity_after_a_vswitchd_restart() {
     assert!(gap_tap > 0.0 && gap_dpdk > 0.0);
     drop(to_tap);
     drop(to_dpdk);
+    vs.stop();
+}
+
+/// A runtime's view: NICs added through the CNI plugin (two TAP
+/// containers and a DPDK container whose virtio-user listens, vswitchd
+/// connecting as client) and a security group added through the control
+/// socket exist only as runtime changes. They all come back after SIGTERM
+/// and a new start, and after SIGKILL (a crash) and a new start; CHECK
+/// passes each time.
+#[test]
+fn cni_nics_and_runtime_groups_survive_sigterm_and_sigkill() {
+    let dir = TempDir::new("vs-rcni");
+    let header = common::header(&dir);
+    let vs = common::start(&dir, &header);
+    let conf = serde_json::json!({
+        "cniVersion": "1.1.0",
+        "name": unique("rnet"),
+        "type": "vswitch-cni",
+        "bridge": "vpc1",
+        "controlSocket": Vswitchd::control_socket(&dir),
+        "socketDir": dir.join("vhost"),
+        "vhostMode": "client",
+        "ipam": { "type": "host-local", "subnet": "10.94.0.0/24", "dataDir": dir.join("ipam") },
+    });
+    let c1 = Netns::create(&unique("rc1")).unwrap();
+    let c2 = Netns::create(&unique("rc2")).unwrap();
+    let (r1, rc) = common::cni("ADD", Some(&c1), "restart-one", &conf);
+    assert_eq!(rc, 0, "{r1}");
+    let (r2, rc) = common::cni("ADD", Some(&c2), "restart-two", &conf);
+    assert_eq!(rc, 0, "{r2}");
+    let mut dpdk = conf.clone();
+    dpdk["nic"] = serde_json::json!("vhost-user");
+    let c3 = Netns::create(&unique("rc3")).unwrap();
+    let (r3, rc) = common::cni("ADD", Some(&c3), "restart-three", &dpdk);
+    assert_eq!(rc, 0, "{r3}");
+    let sock = std::path::PathBuf::from(r3["interfaces"][0]["socketPath"].as_str().unwrap());
+    let mut tp = Testpmd::launch(
+        "tp-cni",
+        &TestpmdOpts {
+            socket: &sock,
+            mac: r3["interfaces"][0]["mac"].as_str().unwrap(),
+            fwd: "icmpecho",
+            server: true,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    tp.wait_up().unwrap();
+    tp.cmd("start");
+    vs.request(serde_json::json!({"cmd": "acl-set", "groups":
+        "[[security_group]]\nname = \"runtime-group\"\ndefault = \"allow\"\n"}))
+        .unwrap();
+
+    let ip = |r: &serde_json::Value| common::addr_of(r).split('/').next().unwrap().to_string();
+    let (ip2, ip3) = (ip(&r2), ip(&r3));
+    let reachable = |what: &str| {
+        for to in [&ip2, &ip3] {
+            assert!(
+                wait_until(Duration::from_secs(20), || c1
+                    .exec(&["ping", "-c", "1", "-W", "1", to])
+                    .is_ok()),
+                "{what}: c1 cannot reach {to}"
+            );
+        }
+    };
+    let check = |what: &str| {
+        for (ns, id, r, c) in [
+            (&c1, "restart-one", &r1, &conf),
+            (&c3, "restart-three", &r3, &dpdk),
+        ] {
+            let mut with_prev = c.clone();
+            with_prev["prevResult"] = r.clone();
+            let (e, rc) = common::cni("CHECK", Some(ns), id, &with_prev);
+            assert_eq!(rc, 0, "{what}: CHECK of {id}: {e}");
+        }
+    };
+    let ports = |vs: &Vswitchd| {
+        let l = vs.request(serde_json::json!({"cmd": "port-list"})).unwrap();
+        l.as_array().unwrap().len()
+    };
+    reachable("before");
+    check("before");
+    assert_eq!(ports(&vs), 3);
+
+    assert_eq!(vs.stop(), Some(0));
+    let vs = common::start(&dir, &header);
+    assert_eq!(ports(&vs), 3, "the CNI ports are back after SIGTERM");
+    reachable("after SIGTERM");
+    check("after SIGTERM");
+
+    vs.kill();
+    let vs = common::start(&dir, &header);
+    assert_eq!(ports(&vs), 3, "the CNI ports are back after SIGKILL");
+    reachable("after SIGKILL");
+    check("after SIGKILL");
+    let groups = vs.request(serde_json::json!({"cmd": "acl-show"})).unwrap();
+    assert!(groups.to_string().contains("runtime-group"), "{groups}");
+
+    // A DEL is committed too: gone for good after a restart.
+    assert_eq!(common::cni("DEL", Some(&c2), "restart-two", &conf).1, 0);
+    assert_eq!(vs.stop(), Some(0));
+    let vs = common::start(&dir, &header);
+    assert_eq!(ports(&vs), 2);
+    for (ns, id, c) in [(&c1, "restart-one", &conf), (&c3, "restart-three", &dpdk)] {
+        assert_eq!(common::cni("DEL", Some(ns), id, c).1, 0);
+    }
+    drop(tp);
     vs.stop();
 }

@@ -336,21 +336,20 @@ fn host(n: u8, me: u8, other: u8, uplink: &str, learn_only_100: bool) -> Host {
         format!("\"10.{n}.1.{other}\"")
     };
     // MACs age in 3 s, so a learned VTEP falls idle quickly.
-    let cfg = Vswitchd::config_header_idle(&dir, 256, "vpc100", 20)
-        + &format!(
-            "mac_aging_secs = 3\nvni = 100\nremote_vteps = [{remotes100}]\n\n\
+    let cfg =
+        Vswitchd::config_header_idle(&dir, 256, "vpc100", 20)
+            + &format!(
+            "mac_aging_secs = 3\nvni = 100\nremote_vteps = [{remotes100}]\nlearn_vteps = true\n\n\
              [[bridge]]\nname = \"vpc200\"\nvni = 200\nremote_vteps = [\"10.{n}.1.{other}\"]\n\n\
              [vtep]\nuplink = \"uplink\"\nip = \"10.{n}.1.{me}/24\"\n\n\
              [[port]]\nname = \"uplink\"\nkind = \"af-packet\"\niface = \"{uplink}\"\n"
-        )
-        + &tap(
+        ) + &tap(
             "c100",
             "vpc100",
             &vni100,
             &format!("02:00:00:01:00:{me:02x}"),
             &format!("192.168.50.{me}/24"),
-        )
-        + &tap(
+        ) + &tap(
             "c200",
             "vpc200",
             &vni200,
@@ -403,4 +402,75 @@ fn two_vswitchd_hosts_joined_by_their_uplinks() {
     );
     a.vs.stop();
     b.vs.stop();
+}
+
+/// A hostile underlay: VXLAN from 20 spoofed VTEP addresses makes at most
+/// `max_learned` tunnel ports, and a UDP flood at the VTEP's own address
+/// is rate-limited before the slow path copies it, while the control
+/// socket keeps answering at once.
+#[test]
+fn spoofed_vteps_and_floods_at_the_vtep_are_contained() {
+    let n = subnet_id();
+    let peer = kernel_peer(n);
+    let c = Netns::create(&unique("vxf")).unwrap();
+    let dir = TempDir::new("vs-vxf");
+    let cfg = Vswitchd::config_header(&dir, 256, "vpc100")
+        + &format!(
+            "vni = 100\nlearn_vteps = true\n\n\
+             [vtep]\nuplink = \"uplink\"\nip = \"10.{n}.0.1/24\"\nmax_learned = 4\n\n\
+             [[port]]\nname = \"uplink\"\nkind = \"af-packet\"\niface = \"{}\"\n",
+            peer.uplink.name()
+        )
+        + &tap("c", "vpc100", &c, "02:00:00:64:00:01", "192.168.100.1/24");
+    let vs = common::start(&dir, &cfg);
+    let k = &peer.k;
+    common::scapy(
+        k,
+        &format!(
+            "sendp([Ether(dst='ff:ff:ff:ff:ff:ff')/IP(src='10.{n}.0.%d' % (100 + i),dst='10.{n}.0.1')/UDP(sport=4789,dport=4789)/VXLAN(vni=100,flags=0x08)/Ether(src='02:77:00:00:00:%02x' % i,dst='ff:ff:ff:ff:ff:ff')/ARP() for i in range(20)], iface='up0')"
+        ),
+    );
+    let learned = || {
+        let t = vs
+            .request(serde_json::json!({"cmd": "tunnel-list"}))
+            .unwrap();
+        t["tunnels"]
+            .as_array()
+            .map_or(0, |l| l.iter().filter(|t| t["learned"] == true).count())
+    };
+    assert!(wait_until(Duration::from_secs(5), || learned() == 4));
+    assert_eq!(learned(), 4, "the cap holds");
+
+    let script = format!(
+        "import socket, time\n\
+         s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\
+         end = time.time() + 3\n\
+         n = 0\n\
+         while time.time() < end:\n\
+         \x20   s.sendto(b'x' * 64, ('10.{n}.0.1', 9999))\n\
+         \x20   n += 1\n\
+         print(n)\n"
+    );
+    let mut flood = k.command("/usr/bin/python3");
+    flood.args(["-c", &script]);
+    let mut flood = testbed::process::Proc::spawn("flood", flood).unwrap();
+    let mut slowest = Duration::ZERO;
+    let t0 = std::time::Instant::now();
+    while t0.elapsed() < Duration::from_secs(3) {
+        let t = std::time::Instant::now();
+        vs.request(serde_json::json!({"cmd": "stats"})).unwrap();
+        slowest = slowest.max(t.elapsed());
+    }
+    assert_eq!(flood.wait_exit(Duration::from_secs(10)), Some(0));
+    let sent: u64 = flood.output().last().unwrap().trim().parse().unwrap();
+    eprintln!("flood: {sent} datagrams at the VTEP in 3 s; slowest stats answer {slowest:?}");
+    assert!(
+        slowest < Duration::from_millis(500),
+        "stats took {slowest:?} during the flood"
+    );
+    let up = vs.port_stats("uplink").unwrap();
+    let limited = up["drops"]["punt_limit"].as_u64().unwrap_or(0);
+    let punted = up["punted"].as_u64().unwrap();
+    assert!(limited > 0 && punted > 0, "{up}");
+    assert!(punted <= 2000 * 5 + 256, "punts stay within the rate: {up}");
 }

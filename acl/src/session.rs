@@ -10,7 +10,20 @@
 //! replied timeout; any other protocol with one timeout. A TCP packet that
 //! is not a SYN and finds no session opens one as established when the
 //! rules allow it (loose pickup, so a reload or restart does not cut live
-//! connections).
+//! connections), but unconfirmed: it lives [`Timeouts::tcp_unconfirmed`]
+//! seconds until the other side answers, so a flood of stray ACKs cannot
+//! fill the table with hour-long sessions.
+//!
+//! Fair shares: every session is charged to its owner (the switch port
+//! whose packet opened it) and its zone (bridge domain); [`Limits`] caps
+//! both, and a session beyond a cap is refused ([`Open::Quota`]), so one
+//! container cannot take the table from the others. When both candidate
+//! buckets are full, the unreplied session with the nearest deadline is
+//! evicted for the new one; sessions that saw a reply (established
+//! connections, answered UDP flows) are never evicted. The counts are
+//! exact for sessions that ended through `remove`, `sweep` or reuse; a
+//! session that merely expired is counted until the next sweep (the
+//! control thread runs one every second) or until its slot is reused.
 //!
 //! Concurrency: every worker reads and writes the table; the two directions
 //! of a flow may be on different workers. No locks: a slot is atomics. Its
@@ -29,10 +42,10 @@
 //! Capacity is fixed at creation. An expired
 //! slot is free for reuse at once; [`SessionTable::sweep`] (control thread)
 //! empties expired slots for accurate counts. When a new session finds its
-//! bucket full of live sessions the table fails closed: [`Open::Full`],
+//! buckets full of replied sessions the table fails closed: [`Open::Full`],
 //! which the pipeline drops and counts as `session_full`, as Linux
-//! conntrack drops when its table is full. Live sessions are never evicted
-//! for new ones, so a flood of new flows cannot cut established
+//! conntrack drops when its table is full. Replied sessions are never
+//! evicted for new ones, so a flood of new flows cannot cut established
 //! connections.
 //!
 //! Why not a crate (dashmap, flurry) or DPDK's rte_hash: those lock shards
@@ -40,7 +53,9 @@
 //! cache-line slots costs one line per lookup and never allocates after
 //! creation.
 
-use std::sync::atomic::{AtomicU64, Ordering::Acquire, Ordering::Relaxed, Ordering::Release};
+use std::sync::atomic::{
+    AtomicU32, AtomicU64, Ordering::Acquire, Ordering::Relaxed, Ordering::Release,
+};
 
 use crate::rule::{Family, Tuple, ICMP, ICMPV6, TCP, UDP};
 
@@ -70,6 +85,9 @@ pub struct Timeouts {
     pub icmp: u32,
     /// Any other protocol.
     pub other: u32,
+    /// TCP picked up mid-stream (not opened by a SYN), until the other
+    /// side answers.
+    pub tcp_unconfirmed: u32,
 }
 
 impl Default for Timeouts {
@@ -85,6 +103,7 @@ impl Default for Timeouts {
             udp_stream: 180,
             icmp: 30,
             other: 60,
+            tcp_unconfirmed: 30,
         }
     }
 }
@@ -223,6 +242,7 @@ impl State {
             (TCP, FinWait) => t.tcp_fin_wait,
             (TCP, TimeWait) => t.tcp_time_wait,
             (TCP, Close) => t.tcp_close,
+            (TCP, Established) if !self.replied => t.tcp_unconfirmed,
             (TCP, _) => t.tcp_established,
             (UDP, _) if self.replied => t.udp_stream,
             (UDP, _) => t.udp,
@@ -282,7 +302,8 @@ fn hash(k: &Key) -> u64 {
 struct Heads([AtomicU64; WAYS]);
 
 /// A slot's body, one cache line: key words, state, and `deadline (secs)
-/// | orig_first << 32` (which endpoint opened the session).
+/// | orig_first << 32 | owner << 33` (which endpoint opened the session,
+/// and the port it is charged to).
 #[repr(align(64))]
 #[derive(Default)]
 struct Body {
@@ -316,9 +337,32 @@ pub enum Open {
     New,
     /// Another worker opened it at the same time; it is live.
     Exists,
-    /// No free slot in its bucket: the packet must be dropped.
+    /// No free slot in its buckets: the packet must be dropped.
     Full,
+    /// Its owner or zone holds its whole share ([`Limits`]): the packet
+    /// must be dropped.
+    Quota,
 }
+
+/// Shares of the table (see the module documentation).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Sessions one owner (switch port) may hold.
+    pub per_owner: u32,
+    /// Sessions one zone (bridge domain) may hold.
+    pub per_zone: u32,
+}
+
+impl Limits {
+    /// No share smaller than the table.
+    pub const NONE: Limits = Limits {
+        per_owner: u32::MAX,
+        per_zone: u32::MAX,
+    };
+}
+
+/// Owners and zones counted: ids are u16.
+const IDS: usize = 1 << 16;
 
 /// See the module documentation.
 pub struct SessionTable {
@@ -326,18 +370,66 @@ pub struct SessionTable {
     bodies: Box<[Body]>,
     mask: usize,
     timeouts: Timeouts,
+    limits: Limits,
+    /// Sessions charged to each owner, and to each zone.
+    owned: Box<[AtomicU32]>,
+    zoned: Box<[AtomicU32]>,
+    /// Unreplied sessions evicted for new ones.
+    evictions: AtomicU64,
 }
 
 impl SessionTable {
-    /// A table of at least `capacity` sessions.
+    /// A table of at least `capacity` sessions, without shares.
     pub fn new(capacity: usize, timeouts: Timeouts) -> SessionTable {
+        Self::with_limits(capacity, timeouts, Limits::NONE)
+    }
+
+    /// A table of at least `capacity` sessions shared as `limits` says.
+    pub fn with_limits(capacity: usize, timeouts: Timeouts, limits: Limits) -> SessionTable {
         let buckets = capacity.div_ceil(WAYS).next_power_of_two().max(2);
         SessionTable {
             heads: (0..buckets).map(|_| Heads::default()).collect(),
             bodies: (0..buckets * WAYS).map(|_| Body::default()).collect(),
             mask: buckets - 1,
             timeouts,
+            limits,
+            owned: (0..IDS).map(|_| AtomicU32::new(0)).collect(),
+            zoned: (0..IDS).map(|_| AtomicU32::new(0)).collect(),
+            evictions: AtomicU64::new(0),
         }
+    }
+
+    /// Its shares.
+    pub fn limits(&self) -> Limits {
+        self.limits
+    }
+
+    /// Sessions charged to `owner` (see the module documentation).
+    pub fn owned_by(&self, owner: u16) -> u32 {
+        self.owned[usize::from(owner)].load(Relaxed)
+    }
+
+    /// Sessions charged to `zone`.
+    pub fn in_zone(&self, zone: u16) -> u32 {
+        self.zoned[usize::from(zone)].load(Relaxed)
+    }
+
+    /// Unreplied sessions evicted for new ones so far.
+    pub fn evictions(&self) -> u64 {
+        self.evictions.load(Relaxed)
+    }
+
+    /// Uncharges the session in slot `i`, which the caller just took
+    /// (claimed or emptied): it may no longer be read by anyone else.
+    fn uncharge(&self, i: usize) {
+        let b = &self.bodies[i];
+        let owner = (b.meta.load(Relaxed) >> 33) as u16;
+        let zone = (b.key[4].load(Relaxed) >> 40) as u16;
+        let dec = |c: &AtomicU32| {
+            let _ = c.fetch_update(Relaxed, Relaxed, |v| v.checked_sub(1));
+        };
+        dec(&self.owned[usize::from(owner)]);
+        dec(&self.zoned[usize::from(zone)]);
     }
 
     /// Slots (the hard bound on sessions).
@@ -393,7 +485,7 @@ impl SessionTable {
         if (meta as u32) < now {
             return None; // expired
         }
-        Some((meta >> 32 != 0, state))
+        Some((meta >> 32 & 1 != 0, state))
     }
 
     /// Looks up the session of `t` in `zone`.
@@ -467,17 +559,25 @@ impl SessionTable {
     pub fn remove(&self, slot: u32) {
         let head = self.head(slot as usize);
         let h = head.load(Relaxed);
-        if h & 1 == 0 && h >> 32 != 0 {
-            let _ = head.compare_exchange(h, (h & 0xffff_ffff) + 2, Release, Relaxed);
+        if h & 1 == 0
+            && h >> 32 != 0
+            && head
+                .compare_exchange(h, (h & 0xffff_ffff) + 2, Release, Relaxed)
+                .is_ok()
+        {
+            self.uncharge(slot as usize);
         }
     }
 
-    /// Opens a session for `t` (from its originator) admitted by ruleset
-    /// `generation` with QoS class `class` (0: none).
+    /// Opens a session for `t` (from its originator, whose packet came in
+    /// on switch port `owner`) admitted by ruleset `generation` with QoS
+    /// class `class` (0: none).
+    #[allow(clippy::too_many_arguments)]
     pub fn open(
         &self,
         t: &Tuple,
         zone: u16,
+        owner: u16,
         tcp_flags: u8,
         generation: u32,
         class: u16,
@@ -489,18 +589,28 @@ impl SessionTable {
         for _ in 0..3 {
             // The first free slot and the free count of each candidate
             // bucket; the emptier bucket gets the session (two choices
-            // balance the buckets).
+            // balance the buckets). Failing that, the unreplied session
+            // nearest its deadline.
             let mut free = [(None, 0usize); 2];
+            let mut victim: Option<(usize, u64, u32)> = None;
             for (k, b) in self.buckets(h).into_iter().enumerate() {
                 for i in b * WAYS..(b + 1) * WAYS {
                     if self.read(i, tag, &key, now).is_some() {
                         return Open::Exists;
                     }
                     let head = self.head(i).load(Acquire);
-                    let expired = (self.bodies[i].meta.load(Relaxed) as u32) < now;
-                    if head & 1 == 0 && (head >> 32 == 0 || expired) {
+                    if head & 1 == 1 {
+                        continue;
+                    }
+                    let body = &self.bodies[i];
+                    let deadline = body.meta.load(Relaxed) as u32;
+                    if head >> 32 == 0 || deadline < now {
                         free[k].1 += 1;
                         free[k].0.get_or_insert((i, head));
+                    } else if !State::unpack(body.state.load(Relaxed)).replied
+                        && victim.is_none_or(|(_, _, d)| deadline < d)
+                    {
+                        victim = Some((i, head, deadline));
                     }
                 }
             }
@@ -509,9 +619,14 @@ impl SessionTable {
             } else {
                 free[0].0
             };
-            let Some((i, head)) = free else {
+            let Some((i, head)) = free.or(victim.map(|(i, h, _)| (i, h))) else {
                 return Open::Full;
             };
+            if self.owned_by(owner) >= self.limits.per_owner
+                || self.in_zone(zone) >= self.limits.per_zone
+            {
+                return Open::Quota;
+            }
             let seq = head & 0xffff_ffff;
             // Claim: odd sequence with our tag; readers skip the slot.
             if self
@@ -521,6 +636,15 @@ impl SessionTable {
             {
                 continue;
             }
+            if head >> 32 != 0 {
+                // An expired or evicted session's slot: uncharge it.
+                if free.is_none() {
+                    self.evictions.fetch_add(1, Relaxed);
+                }
+                self.uncharge(i);
+            }
+            self.owned[usize::from(owner)].fetch_add(1, Relaxed);
+            self.zoned[usize::from(zone)].fetch_add(1, Relaxed);
             let body = &self.bodies[i];
             for (a, w) in body.key.iter().zip(key.words) {
                 a.store(w, Relaxed);
@@ -546,7 +670,7 @@ impl SessionTable {
             body.state.store(st.pack(), Relaxed);
             let deadline = now.saturating_add(st.timeout(t.proto, &self.timeouts));
             body.meta.store(
-                u64::from(deadline) | u64::from(key.src_first) << 32,
+                u64::from(deadline) | u64::from(key.src_first) << 32 | u64::from(owner) << 33,
                 Relaxed,
             );
             self.head(i).store(tag << 32 | (seq + 2), Release);
@@ -569,6 +693,7 @@ impl SessionTable {
                     .compare_exchange(h, (h & 0xffff_ffff) + 2, Release, Relaxed)
                     .is_ok()
                 {
+                    self.uncharge(i);
                     emptied += 1;
                 }
             } else {
@@ -610,7 +735,7 @@ impl SessionTable {
             );
             let (pa, pb) = (w[4] as u16, (w[4] >> 16) as u16);
             // The originator is the canonical first endpoint if meta says so.
-            let ((src, sport), (dst, dport)) = if meta >> 32 != 0 {
+            let ((src, sport), (dst, dport)) = if meta >> 32 & 1 != 0 {
                 ((a, pa), (b, pb))
             } else {
                 ((b, pb), (a, pa))
@@ -652,6 +777,10 @@ impl SessionTable {
                         .head(i)
                         .compare_exchange(h, (h & 0xffff_ffff) + 2, Release, Relaxed)
                         .is_ok()
+                    && {
+                        self.uncharge(i);
+                        true
+                    }
             })
             .count()
     }
@@ -685,9 +814,9 @@ mod tests {
         let tab = SessionTable::new(64, Timeouts::default());
         // Opened by the higher address, so the canonical order is reversed.
         let orig = t(0x0a00_0009, 40000, 0x0a00_0001, 80, TCP);
-        assert_eq!(tab.open(&orig, 3, SYN, 7, 2, 100), Open::New);
+        assert_eq!(tab.open(&orig, 3, 0, SYN, 7, 2, 100), Open::New);
         let udp = t(0x0a00_0001, 5000, 0x0a00_0002, 53, UDP);
-        assert_eq!(tab.open(&udp, 3, 0, 7, 0, 100), Open::New);
+        assert_eq!(tab.open(&udp, 3, 0, 0, 7, 0, 100), Open::New);
         let mut e = tab.entries(100, 10);
         e.sort_by_key(|s| s.tuple.proto);
         assert_eq!(e.len(), 2);
@@ -742,7 +871,7 @@ mod tests {
         let tb = SessionTable::new(64, Timeouts::default());
         let c = t(1, 40000, 2, 80, TCP);
         assert_eq!(tb.lookup(&c, 0, 0), Found::Miss);
-        assert_eq!(tb.open(&c, 0, SYN, 1, 0, 0), Open::New);
+        assert_eq!(tb.open(&c, 0, 0, SYN, 1, 0, 0), Open::New);
         let (orig, slot) = hit(&tb, &c, 0);
         assert!(orig);
         assert_eq!(tb.tcp_state(slot), TcpState::SynSent);
@@ -770,13 +899,13 @@ mod tests {
     fn timeouts_per_state_and_protocol() {
         let tb = SessionTable::new(64, Timeouts::default());
         let syn = t(1, 1, 2, 2, TCP);
-        tb.open(&syn, 0, SYN, 1, 0, 100);
+        tb.open(&syn, 0, 0, SYN, 1, 0, 100);
         assert!(matches!(tb.lookup(&syn, 0, 130), Found::Hit { .. }));
         assert_eq!(tb.lookup(&syn, 0, 131), Found::Miss, "unanswered SYN: 30 s");
         let u = t(1, 5, 2, 53, UDP);
-        tb.open(&u, 0, 0, 1, 0, 0);
+        tb.open(&u, 0, 0, 0, 1, 0, 0);
         assert_eq!(tb.lookup(&u, 0, 31), Found::Miss, "unreplied UDP: 30 s");
-        tb.open(&u, 0, 0, 1, 0, 100);
+        tb.open(&u, 0, 0, 0, 1, 0, 100);
         let (_, slot) = hit(&tb, &rev(&u), 100);
         tb.update(slot, UDP, false, 0, 100);
         assert!(
@@ -784,14 +913,14 @@ mod tests {
             "replied UDP: 180 s"
         );
         let r = t(3, 1, 4, 1, TCP);
-        tb.open(&r, 0, SYN, 1, 0, 0);
+        tb.open(&r, 0, 0, SYN, 1, 0, 0);
         let (_, slot) = hit(&tb, &r, 0);
         tb.update(slot, TCP, false, RST, 0);
         assert_eq!(tb.tcp_state(slot), TcpState::Close);
         assert_eq!(tb.lookup(&r, 0, 11), Found::Miss, "reset: 10 s");
         // Loose pickup: a mid-stream segment opens an established session.
         let m = t(5, 1, 6, 1, TCP);
-        tb.open(&m, 0, ACK, 1, 0, 0);
+        tb.open(&m, 0, 0, ACK, 1, 0, 0);
         assert_eq!(tb.tcp_state(hit(&tb, &m, 0).1), TcpState::Established);
     }
 
@@ -799,7 +928,7 @@ mod tests {
     fn icmp_replies_find_the_request_session() {
         let tb = SessionTable::new(64, Timeouts::default());
         // Echo request: type 8 code 0; reply: type 0 code 0.
-        tb.open(&t(1, 8, 2, 0, ICMP), 0, 0, 1, 0, 0);
+        tb.open(&t(1, 8, 2, 0, ICMP), 0, 0, 0, 1, 0, 0);
         let (orig, _) = hit(&tb, &t(2, 0, 1, 0, ICMP), 0);
         assert!(!orig);
     }
@@ -808,25 +937,135 @@ mod tests {
     fn zones_keep_equal_tuples_apart() {
         let tb = SessionTable::new(64, Timeouts::default());
         let u = t(1, 5, 2, 53, UDP);
-        tb.open(&u, 7, 0, 1, 0, 0);
+        tb.open(&u, 7, 0, 0, 1, 0, 0);
         assert!(matches!(tb.lookup(&u, 7, 0), Found::Hit { .. }));
         assert_eq!(tb.lookup(&u, 8, 0), Found::Miss);
     }
 
     #[test]
-    fn full_table_fails_closed_and_expired_slots_are_reused() {
+    fn a_full_table_evicts_unreplied_sessions_only_and_reuses_expired_slots() {
         // The smallest table: 2 buckets, both candidates of every key.
         let tb = SessionTable::new(1, Timeouts::default());
         let cap = tb.capacity() as u32;
         assert_eq!(cap, 2 * WAYS as u32);
+        // Every session replied: nothing may be evicted.
         for i in 0..cap {
-            assert_eq!(tb.open(&t(i, 1, 99, 1, UDP), 0, 0, 1, 0, 0), Open::New);
+            let u = t(i, 1, 99, 1, UDP);
+            assert_eq!(tb.open(&u, 0, 0, 0, 1, 0, 0), Open::New);
+            let (_, slot) = hit(&tb, &rev(&u), 0);
+            tb.update(slot, UDP, false, 0, 0);
         }
-        assert_eq!(tb.open(&t(500, 1, 99, 1, UDP), 0, 0, 1, 0, 0), Open::Full);
-        assert_eq!(tb.open(&t(0, 1, 99, 1, UDP), 0, 0, 1, 0, 0), Open::Exists);
-        // After the UDP timeout every slot is free again.
-        assert_eq!(tb.open(&t(500, 1, 99, 1, UDP), 0, 0, 1, 0, 31), Open::New);
-        assert_eq!(tb.sweep(31), (cap as usize - 1, 1));
+        assert_eq!(
+            tb.open(&t(500, 1, 99, 1, UDP), 0, 0, 0, 1, 0, 0),
+            Open::Full
+        );
+        assert_eq!(
+            tb.open(&t(0, 1, 99, 1, UDP), 0, 0, 0, 1, 0, 0),
+            Open::Exists
+        );
+        assert_eq!(tb.evictions(), 0);
+        // After the UDP stream timeout every slot is free again.
+        assert_eq!(
+            tb.open(&t(500, 1, 99, 1, UDP), 0, 0, 0, 1, 0, 181),
+            Open::New
+        );
+        assert_eq!(tb.owned_by(0), cap, "one charge moved to the new session");
+        assert_eq!(tb.sweep(181), (cap as usize - 1, 1));
+        assert_eq!(tb.owned_by(0), 1, "charges follow the sweep");
+        let (_, slot) = hit(&tb, &rev(&t(500, 1, 99, 1, UDP)), 181);
+        tb.update(slot, UDP, false, 0, 181);
+
+        // Unreplied sessions (a flood) give way to new ones, nearest
+        // deadline first; the replied one stays.
+        for i in 0..cap - 1 {
+            let now = 200 + i;
+            assert_eq!(
+                tb.open(&t(1000 + i, 1, 99, 1, UDP), 0, 1, 0, 1, 0, now),
+                Open::New
+            );
+        }
+        assert_eq!(
+            tb.open(&t(5000, 1, 99, 1, UDP), 0, 2, 0, 1, 0, 230),
+            Open::New
+        );
+        assert_eq!(tb.evictions(), 1);
+        assert!(matches!(
+            tb.lookup(&t(1000, 1, 99, 1, UDP), 0, 230),
+            Found::Miss
+        ));
+        assert!(matches!(
+            tb.lookup(&t(500, 1, 99, 1, UDP), 0, 230),
+            Found::Hit { .. }
+        ));
+        assert_eq!(
+            (tb.owned_by(0), tb.owned_by(1), tb.owned_by(2)),
+            (1, cap - 2, 1)
+        );
+    }
+
+    #[test]
+    fn owners_and_zones_get_their_share_only() {
+        let tb = SessionTable::with_limits(
+            1024,
+            Timeouts::default(),
+            Limits {
+                per_owner: 10,
+                per_zone: 15,
+            },
+        );
+        for i in 0..10 {
+            assert_eq!(tb.open(&t(i, 1, 99, 1, UDP), 0, 1, 0, 1, 0, 0), Open::New);
+        }
+        assert_eq!(
+            tb.open(&t(10, 1, 99, 1, UDP), 0, 1, 0, 1, 0, 0),
+            Open::Quota
+        );
+        // Another owner still opens, until the zone's share is used.
+        for i in 0..5 {
+            assert_eq!(
+                tb.open(&t(100 + i, 1, 99, 1, UDP), 0, 2, 0, 1, 0, 0),
+                Open::New
+            );
+        }
+        assert_eq!(
+            tb.open(&t(200, 1, 99, 1, UDP), 0, 2, 0, 1, 0, 0),
+            Open::Quota
+        );
+        assert_eq!(tb.open(&t(200, 1, 99, 1, UDP), 1, 2, 0, 1, 0, 0), Open::New);
+        assert_eq!((tb.owned_by(1), tb.in_zone(0), tb.in_zone(1)), (10, 15, 1));
+        // Ended sessions give the share back.
+        let (_, slot) = hit(&tb, &t(0, 1, 99, 1, UDP), 0);
+        tb.remove(slot);
+        assert_eq!(tb.open(&t(10, 1, 99, 1, UDP), 0, 1, 0, 1, 0, 0), Open::New);
+        assert_eq!(
+            tb.open(&t(11, 1, 99, 1, UDP), 0, 1, 0, 1, 0, 0),
+            Open::Quota
+        );
+        assert_eq!(tb.flush(), 16);
+        assert_eq!((tb.owned_by(1), tb.in_zone(0), tb.in_zone(1)), (0, 0, 0));
+    }
+
+    #[test]
+    fn a_stray_ack_opens_an_unconfirmed_session_until_answered() {
+        let tb = SessionTable::new(1024, Timeouts::default());
+        let to = Timeouts::default();
+        let ack = t(1, 1000, 2, 80, TCP);
+        assert_eq!(tb.open(&ack, 0, 0, ACK, 1, 0, 0), Open::New);
+        // Unanswered, it ends after tcp_unconfirmed.
+        assert!(matches!(
+            tb.lookup(&ack, 0, to.tcp_unconfirmed),
+            Found::Hit { .. }
+        ));
+        assert_eq!(tb.lookup(&ack, 0, to.tcp_unconfirmed + 1), Found::Miss);
+        // Answered, it is an established connection.
+        let ack2 = t(3, 1000, 2, 80, TCP);
+        tb.open(&ack2, 0, 0, ACK, 1, 0, 0);
+        let (_, slot) = hit(&tb, &rev(&ack2), 0);
+        tb.update(slot, TCP, false, ACK, 0);
+        assert!(matches!(
+            tb.lookup(&ack2, 0, to.tcp_established),
+            Found::Hit { .. }
+        ));
     }
 
     #[test]
@@ -835,7 +1074,7 @@ mod tests {
         let cap = tb.capacity();
         let mut refused = 0;
         for i in 0..cap as u32 {
-            if tb.open(&t(i, 1, 99, 1, UDP), 0, 0, 1, 0, 0) == Open::Full {
+            if tb.open(&t(i, 1, 99, 1, UDP), 0, 0, 0, 1, 0, 0) == Open::Full {
                 refused += 1;
             }
             let load = i as usize + 1;
@@ -860,7 +1099,7 @@ mod tests {
             let (tb, flows) = (tb.clone(), flows.clone());
             std::thread::spawn(move || {
                 for f in &flows {
-                    assert_ne!(tb.open(f, 0, 0, 1, 0, 0), Open::Full);
+                    assert_ne!(tb.open(f, 0, 0, 0, 1, 0, 0), Open::Full);
                 }
             })
         };

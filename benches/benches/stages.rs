@@ -51,7 +51,7 @@ fn mac_table(c: &mut Criterion) {
     // A table of 4096 stations, half full: lookups spread over buckets.
     let t = MacTable::new(4096, 300);
     for i in 0..2048 {
-        t.learn(mac(i), PortId((i % 8) as u16), 0);
+        t.learn(mac(i), PortId((i % 8) as u16), 0, u32::MAX);
     }
     let hits: Vec<MacAddr> = (0..MAX_BURST as u64).map(|i| mac(i * 61 % 2048)).collect();
     let misses: Vec<MacAddr> = (0..MAX_BURST as u64).map(|i| mac(10_000 + i)).collect();
@@ -72,7 +72,7 @@ fn mac_table(c: &mut Criterion) {
     g.bench_function("learn_known", |b| {
         b.iter(|| {
             for (i, m) in hits.iter().enumerate() {
-                black_box(t.learn(*m, PortId((i % 8) as u16), 1));
+                black_box(t.learn(*m, PortId((i % 8) as u16), 1, u32::MAX));
             }
         })
     });
@@ -81,7 +81,7 @@ fn mac_table(c: &mut Criterion) {
             || MacTable::new(4096, 300),
             |t| {
                 for m in &misses {
-                    black_box(t.learn(*m, PortId(1), 1));
+                    black_box(t.learn(*m, PortId(1), 1, u32::MAX));
                 }
                 t
             },
@@ -213,7 +213,7 @@ fn sessions(c: &mut Criterion) {
         })
         .collect();
     for t in &all {
-        table.open(t, 0, 0, 1, 0, 0);
+        table.open(t, 0, 0, 0, 1, 0, 0);
     }
     let hits: Vec<acl::Tuple> = all.iter().step_by(509).take(MAX_BURST).copied().collect();
     let misses: Vec<acl::Tuple> = hits.iter().map(|t| acl::Tuple { dport: 9, ..*t }).collect();

@@ -7,12 +7,14 @@
 //! - [`harness_k`]: kernel-stack containers, TAP NICs vs veth + Linux bridge.
 //! - [`micro`]: the criterion micro-benchmarks as a table.
 //! - [`report`]: the markdown and JSON tables.
+//! - [`fuzz`]: the structure-aware frame fuzzer of the DPDK-free pipeline.
 //!
 //! Every harness pins the switch's forwarding core to CPU 1 and the traffic
 //! apps to CPU 0, so on a 2-core machine they never share a core.
 #![deny(missing_docs)]
 
 pub mod contention;
+pub mod fuzz;
 pub mod harness_k;
 pub mod harness_p;
 pub mod harness_v;

@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 use toml::Spanned;
-use vswitch::MacAddr;
+use vswitch::{GuardConf, MacAddr, Prefix};
 
 mod policy;
 mod vtep;
@@ -142,12 +142,16 @@ impl Default for WorkersConf {
 pub struct ControlConf {
     /// Path of the Unix socket `vswitchctl` talks to.
     pub socket: PathBuf,
+    /// Where every committed runtime change is saved, and vswitchd starts
+    /// from when it exists (see `state`).
+    pub state_file: PathBuf,
 }
 
 impl Default for ControlConf {
     fn default() -> Self {
         ControlConf {
             socket: "/run/vswitchd/vswitchd.sock".into(),
+            state_file: "/var/lib/vswitchd/state.toml".into(),
         }
     }
 }
@@ -202,6 +206,15 @@ struct PortFile {
     egress_group: Option<Spanned<String>>,
     ingress_qos: Option<Spanned<String>>,
     egress_qos: Option<Spanned<String>>,
+    mac_limit: Option<Spanned<u32>>,
+    cni: Option<Spanned<CniAttachment>>,
+    // port security (container NICs: tap, vhost-user)
+    port_security: Option<Spanned<bool>>,
+    addresses: Option<Vec<Spanned<String>>>,
+    allowed_addresses: Option<Vec<Spanned<String>>>,
+    allowed_macs: Option<Vec<Spanned<String>>>,
+    allow_vlan: Option<Spanned<bool>>,
+    allowed_ethertypes: Option<Vec<Spanned<u16>>>,
     // vhost-user
     socket: Option<Spanned<PathBuf>>,
     client: Option<Spanned<bool>>,
@@ -285,8 +298,30 @@ pub struct PortSpec {
     pub ingress_qos: Option<String>,
     /// QoS policy metering frames from the container.
     pub egress_qos: Option<String>,
+    /// MACs the port may have learned at a time (None: no limit but the
+    /// bridge table's); frames from further new MACs are dropped as
+    /// `mac_limit`.
+    pub mac_limit: Option<u32>,
+    /// The CNI attachment that made the port (set by the CNI plugin): GC
+    /// and DEL find their ports by it, not by a hash of names.
+    pub cni: Option<CniAttachment>,
+    /// Port security (`vswitch::port_security`), when on: the MAC and
+    /// addresses the container owns and what else it may send.
+    pub guard: Option<GuardConf>,
     /// What the port is.
     pub kind: PortKind,
+}
+
+/// The CNI attachment a port belongs to.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CniAttachment {
+    /// The network's `name`.
+    pub network: String,
+    /// `CNI_CONTAINERID`.
+    pub container_id: String,
+    /// `CNI_IFNAME`.
+    pub ifname: String,
 }
 
 /// A container's network namespace.
@@ -324,8 +359,9 @@ pub struct TapSpec {
     pub netns: Netns,
     /// Interface name inside it.
     pub ifname: String,
-    /// MAC (None: the PMD's random one).
-    pub mac: Option<MacAddr>,
+    /// MAC (default: derived from the port's name, so it is the same
+    /// after every restart).
+    pub mac: MacAddr,
     /// Address and prefix length.
     pub ipv4: Option<(Ipv4Addr, u8)>,
     /// Default gateway.
@@ -399,9 +435,13 @@ impl PortKind {
     }
 }
 
+/// `mac_limit` of a container NIC when the config says nothing: a
+/// container is one station, or a few (VRRP, nested bridges).
+pub const DEFAULT_NIC_MAC_LIMIT: u32 = 64;
+
 /// The kinds and the kind-specific fields each accepts.
 const KINDS: &[(&str, &[&str])] = &[
-    ("vhost-user", &["socket", "client"]),
+    ("vhost-user", &["socket", "client", "mac"]),
     (
         "tap",
         &["netns", "pid", "ifname", "mac", "ipv4", "gateway", "mtu"],
@@ -538,12 +578,20 @@ pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
     }
 
     let qos_policies = policy::qos_policies(&cx, &model.qos_policies)?;
-    let (security_groups, warnings) =
+    let (security_groups, mut warnings) =
         policy::security_groups(&cx, &model.security_groups, &qos_policies)?;
     let group_names: HashSet<&str> = security_groups.iter().map(|g| g.name.as_str()).collect();
     let qos_names: HashSet<&str> = qos_policies.iter().map(|q| q.name.as_str()).collect();
     if model.sessions.capacity == 0 || model.sessions.capacity > 1 << 26 {
         return Err(cx.err(0..0, "sessions.capacity", "between 1 and 67108864 sessions"));
+    }
+    for (field, v) in [
+        ("sessions.per_port", model.sessions.per_port),
+        ("sessions.per_bridge", model.sessions.per_bridge),
+    ] {
+        if v == 0 {
+            return Err(cx.err(0..0, field, "at least 1 session"));
+        }
     }
 
     let mut ports = Vec::new();
@@ -552,6 +600,15 @@ pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
     let mut statics = HashSet::new();
     for (i, p) in model.ports.iter().enumerate() {
         let mut spec = validate_port(&cx, i, p.get_ref(), &bridge_names, n_workers)?;
+        if let (PortKind::VhostUser { .. }, None) = (&spec.kind, &spec.guard) {
+            if p.get_ref().port_security.is_none() {
+                warnings.push(format!(
+                    "port {}: a vhost-user port without `mac` has port security off; give the \
+                     container's MAC (and `addresses`), or say `port_security = false`",
+                    spec.name
+                ));
+            }
+        }
         let pf = p.get_ref();
         let field = |n: &str| format!("port[{i}].{n}");
         let sg = "[[security_group]]";
@@ -761,6 +818,53 @@ fn validate_port(
         })
     };
 
+    // Values that end up in a DPDK device argument string (`key=value`
+    // pairs separated by commas) or in a kernel interface name: a comma
+    // or `=` would smuggle in another argument (`in.pcap,tx_pcap=/etc/x`).
+    type Located = Option<(String, Range<usize>)>;
+    let devarg_fields: [(&str, Located); 5] = [
+        (
+            "socket",
+            p.socket
+                .as_ref()
+                .map(|v| (v.get_ref().display().to_string(), v.span())),
+        ),
+        (
+            "iface",
+            p.iface.as_ref().map(|v| (v.get_ref().clone(), v.span())),
+        ),
+        (
+            "ifname",
+            p.ifname.as_ref().map(|v| (v.get_ref().clone(), v.span())),
+        ),
+        (
+            "rx_pcap",
+            p.rx_pcap
+                .as_ref()
+                .map(|v| (v.get_ref().display().to_string(), v.span())),
+        ),
+        (
+            "tx_pcap",
+            p.tx_pcap
+                .as_ref()
+                .map(|v| (v.get_ref().display().to_string(), v.span())),
+        ),
+    ];
+    for (name, v) in devarg_fields {
+        if let Some((text, span)) = v {
+            if text.is_empty()
+                || text
+                    .chars()
+                    .any(|c| c == ',' || c == '=' || c.is_whitespace() || c.is_control())
+            {
+                return Err(cx.err(
+                    span,
+                    f(name),
+                    "no commas, `=`, spaces or control characters (they would change DPDK's device arguments)",
+                ));
+            }
+        }
+    }
     let kind = match kind {
         "vhost-user" => {
             let socket = p.socket.as_ref().ok_or_else(|| {
@@ -906,6 +1010,35 @@ fn validate_port(
         egress_group: None,
         ingress_qos: None,
         egress_qos: None,
+        guard: validate_guard(cx, i, p, &kind)?,
+        cni: match &p.cni {
+            Some(c) => {
+                let a = c.get_ref();
+                if [&a.network, &a.container_id, &a.ifname]
+                    .iter()
+                    .any(|v| v.is_empty() || v.len() > 256 || v.chars().any(char::is_control))
+                {
+                    return Err(cx.err(
+                        c.span(),
+                        f("cni"),
+                        "network, container_id and ifname: 1-256 printable characters",
+                    ));
+                }
+                Some(a.clone())
+            }
+            None => None,
+        },
+        mac_limit: match &p.mac_limit {
+            Some(v) if *v.get_ref() == 0 => {
+                return Err(cx.err(v.span(), f("mac_limit"), "at least 1 MAC"))
+            }
+            Some(v) => Some(*v.get_ref()),
+            // A container NIC is one station (a few with VRRP).
+            None if matches!(kind, PortKind::Tap(_) | PortKind::VhostUser { .. }) => {
+                Some(DEFAULT_NIC_MAC_LIMIT)
+            }
+            None => None,
+        },
         rx_queues,
         rx_desc: desc(&p.rx_desc, "rx_desc")?,
         tx_desc: desc(&p.tx_desc, "tx_desc")?,
@@ -956,19 +1089,7 @@ fn validate_tap(cx: &Ctx, i: usize, p: &PortFile) -> Result<TapSpec, ConfigError
             "an interface name of 1-15 characters without '/', ':' or spaces",
         ));
     }
-    let mac = match &p.mac {
-        None => None,
-        Some(m) => {
-            let mac: MacAddr = m
-                .get_ref()
-                .parse()
-                .map_err(|e| cx.err(m.span(), f("mac"), format!("{e}")))?;
-            if mac.is_group() || mac.is_zero() {
-                return Err(cx.err(m.span(), f("mac"), "a NIC needs a unicast, non-zero MAC"));
-            }
-            Some(mac)
-        }
-    };
+    let mac = nic_mac(cx, i, p)?.unwrap_or_else(|| MacAddr::derived(&["port", p.name.get_ref()]));
     let ipv4 = match &p.ipv4 {
         None => None,
         Some(v) => Some(parse_cidr(v.get_ref()).ok_or_else(|| {
@@ -1004,6 +1125,137 @@ fn validate_tap(cx: &Ctx, i: usize, p: &PortFile) -> Result<TapSpec, ConfigError
         gateway,
         mtu,
     })
+}
+
+/// The `mac` field of a container NIC, checked.
+fn nic_mac(cx: &Ctx, i: usize, p: &PortFile) -> Result<Option<MacAddr>, ConfigError> {
+    let Some(m) = &p.mac else { return Ok(None) };
+    let field = format!("port[{i}].mac");
+    let mac: MacAddr = m
+        .get_ref()
+        .parse()
+        .map_err(|e| cx.err(m.span(), field.clone(), format!("{e}")))?;
+    if mac.is_group() || mac.is_zero() {
+        return Err(cx.err(m.span(), field, "a NIC needs a unicast, non-zero MAC"));
+    }
+    Ok(Some(mac))
+}
+
+/// Port security of a container NIC (see `vswitch::port_security`): on by
+/// default for a TAP (vswitchd knows its MAC and address) and for a
+/// vhost-user port given its container's `mac`.
+fn validate_guard(
+    cx: &Ctx,
+    i: usize,
+    p: &PortFile,
+    kind: &PortKind,
+) -> Result<Option<GuardConf>, ConfigError> {
+    let f = |name: &str| format!("port[{i}].{name}");
+    let options: [(&str, Option<Range<usize>>); 6] = [
+        ("port_security", p.port_security.as_ref().map(|v| v.span())),
+        ("addresses", list_span(&p.addresses)),
+        ("allowed_addresses", list_span(&p.allowed_addresses)),
+        ("allowed_macs", list_span(&p.allowed_macs)),
+        ("allow_vlan", p.allow_vlan.as_ref().map(|v| v.span())),
+        ("allowed_ethertypes", list_span(&p.allowed_ethertypes)),
+    ];
+    let (mac, mut addresses) = match kind {
+        PortKind::Tap(t) => (
+            Some(t.mac),
+            t.ipv4.map(|(a, _)| a.into()).into_iter().collect(),
+        ),
+        PortKind::VhostUser { .. } => (nic_mac(cx, i, p)?, Vec::new()),
+        _ => {
+            if let Some((name, span)) = options.iter().find(|(_, s)| s.is_some()) {
+                return Err(cx.err(
+                    span.clone().unwrap_or(0..0),
+                    f(name),
+                    format!(
+                        "`{name}` is an option of container NICs (tap, vhost-user), not of a {} port",
+                        kind.name()
+                    ),
+                ));
+            }
+            return Ok(None);
+        }
+    };
+    let on = p.port_security.as_ref().map(|v| *v.get_ref());
+    let Some(mac) = mac.filter(|_| on != Some(false)) else {
+        if on == Some(true) {
+            let span = p.port_security.as_ref().map_or(0..0, |v| v.span());
+            return Err(cx.err(
+                span,
+                f("port_security"),
+                "port security needs the container's `mac`",
+            ));
+        }
+        if let Some((name, span)) = options[1..].iter().find(|(_, s)| s.is_some()) {
+            return Err(cx.err(
+                span.clone().unwrap_or(0..0),
+                f(name),
+                format!("`{name}` has no effect with port security off"),
+            ));
+        }
+        return Ok(None);
+    };
+    for (j, a) in p.addresses.iter().flatten().enumerate() {
+        let ip = a.get_ref().parse::<std::net::IpAddr>().map_err(|_| {
+            cx.err(
+                a.span(),
+                f(&format!("addresses[{j}]")),
+                "expected an IPv4 or IPv6 address (no prefix length)",
+            )
+        })?;
+        addresses.push(ip);
+    }
+    let mut allowed_addresses = Vec::new();
+    for (j, a) in p.allowed_addresses.iter().flatten().enumerate() {
+        allowed_addresses.push(Prefix::parse(a.get_ref()).ok_or_else(|| {
+            cx.err(
+                a.span(),
+                f(&format!("allowed_addresses[{j}]")),
+                "expected an address or prefix, like 10.0.0.100 or fd00::/64",
+            )
+        })?);
+    }
+    let mut allowed_macs = Vec::new();
+    for (j, m) in p.allowed_macs.iter().flatten().enumerate() {
+        let field = f(&format!("allowed_macs[{j}]"));
+        let mac: MacAddr = m
+            .get_ref()
+            .parse()
+            .map_err(|e| cx.err(m.span(), field.clone(), format!("{e}")))?;
+        if mac.is_group() || mac.is_zero() {
+            return Err(cx.err(m.span(), field, "a source MAC is unicast and non-zero"));
+        }
+        allowed_macs.push(mac);
+    }
+    let mut allowed_ethertypes = Vec::new();
+    for (j, t) in p.allowed_ethertypes.iter().flatten().enumerate() {
+        let v = *t.get_ref();
+        let governed = [0x0800, 0x0806, 0x86dd, 0x8100, 0x88a8];
+        if v < 0x0600 || governed.contains(&v) {
+            return Err(cx.err(
+                t.span(),
+                f(&format!("allowed_ethertypes[{j}]")),
+                "an EtherType of 0x0600 or more other than IPv4, ARP, IPv6 and VLAN tags \
+                 (those have their own rules; tags: allow_vlan)",
+            ));
+        }
+        allowed_ethertypes.push(v);
+    }
+    Ok(Some(GuardConf {
+        mac,
+        addresses,
+        allowed_addresses,
+        allowed_macs,
+        allow_vlan: p.allow_vlan.as_ref().is_some_and(|v| *v.get_ref()),
+        allowed_ethertypes,
+    }))
+}
+
+fn list_span<T>(v: &Option<Vec<Spanned<T>>>) -> Option<Range<usize>> {
+    v.as_ref().map(|l| l.first().map_or(0..0, |x| x.span()))
 }
 
 /// `10.0.0.1/24` -> (10.0.0.1, 24).
@@ -1094,6 +1346,63 @@ mod tests {
             "[[port]]\nname = \"p\"\nkind = \"ring\"\n[[port]]\nname = \"p\"\nkind = \"ring\"\n",
         );
         assert_eq!((e.line, e.field.as_str()), (5, "port[1].name"));
+    }
+
+    #[test]
+    fn device_arguments_cannot_be_smuggled_in_through_names() {
+        for (field, value) in [
+            ("rx_pcap", "\"/tmp/in.pcap,tx_pcap=/etc/passwd\""),
+            ("tx_pcap", "\"/tmp/out pcap\""),
+        ] {
+            let e = err(&format!(
+                "[[port]]\nname = \"p\"\nkind = \"pcap\"\n{field} = {value}\n"
+            ));
+            assert_eq!(e.field, format!("port[0].{field}"), "{e}");
+        }
+        let e = err("[[port]]\nname = \"p\"\nkind = \"vhost-user\"\nsocket = \"/tmp/s,client=1,queues=8\"\n");
+        assert_eq!(e.field, "port[0].socket", "{e}");
+        let e = err(
+            "[[port]]\nname = \"p\"\nkind = \"tap\"\nnetns = \"c\"\nifname = \"e2,iface=zz9\"\n",
+        );
+        assert_eq!(e.field, "port[0].ifname", "{e}");
+        let e = err("[[port]]\nname = \"p\"\nkind = \"af-packet\"\niface = \"eth0,qpairs=9\"\n");
+        assert_eq!(e.field, "port[0].iface", "{e}");
+    }
+
+    #[test]
+    fn port_security_options_are_checked() {
+        // Not on uplinks; not without a MAC; nothing allowed with it off.
+        let e = err("[[port]]\nname = \"p\"\nkind = \"pcap\"\nport_security = true\n");
+        assert_eq!(e.field, "port[0].port_security", "{e}");
+        let e = err("[[port]]\nname = \"p\"\nkind = \"vhost-user\"\nsocket = \"/s\"\nport_security = true\n");
+        assert!(e.message.contains("needs the container's `mac`"), "{e}");
+        let e = err("[[port]]\nname = \"p\"\nkind = \"tap\"\nnetns = \"c\"\nport_security = false\nallowed_addresses = [\"10.0.0.9\"]\n");
+        assert_eq!(e.field, "port[0].allowed_addresses", "{e}");
+        let e = err("[[port]]\nname = \"p\"\nkind = \"tap\"\nnetns = \"c\"\nallowed_ethertypes = [0x0800]\n");
+        assert_eq!(e.field, "port[0].allowed_ethertypes[0]", "{e}");
+        let e = err("[[port]]\nname = \"p\"\nkind = \"tap\"\nnetns = \"c\"\naddresses = [\"10.0.0.0/24\"]\n");
+        assert_eq!(e.field, "port[0].addresses[0]", "{e}");
+        // A TAP is guarded by default with its derived MAC and address;
+        // a vhost-user port without a MAC is not, and is warned about.
+        let c = parse(
+            "t.toml",
+            "[[port]]\nname = \"t\"\nkind = \"tap\"\nnetns = \"c\"\nipv4 = \"10.0.0.2/24\"\n\
+             [[port]]\nname = \"v\"\nkind = \"vhost-user\"\nsocket = \"/s\"\n",
+        )
+        .unwrap();
+        let g = c.ports[0].guard.as_ref().expect("guarded");
+        assert_eq!(g.mac, vswitch::MacAddr::derived(&["port", "t"]));
+        assert_eq!(
+            g.addresses,
+            ["10.0.0.2".parse::<std::net::IpAddr>().unwrap()]
+        );
+        assert_eq!(c.ports[0].mac_limit, Some(DEFAULT_NIC_MAC_LIMIT));
+        assert!(c.ports[1].guard.is_none());
+        assert!(
+            c.warnings.iter().any(|w| w.contains("port v")),
+            "{:?}",
+            c.warnings
+        );
     }
 
     #[test]

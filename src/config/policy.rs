@@ -92,6 +92,11 @@ pub struct SessionsConf {
     pub tcp_established_secs: u32,
     /// UDP timeout after a reply, seconds.
     pub udp_stream_secs: u32,
+    /// Sessions one port may hold (opened by its packets); beyond, new
+    /// ones are dropped as `session_quota`.
+    pub per_port: u32,
+    /// Sessions one bridge (VPC segment) may hold.
+    pub per_bridge: u32,
 }
 
 impl Default for SessionsConf {
@@ -101,11 +106,23 @@ impl Default for SessionsConf {
             capacity: 65536,
             tcp_established_secs: t.tcp_established,
             udp_stream_secs: t.udp_stream,
+            // A sixteenth of the table per container, half per VPC
+            // segment: one tenant cannot starve the others.
+            per_port: 4096,
+            per_bridge: 32768,
         }
     }
 }
 
 impl SessionsConf {
+    /// The table's shares.
+    pub fn limits(&self) -> acl::session::Limits {
+        acl::session::Limits {
+            per_owner: self.per_port,
+            per_zone: self.per_bridge,
+        }
+    }
+
     /// The table's timeouts.
     pub fn timeouts(&self) -> Timeouts {
         Timeouts {

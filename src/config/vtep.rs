@@ -17,7 +17,7 @@
 //! name = "vpc100"
 //! vni = 100
 //! remote_vteps = ["10.99.0.2"]   # head-end replication list (BUM)
-//! learn_vteps = true             # accept VTEPs not listed (default true)
+//! learn_vteps = false            # accept VTEPs not listed (default false)
 //! [[bridge.remote_mac]]          # optional static remote stations
 //! mac = "02:00:00:00:01:02"
 //! vtep = "10.99.0.2"
@@ -48,6 +48,12 @@ pub(super) struct VtepFile {
     mtu: Spanned<u16>,
     #[serde(default, rename = "neighbour")]
     neighbours: Vec<NeighbourFile>,
+    #[serde(default = "default_max_learned")]
+    max_learned: u16,
+}
+
+fn default_max_learned() -> u16 {
+    16
 }
 
 #[derive(Deserialize)]
@@ -99,6 +105,10 @@ pub struct VtepConf {
     pub mtu: u16,
     /// Static neighbours: underlay address -> MAC.
     pub neighbours: Vec<(Ipv4Addr, MacAddr)>,
+    /// Remote VTEPs learned (bridges with `learn_vteps`) at most at a
+    /// time, over all VNIs; a NIC takes a learned VTEP's switch port when
+    /// it needs one.
+    pub max_learned: u16,
 }
 
 /// A bridge domain's VNI and its remote VTEPs.
@@ -198,6 +208,7 @@ pub(super) fn vtep(
         df: f.df,
         mtu,
         neighbours,
+        max_learned: f.max_learned,
     };
     if let Some(g) = gateway {
         if !conf.on_link(g) {
@@ -304,7 +315,9 @@ pub(super) fn bridge_vni(
         bridge: b.name.get_ref().clone(),
         vni: n,
         remote_vteps,
-        learn_vteps: b.learn_vteps.as_ref().map_or(true, |v| *v.get_ref()),
+        // Off unless asked: any underlay host could otherwise make itself
+        // a tunnel port by sending VXLAN.
+        learn_vteps: b.learn_vteps.as_ref().is_some_and(|v| *v.get_ref()),
         remote_macs,
     }))
 }

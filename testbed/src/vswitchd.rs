@@ -98,9 +98,10 @@ impl Vswitchd {
     ) -> String {
         format!(
             "[eal]\nmain_lcore = 0\nmemory_mb = {memory_mb}\nfile_prefix = \"{prefix}\"\nin_memory = true\n\n\
-             [workers]\ncores = [1]\nidle_sleep_us = {idle_sleep_us}\n\n[control]\nsocket = \"{ctl}\"\n\n[[bridge]]\nname = \"{bridge}\"\n",
+             [workers]\ncores = [1]\nidle_sleep_us = {idle_sleep_us}\n\n[control]\nsocket = \"{ctl}\"\nstate_file = \"{state}\"\n\n[[bridge]]\nname = \"{bridge}\"\n",
             prefix = crate::unique("vs"),
             ctl = Self::control_socket(dir).display(),
+            state = dir.join("state.toml").display(),
         )
     }
 
@@ -164,6 +165,12 @@ impl Vswitchd {
             Some(l) => Err(l),
             None => Err("vswitchd did not answer SIGHUP within 20 s".into()),
         }
+    }
+
+    /// SIGKILL, as a crash would end it, and wait for the exit.
+    pub fn kill(mut self) {
+        self.proc.signal(libc::SIGKILL);
+        self.proc.wait_exit(Duration::from_secs(20));
     }
 
     /// SIGTERM and wait; the exit code.

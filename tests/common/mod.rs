@@ -2,7 +2,11 @@
 //! prefixes and socket paths under a per-test temp dir.
 #![allow(dead_code)] // each test binary uses its own subset
 
+use std::io::Write;
 use std::path::Path;
+use std::process::{Command, Stdio};
+
+use serde_json::Value;
 use std::time::Duration;
 
 use testbed::netns::Netns;
@@ -156,4 +160,103 @@ pub fn capture(ns: &Netns, pcap: &Path, args: &[&str]) -> Proc {
         "tcpdump did not start"
     );
     cap
+}
+
+/// Starts vswitchd and waits (bounded) until every port of `up` has its
+/// link up (a TAP NIC: its container set it up).
+pub fn start_linked(dir: &TempDir, config: &str, up: &[&str]) -> Vswitchd {
+    let vs = start(dir, config);
+    for p in up {
+        assert!(
+            wait_until(Duration::from_secs(10), || vs.link_up(p)),
+            "{p} up"
+        );
+    }
+    vs
+}
+
+/// A counter of port `name` at `path` in its stats entry (`["drops",
+/// "spoofed"]`), 0 when absent.
+pub fn stat(vs: &Vswitchd, name: &str, path: &[&str]) -> u64 {
+    let mut v = vs.port_stats(name).unwrap();
+    for k in path {
+        v = v[*k].clone();
+    }
+    v.as_u64().unwrap_or(0)
+}
+
+/// The frames `tcpdump` in `ns` (with `args`) records while `act` runs,
+/// once at least `min` arrived (bounded wait): a capture that saw its
+/// expected frames, so that the absence of others means something.
+pub fn captured(
+    ns: &Netns,
+    pcap: &Path,
+    args: &[&str],
+    min: usize,
+    act: impl FnOnce(),
+) -> Vec<Vec<u8>> {
+    let cap = capture(ns, pcap, args);
+    act();
+    assert!(
+        wait_until(Duration::from_secs(5), || pcap_records(pcap).len() >= min),
+        "fewer than {min} frames captured in {}",
+        ns.name()
+    );
+    drop(cap);
+    pcap_records(pcap)
+}
+
+/// Runs a scapy script in `ns` with Debian's Python (the one with scapy);
+/// `from scapy.all import *` comes first.
+pub fn scapy(ns: &Netns, script: &str) {
+    let code = format!("from scapy.all import *\nconf.verb = 0\n{script}\n");
+    ns.exec(&["/usr/bin/python3", "-c", &code])
+        .unwrap_or_else(|e| panic!("scapy in {}: {e}", ns.name()));
+}
+
+// ------------------------------------------------------------ CNI plugin
+
+/// Runs the plugin with only `env` set and `stdin` on its standard input:
+/// (stdout as JSON or Null, exit code).
+pub fn run_plugin(env: &[(&str, String)], stdin: &[u8]) -> (Value, i32) {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_vswitch-cni"));
+    c.env_clear()
+        .envs(env.iter().map(|(k, v)| (*k, v)))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = c.spawn().expect("vswitch-cni runs");
+    child.stdin.take().unwrap().write_all(stdin).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let v = if text.trim().is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text:?}"))
+    };
+    (v, out.status.code().unwrap_or(-1))
+}
+
+/// The plugin as a runtime calls it for container `id`'s eth0, in netns
+/// `netns` (a path under /var/run/netns), with `conf` on stdin.
+pub fn cni_at(cmd: &str, netns: Option<String>, id: &str, conf: &Value) -> (Value, i32) {
+    let mut env = vec![
+        ("CNI_COMMAND", cmd.to_string()),
+        ("CNI_CONTAINERID", id.to_string()),
+        ("CNI_IFNAME", "eth0".to_string()),
+        ("CNI_PATH", "/usr/lib/cni".to_string()),
+    ];
+    if let Some(name) = netns {
+        env.push(("CNI_NETNS", format!("/var/run/netns/{name}")));
+    }
+    run_plugin(&env, conf.to_string().as_bytes())
+}
+
+/// [`cni_at`] for a namespace that exists.
+pub fn cni(cmd: &str, netns: Option<&Netns>, id: &str, conf: &Value) -> (Value, i32) {
+    cni_at(cmd, netns.map(|n| n.name().to_string()), id, conf)
+}
+
+pub fn addr_of(result: &Value) -> String {
+    result["ips"][0]["address"].as_str().unwrap().to_string()
 }

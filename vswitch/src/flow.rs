@@ -46,7 +46,21 @@ pub enum ParseError {
     BadL3,
     /// A TCP/UDP/ICMP header cut short in a first fragment.
     TruncatedL4,
+    /// More than two VLAN tags. No standard stacks more (802.1Q, QinQ);
+    /// a receiving kernel strips nested tags that a parser stopping at
+    /// two would take for a non-IP payload, so such frames are refused
+    /// rather than passed unjudged.
+    VlanStack,
+    /// IPv6 extension headers beyond [`MAX_IPV6_EXT_HEADERS`]: the upper
+    /// layer is out of reach of a bounded walk (RFC 9098 lets a
+    /// middlebox drop such chains).
+    ExtHeaderChain,
 }
+
+/// IPv6 extension headers walked before a frame is refused. Real stacks
+/// send at most a handful (hop-by-hop, routing, fragment, destination
+/// options, AH); a chain this long is an evasion attempt.
+pub const MAX_IPV6_EXT_HEADERS: usize = 16;
 
 /// Network layer of a frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -74,6 +88,8 @@ pub struct FlowKey {
     pub src_mac: MacAddr,
     /// VLAN id of the outer 802.1Q tag, if any.
     pub vlan: Option<u16>,
+    /// VLAN tags (0 to 2).
+    pub tags: u8,
     /// EtherType after any VLAN tags.
     pub ethertype: u16,
     /// Network layer.
@@ -94,6 +110,9 @@ pub struct FlowKey {
     pub tcp_flags: u8,
     /// Not the first fragment: no L4 header, ports are 0.
     pub later_fragment: bool,
+    /// A fragment (first or later): its IP identification (IPv4: 16
+    /// bits; IPv6: the fragment header's 32).
+    pub fragment: Option<u32>,
     /// Offset of the L3 header from the start of the frame.
     pub l3_offset: u16,
     /// Offset of the L4 header (0 if none).
@@ -120,9 +139,9 @@ impl FlowKey {
         let mut off = 12;
         let mut ethertype = be16(frame, off);
         // Up to two tags (QinQ); the outer one is the VLAN of the key.
-        for _ in 0..2 {
-            if ethertype != ETH_P_8021Q && ethertype != ETH_P_8021AD {
-                break;
+        while ethertype == ETH_P_8021Q || ethertype == ETH_P_8021AD {
+            if key.tags == 2 {
+                return Err(ParseError::VlanStack);
             }
             if frame.len() < off + 2 + VLAN_HLEN {
                 return Err(ParseError::TruncatedL2);
@@ -130,6 +149,7 @@ impl FlowKey {
             if key.vlan.is_none() {
                 key.vlan = Some(be16(frame, off + 2) & 0x0fff);
             }
+            key.tags += 1;
             off += VLAN_HLEN;
             ethertype = be16(frame, off);
         }
@@ -165,8 +185,12 @@ impl FlowKey {
         self.proto = ip[9];
         self.src_ip = u128::from(u32::from_be_bytes([ip[12], ip[13], ip[14], ip[15]]));
         self.dst_ip = u128::from(u32::from_be_bytes([ip[16], ip[17], ip[18], ip[19]]));
-        let frag_off = be16(ip, 6) & 0x1fff;
-        if frag_off != 0 {
+        let frag = be16(ip, 6);
+        if frag & 0x3fff != 0 {
+            // More fragments or a non-zero offset: a fragment.
+            self.fragment = Some(u32::from(be16(ip, 4)));
+        }
+        if frag & 0x1fff != 0 {
             self.later_fragment = true;
             return Ok(());
         }
@@ -182,29 +206,45 @@ impl FlowKey {
         self.dscp = ((be16(ip, 0) >> 6) & 0x3f) as u8;
         self.src_ip = u128::from_be_bytes(ip[8..24].try_into().expect("16 bytes"));
         self.dst_ip = u128::from_be_bytes(ip[24..40].try_into().expect("16 bytes"));
-        // Walk a bounded number of extension headers to the upper layer.
+        // Walk the extension headers to the upper layer; a chain cut short
+        // by the frame's end, or longer than any stack sends, is refused.
         let mut next = ip[6];
         let mut off = l3 + IPV6_HLEN;
-        for _ in 0..8 {
-            match next {
-                // Hop-by-hop, routing, destination options: (len + 1) * 8 bytes.
-                0 | 43 | 60 => {
+        let mut walked = 0;
+        loop {
+            let len = match next {
+                // Hop-by-hop, routing, destination options, mobility,
+                // HIP, shim6: (len + 1) * 8 bytes.
+                0 | 43 | 60 | 135 | 139 | 140 => {
                     let h = frame.get(off..off + 2).ok_or(ParseError::BadL3)?;
-                    next = h[0];
-                    off += (usize::from(h[1]) + 1) * 8;
+                    (usize::from(h[1]) + 1) * 8
+                }
+                // Authentication header: (len + 2) * 4 bytes.
+                51 => {
+                    let h = frame.get(off..off + 2).ok_or(ParseError::BadL3)?;
+                    (usize::from(h[1]) + 2) * 4
                 }
                 // Fragment header: 8 bytes; a non-zero offset has no L4 header.
                 44 => {
                     let h = frame.get(off..off + 8).ok_or(ParseError::BadL3)?;
-                    next = h[0];
-                    off += 8;
+                    self.fragment = Some(u32::from_be_bytes([h[4], h[5], h[6], h[7]]));
                     if be16(h, 2) >> 3 != 0 {
-                        self.proto = next;
+                        self.proto = h[0];
                         self.later_fragment = true;
                         return Ok(());
                     }
+                    8
                 }
                 _ => break,
+            };
+            walked += 1;
+            if walked > MAX_IPV6_EXT_HEADERS {
+                return Err(ParseError::ExtHeaderChain);
+            }
+            next = frame[off];
+            off += len;
+            if off > frame.len() {
+                return Err(ParseError::BadL3);
             }
         }
         self.proto = next;
@@ -313,6 +353,76 @@ mod tests {
         let k = FlowKey::parse(&f).unwrap();
         assert!(k.later_fragment);
         assert_eq!((k.src_port, k.dst_port), (0, 0));
+    }
+
+    #[test]
+    fn more_than_two_vlan_tags_are_refused() {
+        let mut f = udp4(18);
+        for tags in 1..=3 {
+            f.splice(12..12, [0x81, 0x00, 0x00, tags]);
+            let r = FlowKey::parse(&f);
+            if tags <= 2 {
+                let k = r.unwrap();
+                assert_eq!(
+                    (k.tags, k.vlan, k.l3),
+                    (tags, Some(u16::from(tags)), L3::V4)
+                );
+            } else {
+                assert_eq!(r, Err(ParseError::VlanStack));
+            }
+        }
+    }
+
+    /// UDP over IPv6 behind `n` destination-options headers, the last
+    /// cut to `cut` bytes of its 8 when set.
+    fn udp6_behind_options(n: usize) -> Vec<u8> {
+        let mut f = Vec::new();
+        PacketBuilder::ethernet2(SRC, DST)
+            .ipv6([1; 16], [2; 16], 64)
+            .udp(53, 5353)
+            .write(&mut f, &[0; 4])
+            .unwrap();
+        f[14 + 6] = 60;
+        let mut ext = Vec::new();
+        for i in 0..n {
+            let next = if i + 1 == n { IPPROTO_UDP } else { 60 };
+            ext.extend_from_slice(&[next, 0, 1, 4, 0, 0, 0, 0]);
+        }
+        f.splice(54..54, ext);
+        f
+    }
+
+    #[test]
+    fn ipv6_extension_headers_are_walked_to_the_upper_layer() {
+        // Nine headers: one more than the old bound, still TCP/UDP.
+        let k = FlowKey::parse(&udp6_behind_options(9)).unwrap();
+        assert_eq!((k.proto, k.src_port, k.dst_port), (IPPROTO_UDP, 53, 5353));
+        assert_eq!(usize::from(k.l4_offset), 54 + 9 * 8);
+        assert_eq!(
+            FlowKey::parse(&udp6_behind_options(MAX_IPV6_EXT_HEADERS + 1)),
+            Err(ParseError::ExtHeaderChain)
+        );
+        // A chain cut short by the frame's end.
+        let f = udp6_behind_options(3);
+        assert_eq!(FlowKey::parse(&f[..54 + 12]), Err(ParseError::BadL3));
+        // An AH header ((len + 2) * 4 bytes) is walked too.
+        let mut f = udp6_behind_options(1);
+        f[14 + 6] = 51;
+        f[55] = 0; // 8 bytes
+        assert_eq!(FlowKey::parse(&f).unwrap().proto, IPPROTO_UDP);
+    }
+
+    #[test]
+    fn fragments_carry_their_identification() {
+        let mut f = udp4(18);
+        f[14 + 4..14 + 6].copy_from_slice(&0x4242u16.to_be_bytes());
+        assert_eq!(FlowKey::parse(&f).unwrap().fragment, None);
+        f[14 + 6] = 0x20; // more fragments, offset 0: the first
+        let k = FlowKey::parse(&f).unwrap();
+        assert_eq!(
+            (k.fragment, k.later_fragment, k.dst_port),
+            (Some(0x4242), false, 80)
+        );
     }
 
     proptest! {

@@ -16,6 +16,7 @@
 pub mod flow;
 pub mod mac_table;
 pub mod offload;
+pub mod port_security;
 pub mod security;
 pub mod stats;
 pub mod switch;
@@ -24,6 +25,7 @@ pub mod types;
 pub use flow::{FlowKey, ParseError, L3};
 pub use mac_table::{Learn, MacTable};
 pub use offload::Offload;
+pub use port_security::{GuardConf, PortGuard, Prefix};
 pub use stats::{Counter, CycleHistogram, DropReason, PortCounters};
 pub use switch::{Action, BridgeConf, BridgeDomain, BuildError, Frame, Switch, SwitchBuilder};
 pub use types::{BridgeId, MacAddr, PortId, MAX_BURST, MAX_PORTS};

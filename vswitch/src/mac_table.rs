@@ -15,6 +15,12 @@
 //! memory under MAC flooding attacks, as the fixed-size tables of hardware
 //! switches do.
 //!
+//! Each port may hold a bounded number of learned entries (`learn`'s
+//! `limit`): a container that sends from thousands of forged MACs fills
+//! its own share, not the bridge's buckets, so every other station's
+//! unicast stays unicast. The per-port counts follow new, moved, expired
+//! (when their slot is reused or swept) and flushed entries.
+//!
 //! Static entries (configured stations, like OVS's `fdb/add`) carry a flag
 //! bit in the word: they never age, and learning never moves them, so a
 //! spoofed source MAC cannot steal a configured station's traffic.
@@ -31,7 +37,7 @@
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
 
-use crate::types::{MacAddr, PortId};
+use crate::types::{MacAddr, PortId, MAX_PORTS};
 
 /// Slots per bucket: 8 x 8 bytes = one 64-byte cache line.
 pub const SLOTS: usize = 8;
@@ -53,6 +59,8 @@ pub enum Learn {
     Moved,
     /// Its bucket is full of live entries: not learned.
     Full,
+    /// The port holds its limit of learned MACs: not learned.
+    Limit,
 }
 
 /// A learned entry, as [`MacTable::entries`] reports it.
@@ -74,6 +82,8 @@ pub struct MacTable {
     stamps: Box<[AtomicU32]>,
     mask: usize,
     aging_secs: u32,
+    /// Learned entries per port.
+    learned: Box<[AtomicU32]>,
 }
 
 #[inline]
@@ -102,7 +112,32 @@ impl MacTable {
             stamps: (0..nb * SLOTS).map(|_| AtomicU32::new(0)).collect(),
             mask: nb - 1,
             aging_secs,
+            learned: (0..MAX_PORTS).map(|_| AtomicU32::new(0)).collect(),
         }
+    }
+
+    /// Learned entries behind `port` (see the module documentation).
+    pub fn learned_on(&self, port: PortId) -> u32 {
+        self.learned
+            .get(port.index())
+            .map_or(0, |c| c.load(Relaxed))
+    }
+
+    /// Counts a learned entry word `w` that left its slot.
+    fn uncount(&self, w: u64) {
+        if w != 0 && w & STATIC == 0 {
+            if let Some(c) = self.learned.get(word_port(w).index()) {
+                let _ = c.fetch_update(Relaxed, Relaxed, |v| v.checked_sub(1));
+            }
+        }
+    }
+
+    /// Counts a learned entry of `port`, unless it holds `limit` already.
+    fn count(&self, port: PortId, limit: u32) -> bool {
+        self.learned.get(port.index()).is_some_and(|c| {
+            c.fetch_update(Relaxed, Relaxed, |v| (v < limit).then_some(v + 1))
+                .is_ok()
+        })
     }
 
     /// Number of slots (the hard bound on entries).
@@ -145,10 +180,11 @@ impl MacTable {
         None
     }
 
-    /// Records that `mac` was seen on `port` at time `now` (seconds).
-    /// The caller never passes group or zero MACs.
+    /// Records that `mac` was seen on `port` at time `now` (seconds),
+    /// unless `port` holds `limit` learned MACs already. The caller never
+    /// passes group or zero MACs.
     #[inline]
-    pub fn learn(&self, mac: MacAddr, port: PortId, now: u32) -> Learn {
+    pub fn learn(&self, mac: MacAddr, port: PortId, now: u32, limit: u32) -> Learn {
         let m = mac.to_u64();
         let b = self.bucket_of(m);
         let want = pack(mac, port);
@@ -171,10 +207,15 @@ impl MacTable {
                         }
                         return Learn::Known;
                     }
+                    if !self.count(port, limit) {
+                        return Learn::Limit;
+                    }
                     if word.compare_exchange(w, want, Relaxed, Relaxed).is_ok() {
                         self.stamps[s].store(now, Relaxed);
+                        self.uncount(w);
                         return Learn::Moved;
                     }
+                    self.uncount(want);
                     free = None;
                     break;
                 }
@@ -185,13 +226,18 @@ impl MacTable {
             let Some((i, old)) = free else {
                 continue;
             };
+            if !self.count(port, limit) {
+                return Learn::Limit;
+            }
             if slots[i]
                 .compare_exchange(old, want, Relaxed, Relaxed)
                 .is_ok()
             {
                 self.stamps[b * SLOTS + i].store(now, Relaxed);
+                self.uncount(old);
                 return Learn::New;
             }
+            self.uncount(want);
         }
         Learn::Full
     }
@@ -221,6 +267,7 @@ impl MacTable {
                 .compare_exchange(old, want, Relaxed, Relaxed)
                 .is_ok()
             {
+                self.uncount(old);
                 return true;
             }
         }
@@ -257,6 +304,7 @@ impl MacTable {
                     && pred(b * SLOTS + i, w)
                     && word.compare_exchange(w, 0, Relaxed, Relaxed).is_ok()
                 {
+                    self.uncount(w);
                     n += 1;
                 }
             }
@@ -303,10 +351,10 @@ mod tests {
     fn learns_looks_up_and_moves() {
         let t = MacTable::new(64, 300);
         assert_eq!(t.lookup(mac(1), 0), None);
-        assert_eq!(t.learn(mac(1), PortId(3), 0), Learn::New);
-        assert_eq!(t.learn(mac(1), PortId(3), 1), Learn::Known);
+        assert_eq!(t.learn(mac(1), PortId(3), 0, u32::MAX), Learn::New);
+        assert_eq!(t.learn(mac(1), PortId(3), 1, u32::MAX), Learn::Known);
         assert_eq!(t.lookup(mac(1), 1), Some(PortId(3)));
-        assert_eq!(t.learn(mac(1), PortId(0), 2), Learn::Moved);
+        assert_eq!(t.learn(mac(1), PortId(0), 2, u32::MAX), Learn::Moved);
         assert_eq!(t.lookup(mac(1), 2), Some(PortId(0)));
         assert_eq!(t.entries(2).len(), 1);
     }
@@ -314,17 +362,17 @@ mod tests {
     #[test]
     fn entries_age_out_and_are_refreshed_by_traffic() {
         let t = MacTable::new(64, 10);
-        t.learn(mac(1), PortId(1), 100);
-        t.learn(mac(2), PortId(2), 100);
+        t.learn(mac(1), PortId(1), 100, u32::MAX);
+        t.learn(mac(2), PortId(2), 100, u32::MAX);
         // mac(2) is seen again at 105: it lives until 115.
-        t.learn(mac(2), PortId(2), 105);
+        t.learn(mac(2), PortId(2), 105, u32::MAX);
         assert_eq!(t.lookup(mac(1), 110), Some(PortId(1)));
         assert_eq!(t.lookup(mac(1), 111), None, "aged out after 10 s");
         assert_eq!(t.lookup(mac(2), 111), Some(PortId(2)));
         assert_eq!(t.sweep(111), 1);
         assert_eq!(t.entries(111).len(), 1);
         // A slot that aged out is reused.
-        assert_eq!(t.learn(mac(1), PortId(4), 112), Learn::New);
+        assert_eq!(t.learn(mac(1), PortId(4), 112, u32::MAX), Learn::New);
         assert_eq!(t.lookup(mac(1), 112), Some(PortId(4)));
     }
 
@@ -335,7 +383,7 @@ mod tests {
         let mut learned = 0;
         let mut full = 0;
         for i in 0..1000 {
-            match t.learn(mac(i), PortId(1), 0) {
+            match t.learn(mac(i), PortId(1), 0, u32::MAX) {
                 Learn::New => learned += 1,
                 Learn::Full => full += 1,
                 other => panic!("{other:?}"),
@@ -352,14 +400,14 @@ mod tests {
     #[test]
     fn static_entries_never_age_nor_move() {
         let t = MacTable::new(64, 10);
-        assert_eq!(t.learn(mac(1), PortId(1), 0), Learn::New);
+        assert_eq!(t.learn(mac(1), PortId(1), 0, u32::MAX), Learn::New);
         assert!(
             t.add_static(mac(1), PortId(2)),
             "replaces the learned entry"
         );
         assert!(t.add_static(mac(3), PortId(3)));
         // Traffic from the MAC on another port does not move it.
-        assert_eq!(t.learn(mac(1), PortId(5), 1), Learn::Known);
+        assert_eq!(t.learn(mac(1), PortId(5), 1, u32::MAX), Learn::Known);
         assert_eq!(t.lookup(mac(1), 1_000_000), Some(PortId(2)));
         assert_eq!(t.sweep(1_000_000), 0);
         let mut e = t.entries(1_000_000);
@@ -376,14 +424,37 @@ mod tests {
         let t = MacTable::new(SLOTS, 300);
         assert!((0..SLOTS as u64).all(|i| t.add_static(mac(i), PortId(1))));
         assert!(!t.add_static(mac(100), PortId(1)));
-        assert_eq!(t.learn(mac(101), PortId(1), 0), Learn::Full);
+        assert_eq!(t.learn(mac(101), PortId(1), 0, u32::MAX), Learn::Full);
+    }
+
+    #[test]
+    fn a_port_learns_up_to_its_limit_and_gets_its_share_back() {
+        let t = MacTable::new(1024, 10);
+        for i in 0..4 {
+            assert_eq!(t.learn(mac(i), PortId(1), 0, 4), Learn::New);
+        }
+        assert_eq!(t.learn(mac(9), PortId(1), 0, 4), Learn::Limit);
+        assert_eq!(t.lookup(mac(9), 0), None);
+        // Others are not affected; known MACs stay known.
+        assert_eq!(t.learn(mac(9), PortId(2), 0, 4), Learn::New);
+        assert_eq!(t.learn(mac(0), PortId(1), 1, 4), Learn::Known);
+        // A station moving away, aging out or a flush frees the share.
+        assert_eq!(t.learn(mac(0), PortId(2), 1, 4), Learn::Moved);
+        assert_eq!((t.learned_on(PortId(1)), t.learned_on(PortId(2))), (3, 2));
+        assert_eq!(t.learn(mac(10), PortId(1), 1, 4), Learn::New);
+        assert_eq!(t.learn(mac(11), PortId(1), 1, 4), Learn::Limit);
+        assert_eq!(t.sweep(20), 6);
+        assert_eq!((t.learned_on(PortId(1)), t.learned_on(PortId(2))), (0, 0));
+        assert_eq!(t.learn(mac(11), PortId(1), 20, 4), Learn::New);
+        assert_eq!(t.flush_learned_on(PortId(1)), 1);
+        assert_eq!(t.learned_on(PortId(1)), 0);
     }
 
     #[test]
     fn flush_port_removes_only_that_port() {
         let t = MacTable::new(64, 300);
         for i in 0..10 {
-            t.learn(mac(i), PortId((i % 2) as u16), 0);
+            t.learn(mac(i), PortId((i % 2) as u16), 0, u32::MAX);
         }
         assert_eq!(t.flush_port(PortId(0)), 5);
         assert!(
@@ -392,7 +463,7 @@ mod tests {
         assert_eq!(t.flush(), 5);
         // Static entries survive a flush; flush_learned_on spares them too.
         assert!(t.add_static(mac(50), PortId(1)));
-        t.learn(mac(51), PortId(1), 0);
+        t.learn(mac(51), PortId(1), 0, u32::MAX);
         assert_eq!(t.flush_learned_on(PortId(1)), 1);
         assert_eq!(t.flush(), 0);
         assert_eq!(t.lookup(mac(50), 0), Some(PortId(1)));
@@ -409,7 +480,7 @@ mod tests {
                 std::thread::spawn(move || {
                     for round in 0..2000 {
                         for i in 0..64 {
-                            t.learn(mac(i), PortId(p), round / 100);
+                            t.learn(mac(i), PortId(p), round / 100, u32::MAX);
                         }
                     }
                 })

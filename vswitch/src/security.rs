@@ -341,11 +341,18 @@ impl Security {
             // A flooded frame's session opens when a copy is admitted.
             let opened = matches!(actions[i], Action::Output(_)).then(|| {
                 self.sessions
-                    .open(&t, zone, flags, self.generation, class, now)
+                    .open(&t, zone, in_port.0, flags, self.generation, class, now)
             });
-            if opened == Some(Open::Full) {
-                drop(actions, i, DropReason::SessionFull, in_port);
-                continue;
+            match opened {
+                Some(Open::Full) => {
+                    drop(actions, i, DropReason::SessionFull, in_port);
+                    continue;
+                }
+                Some(Open::Quota) => {
+                    drop(actions, i, DropReason::SessionQuota, in_port);
+                    continue;
+                }
+                _ => {}
             }
             scratch.class[i] = class;
         }
@@ -419,11 +426,13 @@ impl Security {
         }
     }
 
-    /// Whether the copy of flooded frame `i` may go to port `q`: `q`'s
-    /// ingress group judges it (opening its session when allowed). Counts
-    /// a denial on `q`.
+    /// Whether the copy of flooded frame `i` from `in_port` may go to port
+    /// `q`: `q`'s ingress group judges it (opening its session, charged to
+    /// `in_port`, when allowed). Counts a denial on `q`.
+    #[allow(clippy::too_many_arguments)]
     pub fn admit_flood_copy(
         &self,
+        in_port: PortId,
         q: PortId,
         i: usize,
         zone: u16,
@@ -445,8 +454,17 @@ impl Security {
             counters[q.index()].drop(DropReason::AclDeny, 1);
             return false;
         }
-        self.sessions
-            .open(&t, zone, flags, self.generation, rule_class(g, &v), now);
+        // A copy passes even when the table has no room for its session
+        // (the reply is judged by the rules then), as floods are rare.
+        self.sessions.open(
+            &t,
+            zone,
+            in_port.0,
+            flags,
+            self.generation,
+            rule_class(g, &v),
+            now,
+        );
         true
     }
 }

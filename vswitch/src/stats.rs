@@ -72,6 +72,9 @@ drop_reasons! {
     NoSession => "no_session",
     /// Allowed, but the session table had no room for its session.
     SessionFull => "session_full",
+    /// Allowed, but its port or bridge holds its whole share of the
+    /// session table (`[sessions] per_port`, `per_bridge`).
+    SessionQuota => "session_quota",
     /// Colored by a policer whose action for that color is drop.
     PolicerDrop => "policer_drop",
     /// VXLAN to our VTEP with a VNI no bridge domain carries.
@@ -87,16 +90,32 @@ drop_reasons! {
     VxlanFragment => "vxlan_fragment",
     /// VXLAN to our VTEP without the I flag.
     VxlanBadFlags => "vxlan_bad_flags",
+    /// VXLAN whose inner frame is VLAN-tagged (RFC 7348 6.1: dropped,
+    /// segments are untagged).
+    VxlanInnerVlan => "vxlan_inner_vlan",
     /// Uplink traffic that is neither VXLAN nor for the VTEP's host stack.
     NotForVtep => "not_for_vtep",
     /// The slow path's queue was full (ARP/ICMP flood): punt dropped.
     PuntFull => "punt_full",
+    /// Beyond the worker's share of the slow path (a flood at the VTEP's
+    /// address): dropped before it is copied.
+    PuntLimit => "punt_limit",
     /// Encapsulated, the frame would exceed the uplink MTU.
     MtuExceeded => "mtu_exceeded",
     /// The remote VTEP's next hop has no MAC yet (ARP pending).
     NoNeighbour => "no_neighbour",
     /// No mbuf for a flooded frame's tunnel copy (pool exhausted).
     NoMbuf => "no_mbuf",
+    /// Port security: a source MAC or IP address the port does not own, an
+    /// ARP or neighbour advertisement claiming an address it does not own,
+    /// or a DHCP server reply or router advertisement from a container.
+    Spoofed => "spoofed",
+    /// From a source MAC the port may not add: it holds its limit of
+    /// learned MACs (`mac_limit`).
+    MacLimit => "mac_limit",
+    /// Port security: a kind of frame the port may not send (VLAN-tagged,
+    /// or an EtherType other than ARP, IPv4 and IPv6, unless allowed).
+    Forbidden => "forbidden",
 }
 
 /// Counters of one port on one worker, a cache line apart from the next
@@ -123,6 +142,9 @@ pub struct PortCounters {
     /// Superframes cut into segments for this port, which cannot take
     /// them (the segments count in `tx_packets`).
     pub segmented: Counter,
+    /// Frames handed to the VTEP's host stack (ARP, ICMP for the VTEP's
+    /// address; uplink only).
+    pub punted: Counter,
     /// Frames dropped, by reason. Rx-side reasons count on the ingress
     /// port, [`DropReason::TxFull`] on the egress port.
     pub drops: [Counter; DropReason::COUNT],

@@ -23,7 +23,9 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use crate::flow::{FlowKey, ETH_P_8021AD, ETH_P_8021Q};
 use crate::mac_table::{Learn, MacTable};
+use crate::port_security::PortGuard;
 use crate::stats::{DropReason, PortCounters};
 use crate::types::{BridgeId, MacAddr, PortId, MAX_PORTS};
 
@@ -111,6 +113,10 @@ pub struct Switch {
     /// Per ingress port: where its floods go (see the module documentation).
     flood: Vec<Vec<PortId>>,
     tunnel: [bool; MAX_PORTS],
+    /// Per port: its port security, if on.
+    guards: Vec<Option<PortGuard>>,
+    /// Per port: MACs it may have learned at a time.
+    mac_limits: Vec<u32>,
 }
 
 /// Builds a [`Switch`].
@@ -120,6 +126,8 @@ pub struct SwitchBuilder {
     static_macs: Vec<(BridgeId, MacAddr, PortId)>,
     /// Tunnel ports, and whether each is on its domain's flood list.
     tunnels: Vec<(PortId, bool)>,
+    guards: Vec<(PortId, PortGuard)>,
+    mac_limits: Vec<(PortId, u32)>,
 }
 
 /// A topology mistake found while building a snapshot.
@@ -187,6 +195,20 @@ impl SwitchBuilder {
         self
     }
 
+    /// Turns port security on for `port` (see [`crate::port_security`]);
+    /// its MAC is pinned in its bridge's table like a static MAC.
+    pub fn guard(&mut self, port: PortId, guard: PortGuard) -> &mut Self {
+        self.guards.push((port, guard));
+        self
+    }
+
+    /// Lets `port` have at most `limit` learned MACs in its bridge's table
+    /// at a time (default: no limit but the table's).
+    pub fn mac_limit(&mut self, port: PortId, limit: u32) -> &mut Self {
+        self.mac_limits.push((port, limit));
+        self
+    }
+
     /// The snapshot. MAC tables of `previous` are carried over for bridges
     /// with the same name and table size, so learning survives the change.
     pub fn build(self, previous: Option<&Switch>) -> Result<Switch, BuildError> {
@@ -247,7 +269,24 @@ impl SwitchBuilder {
             };
             bridges.push(BridgeDomain { conf, ports, macs });
         }
-        for (b, mac, port) in self.static_macs {
+        let mut mac_limits = vec![u32::MAX; MAX_PORTS];
+        for (p, l) in self.mac_limits {
+            *mac_limits
+                .get_mut(p.index())
+                .ok_or(BuildError::PortOutOfRange(p))? = l;
+        }
+        let mut guards = vec![None; MAX_PORTS];
+        let mut statics = self.static_macs;
+        for (p, g) in self.guards {
+            let slot = guards
+                .get_mut(p.index())
+                .ok_or(BuildError::PortOutOfRange(p))?;
+            if let Some(b) = port_bridge[p.index()] {
+                statics.push((b, g.mac(), p));
+            }
+            *slot = Some(g);
+        }
+        for (b, mac, port) in statics {
             if !bridges[b.index()].macs.add_static(mac, port) {
                 return Err(BuildError::NoRoomForStaticMac(mac));
             }
@@ -257,6 +296,8 @@ impl SwitchBuilder {
             port_bridge,
             flood,
             tunnel,
+            guards,
+            mac_limits,
         })
     }
 }
@@ -277,6 +318,11 @@ impl Switch {
     #[inline]
     pub fn is_tunnel(&self, port: PortId) -> bool {
         self.tunnel.get(port.index()).copied().unwrap_or(false)
+    }
+
+    /// `port`'s port security, if on.
+    pub fn guard_of(&self, port: PortId) -> Option<&PortGuard> {
+        self.guards.get(port.index()).and_then(Option::as_ref)
     }
 
     /// Where a frame from `in_port` is flooded: the other ports of its
@@ -317,6 +363,8 @@ impl Switch {
             return;
         };
         let macs = &*self.bridges[bd.index()].macs;
+        let guard = self.guard_of(in_port);
+        let mac_limit = self.mac_limits[in_port.index()];
         let flood = if self.flood[in_port.index()].is_empty() {
             Action::Drop(DropReason::NoOutput)
         } else {
@@ -336,6 +384,16 @@ impl Switch {
                 *action = Action::Drop(DropReason::Malformed);
                 continue;
             }
+            if let Some(g) = guard {
+                if let Err(why) = g.check(d) {
+                    *action = Action::Drop(why);
+                    continue;
+                }
+            } else if is_tagged(d) && FlowKey::parse_l2(d).is_err() {
+                // More than two tags (see `flow::ParseError::VlanStack`).
+                *action = Action::Drop(DropReason::Malformed);
+                continue;
+            }
             let dst = MacAddr::from_slice(&d[0..6]);
             let src = MacAddr::from_slice(&d[6..12]);
             if Some(src) != last_src {
@@ -343,8 +401,15 @@ impl Switch {
                     *action = Action::Drop(DropReason::Malformed);
                     continue;
                 }
-                if !src.is_zero() && macs.learn(src, in_port, now) == Learn::Full {
-                    learn_full += 1;
+                if !src.is_zero() {
+                    match macs.learn(src, in_port, now, mac_limit) {
+                        Learn::Full => learn_full += 1,
+                        Learn::Limit => {
+                            *action = Action::Drop(DropReason::MacLimit);
+                            continue;
+                        }
+                        _ => {}
+                    }
                 }
                 last_src = Some(src);
             }
@@ -370,6 +435,13 @@ impl Switch {
             }
         }
     }
+}
+
+/// Whether an Ethernet frame (at least a header long) carries a VLAN tag.
+#[inline]
+fn is_tagged(d: &[u8]) -> bool {
+    let t = u16::from_be_bytes([d[12], d[13]]);
+    t == ETH_P_8021Q || t == ETH_P_8021AD
 }
 
 #[cfg(test)]
@@ -490,6 +562,48 @@ mod tests {
             assert_eq!(*a.last().unwrap(), Action::Drop(DropReason::Malformed));
         }
         assert_eq!(c.drops[DropReason::Malformed as usize].get(), 2);
+    }
+
+    #[test]
+    fn a_guarded_port_cannot_take_a_neighbours_mac() {
+        use crate::port_security::GuardConf;
+        let mut b = SwitchBuilder::new();
+        let a = b.bridge(conf("a"));
+        b.attach(PortId(0), a)
+            .attach(PortId(1), a)
+            .attach(PortId(2), a);
+        for p in [0u8, 1] {
+            b.guard(
+                PortId(p.into()),
+                PortGuard::new(&GuardConf {
+                    mac: MacAddr(mac(p + 1)),
+                    addresses: vec![std::net::IpAddr::from([10, 0, 0, p + 1])],
+                    ..GuardConf::default()
+                }),
+            );
+        }
+        let sw = b.build(None).unwrap();
+        let c = PortCounters::default();
+        let mut a = [Action::Flood];
+        // Port 1 claims port 0's MAC: dropped, and port 0 keeps it.
+        let mut f = frame(mac(3), mac(1));
+        f[26..30].copy_from_slice(&[10, 0, 0, 2]);
+        sw.forward(PortId(1), &[f], 0, &c, &mut a);
+        assert_eq!(a, [Action::Drop(DropReason::Spoofed)]);
+        assert_eq!(c.drops[DropReason::Spoofed as usize].get(), 1);
+        // Even an unguarded port cannot move a guarded port's MAC.
+        sw.forward(PortId(2), &[frame([0xff; 6], mac(1))], 0, &c, &mut a);
+        assert_eq!(
+            run(&sw, 2, &[frame(mac(1), mac(9))], 0),
+            [Action::Output(PortId(0))]
+        );
+        // Three VLAN tags from an unguarded port: malformed.
+        let mut three = frame(mac(1), mac(9));
+        three.splice(12..12, [0x81, 0, 0, 1, 0x81, 0, 0, 1, 0x81, 0, 0, 1]);
+        assert_eq!(
+            run(&sw, 2, &[three], 0),
+            [Action::Drop(DropReason::Malformed)]
+        );
     }
 
     #[test]

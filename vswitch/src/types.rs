@@ -80,12 +80,35 @@ impl MacAddr {
         u64::from_be_bytes([0, 0, b[0], b[1], b[2], b[3], b[4], b[5]])
     }
 
+    /// A locally administered unicast MAC derived from `parts` (a port
+    /// name; a container id and interface name): the same parts give the
+    /// same MAC on every host and every restart. FNV-1a is hand-written on
+    /// purpose: std's hasher does not promise stable output across Rust
+    /// releases, and these MACs outlive builds.
+    pub fn derived(parts: &[&str]) -> MacAddr {
+        let h = fnv(parts).to_be_bytes();
+        MacAddr([0x02, h[0], h[1], h[2], h[3], h[4]])
+    }
+
     /// Inverse of [`MacAddr::to_u64`]; the high 16 bits are ignored.
     #[inline]
     pub fn from_u64(v: u64) -> MacAddr {
         let b = v.to_be_bytes();
         MacAddr([b[2], b[3], b[4], b[5], b[6], b[7]])
     }
+}
+
+/// FNV-1a, 64 bits, over `parts` each followed by a NUL (so that
+/// `["ab", "c"]` and `["a", "bc"]` differ). Stable across builds: names and
+/// MACs derived from it must not change with an upgrade.
+pub fn fnv(parts: &[&str]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for p in parts {
+        for b in p.bytes().chain([0]) {
+            h = (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3);
+        }
+    }
+    h
 }
 
 impl fmt::Display for MacAddr {

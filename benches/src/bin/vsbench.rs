@@ -59,10 +59,39 @@ enum Cmd {
         #[arg(long)]
         workload: Option<String>,
     },
+    /// Soak the DPDK-free pipeline with fuzzed frames (see vsbench::fuzz);
+    /// exits 1 on any invariant violation.
+    Fuzz {
+        /// Frames to feed.
+        #[arg(long, default_value_t = 10_000_000)]
+        frames: u64,
+        /// Seed (a run is reproducible from it).
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
 }
 
 fn main() -> Result<()> {
     match Cli::parse().cmd {
+        Cmd::Fuzz { frames, seed } => {
+            let t = std::time::Instant::now();
+            let soak = vsbench::fuzz::run(seed, frames);
+            println!(
+                "{} frames (seed {seed}) in {:.1} s: {} output, {} flooded, drops {:?}",
+                soak.frames,
+                t.elapsed().as_secs_f64(),
+                soak.outputs,
+                soak.floods,
+                soak.drops
+            );
+            for v in &soak.violations {
+                println!("violation: {v}");
+            }
+            if !soak.violations.is_empty() {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
         Cmd::Gen { dir } => {
             std::fs::create_dir_all(&dir)?;
             for w in workload::ALL {
