@@ -16,6 +16,15 @@ use crate::daemon::{flush_ports, mbuf_demand, nic_ports, Daemon};
 use crate::netns;
 use crate::ports::{self, Port};
 
+/// The spec of port `name` in `cfg`, validated with it.
+fn spec_of(cfg: &Config, name: &str) -> crate::config::PortSpec {
+    cfg.ports
+        .iter()
+        .find(|p| p.name == name)
+        .expect("validated with it")
+        .clone()
+}
+
 /// How validation errors of a changed running config name their source.
 const RUNNING: &str = "<running config>";
 
@@ -109,6 +118,7 @@ impl Daemon<'_> {
             Request::PortList => Ok(self.port_list()),
             Request::PortShow { name } => self.port_show(&name),
             Request::PortAdd { port } => self.port_add(port),
+            Request::PortSet { name, fields } => self.port_set(&name, fields),
             Request::PortDel { name } => self.port_del(&name),
             Request::PortMove {
                 name,
@@ -285,12 +295,7 @@ impl Daemon<'_> {
         let mut doc = self.doc.clone();
         tables(&mut doc, "port").push(table);
         let cfg = validate(&doc)?;
-        let spec = cfg
-            .ports
-            .iter()
-            .find(|p| p.name == name)
-            .expect("validated with it")
-            .clone();
+        let spec = spec_of(&cfg, &name);
         ports::preflight(&spec).map_err(|e| e.to_string())?;
         if let PortKind::Tap(t) = &spec.kind {
             // A restart re-attaches the TAPs it finds; a new port must not
@@ -331,6 +336,51 @@ impl Daemon<'_> {
             p.spec.kind.name()
         );
         Ok(self.port_json(slot, p))
+    }
+
+    /// Changes what port security knows of a port (`vswitchctl port set`).
+    /// The port's entries in its bridge's MAC table go first (its pinned
+    /// MAC may change) and come back with the new snapshot.
+    fn port_set(&mut self, name: &str, fields: Map<String, Value>) -> Result<Value, String> {
+        const SETTABLE: [&str; 8] = [
+            "port_security",
+            "mac",
+            "addresses",
+            "allowed_addresses",
+            "allowed_macs",
+            "allow_vlan",
+            "allowed_ethertypes",
+            "mac_limit",
+        ];
+        let slot = self.slot_or_err(name)?;
+        if let Some(k) = fields.keys().find(|k| !SETTABLE.contains(&k.as_str())) {
+            return Err(format!(
+                "`{k}` cannot change on a running port (settable: {}); remove and add the port",
+                SETTABLE.join(", ")
+            ));
+        }
+        let mut doc = self.doc.clone();
+        let t = named(&mut doc, "port", name).ok_or("the port is not in the config document")?;
+        for (k, v) in fields {
+            if v.is_null() {
+                t.remove(&k);
+            } else {
+                let v = toml::Value::try_from(v).map_err(|e| format!("field `{k}`: {e}"))?;
+                t.insert(k, v);
+            }
+        }
+        let cfg = validate(&doc)?;
+        // The snapshot is built from the ports' specs.
+        let spec = spec_of(&cfg, name);
+        let port = self.ports[slot].as_mut().expect("slot_of found it");
+        let old = std::mem::replace(&mut port.spec, spec);
+        flush_ports(&self.shared.load(), std::iter::once(PortId(slot as u16)));
+        if let Err(e) = self.publish(&cfg, false) {
+            self.ports[slot].as_mut().expect("still there").spec = old;
+            return Err(format!("{e:#}"));
+        }
+        self.commit(cfg, doc)?;
+        self.port_show(name)
     }
 
     fn port_del(&mut self, name: &str) -> Result<Value, String> {

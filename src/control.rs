@@ -47,6 +47,14 @@ pub enum Request {
         /// The port's fields (name, kind, bridge, kind options, groups...).
         port: serde_json::Map<String, serde_json::Value>,
     },
+    /// Changes a port's port security (its MAC and addresses, what else
+    /// it may send) and MAC limit; a null value removes a field.
+    PortSet {
+        /// Port name.
+        name: String,
+        /// The fields and their new values.
+        fields: serde_json::Map<String, serde_json::Value>,
+    },
     /// Unplugs a port (after a grace period no worker polls it).
     PortDel {
         /// Port name.

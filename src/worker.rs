@@ -434,7 +434,14 @@ impl Worker {
                 return;
             }
         }
-        match vt.pool.alloc_frame(m.data()) {
+        // A chained frame (a jumbo from a vhost-user guest) is copied
+        // whole, every segment.
+        let copy = if m.is_chained() {
+            vt.pool.copy_chain(m)
+        } else {
+            vt.pool.alloc_frame(m.data())
+        };
+        match copy {
             // Its one reference ends in a tx buffer or the drop list.
             Some(mut copy) => {
                 if let Some(c) = m.offload().csum {

@@ -198,6 +198,33 @@ sendp(Ether(src='{M_MAC}',dst='ff:ff:ff:ff:ff:ff')/IP(src='{M}',dst='255.255.255
         "a got only the allowed datagrams, none from b's address"
     );
     assert_eq!(r.drops("m", "spoofed"), 17);
+
+    // An address given at run time (vswitchctl port set) is m's to use.
+    let from_77 = || {
+        common::scapy(
+            &r.m,
+            &format!(
+                "sendp(Ether(src='{M_MAC}',dst='{A_MAC}')/IP(src='10.40.0.77',dst='{A}')/UDP(dport=5555), iface='eth0')"
+            ),
+        )
+    };
+    from_77();
+    assert_eq!(r.drops("m", "spoofed"), 18);
+    let set = |fields: serde_json::Value| {
+        r.vs.request(serde_json::json!({"cmd": "port-set", "name": "m", "fields": fields}))
+    };
+    set(serde_json::json!({"allowed_addresses": [VIP, "10.40.0.77"]})).unwrap();
+    from_77();
+    assert_eq!(r.drops("m", "spoofed"), 18, "10.40.0.77 is allowed now");
+    assert_eq!(
+        r.fdb_port(M_MAC).as_deref(),
+        Some("m"),
+        "m's MAC is pinned again"
+    );
+    let e = set(serde_json::json!({"kind": "pcap"})).unwrap_err();
+    assert!(e.contains("cannot change"), "{e}");
+    let e = set(serde_json::json!({"addresses": ["not-an-ip"]})).unwrap_err();
+    assert!(e.contains("addresses[0]"), "{e}");
 }
 
 #[test]

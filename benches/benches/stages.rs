@@ -102,8 +102,20 @@ fn pipeline(c: &mut Criterion) {
         mac_capacity: 4096,
         mac_aging_secs: 300,
     });
-    b.attach(PortId(0), br).attach(PortId(1), br);
+    b.attach(PortId(0), br)
+        .attach(PortId(1), br)
+        .attach(PortId(2), br);
     b.static_mac(br, MacAddr(DST_MAC), PortId(1));
+    // Port 2: the generator's stations behind port security (its MAC,
+    // their /16 as an allowed prefix: one MAC and one prefix compared).
+    b.guard(
+        PortId(2),
+        vswitch::PortGuard::new(&vswitch::GuardConf {
+            mac: MacAddr(vsbench::workload::SRC_MAC),
+            allowed_addresses: vec![vswitch::Prefix::parse("10.0.0.0/16").expect("a prefix")],
+            ..vswitch::GuardConf::default()
+        }),
+    );
     let sw = b.build(None).expect("valid topology");
     let counters = PortCounters::default();
     let mut actions = [Action::Flood; MAX_BURST];
@@ -117,21 +129,28 @@ fn pipeline(c: &mut Criterion) {
             f
         })
         .collect();
-    for (name, frames) in [
+    for (name, port, frames) in [
         (
             "forward_known_dst_udp4",
+            0,
+            burst(Workload::Udp4 { flows: 1024 }),
+        ),
+        (
+            "forward_known_dst_udp4_port_security",
+            2,
             burst(Workload::Udp4 { flows: 1024 }),
         ),
         (
             "forward_known_dst_imix",
+            0,
             burst(Workload::Imix { flows: 1024 }),
         ),
-        ("forward_distinct_stations", distinct),
+        ("forward_distinct_stations", 0, distinct),
     ] {
         g.bench_function(name, |bch| {
             bch.iter(|| {
                 sw.forward(
-                    PortId(0),
+                    PortId(port),
                     black_box(&frames[..]),
                     1,
                     &counters,

@@ -93,6 +93,15 @@ enum PortVerb {
         #[arg(required = true)]
         fields: Vec<String>,
     },
+    /// Change a port's port security and MAC limit: `port_security`,
+    /// `mac` (vhost-user), `addresses`, `allowed_addresses`,
+    /// `allowed_macs`, `allow_vlan`, `allowed_ethertypes`, `mac_limit`
+    /// as KEY=VALUE (lists comma-separated; `KEY=` removes the field).
+    Set {
+        name: String,
+        #[arg(required = true)]
+        fields: Vec<String>,
+    },
     /// Unplug a port.
     Del { name: String },
     /// Move a TAP NIC into another container (keeps MAC, address, groups).
@@ -204,9 +213,18 @@ fn field(kv: &str) -> Result<(String, Value), String> {
         }
     };
     let value = match k {
-        "static_macs" | "rx_workers" => {
+        // An empty value removes the field (`port set`).
+        _ if v.is_empty() => Value::Null,
+        "static_macs" | "rx_workers" | "allowed_macs" | "allowed_ethertypes" => {
             Value::Array(v.split(',').filter(|s| !s.is_empty()).map(scalar).collect())
         }
+        // Addresses stay strings.
+        "addresses" | "allowed_addresses" => Value::Array(
+            v.split(',')
+                .filter(|s| !s.is_empty())
+                .map(Value::from)
+                .collect(),
+        ),
         // Names stay strings even when they look like numbers.
         "name" | "netns" | "ifname" | "iface" | "bridge" => Value::from(v),
         _ => scalar(v),
@@ -269,6 +287,13 @@ fn to_request(noun: &Noun) -> Result<Request, String> {
             PortVerb::Show { name } => Request::PortShow { name: name.clone() },
             PortVerb::Add { fields } => Request::PortAdd {
                 port: fields
+                    .iter()
+                    .map(|f| field(f))
+                    .collect::<Result<Map<_, _>, _>>()?,
+            },
+            PortVerb::Set { name, fields } => Request::PortSet {
+                name: name.clone(),
+                fields: fields
                     .iter()
                     .map(|f| field(f))
                     .collect::<Result<Map<_, _>, _>>()?,

@@ -119,6 +119,16 @@ impl PoolHandle {
         Some(mbuf)
     }
 
+    /// A deep copy of `m`, every segment of its chain, in new mbufs of
+    /// this pool (DPDK's `rte_pktmbuf_copy`: chained when the frame does
+    /// not fit one); None when the pool runs out.
+    pub fn copy_chain(&self, m: &super::mbuf::Mbuf) -> Option<super::mbuf::Mbuf> {
+        // SAFETY: m is a valid mbuf the caller holds a reference to; the
+        // copy is a new chain owned by the returned Mbuf.
+        let c = unsafe { ffi::rte_pktmbuf_copy(m.as_raw(), self.0.as_ptr(), 0, u32::MAX) };
+        NonNull::new(c).map(super::mbuf::Mbuf::from_raw)
+    }
+
     /// A new mbuf whose frame is `len` bytes (their content undefined: the
     /// caller writes them), behind the standard headroom; None when the
     /// pool is empty or `len` does not fit one segment.

@@ -89,6 +89,26 @@ pub struct Scratch {
     /// a policer cut the rest (see `acl::policer::SharedMeter::police_burst`).
     pub keep: [u32; MAX_BURST],
     class: [u16; MAX_BURST],
+    /// The fragment entry of frame i if it is a first fragment.
+    first_fragment: [Option<Tuple>; MAX_BURST],
+}
+
+/// Fragment tracking: a first fragment the groups let through records
+/// (addresses, protocol, IP identification) in the session table, in its
+/// bridge's zone with this bit set (bridges are numbered far below it);
+/// later fragments, which carry no ports to judge, pass if their entry
+/// exists and are dropped (`fragment_unknown`) if not. The entry lives
+/// as an unreplied session (30 s), charged to the sender's port.
+const FRAGMENT_ZONE: u16 = 0x8000;
+
+/// A fragment entry's key: the fragment's addresses and protocol, its
+/// identification where the ports go.
+fn fragment_tuple(t: &Tuple, id: u32) -> Tuple {
+    Tuple {
+        sport: (id >> 16) as u16,
+        dport: id as u16,
+        ..*t
+    }
 }
 
 /// [`Scratch::keep`] of a frame no policer cut.
@@ -101,6 +121,7 @@ impl Default for Scratch {
             remark: [None; MAX_BURST],
             keep: [KEEP_ALL; MAX_BURST],
             class: [0; MAX_BURST],
+            first_fragment: [None; MAX_BURST],
         }
     }
 }
@@ -235,6 +256,7 @@ impl Security {
         for i in 0..n {
             scratch.remark[i] = None;
             scratch.keep[i] = KEEP_ALL;
+            scratch.first_fragment[i] = None;
             scratch.tuples[i] = None;
             scratch.class[i] = 0;
             let out = match actions[i] {
@@ -256,6 +278,17 @@ impl Security {
                 }
             };
             let Some(t) = tuple_of(&key) else { continue };
+            if let Some(id) = key.fragment {
+                let f = fragment_tuple(&t, id);
+                if key.later_fragment {
+                    // No ports to judge: it follows its first fragment.
+                    if self.sessions.lookup(&f, zone | FRAGMENT_ZONE, now) == Found::Miss {
+                        drop(actions, i, DropReason::FragmentUnknown, in_port);
+                    }
+                    continue;
+                }
+                scratch.first_fragment[i] = Some(f);
+            }
             scratch.tuples[i] = Some((t, key.tcp_flags));
             match self.sessions.lookup(&t, zone, now) {
                 Found::Hit {
@@ -356,7 +389,21 @@ impl Security {
             }
             scratch.class[i] = class;
         }
-        // 4. Meters.
+        // 4. First fragments that pass let their later fragments through.
+        for (f, a) in scratch.first_fragment[..n].iter().zip(&actions[..n]) {
+            if let (Some(f), Action::Output(_)) = (f, a) {
+                self.sessions.open(
+                    f,
+                    zone | FRAGMENT_ZONE,
+                    in_port.0,
+                    0,
+                    self.generation,
+                    0,
+                    now,
+                );
+            }
+        }
+        // 5. Meters.
         self.meter(in_port, frames, actions, scratch, now_ns, counters);
     }
 
@@ -654,6 +701,44 @@ mod tests {
         let mut arp = tcp(A, B, 1, 2, false, false);
         arp[12..14].copy_from_slice(&[0x08, 0x06]);
         assert_eq!(r.send(1, 0, arp, 0), back);
+    }
+
+    #[test]
+    fn later_fragments_follow_their_first_fragment() {
+        // Port 0 may send UDP to port 53 only.
+        let mut dns = Rule::any("dns", 1, AclAction::Allow);
+        dns.proto = Proto::Udp;
+        dns.dst_ports = acl::PortRange::one(53);
+        let mut r = Rig::new(vec![PortPolicy {
+            egress: Some(compiled("dns-only", vec![dns])),
+            ..PortPolicy::default()
+        }]);
+        let frag = |dport: u16, id: u16, offset8: u16, more: bool| {
+            let mut f = Vec::new();
+            PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
+                .ipv4(A, B, 64)
+                .udp(4000, dport)
+                .write(&mut f, &[0; 64])
+                .unwrap();
+            f[18..20].copy_from_slice(&id.to_be_bytes());
+            let flags = u16::from(more) << 13 | offset8;
+            f[20..22].copy_from_slice(&flags.to_be_bytes());
+            f
+        };
+        let out = Action::Output(PortId(1));
+        assert_eq!(r.send(0, 1, frag(53, 7, 0, true), 0), out);
+        // The rest of datagram 7 passes, though it has no port 53 to show.
+        assert_eq!(r.send(0, 1, frag(53, 7, 9, true), 0), out);
+        assert_eq!(r.send(0, 1, frag(53, 7, 18, false), 0), out);
+        // A datagram whose first fragment was denied, or never seen.
+        assert_eq!(
+            r.send(0, 1, frag(80, 8, 0, true), 0),
+            Action::Drop(DropReason::AclDeny)
+        );
+        let unknown = Action::Drop(DropReason::FragmentUnknown);
+        assert_eq!(r.send(0, 1, frag(80, 8, 9, false), 0), unknown);
+        assert_eq!(r.send(0, 1, frag(53, 9, 9, false), 0), unknown);
+        assert_eq!(r.drops(0, DropReason::FragmentUnknown), 2);
     }
 
     #[test]

@@ -72,6 +72,9 @@ drop_reasons! {
     NoSession => "no_session",
     /// Allowed, but the session table had no room for its session.
     SessionFull => "session_full",
+    /// An IP fragment after the first whose first fragment was not let
+    /// through (denied, or not seen yet): it has no ports to judge.
+    FragmentUnknown => "fragment_unknown",
     /// Allowed, but its port or bridge holds its whole share of the
     /// session table (`[sessions] per_port`, `per_bridge`).
     SessionQuota => "session_quota",
