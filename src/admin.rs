@@ -274,6 +274,7 @@ impl Daemon<'_> {
             return Err(format!("{e:#}"));
         }
         flush_ports(&self.shared.load(), std::iter::once(t.port));
+        self.forget_tunnel(&t);
         eprintln!(
             "vswitchd: learned VTEP {} of VNI {} dropped: a NIC needs its switch port {}",
             t.remote, t.vni, t.port
@@ -402,7 +403,7 @@ impl Daemon<'_> {
         flush_ports(&self.shared.load(), std::iter::once(PortId(slot as u16)));
         let port = port.expect("slot_of found it");
         self.reserve_left += mbuf_demand(&port.spec, cfg.workers.cores.len() as u32);
-        self.retire(port);
+        self.retire(PortId(slot as u16), port);
         self.commit(cfg, doc)?;
         eprintln!("vswitchd: port {name} removed");
         Ok(json!({ "removed": name }))
@@ -671,6 +672,9 @@ impl Daemon<'_> {
             return Err(format!("{e:#}"));
         }
         flush_ports(&self.shared.load(), gone.iter().map(|t| t.port));
+        for t in &gone {
+            self.forget_tunnel(t);
+        }
         self.commit(cfg, doc)?;
         self.tunnel_list()
     }

@@ -292,8 +292,10 @@ pub struct Daemon<'p> {
     config_path: Option<std::path::PathBuf>,
     state: StateFile,
     /// Removed ports a worker may still poll through a snapshot it has not
-    /// left yet, with the generation that dropped them.
-    retired: Vec<(u64, Port)>,
+    /// left yet, with the generation that dropped them and their id.
+    retired: Vec<(u64, PortId, Port)>,
+    /// Counters of forgotten tunnel ports, for the per-VNI sums.
+    retired_tunnels: Vec<stats::RetiredTunnel>,
     pub(crate) ports: Vec<Option<Port>>,
     pub(crate) shared: Arc<Shared>,
     pub(crate) vtep: Option<Vtep>,
@@ -372,12 +374,14 @@ impl Daemon<'_> {
     /// Closes a port the current snapshot no longer has, once no worker
     /// can still be using an older one (at once, unless a publication was
     /// not acknowledged in time; then a later sweep does it).
-    pub(crate) fn retire(&mut self, port: Port) {
+    /// Its counters go back to 0 with it, for the next port of its id.
+    pub(crate) fn retire(&mut self, slot: PortId, port: Port) {
         let gen = self.shared.generation();
         if self.shared.acked(gen) {
             port.remove();
+            self.shared.reset_port(slot);
         } else {
-            self.retired.push((gen, port));
+            self.retired.push((gen, slot, port));
         }
     }
 
@@ -449,13 +453,32 @@ impl Daemon<'_> {
         let resolved = |t: &crate::vtep::TunnelPort| vtep.is_some_and(|v| v.resolved(t.remote));
         stats::collect(
             &self.ports,
-            tunnels,
-            &resolved,
+            stats::Tunnels {
+                live: tunnels,
+                resolved: &resolved,
+                retired: &self.retired_tunnels,
+            },
             &self.shared,
             &self.cfg.workers.cores,
             self.hz,
             &[self.pool, self.tap_pool],
         )
+    }
+
+    /// Keeps a forgotten tunnel port's counters for its VNI's sums and
+    /// zeroes its id's counters for the next port, once no worker can
+    /// still count on it (else they stay: a later port may inherit them,
+    /// which only a stuck worker causes).
+    pub(crate) fn forget_tunnel(&mut self, t: &crate::vtep::TunnelPort) {
+        if !self.shared.acked(self.shared.generation()) {
+            return;
+        }
+        self.retired_tunnels.push(stats::RetiredTunnel {
+            vni: t.vni,
+            bridge: t.bridge.clone(),
+            totals: stats::port_counters(&self.shared, t.port),
+        });
+        self.shared.reset_port(t.port);
     }
 
     /// Handles punts for up to `timeout` (or sleeps it without a VTEP) and
@@ -478,8 +501,9 @@ impl Daemon<'_> {
     fn sweep(&mut self) {
         let now = self.now_secs();
         let shared = Arc::clone(&self.shared);
-        for (_, port) in extract(&mut self.retired, |(gen, _)| shared.acked(*gen)) {
+        for (_, slot, port) in extract(&mut self.retired, |(gen, _, _)| shared.acked(*gen)) {
             port.remove();
+            shared.reset_port(slot);
         }
         let dp = self.shared.load();
         // A vhost-user guest (re)connected with other offloads: the
@@ -516,7 +540,12 @@ impl Daemon<'_> {
             match self.publish(&cfg, false) {
                 // No worker uses the ports any more: a MAC learned against
                 // one meanwhile must not outlive it.
-                Ok(()) => flush_ports(&dp, gone.iter().map(|t| t.port)),
+                Ok(()) => {
+                    flush_ports(&dp, gone.iter().map(|t| t.port));
+                    for t in &gone {
+                        self.forget_tunnel(t);
+                    }
+                }
                 Err(e) => eprintln!("vswitchd: tunnel update not applied: {e:#}"),
             }
         }
@@ -667,6 +696,7 @@ pub fn run(
         config_path,
         state,
         retired: Vec::new(),
+        retired_tunnels: Vec::new(),
         ports,
         shared,
         vtep,

@@ -205,6 +205,15 @@ impl Shared {
         self.generation.load(Ordering::Acquire)
     }
 
+    /// Zeroes switch port `port`'s counters on every worker, for a port id
+    /// that no acknowledged snapshot has (a removed port's, before another
+    /// port takes it).
+    pub fn reset_port(&self, port: PortId) {
+        for w in &self.workers {
+            w.counters.ports[port.index()].reset();
+        }
+    }
+
     /// Whether every worker has switched to snapshot generation `gen` (or
     /// a later one): nothing older is in use.
     pub fn acked(&self, gen: u64) -> bool {

@@ -147,7 +147,7 @@ pub struct Report {
 
 /// A port's switch counters summed over workers; the caller fills in the
 /// name, kind, bridge, link and PMD fields.
-fn port_counters(shared: &Shared, id: PortId) -> PortReport {
+pub(crate) fn port_counters(shared: &Shared, id: PortId) -> PortReport {
     let sum = |f: &dyn Fn(&vswitch::PortCounters) -> u64| -> u64 {
         shared
             .workers
@@ -182,17 +182,69 @@ fn port_counters(shared: &Shared, id: PortId) -> PortReport {
     }
 }
 
-/// Builds the report. `ports[i]` is switch port i; `tunnels` are the
-/// VTEP's tunnel ports, `resolved(t)` whether one's next hop has a MAC.
+/// The counters of tunnel ports that are gone (learned VTEPs forgotten),
+/// kept so that per-VNI sums never go down.
+#[derive(Debug, Clone)]
+pub struct RetiredTunnel {
+    /// Its VNI.
+    pub vni: u32,
+    /// Its bridge.
+    pub bridge: String,
+    /// Its counters when it went, summed over workers.
+    pub totals: PortReport,
+}
+
+/// Adds a tunnel port's counters `r` to VNI `vni`'s sums.
+fn add_to_vni(vnis: &mut Vec<VniReport>, vni: u32, bridge: &str, r: &PortReport) {
+    let i = match vnis.iter().position(|v| v.vni == vni) {
+        Some(i) => i,
+        None => {
+            vnis.push(VniReport {
+                vni,
+                bridge: bridge.to_string(),
+                decap_packets: 0,
+                decap_bytes: 0,
+                encap_packets: 0,
+                encap_bytes: 0,
+                drops: Default::default(),
+            });
+            vnis.len() - 1
+        }
+    };
+    let v = &mut vnis[i];
+    v.decap_packets += r.rx_packets;
+    v.decap_bytes += r.rx_bytes;
+    v.encap_packets += r.tx_packets;
+    v.encap_bytes += r.tx_bytes;
+    for (k, n) in &r.drops {
+        *v.drops.entry(k.clone()).or_default() += n;
+    }
+}
+
+/// The VTEP's tunnel ports as the report needs them.
+pub struct Tunnels<'a> {
+    /// The live ones.
+    pub live: &'a [TunnelPort],
+    /// Whether one's next hop has a MAC.
+    pub resolved: &'a dyn Fn(&TunnelPort) -> bool,
+    /// The counters of those that are gone.
+    pub retired: &'a [RetiredTunnel],
+}
+
+/// Builds the report. `ports[i]` is switch port i.
 pub fn collect(
     ports: &[Option<Port>],
-    tunnels: &[TunnelPort],
-    resolved: &dyn Fn(&TunnelPort) -> bool,
+    tunnels: Tunnels<'_>,
     shared: &Shared,
     cores: &[u32],
     tsc_hz: u64,
     pools: &[&Mempool],
 ) -> Report {
+    let Tunnels {
+        live: tunnels,
+        resolved,
+        retired,
+    } = tunnels;
     let dp = shared.load();
     let table = dp.security.sessions();
     let mut out = Vec::new();
@@ -232,29 +284,11 @@ pub fn collect(
             link_up: resolved(t),
             ..port_counters(shared, t.port)
         };
-        let v = match vnis.iter_mut().position(|v| v.vni == t.vni) {
-            Some(i) => &mut vnis[i],
-            None => {
-                vnis.push(VniReport {
-                    vni: t.vni,
-                    bridge: t.bridge.clone(),
-                    decap_packets: 0,
-                    decap_bytes: 0,
-                    encap_packets: 0,
-                    encap_bytes: 0,
-                    drops: Default::default(),
-                });
-                vnis.last_mut().expect("just pushed")
-            }
-        };
-        v.decap_packets += r.rx_packets;
-        v.decap_bytes += r.rx_bytes;
-        v.encap_packets += r.tx_packets;
-        v.encap_bytes += r.tx_bytes;
-        for (k, n) in &r.drops {
-            *v.drops.entry(k.clone()).or_default() += n;
-        }
+        add_to_vni(&mut vnis, t.vni, &t.bridge, &r);
         out.push(r);
+    }
+    for gone in retired {
+        add_to_vni(&mut vnis, gone.vni, &gone.bridge, &gone.totals);
     }
     let workers = shared
         .workers

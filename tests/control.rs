@@ -329,9 +329,17 @@ fn every_vswitchctl_verb_against_a_running_vswitchd() {
         String::from_utf8_lossy(&check.stderr)
     );
 
+    let c_index = ok(s, &["port", "show", "c"])["index"].clone();
+    assert!(vs.counter("c", "rx_packets") > 0, "c talked");
     ok(s, &["port", "del", "c"]);
     assert!(!d.has_interface("eth0"));
     refused(s, &["port", "del", "c"], "no port named");
+    // The next port takes c's switch port id, not c's counters.
+    ok(s, &["port", "add", "name=e", "kind=null", "no_rx=true"]);
+    assert_eq!(ok(s, &["port", "show", "e"])["index"], c_index);
+    assert_eq!(vs.counter("e", "rx_packets"), 0);
+    assert_eq!(vs.counter("e", "tx_packets"), 0);
+    ok(s, &["port", "del", "e"]);
     refused(s, &["port", "del", "up"], "uplink");
 
     // Bad requests on the wire.

@@ -24,6 +24,13 @@ impl Counter {
     pub fn get(&self) -> u64 {
         self.0.load(Relaxed)
     }
+
+    /// Back to 0. Only while no worker writes it: its port is in no
+    /// snapshot a worker may still use (the next publication orders the
+    /// store before the writer's next add).
+    pub fn reset(&self) {
+        self.0.store(0, Relaxed);
+    }
 }
 
 macro_rules! drop_reasons {
@@ -154,6 +161,27 @@ pub struct PortCounters {
 }
 
 impl PortCounters {
+    /// Every counter back to 0, for a switch port id given to a new port
+    /// (see [`Counter::reset`] for when).
+    pub fn reset(&self) {
+        for c in [
+            &self.rx_packets,
+            &self.rx_bytes,
+            &self.tx_packets,
+            &self.tx_bytes,
+            &self.learn_full,
+            &self.rx_superframes,
+            &self.tx_superframes,
+            &self.segmented,
+            &self.punted,
+        ]
+        .into_iter()
+        .chain(&self.drops)
+        {
+            c.reset();
+        }
+    }
+
     /// Counts one dropped frame.
     #[inline]
     pub fn drop(&self, why: DropReason, n: u64) {
@@ -256,6 +284,23 @@ mod tests {
         for (i, r) in DropReason::ALL.iter().enumerate() {
             assert_eq!(*r as usize, i);
         }
+    }
+
+    #[test]
+    fn a_reset_port_starts_from_zero() {
+        let c = PortCounters::default();
+        c.rx_packets.add(3);
+        c.punted.add(1);
+        c.drop(DropReason::Spoofed, 2);
+        c.reset();
+        assert_eq!(
+            (
+                c.rx_packets.get(),
+                c.punted.get(),
+                c.drops[DropReason::Spoofed as usize].get()
+            ),
+            (0, 0, 0)
+        );
     }
 
     #[test]
