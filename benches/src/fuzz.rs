@@ -23,6 +23,14 @@
 //!   acl's linear reference classifier, rules in rank order) belongs to a
 //!   session that frames the groups allowed opened.
 //!
+//! Every frame also meets the other two DPDK-free gates that read hostile
+//! bytes: the uplink's VXLAN decapsulation (`vxlan::decap`; some frames
+//! are VXLAN to the VTEP's address, with lies in the outer headers) must
+//! never point the inner frame beyond the bytes, and a TAP's virtio-net
+//! header (`vswitch::offload`, random with plausible fields) must either
+//! be refused or describe segments that stay within the frame and
+//! `MAX_GSO_SEGMENTS`, and whose checksums can be completed.
+//!
 //! A small xorshift generator keeps runs reproducible from a seed (the
 //! `rand` crate would add a dependency for what is twenty lines here).
 
@@ -36,6 +44,9 @@ use vswitch::{
     Action, BridgeConf, DropReason, FlowKey, GuardConf, MacAddr, PortCounters, PortGuard, PortId,
     Switch, SwitchBuilder, MAX_BURST,
 };
+
+/// The VTEP's address for the VXLAN gate.
+const VTEP_IP: [u8; 4] = [10, 0, 0, 200];
 
 /// Ports of a topology: 0-3 in bridge "a", 4-7 in bridge "b", 8 in none.
 const PORTS: u16 = 9;
@@ -95,6 +106,12 @@ pub struct Soak {
     pub floods: u64,
     /// Dropped, per reason.
     pub drops: std::collections::BTreeMap<&'static str, u64>,
+    /// Frames the VXLAN gate took as tunnel traffic.
+    pub decapsulated: u64,
+    /// Virtio-net headers accepted, and superframes cut into segments.
+    pub offloads: u64,
+    /// Superframes cut into segments.
+    pub segmented: u64,
     /// Invariant violations (the first 20).
     pub violations: Vec<String>,
 }
@@ -277,6 +294,39 @@ fn frame(rng: &mut Rng, in_port: u16) -> Vec<u8> {
             f.extend_from_slice(&src_ip);
             f.extend_from_slice(&[0; 6]);
             f.extend_from_slice(&dst_ip);
+        }
+        18 => {
+            // VXLAN to the VTEP, around a frame of its own.
+            let inner = frame(rng, in_port);
+            f.extend_from_slice(&[0x08, 0x00]);
+            let start = f.len();
+            f.extend_from_slice(&[0x45, 0, 0, 0, 0, 0, 0, 0, 64, 17, 0, 0]);
+            f.extend_from_slice(&port_ip(pick_port(rng)));
+            f.extend_from_slice(&VTEP_IP);
+            let udp_len = (8 + 8 + inner.len()) as u16;
+            f.extend_from_slice(&rng.bits().to_be_bytes()[..2]);
+            f.extend_from_slice(&4789u16.to_be_bytes());
+            f.extend_from_slice(
+                &(if rng.chance(90) {
+                    udp_len
+                } else {
+                    rng.bits() as u16
+                })
+                .to_be_bytes(),
+            );
+            f.extend_from_slice(&[0, 0]);
+            f.extend_from_slice(&[if rng.chance(90) { 0x08 } else { 0 }, 0, 0, 0, 0, 0, 100, 0]);
+            f.extend_from_slice(&inner);
+            let total = (f.len() - start) as u16;
+            let total = if rng.chance(85) {
+                total
+            } else {
+                rng.bits() as u16
+            };
+            f[start + 2..start + 4].copy_from_slice(&total.to_be_bytes());
+            if rng.chance(10) {
+                f[start + 6] = 0x20; // a fragment
+            }
         }
         _ => {
             f.extend_from_slice(&(rng.bits() as u16).to_be_bytes());
@@ -467,6 +517,9 @@ pub fn run(seed: u64, frames: u64) -> Soak {
             &counters,
         );
         soak.frames += n as u64;
+        for f in &burst {
+            gates(&mut soak, &mut rng, f);
+        }
         check(
             &mut soak,
             &topo,
@@ -498,6 +551,53 @@ pub fn run(seed: u64, frames: u64) -> Soak {
         }
     }
     soak
+}
+
+/// The VXLAN and virtio-net header gates on one frame.
+fn gates(soak: &mut Soak, rng: &mut Rng, f: &[u8]) {
+    use vswitch::offload::{complete_checksum, Offload, Segments, VnetHdr, MAX_GSO_SEGMENTS};
+    use vxlan::decap::{decap, Decap};
+    if let Decap::Tunnel(o) = decap(f, std::net::Ipv4Addr::from(VTEP_IP), 4789) {
+        soak.decapsulated += 1;
+        if o.inner_offset + 14 > f.len() {
+            soak.violation(format!("decap points beyond the frame: {f:02x?}"));
+        }
+    }
+    let l4 = [34u16, 38, 54, 58][rng.below(4) as usize];
+    let h = VnetHdr {
+        flags: if rng.chance(90) { 1 } else { rng.byte() },
+        gso_type: [0u8, 1, 4, 5, 0x81, rng.byte()][rng.below(6) as usize],
+        hdr_len: l4 + [20u16, 8, 32][rng.below(3) as usize],
+        gso_size: [1u16, 8, 100, 1448, rng.bits() as u16][rng.below(5) as usize],
+        csum_start: if rng.chance(80) {
+            l4
+        } else {
+            rng.bits() as u16
+        },
+        csum_offset: [16u16, 6, 2, rng.bits() as u16][rng.below(4) as usize],
+    };
+    let Ok(off) = Offload::from_vnet(&h, f) else {
+        return;
+    };
+    soak.offloads += 1;
+    if let Some(c) = off.csum {
+        complete_checksum(&mut f.to_vec(), c);
+    }
+    if let Some(s) = Segments::new(f, &off) {
+        soak.segmented += 1;
+        if s.count() > MAX_GSO_SEGMENTS as usize {
+            soak.violation(format!("{} segments from {h:?}", s.count()));
+            return;
+        }
+        let mut buf = vec![0u8; 65536 + 256];
+        for i in 0..s.count() {
+            let len = s.len(i);
+            if len > buf.len() || s.write(i, &mut buf) != len {
+                soak.violation(format!("segment {i} of {h:?}: length {len}"));
+                return;
+            }
+        }
+    }
 }
 
 /// The invariants of one burst's fates.

@@ -13,6 +13,7 @@ fn a_hundred_thousand_fuzzed_frames_keep_every_invariant() {
         // The frames reached every stage: some passed, some were refused
         // by port security, the parser and the groups.
         assert!(soak.outputs > 0 && soak.floods > 0, "{soak:?}");
+        assert!(soak.decapsulated > 0 && soak.segmented > 0, "{soak:?}");
         for reason in ["spoofed", "forbidden", "malformed", "acl_deny"] {
             assert!(soak.drops.contains_key(reason), "no {reason}: {soak:?}");
         }

@@ -92,7 +92,8 @@ drop_reasons! {
     /// VXLAN from a remote VTEP not (yet) a port of its VNI: learned on the
     /// slow path when the VNI learns VTEPs, else refused.
     VxlanUnknownVtep => "vxlan_unknown_vtep",
-    /// VXLAN to our VTEP cut short in its headers.
+    /// VXLAN to our VTEP cut short: in its headers, or shorter than its
+    /// outer IPv4 length says (cut on the way, e.g. by a capture ring).
     VxlanTruncated => "vxlan_truncated",
     /// VXLAN to our VTEP with an invalid outer IPv4 header.
     VxlanBadIp => "vxlan_bad_ip",

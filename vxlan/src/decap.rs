@@ -76,7 +76,7 @@ pub fn decap(frame: &[u8], local: Ipv4Addr, port: u16) -> Decap {
     }
     let ihl = usize::from(ip[0] & 0x0f) * 4;
     let total = usize::from(be16(ip, 2));
-    if ip[0] >> 4 != 4 || ihl < IPV4_LEN || total < ihl || total > ip.len() {
+    if ip[0] >> 4 != 4 || ihl < IPV4_LEN || total < ihl {
         return Decap::Bad(DecapError::BadIpHeader);
     }
     let Some(udp) = ip.get(ihl..ihl + UDP_LEN) else {
@@ -87,6 +87,11 @@ pub fn decap(frame: &[u8], local: Ipv4Addr, port: u16) -> Decap {
     let frag = be16(ip, 6);
     if be16(udp, 2) != port {
         return Decap::NotOurs;
+    }
+    // Shorter than its IP header says: cut on the way (a capture ring's
+    // frame size, a jumbo on a 1500-byte path), not a lying header.
+    if total > ip.len() {
+        return Decap::Bad(DecapError::Truncated);
     }
     if frag & 0x3fff != 0 {
         return Decap::Bad(DecapError::Fragment);

@@ -302,8 +302,15 @@ mod tests {
         );
         assert_eq!(
             decap(&f[..OUTER_LEN + 4], t.dst_ip, 4789),
+            Decap::Bad(DecapError::Truncated),
+            "cut on the way: total length beyond the frame"
+        );
+        let mut lying = f.clone();
+        lying[16..18].copy_from_slice(&10u16.to_be_bytes()); // total < IHL
+        assert_eq!(
+            decap(&lying, t.dst_ip, 4789),
             Decap::Bad(DecapError::BadIpHeader),
-            "total length beyond the frame"
+            "a total length shorter than the header"
         );
         let mut short = encapsulate(&t, &[0u8; 10]);
         short.truncate(OUTER_LEN + 10);

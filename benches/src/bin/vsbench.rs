@@ -77,12 +77,16 @@ fn main() -> Result<()> {
             let t = std::time::Instant::now();
             let soak = vsbench::fuzz::run(seed, frames);
             println!(
-                "{} frames (seed {seed}) in {:.1} s: {} output, {} flooded, drops {:?}",
+                "{} frames (seed {seed}) in {:.1} s: {} output, {} flooded, drops {:?}; \
+                 {} decapsulated, {} virtio-net headers accepted, {} superframes segmented",
                 soak.frames,
                 t.elapsed().as_secs_f64(),
                 soak.outputs,
                 soak.floods,
-                soak.drops
+                soak.drops,
+                soak.decapsulated,
+                soak.offloads,
+                soak.segmented
             );
             for v in &soak.violations {
                 println!("violation: {v}");
