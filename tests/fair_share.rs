@@ -25,6 +25,17 @@ struct Rig {
     m: Netns,
     dir: TempDir,
     vs: Vswitchd,
+    /// The main pool's mbufs in use once up, for [`Drop`]'s check.
+    baseline: u64,
+}
+
+impl Drop for Rig {
+    /// After every test, the main mbuf pool is back where it started.
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            common::assert_mbufs_back_to(&self.vs, self.baseline);
+        }
+    }
 }
 
 fn rig() -> Rig {
@@ -69,7 +80,14 @@ egress_group = "any"
         pm = common::tap_port("m", &m, M_MAC, &format!("{M}/24")),
     );
     let vs = common::start_linked(&dir, &config, &["a", "b", "m"]);
-    Rig { a, b, m, dir, vs }
+    Rig {
+        a,
+        b,
+        m,
+        dir,
+        baseline: common::mbufs_in_use(&vs),
+        vs,
+    }
 }
 
 impl Rig {

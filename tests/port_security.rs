@@ -30,6 +30,17 @@ struct Rig {
     r: Netns,
     dir: TempDir,
     vs: Vswitchd,
+    /// The main pool's mbufs in use once up, for [`Drop`]'s check.
+    baseline: u64,
+}
+
+impl Drop for Rig {
+    /// After every test, the main mbuf pool is back where it started.
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            common::assert_mbufs_back_to(&self.vs, self.baseline);
+        }
+    }
 }
 
 fn rig() -> Rig {
@@ -67,6 +78,7 @@ proto = "icmp"
         m,
         r,
         dir,
+        baseline: common::mbufs_in_use(&vs),
         vs,
     }
 }

@@ -218,19 +218,6 @@ fn dpdk_containers_exchange_frames_and_learned_unicast_is_not_flooded() {
     );
 }
 
-/// The mbufs of the switch's main pool in use, from `vswitchctl stats`.
-fn mbufs_in_use(vs: &testbed::vswitchd::Vswitchd) -> u64 {
-    let s = vs.request(serde_json::json!({"cmd": "stats"})).unwrap();
-    s["mempools"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|m| m["name"] == "vswitchd_mbufs")
-        .unwrap()["in_use"]
-        .as_u64()
-        .unwrap()
-}
-
 #[test]
 fn jumbo_chains_flooded_to_several_ports_leave_the_pool_as_it_was() {
     // A DPDK container sends 9000-byte broadcast frames in chains of five
@@ -258,7 +245,7 @@ fn jumbo_chains_flooded_to_several_ports_leave_the_pool_as_it_was() {
     )
     .unwrap();
     assert!(wait_until(Duration::from_secs(20), || vs.link_up("dj")));
-    let baseline = mbufs_in_use(&vs);
+    let baseline = common::mbufs_in_use(&vs);
     tp.cmd("set txpkts 2000,2000,2000,2000,1000");
     tp.cmd("start");
     assert!(
@@ -281,9 +268,5 @@ fn jumbo_chains_flooded_to_several_ports_leave_the_pool_as_it_was() {
         "byte counters cover every segment: {s1}"
     );
     // Every segment came back to the pool, none twice.
-    assert!(
-        wait_until(Duration::from_secs(5), || mbufs_in_use(&vs) == baseline),
-        "mbufs in use: {} after, {baseline} before",
-        mbufs_in_use(&vs)
-    );
+    common::assert_mbufs_back_to(&vs, baseline);
 }
