@@ -127,6 +127,7 @@ fn rig() -> Rig {
 fn groups_allow_deny_and_track_sessions() {
     let r = rig();
     let vs = common::start(&r.dir, &config(&r.header, &r.client, &r.web, WEB_RULES, ""));
+    let baseline = common::mbufs_in_use(&vs);
     let _http = common::tcp_server(&r.web, 80);
     let _ssh = common::tcp_server(&r.web, 22);
     let _back = common::tcp_server(&r.client, 8080);
@@ -161,6 +162,7 @@ fn groups_allow_deny_and_track_sessions() {
         .client
         .exec(&["ping", "-c", "3", "-i", "0.1", "-W", "2", WEB]);
     assert!(ping.is_ok_and(|o| o.contains("3 received")));
+    common::assert_mbufs_back_to(&vs, baseline);
     vs.stop();
 }
 
@@ -173,6 +175,7 @@ fn a_policer_holds_a_udp_flood_to_its_rate() {
         &r.dir,
         &config(&r.header, &r.client, &r.web, WEB_RULES, &qos),
     );
+    let baseline = common::mbufs_in_use(&vs);
     let mut srv = r.web.command("stdbuf");
     srv.args(["-oL", "iperf3", "-s", "-1", "-B", WEB]);
     let mut server = Proc::spawn("iperf3-s", srv).unwrap();
@@ -203,6 +206,7 @@ fn a_policer_holds_a_udp_flood_to_its_rate() {
         .unwrap_or(0);
     assert!(dropped > 1000, "the policer dropped the excess: {dropped}");
     server.wait_exit(Duration::from_secs(10));
+    common::assert_mbufs_back_to(&vs, baseline);
     vs.stop();
 }
 
@@ -215,6 +219,7 @@ fn replacing_the_ruleset_under_traffic_loses_nothing_both_allow() {
     let a = config(&r.header, &r.client, &r.web, WEB_RULES, "");
     let b = config(&r.header, &r.client, &r.web, rules_b, "");
     let mut vs = common::start(&r.dir, &a);
+    let baseline = common::mbufs_in_use(&vs);
     // 3000 pings 1 ms apart (about 3 s) while the ruleset flips 100 times.
     let mut ping = r.client.command("ping");
     ping.args(["-c", "3000", "-i", "0.001", "-W", "2", "-q", WEB]);
@@ -241,6 +246,7 @@ fn replacing_the_ruleset_under_traffic_loses_nothing_both_allow() {
     std::fs::write(&path, &a).unwrap();
     vs.reload().unwrap();
     assert!(common::tcp_works(&r.client, WEB, 80));
+    common::assert_mbufs_back_to(&vs, baseline);
     vs.stop();
 }
 
@@ -250,6 +256,7 @@ fn a_reload_that_changes_ports_is_refused_and_the_old_config_keeps_running() {
     let path = r.dir.join("vswitchd.toml");
     let a = config(&r.header, &r.client, &r.web, WEB_RULES, "");
     let mut vs: Vswitchd = common::start(&r.dir, &a);
+    let baseline = common::mbufs_in_use(&vs);
     std::fs::write(&path, a.replace("02:00:00:00:0c:02", "02:00:00:00:0c:03")).unwrap();
     let e = vs.reload().unwrap_err();
     assert!(e.contains("restart"), "{e}");
@@ -263,6 +270,7 @@ fn a_reload_that_changes_ports_is_refused_and_the_old_config_keeps_running() {
         .client
         .exec(&["ping", "-c", "2", "-i", "0.1", "-W", "2", WEB]);
     assert!(ping.is_ok_and(|o| o.contains("2 received")));
+    common::assert_mbufs_back_to(&vs, baseline);
     vs.stop();
 }
 
@@ -311,6 +319,7 @@ fn superframes_are_judged_and_policed_like_their_segments() {
         &r.dir,
         &config(&r.header, &r.client, &r.web, WEB_RULES, &qos),
     );
+    let baseline = common::mbufs_in_use(&vs);
 
     // TCP superframes: the allowed port carries a stream (its replies by
     // session), the denied one nothing.
@@ -382,5 +391,6 @@ fn superframes_are_judged_and_policed_like_their_segments() {
         .as_u64()
         .unwrap_or(0);
     assert!(dropped > 1000, "the cut segments count as drops: {dropped}");
+    common::assert_mbufs_back_to(&vs, baseline);
     vs.stop();
 }
