@@ -43,6 +43,7 @@ fn tap_to_tap_superframes(read_path: bool) {
         + &common::tap_port("ca", &a, "02:00:00:00:1a:01", "10.78.0.1/24")
         + &common::tap_port("cb", &b, "02:00:00:00:1a:02", "10.78.0.2/24");
     let vs = common::start(&dir, &cfg);
+    let baseline = common::mbufs_in_use(&vs);
     std::env::remove_var("VSWITCHD_TAP_IO");
     let path =
         |v: &testbed::vswitchd::Vswitchd| v.output().into_iter().find(|l| l.contains("TAP queues"));
@@ -79,6 +80,8 @@ fn tap_to_tap_superframes(read_path: bool) {
     );
     assert_eq!(ca["drops"], serde_json::json!({}), "{ca}");
     assert_eq!(cb["drops"], serde_json::json!({}), "{cb}");
+    // Every superframe, segment and copy went back to the pool.
+    common::assert_mbufs_back_to(&vs, baseline);
 }
 
 /// Sends one UDP datagram from `ns` with scapy, its checksum as given.
@@ -123,6 +126,7 @@ fn superframes_to_a_dpdk_container_are_segmented_with_valid_checksums() {
             s2.display()
         );
     let vs = common::start(&dir, &cfg);
+    let baseline = common::mbufs_in_use(&vs);
     let mut tp = Testpmd::spawn(
         "tp-wire",
         &["--lcores", "0@0,1@0"],
@@ -222,6 +226,8 @@ fn superframes_to_a_dpdk_container_are_segmented_with_valid_checksums() {
     // would show as malformed.
     assert!(d1["drops"].get("malformed").is_none(), "{d1}");
     drop(tp);
+    // Every superframe, segment and copy went back to the pool.
+    common::assert_mbufs_back_to(&vs, baseline);
 }
 
 /// Sends one frame from `ns`'s eth0 through a packet socket with a
@@ -249,6 +255,7 @@ fn a_hostile_virtio_net_header_is_dropped_and_counted() {
         + &common::tap_port("ca", &a, "02:00:00:00:1c:01", "10.81.0.1/24")
         + &common::tap_port("cb", &b, "02:00:00:00:1c:02", "10.81.0.2/24");
     let vs = common::start(&dir, &cfg);
+    let baseline = common::mbufs_in_use(&vs);
     assert!(a.exec(&["ping", "-c", "1", "-W", "2", "10.81.0.2"]).is_ok());
     let b_rx = b.if_counter("eth0", "rx_packets").unwrap();
     // A superframe claiming 1-byte segments (3000 of them): refused.
@@ -274,6 +281,8 @@ fn a_hostile_virtio_net_header_is_dropped_and_counted() {
     assert_eq!(b.if_counter("eth0", "rx_packets").unwrap(), b_rx + 1);
     // The switch is fine.
     assert!(a.exec(&["ping", "-c", "1", "-W", "2", "10.81.0.2"]).is_ok());
+    // Every superframe, segment and copy went back to the pool.
+    common::assert_mbufs_back_to(&vs, baseline);
 }
 
 /// A TCP superframe (3 segments of 1448 bytes, 3054 bytes in all) from
@@ -305,6 +314,7 @@ fn a_vhost_user_guest_that_negotiated_tso_gets_superframes_whole() {
             s2.display()
         );
     let vs = common::start(&dir, &cfg);
+    let baseline = common::mbufs_in_use(&vs);
     let guest = |name: &str, sock: &std::path::Path, mac: &str, lro: bool| {
         let mut app = vec!["--forward-mode=rxonly".to_string()];
         if lro {
@@ -355,4 +365,6 @@ fn a_vhost_user_guest_that_negotiated_tso_gets_superframes_whole() {
     assert_eq!(vs.counter("d1", "segmented"), 0);
     assert_eq!(vs.counter("d2", "segmented"), 1);
     assert_eq!(vs.counter("d2", "tx_packets"), 3);
+    // Every superframe, segment and copy went back to the pool.
+    common::assert_mbufs_back_to(&vs, baseline);
 }

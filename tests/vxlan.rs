@@ -111,6 +111,7 @@ fn interop_with_the_kernel_vxlan_device() {
         + &tap("c", "vpc100", &c, "02:00:00:64:00:01", "192.168.100.1/24")
         + &tap("d", "vpc200", &d, "02:00:00:c8:00:05", "192.168.100.5/24");
     let vs = common::start(&dir, &cfg);
+    let baseline = common::mbufs_in_use(&vs);
     let k = &peer.k;
     let h = &peer.h;
 
@@ -244,6 +245,8 @@ fn interop_with_the_kernel_vxlan_device() {
     assert!(vni100["decap_packets"].as_u64().unwrap() > 100, "{vni100}");
     assert_eq!(vni100["decap_packets"], tunnel["rx_packets"]);
     assert_eq!(vni100["encap_packets"], tunnel["tx_packets"]);
+    // Every decapsulated frame, tunnel copy and segment went back.
+    common::assert_mbufs_back_to(&vs, baseline);
     vs.stop();
 }
 
@@ -262,6 +265,7 @@ fn tcp_superframes_into_a_kernel_vxlan_tunnel_are_segmented() {
         )
         + &tap("c", "vpc100", &c, "02:00:00:64:00:01", "192.168.100.1/24");
     let vs = common::start(&dir, &cfg);
+    let baseline = common::mbufs_in_use(&vs);
     let h = &peer.h;
     assert!(pings(&c, "192.168.100.2", 2), "ping across the tunnel");
     // The first frames may wait for ARP (no_neighbour); none after.
@@ -312,6 +316,8 @@ fn tcp_superframes_into_a_kernel_vxlan_tunnel_are_segmented() {
         "superframes cut for the tunnel: {tunnel}"
     );
     assert_eq!(tunnel["drops"], drops_before, "{tunnel}");
+    // Every decapsulated frame, tunnel copy and segment went back.
+    common::assert_mbufs_back_to(&vs, baseline);
     vs.stop();
 }
 
@@ -423,6 +429,7 @@ fn spoofed_vteps_and_floods_at_the_vtep_are_contained() {
         )
         + &tap("c", "vpc100", &c, "02:00:00:64:00:01", "192.168.100.1/24");
     let vs = common::start(&dir, &cfg);
+    let baseline = common::mbufs_in_use(&vs);
     let k = &peer.k;
     common::scapy(
         k,
@@ -473,4 +480,6 @@ fn spoofed_vteps_and_floods_at_the_vtep_are_contained() {
     let punted = up["punted"].as_u64().unwrap();
     assert!(limited > 0 && punted > 0, "{up}");
     assert!(punted <= 2000 * 5 + 256, "punts stay within the rate: {up}");
+    // Every decapsulated frame, tunnel copy and segment went back.
+    common::assert_mbufs_back_to(&vs, baseline);
 }
