@@ -16,6 +16,7 @@ use testbed::vswitchd::{TempDir, Vswitchd};
 fn the_plugin_as_a_runtime_drives_it() {
     let dir = TempDir::new("vs-cni");
     let vs = common::start(&dir, &common::header(&dir));
+    let baseline = common::mbufs_in_use(&vs);
     let socket = Vswitchd::control_socket(&dir);
     let net = unique("cninet");
     let conf = json!({
@@ -183,5 +184,6 @@ fn the_plugin_as_a_runtime_drives_it() {
         "plugin not available"
     );
     assert_eq!(vs.request(json!({"cmd": "port-list"})).unwrap(), json!([]));
+    common::assert_mbufs_back_to(&vs, baseline);
     vs.stop();
 }

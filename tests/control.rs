@@ -91,6 +91,7 @@ fn every_vswitchctl_verb_against_a_running_vswitchd() {
         + &common::tap_port("b", &b, "02:00:00:88:00:02", "10.88.0.2/24")
         + "port_security = false\n";
     let vs = common::start(&dir, &cfg);
+    let baseline = common::mbufs_in_use(&vs);
     let s = Vswitchd::control_socket(&dir);
     let s = s.as_path();
     assert!(pings(&a, "10.88.0.2"));
@@ -348,6 +349,7 @@ fn every_vswitchctl_verb_against_a_running_vswitchd() {
     let raw = vs.request(serde_json::json!({"cmd": "port-del"}));
     assert!(raw.is_err_and(|e| e.contains("missing field `name`")));
     assert!(pings(&a, "10.88.0.2"));
+    common::assert_mbufs_back_to(&vs, baseline);
     vs.stop();
 }
 
@@ -391,6 +393,7 @@ fn hot_plug_under_traffic_loses_nothing() {
         + &common::tap_port("a", &a, "02:00:00:89:00:01", "10.89.0.1/24")
         + &common::tap_port("b", &b, "02:00:00:89:00:02", "10.89.0.2/24");
     let vs = common::start(&dir, &cfg);
+    let baseline = common::mbufs_in_use(&vs);
     let s = Vswitchd::control_socket(&dir);
     let s = s.as_path();
     assert!(pings(&a, "10.89.0.2"));
@@ -449,6 +452,7 @@ fn hot_plug_under_traffic_loses_nothing() {
         n[0], n[1],
         "datagrams lost while NICs were hot-plugged: {out}"
     );
+    common::assert_mbufs_back_to(&vs, baseline);
     vs.stop();
 }
 
@@ -465,6 +469,7 @@ fn hostile_control_clients_hold_nobody_up() {
 
     let dir = TempDir::new("vs-ctlh");
     let vs = common::start(&dir, &common::header(&dir));
+    let baseline = common::mbufs_in_use(&vs);
     let s = Vswitchd::control_socket(&dir);
     let idle: Vec<UnixStream> = (0..10).map(|_| UnixStream::connect(&s).unwrap()).collect();
     let mut deaf = UnixStream::connect(&s).unwrap();
@@ -520,6 +525,7 @@ fn hostile_control_clients_hold_nobody_up() {
     assert!(answer.contains("longer than"), "{answer:?}");
     assert!(answered_fast() < Duration::from_secs(1));
     drop(idle);
+    common::assert_mbufs_back_to(&vs, baseline);
     let t = Instant::now();
     assert_eq!(vs.stop(), Some(0));
     assert!(
