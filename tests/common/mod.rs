@@ -162,9 +162,32 @@ pub fn capture(ns: &Netns, pcap: &Path, args: &[&str]) -> Proc {
     cap
 }
 
+/// A vswitchd whose main mbuf pool must be back where it was at start
+/// when the test ends (checked on drop, unless the test already failed).
+pub struct Checked {
+    vs: Vswitchd,
+    baseline: u64,
+}
+
+impl std::ops::Deref for Checked {
+    type Target = Vswitchd;
+    fn deref(&self) -> &Vswitchd {
+        &self.vs
+    }
+}
+
+impl Drop for Checked {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            assert_mbufs_back_to(&self.vs, self.baseline);
+        }
+    }
+}
+
 /// Starts vswitchd and waits (bounded) until every port of `up` has its
-/// link up (a TAP NIC: its container set it up).
-pub fn start_linked(dir: &TempDir, config: &str, up: &[&str]) -> Vswitchd {
+/// link up (a TAP NIC: its container set it up); its pool is checked at
+/// the end.
+pub fn start_linked(dir: &TempDir, config: &str, up: &[&str]) -> Checked {
     let vs = start(dir, config);
     for p in up {
         assert!(
@@ -172,7 +195,10 @@ pub fn start_linked(dir: &TempDir, config: &str, up: &[&str]) -> Vswitchd {
             "{p} up"
         );
     }
-    vs
+    Checked {
+        baseline: mbufs_in_use(&vs),
+        vs,
+    }
 }
 
 /// A counter of port `name` at `path` in its stats entry (`["drops",

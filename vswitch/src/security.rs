@@ -641,7 +641,7 @@ mod tests {
         }
 
         /// One frame from `from` to `to`: its action after the stage.
-        fn send(&mut self, from: u16, to: u16, frame: Vec<u8>, now_ns: u64) -> Action {
+        fn send<F: Frame>(&mut self, from: u16, to: u16, frame: F, now_ns: u64) -> Action {
             let mut actions = [Action::Output(PortId(to))];
             self.sec.filter(
                 PortId(from),
@@ -942,22 +942,12 @@ mod tests {
             egress: Some(compiled("none", vec![])),
             ..PortPolicy::default()
         };
-        let r = Rig::new(vec![p0]);
-        let mut actions = [Action::Output(PortId(1))];
-        let mut scratch = Scratch::default();
-        let frames = [superframe(10)];
-        r.sec.filter(
-            PortId(0),
-            0,
-            &frames,
-            &mut actions,
-            &mut scratch,
-            0,
-            0,
-            &r.counters,
-        );
+        let mut r = Rig::new(vec![p0]);
         // (A mid-stream segment of no session: no_session.)
-        assert_eq!(actions[0], Action::Drop(DropReason::NoSession));
+        assert_eq!(
+            r.send(0, 1, superframe(10), 0),
+            Action::Drop(DropReason::NoSession)
+        );
         assert_eq!(r.drops(0, DropReason::NoSession), 10);
 
         // A policer whose burst holds 4 of its 1054-byte segments lets
@@ -975,33 +965,12 @@ mod tests {
             egress_meter: Some(Arc::new(SharedMeter::new(policy, 0))),
             ..PortPolicy::default()
         };
-        let r = Rig::new(vec![p0]);
-        let mut actions = [Action::Output(PortId(1))];
-        r.sec.filter(
-            PortId(0),
-            0,
-            &frames,
-            &mut actions,
-            &mut scratch,
-            0,
-            0,
-            &r.counters,
-        );
-        assert_eq!(actions[0], Action::Output(PortId(1)));
-        assert_eq!(scratch.keep[0], 4);
+        let mut r = Rig::new(vec![p0]);
+        assert_eq!(r.send(0, 1, superframe(10), 0), Action::Output(PortId(1)));
+        assert_eq!(r.scratch.keep[0], 4);
         assert_eq!(r.drops(0, DropReason::PolicerDrop), 6);
         // The next one finds the bucket empty: dropped whole, 10 counted.
-        let mut actions = [Action::Output(PortId(1))];
-        r.sec.filter(
-            PortId(0),
-            0,
-            &frames,
-            &mut actions,
-            &mut scratch,
-            0,
-            0,
-            &r.counters,
-        );
+        let actions = [r.send(0, 1, superframe(10), 0)];
         assert_eq!(actions[0], Action::Drop(DropReason::PolicerDrop));
         assert_eq!(r.drops(0, DropReason::PolicerDrop), 16);
     }
