@@ -44,6 +44,7 @@ fn tap_containers_ping_and_exchange_udp_with_matching_counters() {
         + &common::tap_port("ca", &a, "02:00:00:00:0a:01", "10.77.0.1/24")
         + &common::tap_port("cb", &b, "02:00:00:00:0a:02", "10.77.0.2/24");
     let vs = common::start(&dir, &cfg);
+    let baseline = common::mbufs_in_use(&vs);
     assert!(
         a.has_interface("eth0") && b.has_interface("eth0"),
         "NICs plumbed as eth0"
@@ -118,6 +119,7 @@ fn tap_containers_ping_and_exchange_udp_with_matching_counters() {
         macs.contains(&("02:00:00:00:0a:02".into(), "cb".into())),
         "{fdb}"
     );
+    common::assert_mbufs_back_to(&vs, baseline);
 
     assert_eq!(vs.stop(), Some(0), "clean exit on SIGTERM");
     // The NIC outlives vswitchd (persistent TAP, for a restart to
@@ -142,6 +144,7 @@ fn dpdk_containers_exchange_frames_and_learned_unicast_is_not_flooded() {
             sb.display()
         );
     let vs = common::start(&dir, &cfg);
+    let baseline = common::mbufs_in_use(&vs);
     const MAC_A: &str = "02:00:00:00:0d:01";
     const MAC_B: &str = "02:00:00:00:0d:02";
     let mut tb = Testpmd::start(
@@ -211,6 +214,7 @@ fn dpdk_containers_exchange_frames_and_learned_unicast_is_not_flooded() {
     );
     drop(ta);
     drop(tb);
+    common::assert_mbufs_back_to(&vs, baseline);
     assert_eq!(vs.stop(), Some(0));
     assert!(
         !sa.exists() && !sb.exists(),

@@ -378,6 +378,7 @@ fn two_vswitchd_hosts_joined_by_their_uplinks() {
     let _wire = Veth::create(&a_if, &b_if, None).unwrap();
     let a = host(n, 1, 2, &a_if, false);
     let b = host(n, 2, 1, &b_if, true);
+    let baselines = [&a, &b].map(|h| common::mbufs_in_use(&h.vs));
 
     // Same VNI: reachable across the tunnel, both ways.
     assert!(pings(&a.vni100, "192.168.50.2", 3), "VNI 100 a -> b");
@@ -406,6 +407,9 @@ fn two_vswitchd_hosts_joined_by_their_uplinks() {
         unreachable(&b.vni200, "192.168.50.1", 3),
         "VNI 200 reached VNI 100"
     );
+    for (h, baseline) in [&a, &b].into_iter().zip(baselines) {
+        common::assert_mbufs_back_to(&h.vs, baseline);
+    }
     a.vs.stop();
     b.vs.stop();
 }
@@ -481,5 +485,68 @@ fn spoofed_vteps_and_floods_at_the_vtep_are_contained() {
     assert!(limited > 0 && punted > 0, "{up}");
     assert!(punted <= 2000 * 5 + 256, "punts stay within the rate: {up}");
     // Every decapsulated frame, tunnel copy and segment went back.
+    common::assert_mbufs_back_to(&vs, baseline);
+}
+
+/// Learned VTEPs are soft state: once spoofed VXLAN sources have taken
+/// every free switch port, a hot-plugged NIC still gets one, the oldest
+/// learned VTEP giving up its port, and the new NIC forwards at once.
+#[test]
+fn a_nic_takes_the_switch_port_of_the_oldest_learned_vtep() {
+    let n = subnet_id();
+    let peer = kernel_peer(n);
+    let c = Netns::create(&unique("vxn")).unwrap();
+    let d = Netns::create(&unique("vxn")).unwrap();
+    let dir = TempDir::new("vs-vxn");
+    let cfg = Vswitchd::config_header(&dir, 256, "vpc100")
+        + &format!(
+            "vni = 100\nlearn_vteps = true\n\n\
+             [vtep]\nuplink = \"uplink\"\nip = \"10.{n}.0.1/24\"\nmax_learned = 200\n\n\
+             [[port]]\nname = \"uplink\"\nkind = \"af-packet\"\niface = \"{}\"\n",
+            peer.uplink.name()
+        )
+        + &tap("c", "vpc100", &c, "02:00:00:64:00:01", "192.168.100.1/24");
+    let vs = common::start(&dir, &cfg);
+    let baseline = common::mbufs_in_use(&vs);
+    // One frame per source, in order, so the first is the oldest.
+    common::scapy(
+        &peer.k,
+        &format!(
+            "import time\n\
+             for i in range(80):\n\
+             \x20   sendp(Ether(dst='ff:ff:ff:ff:ff:ff')/IP(src='10.{n}.0.%d' % (100 + i),dst='10.{n}.0.1')/UDP(sport=4789,dport=4789)/VXLAN(vni=100,flags=0x08)/Ether(src='02:77:00:00:00:%02x' % i,dst='ff:ff:ff:ff:ff:ff')/ARP(), iface='up0', verbose=False)\n\
+             \x20   time.sleep(0.002)\n"
+        ),
+    );
+    let learned = || -> Vec<String> {
+        let t = vs
+            .request(serde_json::json!({"cmd": "tunnel-list"}))
+            .unwrap();
+        t["tunnels"].as_array().map_or(Vec::new(), |l| {
+            l.iter()
+                .filter(|t| t["learned"] == true)
+                .map(|t| t["remote"].as_str().unwrap_or_default().to_string())
+                .collect()
+        })
+    };
+    // 64 switch ports: the uplink and c hold two, the learned VTEPs the rest.
+    let full = wait_until(Duration::from_secs(10), || learned().len() == 62);
+    let before = learned();
+    assert!(full, "learned VTEPs fill the port space: {}", before.len());
+    let oldest = format!("10.{n}.0.100");
+    assert!(before.contains(&oldest), "{before:?}");
+
+    let add = vs.request(serde_json::json!({"cmd": "port-add", "port": {
+        "name": "d", "kind": "tap", "bridge": "vpc100", "netns": d.name(),
+        "mac": "02:00:00:64:00:03", "ipv4": "192.168.100.3/24", "mtu": 1450,
+    }}));
+    assert!(add.is_ok(), "the NIC gets a port: {add:?}");
+    let after = learned();
+    assert_eq!(after.len(), 61, "{after:?}");
+    assert!(
+        !after.contains(&oldest),
+        "the oldest VTEP gave way: {after:?}"
+    );
+    assert!(pings(&c, "192.168.100.3", 2), "the new NIC forwards");
     common::assert_mbufs_back_to(&vs, baseline);
 }
