@@ -131,7 +131,7 @@ impl Daemon<'_> {
             Request::FdbFlush { bridge, port } => self.fdb_flush(bridge, port),
             Request::SessionShow { limit } => Ok(self.session_show(limit.unwrap_or(1000))),
             Request::SessionFlush => {
-                Ok(json!({ "flushed": self.shared.load().security.sessions().flush() }))
+                Ok(json!({ "flushed": self.shared.load().pipeline.security.sessions().flush() }))
             }
             Request::AclSet {
                 groups,
@@ -461,7 +461,7 @@ impl Daemon<'_> {
         let dp = self.shared.load();
         let now = self.now_secs();
         Value::Array(
-            dp.switch
+            dp.pipeline.switch
                 .bridges()
                 .iter()
                 .map(|b| {
@@ -484,7 +484,7 @@ impl Daemon<'_> {
         let now = self.now_secs();
         let mut out = Vec::new();
         let mut found = bridge.is_none();
-        for b in dp.switch.bridges() {
+        for b in dp.pipeline.switch.bridges() {
             if bridge.as_ref().is_some_and(|n| *n != b.conf.name) {
                 continue;
             }
@@ -505,7 +505,7 @@ impl Daemon<'_> {
     fn fdb_flush(&self, bridge: Option<String>, port: Option<String>) -> Result<Value, String> {
         let dp = self.shared.load();
         if let Some(b) = &bridge {
-            if !dp.switch.bridges().iter().any(|x| x.conf.name == *b) {
+            if !dp.pipeline.switch.bridges().iter().any(|x| x.conf.name == *b) {
                 return Err(format!("no bridge named {b:?}"));
             }
         }
@@ -514,7 +514,7 @@ impl Daemon<'_> {
             None => None,
         };
         let mut n = 0;
-        for b in dp.switch.bridges() {
+        for b in dp.pipeline.switch.bridges() {
             if bridge.as_ref().is_some_and(|x| *x != b.conf.name) {
                 continue;
             }
@@ -528,7 +528,7 @@ impl Daemon<'_> {
 
     fn session_show(&self, limit: usize) -> Value {
         let dp = self.shared.load();
-        let sessions = dp.security.sessions();
+        let sessions = dp.pipeline.security.sessions();
         let list: Vec<Value> = sessions
             .entries(self.now_secs(), limit)
             .into_iter()

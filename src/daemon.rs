@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use vswitch::security::Security;
-use vswitch::{BridgeId, PortId, SwitchBuilder, MAX_BURST, MAX_PORTS};
+use vswitch::{BridgeId, Pipeline, PortId, SwitchBuilder, MAX_BURST, MAX_PORTS};
 
 use crate::config::{Config, PortKind};
 use crate::control::ControlServer;
@@ -243,10 +243,14 @@ pub(crate) fn build_datapath(
         }
     }
     let switch = b
-        .build(prev.map(|p| &p.switch))
+        .build(prev.map(|p| &p.pipeline.switch))
         .context("building the switch topology")?;
     Ok(Datapath {
-        switch,
+        pipeline: Pipeline {
+            switch,
+            security,
+            overlay: vtep.map(|v| v.overlay(cfg, &ids)),
+        },
         tx: tx.into(),
         tap_queues: rx_queues
             .iter()
@@ -261,8 +265,7 @@ pub(crate) fn build_datapath(
             .collect(),
         rx_queues,
         pools,
-        security,
-        vtep: vtep.map(|v| v.path(cfg, &ids, pools.mbufs)),
+        vtep: vtep.map(|v| v.path(pools.mbufs)),
     })
 }
 
@@ -271,10 +274,6 @@ pub(crate) fn nic_ports(ports: &[Option<Port>]) -> Vec<bool> {
     ports.iter().map(Option::is_some).collect()
 }
 
-/// Nanoseconds since `epoch` (a TSC value) at `hz`.
-fn ns_since(epoch: u64, hz: u64) -> u64 {
-    (u128::from(dpdk::rdtsc().wrapping_sub(epoch)) * 1_000_000_000 / u128::from(hz.max(1))) as u64
-}
 
 /// The running switch as the control thread sees it: the config (typed,
 /// and as the TOML document runtime changes edit), the open ports by
@@ -305,7 +304,8 @@ pub struct Daemon<'p> {
     /// Ruleset generation: bumped when groups or their attachments change
     /// (live sessions are judged again).
     pub(crate) generation: u32,
-    epoch: u64,
+    /// The workers' clock.
+    clock: dpdk::TscClock,
     pub(crate) hz: u64,
     /// Mbufs of the pool's hot-plug reserve not taken by ports.
     pub(crate) reserve_left: u32,
@@ -318,7 +318,7 @@ pub struct Daemon<'p> {
 impl Daemon<'_> {
     /// Nanoseconds since the workers' epoch.
     pub(crate) fn now_ns(&self) -> u64 {
-        ns_since(self.epoch, self.hz)
+        self.clock.now_ns()
     }
 
     /// Seconds since the workers' epoch (MAC and session clocks).
@@ -341,7 +341,7 @@ impl Daemon<'_> {
         let security = crate::security::build(
             cfg,
             &slots,
-            Some(Arc::clone(old.security.sessions())),
+            Some(Arc::clone(old.pipeline.security.sessions())),
             generation,
             now_ns,
             &mut self.meters,
@@ -522,12 +522,13 @@ impl Daemon<'_> {
                 eprintln!("vswitchd: guest offloads not updated: {e:#}");
             }
         }
-        for b in dp.switch.bridges() {
+        for b in dp.pipeline.switch.bridges() {
             b.macs.sweep(now);
         }
-        dp.security.sessions().sweep(now);
+        dp.pipeline.security.sessions().sweep(now);
         let Some(v) = &mut self.vtep else { return };
         let behind: std::collections::HashSet<PortId> = dp
+            .pipeline
             .switch
             .bridges()
             .iter()
@@ -562,7 +563,7 @@ fn extract<T>(v: &mut Vec<T>, pred: impl Fn(&T) -> bool) -> Vec<T> {
 /// Forgets every MAC (static ones included) behind `ports`, which the
 /// published snapshot no longer has.
 pub(crate) fn flush_ports(dp: &Datapath, ports: impl Iterator<Item = PortId> + Clone) {
-    for b in dp.switch.bridges() {
+    for b in dp.pipeline.switch.bridges() {
         for p in ports.clone() {
             b.macs.flush_port(p);
         }
@@ -624,7 +625,7 @@ pub fn run(
         }
     }
     let hz = dpdk::tsc_hz();
-    let epoch = dpdk::rdtsc();
+    let clock = dpdk::TscClock::start();
     // Everything that can still fail before the workers start; on error
     // the ports opened above are undone.
     let mut meters = crate::security::Meters::default();
@@ -666,7 +667,7 @@ pub fn run(
             return Err(e);
         }
     };
-    let shared = Arc::new(Shared::new(dp, n_workers, cfg.workers.idle_sleep_us, epoch));
+    let shared = Arc::new(Shared::new(dp, n_workers, cfg.workers.idle_sleep_us, clock));
     for (i, &l) in lcores.iter().enumerate() {
         let s = Arc::clone(&shared);
         lcore::launch(l, move || Worker::new(i).run(&s)).map_err(anyhow::Error::msg)?;
@@ -703,7 +704,7 @@ pub fn run(
         pool: &pool,
         tap_pool: &tap_pool,
         generation: 1,
-        epoch,
+        clock,
         hz,
     };
     let interval = Duration::from_secs(u64::from(d.cfg.stats.interval_secs));

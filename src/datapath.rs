@@ -20,10 +20,10 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use vswitch::offload::{GsoKind, Offload};
-use vswitch::security::Security;
-use vswitch::{Counter, CycleHistogram, PortCounters, PortId, Switch, MAX_PORTS};
+use vswitch::{Counter, CycleHistogram, PortCounters, PortId, Pipeline, MAX_PORTS};
 
 use crate::dpdk::mempool::PoolHandle;
+use crate::dpdk::TscClock;
 use crate::dpdk::port::GuestOffloads;
 use crate::tap::uring::TapQueue;
 
@@ -105,8 +105,9 @@ pub struct Pools {
 
 /// What workers forward with.
 pub struct Datapath {
-    /// Topology and MAC tables.
-    pub switch: Switch,
+    /// What decides each frame's fate: topology, MAC tables, security
+    /// groups, sessions, meters, the VTEP's tables.
+    pub pipeline: Pipeline,
     /// Per switch port ([`MAX_PORTS`] entries): where its frames leave.
     pub tx: Box<[TxTarget]>,
     /// Per worker: its rx queues.
@@ -116,9 +117,7 @@ pub struct Datapath {
     pub tap_queues: Vec<Vec<TapQueue>>,
     /// Where workers take mbufs from.
     pub pools: Pools,
-    /// Security groups, sessions and meters.
-    pub security: Security,
-    /// The VXLAN tunnel endpoint, if configured.
+    /// The VTEP's slow path, if configured.
     pub vtep: Option<crate::vtep::VtepPath>,
 }
 
@@ -152,7 +151,10 @@ impl Default for WorkerCounters {
     }
 }
 
-/// A worker's slot in [`Shared`].
+/// A worker's slot in [`Shared`], alone on its cache lines (128 bytes:
+/// the adjacent-line prefetcher pairs lines), so one worker's ack does
+/// not invalidate the line another worker reads its own from.
+#[repr(align(128))]
 pub struct WorkerSlot {
     /// Last generation the worker switched to.
     pub ack: AtomicU64,
@@ -170,15 +172,14 @@ pub struct Shared {
     pub workers: Vec<WorkerSlot>,
     /// Microseconds a worker sleeps after an empty poll round.
     pub idle_sleep_us: u32,
-    /// TSC at start: the time base of every worker (MAC ages, session
-    /// deadlines, meters), so shared tables see one clock.
-    pub epoch_tsc: u64,
+    /// The time base of every worker and the control thread (MAC ages,
+    /// session deadlines, meters), so shared tables see one clock.
+    pub clock: TscClock,
 }
 
 impl Shared {
-    /// State for `n_workers` workers starting with `dp`; `epoch_tsc` is
-    /// time zero.
-    pub fn new(dp: Datapath, n_workers: usize, idle_sleep_us: u32, epoch_tsc: u64) -> Shared {
+    /// State for `n_workers` workers starting with `dp`, on `clock`.
+    pub fn new(dp: Datapath, n_workers: usize, idle_sleep_us: u32, clock: TscClock) -> Shared {
         Shared {
             current: ArcSwap::from_pointee(dp),
             generation: AtomicU64::new(1),
@@ -190,7 +191,7 @@ impl Shared {
                 })
                 .collect(),
             idle_sleep_us,
-            epoch_tsc,
+            clock,
         }
     }
 
@@ -245,11 +246,19 @@ impl Shared {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use vswitch::security::Security;
     use vswitch::SwitchBuilder;
 
     fn snapshot(rx_port: u16) -> Datapath {
         Datapath {
-            switch: SwitchBuilder::new().build(None).unwrap(),
+            pipeline: Pipeline {
+                switch: SwitchBuilder::new().build(None).unwrap(),
+                security: Security::none(Arc::new(acl::session::SessionTable::new(
+                    16,
+                    Default::default(),
+                ))),
+                overlay: None,
+            },
             tx: vec![TxTarget::None; MAX_PORTS].into(),
             rx_queues: vec![vec![RxQueue {
                 port: PortId(rx_port),
@@ -263,17 +272,13 @@ mod tests {
                 mbufs: PoolHandle::unusable(),
                 tap: PoolHandle::unusable(),
             },
-            security: Security::none(Arc::new(acl::session::SessionTable::new(
-                16,
-                Default::default(),
-            ))),
             vtep: None,
         }
     }
 
     #[test]
     fn publish_waits_for_the_worker_to_switch() {
-        let shared = Arc::new(Shared::new(snapshot(0), 1, 0, 0));
+        let shared = Arc::new(Shared::new(snapshot(0), 1, 0, TscClock::new(0, 1)));
         // A stand-in for a worker's poll loop: switch snapshots between
         // rounds and ack the generation, as Worker::run does.
         let w = Arc::clone(&shared);
@@ -297,7 +302,7 @@ mod tests {
 
     #[test]
     fn publish_reports_a_worker_that_never_acks() {
-        let shared = Shared::new(snapshot(0), 1, 0, 0);
+        let shared = Shared::new(snapshot(0), 1, 0, TscClock::new(0, 1));
         assert!(!shared.publish(snapshot(1), Duration::from_millis(50)));
     }
 }

@@ -246,7 +246,7 @@ pub fn collect(
         retired,
     } = tunnels;
     let dp = shared.load();
-    let table = dp.security.sessions();
+    let table = dp.pipeline.security.sessions();
     let mut out = Vec::new();
     for (i, port) in ports.iter().enumerate() {
         let Some(port) = port else { continue };
@@ -266,6 +266,7 @@ pub fn collect(
         per_port: limits.per_owner,
         per_bridge: limits.per_zone,
         bridges: dp
+            .pipeline
             .switch
             .bridges()
             .iter()

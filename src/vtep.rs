@@ -23,7 +23,8 @@ use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
-use vswitch::{BridgeId, MacAddr, PortId, SwitchBuilder, MAX_PORTS};
+use vswitch::overlay::Encap;
+use vswitch::{BridgeId, MacAddr, Overlay, PortId, SwitchBuilder, MAX_PORTS};
 use vxlan::encap::{Template, Tunnel};
 use vxlan::host::VtepHost;
 use vxlan::tunnels::TunnelMap;
@@ -80,32 +81,10 @@ impl TunnelPort {
     }
 }
 
-/// Per tunnel port: the outer headers and where they go.
-#[derive(Debug, Clone, Copy)]
-pub struct Encap {
-    /// The outer headers (their destination MAC valid only if `resolved`).
-    pub template: Template,
-    /// The next hop's MAC is known.
-    pub resolved: bool,
-}
-
-/// What workers need of the VTEP (part of the datapath snapshot).
+/// The slow path's channels as workers see them (part of the datapath
+/// snapshot; the tables they decide with are the pipeline's
+/// [`vswitch::Overlay`]).
 pub struct VtepPath {
-    /// The uplink's switch port.
-    pub uplink: PortId,
-    /// Our VTEP address.
-    pub ip: Ipv4Addr,
-    /// Our VXLAN UDP port.
-    pub udp_port: u16,
-    /// Largest inner frame (Ethernet header included) that fits the
-    /// underlay MTU once encapsulated.
-    pub max_inner: u32,
-    /// Decap lookup.
-    pub map: TunnelMap,
-    /// Per bridge index: whether it learns remote VTEPs.
-    pub learn: Vec<bool>,
-    /// Per switch port: its encap, for tunnel ports.
-    pub encap: Box<[Option<Encap>; MAX_PORTS]>,
     /// To the slow path.
     pub punt: Sender<Punt>,
     /// From the slow path, to send on the uplink.
@@ -308,8 +287,8 @@ impl Vtep {
         }
     }
 
-    /// The workers' view, for a snapshot.
-    pub fn path(&self, cfg: &Config, bridges: &[(String, BridgeId)], pool: PoolHandle) -> VtepPath {
+    /// The data-path tables of the VTEP, for a snapshot's pipeline.
+    pub fn overlay(&self, cfg: &Config, bridges: &[(String, BridgeId)]) -> Overlay {
         let mut map = TunnelMap::new();
         let mut learn = vec![false; bridges.len()];
         for n in &cfg.vnis {
@@ -320,7 +299,7 @@ impl Vtep {
             map.add_vni(n.vni, id.0);
             learn[id.index()] = n.learn_vteps;
         }
-        let mut encap = Box::new([None; MAX_PORTS]);
+        let mut encap = vec![None; MAX_PORTS].into_boxed_slice();
         for t in &self.tunnels {
             map.add_remote(t.vni, t.remote, t.port.0);
             let mac = self.next_hop_mac(t.remote);
@@ -338,7 +317,7 @@ impl Vtep {
                 resolved: mac.is_some(),
             });
         }
-        VtepPath {
+        Overlay {
             uplink: self.uplink,
             ip: self.conf.ip,
             udp_port: self.conf.udp_port,
@@ -347,6 +326,13 @@ impl Vtep {
             map,
             learn,
             encap,
+        }
+    }
+
+    /// The slow path's channels for workers, with `pool` for the frames
+    /// they copy.
+    pub fn path(&self, pool: PoolHandle) -> VtepPath {
+        VtepPath {
             punt: self.punt_tx.clone(),
             inject: self.inject_rx.clone(),
             pool,

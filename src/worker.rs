@@ -1,18 +1,21 @@
-//! The poll loop of one worker lcore.
+//! The poll loop of one worker lcore: it moves mbufs where the pipeline
+//! says and counts what it sends.
 //!
 //! Each round: pick up a new snapshot if one was published; for each rx
-//! queue assigned to this worker, receive a burst of up to 32 frames, let the
-//! pipeline decide their fate, and spread them over per-port tx buffers;
-//! then flush every tx buffer that holds frames. A buffer that fills up
-//! mid-round is flushed at once. Frames a tx queue does not take are freed
-//! and counted as `tx_full` on that port.
+//! queue assigned to this worker, receive a burst of up to 32 frames, let
+//! the pipeline ([`vswitch::Pipeline`]) decide each frame's fate, and
+//! carry the fates out into per-port tx buffers; then flush every tx
+//! buffer that holds frames. A buffer that fills up mid-round is flushed
+//! at once. Frames a tx queue does not take are freed and counted as
+//! `tx_full` on that port.
 //!
-//! With a VTEP, frames from the uplink are decapsulated (outer headers
-//! stripped in place with an mbuf adj) and switched as if received on the
-//! tunnel port of their remote VTEP, one sub-burst per tunnel port; frames
-//! switched to a tunnel port get the outer headers prepended in the mbuf's
-//! headroom and leave by the uplink. Flooded frames are shared by their
-//! local outputs, so each tunnel gets its own copy to prepend to.
+//! What is left here is what needs the mbufs themselves: stripping outer
+//! headers of decapsulated frames (an mbuf adj) and switching them per
+//! tunnel port, prepending outer headers in the headroom of frames bound
+//! for a tunnel port, copies of flooded frames for tunnels (each needs its
+//! own outer headers; local outputs share the frame), DSCP rewrites and
+//! policer trims, segmenting superframes and completing checksums for
+//! ports that cannot take them, and punting to the VTEP's slow path.
 //!
 //! Nothing here allocates, locks, logs or makes a syscall per packet; the
 //! only per-round syscall is the optional idle sleep.
@@ -20,12 +23,9 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use vswitch::security::{set_dscp, Scratch, KEEP_ALL};
-use vswitch::{Action, DropReason, Frame, PortId, MAX_BURST, MAX_PORTS};
-use vxlan::decap::{decap, Decap, DecapError};
-use vxlan::tunnels::Lookup;
-
 use vswitch::offload::{complete_checksum, trim_superframe, Segments};
+use vswitch::security::{set_dscp, KEEP_ALL};
+use vswitch::{Arrival, Decisions, DropReason, Fate, Frame, Now, PortId, MAX_BURST, MAX_PORTS};
 
 use crate::datapath::{Datapath, RxSource, Shared, TxTarget, WorkerCounters};
 use crate::dpdk::mbuf::{Burst, Mbuf};
@@ -39,25 +39,18 @@ struct TxBuf {
     bytes: u64,
 }
 
-/// A worker's private state: tx buffers and scratch arrays. The snapshot
-/// it forwards with is a local of [`Worker::run`], so a poll round costs no
-/// reference-count traffic on it.
+/// A worker's private state. The snapshot it forwards with is a local of
+/// [`Worker::run`], so a poll round costs no reference-count traffic on
+/// it.
 pub struct Worker {
     index: usize,
-    tx: Vec<TxBuf>,
-    /// Bit p set: tx buffer of port p holds frames.
-    dirty: u64,
-    drops: Burst,
-    actions: [Action; MAX_BURST],
-    scratch: Box<Scratch>,
+    decisions: Box<Decisions>,
+    out: Output,
     /// Decapsulated frames of one uplink burst, grouped by tunnel port.
     decapped: Vec<(PortId, Burst)>,
     /// The last unknown VTEP reported to the slow path (not re-reported
     /// for every frame until the new snapshot arrives).
     last_unknown: (u32, u32),
-    /// Outer IPv4 identification (meaningless with DF, RFC 6864, but
-    /// varied for middleboxes that look at it anyway).
-    ip_id: u16,
     /// Fresh mbufs of the TAP pool for TAP reads (see `tap::io_path`).
     tap_stash: Burst,
     /// This worker's share of the slow path: frames for the VTEP's host
@@ -65,6 +58,20 @@ pub struct Worker {
     /// acl's single-owner srTCM meter in packets, rather than another
     /// hand-written token bucket.
     punts: acl::policer::Meter,
+}
+
+/// Where frames leave: per-port tx buffers, the list of references to
+/// free, and what encapsulation needs.
+struct Output {
+    /// The worker's index: its tx queue on every DPDK port.
+    queue: u16,
+    tx: Vec<TxBuf>,
+    /// Bit p set: tx buffer of port p holds frames.
+    dirty: u64,
+    drops: Burst,
+    /// Outer IPv4 identification (meaningless with DF, RFC 6864, but
+    /// varied for middleboxes that look at it anyway).
+    ip_id: u16,
 }
 
 /// Frames per second one worker punts to the VTEP's host stack (ARP and
@@ -75,37 +82,28 @@ const PUNT_BURST: u64 = 256;
 
 const _: () = assert!(MAX_PORTS <= 64, "dirty is a u64 bitmap");
 
-/// Whether the inner frame at `at` of a VXLAN packet carries a VLAN tag:
-/// RFC 7348 (section 6.1) has a VTEP drop such frames unless configured
-/// for them, and vswitchd's segments are untagged.
-#[inline]
-fn inner_tagged(d: &[u8], at: usize) -> bool {
-    d.get(at + 12..at + 14).is_some_and(|t| {
-        let t = u16::from_be_bytes([t[0], t[1]]);
-        t == vswitch::flow::ETH_P_8021Q || t == vswitch::flow::ETH_P_8021AD
-    })
-}
-
 impl Worker {
     /// Worker `index` of the [`Shared`] it will run on.
     pub fn new(index: usize) -> Worker {
         Worker {
             index,
-            tx: (0..MAX_PORTS)
-                .map(|_| TxBuf {
-                    frames: Burst::default(),
-                    bytes: 0,
-                })
-                .collect(),
-            dirty: 0,
-            drops: Burst::default(),
-            actions: [Action::Flood; MAX_BURST],
-            scratch: Box::default(),
+            decisions: Box::default(),
+            out: Output {
+                queue: index as u16,
+                tx: (0..MAX_PORTS)
+                    .map(|_| TxBuf {
+                        frames: Burst::default(),
+                        bytes: 0,
+                    })
+                    .collect(),
+                dirty: 0,
+                drops: Burst::default(),
+                ip_id: 0,
+            },
             decapped: (0..MAX_BURST)
                 .map(|_| (PortId(0), Burst::default()))
                 .collect(),
             last_unknown: (u32::MAX, 0),
-            ip_id: 0,
             tap_stash: Burst::default(),
             punts: acl::policer::Meter::new(
                 acl::policer::MeterConf::SrTcm {
@@ -120,8 +118,6 @@ impl Worker {
 
     /// Polls until `shared.running` is cleared.
     pub fn run(mut self, shared: &Shared) {
-        let hz = u128::from(dpdk::tsc_hz().max(1));
-        let start = shared.epoch_tsc;
         let sleep = std::time::Duration::from_micros(u64::from(shared.idle_sleep_us));
         let slot = &shared.workers[self.index];
         let counters: &WorkerCounters = &slot.counters;
@@ -162,8 +158,7 @@ impl Worker {
             slot.ack.store(gen, Ordering::Release);
 
             let t0 = dpdk::rdtsc();
-            let now_ns = (u128::from(t0.wrapping_sub(start)) * 1_000_000_000 / hz) as u64;
-            let now = (now_ns / 1_000_000_000) as u32;
+            let now = Now::from_ns(shared.clock.ns_at(t0));
             let mut got = 0;
             for q in &dp.rx_queues[self.index] {
                 let n = match q.src {
@@ -182,7 +177,7 @@ impl Worker {
                     continue;
                 }
                 got += n;
-                self.received(&dp, q.port, &mut rx, now, now_ns, counters);
+                self.received(&dp, q.port, &mut rx, now, counters);
             }
             if let Some(t) = tap_rx
                 .as_mut()
@@ -196,13 +191,13 @@ impl Worker {
                 );
                 while let Some(port) = t.next_burst(&mut rx) {
                     got += rx.len();
-                    self.received(&dp, port, &mut rx, now, now_ns, counters);
+                    self.received(&dp, port, &mut rx, now, counters);
                 }
             }
             if let Some(vt) = &dp.vtep {
-                self.inject(&dp, vt, counters);
+                self.out.inject(&dp, vt, counters);
             }
-            self.flush_all(&dp, counters);
+            self.out.flush_all(&dp, counters);
             let t1 = dpdk::rdtsc();
             if got > 0 {
                 counters.busy_cycles.add(t1 - t0);
@@ -225,196 +220,187 @@ impl Worker {
         dp: &Datapath,
         port: PortId,
         rx: &mut Burst,
-        now: u32,
-        now_ns: u64,
+        now: Now,
         counters: &WorkerCounters,
     ) {
-        match &dp.vtep {
-            Some(vt) if vt.uplink == port => {
-                self.rx_uplink(dp, vt, port, rx, now, now_ns, counters)
-            }
-            _ => self.switch(dp, port, rx, now, now_ns, counters),
+        if dp.pipeline.is_uplink(port) {
+            self.rx_uplink(dp, rx, now, counters)
+        } else {
+            self.switch(dp, port, rx, now, counters)
         }
     }
 
-    /// Switches a burst received on `in_port`: bridge, security stage,
-    /// dispatch. `rx` ends empty.
+    /// Switches a burst received on `in_port`: the pipeline decides, the
+    /// fates are carried out. `rx` ends empty.
     #[inline]
     fn switch(
         &mut self,
         dp: &Datapath,
         in_port: PortId,
         rx: &mut Burst,
-        now: u32,
-        now_ns: u64,
+        now: Now,
         counters: &WorkerCounters,
     ) {
-        dp.switch.forward(
+        dp.pipeline.decide(
             in_port,
             rx.mbufs(),
             now,
-            &counters.ports[in_port.index()],
-            &mut self.actions,
+            &counters.ports,
+            &mut self.decisions,
         );
-        let zone = dp.switch.bridge_of(in_port).map_or(0, |b| b.0);
-        if dp.security.is_active() {
-            dp.security.filter(
-                in_port,
-                zone,
-                rx.mbufs(),
-                &mut self.actions,
-                &mut self.scratch,
-                now,
-                now_ns,
-                &counters.ports,
-            );
+        let d = &*self.decisions;
+        let out = &mut self.out;
+        for (i, m) in rx.mbufs_mut().iter_mut().enumerate() {
+            let fate = d.fate(i);
+            if let Fate::Drop(_) = fate {
+                out.drop_frame(m);
+                continue;
+            }
+            if let Some(dscp) = d.remark(i) {
+                set_dscp(m.data_mut(), dscp);
+            }
+            let keep = d.keep(i);
+            if keep != KEEP_ALL {
+                // A policer let only the first segments through.
+                let off = m.offload();
+                if let Some(len) = trim_superframe(m.data_mut(), &off, keep) {
+                    m.set_len(len as u16);
+                }
+            }
+            match fate {
+                Fate::Local(p) => out.enqueue(dp, p, m, counters),
+                Fate::Tunnel(p) => out.encap(dp, p, m, counters),
+                Fate::Flood { .. } => {
+                    for &p in d.flood_tunnels(i) {
+                        out.encap_copy(dp, p, m, counters);
+                    }
+                    let locals = d.flood_locals(i);
+                    if locals.is_empty() {
+                        out.drop_frame(m);
+                        continue;
+                    }
+                    m.set_owners(locals.len() as u16);
+                    for &p in locals {
+                        out.enqueue(dp, p, m, counters);
+                    }
+                }
+                Fate::Drop(_) => unreachable!("handled above"),
+            }
         }
-        self.dispatch(dp, in_port, zone, now, rx, counters);
+        // Every reference moved to a tx buffer or the drop list.
+        rx.handed_over();
+        out.drops.free_all();
     }
 
     /// A burst from the uplink: VXLAN to our VTEP is decapsulated and
     /// switched per tunnel port; ARP and other traffic for the VTEP's
-    /// address goes to the slow path; the rest is dropped and counted.
-    #[allow(clippy::too_many_arguments)]
-    fn rx_uplink(
-        &mut self,
-        dp: &Datapath,
-        vt: &VtepPath,
-        uplink: PortId,
-        rx: &mut Burst,
-        now: u32,
-        now_ns: u64,
-        counters: &WorkerCounters,
-    ) {
+    /// address goes to the slow path; the rest was dropped and counted by
+    /// the pipeline.
+    fn rx_uplink(&mut self, dp: &Datapath, rx: &mut Burst, now: Now, counters: &WorkerCounters) {
+        let vt = dp.vtep.as_ref().expect("an uplink has a VTEP");
+        dp.pipeline
+            .arrive(rx.mbufs(), &counters.ports, &mut self.decisions);
+        let uplink = dp.pipeline.overlay.as_ref().expect("a VTEP").uplink;
         let c = &counters.ports[uplink.index()];
-        c.rx_packets.add(rx.len() as u64);
-        c.rx_bytes
-            .add(rx.mbufs().iter().map(|m| u64::from(m.pkt_len())).sum());
         let mut groups = 0;
-        // A burst usually comes from one VTEP: look it up once.
-        let mut last: Option<(u32, std::net::Ipv4Addr, Lookup)> = None;
-        for m in rx.mbufs_mut() {
-            let reason = match decap(m.data(), vt.ip, vt.udp_port) {
-                Decap::Tunnel(o) => match match last {
-                    Some((vni, ip, l)) if vni == o.vni && ip == o.src_ip => l,
-                    _ => {
-                        let l = vt.map.lookup(o.vni, o.src_ip);
-                        last = Some((o.vni, o.src_ip, l));
-                        l
-                    }
-                } {
-                    Lookup::Port(_) if inner_tagged(m.data(), o.inner_offset) => {
-                        DropReason::VxlanInnerVlan
-                    }
-                    Lookup::Port(p) => {
-                        m.adj(o.inner_offset as u16);
-                        let p = PortId(p);
-                        let g = match self.decapped[..groups].iter().position(|(q, _)| *q == p) {
-                            Some(g) => g,
-                            None => {
-                                self.decapped[groups].0 = p;
-                                groups += 1;
-                                groups - 1
-                            }
-                        };
-                        self.decapped[g].1.push(m);
-                        continue;
-                    }
-                    Lookup::UnknownRemote(bridge) => {
-                        let key = (o.vni, u32::from(o.src_ip));
-                        if vt.learn[usize::from(bridge)] && self.last_unknown != key {
-                            self.last_unknown = key;
-                            vt.punt(Punt::Vtep {
-                                vni: o.vni,
-                                remote: o.src_ip,
-                            });
+        for (i, m) in rx.mbufs_mut().iter_mut().enumerate() {
+            match self.decisions.arrival(i) {
+                Arrival::Inner { port, inner } => {
+                    m.adj(inner);
+                    let g = match self.decapped[..groups].iter().position(|(q, _)| *q == port) {
+                        Some(g) => g,
+                        None => {
+                            self.decapped[groups].0 = port;
+                            groups += 1;
+                            groups - 1
                         }
-                        DropReason::VxlanUnknownVtep
-                    }
-                    Lookup::UnknownVni => DropReason::VxlanUnknownVni,
-                },
-                Decap::NotOurs if vxlan::decap::for_host(m.data(), vt.ip) => {
+                    };
+                    self.decapped[g].1.push(m);
+                    continue;
+                }
+                Arrival::Host => {
                     // The slow path: a copy (ARP and ICMP are small and
-                    // rare, and rate-limited before the copy), so the mbuf
-                    // never leaves this lcore.
-                    if self.punts.color(now_ns, 1) != acl::policer::Color::Green {
-                        DropReason::PuntLimit
+                    // rare, and rate-limited before the copy), so the
+                    // mbuf never leaves this lcore.
+                    if self.punts.color(now.ns, 1) != acl::policer::Color::Green {
+                        c.drop(DropReason::PuntLimit, 1);
                     } else if vt.punt(Punt::Frame(m.data().to_vec())) {
                         c.punted.add(1);
-                        self.drop_frame(m);
-                        continue;
                     } else {
-                        DropReason::PuntFull
+                        c.drop(DropReason::PuntFull, 1);
                     }
                 }
-                Decap::NotOurs => DropReason::NotForVtep,
-                Decap::Bad(DecapError::Truncated) => DropReason::VxlanTruncated,
-                Decap::Bad(DecapError::BadIpHeader) => DropReason::VxlanBadIp,
-                Decap::Bad(DecapError::Fragment) => DropReason::VxlanFragment,
-                Decap::Bad(DecapError::BadFlags) => DropReason::VxlanBadFlags,
-            };
-            c.drop(reason, 1);
-            self.drop_frame(m);
+                Arrival::Learn { vni, remote } => {
+                    let key = (vni, u32::from(remote));
+                    if self.last_unknown != key {
+                        self.last_unknown = key;
+                        vt.punt(Punt::Vtep { vni, remote });
+                    }
+                }
+                Arrival::Drop(_) => {}
+            }
+            self.out.drop_frame(m);
         }
         // Every reference moved to a sub-burst or the drop list.
         rx.handed_over();
-        self.drops.free_all();
+        self.out.drops.free_all();
         for g in 0..groups {
             let (port, mut burst) = std::mem::take(&mut self.decapped[g]);
-            self.switch(dp, port, &mut burst, now, now_ns, counters);
+            self.switch(dp, port, &mut burst, now, counters);
             self.decapped[g].1 = burst;
         }
     }
+}
 
+impl Output {
     /// Sends what the slow path queued for the uplink.
     fn inject(&mut self, dp: &Datapath, vt: &VtepPath, counters: &WorkerCounters) {
+        let uplink = dp.pipeline.overlay.as_ref().expect("a VTEP").uplink;
         while let Ok(frame) = vt.inject.try_recv() {
             match vt.pool.alloc_frame(&frame) {
-                Some(mut m) => self.enqueue(dp, vt.uplink, &mut m, counters),
-                None => counters.ports[vt.uplink.index()].drop(DropReason::NoMbuf, 1),
+                Some(mut m) => self.enqueue(dp, uplink, &mut m, counters),
+                None => counters.ports[uplink.index()].drop(DropReason::NoMbuf, 1),
             }
         }
     }
 
-    /// Encapsulates a frame this worker owns alone for tunnel port `p` and
-    /// queues it on the uplink; frames too big for the underlay or whose
-    /// next hop is unresolved are dropped and counted on the tunnel port.
+    /// Sends a frame this worker owns alone out of tunnel port `p` (the
+    /// pipeline checked it fits and the next hop is known): offloads
+    /// finished first, as no tunnel takes them.
     #[inline]
     fn encap(&mut self, dp: &Datapath, p: PortId, m: &mut Mbuf, counters: &WorkerCounters) {
-        let vt = dp
-            .vtep
-            .as_ref()
-            .expect("tunnel ports exist only with a VTEP");
-        let e = vt.encap[p.index()]
-            .as_ref()
-            .expect("a tunnel port has its encap");
         if m.has_offload() && self.finish_offloads(dp, p, m, true, counters) {
             return;
         }
+        self.encap_now(dp, p, m, counters);
+    }
+
+    /// Prepends tunnel port `p`'s outer headers to a frame without
+    /// offloads and queues it on the uplink.
+    #[inline]
+    fn encap_now(&mut self, dp: &Datapath, p: PortId, m: &mut Mbuf, counters: &WorkerCounters) {
+        let o = dp
+            .pipeline
+            .overlay
+            .as_ref()
+            .expect("tunnel ports exist only with a VTEP");
         let c = &counters.ports[p.index()];
         let inner_len = m.pkt_len();
-        let reason = if inner_len > vt.max_inner {
-            DropReason::MtuExceeded
-        } else if !e.resolved {
-            DropReason::NoNeighbour
-        } else {
-            let sport = vxlan::encap::source_port(m.data());
-            let id = self.ip_id;
-            self.ip_id = id.wrapping_add(1);
-            match m.prepend(vxlan::OUTER_LEN as u16) {
-                Some(hdr) => {
-                    let hdr: &mut [u8; vxlan::OUTER_LEN] = hdr.try_into().expect("OUTER_LEN bytes");
-                    e.template.write(hdr, inner_len as usize, sport, id);
-                    c.tx_packets.add(1);
-                    c.tx_bytes.add(u64::from(inner_len));
-                    self.enqueue(dp, vt.uplink, m, counters);
-                    return;
-                }
-                None => DropReason::NoMbuf,
+        let mut outer = [0u8; vxlan::OUTER_LEN];
+        o.write_outer(p, m.data(), inner_len, self.ip_id, &mut outer);
+        self.ip_id = self.ip_id.wrapping_add(1);
+        match m.prepend(vxlan::OUTER_LEN as u16) {
+            Some(hdr) => {
+                hdr.copy_from_slice(&outer);
+                c.tx_packets.add(1);
+                c.tx_bytes.add(u64::from(inner_len));
+                self.enqueue(dp, o.uplink, m, counters);
             }
-        };
-        c.drop(reason, 1);
-        self.drop_frame(m);
+            None => {
+                c.drop(DropReason::NoMbuf, 1);
+                self.drop_frame(m);
+            }
+        }
     }
 
     /// A copy of a flooded frame for tunnel port `p`.
@@ -447,93 +433,10 @@ impl Worker {
                 if let Some(c) = m.offload().csum {
                     complete_checksum(copy.data_mut(), c);
                 }
-                self.encap(dp, p, &mut copy, counters)
+                self.encap_now(dp, p, &mut copy, counters)
             }
             None => counters.ports[p.index()].drop(DropReason::NoMbuf, 1),
         }
-    }
-
-    /// Moves each frame of `rx` where its action says; `rx` ends empty.
-    /// With the security stage on, DSCP rewrites are applied and each
-    /// flood copy must pass its port's ingress group.
-    #[inline]
-    fn dispatch(
-        &mut self,
-        dp: &Datapath,
-        in_port: PortId,
-        zone: u16,
-        now: u32,
-        rx: &mut Burst,
-        counters: &WorkerCounters,
-    ) {
-        let n = rx.len();
-        let secure = dp.security.is_active();
-        for i in 0..n {
-            if secure {
-                let m = &mut rx.mbufs_mut()[i];
-                if let Some(d) = self.scratch.remark[i] {
-                    set_dscp(m.data_mut(), d);
-                }
-                let keep = self.scratch.keep[i];
-                if keep != KEEP_ALL {
-                    // A policer let only the first segments through.
-                    let off = m.offload();
-                    if let Some(len) = trim_superframe(m.data_mut(), &off, keep) {
-                        m.set_len(len as u16);
-                    }
-                }
-            }
-            match self.actions[i] {
-                Action::Output(p) if dp.switch.is_tunnel(p) => {
-                    self.encap(dp, p, &mut rx.mbufs_mut()[i], counters)
-                }
-                Action::Output(p) => self.enqueue(dp, p, &mut rx.mbufs_mut()[i], counters),
-                Action::Flood => {
-                    let mut to = [PortId(0); MAX_PORTS];
-                    let mut k = 0;
-                    for &p in dp.switch.flood_ports(in_port) {
-                        if !secure
-                            || dp.security.admit_flood_copy(
-                                in_port,
-                                p,
-                                i,
-                                zone,
-                                &self.scratch,
-                                now,
-                                &counters.ports,
-                            )
-                        {
-                            to[k] = p;
-                            k += 1;
-                        }
-                    }
-                    // Tunnels get copies (each needs its own outer
-                    // headers); local ports share the frame.
-                    let mut locals = 0;
-                    for j in 0..k {
-                        let p = to[j];
-                        if dp.switch.is_tunnel(p) {
-                            self.encap_copy(dp, p, &rx.mbufs()[i], counters);
-                        } else {
-                            to[locals] = p;
-                            locals += 1;
-                        }
-                    }
-                    if locals == 0 {
-                        self.drop_frame(&rx.mbufs()[i]);
-                        continue;
-                    }
-                    rx.mbufs_mut()[i].set_owners(locals as u16);
-                    for &p in &to[..locals] {
-                        self.enqueue(dp, p, &mut rx.mbufs_mut()[i], counters);
-                    }
-                }
-                Action::Drop(_) => self.drop_frame(&rx.mbufs()[i]),
-            }
-        }
-        // Every reference moved to a tx buffer or the drop list.
-        rx.handed_over();
-        self.drops.free_all();
     }
 
     #[inline]
@@ -635,7 +538,7 @@ impl Worker {
             };
             s.write(i, seg.data_mut());
             if tunnel {
-                self.encap(dp, p, &mut seg, counters);
+                self.encap_now(dp, p, &mut seg, counters);
             } else {
                 self.enqueue(dp, p, &mut seg, counters);
             }
@@ -663,7 +566,7 @@ impl Worker {
             TxTarget::Eth {
                 port: dpdk_port, ..
             } => {
-                let sent = port::tx_burst(*dpdk_port, self.index as u16, &mut b.frames);
+                let sent = port::tx_burst(*dpdk_port, self.queue, &mut b.frames);
                 let mut bytes = b.bytes;
                 if sent < queued {
                     bytes -= b
@@ -679,7 +582,7 @@ impl Worker {
                 (sent as u64, bytes)
             }
             TxTarget::Tap(fds) => tap::tx_burst(
-                fds[self.index % fds.len()],
+                fds[usize::from(self.queue) % fds.len()],
                 &mut b.frames,
                 c,
                 &counters.syscalls,

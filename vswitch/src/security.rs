@@ -577,9 +577,10 @@ pub fn set_dscp(frame: &mut [u8], dscp: u8) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_support::{compiled, Superframe};
     use acl::policer::{ColorAction, MeterConf, Policy, Unit};
     use acl::session::Timeouts;
-    use acl::{Proto, Rule, SecurityGroup};
+    use acl::{Proto, Rule};
     use etherparse::PacketBuilder;
 
     const A: [u8; 4] = [10, 0, 0, 1];
@@ -608,20 +609,6 @@ mod tests {
             .write(&mut v, &vec![0; len - 42])
             .unwrap();
         v
-    }
-
-    fn compiled(name: &str, rules: Vec<Rule>) -> Arc<Group> {
-        let n = rules.len();
-        let g = SecurityGroup {
-            name: name.into(),
-            rules,
-            default: AclAction::Deny,
-        };
-        Arc::new(Group {
-            name: name.into(),
-            classifier: Classifier::new(&g),
-            rule_class: vec![0; n],
-        })
     }
 
     struct Rig {
@@ -900,39 +887,9 @@ mod tests {
         assert!(!set_dscp(&mut arp, 46));
     }
 
-    /// A superframe as a TAP hands it over: its bytes and offloads.
-    struct Superframe(Vec<u8>, crate::offload::Offload);
-
-    impl Frame for Superframe {
-        fn data(&self) -> &[u8] {
-            &self.0
-        }
-        fn offload(&self) -> crate::offload::Offload {
-            self.1
-        }
-    }
-
     /// A TCP superframe of `segs` 1000-byte segments from A:40000 to B:80.
     fn superframe(segs: usize) -> Superframe {
-        let mut v = Vec::new();
-        PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
-            .ipv4(A, B, 64)
-            .tcp(40000, 80, 1, 1000)
-            .ack(1)
-            .write(&mut v, &vec![7; segs * 1000])
-            .unwrap();
-        let off = crate::offload::Offload {
-            csum: Some(crate::offload::CsumPartial {
-                start: 34,
-                offset: 16,
-            }),
-            gso: Some(crate::offload::Gso {
-                kind: crate::offload::GsoKind::Tcp4,
-                size: 1000,
-                hdr_len: 54,
-            }),
-        };
-        Superframe(v, off)
+        crate::test_support::superframe(A, B, segs, 1000)
     }
 
     #[test]

@@ -1,0 +1,668 @@
+//! The whole decision for a burst: a [`Pipeline`] takes the frames that
+//! arrived on one port and gives each its complete fate ([`Fate`]) in a
+//! worker's [`Decisions`]: dropped (and why), out of one local port, out
+//! of one tunnel port, or flooded to a set of ports already admitted by
+//! each one's ingress group; with the DSCP to write and, for a superframe
+//! a policer cut, the segments that may leave. The worker (src/worker.rs
+//! of the daemon) is left with moving mbufs where the fates say, applying
+//! the edits, and counting what it sends.
+//!
+//! Stages, in order (see each module):
+//! 1. uplink only ([`Pipeline::arrive`]): VXLAN decap classification
+//!    ([`crate::overlay`]); the inner frames then come back here per
+//!    tunnel port;
+//! 2. [`Switch::forward`]: port security, MAC learning and lookup;
+//! 3. [`Security`]: security groups and sessions, then meters;
+//! 4. output: a unicast to a tunnel port must fit the underlay MTU and
+//!    have a resolved next hop; a flood's set is the bridge's flood list
+//!    for the ingress port (split horizon applied), each copy admitted by
+//!    its port's ingress group, each tunnel copy checked like a unicast.
+//!
+//! Every drop decided here is counted here, on the port that caused it
+//! (the ingress port, or the output port whose group, MTU or neighbour
+//! refused). Nothing allocates: [`Decisions`] is sized once per worker.
+
+use crate::overlay::{Arrival, Overlay};
+use crate::security::{Scratch, Security, KEEP_ALL};
+use crate::stats::{DropReason, PortCounters};
+use crate::switch::{Action, Frame, Switch};
+use crate::types::{PortId, MAX_BURST, MAX_PORTS};
+
+/// The time a burst is processed at, on the workers' shared clock.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Now {
+    /// Seconds (MAC aging, session deadlines).
+    pub secs: u32,
+    /// Nanoseconds (meters).
+    pub ns: u64,
+}
+
+impl Now {
+    /// The time `ns` nanoseconds after the epoch.
+    #[inline]
+    pub fn from_ns(ns: u64) -> Now {
+        Now {
+            secs: (ns / 1_000_000_000) as u32,
+            ns,
+        }
+    }
+}
+
+/// Where one frame goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fate {
+    /// Freed; already counted.
+    Drop(DropReason),
+    /// Out of a local port (a NIC or the uplink).
+    Local(PortId),
+    /// Out of a tunnel port: encapsulated, then out of the uplink.
+    Tunnel(PortId),
+    /// To [`Decisions::flood_locals`] (sharing the frame) and a copy to
+    /// each of [`Decisions::flood_tunnels`]; both may be empty (every
+    /// copy was refused and counted on its port).
+    Flood {
+        /// Where its ports start in the decisions' output list.
+        at: u16,
+        /// How many local ports, then how many tunnel ports, follow.
+        locals: u16,
+        /// How many tunnel ports.
+        tunnels: u16,
+    },
+}
+
+/// One worker's decisions for its current burst (and the scratch the
+/// stages share while deciding). Sized once: no allocation per burst.
+pub struct Decisions {
+    fates: [Fate; MAX_BURST],
+    /// Flood sets, back to back.
+    outputs: Vec<PortId>,
+    /// Whether the security stage ran (else no remark, no trim).
+    secured: bool,
+    actions: [Action; MAX_BURST],
+    scratch: Scratch,
+    arrivals: [Arrival; MAX_BURST],
+}
+
+impl Default for Decisions {
+    fn default() -> Self {
+        Decisions {
+            fates: [Fate::Drop(DropReason::NoOutput); MAX_BURST],
+            outputs: Vec::with_capacity(MAX_BURST * MAX_PORTS),
+            secured: false,
+            actions: [Action::Flood; MAX_BURST],
+            scratch: Scratch::default(),
+            arrivals: [Arrival::Host; MAX_BURST],
+        }
+    }
+}
+
+impl Decisions {
+    /// Frame `i`'s fate.
+    #[inline]
+    pub fn fate(&self, i: usize) -> Fate {
+        self.fates[i]
+    }
+
+    /// The DSCP to write into frame `i` before it leaves (a meter's
+    /// remark), if any.
+    #[inline]
+    pub fn remark(&self, i: usize) -> Option<u8> {
+        if self.secured {
+            self.scratch.remark[i]
+        } else {
+            None
+        }
+    }
+
+    /// How many wire segments of superframe `i` may leave ([`KEEP_ALL`]:
+    /// all; a policer cut the rest).
+    #[inline]
+    pub fn keep(&self, i: usize) -> u32 {
+        if self.secured {
+            self.scratch.keep[i]
+        } else {
+            KEEP_ALL
+        }
+    }
+
+    /// The local ports flooded frame `i` goes to (empty unless flooded).
+    #[inline]
+    pub fn flood_locals(&self, i: usize) -> &[PortId] {
+        match self.fates[i] {
+            Fate::Flood { at, locals, .. } => {
+                &self.outputs[usize::from(at)..usize::from(at) + usize::from(locals)]
+            }
+            _ => &[],
+        }
+    }
+
+    /// The tunnel ports that get a copy of flooded frame `i`.
+    #[inline]
+    pub fn flood_tunnels(&self, i: usize) -> &[PortId] {
+        match self.fates[i] {
+            Fate::Flood {
+                at,
+                locals,
+                tunnels,
+            } => {
+                let from = usize::from(at) + usize::from(locals);
+                &self.outputs[from..from + usize::from(tunnels)]
+            }
+            _ => &[],
+        }
+    }
+
+    /// Uplink frame `i`'s arrival (after [`Pipeline::arrive`]).
+    #[inline]
+    pub fn arrival(&self, i: usize) -> Arrival {
+        self.arrivals[i]
+    }
+}
+
+/// Everything a worker decides with, in one immutable snapshot.
+pub struct Pipeline {
+    /// Topology, port security and MAC tables.
+    pub switch: Switch,
+    /// Security groups, sessions and meters.
+    pub security: Security,
+    /// The VXLAN tunnel endpoint, if configured.
+    pub overlay: Option<Overlay>,
+}
+
+impl Pipeline {
+    /// Whether `port` is the uplink of the VTEP (its bursts go through
+    /// [`Pipeline::arrive`]).
+    #[inline]
+    pub fn is_uplink(&self, port: PortId) -> bool {
+        self.overlay.as_ref().is_some_and(|o| o.uplink == port)
+    }
+
+    /// Classifies a burst received on the uplink into
+    /// [`Decisions::arrival`]s (counted on the uplink).
+    pub fn arrive<F: Frame>(&self, frames: &[F], counters: &[PortCounters], d: &mut Decisions) {
+        let o = self
+            .overlay
+            .as_ref()
+            .expect("only a VTEP has an uplink");
+        o.arrive(
+            frames,
+            &counters[o.uplink.index()],
+            &mut d.arrivals[..frames.len()],
+        );
+    }
+
+    /// Decides the fate of every frame of a burst received on `in_port`
+    /// (a NIC, or a tunnel port for decapsulated frames), counting its
+    /// receipt and every drop in `counters` (indexed by port).
+    pub fn decide<F: Frame>(
+        &self,
+        in_port: PortId,
+        frames: &[F],
+        now: Now,
+        counters: &[PortCounters],
+        d: &mut Decisions,
+    ) {
+        let n = frames.len();
+        self.switch.forward(
+            in_port,
+            frames,
+            now.secs,
+            &counters[in_port.index()],
+            &mut d.actions,
+        );
+        let zone = self.switch.bridge_of(in_port).map_or(0, |b| b.0);
+        d.secured = self.security.is_active();
+        if d.secured {
+            self.security.filter(
+                in_port,
+                zone,
+                frames,
+                &mut d.actions,
+                &mut d.scratch,
+                now.secs,
+                now.ns,
+                counters,
+            );
+        }
+        d.outputs.clear();
+        for i in 0..n {
+            d.fates[i] = match d.actions[i] {
+                Action::Drop(r) => Fate::Drop(r),
+                Action::Output(p) if self.switch.is_tunnel(p) => {
+                    match self.tunnel_egress(p, &frames[i], counters) {
+                        Ok(()) => Fate::Tunnel(p),
+                        Err(r) => Fate::Drop(r),
+                    }
+                }
+                Action::Output(p) => Fate::Local(p),
+                Action::Flood => self.flood(in_port, zone, i, &frames[i], now, counters, d),
+            };
+        }
+    }
+
+    /// Whether `f` may leave by tunnel port `p` (else the reason, counted
+    /// on `p`).
+    #[inline]
+    fn tunnel_egress<F: Frame>(
+        &self,
+        p: PortId,
+        f: &F,
+        counters: &[PortCounters],
+    ) -> Result<(), DropReason> {
+        let o = self
+            .overlay
+            .as_ref()
+            .expect("tunnel ports exist only with a VTEP");
+        o.egress(p, f).inspect_err(|&r| {
+            counters[p.index()].drop(r, f.wire_packets());
+        })
+    }
+
+    /// The flood set of frame `i`, appended to the decisions' outputs:
+    /// local ports first, then tunnel ports; each copy admitted by its
+    /// port's ingress group, each tunnel copy able to leave.
+    #[allow(clippy::too_many_arguments)]
+    fn flood<F: Frame>(
+        &self,
+        in_port: PortId,
+        zone: u16,
+        i: usize,
+        f: &F,
+        now: Now,
+        counters: &[PortCounters],
+        d: &mut Decisions,
+    ) -> Fate {
+        let at = d.outputs.len();
+        let mut tunnels = [PortId(0); MAX_PORTS];
+        let mut t = 0;
+        for &p in self.switch.flood_ports(in_port) {
+            if d.secured
+                && !self.security.admit_flood_copy(
+                    in_port,
+                    p,
+                    i,
+                    zone,
+                    &d.scratch,
+                    now.secs,
+                    counters,
+                )
+            {
+                continue;
+            }
+            if !self.switch.is_tunnel(p) {
+                d.outputs.push(p);
+            } else if self.tunnel_egress(p, f, counters).is_ok() {
+                tunnels[t] = p;
+                t += 1;
+            }
+        }
+        let locals = d.outputs.len() - at;
+        d.outputs.extend_from_slice(&tunnels[..t]);
+        Fate::Flood {
+            at: at as u16,
+            locals: locals as u16,
+            tunnels: t as u16,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+    use std::sync::Arc;
+
+    use acl::policer::{ColorAction, MeterConf, Policy, SharedMeter, Unit};
+    use acl::session::{SessionTable, Timeouts};
+    use acl::{Action as AclAction, Proto, Rule};
+    use etherparse::PacketBuilder;
+    use vxlan::encap::{Template, Tunnel};
+    use vxlan::tunnels::TunnelMap;
+    use vxlan::OUTER_LEN;
+
+    use super::*;
+    use crate::overlay::Encap;
+    use crate::security::PortPolicy;
+    use crate::switch::{BridgeConf, SwitchBuilder};
+    use crate::test_support::{compiled, superframe};
+
+    const VTEP: Ipv4Addr = Ipv4Addr::new(10, 9, 0, 1);
+    /// Underlay MTU 1500: the largest inner frame is 1464 bytes.
+    const MAX_INNER: u32 = 1464;
+
+    fn mac(i: u8) -> [u8; 6] {
+        [2, 0, 0, 0, 0, i]
+    }
+
+    fn remote(p: u16) -> Ipv4Addr {
+        Ipv4Addr::new(10, 9, 0, p as u8)
+    }
+
+    /// A UDP frame of `len` bytes from MAC `src` to MAC `dst` (IPs
+    /// 10.0.0.src -> 10.0.0.dst, ports 1000 -> 53).
+    fn udp(src: u8, dst: [u8; 6], len: usize) -> Vec<u8> {
+        let mut v = Vec::new();
+        PacketBuilder::ethernet2(mac(src), dst)
+            .ipv4([10, 0, 0, src], [10, 0, 0, dst[5]], 64)
+            .udp(1000, 53)
+            .write(&mut v, &vec![0; len - 42])
+            .unwrap();
+        v
+    }
+
+    /// Ports 0, 1, 3 are NICs and 2, 4, 5 tunnel ports (to 10.9.0.2,
+    /// .4, .5) of one bridge, VNI 100, behind uplink port 6. Tunnel 2 and
+    /// 4 are on the head-end replication list, 5 was learned; 4's next
+    /// hop is unresolved.
+    struct Rig {
+        pipe: Pipeline,
+        counters: Vec<PortCounters>,
+        d: Box<Decisions>,
+    }
+
+    impl Rig {
+        fn new(ports: Vec<PortPolicy>, class_meters: Vec<Arc<SharedMeter>>) -> Rig {
+            let mut b = SwitchBuilder::new();
+            let br = b.bridge(BridgeConf {
+                name: "vpc".into(),
+                mac_capacity: 1024,
+                mac_aging_secs: 300,
+            });
+            for p in [0, 1, 3] {
+                b.attach(PortId(p), br);
+            }
+            b.attach_tunnel(PortId(2), br, true)
+                .attach_tunnel(PortId(4), br, true)
+                .attach_tunnel(PortId(5), br, false);
+            let mut map = TunnelMap::new();
+            map.add_vni(100, 0);
+            let mut encap = vec![None; MAX_PORTS].into_boxed_slice();
+            for p in [2u16, 4, 5] {
+                map.add_remote(100, remote(p), p);
+                encap[usize::from(p)] = Some(Encap {
+                    template: Template::new(&Tunnel {
+                        src_mac: mac(0xaa),
+                        dst_mac: mac(0xbb),
+                        src_ip: VTEP,
+                        dst_ip: remote(p),
+                        dst_port: vxlan::VXLAN_PORT,
+                        vni: 100,
+                        ttl: 64,
+                        df: true,
+                    }),
+                    resolved: p != 4,
+                });
+            }
+            let sessions = Arc::new(SessionTable::new(1024, Timeouts::default()));
+            Rig {
+                pipe: Pipeline {
+                    switch: b.build(None).unwrap(),
+                    security: Security::new(ports, class_meters, sessions, 1),
+                    overlay: Some(Overlay {
+                        uplink: PortId(6),
+                        ip: VTEP,
+                        udp_port: vxlan::VXLAN_PORT,
+                        max_inner: MAX_INNER,
+                        map,
+                        learn: vec![true],
+                        encap,
+                    }),
+                },
+                counters: (0..MAX_PORTS).map(|_| PortCounters::default()).collect(),
+                d: Box::default(),
+            }
+        }
+
+        fn plain() -> Rig {
+            Rig::new(Vec::new(), Vec::new())
+        }
+
+        /// Decides a burst from `port`; the fates.
+        fn send<F: Frame>(&mut self, port: u16, frames: &[F]) -> Vec<Fate> {
+            self.pipe.decide(
+                PortId(port),
+                frames,
+                Now::default(),
+                &self.counters,
+                &mut self.d,
+            );
+            (0..frames.len()).map(|i| self.d.fate(i)).collect()
+        }
+
+        /// Teaches the bridge that MAC `i` lives behind `port`.
+        fn learn(&mut self, port: u16, i: u8) {
+            self.send(port, &[udp(i, [0xff; 6], 60)]);
+        }
+
+        fn drops(&self, port: usize, why: DropReason) -> u64 {
+            self.counters[port].drops[why as usize].get()
+        }
+    }
+
+    #[test]
+    fn unicast_goes_to_its_local_or_tunnel_port() {
+        let mut r = Rig::plain();
+        r.learn(1, 11);
+        r.learn(2, 12);
+        assert_eq!(
+            r.send(0, &[udp(10, mac(11), 60), udp(10, mac(12), 60)]),
+            [Fate::Local(PortId(1)), Fate::Tunnel(PortId(2))]
+        );
+        // The destination behind the sender's own port: not sent back.
+        assert_eq!(
+            r.send(1, &[udp(11, mac(11), 60)]),
+            [Fate::Drop(DropReason::SamePort)]
+        );
+    }
+
+    #[test]
+    fn floods_keep_split_horizon() {
+        let mut r = Rig::plain();
+        let bcast = [udp(10, [0xff; 6], 60)];
+        // From a NIC: the other NICs, and the tunnels of the head-end
+        // replication list that can send (4's next hop is unresolved: its
+        // copy is counted there), never the learned VTEP 5.
+        assert!(matches!(r.send(0, &bcast)[0], Fate::Flood { .. }));
+        assert_eq!(r.d.flood_locals(0), [PortId(1), PortId(3)]);
+        assert_eq!(r.d.flood_tunnels(0), [PortId(2)]);
+        assert_eq!(r.drops(4, DropReason::NoNeighbour), 1);
+        assert_eq!(r.drops(5, DropReason::NoNeighbour), 0);
+        // From a tunnel: the NICs only (every VTEP floods to the others).
+        r.send(2, &[udp(12, [0xff; 6], 60)]);
+        assert_eq!(r.d.flood_locals(0), [PortId(0), PortId(1), PortId(3)]);
+        assert_eq!(r.d.flood_tunnels(0), []);
+        // Several floods in a burst each get their own set.
+        r.send(1, &[udp(11, [0xff; 6], 60), udp(11, [0xff; 6], 60)]);
+        assert_eq!(r.d.flood_locals(1), [PortId(0), PortId(3)]);
+        assert_eq!(r.d.flood_tunnels(1), [PortId(2)]);
+    }
+
+    #[test]
+    fn a_tunnel_takes_what_fits_the_underlay_mtu_segment_by_segment() {
+        let mut r = Rig::plain();
+        r.learn(2, 12);
+        r.learn(4, 14);
+        // 1464 bytes fit once encapsulated, 1465 do not.
+        assert_eq!(
+            r.send(0, &[udp(10, mac(12), 1464), udp(10, mac(12), 1465)]),
+            [
+                Fate::Tunnel(PortId(2)),
+                Fate::Drop(DropReason::MtuExceeded)
+            ]
+        );
+        assert_eq!(r.drops(2, DropReason::MtuExceeded), 1);
+        // A superframe is judged by its segments: 54 + 1410 fit, 54 + 1411
+        // do not (and its drop counts the 3 segments it carried).
+        let dst = |mut f: crate::test_support::Superframe| {
+            f.0[0..6].copy_from_slice(&mac(12));
+            f
+        };
+        let fits = dst(superframe([10, 0, 0, 10], [10, 0, 0, 12], 3, 1410));
+        let too_big = dst(superframe([10, 0, 0, 10], [10, 0, 0, 12], 3, 1411));
+        assert_eq!(
+            r.send(0, &[fits, too_big]),
+            [
+                Fate::Tunnel(PortId(2)),
+                Fate::Drop(DropReason::MtuExceeded)
+            ]
+        );
+        assert_eq!(r.drops(2, DropReason::MtuExceeded), 4);
+        // An unresolved next hop.
+        assert_eq!(
+            r.send(0, &[udp(10, mac(14), 60)]),
+            [Fate::Drop(DropReason::NoNeighbour)]
+        );
+        // A local port has no such limit here (its NIC's MTU is the
+        // container's business).
+        r.learn(1, 11);
+        assert_eq!(
+            r.send(0, &[udp(10, mac(11), 9000)]),
+            [Fate::Local(PortId(1))]
+        );
+    }
+
+    #[test]
+    fn each_flood_copy_meets_its_ports_ingress_group() {
+        // Ports 0 and 1 accept nothing new; port 3 accepts DNS.
+        let mut dns = Rule::any("dns", 1, AclAction::Allow);
+        dns.proto = Proto::Udp;
+        dns.dst_ports = acl::PortRange::one(53);
+        let ports = vec![
+            PortPolicy {
+                ingress: Some(compiled("closed", vec![])),
+                ..PortPolicy::default()
+            },
+            PortPolicy {
+                ingress: Some(compiled("closed", vec![])),
+                ..PortPolicy::default()
+            },
+            PortPolicy::default(),
+            PortPolicy {
+                ingress: Some(compiled("dns", vec![dns])),
+                ..PortPolicy::default()
+            },
+        ];
+        let mut r = Rig::new(ports, Vec::new());
+        // To a MAC not learned yet: flooded.
+        r.send(0, &[udp(10, mac(13), 60)]);
+        assert_eq!(r.d.flood_locals(0), [PortId(3)]);
+        assert_eq!(r.d.flood_tunnels(0), [PortId(2)]);
+        assert_eq!(r.drops(1, DropReason::AclDeny), 1);
+        // The copy port 3 admitted opened a session: its reply passes
+        // port 0's closed group, and only the reply does.
+        r.learn(0, 10);
+        let mut reply = Vec::new();
+        PacketBuilder::ethernet2(mac(13), mac(10))
+            .ipv4([10, 0, 0, 13], [10, 0, 0, 10], 64)
+            .udp(53, 1000)
+            .write(&mut reply, &[0; 18])
+            .unwrap();
+        let mut other = reply.clone();
+        other[37] = 54; // UDP source port 54: no session
+        assert_eq!(
+            r.send(3, &[reply, other]),
+            [Fate::Local(PortId(0)), Fate::Drop(DropReason::AclDeny)]
+        );
+        // A burst whose every copy is refused floods to no port at all.
+        let ports = vec![
+            PortPolicy::default(),
+            PortPolicy {
+                ingress: Some(compiled("closed", vec![])),
+                ..PortPolicy::default()
+            },
+        ];
+        let mut r = Rig::new(ports, Vec::new());
+        r.send(3, &[udp(13, [0xff; 6], 60)]);
+        assert_eq!(r.d.flood_locals(0), [PortId(0)]);
+        r.send(1, &[udp(11, [0xff; 6], 60)]);
+        assert_eq!(r.d.flood_locals(0), [PortId(0), PortId(3)]);
+    }
+
+    #[test]
+    fn meters_remark_and_drop_per_frame() {
+        // Port 0's egress meter: one frame committed, one more excess;
+        // green passes, yellow is remarked to DSCP 10, red dropped.
+        let policy = Policy {
+            meter: MeterConf::SrTcm {
+                cir: 1,
+                cbs: 1,
+                ebs: 1,
+            },
+            unit: Unit::Packets,
+            actions: [
+                ColorAction::Pass,
+                ColorAction::Remark(10),
+                ColorAction::Drop,
+            ],
+        };
+        let ports = vec![PortPolicy {
+            egress_meter: Some(Arc::new(SharedMeter::new(policy, 0))),
+            ..PortPolicy::default()
+        }];
+        let mut r = Rig::new(ports, Vec::new());
+        r.learn(1, 11);
+        let f = || udp(10, mac(11), 100);
+        let fates = r.send(0, &[f(), f(), f()]);
+        assert_eq!(
+            fates,
+            [
+                Fate::Local(PortId(1)),
+                Fate::Local(PortId(1)),
+                Fate::Drop(DropReason::PolicerDrop)
+            ]
+        );
+        assert_eq!(
+            [r.d.remark(0), r.d.remark(1)],
+            [None, Some(10)],
+            "green kept, yellow remarked"
+        );
+        assert_eq!(r.drops(0, DropReason::PolicerDrop), 1);
+    }
+
+    #[test]
+    fn uplink_frames_arrive_by_their_tunnel_port_or_go_to_the_host() {
+        let r = Rig::plain();
+        let o = r.pipe.overlay.as_ref().unwrap();
+        let inner = udp(12, [0xff; 6], 60);
+        let encap = |p: u16, from: Ipv4Addr| {
+            let mut hdr = [0u8; OUTER_LEN];
+            o.write_outer(PortId(p), &inner, inner.len() as u32, 7, &mut hdr);
+            // Seen from the other side: swap the addresses.
+            hdr[26..30].copy_from_slice(&from.octets());
+            hdr[30..34].copy_from_slice(&VTEP.octets());
+            let mut f = hdr.to_vec();
+            f.extend_from_slice(&inner);
+            f
+        };
+        let mut arp = vec![0u8; 42];
+        arp[0..6].fill(0xff);
+        arp[12..14].copy_from_slice(&0x0806u16.to_be_bytes());
+        arp[38..42].copy_from_slice(&VTEP.octets());
+        let mut d = Box::<Decisions>::default();
+        let frames = [
+            encap(2, remote(2)),
+            encap(2, Ipv4Addr::new(10, 9, 0, 77)),
+            arp,
+            udp(1, mac(2), 60),
+        ];
+        r.pipe.arrive(&frames, &r.counters, &mut d);
+        assert_eq!(
+            (0..4).map(|i| d.arrival(i)).collect::<Vec<_>>(),
+            [
+                Arrival::Inner {
+                    port: PortId(2),
+                    inner: OUTER_LEN as u16
+                },
+                Arrival::Learn {
+                    vni: 100,
+                    remote: Ipv4Addr::new(10, 9, 0, 77)
+                },
+                Arrival::Host,
+                Arrival::Drop(DropReason::NotForVtep),
+            ]
+        );
+        assert_eq!(r.counters[6].rx_packets.get(), 4);
+        assert_eq!(r.drops(6, DropReason::VxlanUnknownVtep), 1);
+        assert_eq!(r.drops(6, DropReason::NotForVtep), 1);
+        assert!(r.pipe.is_uplink(PortId(6)) && !r.pipe.is_uplink(PortId(2)));
+    }
+}
