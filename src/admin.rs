@@ -505,7 +505,13 @@ impl Daemon<'_> {
     fn fdb_flush(&self, bridge: Option<String>, port: Option<String>) -> Result<Value, String> {
         let dp = self.shared.load();
         if let Some(b) = &bridge {
-            if !dp.pipeline.switch.bridges().iter().any(|x| x.conf.name == *b) {
+            if !dp
+                .pipeline
+                .switch
+                .bridges()
+                .iter()
+                .any(|x| x.conf.name == *b)
+            {
                 return Err(format!("no bridge named {b:?}"));
             }
         }

@@ -274,7 +274,6 @@ pub(crate) fn nic_ports(ports: &[Option<Port>]) -> Vec<bool> {
     ports.iter().map(Option::is_some).collect()
 }
 
-
 /// The running switch as the control thread sees it: the config (typed,
 /// and as the TOML document runtime changes edit), the open ports by
 /// switch port id, the VTEP, and where snapshots are published.

@@ -20,11 +20,11 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use vswitch::offload::{GsoKind, Offload};
-use vswitch::{Counter, CycleHistogram, PortCounters, PortId, Pipeline, MAX_PORTS};
+use vswitch::{Counter, CycleHistogram, Pipeline, PortCounters, PortId, MAX_PORTS};
 
 use crate::dpdk::mempool::PoolHandle;
-use crate::dpdk::TscClock;
 use crate::dpdk::port::GuestOffloads;
+use crate::dpdk::TscClock;
 use crate::tap::uring::TapQueue;
 
 /// One rx queue a worker polls.

@@ -1,55 +1,81 @@
-//! A structure-aware frame fuzzer over the DPDK-free pipeline (bridge with
-//! port security, then the security stage), checked against references.
+//! A structure-aware frame fuzzer over the DPDK-free pipeline
+//! (`vswitch::Pipeline`: VXLAN arrival on the uplink, bridge with port
+//! security, security groups and sessions, meters, tunnel egress and
+//! flood admission), checked against references.
 //!
 //! Frames are built layer by layer (Ethernet, 0-4 VLAN tags, ARP, IPv4,
 //! IPv6 with chains of extension headers, TCP, UDP, ICMP, VXLAN with an
 //! inner frame) with lies in every length field and cuts at any byte, from
 //! addresses the topology knows, so that they reach deep into the stages
-//! rather than failing the first check. Every few thousand frames the
-//! topology changes: two bridge domains (VPC segments), a port in none,
-//! port security on a random subset of ports, random security groups on
-//! random ports.
+//! rather than failing the first check; some carry a TAP's offloads (a
+//! superframe or a partial checksum, from a random virtio-net header the
+//! gate accepted). Every few thousand frames the topology changes: two
+//! bridge domains (VPC segments) with tunnel ports to remote VTEPs, a port
+//! in none, port security on a random subset of ports, random security
+//! groups, meters and QoS classes on random ports, a random underlay MTU
+//! and next hops resolved or not. Bursts come from the NICs and, as VXLAN,
+//! from the uplink.
 //!
 //! Invariants checked on every burst:
 //! - nothing panics;
-//! - every frame has exactly one fate, and the drop counters grow by the
-//!   number of frames dropped (no fate uncounted, none counted twice);
-//!   `rx_packets` grows by the burst;
+//! - every frame has exactly one fate, and the drop counters grow by
+//!   exactly the wire packets of the dropped frames, of refused flood
+//!   copies and of segments a policer cut (nothing uncounted, nothing
+//!   counted twice); `rx_packets` grows by the burst;
+//! - an uplink frame enters by the tunnel port of its VNI and outer source,
+//!   with its inner frame inside the bytes;
 //! - no frame leaves its bridge domain (its VNI): an output port is in the
-//!   ingress port's bridge and is not the ingress port;
+//!   ingress port's bridge and is not the ingress port; a flood set is
+//!   part of the bridge's flood list; nothing goes from a tunnel into a
+//!   tunnel; a tunnel output has a resolved next hop, fits the underlay
+//!   MTU (each segment of a superframe) and is on the head-end replication
+//!   list when flooded; its outer headers (written by the overlay) carry
+//!   the bridge's VNI, a valid IPv4 checksum and consistent lengths;
 //! - a guarded port's frame that passes has the port's source MAC and,
 //!   when it is IPv4, its source address (or 0.0.0.0 for DHCP);
-//! - a unicast frame that passes a security group it should not (per
-//!   acl's linear reference classifier, rules in rank order) belongs to a
-//!   session that frames the groups allowed opened.
+//! - a frame (or flood copy) that passes a security group it should not
+//!   (per acl's linear reference classifier, rules in rank order) belongs
+//!   to a session that frames the groups allowed opened.
 //!
-//! Every frame also meets the other two DPDK-free gates that read hostile
-//! bytes: the uplink's VXLAN decapsulation (`vxlan::decap`; some frames
-//! are VXLAN to the VTEP's address, with lies in the outer headers) must
-//! never point the inner frame beyond the bytes, and a TAP's virtio-net
-//! header (`vswitch::offload`, random with plausible fields) must either
-//! be refused or describe segments that stay within the frame and
+//! Every frame also meets the TAP's virtio-net header gate
+//! (`vswitch::offload`, random with plausible fields): a header is either
+//! refused or describes segments that stay within the frame and
 //! `MAX_GSO_SEGMENTS`, and whose checksums can be completed.
 //!
 //! A small xorshift generator keeps runs reproducible from a seed (the
 //! `rand` crate would add a dependency for what is twenty lines here).
 
+use std::net::Ipv4Addr;
 use std::sync::Arc;
 
+use acl::policer::{ColorAction, MeterConf, Policy, SharedMeter, Unit};
 use acl::reference::Linear;
 use acl::session::{Found, Limits, SessionTable, Timeouts};
 use acl::{Action as AclAction, Cidr, Classifier, PortRange, Proto, Rule, SecurityGroup};
-use vswitch::security::{tuple_of, Group, PortPolicy, Scratch, Security};
+use vswitch::offload::Offload;
+use vswitch::overlay::{wire_frame_len, Encap};
+use vswitch::security::{tuple_of, Group, PortPolicy, Security, KEEP_ALL};
 use vswitch::{
-    Action, BridgeConf, DropReason, FlowKey, GuardConf, MacAddr, PortCounters, PortGuard, PortId,
-    Switch, SwitchBuilder, MAX_BURST,
+    Arrival, BridgeConf, Decisions, DropReason, Fate, FlowKey, Frame, GuardConf, MacAddr, Now,
+    Overlay, Pipeline, PortCounters, PortGuard, PortId, SwitchBuilder, MAX_BURST, MAX_PORTS,
 };
+use vxlan::encap::{Template, Tunnel};
+use vxlan::tunnels::TunnelMap;
 
-/// The VTEP's address for the VXLAN gate.
+/// The VTEP's address.
 const VTEP_IP: [u8; 4] = [10, 0, 0, 200];
 
-/// Ports of a topology: 0-3 in bridge "a", 4-7 in bridge "b", 8 in none.
-const PORTS: u16 = 9;
+/// NIC ports: 0-3 in bridge "a", 4-7 in bridge "b", 8 in none.
+const NICS: u16 = 9;
+/// Tunnel ports (remote VTEP `port_ip(port)`): port, bridge index,
+/// on the head-end replication list.
+const TUNNELS: [(u16, u16, bool); 3] = [(9, 0, true), (10, 0, false), (11, 1, true)];
+/// The bridges' VNIs (300 is served by none).
+const VNIS: [u32; 2] = [100, 200];
+/// The uplink.
+const UPLINK: u16 = 12;
+/// Ports with counters.
+const PORTS: u16 = 13;
 /// Frames between two topology changes.
 const ROUND: u64 = 5_000;
 
@@ -104,6 +130,8 @@ pub struct Soak {
     pub outputs: u64,
     /// Flooded.
     pub floods: u64,
+    /// Sent into a tunnel (unicast or a flood's copy).
+    pub tunnelled: u64,
     /// Dropped, per reason.
     pub drops: std::collections::BTreeMap<&'static str, u64>,
     /// Frames the VXLAN gate took as tunnel traffic.
@@ -126,12 +154,17 @@ impl Soak {
 
 /// One topology and its rules.
 struct Topo {
-    switch: Switch,
-    security: Security,
+    pipe: Pipeline,
     groups: Vec<SecurityGroup>,
     /// Per port: (ingress, egress) indexes into `groups`.
     attached: Vec<(Option<usize>, Option<usize>)>,
     guarded: Vec<bool>,
+}
+
+impl Topo {
+    fn overlay(&self) -> &Overlay {
+        self.pipe.overlay.as_ref().expect("always a VTEP")
+    }
 }
 
 fn random_group(rng: &mut Rng, name: String) -> SecurityGroup {
@@ -180,6 +213,25 @@ fn random_group(rng: &mut Rng, name: String) -> SecurityGroup {
     }
 }
 
+/// A meter that lets a few packets through, remarks a few, drops the rest
+/// (in packets: frames are short, superframes count their segments).
+fn tight_meter(rng: &mut Rng) -> Arc<SharedMeter> {
+    let policy = Policy {
+        meter: MeterConf::SrTcm {
+            cir: 1 + rng.below(2000),
+            cbs: 1 + rng.below(16),
+            ebs: rng.below(16),
+        },
+        unit: Unit::Packets,
+        actions: [
+            ColorAction::Pass,
+            ColorAction::Remark(rng.below(64) as u8),
+            ColorAction::Drop,
+        ],
+    };
+    Arc::new(SharedMeter::new(policy, 0))
+}
+
 fn topology(rng: &mut Rng, sessions: &Arc<SessionTable>, generation: u32) -> Topo {
     let mut b = SwitchBuilder::new();
     let conf = |name: &str| BridgeConf {
@@ -187,10 +239,10 @@ fn topology(rng: &mut Rng, sessions: &Arc<SessionTable>, generation: u32) -> Top
         mac_capacity: 64,
         mac_aging_secs: 30,
     };
-    let (a, bb) = (b.bridge(conf("a")), b.bridge(conf("b")));
+    let bridges = [b.bridge(conf("a")), b.bridge(conf("b"))];
     let mut guarded = vec![false; usize::from(PORTS)];
-    for p in 0..PORTS - 1 {
-        b.attach(PortId(p), if p < 4 { a } else { bb });
+    for p in 0..NICS - 1 {
+        b.attach(PortId(p), bridges[usize::from(p / 4)]);
         if rng.chance(50) {
             guarded[usize::from(p)] = true;
             b.guard(
@@ -207,15 +259,48 @@ fn topology(rng: &mut Rng, sessions: &Arc<SessionTable>, generation: u32) -> Top
             b.mac_limit(PortId(p), 1 + rng.below(4) as u32);
         }
     }
+    let mut map = TunnelMap::new();
+    for (i, vni) in VNIS.iter().enumerate() {
+        map.add_vni(*vni, i as u16);
+    }
+    let mut encap = vec![None; MAX_PORTS].into_boxed_slice();
+    for (p, bridge, flood) in TUNNELS {
+        b.attach_tunnel(PortId(p), bridges[usize::from(bridge)], flood);
+        let remote = Ipv4Addr::from(port_ip(p));
+        map.add_remote(VNIS[usize::from(bridge)], remote, p);
+        encap[usize::from(p)] = Some(Encap {
+            template: Template::new(&Tunnel {
+                src_mac: port_mac(UPLINK),
+                dst_mac: [2, 0xee, 0, 0, 0, p as u8],
+                src_ip: Ipv4Addr::from(VTEP_IP),
+                dst_ip: remote,
+                dst_port: vxlan::VXLAN_PORT,
+                vni: VNIS[usize::from(bridge)],
+                ttl: 64,
+                df: true,
+            }),
+            resolved: rng.chance(80),
+        });
+    }
+    let overlay = Overlay {
+        uplink: PortId(UPLINK),
+        ip: Ipv4Addr::from(VTEP_IP),
+        udp_port: vxlan::VXLAN_PORT,
+        max_inner: [1464, 1464, 200, 9000][rng.below(4) as usize],
+        map,
+        learn: vec![rng.chance(50), rng.chance(50)],
+        encap,
+    };
     let switch = b.build(None).expect("a valid topology");
     let groups: Vec<SecurityGroup> = (0..3).map(|i| random_group(rng, format!("g{i}"))).collect();
+    // Rules of QoS class 1 (when some port has a group) meet one meter.
     let compiled: Vec<Arc<Group>> = groups
         .iter()
         .map(|g| {
             Arc::new(Group {
                 name: g.name.clone(),
                 classifier: Classifier::new(g),
-                rule_class: vec![0; g.rules.len()],
+                rule_class: g.rules.iter().map(|_| rng.below(2) as u16).collect(),
             })
         })
         .collect();
@@ -228,13 +313,22 @@ fn topology(rng: &mut Rng, sessions: &Arc<SessionTable>, generation: u32) -> Top
         policies.push(PortPolicy {
             ingress: i.map(|g| compiled[g].clone()),
             egress: e.map(|g| compiled[g].clone()),
-            ..PortPolicy::default()
+            ingress_meter: rng.chance(15).then(|| tight_meter(rng)),
+            egress_meter: rng.chance(15).then(|| tight_meter(rng)),
         });
     }
-    let security = Security::new(policies, Vec::new(), sessions.clone(), generation);
+    let security = Security::new(
+        policies,
+        vec![tight_meter(rng)],
+        sessions.clone(),
+        generation,
+    );
     Topo {
-        switch,
-        security,
+        pipe: Pipeline {
+            switch,
+            security,
+            overlay: Some(overlay),
+        },
         groups,
         attached,
         guarded,
@@ -298,35 +392,7 @@ fn frame(rng: &mut Rng, in_port: u16) -> Vec<u8> {
         18 => {
             // VXLAN to the VTEP, around a frame of its own.
             let inner = frame(rng, in_port);
-            f.extend_from_slice(&[0x08, 0x00]);
-            let start = f.len();
-            f.extend_from_slice(&[0x45, 0, 0, 0, 0, 0, 0, 0, 64, 17, 0, 0]);
-            f.extend_from_slice(&port_ip(pick_port(rng)));
-            f.extend_from_slice(&VTEP_IP);
-            let udp_len = (8 + 8 + inner.len()) as u16;
-            f.extend_from_slice(&rng.bits().to_be_bytes()[..2]);
-            f.extend_from_slice(&4789u16.to_be_bytes());
-            f.extend_from_slice(
-                &(if rng.chance(90) {
-                    udp_len
-                } else {
-                    rng.bits() as u16
-                })
-                .to_be_bytes(),
-            );
-            f.extend_from_slice(&[0, 0]);
-            f.extend_from_slice(&[if rng.chance(90) { 0x08 } else { 0 }, 0, 0, 0, 0, 0, 100, 0]);
-            f.extend_from_slice(&inner);
-            let total = (f.len() - start) as u16;
-            let total = if rng.chance(85) {
-                total
-            } else {
-                rng.bits() as u16
-            };
-            f[start + 2..start + 4].copy_from_slice(&total.to_be_bytes());
-            if rng.chance(10) {
-                f[start + 6] = 0x20; // a fragment
-            }
+            vxlan_around(rng, &mut f, &inner);
         }
         _ => {
             f.extend_from_slice(&(rng.bits() as u16).to_be_bytes());
@@ -334,6 +400,69 @@ fn frame(rng: &mut Rng, in_port: u16) -> Vec<u8> {
         }
     }
     if rng.chance(10) {
+        let cut = rng.below(f.len() as u64 + 1) as usize;
+        f.truncate(cut);
+    }
+    f
+}
+
+/// Appends to `f` (an Ethernet header without its type) IPv4, UDP and
+/// VXLAN headers to the VTEP from a known or unknown VTEP, in one of the
+/// VNIs or an unknown one, lies included, then `inner`.
+fn vxlan_around(rng: &mut Rng, f: &mut Vec<u8>, inner: &[u8]) {
+    f.extend_from_slice(&[0x08, 0x00]);
+    let start = f.len();
+    f.extend_from_slice(&[0x45, 0, 0, 0, 0, 0, 0, 0, 64, 17, 0, 0]);
+    // Mostly a tunnel port's VTEP in its VNI, else anyone in any.
+    let (src, vni) = if rng.chance(60) {
+        let (p, b, _) = TUNNELS[rng.below(TUNNELS.len() as u64) as usize];
+        (p, VNIS[usize::from(b)])
+    } else {
+        (
+            rng.below(u64::from(PORTS)) as u16,
+            [100u32, 200, 300][rng.below(3) as usize],
+        )
+    };
+    f.extend_from_slice(&port_ip(src));
+    f.extend_from_slice(&VTEP_IP);
+    let udp_len = (8 + 8 + inner.len()) as u16;
+    f.extend_from_slice(&rng.bits().to_be_bytes()[..2]);
+    f.extend_from_slice(&4789u16.to_be_bytes());
+    f.extend_from_slice(
+        &(if rng.chance(90) {
+            udp_len
+        } else {
+            rng.bits() as u16
+        })
+        .to_be_bytes(),
+    );
+    f.extend_from_slice(&[0, 0]);
+    let vni = vni.to_be_bytes();
+    f.extend_from_slice(&[if rng.chance(90) { 0x08 } else { 0 }, 0, 0, 0]);
+    f.extend_from_slice(&[vni[1], vni[2], vni[3], 0]);
+    f.extend_from_slice(inner);
+    let total = (f.len() - start) as u16;
+    let total = if rng.chance(85) {
+        total
+    } else {
+        rng.bits() as u16
+    };
+    f[start + 2..start + 4].copy_from_slice(&total.to_be_bytes());
+    if rng.chance(10) {
+        f[start + 6] = 0x20; // a fragment
+    }
+}
+
+/// A frame the uplink receives: mostly VXLAN around a NIC's frame.
+fn uplink_frame(rng: &mut Rng) -> Vec<u8> {
+    let from = rng.below(u64::from(NICS)) as u16;
+    if rng.chance(20) {
+        return frame(rng, from);
+    }
+    let inner = frame(rng, from);
+    let mut f = vec![2, 0, 0, 0, 0, UPLINK as u8 + 1, 2, 0xee, 0, 0, 0, 1];
+    vxlan_around(rng, &mut f, &inner);
+    if rng.chance(5) {
         let cut = rng.below(f.len() as u64 + 1) as usize;
         f.truncate(cut);
     }
@@ -462,6 +591,21 @@ fn ipv6(rng: &mut Rng, f: &mut Vec<u8>, src: [u8; 4], dst: [u8; 4]) {
     f[start + 4..start + 6].copy_from_slice(&plen.to_be_bytes());
 }
 
+/// A fuzzed frame: its bytes and, for one from a TAP, its offloads.
+struct Fz {
+    bytes: Vec<u8>,
+    off: Offload,
+}
+
+impl Frame for Fz {
+    fn data(&self) -> &[u8] {
+        &self.bytes
+    }
+    fn offload(&self) -> Offload {
+        self.off
+    }
+}
+
 /// Feeds `frames` frames from `seed` through the pipeline, checking every
 /// invariant of the module documentation.
 pub fn run(seed: u64, frames: u64) -> Soak {
@@ -475,74 +619,37 @@ pub fn run(seed: u64, frames: u64) -> Soak {
             per_zone: 2048,
         },
     ));
-    let counters: Vec<PortCounters> = (0..PORTS).map(|_| PortCounters::default()).collect();
-    let mut scratch = Box::<Scratch>::default();
-    let mut actions = [Action::Flood; MAX_BURST];
+    let counters: Vec<PortCounters> = (0..MAX_PORTS).map(|_| PortCounters::default()).collect();
+    let mut d = Box::<Decisions>::default();
     let mut generation = 1;
     let mut topo = topology(&mut rng, &sessions, generation);
-    let mut now = 0u32;
-    let dropped_total = |c: &[PortCounters]| -> u64 {
-        c.iter().flat_map(|p| p.drops.iter()).map(|d| d.get()).sum()
-    };
+    let mut now = Now::default();
     while soak.frames < frames {
         if soak.frames / ROUND != (soak.frames + MAX_BURST as u64) / ROUND {
             generation += 1;
             topo = topology(&mut rng, &sessions, generation);
         }
-        now += rng.chance(5) as u32;
-        let in_port = rng.below(u64::from(PORTS)) as u16;
+        now = Now::from_ns(now.ns + rng.below(50_000_000));
         let n = 1 + rng.below(MAX_BURST as u64) as usize;
-        let burst: Vec<Vec<u8>> = (0..n).map(|_| frame(&mut rng, in_port)).collect();
-        let (rx0, dropped0) = (
-            counters[usize::from(in_port)].rx_packets.get(),
-            dropped_total(&counters),
-        );
-        let pid = PortId(in_port);
-        topo.switch.forward(
-            pid,
-            &burst,
-            now,
-            &counters[usize::from(in_port)],
-            &mut actions,
-        );
-        let zone = topo.switch.bridge_of(pid).map_or(0, |b| b.0);
-        topo.security.filter(
-            pid,
-            zone,
-            &burst,
-            &mut actions,
-            &mut scratch,
-            now,
-            u64::from(now) * 1_000_000_000,
-            &counters,
-        );
         soak.frames += n as u64;
-        for f in &burst {
-            gates(&mut soak, &mut rng, f);
+        if rng.chance(15) {
+            let burst: Vec<Vec<u8>> = (0..n).map(|_| uplink_frame(&mut rng)).collect();
+            from_uplink(&mut soak, &topo, &sessions, &burst, now, &counters, &mut d);
+            continue;
         }
-        check(
-            &mut soak,
-            &topo,
-            &sessions,
-            pid,
-            zone,
-            &burst,
-            &actions[..n],
-            now,
+        let in_port = PortId(rng.below(u64::from(NICS)) as u16);
+        let burst: Vec<Fz> = (0..n)
+            .map(|_| {
+                let bytes = frame(&mut rng, in_port.0);
+                let off = gates(&mut soak, &mut rng, &bytes);
+                // A TAP's frames keep the offloads it declared.
+                let off = off.filter(|_| rng.chance(30)).unwrap_or(Offload::NONE);
+                Fz { bytes, off }
+            })
+            .collect();
+        decide(
+            &mut soak, &topo, &sessions, in_port, &burst, now, &counters, &mut d,
         );
-        let drops = actions[..n]
-            .iter()
-            .filter(|a| matches!(a, Action::Drop(_)))
-            .count() as u64;
-        if counters[usize::from(in_port)].rx_packets.get() - rx0 != n as u64 {
-            soak.violation(format!("rx_packets did not grow by the burst of {n}"));
-        }
-        if dropped_total(&counters) - dropped0 != drops {
-            soak.violation(format!(
-                "{drops} frames dropped, drop counters grew by {}",
-                dropped_total(&counters) - dropped0
-            ));
-        }
     }
     for r in DropReason::ALL {
         let n: u64 = counters.iter().map(|c| c.drops[*r as usize].get()).sum();
@@ -553,16 +660,117 @@ pub fn run(seed: u64, frames: u64) -> Soak {
     soak
 }
 
-/// The VXLAN and virtio-net header gates on one frame.
-fn gates(soak: &mut Soak, rng: &mut Rng, f: &[u8]) {
-    use vswitch::offload::{complete_checksum, Offload, Segments, VnetHdr, MAX_GSO_SEGMENTS};
-    use vxlan::decap::{decap, Decap};
-    if let Decap::Tunnel(o) = decap(f, std::net::Ipv4Addr::from(VTEP_IP), 4789) {
-        soak.decapsulated += 1;
-        if o.inner_offset + 14 > f.len() {
-            soak.violation(format!("decap points beyond the frame: {f:02x?}"));
+fn dropped_total(c: &[PortCounters]) -> u64 {
+    c.iter().flat_map(|p| p.drops.iter()).map(|d| d.get()).sum()
+}
+
+/// An uplink burst: arrivals checked, then each tunnel port's inner
+/// frames decided as the worker would (outer headers stripped).
+#[allow(clippy::too_many_arguments)]
+fn from_uplink(
+    soak: &mut Soak,
+    topo: &Topo,
+    sessions: &SessionTable,
+    burst: &[Vec<u8>],
+    now: Now,
+    counters: &[PortCounters],
+    d: &mut Decisions,
+) {
+    let up = &counters[usize::from(UPLINK)];
+    let (rx0, dropped0) = (up.rx_packets.get(), dropped_total(counters));
+    topo.pipe.arrive(burst, counters, d);
+    if up.rx_packets.get() - rx0 != burst.len() as u64 {
+        soak.violation("the uplink's rx_packets did not grow by the burst".into());
+    }
+    let mut inner: Vec<(PortId, Vec<Fz>)> = Vec::new();
+    let mut dropped = 0;
+    for (i, f) in burst.iter().enumerate() {
+        match d.arrival(i) {
+            Arrival::Inner { port, inner: at } => {
+                soak.decapsulated += 1;
+                let at = usize::from(at);
+                let vni = u32::from_be_bytes([0, f[46], f[47], f[48]]);
+                let src = [f[26], f[27], f[28], f[29]];
+                let known = TUNNELS.iter().any(|&(p, b, _)| {
+                    PortId(p) == port && VNIS[usize::from(b)] == vni && port_ip(p) == src
+                });
+                if !known || at + 14 > f.len() {
+                    soak.violation(format!("arrival by {port} at {at}: {f:02x?}"));
+                    continue;
+                }
+                let frame = Fz {
+                    bytes: f[at..].to_vec(),
+                    off: Offload::NONE,
+                };
+                match inner.iter_mut().find(|(p, _)| *p == port) {
+                    Some((_, b)) => b.push(frame),
+                    None => inner.push((port, vec![frame])),
+                }
+            }
+            Arrival::Learn { vni, remote } => {
+                dropped += 1;
+                // A VNI that learns, from a VTEP that is not its port.
+                let learns = VNIS
+                    .iter()
+                    .position(|v| *v == vni)
+                    .is_some_and(|b| topo.overlay().learn[b]);
+                let known = TUNNELS
+                    .iter()
+                    .any(|&(p, b, _)| port_ip(p) == remote.octets() && VNIS[usize::from(b)] == vni);
+                if !learns || known {
+                    soak.violation(format!("learning {remote} in VNI {vni}: {f:02x?}"));
+                }
+            }
+            Arrival::Host | Arrival::Drop(_) => {
+                dropped += u64::from(matches!(d.arrival(i), Arrival::Drop(_)));
+            }
         }
     }
+    if dropped_total(counters) - dropped0 != dropped {
+        soak.violation(format!(
+            "{dropped} uplink frames dropped, drop counters grew by {}",
+            dropped_total(counters) - dropped0
+        ));
+    }
+    for (port, frames) in inner {
+        decide(soak, topo, sessions, port, &frames, now, counters, d);
+    }
+}
+
+/// A burst on `in_port` through the pipeline, every invariant checked.
+#[allow(clippy::too_many_arguments)]
+fn decide(
+    soak: &mut Soak,
+    topo: &Topo,
+    sessions: &SessionTable,
+    in_port: PortId,
+    burst: &[Fz],
+    now: Now,
+    counters: &[PortCounters],
+    d: &mut Decisions,
+) {
+    let (rx0, dropped0) = (
+        counters[in_port.index()].rx_packets.get(),
+        dropped_total(counters),
+    );
+    topo.pipe.decide(in_port, burst, now, counters, d);
+    let n = burst.len();
+    if counters[in_port.index()].rx_packets.get() - rx0 != n as u64 {
+        soak.violation(format!("rx_packets did not grow by the burst of {n}"));
+    }
+    let expected = check(soak, topo, sessions, in_port, burst, d, now);
+    if dropped_total(counters) - dropped0 != expected {
+        soak.violation(format!(
+            "{expected} packets dropped, drop counters grew by {}",
+            dropped_total(counters) - dropped0
+        ));
+    }
+}
+
+/// The virtio-net header gate on one frame: the offloads of a random
+/// header, if accepted.
+fn gates(soak: &mut Soak, rng: &mut Rng, f: &[u8]) -> Option<Offload> {
+    use vswitch::offload::{complete_checksum, Segments, VnetHdr, MAX_GSO_SEGMENTS};
     let l4 = [34u16, 38, 54, 58][rng.below(4) as usize];
     let h = VnetHdr {
         flags: if rng.chance(90) { 1 } else { rng.byte() },
@@ -576,9 +784,7 @@ fn gates(soak: &mut Soak, rng: &mut Rng, f: &[u8]) {
         },
         csum_offset: [16u16, 6, 2, rng.bits() as u16][rng.below(4) as usize],
     };
-    let Ok(off) = Offload::from_vnet(&h, f) else {
-        return;
-    };
+    let off = Offload::from_vnet(&h, f).ok()?;
     soak.offloads += 1;
     if let Some(c) = off.csum {
         complete_checksum(&mut f.to_vec(), c);
@@ -587,64 +793,114 @@ fn gates(soak: &mut Soak, rng: &mut Rng, f: &[u8]) {
         soak.segmented += 1;
         if s.count() > MAX_GSO_SEGMENTS as usize {
             soak.violation(format!("{} segments from {h:?}", s.count()));
-            return;
+            return None;
         }
         let mut buf = vec![0u8; 65536 + 256];
         for i in 0..s.count() {
             let len = s.len(i);
             if len > buf.len() || s.write(i, &mut buf) != len {
                 soak.violation(format!("segment {i} of {h:?}: length {len}"));
-                return;
+                return None;
             }
         }
     }
+    Some(off)
 }
 
-/// The invariants of one burst's fates.
-#[allow(clippy::too_many_arguments)]
+/// The invariants of one burst's fates; the wire packets the drop
+/// counters must have grown by.
 fn check(
     soak: &mut Soak,
     topo: &Topo,
     sessions: &SessionTable,
     in_port: PortId,
-    zone: u16,
-    burst: &[Vec<u8>],
-    actions: &[Action],
-    now: u32,
-) {
-    let bridge = topo.switch.bridge_of(in_port);
-    for (f, a) in burst.iter().zip(actions) {
-        let out = match *a {
-            Action::Drop(_) => continue,
-            Action::Flood => {
-                soak.floods += 1;
-                if topo
-                    .switch
-                    .flood_ports(in_port)
-                    .iter()
-                    .any(|&q| q == in_port || topo.switch.bridge_of(q) != bridge)
-                {
-                    soak.violation(format!("flood from {in_port} leaves its bridge"));
-                }
-                None
+    burst: &[Fz],
+    d: &Decisions,
+    now: Now,
+) -> u64 {
+    let sw = &topo.pipe.switch;
+    let bridge = sw.bridge_of(in_port);
+    let zone = bridge.map_or(0, |b| b.0);
+    let from_tunnel = sw.is_tunnel(in_port);
+    let mut dropped = 0;
+    for (i, f) in burst.iter().enumerate() {
+        let wire = f.wire_packets();
+        let in_bridge = |q: PortId| q != in_port && bridge.is_some() && sw.bridge_of(q) == bridge;
+        let tunnel_ok = |q: PortId| {
+            sw.is_tunnel(q)
+                && !from_tunnel
+                && topo.overlay().encap[q.index()].is_some_and(|e| e.resolved)
+                && wire_frame_len(f) <= topo.overlay().max_inner
+        };
+        let outs: Vec<PortId> = match d.fate(i) {
+            Fate::Drop(_) => {
+                dropped += wire;
+                continue;
             }
-            Action::Output(q) => {
+            Fate::Local(q) => {
                 soak.outputs += 1;
-                if q == in_port || bridge.is_none() || topo.switch.bridge_of(q) != bridge {
-                    soak.violation(format!("frame from {in_port} output to {q}: {f:02x?}"));
+                if !in_bridge(q) || sw.is_tunnel(q) {
+                    soak.violation(format!("frame from {in_port} output to {q}"));
                 }
-                Some(q)
+                vec![q]
+            }
+            Fate::Tunnel(q) => {
+                soak.outputs += 1;
+                soak.tunnelled += 1;
+                if !in_bridge(q) || !tunnel_ok(q) {
+                    soak.violation(format!("frame from {in_port} tunnelled to {q}"));
+                }
+                check_encap(soak, topo, q, f);
+                vec![q]
+            }
+            Fate::Flood { .. } => {
+                soak.floods += 1;
+                let list = sw.flood_ports(in_port);
+                let (locals, tunnels) = (d.flood_locals(i), d.flood_tunnels(i));
+                let listed = |q: &PortId| list.contains(q) && in_bridge(*q);
+                if !locals.iter().all(|q| listed(q) && !sw.is_tunnel(*q))
+                    || !tunnels.iter().all(|q| listed(q) && tunnel_ok(*q))
+                    || tunnels.iter().any(|&q| {
+                        TUNNELS
+                            .iter()
+                            .any(|&(p, _, flood)| PortId(p) == q && !flood)
+                    })
+                {
+                    soak.violation(format!(
+                        "flood from {in_port} to {locals:?} and tunnels {tunnels:?} (list {list:?})"
+                    ));
+                }
+                soak.tunnelled += tunnels.len() as u64;
+                // Each refused copy was counted on its port, as what it
+                // would have carried after the meters.
+                let carried = match d.keep(i) {
+                    KEEP_ALL => wire,
+                    keep => u64::from(keep),
+                };
+                dropped += (list.len() - locals.len() - tunnels.len()) as u64 * carried;
+                locals.iter().chain(tunnels).copied().collect()
             }
         };
-        if topo.guarded[in_port.index()] {
-            if f[6..12] != port_mac(in_port.0) {
-                soak.violation(format!("guarded {in_port} sent a foreign MAC: {f:02x?}"));
+        let keep = d.keep(i);
+        if keep != KEEP_ALL {
+            if u64::from(keep) >= wire || keep == 0 {
+                soak.violation(format!("kept {keep} of {wire} segments"));
             }
-            if let Ok(k) = FlowKey::parse(f) {
+            dropped += wire - u64::from(keep).min(wire);
+        }
+        if topo.guarded[in_port.index()] {
+            if f.bytes[6..12] != port_mac(in_port.0) {
+                soak.violation(format!(
+                    "guarded {in_port} sent a foreign MAC: {:02x?}",
+                    f.bytes
+                ));
+            }
+            if let Ok(k) = FlowKey::parse(&f.bytes) {
                 let own = u128::from(u32::from_be_bytes(port_ip(in_port.0)));
                 if k.l3 == vswitch::L3::V4 && k.src_ip != own && k.src_ip != 0 {
                     soak.violation(format!(
-                        "guarded {in_port} sent a foreign IPv4 source: {f:02x?}"
+                        "guarded {in_port} sent a foreign IPv4 source: {:02x?}",
+                        f.bytes
                     ));
                 }
             }
@@ -652,24 +908,60 @@ fn check(
         // Groups, against the linear reference. (A later IP fragment has
         // no ports to judge and follows its first fragment instead: the
         // security stage's unit tests cover it.)
-        let Some(q) = out else { continue };
-        let Some(key) = FlowKey::parse(f).ok().filter(|k| !k.later_fragment) else {
+        let Some(key) = FlowKey::parse(&f.bytes).ok().filter(|k| !k.later_fragment) else {
             continue;
         };
         let Some(t) = tuple_of(&key) else {
             continue;
         };
-        let (_, egress) = topo.attached[in_port.index()];
-        let (ingress, _) = topo.attached[q.index()];
-        let denied = [egress, ingress]
-            .into_iter()
-            .flatten()
-            .any(|g| Linear::new(&topo.groups[g]).classify(&t).action == AclAction::Deny);
-        if denied && sessions.lookup(&t, zone, now) == Found::Miss {
-            soak.violation(format!(
-                "{in_port} -> {q} passed groups that deny it, with no session: {t:?}"
-            ));
+        for q in outs {
+            let (_, egress) = topo.attached[in_port.index()];
+            let (ingress, _) = topo.attached[q.index()];
+            let denied = [egress, ingress]
+                .into_iter()
+                .flatten()
+                .any(|g| Linear::new(&topo.groups[g]).classify(&t).action == AclAction::Deny);
+            if denied && sessions.lookup(&t, zone, now.secs) == Found::Miss {
+                soak.violation(format!(
+                    "{in_port} -> {q} passed groups that deny it, with no session: {t:?}"
+                ));
+            }
         }
+    }
+    dropped
+}
+
+/// The outer headers tunnel port `q` puts on `f`: its VNI, a valid IPv4
+/// header checksum, UDP and IPv4 lengths that add up.
+fn check_encap(soak: &mut Soak, topo: &Topo, q: PortId, f: &Fz) {
+    let mut outer = [0u8; vxlan::OUTER_LEN];
+    let len = f.bytes.len() as u32;
+    topo.overlay().write_outer(q, &f.bytes, len, 7, &mut outer);
+    let mut whole = outer.to_vec();
+    whole.extend_from_slice(&f.bytes);
+    let Ok(p) = etherparse::SlicedPacket::from_ethernet(&whole) else {
+        soak.violation(format!("encap for {q} does not parse: {outer:02x?}"));
+        return;
+    };
+    let bridge = TUNNELS
+        .iter()
+        .find(|&&(p, _, _)| PortId(p) == q)
+        .map(|&(_, b, _)| usize::from(b))
+        .expect("a tunnel port");
+    let vni = u32::from_be_bytes([0, outer[46], outer[47], outer[48]]);
+    let ok = match (&p.net, &p.transport) {
+        (Some(etherparse::NetSlice::Ipv4(ip)), Some(etherparse::TransportSlice::Udp(udp))) => {
+            let h = ip.header().to_header();
+            h.header_checksum == h.calc_header_checksum()
+                && usize::from(h.total_len) == whole.len() - 14
+                && usize::from(udp.length()) == whole.len() - 34
+                && udp.destination_port() == vxlan::VXLAN_PORT
+                && vni == VNIS[bridge]
+        }
+        _ => false,
+    };
+    if !ok {
+        soak.violation(format!("encap for {q}: {outer:02x?}"));
     }
 }
 

@@ -10,11 +10,25 @@ fn a_hundred_thousand_fuzzed_frames_keep_every_invariant() {
             "seed {seed}: {:#?}",
             soak.violations
         );
-        // The frames reached every stage: some passed, some were refused
-        // by port security, the parser and the groups.
+        // The frames reached every stage: some passed, some went into
+        // tunnels, some were refused by port security, the parser, the
+        // groups, the meters and the tunnels' checks.
         assert!(soak.outputs > 0 && soak.floods > 0, "{soak:?}");
-        assert!(soak.decapsulated > 0 && soak.segmented > 0, "{soak:?}");
-        for reason in ["spoofed", "forbidden", "malformed", "acl_deny"] {
+        assert!(
+            soak.decapsulated > 0 && soak.segmented > 0 && soak.tunnelled > 0,
+            "{soak:?}"
+        );
+        for reason in [
+            "spoofed",
+            "forbidden",
+            "malformed",
+            "acl_deny",
+            "policer_drop",
+            "mtu_exceeded",
+            "no_neighbour",
+            "split_horizon",
+            "vxlan_unknown_vtep",
+        ] {
             assert!(soak.drops.contains_key(reason), "no {reason}: {soak:?}");
         }
     }

@@ -129,12 +129,10 @@ impl Overlay {
                             port: PortId(p),
                             inner: o.inner_offset as u16,
                         },
-                        Lookup::UnknownRemote(b) if self.learn[usize::from(b)] => {
-                            Arrival::Learn {
-                                vni: o.vni,
-                                remote: o.src_ip,
-                            }
-                        }
+                        Lookup::UnknownRemote(b) if self.learn[usize::from(b)] => Arrival::Learn {
+                            vni: o.vni,
+                            remote: o.src_ip,
+                        },
                         Lookup::UnknownRemote(_) => Arrival::Drop(DropReason::VxlanUnknownVtep),
                         Lookup::UnknownVni => Arrival::Drop(DropReason::VxlanUnknownVni),
                     }

@@ -12,9 +12,12 @@
 //!    ([`crate::overlay`]); the inner frames then come back here per
 //!    tunnel port;
 //! 2. [`Switch::forward`]: port security, MAC learning and lookup;
-//! 3. [`Security`]: security groups and sessions, then meters;
-//! 4. output: a unicast to a tunnel port must fit the underlay MTU and
-//!    have a resolved next hop; a flood's set is the bridge's flood list
+//! 3. a unicast to a tunnel port must fit the underlay MTU, have a
+//!    resolved next hop, and never come from another tunnel (split
+//!    horizon, as for floods): what cannot leave is dropped before the
+//!    groups open a session for it or a meter charges it;
+//! 4. [`Security`]: security groups and sessions, then meters;
+//! 5. output: a flood's set is the bridge's flood list
 //!    for the ingress port (split horizon applied), each copy admitted by
 //!    its port's ingress group, each tunnel copy checked like a unicast.
 //!
@@ -180,10 +183,7 @@ impl Pipeline {
     /// Classifies a burst received on the uplink into
     /// [`Decisions::arrival`]s (counted on the uplink).
     pub fn arrive<F: Frame>(&self, frames: &[F], counters: &[PortCounters], d: &mut Decisions) {
-        let o = self
-            .overlay
-            .as_ref()
-            .expect("only a VTEP has an uplink");
+        let o = self.overlay.as_ref().expect("only a VTEP has an uplink");
         o.arrive(
             frames,
             &counters[o.uplink.index()],
@@ -210,6 +210,26 @@ impl Pipeline {
             &counters[in_port.index()],
             &mut d.actions,
         );
+        // A unicast that cannot leave by its tunnel is dropped before the
+        // groups judge it (no session for what never left, no tokens).
+        if self.overlay.is_some() {
+            let from_tunnel = self.switch.is_tunnel(in_port);
+            for (f, a) in frames.iter().zip(&mut d.actions[..n]) {
+                let Action::Output(p) = *a else { continue };
+                if !self.switch.is_tunnel(p) {
+                    continue;
+                }
+                let verdict = if from_tunnel {
+                    counters[in_port.index()].drop(DropReason::SplitHorizon, f.wire_packets());
+                    Err(DropReason::SplitHorizon)
+                } else {
+                    self.tunnel_egress(p, f, counters, f.wire_packets())
+                };
+                if let Err(r) = verdict {
+                    *a = Action::Drop(r);
+                }
+            }
+        }
         let zone = self.switch.bridge_of(in_port).map_or(0, |b| b.0);
         d.secured = self.security.is_active();
         if d.secured {
@@ -225,36 +245,32 @@ impl Pipeline {
             );
         }
         d.outputs.clear();
-        for i in 0..n {
+        for (i, f) in frames.iter().enumerate() {
             d.fates[i] = match d.actions[i] {
                 Action::Drop(r) => Fate::Drop(r),
-                Action::Output(p) if self.switch.is_tunnel(p) => {
-                    match self.tunnel_egress(p, &frames[i], counters) {
-                        Ok(()) => Fate::Tunnel(p),
-                        Err(r) => Fate::Drop(r),
-                    }
-                }
+                Action::Output(p) if self.switch.is_tunnel(p) => Fate::Tunnel(p),
                 Action::Output(p) => Fate::Local(p),
-                Action::Flood => self.flood(in_port, zone, i, &frames[i], now, counters, d),
+                Action::Flood => self.flood(in_port, zone, i, f, now, counters, d),
             };
         }
     }
 
     /// Whether `f` may leave by tunnel port `p` (else the reason, counted
-    /// on `p`).
+    /// on `p` as `packets`).
     #[inline]
     fn tunnel_egress<F: Frame>(
         &self,
         p: PortId,
         f: &F,
         counters: &[PortCounters],
+        packets: u64,
     ) -> Result<(), DropReason> {
         let o = self
             .overlay
             .as_ref()
             .expect("tunnel ports exist only with a VTEP");
         o.egress(p, f).inspect_err(|&r| {
-            counters[p.index()].drop(r, f.wire_packets());
+            counters[p.index()].drop(r, packets);
         })
     }
 
@@ -275,23 +291,23 @@ impl Pipeline {
         let at = d.outputs.len();
         let mut tunnels = [PortId(0); MAX_PORTS];
         let mut t = 0;
+        // A refused copy counts what it would have carried: the segments
+        // a policer left of a superframe.
+        let packets = match d.keep(i) {
+            KEEP_ALL => f.wire_packets(),
+            keep => u64::from(keep),
+        };
         for &p in self.switch.flood_ports(in_port) {
             if d.secured
-                && !self.security.admit_flood_copy(
-                    in_port,
-                    p,
-                    i,
-                    zone,
-                    &d.scratch,
-                    now.secs,
-                    counters,
-                )
+                && !self
+                    .security
+                    .admit_flood_copy(in_port, p, i, packets, zone, &d.scratch, now.secs, counters)
             {
                 continue;
             }
             if !self.switch.is_tunnel(p) {
                 d.outputs.push(p);
-            } else if self.tunnel_egress(p, f, counters).is_ok() {
+            } else if self.tunnel_egress(p, f, counters, packets).is_ok() {
                 tunnels[t] = p;
                 t += 1;
             }
@@ -447,6 +463,12 @@ mod tests {
             r.send(0, &[udp(10, mac(11), 60), udp(10, mac(12), 60)]),
             [Fate::Local(PortId(1)), Fate::Tunnel(PortId(2))]
         );
+        // From one tunnel to another: never relayed.
+        assert_eq!(
+            r.send(5, &[udp(15, mac(12), 60)]),
+            [Fate::Drop(DropReason::SplitHorizon)]
+        );
+        assert_eq!(r.drops(5, DropReason::SplitHorizon), 1);
         // The destination behind the sender's own port: not sent back.
         assert_eq!(
             r.send(1, &[udp(11, mac(11), 60)]),
@@ -484,10 +506,7 @@ mod tests {
         // 1464 bytes fit once encapsulated, 1465 do not.
         assert_eq!(
             r.send(0, &[udp(10, mac(12), 1464), udp(10, mac(12), 1465)]),
-            [
-                Fate::Tunnel(PortId(2)),
-                Fate::Drop(DropReason::MtuExceeded)
-            ]
+            [Fate::Tunnel(PortId(2)), Fate::Drop(DropReason::MtuExceeded)]
         );
         assert_eq!(r.drops(2, DropReason::MtuExceeded), 1);
         // A superframe is judged by its segments: 54 + 1410 fit, 54 + 1411
@@ -500,10 +519,7 @@ mod tests {
         let too_big = dst(superframe([10, 0, 0, 10], [10, 0, 0, 12], 3, 1411));
         assert_eq!(
             r.send(0, &[fits, too_big]),
-            [
-                Fate::Tunnel(PortId(2)),
-                Fate::Drop(DropReason::MtuExceeded)
-            ]
+            [Fate::Tunnel(PortId(2)), Fate::Drop(DropReason::MtuExceeded)]
         );
         assert_eq!(r.drops(2, DropReason::MtuExceeded), 4);
         // An unresolved next hop.

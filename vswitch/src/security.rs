@@ -78,16 +78,16 @@ pub struct Security {
     ingress_metered: Vec<PortId>,
 }
 
-/// Per-burst scratch the stage fills and the worker reads back (the flow
-/// keys of flooded frames, DSCP rewrites). Lives in the worker: no
-/// allocation per burst.
-pub struct Scratch {
+/// Per-burst scratch the stage fills and the pipeline reads back (the
+/// flow keys of flooded frames, DSCP rewrites). Lives in a worker's
+/// [`crate::Decisions`]: no allocation per burst.
+pub(crate) struct Scratch {
     tuples: [Option<(Tuple, u8)>; MAX_BURST],
     /// DSCP to write into frame i before it is sent.
-    pub remark: [Option<u8>; MAX_BURST],
+    pub(crate) remark: [Option<u8>; MAX_BURST],
     /// Wire segments of superframe i that may leave ([`KEEP_ALL`]: all);
     /// a policer cut the rest (see `acl::policer::SharedMeter::police_burst`).
-    pub keep: [u32; MAX_BURST],
+    pub(crate) keep: [u32; MAX_BURST],
     class: [u16; MAX_BURST],
     /// The fragment entry of frame i if it is a first fragment.
     first_fragment: [Option<Tuple>; MAX_BURST],
@@ -230,7 +230,7 @@ impl Security {
     /// turns the actions of denied or red frames into drops (counted in
     /// `counters`, indexed by port) and fills `scratch`.
     #[allow(clippy::too_many_arguments)]
-    pub fn filter<F: Frame>(
+    pub(crate) fn filter<F: Frame>(
         &self,
         in_port: PortId,
         zone: u16,
@@ -473,15 +473,17 @@ impl Security {
         }
     }
 
-    /// Whether the copy of flooded frame `i` from `in_port` may go to port
-    /// `q`: `q`'s ingress group judges it (opening its session, charged to
-    /// `in_port`, when allowed). Counts a denial on `q`.
+    /// Whether the copy of flooded frame `i` (`packets` on a wire) from
+    /// `in_port` may go to port `q`: `q`'s ingress group judges it
+    /// (opening its session, charged to `in_port`, when allowed). Counts a
+    /// denial on `q`.
     #[allow(clippy::too_many_arguments)]
-    pub fn admit_flood_copy(
+    pub(crate) fn admit_flood_copy(
         &self,
         in_port: PortId,
         q: PortId,
         i: usize,
+        packets: u64,
         zone: u16,
         scratch: &Scratch,
         now: u32,
@@ -498,7 +500,7 @@ impl Security {
         }
         let v = g.classifier.classify(&t);
         if v.action == AclAction::Deny {
-            counters[q.index()].drop(DropReason::AclDeny, 1);
+            counters[q.index()].drop(DropReason::AclDeny, packets);
             return false;
         }
         // A copy passes even when the table has no room for its session

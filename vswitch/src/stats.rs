@@ -115,6 +115,10 @@ drop_reasons! {
     MtuExceeded => "mtu_exceeded",
     /// The remote VTEP's next hop has no MAC yet (ARP pending).
     NoNeighbour => "no_neighbour",
+    /// From one remote VTEP to another: every VTEP reaches the others
+    /// directly, so a frame is never relayed between tunnels (it would
+    /// loop while two VTEPs' MAC tables disagree).
+    SplitHorizon => "split_horizon",
     /// No mbuf for a flooded frame's tunnel copy (pool exhausted).
     NoMbuf => "no_mbuf",
     /// Port security: a source MAC or IP address the port does not own, an

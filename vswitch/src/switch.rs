@@ -429,9 +429,10 @@ impl Switch {
         }
         counters.rx_bytes.add(bytes);
         counters.learn_full.add(learn_full);
-        for a in actions.iter() {
+        // A dropped superframe counts the packets it carried.
+        for (f, a) in frames.iter().zip(actions.iter()) {
             if let Action::Drop(r) = *a {
-                counters.drop(r, 1);
+                counters.drop(r, f.wire_packets());
             }
         }
     }

@@ -77,12 +77,13 @@ fn main() -> Result<()> {
             let t = std::time::Instant::now();
             let soak = vsbench::fuzz::run(seed, frames);
             println!(
-                "{} frames (seed {seed}) in {:.1} s: {} output, {} flooded, drops {:?}; \
-                 {} decapsulated, {} virtio-net headers accepted, {} superframes segmented",
+                "{} frames (seed {seed}) in {:.1} s: {} output, {} flooded, {} into tunnels, \
+                 drops {:?}; {} decapsulated, {} virtio-net headers accepted, {} superframes segmented",
                 soak.frames,
                 t.elapsed().as_secs_f64(),
                 soak.outputs,
                 soak.floods,
+                soak.tunnelled,
                 soak.drops,
                 soak.decapsulated,
                 soak.offloads,
