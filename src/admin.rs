@@ -203,9 +203,9 @@ impl Daemon<'_> {
     fn port_json(&self, i: usize, p: &Port) -> Value {
         // What the workers apply (the snapshot's), not what the guest
         // negotiated a moment ago: the sweep publishes a change within 1 s.
-        let offloads = match &self.shared.load().tx[i] {
-            crate::datapath::TxTarget::Eth { takes, .. } => *takes,
-            _ => p.guest_offloads(),
+        let (offloads, tx_queues) = match &self.shared.load().tx[i] {
+            crate::datapath::TxTarget::Eth { takes, queues, .. } => (*takes, Some(queues.to_vec())),
+            _ => (p.guest_offloads(), None),
         };
         json!({
             "index": i,
@@ -216,6 +216,7 @@ impl Daemon<'_> {
             "mac": p.mac().to_string(),
             "link_up": p.link_up(),
             "guest_offloads": offloads,
+            "tx_queues": tx_queues,
             "cni": p.spec.cni,
         })
     }
@@ -535,13 +536,21 @@ impl Daemon<'_> {
     fn session_show(&self, limit: usize) -> Value {
         let dp = self.shared.load();
         let sessions = dp.pipeline.security.sessions();
+        let bridge_of_zone = |z: u16| {
+            dp.pipeline
+                .switch
+                .bridges()
+                .iter()
+                .find(|b| b.zone == z)
+                .map(|b| b.conf.name.clone())
+        };
         let list: Vec<Value> = sessions
             .entries(self.now_secs(), limit)
             .into_iter()
             .map(|s| {
                 let t = s.tuple;
                 json!({
-                    "bridge": self.cfg.bridges.get(usize::from(s.zone)).map(|b| b.name.clone()),
+                    "bridge": bridge_of_zone(s.zone),
                     "proto": t.proto,
                     "src": addr(t.family, t.src),
                     "sport": t.sport,

@@ -49,14 +49,22 @@ const TAP_POOL_CACHE: u32 = 32;
 /// The EAL command line for a config.
 pub fn eal_args(cfg: &Config) -> Vec<String> {
     let e = &cfg.eal;
-    let mut lcores = vec![e.main_lcore.to_string()];
-    lcores.extend(cfg.workers.cores.iter().map(|c| c.to_string()));
+    // Lcore ids are not CPU numbers: the main lcore is 0, workers 1, 2,
+    // ... each on its CPU, so a worker may share the main lcore's CPU.
+    let mut lcores = vec![format!("0@{}", e.main_lcore)];
+    lcores.extend(
+        cfg.workers
+            .cores
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("{}@{c}", i + 1)),
+    );
     let mut a = vec![
         "vswitchd".to_string(),
-        "-l".into(),
+        "--lcores".into(),
         lcores.join(","),
         "--main-lcore".into(),
-        e.main_lcore.to_string(),
+        "0".into(),
         "--file-prefix".into(),
         e.file_prefix.clone(),
         "-m".into(),
@@ -210,19 +218,10 @@ pub(crate) fn build_datapath(
         if let Some(l) = port.spec.mac_limit {
             b.mac_limit(pid, l);
         }
+        tx[i] = port.tx_target();
         let tap_fds = match &port.io {
-            PortIo::Eth(e) => {
-                tx[i] = TxTarget::Eth {
-                    port: e.id(),
-                    takes: port.guest_offloads(),
-                };
-                Vec::new()
-            }
-            PortIo::Tap(d) => {
-                let fds = d.fds();
-                tx[i] = TxTarget::Tap(fds.clone().into());
-                fds
-            }
+            PortIo::Eth(_) => Vec::new(),
+            PortIo::Tap(d) => d.fds(),
         };
         for q in 0..port.spec.rx_queues {
             let w = match &port.spec.rx_workers {
@@ -294,6 +293,10 @@ pub struct Daemon<'p> {
     retired: Vec<(u64, PortId, Port)>,
     /// Counters of forgotten tunnel ports, for the per-VNI sums.
     retired_tunnels: Vec<stats::RetiredTunnel>,
+    /// Snapshots a worker may still use (a publication it did not
+    /// acknowledge in time), with the generation that replaced them:
+    /// released here once every worker moved on.
+    old_snapshots: Vec<(u64, Arc<Datapath>)>,
     pub(crate) ports: Vec<Option<Port>>,
     pub(crate) shared: Arc<Shared>,
     pub(crate) vtep: Option<Vtep>,
@@ -310,8 +313,8 @@ pub struct Daemon<'p> {
     pub(crate) reserve_left: u32,
     /// Worker counters at the last `pmd-perf --clear`.
     pub(crate) perf_base: Vec<(u64, u64, u64, u64)>,
-    /// QoS meters, carried from snapshot to snapshot.
-    meters: crate::security::Meters,
+    /// QoS meters and compiled groups, carried from snapshot to snapshot.
+    carried: crate::security::Carried,
 }
 
 impl Daemon<'_> {
@@ -343,7 +346,7 @@ impl Daemon<'_> {
             Some(Arc::clone(old.pipeline.security.sessions())),
             generation,
             now_ns,
-            &mut self.meters,
+            &mut self.carried,
         );
         let dp = build_datapath(
             cfg,
@@ -357,7 +360,9 @@ impl Daemon<'_> {
                 tap: self.tap_pool.handle(),
             },
         )?;
-        drop(old);
+        // The old snapshot is released here, not by the worker that drops
+        // its reference last: freeing classifier tables takes a worker
+        // off its queues.
         if !self.shared.publish(dp, Duration::from_secs(5)) {
             // Live all the same: what older snapshots use is freed only
             // once every worker has moved on (see `retire`).
@@ -365,6 +370,7 @@ impl Daemon<'_> {
                 "vswitchd: warning: a worker did not pick up the new snapshot within 5 s; \
                  ports removed meanwhile are closed once it does"
             );
+            self.old_snapshots.push((self.shared.generation(), old));
         }
         self.generation = generation;
         Ok(())
@@ -504,21 +510,23 @@ impl Daemon<'_> {
             port.remove();
             shared.reset_port(slot);
         }
+        self.old_snapshots.retain(|(gen, _)| !shared.acked(*gen));
         let dp = self.shared.load();
-        // A vhost-user guest (re)connected with other offloads: the
-        // workers learn it with the next snapshot.
+        // A vhost-user guest (re)connected with other offloads, or
+        // enabled other receive rings: the workers learn it with the next
+        // snapshot.
         let renegotiated = self
             .ports
             .iter()
             .enumerate()
             .any(|(i, p)| match (p, &dp.tx[i]) {
-                (Some(p), TxTarget::Eth { takes, .. }) => p.guest_offloads() != *takes,
+                (Some(p), t @ TxTarget::Eth { .. }) => p.tx_target() != *t,
                 _ => false,
             });
         if renegotiated {
             let cfg = self.cfg.clone();
             if let Err(e) = self.publish(&cfg, false) {
-                eprintln!("vswitchd: guest offloads not updated: {e:#}");
+                eprintln!("vswitchd: guest offloads and queues not updated: {e:#}");
             }
         }
         for b in dp.pipeline.switch.bridges() {
@@ -627,7 +635,7 @@ pub fn run(
     let clock = dpdk::TscClock::start();
     // Everything that can still fail before the workers start; on error
     // the ports opened above are undone.
-    let mut meters = crate::security::Meters::default();
+    let mut carried = crate::security::Carried::default();
     let prepared = (|| -> Result<_> {
         let vtep = match &cfg.vtep {
             Some(v) => {
@@ -642,7 +650,7 @@ pub fn run(
             None => None,
         };
         let slots: Vec<Option<&str>> = cfg.ports.iter().map(|p| Some(p.name.as_str())).collect();
-        let security = crate::security::build(&cfg, &slots, None, 1, 0, &mut meters);
+        let security = crate::security::build(&cfg, &slots, None, 1, 0, &mut carried);
         let dp = build_datapath(
             &cfg,
             &ports,
@@ -690,13 +698,14 @@ pub fn run(
     let mut d = Daemon {
         reserve_left: hotplug_reserve(n_workers as u32),
         perf_base: vec![(0, 0, 0, 0); n_workers],
-        meters,
+        carried,
         cfg,
         doc,
         config_path,
         state,
         retired: Vec::new(),
         retired_tunnels: Vec::new(),
+        old_snapshots: Vec::new(),
         ports,
         shared,
         vtep,

@@ -57,18 +57,88 @@ pub enum TxTarget {
     /// Not a port (or a tunnel port: frames leave by the uplink).
     #[default]
     None,
-    /// A DPDK port; worker `w` sends on its tx queue `w`.
+    /// A DPDK port; worker `w` sends on tx queue `queues[w]`.
     Eth {
         /// DPDK port id.
         port: u16,
         /// The offloads its peer takes (a vhost-user guest's negotiated
         /// GUEST_* features; none for other PMDs).
         takes: GuestOffloads,
+        /// Per worker: its tx queue. Queue w for worker w, except on a
+        /// vhost-user port whose guest enabled fewer receive rings than
+        /// there are workers: there the enabled ones, shared (a frame
+        /// sent to a ring the guest did not enable would be lost).
+        queues: Box<[u16]>,
+        /// Per tx queue: the lock workers take to send on it, when
+        /// several may share it (a vhost-user port with more than one
+        /// worker); None when each worker has its own.
+        locks: Option<TxLocks>,
     },
     /// A TAP; worker `w` writes on queue fd `w % len` (the kernel takes
     /// concurrent writes on one queue). It takes superframes and partial
     /// checksums through the virtio-net header.
     Tap(Box<[RawFd]>),
+}
+
+/// A tx queue's lock, for workers that share the queue: it spins (a
+/// poll-mode lcore must not sleep) and is held across one tx burst.
+/// Uncontended it costs one atomic swap and a store per burst. The locks
+/// belong to the port, not to a snapshot, so workers on two snapshots
+/// during a publication still exclude each other. (Open vSwitch locks a
+/// vhost tx queue likewise when PMD threads outnumber the guest's
+/// queues.)
+#[derive(Debug, Default)]
+pub struct TxLock(AtomicBool);
+
+/// A port's tx queue locks (compared by identity: the same port's).
+#[derive(Debug, Clone)]
+pub struct TxLocks(pub Arc<[TxLock]>);
+
+impl PartialEq for TxLocks {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for TxLocks {}
+
+/// A held [`TxLock`].
+pub struct TxGuard<'a>(&'a TxLock);
+
+impl TxLock {
+    /// Takes the lock, spinning while another worker holds it.
+    #[inline]
+    pub fn lock(&self) -> TxGuard<'_> {
+        while self.0.swap(true, Ordering::Acquire) {
+            while self.0.load(Ordering::Relaxed) {
+                std::hint::spin_loop();
+            }
+        }
+        TxGuard(self)
+    }
+}
+
+impl Drop for TxGuard<'_> {
+    #[inline]
+    fn drop(&mut self) {
+        self.0 .0.store(false, Ordering::Release);
+    }
+}
+
+/// The tx queue of each of `n_workers` workers on a port of `queues` tx
+/// queues whose peer takes frames on those of `enabled` (a bitmap; 0:
+/// not known, every queue): each worker its own while there are enough,
+/// else the enabled ones in turn.
+pub fn tx_queue_map(n_workers: usize, queues: u16, enabled: u64) -> Box<[u16]> {
+    let on: Vec<u16> = (0..queues.min(64))
+        .filter(|&q| enabled & 1 << q != 0)
+        .collect();
+    (0..n_workers)
+        .map(|w| match on.len() {
+            0 => w as u16,
+            n => on[w % n],
+        })
+        .collect()
 }
 
 impl TxTarget {
@@ -298,6 +368,35 @@ mod tests {
         assert_eq!(shared.load().rx_queues[0][0].port, PortId(7));
         shared.running.store(false, Ordering::Relaxed);
         assert_eq!(worker.join().unwrap(), 7);
+    }
+
+    #[test]
+    fn workers_share_the_queues_a_guest_enabled() {
+        // Two workers, two queues: each its own while both are enabled
+        // (or nothing is known yet); both on queue 0 when only it is.
+        assert_eq!(*tx_queue_map(2, 2, 0b11), [0, 1]);
+        assert_eq!(*tx_queue_map(2, 2, 0), [0, 1]);
+        assert_eq!(*tx_queue_map(2, 2, 0b01), [0, 0]);
+        assert_eq!(*tx_queue_map(3, 4, 0b1010), [1, 3, 1]);
+    }
+
+    #[test]
+    fn a_tx_lock_excludes_the_other_workers() {
+        let lock = Arc::new(TxLock::default());
+        let inside = Arc::new(AtomicU64::new(0));
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                let (lock, inside) = (lock.clone(), inside.clone());
+                std::thread::spawn(move || {
+                    for _ in 0..10_000 {
+                        let _g = lock.lock();
+                        assert_eq!(inside.fetch_add(1, Ordering::Relaxed), 0, "alone");
+                        inside.fetch_sub(1, Ordering::Relaxed);
+                    }
+                })
+            })
+            .collect();
+        threads.into_iter().for_each(|t| t.join().unwrap());
     }
 
     #[test]

@@ -10,6 +10,7 @@ use std::os::unix::net::UnixStream;
 use std::path::Path;
 
 use crate::config::{PortKind, PortSpec};
+use crate::datapath::{tx_queue_map, TxLock, TxLocks, TxTarget};
 use crate::dpdk::mempool::Mempool;
 use crate::dpdk::port::{EthPort, EthStats, GuestOffloads, PortError};
 use crate::netns::{self, NetnsError};
@@ -47,6 +48,11 @@ pub struct Port {
     pub io: PortIo,
     /// Its TAP was created by this open, not re-attached after a restart.
     fresh: bool,
+    /// Per tx queue, for a port whose workers may share queues (see
+    /// `datapath::TxLock`).
+    tx_locks: Option<TxLocks>,
+    /// Its tx queues (one per worker).
+    tx_queues: u16,
 }
 
 /// What carries a port's frames: a DPDK ethdev, or vswitchd's own TAP
@@ -238,10 +244,16 @@ impl Port {
             pool,
         )?;
         eth.start()?;
+        // A vhost-user guest may enable fewer receive rings than there
+        // are workers: then workers share them, under a lock.
+        let shareable = matches!(spec.kind, PortKind::VhostUser { .. }) && n_workers > 1;
         Ok(Port {
             spec: spec.clone(),
             io: PortIo::Eth(eth),
             fresh: true,
+            tx_locks: shareable
+                .then(|| TxLocks((0..n_workers).map(|_| TxLock::default()).collect())),
+            tx_queues: n_workers as u16,
         })
     }
 
@@ -278,6 +290,8 @@ impl Port {
             spec: spec.clone(),
             io: PortIo::Tap(dev),
             fresh,
+            tx_locks: None,
+            tx_queues: 0,
         };
         if let Err(e) = netns::plumb(t) {
             port.remove();
@@ -313,6 +327,25 @@ impl Port {
                 .map(|_inside| d.mac())
                 .unwrap_or_default(),
             (PortIo::Tap(_), _) => vswitch::MacAddr::default(),
+        }
+    }
+
+    /// Where each of the workers sends this (DPDK) port's frames.
+    pub fn tx_target(&self) -> TxTarget {
+        match &self.io {
+            PortIo::Eth(e) => {
+                let enabled = match self.spec.kind {
+                    PortKind::VhostUser { .. } => e.vhost_enabled_tx_queues(),
+                    _ => 0,
+                };
+                TxTarget::Eth {
+                    port: e.id(),
+                    takes: self.guest_offloads(),
+                    queues: tx_queue_map(usize::from(self.tx_queues), self.tx_queues, enabled),
+                    locks: self.tx_locks.clone(),
+                }
+            }
+            PortIo::Tap(d) => TxTarget::Tap(d.fds().into()),
         }
     }
 

@@ -270,8 +270,7 @@ pub fn collect(
             .switch
             .bridges()
             .iter()
-            .enumerate()
-            .map(|(z, b)| (b.conf.name.clone(), table.in_zone(z as u16)))
+            .map(|b| (b.conf.name.clone(), table.in_zone(b.zone)))
             .filter(|(_, n)| *n > 0)
             .collect(),
         evictions: table.evictions(),

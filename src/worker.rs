@@ -250,7 +250,7 @@ impl Worker {
         );
         let d = &*self.decisions;
         let out = &mut self.out;
-        for (i, m) in rx.mbufs_mut().iter_mut().enumerate() {
+        for (i, mut m) in rx.drain().enumerate() {
             let fate = d.fate(i);
             if let Fate::Drop(_) = fate {
                 out.drop_frame(m);
@@ -260,7 +260,7 @@ impl Worker {
                 set_dscp(m.data_mut(), dscp);
             }
             let keep = d.keep(i);
-            if keep != KEEP_ALL {
+            if keep != KEEP_ALL && !m.is_chained() {
                 // A policer let only the first segments through.
                 let off = m.offload();
                 if let Some(len) = trim_superframe(m.data_mut(), &off, keep) {
@@ -272,23 +272,28 @@ impl Worker {
                 Fate::Tunnel(p) => out.encap(dp, p, m, counters),
                 Fate::Flood { .. } => {
                     for &p in d.flood_tunnels(i) {
-                        out.encap_copy(dp, p, m, counters);
+                        out.encap_copy(dp, p, &m, counters);
                     }
                     let locals = d.flood_locals(i);
                     if locals.is_empty() {
                         out.drop_frame(m);
                         continue;
                     }
-                    m.set_owners(locals.len() as u16);
-                    for &p in locals {
+                    // Shared, the frame is read-only: a partial checksum
+                    // some output cannot take is completed first, for all.
+                    if m.has_offload()
+                        && !m.has_gso()
+                        && locals.iter().any(|p| !dp.tx[p.index()].takes(&m.offload()))
+                    {
+                        Output::complete_checksum(&mut m);
+                    }
+                    for (m, &p) in m.share(locals.len() as u16).zip(locals) {
                         out.enqueue(dp, p, m, counters);
                     }
                 }
                 Fate::Drop(_) => unreachable!("handled above"),
             }
         }
-        // Every reference moved to a tx buffer or the drop list.
-        rx.handed_over();
         out.drops.free_all();
     }
 
@@ -303,10 +308,9 @@ impl Worker {
         let uplink = dp.pipeline.overlay.as_ref().expect("a VTEP").uplink;
         let c = &counters.ports[uplink.index()];
         let mut groups = 0;
-        for (i, m) in rx.mbufs_mut().iter_mut().enumerate() {
+        for (i, mut m) in rx.drain().enumerate() {
             match self.decisions.arrival(i) {
-                Arrival::Inner { port, inner } => {
-                    m.adj(inner);
+                Arrival::Inner { port, inner } if m.adj(inner) => {
                     let g = match self.decapped[..groups].iter().position(|(q, _)| *q == port) {
                         Some(g) => g,
                         None => {
@@ -317,6 +321,10 @@ impl Worker {
                     };
                     self.decapped[g].1.push(m);
                     continue;
+                }
+                Arrival::Inner { .. } => {
+                    // Its inner frame is in a later segment of a chain.
+                    c.drop(DropReason::VxlanTruncated, 1);
                 }
                 Arrival::Host => {
                     // The slow path: a copy (ARP and ICMP are small and
@@ -341,8 +349,6 @@ impl Worker {
             }
             self.out.drop_frame(m);
         }
-        // Every reference moved to a sub-burst or the drop list.
-        rx.handed_over();
         self.out.drops.free_all();
         for g in 0..groups {
             let (port, mut burst) = std::mem::take(&mut self.decapped[g]);
@@ -358,27 +364,32 @@ impl Output {
         let uplink = dp.pipeline.overlay.as_ref().expect("a VTEP").uplink;
         while let Ok(frame) = vt.inject.try_recv() {
             match vt.pool.alloc_frame(&frame) {
-                Some(mut m) => self.enqueue(dp, uplink, &mut m, counters),
+                Some(m) => self.enqueue(dp, uplink, m, counters),
                 None => counters.ports[uplink.index()].drop(DropReason::NoMbuf, 1),
             }
         }
     }
 
-    /// Sends a frame this worker owns alone out of tunnel port `p` (the
-    /// pipeline checked it fits and the next hop is known): offloads
-    /// finished first, as no tunnel takes them.
+    /// Sends a frame out of tunnel port `p` (the pipeline checked it fits
+    /// and the next hop is known): offloads finished first, as no tunnel
+    /// takes them.
     #[inline]
-    fn encap(&mut self, dp: &Datapath, p: PortId, m: &mut Mbuf, counters: &WorkerCounters) {
-        if m.has_offload() && self.finish_offloads(dp, p, m, true, counters) {
-            return;
-        }
+    fn encap(&mut self, dp: &Datapath, p: PortId, m: Mbuf, counters: &WorkerCounters) {
+        let m = if m.has_offload() {
+            match self.finish_offloads(dp, p, m, true, counters) {
+                Some(m) => m,
+                None => return,
+            }
+        } else {
+            m
+        };
         self.encap_now(dp, p, m, counters);
     }
 
     /// Prepends tunnel port `p`'s outer headers to a frame without
     /// offloads and queues it on the uplink.
     #[inline]
-    fn encap_now(&mut self, dp: &Datapath, p: PortId, m: &mut Mbuf, counters: &WorkerCounters) {
+    fn encap_now(&mut self, dp: &Datapath, p: PortId, mut m: Mbuf, counters: &WorkerCounters) {
         let o = dp
             .pipeline
             .overlay
@@ -386,12 +397,13 @@ impl Output {
             .expect("tunnel ports exist only with a VTEP");
         let c = &counters.ports[p.index()];
         let inner_len = m.pkt_len();
-        let mut outer = [0u8; vxlan::OUTER_LEN];
-        o.write_outer(p, m.data(), inner_len, self.ip_id, &mut outer);
-        self.ip_id = self.ip_id.wrapping_add(1);
+        let sport = vswitch::Overlay::source_port(m.data());
+        let id = self.ip_id;
+        self.ip_id = id.wrapping_add(1);
         match m.prepend(vxlan::OUTER_LEN as u16) {
             Some(hdr) => {
-                hdr.copy_from_slice(&outer);
+                let hdr: &mut [u8; vxlan::OUTER_LEN] = hdr.try_into().expect("OUTER_LEN bytes");
+                o.write_outer(p, sport, inner_len, id, hdr);
                 c.tx_packets.add(1);
                 c.tx_bytes.add(u64::from(inner_len));
                 self.enqueue(dp, o.uplink, m, counters);
@@ -428,66 +440,75 @@ impl Output {
             vt.pool.alloc_frame(m.data())
         };
         match copy {
-            // Its one reference ends in a tx buffer or the drop list.
             Some(mut copy) => {
                 if let Some(c) = m.offload().csum {
                     complete_checksum(copy.data_mut(), c);
                 }
-                self.encap_now(dp, p, &mut copy, counters)
+                self.encap_now(dp, p, copy, counters)
             }
             None => counters.ports[p.index()].drop(DropReason::NoMbuf, 1),
         }
     }
 
     #[inline]
-    fn drop_frame(&mut self, m: &Mbuf) {
+    fn drop_frame(&mut self, m: Mbuf) {
         if self.drops.is_full() {
             self.drops.free_all();
         }
         self.drops.push(m);
     }
 
-    /// Queues one reference to `m` for port `p` (or drops it). Offloads
-    /// the port cannot take are finished first.
+    /// Queues `m` for port `p` (or drops it). Offloads the port cannot
+    /// take are finished first.
     #[inline]
-    fn enqueue(&mut self, dp: &Datapath, p: PortId, m: &mut Mbuf, counters: &WorkerCounters) {
+    fn enqueue(&mut self, dp: &Datapath, p: PortId, m: Mbuf, counters: &WorkerCounters) {
         let target = &dp.tx[p.index()];
         if *target == TxTarget::None {
             counters.ports[p.index()].drop(DropReason::NoOutput, m.wire_packets());
             self.drop_frame(m);
             return;
         }
-        if m.has_offload()
-            && !target.takes(&m.offload())
-            && self.finish_offloads(dp, p, m, false, counters)
-        {
-            return;
-        }
+        let m = if m.has_offload() && !target.takes(&m.offload()) {
+            match self.finish_offloads(dp, p, m, false, counters) {
+                Some(m) => m,
+                None => return,
+            }
+        } else {
+            m
+        };
         if self.tx[p.index()].frames.is_full() {
             self.flush(dp, p.index(), counters);
         }
         let b = &mut self.tx[p.index()];
-        b.frames.push(m);
         b.bytes += u64::from(m.pkt_len());
+        b.frames.push(m);
         self.dirty |= 1 << p.index();
+    }
+
+    /// Completes a frame's partial checksum in place and forgets its
+    /// offloads (the frame must not be shared yet).
+    fn complete_checksum(m: &mut Mbuf) {
+        if let Some(c) = m.offload().csum {
+            complete_checksum(m.data_mut(), c);
+        }
+        m.clear_offload();
     }
 
     /// Finishes the offloads of `m` for port `p`, which cannot take them
     /// (a tunnel when `tunnel`). A superframe is cut into segments that
-    /// go to `p` in its place, and the caller's reference to it is
-    /// released: returns true. A partial checksum is completed in place
-    /// and the offload flags cleared, so every output of a flooded frame
-    /// sees a complete checksum: returns false, `m` goes on as it is.
+    /// go to `p` in its place, and `m` is released: None. A partial
+    /// checksum is completed in place (`m` is not shared: a flood
+    /// completes it before sharing) and `m` goes on: Some.
     #[cold]
     #[inline(never)]
     fn finish_offloads(
         &mut self,
         dp: &Datapath,
         p: PortId,
-        m: &mut Mbuf,
+        mut m: Mbuf,
         tunnel: bool,
         counters: &WorkerCounters,
-    ) -> bool {
+    ) -> Option<Mbuf> {
         if m.is_chained() {
             // A chained frame with offloads (a vhost-user guest's jumbo
             // frame with a partial checksum): finishing it would need its
@@ -495,19 +516,15 @@ impl Output {
             // sent with a wrong checksum.
             counters.ports[p.index()].drop(DropReason::Malformed, 1);
             self.drop_frame(m);
-            return true;
+            return None;
         }
-        let off = m.offload();
-        if let Some(s) = Segments::new(m.data(), &off) {
+        if let Some(s) = Segments::new(m.data(), &m.offload()) {
             self.segment(dp, p, &s, tunnel, counters);
             self.drop_frame(m);
-            return true;
+            return None;
         }
-        if let Some(c) = off.csum {
-            complete_checksum(m.data_mut(), c);
-        }
-        m.clear_offload();
-        false
+        Self::complete_checksum(&mut m);
+        Some(m)
     }
 
     /// Sends the segments of a superframe to port `p` (through encap for
@@ -538,9 +555,9 @@ impl Output {
             };
             s.write(i, seg.data_mut());
             if tunnel {
-                self.encap_now(dp, p, &mut seg, counters);
+                self.encap_now(dp, p, seg, counters);
             } else {
-                self.enqueue(dp, p, &mut seg, counters);
+                self.enqueue(dp, p, seg, counters);
             }
         }
     }
@@ -564,9 +581,14 @@ impl Output {
         let superframes = b.frames.mbufs().iter().filter(|m| m.has_gso()).count() as u64;
         let (sent, bytes) = match &dp.tx[p] {
             TxTarget::Eth {
-                port: dpdk_port, ..
+                port: dpdk_port,
+                queues,
+                locks,
+                ..
             } => {
-                let sent = port::tx_burst(*dpdk_port, self.queue, &mut b.frames);
+                let q = queues[usize::from(self.queue)];
+                let _shared = locks.as_ref().map(|l| l.0[usize::from(q)].lock());
+                let sent = port::tx_burst(*dpdk_port, q, &mut b.frames);
                 let mut bytes = b.bytes;
                 if sent < queued {
                     bytes -= b

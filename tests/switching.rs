@@ -274,3 +274,107 @@ fn jumbo_chains_flooded_to_several_ports_leave_the_pool_as_it_was() {
     // Every segment came back to the pool, none twice.
     common::assert_mbufs_back_to(&vs, baseline);
 }
+
+/// Two workers, each receiving one container's frames, both sending to a
+/// DPDK container that enabled one queue pair (virtio-user's default):
+/// the worker whose tx queue the guest did not enable sends on the one
+/// it did, so every frame arrives (none lost as `tx_full`).
+#[test]
+fn a_dpdk_container_with_one_queue_pair_gets_every_workers_frames() {
+    let dir = TempDir::new("vs-1q");
+    let sock = dir.join("q.sock");
+    let (a, b) = (
+        Netns::create(&unique("vqa")).unwrap(),
+        Netns::create(&unique("vqb")).unwrap(),
+    );
+    // Worker 0 shares CPU 0 with the control thread and testpmd: it
+    // sleeps when idle.
+    let cfg = common::header(&dir).replace(
+        "cores = [1]\nidle_sleep_us = 0",
+        "cores = [0, 1]\nidle_sleep_us = 50",
+    ) + &common::tap_port("ca", &a, "02:00:00:00:1a:01", "10.79.0.1/24")
+        + "rx_workers = [0]\n"
+        + &common::tap_port("cb", &b, "02:00:00:00:1a:02", "10.79.0.2/24")
+        + "rx_workers = [1]\n"
+        + &format!(
+            "[[port]]\nname = \"dq\"\nkind = \"vhost-user\"\nbridge = \"vpc1\"\nsocket = \"{}\"\n",
+            sock.display()
+        );
+    assert!(cfg.contains("cores = [0, 1]"), "two workers");
+    let vs = common::start(&dir, &cfg);
+    const MAC: &str = "02:00:00:00:1a:09";
+    let mut tp = Testpmd::start(
+        "tp-1q",
+        &TestpmdOpts {
+            socket: &sock,
+            mac: MAC,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert!(wait_until(Duration::from_secs(20), || vs.link_up("dq")));
+    // The snapshot follows the guest's rings within the second's sweep.
+    assert!(
+        wait_until(Duration::from_secs(5), || {
+            vs.request(serde_json::json!({"cmd": "port-show", "name": "dq"}))
+                .is_ok_and(|p| p["tx_queues"] == serde_json::json!([0, 0]))
+        }),
+        "{:?}",
+        vs.request(serde_json::json!({"cmd": "port-show", "name": "dq"}))
+    );
+    tp.cmd("start");
+    for ns in [&a, &b] {
+        ns.exec(&[
+            "ip",
+            "neigh",
+            "replace",
+            "10.79.0.9",
+            "lladdr",
+            MAC,
+            "dev",
+            "eth0",
+        ])
+        .unwrap();
+    }
+    let send = |ns: &Netns| {
+        ns.exec(&[
+            "ping",
+            "-c",
+            "200",
+            "-i",
+            "0.002",
+            "-W",
+            "0.01",
+            "-q",
+            "10.79.0.9",
+        ])
+        .ok();
+    };
+    std::thread::scope(|s| {
+        s.spawn(|| send(&a));
+        s.spawn(|| send(&b));
+    });
+    let (ca, cb) = (
+        vs.counter("ca", "rx_packets"),
+        vs.counter("cb", "rx_packets"),
+    );
+    assert!(ca >= 200 && cb >= 200, "both containers sent: {ca} {cb}");
+    let dq = || vs.port_stats("dq").unwrap();
+    assert!(
+        wait_until(Duration::from_secs(5), || {
+            let sent = dq()["tx_packets"].as_u64().unwrap();
+            tp.rx_of(0).is_ok_and(|(rx, _)| rx == sent)
+        }),
+        "testpmd received what the switch sent: {} vs {:?}",
+        dq(),
+        tp.rx_of(0)
+    );
+    assert!(dq()["tx_packets"].as_u64().unwrap() >= 400, "{}", dq());
+    assert_eq!(
+        dq()["drops"],
+        serde_json::json!({}),
+        "nothing lost: {}",
+        dq()
+    );
+    tp.cmd("stop");
+}

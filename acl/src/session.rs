@@ -27,12 +27,21 @@
 //!
 //! Concurrency: every worker reads and writes the table; the two directions
 //! of a flow may be on different workers. No locks: a slot is atomics. Its
-//! head word is a sequence number (odd while a writer fills the key) and a
-//! hash tag; a reader checks the tag, reads the key, and re-reads the head
-//! to see it unchanged (a seqlock read: readers never block writers or
-//! each other). Claiming a slot is a CAS on its head; the state word is
-//! updated with CAS; the deadline (absolute seconds) is a plain store,
-//! refreshed at most once a second.
+//! head word is a sequence number (odd while a writer fills the body) and
+//! a hash tag. It is a seqlock (Boehm, "Can seqlocks get along with
+//! programming language memory models?", 2012): the writer claims the slot
+//! with a CAS to an odd sequence, issues a release fence, stores the body,
+//! and publishes the even sequence with a release store; a reader loads the
+//! head (acquire), the body, issues an acquire fence and re-loads the head:
+//! if the body held anything the writer stored, the fences pair and the
+//! second load sees the odd (or a later) sequence, so a torn read is never
+//! taken for a session. Readers never block writers or each other.
+//!
+//! A session's packets change its state and deadline words in place (CAS);
+//! both carry the slot's version (the sequence's low bits), so the update
+//! of a session whose slot was reused since the lookup changes nothing
+//! ([`SessionRef`]); versions repeat after 1024 reuses of one slot, far
+//! more than can happen between a lookup and its update in one burst.
 //!
 //! Layout: a key hashes to two buckets (two choices, as in cuckoo
 //! hashing without the moves); a bucket is one cache line of [`WAYS`] slot
@@ -54,7 +63,7 @@
 //! creation.
 
 use std::sync::atomic::{
-    AtomicU32, AtomicU64, Ordering::Acquire, Ordering::Relaxed, Ordering::Release,
+    fence, AtomicU32, AtomicU64, Ordering::Acquire, Ordering::Relaxed, Ordering::Release,
 };
 
 use crate::rule::{Family, Tuple, ICMP, ICMPV6, TCP, UDP};
@@ -155,15 +164,25 @@ pub mod tcp_flags {
 }
 use tcp_flags::{ACK, FIN, RST, SYN};
 
+/// Bits of a slot's version (see the module documentation).
+const VERSION_BITS: u32 = 10;
+const VERSION_MASK: u64 = (1 << VERSION_BITS) - 1;
+
+/// The version of a slot whose head is `head`.
+fn version_of(head: u64) -> u16 {
+    ((head & 0xffff_ffff) >> 1 & VERSION_MASK) as u16
+}
+
 /// The state word: TCP state, which sides sent FIN, whether the responder
-/// replied, the QoS class of the rule that admitted it, and the ruleset
-/// generation that admitted it.
+/// replied, the slot's version, the QoS class of the rule that admitted
+/// it, and the ruleset generation that admitted it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct State {
     tcp: TcpState,
     fin_orig: bool,
     fin_reply: bool,
     replied: bool,
+    version: u16,
     class: u16,
     generation: u32,
 }
@@ -171,19 +190,21 @@ struct State {
 impl State {
     fn pack(self) -> u64 {
         u64::from(self.tcp as u8)
-            | u64::from(self.fin_orig) << 8
-            | u64::from(self.fin_reply) << 9
-            | u64::from(self.replied) << 10
+            | u64::from(self.fin_orig) << 3
+            | u64::from(self.fin_reply) << 4
+            | u64::from(self.replied) << 5
+            | (u64::from(self.version) & VERSION_MASK) << 6
             | u64::from(self.class) << 16
             | u64::from(self.generation) << 32
     }
 
     fn unpack(w: u64) -> State {
         State {
-            tcp: TcpState::from_u8(w as u8),
-            fin_orig: w & 1 << 8 != 0,
-            fin_reply: w & 1 << 9 != 0,
-            replied: w & 1 << 10 != 0,
+            tcp: TcpState::from_u8(w as u8 & 7),
+            fin_orig: w & 1 << 3 != 0,
+            fin_reply: w & 1 << 4 != 0,
+            replied: w & 1 << 5 != 0,
+            version: (w >> 6 & VERSION_MASK) as u16,
             class: (w >> 16) as u16,
             generation: (w >> 32) as u32,
         }
@@ -302,8 +323,8 @@ fn hash(k: &Key) -> u64 {
 struct Heads([AtomicU64; WAYS]);
 
 /// A slot's body, one cache line: key words, state, and `deadline (secs)
-/// | orig_first << 32 | owner << 33` (which endpoint opened the session,
-/// and the port it is charged to).
+/// | orig_first << 32 | owner << 33 | version << 49` (which endpoint
+/// opened the session, the port it is charged to, the slot's version).
 #[repr(align(64))]
 #[derive(Default)]
 struct Body {
@@ -311,6 +332,17 @@ struct Body {
     state: AtomicU64,
     meta: AtomicU64,
 }
+
+/// Where a session found by [`SessionTable::lookup`] lives: its slot and
+/// the slot's version then, so that changes through it touch that session
+/// only, never one that took the slot over since.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SessionRef {
+    slot: u32,
+    version: u16,
+}
+
+const META_VERSION_SHIFT: u32 = 49;
 
 /// What a packet found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -324,7 +356,7 @@ pub enum Found {
         /// The QoS class given at [`SessionTable::open`] (0: none).
         class: u16,
         /// Where it lives, for [`SessionTable::update`].
-        slot: u32,
+        slot: SessionRef,
     },
     /// No live session.
     Miss,
@@ -478,7 +510,7 @@ impl SessionTable {
             return None;
         }
         let (state, meta) = (body.state.load(Relaxed), body.meta.load(Relaxed));
-        std::sync::atomic::fence(Acquire);
+        fence(Acquire);
         if self.head(i).load(Relaxed) != head {
             return None; // rewritten while we read
         }
@@ -501,7 +533,10 @@ impl SessionTable {
                     orig: orig_first == key.src_first,
                     generation: st.generation,
                     class: st.class,
-                    slot: i as u32,
+                    slot: SessionRef {
+                        slot: i as u32,
+                        version: st.version,
+                    },
                 };
             }
         }
@@ -509,16 +544,18 @@ impl SessionTable {
     }
 
     /// Records a packet of a session found by [`lookup`](Self::lookup):
-    /// advances the TCP state and pushes the deadline out. (If the session
-    /// expired and its slot was reused between the lookup and this call, in
-    /// the same second, the new session's deadline is refreshed once more
-    /// than it should be: harmless.)
+    /// advances the TCP state and pushes the deadline out. Nothing changes
+    /// if the session ended and its slot went to another since.
     #[inline]
-    pub fn update(&self, slot: u32, proto: u8, orig: bool, tcp_flags: u8, now: u32) {
-        let b = &self.bodies[slot as usize];
+    pub fn update(&self, r: SessionRef, proto: u8, orig: bool, tcp_flags: u8, now: u32) {
+        let b = &self.bodies[r.slot as usize];
         let mut cur = b.state.load(Relaxed);
         let next = loop {
-            let next = State::unpack(cur).advance(proto, orig, tcp_flags);
+            let st = State::unpack(cur);
+            if st.version != r.version {
+                return;
+            }
+            let next = st.advance(proto, orig, tcp_flags);
             let packed = next.pack();
             if packed == cur {
                 break next;
@@ -530,19 +567,30 @@ impl SessionTable {
         };
         let deadline = now.saturating_add(next.timeout(proto, &self.timeouts));
         let meta = b.meta.load(Relaxed);
-        if meta as u32 != deadline {
-            b.meta
-                .store((meta & !0xffff_ffff) | u64::from(deadline), Relaxed);
+        if meta as u32 != deadline
+            && (meta >> META_VERSION_SHIFT & VERSION_MASK) as u16 == r.version
+        {
+            // Lost to a newer deadline or to the slot's reuse: either way
+            // the word is right as it is.
+            let _ = b.meta.compare_exchange(
+                meta,
+                (meta & !0xffff_ffff) | u64::from(deadline),
+                Relaxed,
+                Relaxed,
+            );
         }
     }
 
     /// Re-stamps a session with the generation (and QoS class) of the
     /// ruleset that just re-admitted it.
-    pub fn readmit(&self, slot: u32, generation: u32, class: u16) {
-        let b = &self.bodies[slot as usize];
+    pub fn readmit(&self, r: SessionRef, generation: u32, class: u16) {
+        let b = &self.bodies[r.slot as usize];
         let mut cur = b.state.load(Relaxed);
         loop {
             let mut st = State::unpack(cur);
+            if st.version != r.version {
+                return;
+            }
             st.generation = generation;
             st.class = class;
             match b
@@ -556,16 +604,17 @@ impl SessionTable {
     }
 
     /// Ends a session at once (its ruleset no longer admits it).
-    pub fn remove(&self, slot: u32) {
-        let head = self.head(slot as usize);
+    pub fn remove(&self, r: SessionRef) {
+        let head = self.head(r.slot as usize);
         let h = head.load(Relaxed);
         if h & 1 == 0
             && h >> 32 != 0
+            && version_of(h) == r.version
             && head
                 .compare_exchange(h, (h & 0xffff_ffff) + 2, Release, Relaxed)
                 .is_ok()
         {
-            self.uncharge(slot as usize);
+            self.uncharge(r.slot as usize);
         }
     }
 
@@ -628,7 +677,9 @@ impl SessionTable {
                 return Open::Quota;
             }
             let seq = head & 0xffff_ffff;
-            // Claim: odd sequence with our tag; readers skip the slot.
+            // Claim: odd sequence with our tag; readers skip the slot. The
+            // release fence orders the claim before the body's stores for
+            // any reader that sees one of them (see the module doc).
             if self
                 .head(i)
                 .compare_exchange(head, tag << 32 | (seq + 1), Acquire, Relaxed)
@@ -636,6 +687,8 @@ impl SessionTable {
             {
                 continue;
             }
+            fence(Release);
+            let version = version_of(seq + 2);
             if head >> 32 != 0 {
                 // An expired or evicted session's slot: uncharge it.
                 if free.is_none() {
@@ -654,6 +707,7 @@ impl SessionTable {
                 fin_orig: false,
                 fin_reply: false,
                 replied: false,
+                version,
                 class,
                 generation,
             };
@@ -670,7 +724,10 @@ impl SessionTable {
             body.state.store(st.pack(), Relaxed);
             let deadline = now.saturating_add(st.timeout(t.proto, &self.timeouts));
             body.meta.store(
-                u64::from(deadline) | u64::from(key.src_first) << 32 | u64::from(owner) << 33,
+                u64::from(deadline)
+                    | u64::from(key.src_first) << 32
+                    | u64::from(owner) << 33
+                    | u64::from(version) << META_VERSION_SHIFT,
                 Relaxed,
             );
             self.head(i).store(tag << 32 | (seq + 2), Release);
@@ -703,9 +760,9 @@ impl SessionTable {
         (emptied, live)
     }
 
-    /// The TCP state of a slot (tests and `session show`).
-    pub fn tcp_state(&self, slot: u32) -> TcpState {
-        State::unpack(self.bodies[slot as usize].state.load(Relaxed)).tcp
+    /// The TCP state of a session (tests).
+    pub fn tcp_state(&self, r: SessionRef) -> TcpState {
+        State::unpack(self.bodies[r.slot as usize].state.load(Relaxed)).tcp
     }
 
     /// Up to `limit` live sessions at `now`, for `session show` (a scan
@@ -724,7 +781,7 @@ impl SessionTable {
             let body = &self.bodies[i];
             let w: Vec<u64> = body.key.iter().map(|k| k.load(Relaxed)).collect();
             let (state, meta) = (body.state.load(Relaxed), body.meta.load(Relaxed));
-            std::sync::atomic::fence(Acquire);
+            fence(Acquire);
             if self.head(i).load(Relaxed) != head || (meta as u32) < now {
                 continue;
             }
@@ -859,7 +916,7 @@ mod tests {
         }
     }
 
-    fn hit(tb: &SessionTable, x: &Tuple, now: u32) -> (bool, u32) {
+    fn hit(tb: &SessionTable, x: &Tuple, now: u32) -> (bool, SessionRef) {
         match tb.lookup(x, 0, now) {
             Found::Hit { orig, slot, .. } => (orig, slot),
             Found::Miss => panic!("no session for {x:?}"),
@@ -1085,6 +1142,78 @@ mod tests {
                 assert!(refused * 100 < load, "{refused} refused by 90 % load");
             }
         }
+    }
+
+    #[test]
+    fn a_stale_reference_changes_nothing_after_the_slot_is_reused() {
+        // One bucket pair: the new session takes the removed one's slot.
+        let tb = SessionTable::new(1, Timeouts::default());
+        let old = t(1, 40000, 2, 80, TCP);
+        tb.open(&old, 0, 0, SYN, 1, 0, 0);
+        let (_, stale) = hit(&tb, &old, 0);
+        tb.remove(stale);
+        let new = t(3, 5000, 4, 53, UDP);
+        assert_eq!(tb.open(&new, 0, 0, 0, 1, 0, 0), Open::New);
+        let (_, fresh) = hit(&tb, &new, 0);
+        assert_eq!(fresh.slot, stale.slot, "the slot was reused");
+        // The old flow's late packets: a reply (would mark it replied and
+        // give it the stream timeout), a readmission, a removal.
+        tb.update(stale, UDP, false, 0, 0);
+        tb.readmit(stale, 9, 3);
+        tb.remove(stale);
+        let e = tb.entries(0, 10);
+        assert_eq!(e.len(), 1, "still there");
+        assert_eq!(
+            (e[0].replied, e[0].generation, e[0].class, e[0].expires_in),
+            (false, 1, 0, Timeouts::default().udp)
+        );
+        assert_eq!(tb.lookup(&new, 0, Timeouts::default().udp + 1), Found::Miss);
+    }
+
+    /// A writer keeps reusing the slots of a tiny table for sessions whose
+    /// QoS class is a function of their key; readers look keys up and
+    /// check every hit's class. A read that mixed two sessions' words (a
+    /// torn read the seqlock failed to catch) would show as a wrong class.
+    #[test]
+    fn readers_never_see_a_torn_session_while_a_writer_reuses_slots() {
+        use std::sync::atomic::AtomicBool;
+        let tb = std::sync::Arc::new(SessionTable::new(1, Timeouts::default()));
+        let keys: Vec<Tuple> = (0..64).map(|i| t(i, 1000 + i as u16, 7, 53, UDP)).collect();
+        let class_of = |x: &Tuple| (x.src as u16).wrapping_mul(7) + 1;
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let readers: Vec<_> = (0..1)
+            .map(|r| {
+                let (tb, keys, stop) = (tb.clone(), keys.clone(), stop.clone());
+                std::thread::spawn(move || {
+                    let (mut hits, mut n) = (0u64, r);
+                    while !stop.load(Relaxed) {
+                        n = (n + 1) % keys.len();
+                        let x = &keys[n];
+                        if let Found::Hit {
+                            class, generation, ..
+                        } = tb.lookup(x, 0, 0)
+                        {
+                            assert_eq!(class, class_of(x), "torn read of {x:?}");
+                            assert_eq!(generation, x.src as u32);
+                            hits += 1;
+                        }
+                    }
+                    hits
+                })
+            })
+            .collect();
+        for round in 0..2_000_000u32 {
+            let x = &keys[(round as usize * 7) % keys.len()];
+            tb.open(x, 0, 0, 0, x.src as u32, class_of(x), 0);
+            if let Found::Hit { slot, .. } =
+                tb.lookup(&keys[(round as usize * 13) % keys.len()], 0, 0)
+            {
+                tb.remove(slot);
+            }
+        }
+        stop.store(true, Relaxed);
+        let hits: u64 = readers.into_iter().map(|r| r.join().unwrap()).sum();
+        assert!(hits > 0, "the readers saw sessions");
     }
 
     #[test]

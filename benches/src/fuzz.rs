@@ -820,7 +820,7 @@ fn check(
 ) -> u64 {
     let sw = &topo.pipe.switch;
     let bridge = sw.bridge_of(in_port);
-    let zone = bridge.map_or(0, |b| b.0);
+    let zone = sw.zone_of(in_port);
     let from_tunnel = sw.is_tunnel(in_port);
     let mut dropped = 0;
     for (i, f) in burst.iter().enumerate() {
@@ -936,7 +936,8 @@ fn check(
 fn check_encap(soak: &mut Soak, topo: &Topo, q: PortId, f: &Fz) {
     let mut outer = [0u8; vxlan::OUTER_LEN];
     let len = f.bytes.len() as u32;
-    topo.overlay().write_outer(q, &f.bytes, len, 7, &mut outer);
+    let sport = Overlay::source_port(&f.bytes);
+    topo.overlay().write_outer(q, sport, len, 7, &mut outer);
     let mut whole = outer.to_vec();
     whole.extend_from_slice(&f.bytes);
     let Ok(p) = etherparse::SlicedPacket::from_ethernet(&whole) else {

@@ -120,7 +120,8 @@ impl Default for EalConf {
 #[derive(Deserialize, Debug, Clone, PartialEq, Eq, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct WorkersConf {
-    /// CPUs of the polling workers, one lcore each.
+    /// CPUs of the polling workers, one lcore each (EAL lcore ids 1, 2,
+    /// ... mapped onto them; the main lcore is id 0).
     pub cores: Vec<u32>,
     /// After a poll round with no packets, sleep this long (0 = pure
     /// polling). Trades latency for CPU on shared or small machines.
@@ -531,16 +532,6 @@ pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
     if model.workers.cores.is_empty() {
         return Err(cx.err(0..0, "workers.cores", "at least one worker core is needed"));
     }
-    if model.workers.cores.contains(&model.eal.main_lcore) {
-        return Err(cx.err(
-            0..0,
-            "workers.cores",
-            format!(
-                "core {} is the main lcore (eal.main_lcore); workers need their own cores",
-                model.eal.main_lcore
-            ),
-        ));
-    }
     let mut seen = HashSet::new();
     for c in &model.workers.cores {
         if !seen.insert(c) {
@@ -580,6 +571,13 @@ pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
     let qos_policies = policy::qos_policies(&cx, &model.qos_policies)?;
     let (security_groups, mut warnings) =
         policy::security_groups(&cx, &model.security_groups, &qos_policies)?;
+    if model.workers.cores.contains(&model.eal.main_lcore) {
+        warnings.push(format!(
+            "workers.cores: CPU {} is also the main lcore's: the control thread shares it with a \
+             polling worker (set workers.idle_sleep_us, or give workers CPUs of their own)",
+            model.eal.main_lcore
+        ));
+    }
     let group_names: HashSet<&str> = security_groups.iter().map(|g| g.name.as_str()).collect();
     let qos_names: HashSet<&str> = qos_policies.iter().map(|q| q.name.as_str()).collect();
     if model.sessions.capacity == 0 || model.sessions.capacity > 1 << 26 {
@@ -1432,9 +1430,19 @@ mod tests {
     }
 
     #[test]
-    fn workers_must_not_share_the_main_core() {
-        let e = err("[eal]\nmain_lcore = 1\n[workers]\ncores = [1]\n");
-        assert_eq!(e.field, "workers.cores");
+    fn a_worker_on_the_main_cores_cpu_is_a_warning() {
+        let c = parse(
+            "t.toml",
+            "[eal]\nmain_lcore = 1\n[workers]\ncores = [0, 1]\n",
+        )
+        .unwrap();
+        assert!(
+            c.warnings
+                .iter()
+                .any(|w| w.contains("CPU 1 is also the main lcore's")),
+            "{:?}",
+            c.warnings
+        );
     }
 
     #[test]

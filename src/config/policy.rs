@@ -237,6 +237,27 @@ pub(super) fn qos_policies(
                 "a zero committed burst colors every frame red",
             ));
         }
+        let (b1, b2) = match meter {
+            MeterConf::SrTcm { cbs, ebs, .. } => (cbs, ebs),
+            MeterConf::TrTcm { cbs, pbs, .. } => (cbs, pbs),
+        };
+        if b1.max(b2) > acl::policer::MAX_BURST_UNITS {
+            return Err(cx.err(
+                q.cbs.span(),
+                f("cbs"),
+                if unit == Unit::Bits {
+                    format!(
+                        "a burst is at most {} bytes",
+                        acl::policer::MAX_BURST_UNITS / 8
+                    )
+                } else {
+                    format!(
+                        "a burst is at most {} packets",
+                        acl::policer::MAX_BURST_UNITS
+                    )
+                },
+            ));
+        }
         let color = |v: &Option<Spanned<String>>,
                      n: &str,
                      dflt: ColorAction|

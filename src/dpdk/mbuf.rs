@@ -19,11 +19,53 @@ const L4_MASK: u64 = 3 << 52;
 const L4_TCP: u64 = 1 << 52;
 const L4_UDP: u64 = 3 << 52;
 
-/// A received packet buffer owned by the worker holding it.
+/// One reference to a packet buffer, owned by the worker holding it:
+/// whatever takes an `Mbuf` by value (a tx buffer, the drop list, a
+/// burst) takes that reference over; dropping it frees it. A fresh or
+/// received mbuf is its only reference; [`Mbuf::share`] turns one into
+/// several (a flooded frame), after which the frame is read-only: the
+/// methods that change it check they hold the only reference.
 ///
 /// Not `Send`: an mbuf stays on its lcore from rx to tx (or free).
 #[repr(transparent)]
 pub struct Mbuf(NonNull<ffi::rte_mbuf>);
+
+impl Drop for Mbuf {
+    fn drop(&mut self) {
+        let mut p = self.0.as_ptr();
+        // SAFETY: the reference this value owns, released once (its
+        // pointer is not used again).
+        unsafe { ffi::rte_pktmbuf_free_bulk(&mut p, 1) };
+    }
+}
+
+/// The references [`Mbuf::share`] made of one frame, handed out one by
+/// one; those not taken are released when it is dropped.
+pub struct Shares {
+    m: NonNull<ffi::rte_mbuf>,
+    left: u16,
+}
+
+impl Iterator for Shares {
+    type Item = Mbuf;
+
+    #[inline]
+    fn next(&mut self) -> Option<Mbuf> {
+        if self.left == 0 {
+            return None;
+        }
+        self.left -= 1;
+        Some(Mbuf(self.m))
+    }
+}
+
+impl Drop for Shares {
+    fn drop(&mut self) {
+        for m in self.by_ref() {
+            drop(m);
+        }
+    }
+}
 
 impl Frame for Mbuf {
     /// The whole frame's length, all segments.
@@ -88,6 +130,17 @@ impl Frame for Mbuf {
 }
 
 impl Mbuf {
+    /// The mbuf, for a change: checks this is its only reference (a shared
+    /// frame's other references may be queued for other ports).
+    #[inline]
+    fn sole(&mut self) -> &mut ffi::rte_mbuf {
+        // SAFETY: see `data`; &mut self and a reference count of 1 mean no
+        // other reference to the mbuf exists anywhere.
+        let m = unsafe { self.0.as_mut() };
+        assert_eq!(m.refcnt, 1, "changing a shared mbuf");
+        m
+    }
+
     /// Whether the frame carries offloads (one flags test, for the hot
     /// path to skip [`Frame::offload`]).
     #[inline]
@@ -151,16 +204,14 @@ impl Mbuf {
         } else {
             ffi::RTE_MBUF_F_TX_IPV6
         };
-        // SAFETY: sole owner (see data_mut); tx_offload is a plain u64
-        // view of the union.
-        unsafe {
-            let m = self.0.as_mut();
-            m.ol_flags |= l4_flag | seg_flag | ip_flag;
-            m.__bindgen_anon_3.tx_offload = u64::from(l3 & 0x7f)
-                | u64::from(l3_len & 0x1ff) << 7
-                | u64::from(l4_len & 0xff) << 16
-                | u64::from(segsz) << 24;
-        }
+        let m = self.sole();
+        m.ol_flags |= l4_flag | seg_flag | ip_flag;
+        // tx_offload is a plain u64 view of the union (a write needs no
+        // unsafe).
+        m.__bindgen_anon_3.tx_offload = u64::from(l3 & 0x7f)
+            | u64::from(l3_len & 0x1ff) << 7
+            | u64::from(l4_len & 0xff) << 16
+            | u64::from(segsz) << 24;
         true
     }
 
@@ -192,9 +243,7 @@ impl Mbuf {
     /// Forgets the frame's offloads (its checksum was completed here).
     #[inline]
     pub fn clear_offload(&mut self) {
-        // SAFETY: see data_mut; the flags are the frame's own, shared
-        // copies of a flooded frame see the completed checksum too.
-        unsafe { self.0.as_mut().ol_flags &= !TX_OFFLOADS };
+        self.sole().ol_flags &= !TX_OFFLOADS;
     }
 
     /// A fresh, empty mbuf's whole buffer from `before` bytes ahead of
@@ -202,12 +251,12 @@ impl Mbuf {
     /// TAP read puts the virtio-net header and the frame.
     #[inline]
     pub fn read_area(&mut self, before: u16) -> &mut [u8] {
-        // SAFETY: sole owner of a fresh mbuf; data_off >= before (the
-        // pool's headroom is RTE_PKTMBUF_HEADROOM, 128) keeps the start
-        // inside the buffer, which ends at buf_addr + buf_len.
+        let m = self.sole();
+        assert!(m.data_off >= before, "headroom holds the vnet header");
+        // SAFETY: data_off >= before (the pool's headroom is
+        // RTE_PKTMBUF_HEADROOM, 128) keeps the start inside the buffer,
+        // which ends at buf_addr + buf_len.
         unsafe {
-            let m = self.0.as_mut();
-            assert!(m.data_off >= before, "headroom holds the vnet header");
             let start = usize::from(m.data_off - before);
             std::slice::from_raw_parts_mut(
                 (m.buf_addr as *mut u8).add(start),
@@ -216,16 +265,17 @@ impl Mbuf {
         }
     }
 
-    /// Sets the frame's length (one segment) after a read filled it.
+    /// Sets the frame's length (one segment) after a read filled it or a
+    /// trim shortened it; the length must fit the buffer.
     #[inline]
     pub fn set_len(&mut self, n: u16) {
-        // SAFETY: sole owner; the caller read n bytes inside the buffer.
-        unsafe {
-            let m = self.0.as_mut();
-            debug_assert!(usize::from(m.data_off) + usize::from(n) <= usize::from(m.buf_len));
-            m.data_len = n;
-            m.pkt_len = u32::from(n);
-        }
+        let m = self.sole();
+        assert!(
+            usize::from(m.data_off) + usize::from(n) <= usize::from(m.buf_len) && m.next.is_null(),
+            "a one-segment frame inside its buffer"
+        );
+        m.data_len = n;
+        m.pkt_len = u32::from(n);
     }
 
     /// Length of the whole packet (all segments), for byte counters.
@@ -235,34 +285,37 @@ impl Mbuf {
         unsafe { self.0.as_ref().pkt_len }
     }
 
-    /// Gives the mbuf `n` owners (n >= 1): each tx queue it is sent to (or a
-    /// free) releases one. Only valid while this worker is the sole owner,
-    /// i.e. right after rx, which is when flooding uses it. Every segment
-    /// of a chain gets the count: a free releases each segment once
-    /// (`rte_pktmbuf_free`), so a chain shared by n outputs needs n on all
-    /// of them, not only on the first.
+    /// Makes `n` references (n >= 1) of this one, for a frame flooded to
+    /// `n` outputs: each tx queue it is sent to (or a free) releases one.
+    /// Every segment of a chain gets the count: a free releases each
+    /// segment once (`rte_pktmbuf_free`), so a chain shared by n outputs
+    /// needs n on all of them, not only on the first.
     #[inline]
-    pub fn set_owners(&mut self, n: u16) {
+    pub fn share(mut self, n: u16) -> Shares {
+        assert!(n >= 1, "a frame shared by no one");
+        self.sole();
         let mut seg = self.0.as_ptr();
         while !seg.is_null() {
-            // SAFETY: seg is this mbuf or a segment of its chain; the worker
-            // is the only owner of all of them (refcnt 1, nothing else
-            // holds them), so plain stores cannot race.
+            // SAFETY: seg is this mbuf or a segment of its chain; this is
+            // the only reference to all of them (checked above), so plain
+            // stores cannot race.
             unsafe {
                 (*seg).refcnt = n;
                 seg = (*seg).next;
             }
         }
+        let m = self.0;
+        std::mem::forget(self);
+        Shares { m, left: n }
     }
 
     /// The first segment's data, writable (to rewrite headers in place).
     #[inline]
     pub fn data_mut(&mut self) -> &mut [u8] {
-        // SAFETY: as in `data`; &mut self means no other reference to the
-        // data exists in this worker, and the mbuf is not shared while a
-        // worker owns it alone (refcnt 1, not yet sent).
+        let m = self.sole();
+        // SAFETY: as in `data`; the only reference to the mbuf (checked)
+        // borrowed mutably.
         unsafe {
-            let m = self.0.as_mut();
             std::slice::from_raw_parts_mut(
                 (m.buf_addr as *mut u8).add(usize::from(m.data_off)),
                 usize::from(m.data_len),
@@ -271,49 +324,58 @@ impl Mbuf {
     }
 
     /// Strips `n` bytes off the front (outer headers after decap), as
-    /// `rte_pktmbuf_adj` does, in Rust. The caller checked that the first
-    /// segment holds more than `n` bytes.
+    /// `rte_pktmbuf_adj` does, in Rust; false (nothing stripped) unless
+    /// the first segment holds more than `n` bytes.
     #[inline]
-    pub fn adj(&mut self, n: u16) {
-        // SAFETY: sole owner (see data_mut); the caller's check keeps
-        // data_len and pkt_len from underflowing.
-        unsafe {
-            let m = self.0.as_mut();
-            debug_assert!(n < m.data_len);
-            m.data_off += n;
-            m.data_len -= n;
-            m.pkt_len -= u32::from(n);
+    pub fn adj(&mut self, n: u16) -> bool {
+        let m = self.sole();
+        if n >= m.data_len {
+            return false;
         }
+        m.data_off += n;
+        m.data_len -= n;
+        m.pkt_len -= u32::from(n);
+        true
     }
 
     /// Grows the frame by `n` bytes at the front, into the headroom (for
     /// tunnel headers), as `rte_pktmbuf_prepend` does, in Rust; returns the
     /// new first `n` bytes to fill, or None if the headroom is too small.
-    /// Only for an mbuf this worker owns alone (refcnt 1).
     #[inline]
     pub fn prepend(&mut self, n: u16) -> Option<&mut [u8]> {
-        // SAFETY: sole owner; data_off >= n keeps the new start inside the
-        // buffer (the headroom is buf_addr .. buf_addr + data_off).
-        unsafe {
-            let m = self.0.as_mut();
-            if m.data_off < n {
-                return None;
-            }
-            m.data_off -= n;
-            m.data_len += n;
-            m.pkt_len += u32::from(n);
+        let m = self.sole();
+        // data_off >= n keeps the new start inside the buffer (the
+        // headroom is buf_addr .. buf_addr + data_off).
+        if m.data_off < n {
+            return None;
         }
+        m.data_off -= n;
+        m.data_len += n;
+        m.pkt_len += u32::from(n);
         Some(&mut self.data_mut()[..usize::from(n)])
     }
 
-    pub(crate) fn from_raw(m: NonNull<ffi::rte_mbuf>) -> Mbuf {
+    /// Takes over the reference `m` (a fresh mbuf from an allocation).
+    ///
+    /// # Safety
+    /// `m` is a valid mbuf and the caller hands over its one reference.
+    pub(crate) unsafe fn from_raw(m: NonNull<ffi::rte_mbuf>) -> Mbuf {
         Mbuf(m)
     }
 
-    /// The raw pointer, for tx buffers.
+    /// The raw pointer, for DPDK calls that read the mbuf.
     #[inline]
     pub(crate) fn as_raw(&self) -> *mut ffi::rte_mbuf {
         self.0.as_ptr()
+    }
+
+    /// Gives up the reference without releasing it: the caller stored
+    /// the pointer where something else releases it.
+    #[inline]
+    fn into_raw(self) -> *mut ffi::rte_mbuf {
+        let p = self.0.as_ptr();
+        std::mem::forget(self);
+        p
     }
 }
 
@@ -360,19 +422,6 @@ impl Burst {
         unsafe { std::slice::from_raw_parts(self.ptrs.as_ptr() as *const Mbuf, self.len) }
     }
 
-    /// The mbufs, mutable (to set owners before flooding).
-    #[inline]
-    pub fn mbufs_mut(&mut self) -> &mut [Mbuf] {
-        // SAFETY: as in `mbufs`.
-        unsafe { std::slice::from_raw_parts_mut(self.ptrs.as_mut_ptr() as *mut Mbuf, self.len) }
-    }
-
-    /// Appends an mbuf the caller owns. The caller checked `!is_full()`.
-    #[inline]
-    pub fn push_owned(&mut self, m: Mbuf) {
-        self.push(&m);
-    }
-
     /// Takes the last mbuf out: the caller owns it now.
     #[inline]
     pub fn pop(&mut self) -> Option<Mbuf> {
@@ -383,26 +432,38 @@ impl Burst {
         NonNull::new(self.ptrs[self.len]).map(Mbuf)
     }
 
-    /// Appends one reference. The caller checked `!is_full()`.
+    /// Takes `m` over. The caller checked `!is_full()`.
     #[inline]
-    pub fn push(&mut self, m: &Mbuf) {
-        self.ptrs[self.len] = m.as_raw();
+    pub fn push(&mut self, m: Mbuf) {
+        assert!(self.len < MAX_BURST, "push into a full burst");
+        self.ptrs[self.len] = m.into_raw();
         self.len += 1;
+    }
+
+    /// Hands every mbuf out, in order, leaving the burst empty; those not
+    /// taken when the iterator is dropped are freed.
+    #[inline]
+    pub fn drain(&mut self) -> Drain<'_> {
+        let end = self.len;
+        self.len = 0;
+        Drain {
+            burst: self,
+            next: 0,
+            end,
+        }
     }
 
     pub(crate) fn raw_mut(&mut self) -> *mut *mut ffi::rte_mbuf {
         self.ptrs.as_mut_ptr()
     }
 
-    /// Empties the burst without freeing: every reference it held was
-    /// [`push`](Burst::push)ed into another burst, which now owns it.
-    #[inline]
-    pub fn handed_over(&mut self) {
-        self.len = 0;
-    }
-
-    pub(crate) fn set_len(&mut self, n: usize) {
-        debug_assert!(n <= MAX_BURST);
+    /// Makes the first `n` pointers the burst's mbufs.
+    ///
+    /// # Safety
+    /// A DPDK call filled them with valid mbufs whose references the
+    /// burst now owns.
+    pub(crate) unsafe fn set_len(&mut self, n: usize) {
+        assert!(n <= MAX_BURST);
         self.len = n;
     }
 
@@ -427,5 +488,36 @@ impl Burst {
 impl Drop for Burst {
     fn drop(&mut self) {
         self.free_all();
+    }
+}
+
+/// The mbufs of a [`Burst`], handed out by value ([`Burst::drain`]).
+pub struct Drain<'a> {
+    burst: &'a mut Burst,
+    next: usize,
+    end: usize,
+}
+
+impl Iterator for Drain<'_> {
+    type Item = Mbuf;
+
+    #[inline]
+    fn next(&mut self) -> Option<Mbuf> {
+        if self.next == self.end {
+            return None;
+        }
+        let p = self.burst.ptrs[self.next];
+        self.next += 1;
+        // SAFETY: pointers below the burst's length at drain() are mbufs
+        // it owned; each is handed out once.
+        Some(Mbuf(unsafe { NonNull::new_unchecked(p) }))
+    }
+}
+
+impl Drop for Drain<'_> {
+    fn drop(&mut self) {
+        for m in self.by_ref() {
+            drop(m);
+        }
     }
 }

@@ -124,9 +124,11 @@ impl PoolHandle {
     /// not fit one); None when the pool runs out.
     pub fn copy_chain(&self, m: &super::mbuf::Mbuf) -> Option<super::mbuf::Mbuf> {
         // SAFETY: m is a valid mbuf the caller holds a reference to; the
-        // copy is a new chain owned by the returned Mbuf.
-        let c = unsafe { ffi::rte_pktmbuf_copy(m.as_raw(), self.0.as_ptr(), 0, u32::MAX) };
-        NonNull::new(c).map(super::mbuf::Mbuf::from_raw)
+        // copy is a new chain whose one reference the returned Mbuf owns.
+        unsafe {
+            let c = ffi::rte_pktmbuf_copy(m.as_raw(), self.0.as_ptr(), 0, u32::MAX);
+            NonNull::new(c).map(|c| super::mbuf::Mbuf::from_raw(c))
+        }
     }
 
     /// A new mbuf whose frame is `len` bytes (their content undefined: the
@@ -139,14 +141,10 @@ impl PoolHandle {
         // SAFETY: m is a fresh mbuf owned by us; append returns the start of
         // `len` writable bytes in its one segment, or null if they do not fit.
         let dst = unsafe { ffi::rte_pktmbuf_append(m.as_ptr(), len) } as *mut u8;
-        let mbuf = super::mbuf::Mbuf::from_raw(m);
-        if dst.is_null() {
-            let mut b = super::mbuf::Burst::default();
-            b.push(&mbuf);
-            b.free_all();
-            return None;
-        }
-        Some(mbuf)
+        // SAFETY: the fresh mbuf's one reference; dropped (freed) when
+        // `len` did not fit.
+        let mbuf = unsafe { super::mbuf::Mbuf::from_raw(m) };
+        (!dst.is_null()).then_some(mbuf)
     }
 
     /// Fills `burst` up to [`vswitch::MAX_BURST`] fresh mbufs in one bulk
@@ -160,13 +158,14 @@ impl PoolHandle {
         // SAFETY: the pool is valid (see the type doc); the burst has room
         // for `want` pointers after its `have` ones, which the call fills
         // with fresh mbufs the burst then owns (or none, on failure).
-        let rc = unsafe {
-            ffi::rte_pktmbuf_alloc_bulk(self.0.as_ptr(), burst.raw_mut().add(have), want as u32)
-        };
-        if rc != 0 {
-            return false;
+        unsafe {
+            if ffi::rte_pktmbuf_alloc_bulk(self.0.as_ptr(), burst.raw_mut().add(have), want as u32)
+                != 0
+            {
+                return false;
+            }
+            burst.set_len(vswitch::MAX_BURST);
         }
-        burst.set_len(vswitch::MAX_BURST);
         true
     }
 }

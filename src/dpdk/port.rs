@@ -42,36 +42,97 @@ pub struct EthStats {
     pub rx_nombuf: u64,
 }
 
-/// `rte_eth_vhost_get_vid_from_port_id`, found in the net_vhost PMD that
-/// EAL loaded as a plugin (the daemon must not link the PMD a second time:
-/// its driver would register twice). None if the plugin is not loaded.
-fn vhost_vid_of_port() -> Option<unsafe extern "C" fn(u16) -> i32> {
-    static F: std::sync::OnceLock<Option<unsafe extern "C" fn(u16) -> i32>> =
-        std::sync::OnceLock::new();
-    *F.get_or_init(|| {
-        // SAFETY: RTLD_NOLOAD only returns a handle to a library already
-        // loaded (DPDK 22.11's ABI 23 soname, as Debian ships it); dlsym
-        // looks a symbol up in it. The handle is kept (not dlclosed): the
-        // plugin stays loaded for the process's life anyway.
-        unsafe {
-            let h = libc::dlopen(
-                c"librte_net_vhost.so.23".as_ptr(),
-                libc::RTLD_NOW | libc::RTLD_NOLOAD,
-            );
-            if h.is_null() {
-                return None;
-            }
-            let f = libc::dlsym(h, c"rte_eth_vhost_get_vid_from_port_id".as_ptr());
-            // SAFETY (transmute): the symbol is that function, whose C
-            // signature is int (uint16_t).
-            (!f.is_null()).then(|| {
-                std::mem::transmute::<*mut libc::c_void, unsafe extern "C" fn(u16) -> i32>(f)
-            })
+/// A function of the net_vhost PMD that EAL loaded as a plugin (the
+/// daemon must not link the PMD a second time: its driver would register
+/// twice). None if the plugin is not loaded.
+fn net_vhost_symbol(name: &std::ffi::CStr) -> Option<*mut libc::c_void> {
+    // SAFETY: RTLD_NOLOAD only returns a handle to a library already
+    // loaded (DPDK 22.11's ABI 23 soname, as Debian ships it); dlsym looks
+    // a symbol up in it. The handle is kept (not dlclosed): the plugin
+    // stays loaded for the process's life anyway.
+    unsafe {
+        let h = libc::dlopen(
+            c"librte_net_vhost.so.23".as_ptr(),
+            libc::RTLD_NOW | libc::RTLD_NOLOAD,
+        );
+        if h.is_null() {
+            return None;
         }
+        let f = libc::dlsym(h, name.as_ptr());
+        (!f.is_null()).then_some(f)
+    }
+}
+
+type VidOfPort = unsafe extern "C" fn(u16) -> i32;
+
+/// `rte_eth_vhost_get_vid_from_port_id` (see [`net_vhost_symbol`]).
+fn vhost_vid_of_port() -> Option<VidOfPort> {
+    static F: std::sync::OnceLock<Option<VidOfPort>> = std::sync::OnceLock::new();
+    *F.get_or_init(|| {
+        // SAFETY: the symbol is that function, whose C signature is
+        // int (uint16_t).
+        net_vhost_symbol(c"rte_eth_vhost_get_vid_from_port_id")
+            .map(|f| unsafe { std::mem::transmute::<*mut libc::c_void, VidOfPort>(f) })
+    })
+}
+
+/// `struct rte_eth_vhost_queue_event` (rte_eth_vhost.h).
+#[repr(C)]
+#[derive(Default)]
+struct QueueEvent {
+    queue_id: u16,
+    /// The guest's transmit ring (our rx queue) if set, else its receive
+    /// ring (our tx queue).
+    rx: bool,
+    enable: bool,
+}
+
+type QueueEventOf = unsafe extern "C" fn(u16, *mut QueueEvent) -> i32;
+
+/// `rte_eth_vhost_get_queue_event` (see [`net_vhost_symbol`]).
+fn vhost_queue_event() -> Option<QueueEventOf> {
+    static F: std::sync::OnceLock<Option<QueueEventOf>> = std::sync::OnceLock::new();
+    *F.get_or_init(|| {
+        // SAFETY: the symbol is that function, whose C signature is
+        // int (uint16_t, struct rte_eth_vhost_queue_event *).
+        net_vhost_symbol(c"rte_eth_vhost_get_queue_event")
+            .map(|f| unsafe { std::mem::transmute::<*mut libc::c_void, QueueEventOf>(f) })
     })
 }
 
 impl EthPort {
+    /// For a vhost-user port: its tx queues whose guest receive ring is
+    /// enabled, as a bitmap (bit q: queue q), from the PMD's queue events
+    /// since the last call; 0 while no guest is connected. (A guest that
+    /// reconnects between two calls with fewer rings keeps the older
+    /// bits until a ring it left out is seen disabled: the PMD forgets
+    /// ring states on disconnect without an event.)
+    pub fn vhost_enabled_tx_queues(&self) -> u64 {
+        let (Some(vid_of), Some(next_event)) = (vhost_vid_of_port(), vhost_queue_event()) else {
+            return 0;
+        };
+        // SAFETY: a lookup by port id; negative when the port has no guest.
+        if unsafe { vid_of(self.id) } < 0 {
+            self.guest_txqs.set(0);
+            return 0;
+        }
+        let mut bits = self.guest_txqs.get();
+        let mut e = QueueEvent::default();
+        // SAFETY: e is a valid out pointer; the call takes the PMD's lock
+        // for the port's ring states.
+        while unsafe { next_event(self.id, &mut e) } == 0 {
+            if !e.rx && e.queue_id < 64 {
+                if e.enable {
+                    bits |= 1 << e.queue_id;
+                } else {
+                    bits &= !(1 << e.queue_id);
+                }
+            }
+        }
+        self.guest_txqs.set(bits);
+        bits
+    }
+
     /// For a vhost-user port: the offloads its guest negotiated for the
     /// frames it receives (`VIRTIO_NET_F_GUEST_*`), none while no guest is
     /// connected. DPDK's vhost enqueue turns an mbuf's tx offload flags
@@ -124,6 +185,9 @@ pub struct EthPort {
     /// Device name to `rte_dev_remove` on close (hot-plugged vdevs).
     hotplugged: Option<String>,
     started: bool,
+    /// vhost-user: tx queues whose guest ring is enabled (see
+    /// [`EthPort::vhost_enabled_tx_queues`]).
+    guest_txqs: std::cell::Cell<u64>,
 }
 
 fn port_err(port: &str, op: &'static str, rc: i32) -> PortError {
@@ -171,6 +235,7 @@ impl EthPort {
             name: dev_name.to_string(),
             hotplugged: None,
             started: false,
+            guest_txqs: std::cell::Cell::new(0),
         })
     }
 
@@ -334,14 +399,15 @@ fn remove_device(dev_name: &str) {
 /// Receives up to [`MAX_BURST`] frames into an empty `burst`; returns how many.
 #[inline]
 pub fn rx_burst(port: u16, queue: u16, burst: &mut Burst) -> usize {
-    debug_assert!(burst.is_empty());
+    assert!(burst.is_empty(), "rx into a burst that holds mbufs");
     // SAFETY: the port and queue were configured and started by the control
     // plane and are polled only by this worker; the burst has room for
-    // MAX_BURST pointers.
-    let n =
-        unsafe { ffi::rte_eth_rx_burst(port, queue, burst.raw_mut(), MAX_BURST as u16) } as usize;
-    burst.set_len(n);
-    n
+    // MAX_BURST pointers, and owns the n mbufs the PMD put there.
+    unsafe {
+        let n = ffi::rte_eth_rx_burst(port, queue, burst.raw_mut(), MAX_BURST as u16) as usize;
+        burst.set_len(n);
+        n
+    }
 }
 
 /// Sends the burst's frames, retrying while the queue makes progress;

@@ -57,12 +57,12 @@ pub fn rx_burst(
             // EAGAIN: the queue is empty. Other errors (the device went
             // away) end the burst the same way; the control plane sees the
             // port's state.
-            stash.push_owned(m);
+            stash.push(m);
             break;
         }
         match accept_frame(m, n as usize, counters) {
-            Ok(m) => burst.push_owned(m),
-            Err(m) => stash.push_owned(m),
+            Ok(m) => burst.push(m),
+            Err(m) => stash.push(m),
         }
     }
     syscalls.add(reads);

@@ -222,18 +222,8 @@ impl TapRx {
         }
         self.enter();
         self.reap(counters);
-        let mut freed = Burst::default();
-        self.ready.retain_mut(|(q, m)| {
-            if queues.contains(q) {
-                return true;
-            }
-            if freed.is_full() {
-                freed.free_all();
-            }
-            freed.push(m);
-            false
-        });
-        freed.free_all();
+        // Frames of queues that left are freed (dropped) here.
+        self.ready.retain(|(q, _)| queues.contains(q));
     }
 
     /// Submits what is queued and runs the kernel's deferred work: the
@@ -265,11 +255,11 @@ impl TapRx {
             if let Some(bid) = cqueue::buffer_select(flags) {
                 if let Some(m) = self.held[usize::from(bid)].take() {
                     if !live || res <= 0 {
-                        free(m);
+                        drop(m);
                     } else {
                         match accept_frame(m, res as usize, &counters[q.port.index()]) {
                             Ok(m) => self.ready.push((q, m)),
-                            Err(m) => free(m),
+                            Err(m) => drop(m),
                         }
                     }
                 }
@@ -310,7 +300,7 @@ impl TapRx {
         while i < self.ready.len() {
             if self.ready[i].0 == q && taken < MAX_BURST {
                 let (_, m) = self.ready.remove(i);
-                burst.push_owned(m);
+                burst.push(m);
                 taken += 1;
             } else {
                 i += 1;
@@ -318,13 +308,6 @@ impl TapRx {
         }
         Some(q.port)
     }
-}
-
-/// Frees one mbuf.
-fn free(m: Mbuf) {
-    let mut b = Burst::default();
-    b.push_owned(m);
-    b.free_all();
 }
 
 impl Drop for TapRx {
@@ -337,11 +320,11 @@ impl Drop for TapRx {
         self.push(&sqe);
         self.enter();
         for (_, m) in self.ready.drain(..) {
-            free(m);
+            drop(m);
         }
         let _ = self.ring.submitter().unregister_buf_ring(BGID);
         for m in self.held.iter_mut().filter_map(Option::take) {
-            free(m);
+            drop(m);
         }
         // SAFETY: allocated in `new` with this layout, unregistered above.
         unsafe { std::alloc::dealloc(self.bufs.as_ptr().cast(), ring_layout()) };

@@ -159,22 +159,22 @@ impl Overlay {
     pub fn egress<F: Frame>(&self, p: PortId, f: &F) -> Result<(), DropReason> {
         if wire_frame_len(f) > self.max_inner {
             Err(DropReason::MtuExceeded)
-        } else if !self.encap[p.index()].is_some_and(|e| e.resolved) {
+        } else if !self.encap[p.index()].as_ref().is_some_and(|e| e.resolved) {
             Err(DropReason::NoNeighbour)
         } else {
             Ok(())
         }
     }
 
-    /// Writes the outer headers of tunnel port `p` for `inner` (a frame of
-    /// `inner_len` bytes, all segments) into `out`, with outer IPv4
-    /// identification `ip_id` and a UDP source port hashed from the inner
-    /// flow (entropy for the underlay's ECMP).
+    /// Writes the outer headers of tunnel port `p` for an inner frame of
+    /// `inner_len` bytes (all segments) into `out` (in place, in the
+    /// frame's headroom), with UDP source port `sport` (see
+    /// [`Overlay::source_port`]) and outer IPv4 identification `ip_id`.
     #[inline]
     pub fn write_outer(
         &self,
         p: PortId,
-        inner: &[u8],
+        sport: u16,
         inner_len: u32,
         ip_id: u16,
         out: &mut [u8; OUTER_LEN],
@@ -182,7 +182,13 @@ impl Overlay {
         let e = self.encap[p.index()]
             .as_ref()
             .expect("a tunnel port has its encap");
-        e.template
-            .write(out, inner_len as usize, source_port(inner), ip_id);
+        e.template.write(out, inner_len as usize, sport, ip_id);
+    }
+
+    /// The outer UDP source port for `inner`: a hash of its flow, so the
+    /// underlay's ECMP spreads flows and keeps each on one path.
+    #[inline]
+    pub fn source_port(inner: &[u8]) -> u16 {
+        source_port(inner)
     }
 }

@@ -230,7 +230,7 @@ impl Pipeline {
                 }
             }
         }
-        let zone = self.switch.bridge_of(in_port).map_or(0, |b| b.0);
+        let zone = self.switch.zone_of(in_port);
         d.secured = self.security.is_active();
         if d.secured {
             self.security.filter(
@@ -641,7 +641,8 @@ mod tests {
         let inner = udp(12, [0xff; 6], 60);
         let encap = |p: u16, from: Ipv4Addr| {
             let mut hdr = [0u8; OUTER_LEN];
-            o.write_outer(PortId(p), &inner, inner.len() as u32, 7, &mut hdr);
+            let sport = Overlay::source_port(&inner);
+            o.write_outer(PortId(p), sport, inner.len() as u32, 7, &mut hdr);
             // Seen from the other side: swap the addresses.
             hdr[26..30].copy_from_slice(&from.octets());
             hdr[30..34].copy_from_slice(&VTEP.octets());

@@ -74,8 +74,6 @@ pub struct Security {
     active: bool,
     /// Some port has an ingress group (a flooded frame may meet one).
     any_ingress: bool,
-    /// Ports with an ingress meter.
-    ingress_metered: Vec<PortId>,
 }
 
 /// Per-burst scratch the stage fills and the pipeline reads back (the
@@ -175,10 +173,6 @@ impl Security {
         ports.resize(MAX_PORTS, PortPolicy::default());
         let active = ports.iter().any(|p| !p.is_empty());
         let any_ingress = ports.iter().any(|p| p.ingress.is_some());
-        let ingress_metered = (0..ports.len())
-            .filter(|&q| ports[q].ingress_meter.is_some())
-            .map(|q| PortId(q as u16))
-            .collect();
         Security {
             ports,
             class_meters,
@@ -186,13 +180,17 @@ impl Security {
             generation,
             active,
             any_ingress,
-            ingress_metered,
         }
     }
 
     /// A stage that passes everything.
     pub fn none(sessions: Arc<SessionTable>) -> Security {
         Security::new(Vec::new(), Vec::new(), sessions, 0)
+    }
+
+    /// What port `p` has attached.
+    pub fn port(&self, p: PortId) -> &PortPolicy {
+        &self.ports[p.index()]
     }
 
     /// The session table.
@@ -456,20 +454,36 @@ impl Security {
                 }
             }
         };
+        // Only the meters the burst's frames meet: its output ports'
+        // ingress meters and its QoS classes, each once.
+        let (mut outs, mut n_outs) = ([PortId(0); MAX_BURST], 0);
+        let (mut classes, mut n_classes) = ([0u16; MAX_BURST], 0);
+        for (a, &c) in actions[..n].iter().zip(&scratch.class[..n]) {
+            if let Action::Output(q) = *a {
+                if self.ports[q.index()].ingress_meter.is_some() && !outs[..n_outs].contains(&q) {
+                    outs[n_outs] = q;
+                    n_outs += 1;
+                }
+            }
+            if c != 0 && !classes[..n_classes].contains(&c) {
+                classes[n_classes] = c;
+                n_classes += 1;
+            }
+        }
         if let Some(m) = &self.ports[in_port.index()].egress_meter {
             run(m, actions, scratch, in_port, &|_, _| true);
         }
-        for &q in &self.ingress_metered {
+        for &q in &outs[..n_outs] {
             let m = self.ports[q.index()]
                 .ingress_meter
                 .as_ref()
                 .expect("metered");
             run(m, actions, scratch, q, &|_, a| *a == Action::Output(q));
         }
-        for (c, m) in self.class_meters.iter().enumerate() {
-            let class = c as u16 + 1;
-            let classes = scratch.class;
-            run(m, actions, scratch, in_port, &|i, _| classes[i] == class);
+        for &class in &classes[..n_classes] {
+            let m = &self.class_meters[usize::from(class) - 1];
+            let of = scratch.class;
+            run(m, actions, scratch, in_port, &|i, _| of[i] == class);
         }
     }
 

@@ -104,7 +104,17 @@ pub struct BridgeDomain {
     pub ports: Vec<PortId>,
     /// Its MAC table, shared with the snapshots before and after this one.
     pub macs: Arc<MacTable>,
+    /// Its session zone: the id that keeps its sessions apart from other
+    /// bridges' in the shared session table. Stable for the bridge's life
+    /// whatever bridges come and go around it (an index would hand a
+    /// removed bridge's live sessions to the one that takes its place),
+    /// and never reused for another bridge while the process runs.
+    pub zone: u16,
 }
+
+/// Session zones go up to here (the security stage keeps the top bit for
+/// fragment tracking).
+pub const MAX_ZONE: u16 = 0x7fff;
 
 /// An immutable topology snapshot (see the module documentation).
 pub struct Switch {
@@ -117,6 +127,8 @@ pub struct Switch {
     guards: Vec<Option<PortGuard>>,
     /// Per port: MACs it may have learned at a time.
     mac_limits: Vec<u32>,
+    /// The zone the next new bridge gets.
+    next_zone: u16,
 }
 
 /// Builds a [`Switch`].
@@ -141,6 +153,9 @@ pub enum BuildError {
     PortInTwoBridges(PortId),
     /// A static MAC whose table bucket is full of static entries.
     NoRoomForStaticMac(MacAddr),
+    /// Every session zone was handed out (bridges created over the
+    /// process's life).
+    NoZoneLeft,
 }
 
 impl std::fmt::Display for BuildError {
@@ -157,6 +172,10 @@ impl std::fmt::Display for BuildError {
                 f,
                 "no room for static MAC {m}: its MAC-table bucket is full of static entries \
                  (raise mac_table_size)"
+            ),
+            BuildError::NoZoneLeft => write!(
+                f,
+                "{MAX_ZONE} bridges were created since start: no session zone is left (restart)"
             ),
         }
     }
@@ -210,13 +229,16 @@ impl SwitchBuilder {
     }
 
     /// The snapshot. MAC tables of `previous` are carried over for bridges
-    /// with the same name and table size, so learning survives the change.
+    /// with the same name and table size, so learning survives the change;
+    /// session zones for bridges with the same name, so sessions do.
     pub fn build(self, previous: Option<&Switch>) -> Result<Switch, BuildError> {
-        let mut old: HashMap<&str, &Arc<MacTable>> = HashMap::new();
+        let mut old: HashMap<&str, &BridgeDomain> = HashMap::new();
+        let mut next_zone = 0;
         if let Some(p) = previous {
             for b in &p.bridges {
-                old.insert(b.conf.name.as_str(), &b.macs);
+                old.insert(b.conf.name.as_str(), b);
             }
+            next_zone = p.next_zone;
         }
         let mut port_bridge = [None; MAX_PORTS];
         let mut tunnel = [false; MAX_PORTS];
@@ -258,7 +280,8 @@ impl SwitchBuilder {
                     })
                     .collect();
             }
-            let macs = match old.get(conf.name.as_str()) {
+            let before = old.get(conf.name.as_str());
+            let macs = match before.map(|b| &b.macs) {
                 Some(t)
                     if t.capacity() == MacTable::new(conf.mac_capacity, 0).capacity()
                         && t.aging_secs() == conf.mac_aging_secs =>
@@ -267,7 +290,20 @@ impl SwitchBuilder {
                 }
                 _ => Arc::new(MacTable::new(conf.mac_capacity, conf.mac_aging_secs)),
             };
-            bridges.push(BridgeDomain { conf, ports, macs });
+            let zone = match before {
+                Some(b) => b.zone,
+                None if next_zone > MAX_ZONE => return Err(BuildError::NoZoneLeft),
+                None => {
+                    next_zone += 1;
+                    next_zone - 1
+                }
+            };
+            bridges.push(BridgeDomain {
+                conf,
+                ports,
+                macs,
+                zone,
+            });
         }
         let mut mac_limits = vec![u32::MAX; MAX_PORTS];
         for (p, l) in self.mac_limits {
@@ -298,6 +334,7 @@ impl SwitchBuilder {
             tunnel,
             guards,
             mac_limits,
+            next_zone,
         })
     }
 }
@@ -312,6 +349,14 @@ impl Switch {
     #[inline]
     pub fn bridge_of(&self, port: PortId) -> Option<BridgeId> {
         self.port_bridge.get(port.index()).copied().flatten()
+    }
+
+    /// The session zone of `port`'s bridge (0 for a port in none: its
+    /// frames are dropped before sessions are looked up).
+    #[inline]
+    pub fn zone_of(&self, port: PortId) -> u16 {
+        self.bridge_of(port)
+            .map_or(0, |b| self.bridges[b.index()].zone)
     }
 
     /// Whether `port` is a tunnel port (a remote VTEP).
@@ -503,6 +548,26 @@ mod tests {
             run(&sw, 0, &[frame(mac(2), mac(1))], 0),
             [Action::Output(PortId(1))]
         );
+    }
+
+    #[test]
+    fn session_zones_follow_bridges_by_name_and_are_never_reused() {
+        let first = two_bridges();
+        assert_eq!((first.zone_of(PortId(0)), first.zone_of(PortId(3))), (0, 1));
+        // "a" goes, "c" comes before "b": "b" keeps its zone, "c" gets a
+        // new one, not "a"'s (its sessions may still be live).
+        let mut b = SwitchBuilder::new();
+        let c = b.bridge(conf("c"));
+        let bb = b.bridge(conf("b"));
+        b.attach(PortId(0), c).attach(PortId(3), bb);
+        let second = b.build(Some(&first)).unwrap();
+        assert_eq!(second.zone_of(PortId(3)), 1);
+        assert_eq!(second.zone_of(PortId(0)), 2);
+        // And "a" back later is a new bridge with a new zone.
+        let mut b = SwitchBuilder::new();
+        let a = b.bridge(conf("a"));
+        b.attach(PortId(1), a);
+        assert_eq!(b.build(Some(&second)).unwrap().zone_of(PortId(1)), 3);
     }
 
     #[test]

@@ -133,7 +133,7 @@ fn main() -> Result<()> {
         let m = pool
             .alloc_frame(&probe(seq, sent))
             .ok_or_else(|| anyhow!("pool empty"))?;
-        tx.push(&m);
+        tx.push(m);
         if tx_burst(a.id(), 0, &mut tx) == 0 {
             tx.free_all();
         }
@@ -141,7 +141,7 @@ fn main() -> Result<()> {
         while !back && rdtsc() - sent < timeout_cycles {
             // B turns probes around; anything else (none expected) is freed.
             if rx_burst(b.id(), 0, &mut rx) > 0 {
-                for m in rx.mbufs_mut() {
+                for mut m in rx.drain() {
                     if parse(m.data()).is_some() {
                         let d = m.data_mut();
                         d[..6].copy_from_slice(&MAC_A);
@@ -151,7 +151,6 @@ fn main() -> Result<()> {
                         junk.push(m);
                     }
                 }
-                rx.handed_over();
                 tx_burst(b.id(), 0, &mut tx);
                 tx.free_all();
                 junk.free_all();
