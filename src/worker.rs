@@ -250,21 +250,24 @@ impl Worker {
         );
         let d = &*self.decisions;
         let out = &mut self.out;
+        let edits = d.has_edits();
         for (i, mut m) in rx.drain().enumerate() {
             let fate = d.fate(i);
             if let Fate::Drop(_) = fate {
                 out.drop_frame(m);
                 continue;
             }
-            if let Some(dscp) = d.remark(i) {
-                set_dscp(m.data_mut(), dscp);
-            }
-            let keep = d.keep(i);
-            if keep != KEEP_ALL && !m.is_chained() {
-                // A policer let only the first segments through.
-                let off = m.offload();
-                if let Some(len) = trim_superframe(m.data_mut(), &off, keep) {
-                    m.set_len(len as u16);
+            if edits {
+                if let Some(dscp) = d.remark(i) {
+                    set_dscp(m.data_mut(), dscp);
+                }
+                let keep = d.keep(i);
+                if keep != KEEP_ALL && !m.is_chained() {
+                    // A policer let only the first segments through.
+                    let off = m.offload();
+                    if let Some(len) = trim_superframe(m.data_mut(), &off, keep) {
+                        m.set_len(len as u16);
+                    }
                 }
             }
             match fate {

@@ -352,7 +352,14 @@ impl Mbuf {
         m.data_off -= n;
         m.data_len += n;
         m.pkt_len += u32::from(n);
-        Some(&mut self.data_mut()[..usize::from(n)])
+        // SAFETY: the first n bytes of the data, now inside the headroom
+        // (checked above), of the only reference to the mbuf.
+        Some(unsafe {
+            std::slice::from_raw_parts_mut(
+                (m.buf_addr as *mut u8).add(usize::from(m.data_off)),
+                usize::from(n),
+            )
+        })
     }
 
     /// Takes over the reference `m` (a fresh mbuf from an allocation).
@@ -432,10 +439,10 @@ impl Burst {
         NonNull::new(self.ptrs[self.len]).map(Mbuf)
     }
 
-    /// Takes `m` over. The caller checked `!is_full()`.
+    /// Takes `m` over. The caller checked `!is_full()` (pushing into a
+    /// full burst panics on the index).
     #[inline]
     pub fn push(&mut self, m: Mbuf) {
-        assert!(self.len < MAX_BURST, "push into a full burst");
         self.ptrs[self.len] = m.into_raw();
         self.len += 1;
     }

@@ -106,6 +106,14 @@ impl Decisions {
         self.fates[i]
     }
 
+    /// Whether any frame of the burst may have a remark or a trim (the
+    /// security stage ran): else [`Decisions::remark`] and
+    /// [`Decisions::keep`] need not be asked per frame.
+    #[inline]
+    pub fn has_edits(&self) -> bool {
+        self.secured
+    }
+
     /// The DSCP to write into frame `i` before it leaves (a meter's
     /// remark), if any.
     #[inline]
@@ -210,29 +218,23 @@ impl Pipeline {
             &counters[in_port.index()],
             &mut d.actions,
         );
-        // A unicast that cannot leave by its tunnel is dropped before the
-        // groups judge it (no session for what never left, no tokens).
-        if self.overlay.is_some() {
-            let from_tunnel = self.switch.is_tunnel(in_port);
-            for (f, a) in frames.iter().zip(&mut d.actions[..n]) {
-                let Action::Output(p) = *a else { continue };
-                if !self.switch.is_tunnel(p) {
-                    continue;
-                }
-                let verdict = if from_tunnel {
-                    counters[in_port.index()].drop(DropReason::SplitHorizon, f.wire_packets());
-                    Err(DropReason::SplitHorizon)
-                } else {
-                    self.tunnel_egress(p, f, counters, f.wire_packets())
-                };
-                if let Err(r) = verdict {
-                    *a = Action::Drop(r);
-                }
-            }
-        }
         let zone = self.switch.zone_of(in_port);
         d.secured = self.security.is_active();
+        let from_tunnel = self.switch.is_tunnel(in_port);
         if d.secured {
+            // A unicast that cannot leave by its tunnel is dropped before
+            // the groups judge it (no session for what never left, no
+            // tokens); without groups or meters the output pass below
+            // checks it.
+            if self.overlay.is_some() {
+                for (f, a) in frames.iter().zip(&mut d.actions[..n]) {
+                    if let Action::Output(p) = *a {
+                        if let Err(r) = self.unicast_egress(in_port, from_tunnel, p, f, counters) {
+                            *a = Action::Drop(r);
+                        }
+                    }
+                }
+            }
             self.security.filter(
                 in_port,
                 zone,
@@ -248,28 +250,64 @@ impl Pipeline {
         for (i, f) in frames.iter().enumerate() {
             d.fates[i] = match d.actions[i] {
                 Action::Drop(r) => Fate::Drop(r),
-                Action::Output(p) if self.switch.is_tunnel(p) => Fate::Tunnel(p),
+                Action::Output(p) if self.switch.is_tunnel(p) => {
+                    if d.secured {
+                        Fate::Tunnel(p) // checked above
+                    } else {
+                        match self.unicast_egress(in_port, from_tunnel, p, f, counters) {
+                            Ok(()) => Fate::Tunnel(p),
+                            Err(r) => Fate::Drop(r),
+                        }
+                    }
+                }
                 Action::Output(p) => Fate::Local(p),
                 Action::Flood => self.flood(in_port, zone, i, f, now, counters, d),
             };
         }
     }
 
+    /// Whether a unicast from `in_port` may leave by output `p`: never
+    /// from one tunnel into another (counted on `in_port`), and into a
+    /// tunnel only if it fits and the next hop is known (counted on `p`).
+    #[inline]
+    fn unicast_egress<F: Frame>(
+        &self,
+        in_port: PortId,
+        from_tunnel: bool,
+        p: PortId,
+        f: &F,
+        counters: &[PortCounters],
+    ) -> Result<(), DropReason> {
+        if !self.switch.is_tunnel(p) {
+            return Ok(());
+        }
+        if from_tunnel {
+            counters[in_port.index()].drop(DropReason::SplitHorizon, f.wire_packets());
+            return Err(DropReason::SplitHorizon);
+        }
+        self.tunnel_egress(p, f, counters, KEEP_ALL)
+    }
+
     /// Whether `f` may leave by tunnel port `p` (else the reason, counted
-    /// on `p` as `packets`).
+    /// on `p` as the packets it carries: its first `keep` segments when a
+    /// policer cut it).
     #[inline]
     fn tunnel_egress<F: Frame>(
         &self,
         p: PortId,
         f: &F,
         counters: &[PortCounters],
-        packets: u64,
+        keep: u32,
     ) -> Result<(), DropReason> {
         let o = self
             .overlay
             .as_ref()
             .expect("tunnel ports exist only with a VTEP");
         o.egress(p, f).inspect_err(|&r| {
+            let packets = match keep {
+                KEEP_ALL => f.wire_packets(),
+                k => u64::from(k),
+            };
             counters[p.index()].drop(r, packets);
         })
     }
@@ -293,21 +331,22 @@ impl Pipeline {
         let mut t = 0;
         // A refused copy counts what it would have carried: the segments
         // a policer left of a superframe.
-        let packets = match d.keep(i) {
+        let keep = d.keep(i);
+        let packets = || match keep {
             KEEP_ALL => f.wire_packets(),
-            keep => u64::from(keep),
+            k => u64::from(k),
         };
         for &p in self.switch.flood_ports(in_port) {
             if d.secured
                 && !self
                     .security
-                    .admit_flood_copy(in_port, p, i, packets, zone, &d.scratch, now.secs, counters)
+                    .admit_flood_copy(in_port, p, i, packets(), zone, &d.scratch, now.secs, counters)
             {
                 continue;
             }
             if !self.switch.is_tunnel(p) {
                 d.outputs.push(p);
-            } else if self.tunnel_egress(p, f, counters, packets).is_ok() {
+            } else if self.tunnel_egress(p, f, counters, keep).is_ok() {
                 tunnels[t] = p;
                 t += 1;
             }
