@@ -276,7 +276,13 @@ pub fn run_plugin(env: &[(&str, String)], stdin: &[u8]) -> (Value, i32) {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     let mut child = c.spawn().expect("vswitch-cni runs");
-    child.stdin.take().unwrap().write_all(stdin).unwrap();
+    match child.stdin.take().unwrap().write_all(stdin) {
+        Ok(()) => {}
+        // A plugin may answer without reading its stdin (VERSION does)
+        // and be gone before the write.
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {}
+        Err(e) => panic!("writing the plugin's stdin: {e}"),
+    }
     let out = child.wait_with_output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     let v = if text.trim().is_empty() {
