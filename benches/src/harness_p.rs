@@ -120,16 +120,16 @@ struct VsConf {
     tables: String,
     gen_fields: String,
     sink_fields: String,
-    note: &'static str,
+    note: String,
 }
 
 impl VsConf {
-    fn l2(note: &'static str) -> VsConf {
+    fn l2(note: &str) -> VsConf {
         VsConf {
             tables: String::new(),
             gen_fields: "bridge = \"b\"\n".into(),
             sink_fields: format!("bridge = \"b\"\nstatic_macs = [\"{}\"]\n", hex_mac(DST_MAC)),
-            note,
+            note: note.into(),
         }
     }
 }
@@ -150,7 +150,8 @@ fn vs_vxlan_encap() -> VsConf {
         gen_fields: "bridge = \"b\"\n".into(),
         sink_fields: String::new(),
         note:
-            "VNI 100, static remote MAC and neighbour, outer headers prepended in place, 1 worker",
+            "VNI 100, static remote MAC and neighbour, outer headers prepended in place, 1 worker"
+                .into(),
     }
 }
 
@@ -171,12 +172,23 @@ fn vs_vxlan_decap() -> VsConf {
     }
 }
 
-/// The benchmark security group as a vswitchd config, attached to the
-/// generator port's egress.
-fn vs_security_group() -> VsConf {
-    let rules = crate::workload::security_group(1000);
+/// The benchmark security group of `n` rules as a vswitchd config,
+/// attached to the generator port's egress, for `flows` concurrent flows:
+/// beyond the default per-port share (4096 sessions), the session table
+/// and the generator port's share are sized for them (else most flows
+/// would be refused as `session_quota`, which is what the share is for).
+fn vs_security_group(n: u32, flows: u32) -> VsConf {
+    let rules = crate::workload::security_group(n);
     let n = rules.len();
     let mut t = String::from("[[security_group]]\nname = \"sg\"\ndefault = \"deny\"\n");
+    if flows > 4096 {
+        t += &format!(
+            "[sessions]\ncapacity = {}\nper_port = {}\nper_bridge = {}\n",
+            4 * flows,
+            2 * flows,
+            2 * flows
+        );
+    }
     for (i, r) in rules.iter().enumerate() {
         t += &format!(
             "[[security_group.rule]]\nname = \"r{i}\"\npriority = {}\naction = \"allow\"\nproto = \"udp\"\nsrc = \"{}/{}\"\ndst_ports = \"{}\"\n",
@@ -189,7 +201,18 @@ fn vs_security_group() -> VsConf {
     VsConf {
         tables: t,
         gen_fields: "bridge = \"b\"\negress_group = \"sg\"\n".into(),
-        ..VsConf::l2("1000-rule group + sessions (stateful), 1 worker")
+        ..VsConf::l2(&format!(
+            "{n}-rule group + sessions (stateful{}), 1 worker",
+            if flows > 4096 {
+                format!(
+                    ", table of {} sessions, port share {}",
+                    4 * flows,
+                    2 * flows
+                )
+            } else {
+                String::new()
+            }
+        ))
     }
 }
 
@@ -300,8 +323,8 @@ fn ovs_l2(smoke: bool) -> Vec<OvsConf> {
 }
 
 /// OVS applying the benchmark security group as OpenFlow rules.
-fn ovs_security_group() -> Vec<OvsConf> {
-    let rules = crate::workload::security_group(1000);
+fn ovs_security_group(n: u32) -> Vec<OvsConf> {
+    let rules = crate::workload::security_group(n);
     let n = rules.len();
     let mut flows: Vec<String> = rules
         .iter()
@@ -318,10 +341,10 @@ fn ovs_security_group() -> Vec<OvsConf> {
         .collect();
     flows.push("priority=0,actions=drop".into());
     let flows: Vec<&str> = flows.iter().map(String::as_str).collect();
-    let name = "OVS 1000 OpenFlow rules";
+    let name = format!("OVS {n} OpenFlow rules");
     vec![
-        OvsConf::new(name, &flows),
-        OvsConf::new(name, &flows).emc_off(),
+        OvsConf::new(&name, &flows),
+        OvsConf::new(&name, &flows).emc_off(),
     ]
 }
 
@@ -579,7 +602,7 @@ pub fn run(o: &Opts, hz: u64, command: &str) -> Result<Section> {
         ovs_l2(o.smoke),
     )];
     if !o.smoke {
-        let mut acl = ovs_security_group();
+        let mut acl = ovs_security_group(1000);
         acl.extend(ovs_conntrack());
         workloads.extend([
             (
@@ -597,8 +620,20 @@ pub fn run(o: &Opts, hz: u64, command: &str) -> Result<Section> {
             (
                 "security group, 1000 rules + sessions, 1k flows",
                 udp1k,
-                vs_security_group(),
+                vs_security_group(1000, 1024),
                 acl,
+            ),
+            (
+                "security group, 10,000 rules + sessions, 1k flows",
+                udp1k,
+                vs_security_group(10_000, 1024),
+                ovs_security_group(10_000),
+            ),
+            (
+                "security group, 1000 rules + sessions, 64k flows",
+                Workload::Udp4 { flows: 65536 },
+                vs_security_group(1000, 65536),
+                ovs_security_group(1000),
             ),
             (
                 "ingress policer, 1k flows",

@@ -338,9 +338,16 @@ impl Pipeline {
         };
         for &p in self.switch.flood_ports(in_port) {
             if d.secured
-                && !self
-                    .security
-                    .admit_flood_copy(in_port, p, i, packets(), zone, &d.scratch, now.secs, counters)
+                && !self.security.admit_flood_copy(
+                    in_port,
+                    p,
+                    i,
+                    packets(),
+                    zone,
+                    &d.scratch,
+                    now.secs,
+                    counters,
+                )
             {
                 continue;
             }
