@@ -177,7 +177,7 @@ fn vs_vxlan_decap() -> VsConf {
 /// beyond the default per-port share (4096 sessions), the session table
 /// and the generator port's share are sized for them (else most flows
 /// would be refused as `session_quota`, which is what the share is for).
-fn vs_security_group(n: u32, flows: u32) -> VsConf {
+fn vs_security_group(n: u32, flows: u32, v6: bool) -> VsConf {
     let rules = crate::workload::security_group(n);
     let n = rules.len();
     let mut t = String::from("[[security_group]]\nname = \"sg\"\ndefault = \"deny\"\n");
@@ -191,10 +191,9 @@ fn vs_security_group(n: u32, flows: u32) -> VsConf {
     }
     for (i, r) in rules.iter().enumerate() {
         t += &format!(
-            "[[security_group.rule]]\nname = \"r{i}\"\npriority = {}\naction = \"allow\"\nproto = \"udp\"\nsrc = \"{}/{}\"\ndst_ports = \"{}\"\n",
+            "[[security_group.rule]]\nname = \"r{i}\"\npriority = {}\naction = \"allow\"\nproto = \"udp\"\nsrc = \"{}\"\ndst_ports = \"{}\"\n",
             10 + n - i,
-            r.src,
-            r.len,
+            r.prefix(v6),
             r.dport
         );
     }
@@ -323,7 +322,7 @@ fn ovs_l2(smoke: bool) -> Vec<OvsConf> {
 }
 
 /// OVS applying the benchmark security group as OpenFlow rules.
-fn ovs_security_group(n: u32) -> Vec<OvsConf> {
+fn ovs_security_group(n: u32, v6: bool) -> Vec<OvsConf> {
     let rules = crate::workload::security_group(n);
     let n = rules.len();
     let mut flows: Vec<String> = rules
@@ -331,10 +330,13 @@ fn ovs_security_group(n: u32) -> Vec<OvsConf> {
         .enumerate()
         .map(|(i, r)| {
             format!(
-                "priority={},udp,nw_src={}/{},tp_dst={},actions=output:2",
+                "priority={},{},tp_dst={},actions=output:2",
                 10 + n - i,
-                r.src,
-                r.len,
+                if v6 {
+                    format!("udp6,ipv6_src={}", r.prefix(true))
+                } else {
+                    format!("udp,nw_src={}", r.prefix(false))
+                },
                 r.dport
             )
         })
@@ -602,7 +604,7 @@ pub fn run(o: &Opts, hz: u64, command: &str) -> Result<Section> {
         ovs_l2(o.smoke),
     )];
     if !o.smoke {
-        let mut acl = ovs_security_group(1000);
+        let mut acl = ovs_security_group(1000, false);
         acl.extend(ovs_conntrack());
         workloads.extend([
             (
@@ -620,20 +622,26 @@ pub fn run(o: &Opts, hz: u64, command: &str) -> Result<Section> {
             (
                 "security group, 1000 rules + sessions, 1k flows",
                 udp1k,
-                vs_security_group(1000, 1024),
+                vs_security_group(1000, 1024, false),
                 acl,
             ),
             (
                 "security group, 10,000 rules + sessions, 1k flows",
                 udp1k,
-                vs_security_group(10_000, 1024),
-                ovs_security_group(10_000),
+                vs_security_group(10_000, 1024, false),
+                ovs_security_group(10_000, false),
             ),
             (
                 "security group, 1000 rules + sessions, 64k flows",
                 Workload::Udp4 { flows: 65536 },
-                vs_security_group(1000, 65536),
-                ovs_security_group(1000),
+                vs_security_group(1000, 65536, false),
+                ovs_security_group(1000, false),
+            ),
+            (
+                "security group on IPv6, 1000 rules + sessions, 1k flows",
+                Workload::Udp6 { flows: 1024 },
+                vs_security_group(1000, 1024, true),
+                ovs_security_group(1000, true),
             ),
             (
                 "ingress policer, 1k flows",

@@ -239,6 +239,29 @@ pub struct AllowRule {
     pub dport: u16,
 }
 
+impl AllowRule {
+    /// Its source prefix as text: IPv4, or for the IPv6 workloads the same
+    /// prefix inside fd00::/96 (where `udp6` puts each flow's IPv4 source).
+    pub fn prefix(&self, v6: bool) -> String {
+        if v6 {
+            let o = self.src.octets();
+            let a = std::net::Ipv6Addr::new(
+                0xfd00,
+                0,
+                0,
+                0,
+                0,
+                0,
+                u16::from_be_bytes([o[0], o[1]]),
+                u16::from_be_bytes([o[2], o[3]]),
+            );
+            format!("{a}/{}", 96 + u32::from(self.len))
+        } else {
+            format!("{}/{}", self.src, self.len)
+        }
+    }
+}
+
 /// The benchmark security group of `n` rules, highest priority first: the
 /// first n - 1 allow other prefixes and ports (no benchmark frame matches
 /// them), the last allows the workloads' flows (10.0.0.0/16 to
@@ -297,6 +320,21 @@ mod tests {
             _ => panic!("no L4"),
         };
         (s, d, sp, dp)
+    }
+
+    #[test]
+    fn ipv6_prefixes_cover_the_ipv6_flows_as_the_ipv4_ones_cover_theirs() {
+        let r = AllowRule {
+            src: Ipv4Addr::new(10, 0, 0, 0),
+            len: 16,
+            dport: DST_PORT,
+        };
+        assert_eq!(r.prefix(false), "10.0.0.0/16");
+        assert_eq!(r.prefix(true), "fd00::a00:0/112");
+        // A flow's IPv6 source is inside it.
+        let f = udp6(5, 78);
+        assert_eq!(&f[22..24], &[0xfd, 0]);
+        assert_eq!(&f[34..36], &[10, 0]);
     }
 
     #[test]
