@@ -400,7 +400,7 @@ impl Output {
             .expect("tunnel ports exist only with a VTEP");
         let c = &counters.ports[p.index()];
         let inner_len = m.pkt_len();
-        let sport = vswitch::Overlay::source_port(m.data());
+        let sport = vxlan::encap::source_port(m.data());
         let id = self.ip_id;
         self.ip_id = id.wrapping_add(1);
         match m.prepend(vxlan::OUTER_LEN as u16) {

@@ -936,7 +936,7 @@ fn check(
 fn check_encap(soak: &mut Soak, topo: &Topo, q: PortId, f: &Fz) {
     let mut outer = [0u8; vxlan::OUTER_LEN];
     let len = f.bytes.len() as u32;
-    let sport = Overlay::source_port(&f.bytes);
+    let sport = vxlan::encap::source_port(&f.bytes);
     topo.overlay().write_outer(q, sport, len, 7, &mut outer);
     let mut whole = outer.to_vec();
     whole.extend_from_slice(&f.bytes);

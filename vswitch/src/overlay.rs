@@ -12,7 +12,7 @@
 use std::net::Ipv4Addr;
 
 use vxlan::decap::{decap, for_host, Decap, DecapError};
-use vxlan::encap::{source_port, Template};
+use vxlan::encap::Template;
 use vxlan::tunnels::{Lookup, TunnelMap};
 use vxlan::OUTER_LEN;
 
@@ -168,8 +168,9 @@ impl Overlay {
 
     /// Writes the outer headers of tunnel port `p` for an inner frame of
     /// `inner_len` bytes (all segments) into `out` (in place, in the
-    /// frame's headroom), with UDP source port `sport` (see
-    /// [`Overlay::source_port`]) and outer IPv4 identification `ip_id`.
+    /// frame's headroom), with UDP source port `sport`
+    /// (`vxlan::encap::source_port` of the inner frame) and outer IPv4
+    /// identification `ip_id`.
     #[inline]
     pub fn write_outer(
         &self,
@@ -183,12 +184,5 @@ impl Overlay {
             .as_ref()
             .expect("a tunnel port has its encap");
         e.template.write(out, inner_len as usize, sport, ip_id);
-    }
-
-    /// The outer UDP source port for `inner`: a hash of its flow, so the
-    /// underlay's ECMP spreads flows and keeps each on one path.
-    #[inline]
-    pub fn source_port(inner: &[u8]) -> u16 {
-        source_port(inner)
     }
 }

@@ -11,11 +11,11 @@
 //! 1. uplink only ([`Pipeline::arrive`]): VXLAN decap classification
 //!    ([`crate::overlay`]); the inner frames then come back here per
 //!    tunnel port;
-//! 2. [`Switch::forward`]: port security, MAC learning and lookup;
-//! 3. a unicast to a tunnel port must fit the underlay MTU, have a
-//!    resolved next hop, and never come from another tunnel (split
-//!    horizon, as for floods): what cannot leave is dropped before the
-//!    groups open a session for it or a meter charges it;
+//! 2. [`Switch::forward`]: port security, MAC learning and lookup, split
+//!    horizon between tunnels;
+//! 3. a unicast to a tunnel port must fit the underlay MTU and have a
+//!    resolved next hop: what cannot leave is dropped before the groups
+//!    open a session for it or a meter charges it;
 //! 4. [`Security`]: security groups and sessions, then meters;
 //! 5. output: a flood's set is the bridge's flood list
 //!    for the ingress port (split horizon applied), each copy admitted by
@@ -220,7 +220,6 @@ impl Pipeline {
         );
         let zone = self.switch.zone_of(in_port);
         d.secured = self.security.is_active();
-        let from_tunnel = self.switch.is_tunnel(in_port);
         if d.secured {
             // A unicast that cannot leave by its tunnel is dropped before
             // the groups judge it (no session for what never left, no
@@ -229,7 +228,10 @@ impl Pipeline {
             if self.overlay.is_some() {
                 for (f, a) in frames.iter().zip(&mut d.actions[..n]) {
                     if let Action::Output(p) = *a {
-                        if let Err(r) = self.unicast_egress(in_port, from_tunnel, p, f, counters) {
+                        if !self.switch.is_tunnel(p) {
+                            continue;
+                        }
+                        if let Err(r) = self.tunnel_egress(p, f, counters, KEEP_ALL) {
                             *a = Action::Drop(r);
                         }
                     }
@@ -254,7 +256,7 @@ impl Pipeline {
                     if d.secured {
                         Fate::Tunnel(p) // checked above
                     } else {
-                        match self.unicast_egress(in_port, from_tunnel, p, f, counters) {
+                        match self.tunnel_egress(p, f, counters, KEEP_ALL) {
                             Ok(()) => Fate::Tunnel(p),
                             Err(r) => Fate::Drop(r),
                         }
@@ -264,28 +266,6 @@ impl Pipeline {
                 Action::Flood => self.flood(in_port, zone, i, f, now, counters, d),
             };
         }
-    }
-
-    /// Whether a unicast from `in_port` may leave by output `p`: never
-    /// from one tunnel into another (counted on `in_port`), and into a
-    /// tunnel only if it fits and the next hop is known (counted on `p`).
-    #[inline]
-    fn unicast_egress<F: Frame>(
-        &self,
-        in_port: PortId,
-        from_tunnel: bool,
-        p: PortId,
-        f: &F,
-        counters: &[PortCounters],
-    ) -> Result<(), DropReason> {
-        if !self.switch.is_tunnel(p) {
-            return Ok(());
-        }
-        if from_tunnel {
-            counters[in_port.index()].drop(DropReason::SplitHorizon, f.wire_packets());
-            return Err(DropReason::SplitHorizon);
-        }
-        self.tunnel_egress(p, f, counters, KEEP_ALL)
     }
 
     /// Whether `f` may leave by tunnel port `p` (else the reason, counted
@@ -687,7 +667,7 @@ mod tests {
         let inner = udp(12, [0xff; 6], 60);
         let encap = |p: u16, from: Ipv4Addr| {
             let mut hdr = [0u8; OUTER_LEN];
-            let sport = Overlay::source_port(&inner);
+            let sport = vxlan::encap::source_port(&inner);
             o.write_outer(PortId(p), sport, inner.len() as u32, 7, &mut hdr);
             // Seen from the other side: swap the addresses.
             hdr[26..30].copy_from_slice(&from.octets());

@@ -15,8 +15,10 @@
 //! - known unicast goes to the learned port only; if that is the ingress port
 //!   the frame is dropped (the destination is on the sender's own segment);
 //! - tunnel ports (one per remote VTEP of the domain's VNI) keep split
-//!   horizon: a frame that came out of a tunnel is never flooded into
-//!   another tunnel (every VTEP floods to all others itself), and a local
+//!   horizon: a frame that came out of a tunnel never goes into another
+//!   tunnel, flooded or to a MAC learned there (every VTEP reaches the
+//!   others itself; relaying would loop while their tables disagree),
+//!   and a local
 //!   frame is flooded only into the tunnels of the head-end replication
 //!   list, not into VTEPs that were merely learned.
 
@@ -410,6 +412,7 @@ impl Switch {
         let macs = &*self.bridges[bd.index()].macs;
         let guard = self.guard_of(in_port);
         let mac_limit = self.mac_limits[in_port.index()];
+        let from_tunnel = self.tunnel[in_port.index()];
         let flood = if self.flood[in_port.index()].is_empty() {
             Action::Drop(DropReason::NoOutput)
         } else {
@@ -464,6 +467,9 @@ impl Switch {
                 } else {
                     match macs.lookup(dst, now) {
                         Some(p) if p == in_port => Action::Drop(DropReason::SamePort),
+                        Some(p) if from_tunnel && self.tunnel[p.index()] => {
+                            Action::Drop(DropReason::SplitHorizon)
+                        }
                         Some(p) => Action::Output(p),
                         None => flood,
                     }
