@@ -12,7 +12,7 @@ use vswitch::{MacAddr, PortId, MAX_PORTS};
 
 use crate::config::{self, Config, Netns, PortKind};
 use crate::control::Request;
-use crate::daemon::{flush_ports, mbuf_demand, nic_ports, Daemon};
+use crate::daemon::{flush_ports, mbuf_demand, nic_ports, Daemon, PERF_FIELDS};
 use crate::netns;
 use crate::ports::{self, Port};
 
@@ -727,36 +727,56 @@ impl Daemon<'_> {
     }
 
     fn pmd_perf(&mut self, clear: bool) -> Value {
-        let now: Vec<(u64, u64, u64, u64)> = self
+        let now: Vec<[u64; PERF_FIELDS]> = self
             .shared
             .workers
             .iter()
             .map(|w| {
                 let c = &w.counters;
-                (
+                let f = &c.flow_cache;
+                [
                     c.packets.get(),
                     c.busy_cycles.get(),
                     c.idle_cycles.get(),
                     c.syscalls.get(),
-                )
+                    f.hits.get(),
+                    f.misses.get(),
+                    f.inserts.get(),
+                    f.evictions.get(),
+                    f.bypassed.get(),
+                ]
             })
             .collect();
+        let ratio = |a: u64, b: u64| if b == 0 { 0.0 } else { a as f64 / b as f64 };
         let workers: Vec<Value> = now
             .iter()
             .zip(&self.perf_base)
             .enumerate()
             .map(|(i, (n, b))| {
-                let (pkts, busy, idle, sys) = (n.0 - b.0, n.1 - b.1, n.2 - b.2, n.3 - b.3);
+                let d: Vec<u64> = n.iter().zip(b).map(|(n, b)| n - b).collect();
+                let [pkts, busy, idle, sys, hits, misses, inserts, evictions, bypassed] = d[..]
+                else {
+                    unreachable!("PERF_FIELDS")
+                };
                 json!({
                     "worker": i,
                     "core": self.cfg.workers.cores.get(i),
                     "packets": pkts,
                     "busy_cycles": busy,
                     "idle_cycles": idle,
-                    "busy_pct": if busy + idle == 0 { 0.0 } else { 100.0 * busy as f64 / (busy + idle) as f64 },
-                    "cycles_per_packet": if pkts == 0 { 0.0 } else { busy as f64 / pkts as f64 },
+                    "busy_pct": 100.0 * ratio(busy, busy + idle),
+                    "cycles_per_packet": ratio(busy, pkts),
                     "syscalls": sys,
-                    "syscalls_per_packet": if pkts == 0 { 0.0 } else { sys as f64 / pkts as f64 },
+                    "syscalls_per_packet": ratio(sys, pkts),
+                    "flow_cache": {
+                        "enabled": self.shared.flow_cache,
+                        "hits": hits,
+                        "misses": misses,
+                        "hit_pct": 100.0 * ratio(hits, hits + misses),
+                        "inserts": inserts,
+                        "evictions": evictions,
+                        "bypassed_bursts": bypassed,
+                    },
                 })
             })
             .collect();

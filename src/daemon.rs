@@ -245,11 +245,7 @@ pub(crate) fn build_datapath(
         .build(prev.map(|p| &p.pipeline.switch))
         .context("building the switch topology")?;
     Ok(Datapath {
-        pipeline: Pipeline {
-            switch,
-            security,
-            overlay: vtep.map(|v| v.overlay(cfg, &ids)),
-        },
+        pipeline: Pipeline::new(switch, security, vtep.map(|v| v.overlay(cfg, &ids))),
         tx: tx.into(),
         tap_queues: rx_queues
             .iter()
@@ -312,10 +308,15 @@ pub struct Daemon<'p> {
     /// Mbufs of the pool's hot-plug reserve not taken by ports.
     pub(crate) reserve_left: u32,
     /// Worker counters at the last `pmd-perf --clear`.
-    pub(crate) perf_base: Vec<(u64, u64, u64, u64)>,
+    pub(crate) perf_base: Vec<[u64; PERF_FIELDS]>,
     /// QoS meters and compiled groups, carried from snapshot to snapshot.
     carried: crate::security::Carried,
 }
+
+/// Worker counters `pmd-perf` reports since its last `--clear`: packets,
+/// busy and idle cycles, syscalls, then the flow cache's hits, misses,
+/// inserts, evictions and bypassed bursts.
+pub(crate) const PERF_FIELDS: usize = 9;
 
 impl Daemon<'_> {
     /// Nanoseconds since the workers' epoch.
@@ -674,10 +675,13 @@ pub fn run(
             return Err(e);
         }
     };
-    let shared = Arc::new(Shared::new(dp, n_workers, cfg.workers.idle_sleep_us, clock));
+    let mut shared = Shared::new(dp, n_workers, cfg.workers.idle_sleep_us, clock);
+    shared.flow_cache = cfg.workers.flow_cache;
+    let shared = Arc::new(shared);
     for (i, &l) in lcores.iter().enumerate() {
         let s = Arc::clone(&shared);
-        lcore::launch(l, move || Worker::new(i).run(&s)).map_err(anyhow::Error::msg)?;
+        lcore::launch(l, move || Worker::new(i, s.flow_cache).run(&s))
+            .map_err(anyhow::Error::msg)?;
     }
 
     let term = Arc::new(AtomicBool::new(false));
@@ -697,7 +701,7 @@ pub fn run(
 
     let mut d = Daemon {
         reserve_left: hotplug_reserve(n_workers as u32),
-        perf_base: vec![(0, 0, 0, 0); n_workers],
+        perf_base: vec![[0; PERF_FIELDS]; n_workers],
         carried,
         cfg,
         doc,

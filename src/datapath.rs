@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use vswitch::offload::{GsoKind, Offload};
-use vswitch::{Counter, CycleHistogram, Pipeline, PortCounters, PortId, MAX_PORTS};
+use vswitch::{CacheCounters, Counter, CycleHistogram, Pipeline, PortCounters, PortId, MAX_PORTS};
 
 use crate::dpdk::mempool::PoolHandle;
 use crate::dpdk::port::GuestOffloads;
@@ -206,6 +206,8 @@ pub struct WorkerCounters {
     pub syscalls: Counter,
     /// Cycles of each poll round that had packets (`vswitchctl latency`).
     pub burst_cycles: CycleHistogram,
+    /// Its flow cache's hits and misses.
+    pub flow_cache: CacheCounters,
 }
 
 impl Default for WorkerCounters {
@@ -217,6 +219,7 @@ impl Default for WorkerCounters {
             packets: Counter::default(),
             syscalls: Counter::default(),
             burst_cycles: CycleHistogram::default(),
+            flow_cache: CacheCounters::default(),
         }
     }
 }
@@ -242,13 +245,16 @@ pub struct Shared {
     pub workers: Vec<WorkerSlot>,
     /// Microseconds a worker sleeps after an empty poll round.
     pub idle_sleep_us: u32,
+    /// Whether workers keep a flow cache.
+    pub flow_cache: bool,
     /// The time base of every worker and the control thread (MAC ages,
     /// session deadlines, meters), so shared tables see one clock.
     pub clock: TscClock,
 }
 
 impl Shared {
-    /// State for `n_workers` workers starting with `dp`, on `clock`.
+    /// State for `n_workers` workers starting with `dp`, on `clock`
+    /// (with flow caches; see [`Shared::flow_cache`]).
     pub fn new(dp: Datapath, n_workers: usize, idle_sleep_us: u32, clock: TscClock) -> Shared {
         Shared {
             current: ArcSwap::from_pointee(dp),
@@ -261,6 +267,7 @@ impl Shared {
                 })
                 .collect(),
             idle_sleep_us,
+            flow_cache: true,
             clock,
         }
     }
@@ -321,14 +328,14 @@ mod tests {
 
     fn snapshot(rx_port: u16) -> Datapath {
         Datapath {
-            pipeline: Pipeline {
-                switch: SwitchBuilder::new().build(None).unwrap(),
-                security: Security::none(Arc::new(acl::session::SessionTable::new(
+            pipeline: Pipeline::new(
+                SwitchBuilder::new().build(None).unwrap(),
+                Security::none(Arc::new(acl::session::SessionTable::new(
                     16,
                     Default::default(),
                 ))),
-                overlay: None,
-            },
+                None,
+            ),
             tx: vec![TxTarget::None; MAX_PORTS].into(),
             rx_queues: vec![vec![RxQueue {
                 port: PortId(rx_port),

@@ -83,11 +83,16 @@ const PUNT_BURST: u64 = 256;
 const _: () = assert!(MAX_PORTS <= 64, "dirty is a u64 bitmap");
 
 impl Worker {
-    /// Worker `index` of the [`Shared`] it will run on.
-    pub fn new(index: usize) -> Worker {
+    /// Worker `index` of the [`Shared`] it will run on, with a flow
+    /// cache if `flow_cache`.
+    pub fn new(index: usize, flow_cache: bool) -> Worker {
         Worker {
             index,
-            decisions: Box::default(),
+            decisions: Box::new(if flow_cache {
+                Decisions::with_flow_cache()
+            } else {
+                Decisions::default()
+            }),
             out: Output {
                 queue: index as u16,
                 tx: (0..MAX_PORTS)
@@ -203,6 +208,9 @@ impl Worker {
                 counters.busy_cycles.add(t1 - t0);
                 counters.burst_cycles.record(t1 - t0);
                 counters.packets.add(got as u64);
+                if let Some(s) = self.decisions.flow_cache_stats() {
+                    counters.flow_cache.publish(&s);
+                }
             } else {
                 counters.idle_cycles.add(t1 - t0);
                 if !sleep.is_zero() {

@@ -9,6 +9,7 @@
 #![deny(missing_docs)]
 
 pub mod classifier;
+pub mod hash;
 pub mod lint;
 pub mod policer;
 pub mod reference;

@@ -309,11 +309,7 @@ fn canonical(t: &Tuple, zone: u16) -> Key {
 }
 
 fn hash(k: &Key) -> u64 {
-    let mut h = 0u64;
-    for w in k.words {
-        h = (h.rotate_left(5) ^ w).wrapping_mul(0x517c_c1b7_2722_0a95);
-    }
-    h ^ h >> 29
+    crate::hash::words(&k.words)
 }
 
 /// The heads of one bucket's slots, one cache line: `tag << 32 | seq`
@@ -541,6 +537,27 @@ impl SessionTable {
             }
         }
         Found::Miss
+    }
+
+    /// Whether the session `r` refers to is still live at `now` in its
+    /// slot (not ended, expired or replaced since it was found): its QoS
+    /// class if so. A flow cache holding `r` asks this instead of a
+    /// [`lookup`](Self::lookup): the same answer without hashing the
+    /// tuple or comparing keys, from the slot's head and body lines.
+    #[inline]
+    pub fn live(&self, r: SessionRef, now: u32) -> Option<u16> {
+        let head = self.head(r.slot as usize).load(Acquire);
+        if head >> 32 == 0 || head & 1 == 1 || version_of(head) != r.version {
+            return None;
+        }
+        let body = &self.bodies[r.slot as usize];
+        let (state, meta) = (body.state.load(Relaxed), body.meta.load(Relaxed));
+        fence(Acquire);
+        if self.head(r.slot as usize).load(Relaxed) != head || (meta as u32) < now {
+            return None;
+        }
+        let st = State::unpack(state);
+        (st.version == r.version).then_some(st.class)
     }
 
     /// Records a packet of a session found by [`lookup`](Self::lookup):
@@ -950,6 +967,27 @@ mod tests {
             Found::Miss,
             "time-wait expires after 30 s"
         );
+    }
+
+    #[test]
+    fn a_held_reference_is_live_exactly_while_lookup_finds_its_session() {
+        let tb = SessionTable::new(64, Timeouts::default());
+        let u = t(1, 5, 2, 53, UDP);
+        tb.open(&u, 0, 0, 0, 1, 4, 100);
+        let (_, r) = hit(&tb, &u, 100);
+        assert_eq!(tb.live(r, 100), Some(4), "its class");
+        assert_eq!(tb.live(r, 130), Some(4));
+        assert_eq!(tb.live(r, 131), None, "expired, as lookup says");
+        assert_eq!(tb.lookup(&u, 0, 131), Found::Miss);
+        // Ended: the slot empty, then reused by another flow.
+        tb.remove(r);
+        assert_eq!(tb.live(r, 100), None);
+        tb.open(&u, 0, 0, 0, 1, 0, 100);
+        let (_, again) = hit(&tb, &u, 100);
+        assert_eq!(tb.live(again, 100), Some(0));
+        assert_eq!(tb.live(r, 100), None, "a stale reference stays dead");
+        assert_eq!(tb.flush(), 1);
+        assert_eq!(tb.live(again, 100), None, "flushed");
     }
 
     #[test]

@@ -324,11 +324,7 @@ fn topology(rng: &mut Rng, sessions: &Arc<SessionTable>, generation: u32) -> Top
         generation,
     );
     Topo {
-        pipe: Pipeline {
-            switch,
-            security,
-            overlay: Some(overlay),
-        },
+        pipe: Pipeline::new(switch, security, Some(overlay)),
         groups,
         attached,
         guarded,
@@ -620,7 +616,10 @@ pub fn run(seed: u64, frames: u64) -> Soak {
         },
     ));
     let counters: Vec<PortCounters> = (0..MAX_PORTS).map(|_| PortCounters::default()).collect();
-    let mut d = Box::<Decisions>::default();
+    // With a flow cache: its key extraction meets every fuzzed frame (its
+    // answers are checked against the stages by vswitch/tests/flow_cache.rs:
+    // random garbage seldom fills a whole burst with hits).
+    let mut d = Box::new(Decisions::with_flow_cache());
     let mut generation = 1;
     let mut topo = topology(&mut rng, &sessions, generation);
     let mut now = Now::default();

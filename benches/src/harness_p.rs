@@ -224,8 +224,15 @@ fn vs_policer() -> VsConf {
     }
 }
 
-fn vswitchd(o: &Opts, hz: u64, pcap: &Path, conf: &VsConf) -> Result<Measured> {
+/// vswitchd on `conf`, with its workers' flow caches or without (the
+/// stages for every frame: what the cache saves, measured in the same
+/// round).
+fn vswitchd(o: &Opts, hz: u64, pcap: &Path, conf: &VsConf, cache: bool) -> Result<Measured> {
     let dir = TempDir::new("vsb");
+    let mut header = Vswitchd::config_header(&dir, 1024, "b");
+    if !cache {
+        header = header.replace("[workers]\n", "[workers]\nflow_cache = false\n");
+    }
     let config = format!(
         r#"{header}
 {tables}
@@ -243,7 +250,6 @@ kind = "null"
 no_rx = true
 {sink_fields}
 "#,
-        header = Vswitchd::config_header(&dir, 1024, "b"),
         pcap = pcap.display(),
         tables = conf.tables,
         gen_fields = conf.gen_fields,
@@ -683,7 +689,11 @@ pub fn run(o: &Opts, hz: u64, command: &str) -> Result<Section> {
             );
             push(
                 "vswitchd",
-                vswitchd(o, hz, &pcap, &vs_conf).context("vswitchd")?,
+                vswitchd(o, hz, &pcap, &vs_conf, true).context("vswitchd")?,
+            );
+            push(
+                "vswitchd, flow cache off",
+                vswitchd(o, hz, &pcap, &vs_conf, false).context("vswitchd, no cache")?,
             );
             for (system, m) in ovs(o, hz, &pcap, &confs).context("Open vSwitch")? {
                 push(&system, m);
@@ -691,7 +701,7 @@ pub fn run(o: &Opts, hz: u64, command: &str) -> Result<Section> {
         }
         for r in rounds.medians(|m| m.mpps) {
             let mut note = format!("{}; {}", r.rounds_note(), others.note(&r.system));
-            if r.system == "vswitchd" {
+            if r.system.starts_with("vswitchd") {
                 note = format!("{}; {note}", vs_conf.note);
             }
             add(&mut sec, name, &r.system, &r.sample, r.spread, &note);

@@ -126,6 +126,10 @@ pub struct WorkersConf {
     /// After a poll round with no packets, sleep this long (0 = pure
     /// polling). Trades latency for CPU on shared or small machines.
     pub idle_sleep_us: u32,
+    /// A flow cache per worker in front of the pipeline's stages
+    /// (vswitch::flow_cache; like OVS's EMC). On unless switched off
+    /// (for comparisons: the decisions are the same either way).
+    pub flow_cache: bool,
 }
 
 impl Default for WorkersConf {
@@ -133,6 +137,7 @@ impl Default for WorkersConf {
         WorkersConf {
             cores: vec![1],
             idle_sleep_us: 0,
+            flow_cache: true,
         }
     }
 }

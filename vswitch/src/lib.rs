@@ -18,6 +18,7 @@
 #![deny(missing_docs)]
 
 pub mod flow;
+pub mod flow_cache;
 pub mod mac_table;
 pub mod offload;
 pub mod overlay;
@@ -32,11 +33,12 @@ pub mod types;
 mod test_support;
 
 pub use flow::{FlowKey, ParseError, L3};
+pub use flow_cache::{CacheStats, FlowCache};
 pub use mac_table::{Learn, MacTable};
 pub use offload::Offload;
 pub use overlay::{Arrival, Overlay};
 pub use pipeline::{Decisions, Fate, Now, Pipeline};
 pub use port_security::{GuardConf, PortGuard, Prefix};
-pub use stats::{Counter, CycleHistogram, DropReason, PortCounters};
+pub use stats::{CacheCounters, Counter, CycleHistogram, DropReason, PortCounters};
 pub use switch::{Action, BridgeConf, BridgeDomain, BuildError, Frame, Switch, SwitchBuilder};
 pub use types::{BridgeId, MacAddr, PortId, MAX_BURST, MAX_PORTS};

@@ -79,6 +79,10 @@ pub struct Entry {
 /// See the module documentation.
 pub struct MacTable {
     buckets: Box<[Bucket]>,
+    /// Bumped whenever an entry appears, moves or is removed: what a
+    /// lookup answers can change only with it (and with aging, in whole
+    /// seconds). A flow cache that remembers a lookup compares it.
+    generation: AtomicU32,
     stamps: Box<[AtomicU32]>,
     mask: usize,
     aging_secs: u32,
@@ -109,11 +113,23 @@ impl MacTable {
         let nb = capacity.div_ceil(SLOTS).next_power_of_two().max(1);
         MacTable {
             buckets: (0..nb).map(|_| Bucket(Default::default())).collect(),
+            generation: AtomicU32::new(0),
             stamps: (0..nb * SLOTS).map(|_| AtomicU32::new(0)).collect(),
             mask: nb - 1,
             aging_secs,
             learned: (0..MAX_PORTS).map(|_| AtomicU32::new(0)).collect(),
         }
+    }
+
+    /// The table's change count (see the field): equal counts at two
+    /// instants of the same second mean every lookup answers the same.
+    #[inline]
+    pub fn generation(&self) -> u32 {
+        self.generation.load(Relaxed)
+    }
+
+    fn changed(&self) {
+        self.generation.fetch_add(1, Relaxed);
     }
 
     /// Learned entries behind `port` (see the module documentation).
@@ -213,6 +229,7 @@ impl MacTable {
                     if word.compare_exchange(w, want, Relaxed, Relaxed).is_ok() {
                         self.stamps[s].store(now, Relaxed);
                         self.uncount(w);
+                        self.changed();
                         return Learn::Moved;
                     }
                     self.uncount(want);
@@ -235,6 +252,7 @@ impl MacTable {
             {
                 self.stamps[b * SLOTS + i].store(now, Relaxed);
                 self.uncount(old);
+                self.changed();
                 return Learn::New;
             }
             self.uncount(want);
@@ -268,6 +286,7 @@ impl MacTable {
                 .is_ok()
             {
                 self.uncount(old);
+                self.changed();
                 return true;
             }
         }
@@ -308,6 +327,9 @@ impl MacTable {
                     n += 1;
                 }
             }
+        }
+        if n > 0 {
+            self.changed();
         }
         n
     }
@@ -357,6 +379,28 @@ mod tests {
         assert_eq!(t.learn(mac(1), PortId(0), 2, u32::MAX), Learn::Moved);
         assert_eq!(t.lookup(mac(1), 2), Some(PortId(0)));
         assert_eq!(t.entries(2).len(), 1);
+    }
+
+    #[test]
+    fn the_generation_counts_every_change_a_lookup_can_see() {
+        let t = MacTable::new(64, 300);
+        let g = |t: &MacTable| t.generation();
+        let g0 = g(&t);
+        t.learn(mac(1), PortId(3), 0, u32::MAX);
+        let g1 = g(&t);
+        assert_ne!(g1, g0, "new");
+        t.learn(mac(1), PortId(3), 1, u32::MAX);
+        assert_eq!(g(&t), g1, "a refresh changes no lookup");
+        t.learn(mac(1), PortId(0), 2, u32::MAX);
+        let g2 = g(&t);
+        assert_ne!(g2, g1, "moved");
+        assert!(t.add_static(mac(2), PortId(1)));
+        let g3 = g(&t);
+        assert_ne!(g3, g2, "static");
+        assert_eq!(t.flush_port(PortId(5)), 0);
+        assert_eq!(g(&t), g3, "nothing removed");
+        assert_eq!(t.flush_port(PortId(0)), 1);
+        assert_ne!(g(&t), g3, "removed");
     }
 
     #[test]

@@ -11,13 +11,18 @@
 //! 1. uplink only ([`Pipeline::arrive`]): VXLAN decap classification
 //!    ([`crate::overlay`]); the inner frames then come back here per
 //!    tunnel port;
-//! 2. [`Switch::forward`]: port security, MAC learning and lookup, split
+//! 2. the worker's flow cache ([`crate::flow_cache`]), when it has one:
+//!    a burst whose every frame hits is decided from it (sessions still
+//!    advanced, tunnels' MTU still checked) and goes on at 6; else the
+//!    burst takes 3-5, and what they decide is cached;
+//! 3. [`Switch::forward`]: port security, MAC learning and lookup, split
 //!    horizon between tunnels;
-//! 3. a unicast to a tunnel port must fit the underlay MTU and have a
+//! 4. a unicast to a tunnel port must fit the underlay MTU and have a
 //!    resolved next hop: what cannot leave is dropped before the groups
 //!    open a session for it or a meter charges it;
-//! 4. [`Security`]: security groups and sessions, then meters;
-//! 5. output: a flood's set is the bridge's flood list
+//! 5. [`Security`]: security groups and sessions;
+//! 6. meters, over the whole burst in frame order;
+//! 7. output: a flood's set is the bridge's flood list
 //!    for the ingress port (split horizon applied), each copy admitted by
 //!    its port's ingress group, each tunnel copy checked like a unicast.
 //!
@@ -25,11 +30,14 @@
 //! (the ingress port, or the output port whose group, MTU or neighbour
 //! refused). Nothing allocates: [`Decisions`] is sized once per worker.
 
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+use crate::flow_cache::{CacheStats, Decision, FlowCache, Probe};
 use crate::overlay::{Arrival, Overlay};
-use crate::security::{Scratch, Security, KEEP_ALL};
+use crate::security::{Scratch, Security, Via, KEEP_ALL};
 use crate::stats::{DropReason, PortCounters};
 use crate::switch::{Action, Frame, Switch};
-use crate::types::{PortId, MAX_BURST, MAX_PORTS};
+use crate::types::{MacAddr, PortId, MAX_BURST, MAX_PORTS};
 
 /// The time a burst is processed at, on the workers' shared clock.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -84,6 +92,8 @@ pub struct Decisions {
     actions: [Action; MAX_BURST],
     scratch: Scratch,
     arrivals: [Arrival; MAX_BURST],
+    /// The worker's flow cache, if it has one.
+    cache: Option<Box<FlowCache>>,
 }
 
 impl Default for Decisions {
@@ -95,11 +105,26 @@ impl Default for Decisions {
             actions: [Action::Flood; MAX_BURST],
             scratch: Scratch::default(),
             arrivals: [Arrival::Host; MAX_BURST],
+            cache: None,
         }
     }
 }
 
 impl Decisions {
+    /// A worker's decisions with a flow cache in front of the stages
+    /// (see [`crate::flow_cache`]); [`Decisions::default`] has none.
+    pub fn with_flow_cache() -> Decisions {
+        Decisions {
+            cache: Some(Box::default()),
+            ..Decisions::default()
+        }
+    }
+
+    /// The flow cache's counters, if there is one.
+    pub fn flow_cache_stats(&self) -> Option<CacheStats> {
+        self.cache.as_ref().map(|c| c.stats())
+    }
+
     /// Frame `i`'s fate.
     #[inline]
     pub fn fate(&self, i: usize) -> Fate {
@@ -178,9 +203,23 @@ pub struct Pipeline {
     pub security: Security,
     /// The VXLAN tunnel endpoint, if configured.
     pub overlay: Option<Overlay>,
+    /// Unique per snapshot in the process: what flow cache entries were
+    /// decided under.
+    id: u64,
 }
 
 impl Pipeline {
+    /// A snapshot of these tables.
+    pub fn new(switch: Switch, security: Security, overlay: Option<Overlay>) -> Pipeline {
+        static NEXT: AtomicU64 = AtomicU64::new(1);
+        Pipeline {
+            switch,
+            security,
+            overlay,
+            id: NEXT.fetch_add(1, Relaxed),
+        }
+    }
+
     /// Whether `port` is the uplink of the VTEP (its bursts go through
     /// [`Pipeline::arrive`]).
     #[inline]
@@ -201,8 +240,72 @@ impl Pipeline {
 
     /// Decides the fate of every frame of a burst received on `in_port`
     /// (a NIC, or a tunnel port for decapsulated frames), counting its
-    /// receipt and every drop in `counters` (indexed by port).
+    /// receipt and every drop in `counters` (indexed by port): from the
+    /// worker's flow cache when every frame hits it, else through the
+    /// stages (whose decisions then refresh the cache).
     pub fn decide<F: Frame>(
+        &self,
+        in_port: PortId,
+        frames: &[F],
+        now: Now,
+        counters: &[PortCounters],
+        d: &mut Decisions,
+    ) {
+        let n = frames.len();
+        d.secured = self.security.is_active();
+        let macs = self.switch.macs_of(in_port);
+        let probe = match (d.cache.as_deref_mut(), macs) {
+            (Some(c), Some(m)) => {
+                c.retarget(self.id);
+                c.probe(in_port, frames, now.secs, m.generation())
+            }
+            _ => Probe::Skipped,
+        };
+        let answered = probe == Probe::AllHit && self.answer(in_port, frames, now, counters, d);
+        if !answered {
+            if probe == Probe::AllHit {
+                d.cache.as_deref_mut().expect("probed").missed(n);
+            }
+            let mac_gen = macs.map(|m| m.generation());
+            self.stages(in_port, frames, now, counters, d);
+            if probe != Probe::Skipped {
+                self.remember(in_port, frames, now, mac_gen, d);
+            }
+        }
+        if d.secured {
+            self.security.meter(
+                in_port,
+                frames,
+                &mut d.actions[..n],
+                &mut d.scratch,
+                now.ns,
+                counters,
+            );
+        }
+        let zone = self.switch.zone_of(in_port);
+        d.outputs.clear();
+        for (i, f) in frames.iter().enumerate() {
+            d.fates[i] = match d.actions[i] {
+                Action::Drop(r) => Fate::Drop(r),
+                Action::Output(p) if self.switch.is_tunnel(p) => {
+                    if d.secured {
+                        Fate::Tunnel(p) // checked before the groups
+                    } else {
+                        match self.tunnel_egress(p, f, counters, KEEP_ALL) {
+                            Ok(()) => Fate::Tunnel(p),
+                            Err(r) => Fate::Drop(r),
+                        }
+                    }
+                }
+                Action::Output(p) => Fate::Local(p),
+                Action::Flood => self.flood(in_port, zone, i, f, now, counters, d),
+            };
+        }
+    }
+
+    /// The stages, up to the meters: bridge, then tunnel checks and
+    /// groups when any port has a group or meter.
+    fn stages<F: Frame>(
         &self,
         in_port: PortId,
         frames: &[F],
@@ -218,53 +321,143 @@ impl Pipeline {
             &counters[in_port.index()],
             &mut d.actions,
         );
-        let zone = self.switch.zone_of(in_port);
-        d.secured = self.security.is_active();
-        if d.secured {
-            // A unicast that cannot leave by its tunnel is dropped before
-            // the groups judge it (no session for what never left, no
-            // tokens); without groups or meters the output pass below
-            // checks it.
-            if self.overlay.is_some() {
-                for (f, a) in frames.iter().zip(&mut d.actions[..n]) {
-                    if let Action::Output(p) = *a {
-                        if !self.switch.is_tunnel(p) {
-                            continue;
-                        }
-                        if let Err(r) = self.tunnel_egress(p, f, counters, KEEP_ALL) {
-                            *a = Action::Drop(r);
-                        }
+        if !d.secured {
+            return;
+        }
+        // A unicast that cannot leave by its tunnel is dropped before
+        // the groups judge it (no session for what never left, no
+        // tokens); without groups or meters the output pass checks it.
+        if self.overlay.is_some() {
+            for (f, a) in frames.iter().zip(&mut d.actions[..n]) {
+                if let Action::Output(p) = *a {
+                    if !self.switch.is_tunnel(p) {
+                        continue;
+                    }
+                    if let Err(r) = self.tunnel_egress(p, f, counters, KEEP_ALL) {
+                        *a = Action::Drop(r);
                     }
                 }
             }
-            self.security.filter(
-                in_port,
-                zone,
-                frames,
-                &mut d.actions,
-                &mut d.scratch,
-                now.secs,
-                now.ns,
-                counters,
-            );
         }
-        d.outputs.clear();
-        for (i, f) in frames.iter().enumerate() {
-            d.fates[i] = match d.actions[i] {
-                Action::Drop(r) => Fate::Drop(r),
-                Action::Output(p) if self.switch.is_tunnel(p) => {
-                    if d.secured {
-                        Fate::Tunnel(p) // checked above
-                    } else {
-                        match self.tunnel_egress(p, f, counters, KEEP_ALL) {
-                            Ok(()) => Fate::Tunnel(p),
-                            Err(r) => Fate::Drop(r),
-                        }
-                    }
+        self.security.judge(
+            in_port,
+            self.switch.zone_of(in_port),
+            frames,
+            &mut d.actions,
+            &mut d.scratch,
+            now.secs,
+            counters,
+        );
+    }
+
+    /// Answers a burst whose every frame hit the flow cache, doing what
+    /// the stages would have done for it (see [`crate::flow_cache`]);
+    /// false, before changing anything, if a frame's session has ended
+    /// since (the stages then decide).
+    fn answer<F: Frame>(
+        &self,
+        in_port: PortId,
+        frames: &[F],
+        now: Now,
+        counters: &[PortCounters],
+        d: &mut Decisions,
+    ) -> bool {
+        let n = frames.len();
+        let Decisions {
+            cache,
+            actions,
+            scratch,
+            secured,
+            ..
+        } = d;
+        let c = cache.as_deref_mut().expect("probed");
+        let sessions = self.security.sessions();
+        let mut class = [0u16; MAX_BURST];
+        for (i, k) in class[..n].iter_mut().enumerate() {
+            if let Some((r, _)) = c.hit(i).0.session {
+                match sessions.live(r, now.secs) {
+                    Some(c) => *k = c,
+                    None => return false,
                 }
-                Action::Output(p) => Fate::Local(p),
-                Action::Flood => self.flood(in_port, zone, i, f, now, counters, d),
+            }
+        }
+        let pc = &counters[in_port.index()];
+        pc.rx_packets.add(n as u64);
+        pc.rx_bytes
+            .add(frames.iter().map(|f| f.frame_len() as u64).sum());
+        for (i, f) in frames.iter().enumerate() {
+            let (hit, proto, flags) = c.hit(i);
+            actions[i] = Action::Output(hit.out);
+            if !*secured {
+                continue;
+            }
+            scratch.hit(i, class[i]);
+            if hit.tunnel {
+                if let Err(r) = self.tunnel_egress(hit.out, f, counters, KEEP_ALL) {
+                    actions[i] = Action::Drop(r);
+                    continue;
+                }
+            }
+            if let Some((r, orig)) = hit.session {
+                sessions.update(r, proto, orig, flags, now.secs);
+            }
+        }
+        c.hits(n);
+        true
+    }
+
+    /// Caches what the stages decided for the frames of a probed burst
+    /// that can be cached: a unicast that passed port security and the
+    /// groups by a live session or without any, from a source MAC
+    /// learned on `in_port`, while no MAC changed in its bridge
+    /// (`mac_gen`: the generation before the burst).
+    fn remember<F: Frame>(
+        &self,
+        in_port: PortId,
+        frames: &[F],
+        now: Now,
+        mac_gen: Option<u32>,
+        d: &mut Decisions,
+    ) {
+        let Some(macs) = self.switch.macs_of(in_port) else {
+            return;
+        };
+        let gen = macs.generation();
+        if mac_gen != Some(gen) {
+            return;
+        }
+        let c = d.cache.as_deref_mut().expect("probed");
+        let mut learned: Option<(MacAddr, bool)> = None;
+        for (i, f) in frames.iter().enumerate() {
+            let Action::Output(out) = d.actions[i] else {
+                continue;
             };
+            let session = match (d.secured, d.scratch.via[i]) {
+                (false, _) | (true, Via::Plain) => None,
+                (true, Via::Session { r, orig }) => Some((r, orig)),
+                (true, Via::Uncached) => continue,
+            };
+            let src = MacAddr::from_slice(&f.data()[6..12]);
+            let ok = match learned {
+                Some((m, ok)) if m == src => ok,
+                _ => {
+                    let ok = src.is_zero() || macs.lookup(src, now.secs) == Some(in_port);
+                    learned = Some((src, ok));
+                    ok
+                }
+            };
+            if ok {
+                c.insert(
+                    i,
+                    now.secs,
+                    Decision {
+                        out,
+                        tunnel: self.switch.is_tunnel(out),
+                        session,
+                        mac_gen: gen,
+                    },
+                );
+            }
         }
     }
 
@@ -436,10 +629,10 @@ mod tests {
             }
             let sessions = Arc::new(SessionTable::new(1024, Timeouts::default()));
             Rig {
-                pipe: Pipeline {
-                    switch: b.build(None).unwrap(),
-                    security: Security::new(ports, class_meters, sessions, 1),
-                    overlay: Some(Overlay {
+                pipe: Pipeline::new(
+                    b.build(None).unwrap(),
+                    Security::new(ports, class_meters, sessions, 1),
+                    Some(Overlay {
                         uplink: PortId(6),
                         ip: VTEP,
                         udp_port: vxlan::VXLAN_PORT,
@@ -448,7 +641,7 @@ mod tests {
                         learn: vec![true],
                         encap,
                     }),
-                },
+                ),
                 counters: (0..MAX_PORTS).map(|_| PortCounters::default()).collect(),
                 d: Box::default(),
             }

@@ -23,7 +23,7 @@
 use std::sync::Arc;
 
 use acl::policer::{Policed, SharedMeter, WireLen};
-use acl::session::{Found, Open, SessionTable};
+use acl::session::{Found, Open, SessionRef, SessionTable};
 use acl::{Action as AclAction, Classifier, Family, Tuple, Verdict};
 
 use crate::flow::{FlowKey, IPPROTO_TCP, L3};
@@ -89,6 +89,26 @@ pub(crate) struct Scratch {
     class: [u16; MAX_BURST],
     /// The fragment entry of frame i if it is a first fragment.
     first_fragment: [Option<Tuple>; MAX_BURST],
+    /// How the groups let frame i pass, for the flow cache.
+    pub(crate) via: [Via; MAX_BURST],
+}
+
+/// How the security stage let a frame through: what a flow cache entry
+/// for it must re-check on each hit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Via {
+    /// No group judged it (none on either side).
+    Plain,
+    /// A live session of the current ruleset, found by lookup.
+    Session {
+        /// Where it lives.
+        r: SessionRef,
+        /// Whether the frame is from its originator.
+        orig: bool,
+    },
+    /// Anything else (it opened a session, was denied, is not a TCP or
+    /// UDP first fragment...): never cached.
+    Uncached,
 }
 
 /// Fragment tracking: a first fragment the groups let through records
@@ -120,7 +140,21 @@ impl Default for Scratch {
             keep: [KEEP_ALL; MAX_BURST],
             class: [0; MAX_BURST],
             first_fragment: [None; MAX_BURST],
+            via: [Via::Uncached; MAX_BURST],
         }
+    }
+}
+
+impl Scratch {
+    /// Frame `i` is a flow cache hit of QoS class `class`: no remark or
+    /// cut yet (the meters decide), nothing for flood admission.
+    #[inline]
+    pub(crate) fn hit(&mut self, i: usize, class: u16) {
+        self.remark[i] = None;
+        self.keep[i] = KEEP_ALL;
+        self.class[i] = class;
+        self.tuples[i] = None;
+        self.first_fragment[i] = None;
     }
 }
 
@@ -224,11 +258,12 @@ impl Security {
         Ok(class)
     }
 
-    /// Judges and meters a burst received on `in_port` in bridge `zone`:
-    /// turns the actions of denied or red frames into drops (counted in
-    /// `counters`, indexed by port) and fills `scratch`.
+    /// Judges a burst received on `in_port` in bridge `zone` by the
+    /// groups and sessions: turns the actions of denied frames into drops
+    /// (counted in `counters`, indexed by port) and fills `scratch`.
+    /// [`Security::meter`] then colors what is left.
     #[allow(clippy::too_many_arguments)]
-    pub(crate) fn filter<F: Frame>(
+    pub(crate) fn judge<F: Frame>(
         &self,
         in_port: PortId,
         zone: u16,
@@ -236,7 +271,6 @@ impl Security {
         actions: &mut [Action],
         scratch: &mut Scratch,
         now: u32,
-        now_ns: u64,
         counters: &[PortCounters],
     ) {
         let n = frames.len();
@@ -257,6 +291,7 @@ impl Security {
             scratch.first_fragment[i] = None;
             scratch.tuples[i] = None;
             scratch.class[i] = 0;
+            scratch.via[i] = Via::Uncached;
             let out = match actions[i] {
                 Action::Output(q) => Some(q),
                 Action::Flood => None,
@@ -266,6 +301,7 @@ impl Security {
                 || out.is_some_and(|q| self.ports[q.index()].ingress.is_some())
                 || (out.is_none() && self.any_ingress);
             if !judged {
+                scratch.via[i] = Via::Plain;
                 continue;
             }
             let key = match FlowKey::parse(frames[i].data()) {
@@ -292,7 +328,7 @@ impl Security {
                 Found::Hit {
                     orig,
                     generation,
-                    class,
+                    mut class,
                     slot,
                 } => {
                     if generation != self.generation {
@@ -303,7 +339,10 @@ impl Security {
                             self.rules(out, Some(in_port), &original_of_reply(&t))
                         };
                         match verdict {
-                            Ok(c) => self.sessions.readmit(slot, self.generation, c),
+                            Ok(c) => {
+                                self.sessions.readmit(slot, self.generation, c);
+                                class = c;
+                            }
                             Err(_) => {
                                 self.sessions.remove(slot);
                                 miss[misses] = i as u8;
@@ -315,6 +354,9 @@ impl Security {
                     self.sessions
                         .update(slot, t.proto, orig, key.tcp_flags, now);
                     scratch.class[i] = class;
+                    if key.fragment.is_none() {
+                        scratch.via[i] = Via::Session { r: slot, orig };
+                    }
                 }
                 Found::Miss => {
                     miss[misses] = i as u8;
@@ -401,11 +443,13 @@ impl Security {
                 );
             }
         }
-        // 5. Meters.
-        self.meter(in_port, frames, actions, scratch, now_ns, counters);
     }
 
-    fn meter<F: Frame>(
+    /// Colors the frames of a burst received on `in_port` that are still
+    /// going somewhere, by the meters they meet (see the module doc):
+    /// red frames become drops, yellow ones may get a remark in
+    /// `scratch`, a superframe may be cut.
+    pub(crate) fn meter<F: Frame>(
         &self,
         in_port: PortId,
         frames: &[F],
@@ -601,6 +645,25 @@ mod tests {
 
     const A: [u8; 4] = [10, 0, 0, 1];
     const B: [u8; 4] = [10, 0, 0, 2];
+
+    impl Security {
+        /// Both passes, as the pipeline runs them.
+        #[allow(clippy::too_many_arguments)]
+        fn filter<F: Frame>(
+            &self,
+            in_port: PortId,
+            zone: u16,
+            frames: &[F],
+            actions: &mut [Action],
+            scratch: &mut Scratch,
+            now: u32,
+            now_ns: u64,
+            counters: &[PortCounters],
+        ) {
+            self.judge(in_port, zone, frames, actions, scratch, now, counters);
+            self.meter(in_port, frames, actions, scratch, now_ns, counters);
+        }
+    }
 
     fn tcp(src: [u8; 4], dst: [u8; 4], sp: u16, dp: u16, syn: bool, ack: bool) -> Vec<u8> {
         let mut b = PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])

@@ -25,6 +25,12 @@ impl Counter {
         self.0.load(Relaxed)
     }
 
+    /// Sets the value. Only the owning worker may call this.
+    #[inline]
+    pub fn set(&self, v: u64) {
+        self.0.store(v, Relaxed);
+    }
+
     /// Back to 0. Only while no worker writes it: its port is in no
     /// snapshot a worker may still use (the next publication orders the
     /// store before the writer's next add).
@@ -316,5 +322,33 @@ mod tests {
         c.drop(DropReason::TxFull, 2);
         assert_eq!(c.rx_packets.get(), 7);
         assert_eq!(c.drops[DropReason::TxFull as usize].get(), 2);
+    }
+}
+
+/// One worker's flow cache counters ([`crate::flow_cache::CacheStats`]),
+/// published by the worker after each busy poll round for `pmd-perf`.
+#[derive(Default, Debug)]
+pub struct CacheCounters {
+    /// Frames answered from the cache.
+    pub hits: Counter,
+    /// Frames probed that took the stages.
+    pub misses: Counter,
+    /// Entries made or refreshed.
+    pub inserts: Counter,
+    /// Live entries replaced.
+    pub evictions: Counter,
+    /// Bursts not probed (the cache was of no use).
+    pub bypassed: Counter,
+}
+
+impl CacheCounters {
+    /// Publishes the worker's cache counters. Only the owning worker.
+    #[inline]
+    pub fn publish(&self, s: &crate::flow_cache::CacheStats) {
+        self.hits.set(s.hits);
+        self.misses.set(s.misses);
+        self.inserts.set(s.inserts);
+        self.evictions.set(s.evictions);
+        self.bypassed.set(s.bypassed);
     }
 }

@@ -353,6 +353,12 @@ impl Switch {
         self.port_bridge.get(port.index()).copied().flatten()
     }
 
+    /// The MAC table of `port`'s bridge, if it is in one.
+    #[inline]
+    pub fn macs_of(&self, port: PortId) -> Option<&MacTable> {
+        self.bridge_of(port).map(|b| &*self.bridges[b.index()].macs)
+    }
+
     /// The session zone of `port`'s bridge (0 for a port in none: its
     /// frames are dropped before sessions are looked up).
     #[inline]
