@@ -332,7 +332,7 @@ struct Body {
 /// Where a session found by [`SessionTable::lookup`] lives: its slot and
 /// the slot's version then, so that changes through it touch that session
 /// only, never one that took the slot over since.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct SessionRef {
     slot: u32,
     version: u16,

@@ -163,6 +163,70 @@ fn pipeline(c: &mut Criterion) {
     g.finish();
 }
 
+/// `Pipeline::decide` with the benchmark's 1000-rule group and sessions
+/// on the generator port, bursts rotating over the 1k-flow workload (as
+/// harness P replays it): with the worker's flow cache, and without.
+fn decide(c: &mut Criterion) {
+    use std::sync::Arc;
+    use vswitch::security::{Group, PortPolicy, Security};
+    use vswitch::{Decisions, Now, Pipeline};
+    let mut g = c.benchmark_group("decide");
+    g.throughput(Throughput::Elements(MAX_BURST as u64));
+    let mut b = SwitchBuilder::new();
+    let br = b.bridge(BridgeConf {
+        name: "b".into(),
+        mac_capacity: 4096,
+        mac_aging_secs: 300,
+    });
+    b.attach(PortId(0), br).attach(PortId(1), br);
+    b.static_mac(br, MacAddr(DST_MAC), PortId(1));
+    let sg = group(1000);
+    let n = sg.rules.len();
+    let policy = PortPolicy {
+        egress: Some(Arc::new(Group {
+            name: "sg".into(),
+            classifier: acl::Classifier::new(&sg),
+            rule_class: vec![0; n],
+        })),
+        ..PortPolicy::default()
+    };
+    let sessions = Arc::new(acl::session::SessionTable::new(
+        4096,
+        acl::session::Timeouts::default(),
+    ));
+    let pipe = Pipeline::new(
+        b.build(None).expect("valid topology"),
+        Security::new(vec![policy], Vec::new(), sessions, 1),
+        None,
+    );
+    let frames = Workload::Udp4 { flows: 1024 }.frames();
+    let counters: Vec<PortCounters> = (0..vswitch::MAX_PORTS)
+        .map(|_| PortCounters::default())
+        .collect();
+    let now = Now::from_ns(1_000_000_000);
+    for (name, mut d) in [
+        (
+            "security_group_1k_flows_cached",
+            Box::new(Decisions::with_flow_cache()),
+        ),
+        (
+            "security_group_1k_flows_uncached",
+            Box::<Decisions>::default(),
+        ),
+    ] {
+        let mut at = 0;
+        g.bench_function(name, |bch| {
+            bch.iter(|| {
+                let burst = &frames[at..at + MAX_BURST];
+                at = (at + MAX_BURST) % frames.len();
+                pipe.decide(PortId(0), black_box(burst), now, &counters, &mut d);
+                assert_eq!(d.fate(0), vswitch::Fate::Local(PortId(1)));
+            })
+        });
+    }
+    g.finish();
+}
+
 /// The benchmark security group as acl rules (see workload::security_group).
 fn group(n: u32) -> acl::SecurityGroup {
     let rules = vsbench::workload::security_group(n)
@@ -349,6 +413,7 @@ criterion_group!(
     parse,
     mac_table,
     pipeline,
+    decide,
     acl_classify,
     sessions,
     policer,

@@ -89,19 +89,27 @@ pub const BYPASS_AFTER: u32 = 256;
 pub const BYPASS_PROBE: u32 = 32;
 
 /// A cached frame's key (see the module documentation): 7 words, the
-/// ingress port and MACs, protocol, ports, then the addresses (IPv4 in
-/// the low half of the first word of each).
+/// ingress port and MACs, protocol, ports, the first halves of the
+/// addresses (an IPv4 address whole), then their second halves (0 for
+/// IPv4: an IPv4 key is its first [`HEAD`] words).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Key([u64; 7]);
 
-#[inline]
-fn be16(b: &[u8], at: usize) -> u16 {
-    u16::from_be_bytes([b[at], b[at + 1]])
-}
+/// Words of a key held on an entry's first cache line.
+const HEAD: usize = 5;
+/// The IPv6 bit of a key's second word.
+const V6: u64 = 1 << 56;
 
 #[inline]
-fn mac48(b: &[u8]) -> u64 {
-    u64::from(u32::from_be_bytes([b[0], b[1], b[2], b[3]])) << 16 | u64::from(be16(b, 4))
+fn mac48(b: &[u8; 6]) -> u64 {
+    u64::from_be_bytes([0, 0, b[0], b[1], b[2], b[3], b[4], b[5]])
+}
+
+/// `N` bytes of `frame` from `at`, as an array (one bounds check; the
+/// reads from it need none).
+#[inline]
+fn bytes<const N: usize>(frame: &[u8], at: usize) -> Option<&[u8; N]> {
+    frame.get(at..at + N)?.try_into().ok()
 }
 
 impl Key {
@@ -109,20 +117,16 @@ impl Key {
     /// frame is of a cacheable kind (see the module documentation).
     #[inline]
     pub fn extract(port: PortId, frame: &[u8]) -> Option<(Key, u8)> {
-        if frame.len() < 14 {
-            return None;
-        }
-        let ip = &frame[14..];
-        let (v6, l4, proto, src, dst) = match be16(frame, 12) {
+        let eth: &[u8; 14] = bytes(frame, 0)?;
+        let (v6, l4, proto, src, dst) = match u16::from_be_bytes([eth[12], eth[13]]) {
             ETH_P_IPV4 => {
-                if ip.len() < 20 || ip[0] >> 4 != 4 {
-                    return None;
-                }
+                let ip: &[u8; 20] = bytes(frame, 14)?;
                 let ihl = usize::from(ip[0] & 0x0f) * 4;
-                if ihl < 20 || ip.len() < ihl || usize::from(be16(ip, 2)) < ihl {
+                let total = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
+                if ip[0] >> 4 != 4 || ihl < 20 || frame.len() < 14 + ihl || total < ihl {
                     return None;
                 }
-                if be16(ip, 6) & 0x3fff != 0 {
+                if u16::from_be_bytes([ip[6], ip[7]]) & 0x3fff != 0 {
                     return None; // a fragment
                 }
                 let a = |at: usize| {
@@ -136,42 +140,52 @@ impl Key {
                 (false, 14 + ihl, ip[9], [a(12), 0], [a(16), 0])
             }
             ETH_P_IPV6 => {
-                if ip.len() < 40 || ip[0] >> 4 != 6 {
+                let ip: &[u8; 40] = bytes(frame, 14)?;
+                if ip[0] >> 4 != 6 {
                     return None;
                 }
-                let w = |at: usize| u64::from_be_bytes(ip[at..at + 8].try_into().expect("8 bytes"));
+                let w = |at: usize| {
+                    u64::from_be_bytes([
+                        ip[at],
+                        ip[at + 1],
+                        ip[at + 2],
+                        ip[at + 3],
+                        ip[at + 4],
+                        ip[at + 5],
+                        ip[at + 6],
+                        ip[at + 7],
+                    ])
+                };
                 (true, 54, ip[6], [w(8), w(16)], [w(24), w(32)])
             }
             _ => return None,
         };
-        let need = match proto {
-            IPPROTO_TCP => 20,
-            IPPROTO_UDP => 8,
+        let (ports, flags) = match proto {
+            IPPROTO_TCP => {
+                let t: &[u8; 20] = bytes(frame, l4)?;
+                (u32::from_be_bytes([t[0], t[1], t[2], t[3]]), t[13])
+            }
+            IPPROTO_UDP => {
+                let u: &[u8; 8] = bytes(frame, l4)?;
+                (u32::from_be_bytes([u[0], u[1], u[2], u[3]]), 0)
+            }
             _ => return None,
         };
-        if frame.len() < l4 + need {
-            return None;
-        }
-        let flags = if proto == IPPROTO_TCP {
-            frame[l4 + 13]
-        } else {
-            0
-        };
+        let macs = |at: usize| mac48(eth[at..at + 6].try_into().expect("6 bytes"));
         let key = Key([
-            mac48(&frame[0..6]) | u64::from(port.0) << 48,
-            mac48(&frame[6..12]) | u64::from(proto) << 48 | u64::from(v6) << 56,
-            u64::from(u32::from_be_bytes([
-                frame[l4],
-                frame[l4 + 1],
-                frame[l4 + 2],
-                frame[l4 + 3],
-            ])),
+            macs(0) | u64::from(port.0) << 48,
+            macs(6) | u64::from(proto) << 48 | u64::from(v6) << 56,
+            u64::from(ports),
             src[0],
-            src[1],
             dst[0],
+            src[1],
             dst[1],
         ]);
         Some((key, flags))
+    }
+
+    fn is_v6(&self) -> bool {
+        self.0[1] & V6 != 0
     }
 
     /// The frame's IP protocol.
@@ -181,7 +195,11 @@ impl Key {
     }
 
     fn hash(&self) -> u64 {
-        acl::hash::words(&self.0)
+        acl::hash::words(if self.is_v6() {
+            &self.0
+        } else {
+            &self.0[..HEAD]
+        })
     }
 }
 
@@ -199,15 +217,48 @@ pub(crate) struct Decision {
     pub mac_gen: u32,
 }
 
+/// An entry: everything an IPv4 flow needs on one cache line (its key,
+/// validity and decision), the rest of an IPv6 key on the next.
 #[repr(C, align(64))]
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, Default)]
 struct Entry {
-    key: Key,
+    /// The key's first [`HEAD`] words.
+    head: [u64; HEAD],
     /// [`FlowCache`]'s epoch when made (0: never).
     epoch: u32,
     /// The second it was decided in.
     secs: u32,
-    decision: Decision,
+    mac_gen: u32,
+    session: SessionRef,
+    out: PortId,
+    /// [`TUNNEL`], [`SESSION`], [`ORIG`].
+    flags: u8,
+    /// The key's last words (IPv6 only).
+    tail: [u64; 2],
+}
+
+const TUNNEL: u8 = 1;
+const SESSION: u8 = 2;
+const ORIG: u8 = 4;
+
+impl Entry {
+    #[inline]
+    fn holds(&self, k: &Key) -> bool {
+        self.head == k.0[..HEAD] && (!k.is_v6() || self.tail == k.0[HEAD..])
+    }
+
+    fn decision(&self) -> Decision {
+        Decision {
+            out: self.out,
+            tunnel: self.flags & TUNNEL != 0,
+            session: (self.flags & SESSION != 0).then_some((self.session, self.flags & ORIG != 0)),
+            mac_gen: self.mac_gen,
+        }
+    }
+
+    fn proto(&self) -> u8 {
+        (self.head[1] >> 48) as u8
+    }
 }
 
 /// How a burst fared in the cache.
@@ -222,16 +273,15 @@ pub(crate) enum Probe {
 }
 
 /// One frame's probe.
-#[derive(Clone, Copy, Default)]
+#[derive(Clone, Copy)]
 struct Probed {
-    /// Its key, if cacheable.
-    key: Option<Key>,
-    hash: u64,
+    /// The entry holding its key, valid or not ([`NONE`]: none).
+    at: u32,
     /// Its TCP flags.
     flags: u8,
-    /// The entry holding its key, valid or not.
-    at: Option<u32>,
 }
+
+const NONE: u32 = u32::MAX;
 
 /// Hits, misses and upkeep of one worker's cache (read by the worker,
 /// which publishes them to `pmd-perf`).
@@ -276,24 +326,10 @@ impl FlowCache {
     pub fn new() -> FlowCache {
         FlowCache {
             sigs: vec![[0; WAYS]; BUCKETS].into_boxed_slice(),
-            entries: vec![
-                Entry {
-                    key: Key::default(),
-                    epoch: 0,
-                    secs: 0,
-                    decision: Decision {
-                        out: PortId(0),
-                        tunnel: false,
-                        session: None,
-                        mac_gen: 0,
-                    },
-                };
-                BUCKETS * WAYS
-            ]
-            .into_boxed_slice(),
+            entries: vec![Entry::default(); BUCKETS * WAYS].into_boxed_slice(),
             epoch: 1,
             pipeline: 0,
-            probes: [Probed::default(); MAX_BURST],
+            probes: [Probed { at: NONE, flags: 0 }; MAX_BURST],
             useless: 0,
             tick: 0,
             rng: 0x9e37_79b9,
@@ -331,6 +367,17 @@ impl FlowCache {
         (hash >> 32) as u32 | 1
     }
 
+    /// The entry of bucket `b` holding `key` (signature `sig`), valid or
+    /// not; [`NONE`].
+    #[inline]
+    fn find(&self, b: usize, sig: u32, key: &Key) -> u32 {
+        // The ways whose signature matches, as a bit mask (one vector
+        // compare), then their keys.
+        (0..WAYS)
+            .find(|&w| self.sigs[b][w] == sig && self.entries[b * WAYS + w].holds(key))
+            .map_or(NONE, |w| (b * WAYS + w) as u32)
+    }
+
     /// Probes a burst received on `port` at second `secs`, whose bridge's
     /// MAC table is at generation `mac_gen`.
     pub(crate) fn probe<F: crate::Frame>(
@@ -348,28 +395,20 @@ impl FlowCache {
             }
         }
         let mut all = true;
-        for (f, p) in frames.iter().zip(&mut self.probes) {
-            *p = Probed::default();
+        for (i, f) in frames.iter().enumerate() {
             let Some((key, flags)) = Key::extract(port, f.data()) else {
+                self.probes[i] = Probed { at: NONE, flags: 0 };
                 all = false;
                 continue;
             };
             let hash = key.hash();
             let (b, sig) = (Self::bucket(hash), Self::sig(hash));
-            let at = (0..WAYS)
-                .find(|&w| self.sigs[b][w] == sig && self.entries[b * WAYS + w].key == key)
-                .map(|w| (b * WAYS + w) as u32);
-            let valid = at.is_some_and(|i| {
-                let e = &self.entries[i as usize];
-                e.epoch == self.epoch && e.secs == secs && e.decision.mac_gen == mac_gen
-            });
-            all &= valid;
-            *p = Probed {
-                key: Some(key),
-                hash,
-                flags,
-                at,
+            let at = self.find(b, sig, &key);
+            all &= at != NONE && {
+                let e = &self.entries[at as usize];
+                e.epoch == self.epoch && e.secs == secs && e.mac_gen == mac_gen
             };
+            self.probes[i] = Probed { at, flags };
         }
         if all {
             self.useless = 0;
@@ -386,8 +425,8 @@ impl FlowCache {
     #[inline]
     pub(crate) fn hit(&self, i: usize) -> (Decision, u8, u8) {
         let p = &self.probes[i];
-        let e = &self.entries[p.at.expect("all hit") as usize];
-        (e.decision, e.key.proto(), p.flags)
+        let e = &self.entries[p.at as usize];
+        (e.decision(), e.proto(), p.flags)
     }
 
     /// Counts a burst of `n` answered from the cache.
@@ -404,15 +443,23 @@ impl FlowCache {
         self.useless = (self.useless + 1).min(BYPASS_AFTER);
     }
 
-    /// Frame `i` of the probed burst (if it had a key) went through the
-    /// stages at second `secs` and `d` is what they decided: remember it.
-    pub(crate) fn insert(&mut self, i: usize, secs: u32, d: Decision) {
-        let p = self.probes[i];
-        let Some(key) = p.key else { return };
-        let b = Self::bucket(p.hash);
-        let way = match p.at {
-            Some(at) => at as usize - b * WAYS,
-            None => {
+    /// Frame `i` of the probed burst, `frame` received on `port`, went
+    /// through the stages at second `secs` and `d` is what they decided:
+    /// remember it (if it is of a kind the cache holds).
+    pub(crate) fn insert(&mut self, i: usize, port: PortId, frame: &[u8], secs: u32, d: Decision) {
+        let Some((key, _)) = Key::extract(port, frame) else {
+            return;
+        };
+        let hash = key.hash();
+        let (b, sig) = (Self::bucket(hash), Self::sig(hash));
+        // Its probe's entry, or one an earlier frame of the burst with
+        // the same key made.
+        let held = match self.probes[i].at {
+            NONE => self.find(b, sig, &key),
+            at => at,
+        };
+        let way = match held {
+            NONE => {
                 let stale = (0..WAYS).find(|&w| {
                     let e = &self.entries[b * WAYS + w];
                     self.sigs[b][w] == 0 || e.epoch != self.epoch || e.secs != secs
@@ -432,21 +479,23 @@ impl FlowCache {
                     }
                 }
             }
+            at => at as usize - b * WAYS,
         };
-        self.sigs[b][way] = Self::sig(p.hash);
-        self.entries[b * WAYS + way] = Entry {
-            key,
+        let at = b * WAYS + way;
+        self.sigs[b][way] = sig;
+        let (s, o) = d.session.unwrap_or_default();
+        self.entries[at] = Entry {
+            head: key.0[..HEAD].try_into().expect("HEAD words"),
             epoch: self.epoch,
             secs,
-            decision: d,
+            mac_gen: d.mac_gen,
+            session: s,
+            out: d.out,
+            flags: if d.tunnel { TUNNEL } else { 0 }
+                | if d.session.is_some() { SESSION } else { 0 }
+                | if o { ORIG } else { 0 },
+            tail: key.0[HEAD..].try_into().expect("2 words"),
         };
-        // A later frame of the burst with the same key finds this entry.
-        self.probes[i].at = Some((b * WAYS + way) as u32);
-        for q in &mut self.probes[i + 1..] {
-            if q.key == Some(key) {
-                q.at = Some((b * WAYS + way) as u32);
-            }
-        }
         self.stats.inserts += 1;
     }
 }
@@ -492,8 +541,8 @@ mod tests {
                 [a as u64, 0]
             }
         };
-        again.0[3..5].copy_from_slice(&split(k.src_ip));
-        again.0[5..7].copy_from_slice(&split(k.dst_ip));
+        let (s, d) = (split(k.src_ip), split(k.dst_ip));
+        again.0[3..7].copy_from_slice(&[s[0], d[0], s[1], d[1]]);
         assert_eq!(key, again);
     }
 
@@ -598,13 +647,13 @@ mod tests {
         let mut c = FlowCache::new();
         c.retarget(1);
         assert_eq!(c.probe(PortId(0), &burst, 10, 7), Probe::Missed);
-        c.insert(0, 10, decision(1));
+        c.insert(0, PortId(0), &burst[0], 10, decision(1));
         assert_eq!(
             c.probe(PortId(0), &burst, 10, 7),
             Probe::Missed,
             "one of two"
         );
-        c.insert(1, 10, decision(2));
+        c.insert(1, PortId(0), &burst[1], 10, decision(2));
         assert_eq!(c.probe(PortId(0), &burst, 10, 7), Probe::AllHit);
         assert_eq!(c.hit(1).0.out, PortId(2));
         assert_eq!(
@@ -661,7 +710,7 @@ mod tests {
         assert!(crowded.len() > 4 * WAYS);
         for &sport in crowded {
             c.probe(PortId(0), &[flow(sport)], 5, 0);
-            c.insert(0, 5, decision(1));
+            c.insert(0, PortId(0), &flow(sport), 5, decision(1));
         }
         let s = c.stats();
         assert_eq!(s.inserts - s.evictions, WAYS as u64, "the free ways first");
@@ -689,7 +738,7 @@ mod tests {
         for _ in 0..2 * BYPASS_PROBE {
             match c.probe(PortId(0), &one, 6, 7) {
                 Probe::Skipped => {}
-                Probe::Missed => c.insert(0, 6, decision(1)),
+                Probe::Missed => c.insert(0, PortId(0), &one[0], 6, decision(1)),
                 Probe::AllHit => {
                     ended = true;
                     break;

@@ -272,7 +272,7 @@ impl Pipeline {
                 self.remember(in_port, frames, now, mac_gen, d);
             }
         }
-        if d.secured {
+        if d.secured && self.security.is_metered() {
             self.security.meter(
                 in_port,
                 frames,
@@ -449,6 +449,8 @@ impl Pipeline {
             if ok {
                 c.insert(
                     i,
+                    in_port,
+                    f.data(),
                     now.secs,
                     Decision {
                         out,

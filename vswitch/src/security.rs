@@ -72,6 +72,9 @@ pub struct Security {
     sessions: Arc<SessionTable>,
     generation: u32,
     active: bool,
+    /// Some port or QoS class has a meter (else [`Security::meter`] has
+    /// nothing to do).
+    metered: bool,
     /// Some port has an ingress group (a flooded frame may meet one).
     any_ingress: bool,
 }
@@ -207,12 +210,17 @@ impl Security {
         ports.resize(MAX_PORTS, PortPolicy::default());
         let active = ports.iter().any(|p| !p.is_empty());
         let any_ingress = ports.iter().any(|p| p.ingress.is_some());
+        let metered = !class_meters.is_empty()
+            || ports
+                .iter()
+                .any(|p| p.ingress_meter.is_some() || p.egress_meter.is_some());
         Security {
             ports,
             class_meters,
             sessions,
             generation,
             active,
+            metered,
             any_ingress,
         }
     }
@@ -236,6 +244,12 @@ impl Security {
     #[inline]
     pub fn is_active(&self) -> bool {
         self.active
+    }
+
+    /// Whether any meter exists (else [`Security::meter`] is skipped).
+    #[inline]
+    pub fn is_metered(&self) -> bool {
+        self.metered
     }
 
     /// Whether `src`'s egress and `dst`'s ingress groups allow `t`; the
