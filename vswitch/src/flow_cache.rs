@@ -31,12 +31,19 @@
 //! appeared, moved or left), (c) it is the same second (MAC aging and
 //! stamps, and session deadlines, count whole seconds), and (d) its
 //! session is still live in the same slot ([`acl::session::SessionTable::live`]).
-//! A hit then does exactly what the stages would have done for the
-//! frame: counts it, advances its session with the frame's own TCP flags
-//! and pushes its deadline ([`acl::session::SessionTable::update`], so
-//! TCP state and timeouts stay exact: there is no skipped update to
-//! bound), checks a tunnel's MTU per frame, and meets the same meters in
-//! the same order. The MAC learning a hit skips changes nothing: within
+//! A hit then does what the stages would have done for the frame:
+//! counts it, advances a TCP session with the frame's own flags and
+//! pushes its deadline ([`acl::session::SessionTable::update`]: TCP state
+//! and timeouts stay exact), checks a tunnel's MTU per frame, and meets
+//! the same meters in the same order. The one update a hit skips is a UDP
+//! (or other non-TCP) session's: within the entry's second the stages
+//! already made it, and a non-TCP packet never changes its own
+//! direction's state, so the update would write the deadline it holds.
+//! The bound: when the session's other direction is on another worker
+//! whose poll round began in the previous second, its reply pushed the
+//! deadline from that second, and the skipped update would have moved it
+//! one second later; a UDP session may therefore expire up to 1 s early
+//! (of its 30 s or 180 s). The MAC learning a hit skips changes nothing: within
 //! the second the source's entry was refreshed by the frame that made the
 //! entry, and an entry is made only when the source MAC is learned on the
 //! ingress port (a source the bucket could not hold takes the stages and
@@ -394,21 +401,29 @@ impl FlowCache {
                 return Probe::Skipped;
             }
         }
-        let mut all = true;
+        // Two passes: every frame's key and hash, then every lookup, so
+        // that the lookups' cache misses overlap.
+        let mut keys = [None; MAX_BURST];
         for (i, f) in frames.iter().enumerate() {
-            let Some((key, flags)) = Key::extract(port, f.data()) else {
-                self.probes[i] = Probed { at: NONE, flags: 0 };
+            let k = Key::extract(port, f.data());
+            self.probes[i] = Probed {
+                at: NONE,
+                flags: k.map_or(0, |(_, flags)| flags),
+            };
+            keys[i] = k.map(|(key, _)| (key, key.hash()));
+        }
+        let mut all = true;
+        for (i, k) in keys[..frames.len()].iter().enumerate() {
+            let Some((key, hash)) = k else {
                 all = false;
                 continue;
             };
-            let hash = key.hash();
-            let (b, sig) = (Self::bucket(hash), Self::sig(hash));
-            let at = self.find(b, sig, &key);
+            let at = self.find(Self::bucket(*hash), Self::sig(*hash), key);
             all &= at != NONE && {
                 let e = &self.entries[at as usize];
                 e.epoch == self.epoch && e.secs == secs && e.mac_gen == mac_gen
             };
-            self.probes[i] = Probed { at, flags };
+            self.probes[i].at = at;
         }
         if all {
             self.useless = 0;

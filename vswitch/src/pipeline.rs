@@ -254,8 +254,10 @@ impl Pipeline {
         let n = frames.len();
         d.secured = self.security.is_active();
         let macs = self.switch.macs_of(in_port);
+        // Without groups the stages cost less than a probe (no sessions,
+        // no classifier; forward decides runs of a burst at once).
         let probe = match (d.cache.as_deref_mut(), macs) {
-            (Some(c), Some(m)) => {
+            (Some(c), Some(m)) if self.security.has_groups() => {
                 c.retarget(self.id);
                 c.probe(in_port, frames, now.secs, m.generation())
             }
@@ -398,7 +400,9 @@ impl Pipeline {
                     continue;
                 }
             }
-            if let Some((r, orig)) = hit.session {
+            // A non-TCP session's update is a no-op within the entry's
+            // second (see crate::flow_cache for the 1 s bound).
+            if let (Some((r, orig)), crate::flow::IPPROTO_TCP) = (hit.session, proto) {
                 sessions.update(r, proto, orig, flags, now.secs);
             }
         }

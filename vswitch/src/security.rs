@@ -75,6 +75,8 @@ pub struct Security {
     /// Some port or QoS class has a meter (else [`Security::meter`] has
     /// nothing to do).
     metered: bool,
+    /// Some port has a group.
+    grouped: bool,
     /// Some port has an ingress group (a flooded frame may meet one).
     any_ingress: bool,
 }
@@ -210,6 +212,9 @@ impl Security {
         ports.resize(MAX_PORTS, PortPolicy::default());
         let active = ports.iter().any(|p| !p.is_empty());
         let any_ingress = ports.iter().any(|p| p.ingress.is_some());
+        let grouped = ports
+            .iter()
+            .any(|p| p.ingress.is_some() || p.egress.is_some());
         let metered = !class_meters.is_empty()
             || ports
                 .iter()
@@ -221,6 +226,7 @@ impl Security {
             generation,
             active,
             metered,
+            grouped,
             any_ingress,
         }
     }
@@ -244,6 +250,13 @@ impl Security {
     #[inline]
     pub fn is_active(&self) -> bool {
         self.active
+    }
+
+    /// Whether any port has a security group (the flow cache is worth
+    /// its probe only then).
+    #[inline]
+    pub fn has_groups(&self) -> bool {
+        self.grouped
     }
 
     /// Whether any meter exists (else [`Security::meter`] is skipped).

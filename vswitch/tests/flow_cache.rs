@@ -532,11 +532,17 @@ struct Pair {
 }
 
 impl Pair {
+    /// Port 1 sends through a group that allows everything (the cache
+    /// serves pipelines with groups).
     fn new() -> Pair {
+        let mut all = Rule::any("all", 1, AclAction::Allow);
+        all.proto = Proto::Udp;
+        let mut egress = vec![None; NICS as usize];
+        egress[1] = Some(vec![all]);
         let spec = Spec {
             attached: [true; NICS as usize],
             guarded: false,
-            egress: vec![None; NICS as usize],
+            egress,
             ingress: vec![None; NICS as usize],
             metered: false,
             generation: 1,
@@ -579,8 +585,9 @@ fn udp(src: u8, dst: u8) -> Vec<u8> {
     )
 }
 
+/// Both frames of a burst out of port `p`, unedited.
 fn local(p: u16) -> Vec<String> {
-    vec![format!("{:?}", Fate::Local(PortId(p))); 2]
+    vec![format!("{:?} remark None keep {}", Fate::Local(PortId(p)), u32::MAX); 2]
 }
 
 #[test]
@@ -596,9 +603,8 @@ fn a_deny_rule_on_a_cached_flow_stops_it_at_the_next_burst() {
     t.spec.egress[1] = Some(allow(53));
     t.w.reconfigure(&t.spec);
     let f = udp(1, 2);
-    let no_edits = vec![format!("{:?} remark None keep {}", Fate::Local(PortId(2)), u32::MAX); 2];
     for _ in 0..3 {
-        assert_eq!(t.send(1, &f), no_edits);
+        assert_eq!(t.send(1, &f), local(2));
     }
     let hits = t.hits();
     assert!(hits >= 2, "answered from the cache");
@@ -662,9 +668,9 @@ fn a_removed_port_gets_nothing_more() {
 #[test]
 fn a_session_that_ends_is_not_answered_from_the_cache() {
     let mut t = Pair::new();
-    // Port 2 accepts nothing new: only the session port 2's reply...
-    // here the other way round: port 1 opens by its egress group, the
-    // cached reply direction depends on the session alone.
+    // Port 1 opens sessions by its egress group and accepts nothing new:
+    // the replies it gets (and their cache entries) stand on the session
+    // alone.
     let mut any = Rule::any("all", 1, AclAction::Allow);
     any.proto = Proto::Udp;
     t.spec.egress[1] = Some(vec![any]);
@@ -677,9 +683,8 @@ fn a_session_that_ends_is_not_answered_from_the_cache() {
     r[34..36].copy_from_slice(&53u16.to_be_bytes());
     r[36..38].copy_from_slice(&1000u16.to_be_bytes());
     r[40..42].fill(0); // no UDP checksum
-    let pass = vec![format!("{:?} remark None keep {}", Fate::Local(PortId(1)), u32::MAX); 2];
     for _ in 0..3 {
-        assert_eq!(t.send(2, &r), pass);
+        assert_eq!(t.send(2, &r), local(1));
     }
     let hits = t.hits();
     assert!(hits >= 2);
