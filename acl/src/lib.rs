@@ -5,13 +5,15 @@
 //! - [`classifier`]: tuple space search, the compiled form workers use.
 //! - [`reference`]: the linear classifier the compiled one is checked against.
 //! - [`lint`]: config-time checks (shadowed, ambiguous, duplicate rules).
-#![forbid(unsafe_code)]
+// Unsafe only in `prefetch` (a hint instruction), which allows it.
+#![deny(unsafe_code)]
 #![deny(missing_docs)]
 
 pub mod classifier;
 pub mod hash;
 pub mod lint;
 pub mod policer;
+pub mod prefetch;
 pub mod reference;
 pub mod rule;
 pub mod session;

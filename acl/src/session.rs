@@ -516,6 +516,17 @@ impl SessionTable {
         Some((meta >> 32 & 1 != 0, state))
     }
 
+    /// Prefetches the two bucket lines the session of `t` in `zone`
+    /// would be looked up in: a burst prefetches every frame's, then
+    /// looks them up, and the cache misses of a table larger than the
+    /// caches overlap.
+    #[inline]
+    pub fn prefetch(&self, t: &Tuple, zone: u16) {
+        for b in self.buckets(hash(&canonical(t, zone))) {
+            crate::prefetch::line(&self.heads[b]);
+        }
+    }
+
     /// Looks up the session of `t` in `zone`.
     #[inline]
     pub fn lookup(&self, t: &Tuple, zone: u16, now: u32) -> Found {

@@ -190,8 +190,9 @@ fn decide(c: &mut Criterion) {
         })),
         ..PortPolicy::default()
     };
+    // Sized as harness P sizes them for 64k flows: 4 x the flows.
     let sessions = Arc::new(acl::session::SessionTable::new(
-        4096,
+        4 * 65536,
         acl::session::Timeouts::default(),
     ));
     let pipe = Pipeline::new(
@@ -199,21 +200,21 @@ fn decide(c: &mut Criterion) {
         Security::new(vec![policy], Vec::new(), sessions, 1),
         None,
     );
-    let frames = Workload::Udp4 { flows: 1024 }.frames();
     let counters: Vec<PortCounters> = (0..vswitch::MAX_PORTS)
         .map(|_| PortCounters::default())
         .collect();
     let now = Now::from_ns(1_000_000_000);
-    for (name, mut d) in [
-        (
-            "security_group_1k_flows_cached",
-            Box::new(Decisions::with_flow_cache()),
-        ),
-        (
-            "security_group_1k_flows_uncached",
-            Box::<Decisions>::default(),
-        ),
+    for (name, flows, cache) in [
+        ("security_group_1k_flows_cached", 1024, true),
+        ("security_group_1k_flows_uncached", 1024, false),
+        ("security_group_64k_flows_cached", 65536, true),
     ] {
+        let frames = Workload::Udp4 { flows }.frames();
+        let mut d = Box::new(if cache {
+            Decisions::with_flow_cache()
+        } else {
+            Decisions::default()
+        });
         let mut at = 0;
         g.bench_function(name, |bch| {
             bch.iter(|| {

@@ -351,6 +351,17 @@ impl Security {
                 scratch.first_fragment[i] = Some(f);
             }
             scratch.tuples[i] = Some((t, key.tcp_flags));
+            self.sessions.prefetch(&t, zone);
+        }
+        // The session lookups, once their lines are on their way.
+        for (i, a) in actions[..n].iter().enumerate() {
+            let Some((t, flags)) = scratch.tuples[i] else {
+                continue;
+            };
+            let out = match *a {
+                Action::Output(q) => Some(q),
+                _ => None,
+            };
             match self.sessions.lookup(&t, zone, now) {
                 Found::Hit {
                     orig,
@@ -378,10 +389,9 @@ impl Security {
                             }
                         }
                     }
-                    self.sessions
-                        .update(slot, t.proto, orig, key.tcp_flags, now);
+                    self.sessions.update(slot, t.proto, orig, flags, now);
                     scratch.class[i] = class;
-                    if key.fragment.is_none() {
+                    if scratch.first_fragment[i].is_none() {
                         scratch.via[i] = Via::Session { r: slot, orig };
                     }
                 }
