@@ -589,8 +589,10 @@ pub fn run(o: &Opts, hz: u64, command: &str) -> Result<Section> {
             o.warmup.as_secs_f64()
         ),
         "Frames are 60 bytes in the pcap (64 on the wire with FCS).".into(),
-        "The security-group workload compares vswitchd's stateful group (every frame: session hit; the \
-         group is consulted once per flow) with OVS stateless 1000 OpenFlow rules and with OVS conntrack."
+        "The security-group workload compares vswitchd's stateful group (every frame: a flow cache hit \
+         whose session is checked live; the group is consulted once per flow) with OVS stateless 1000 \
+         OpenFlow rules and with OVS conntrack. \"vswitchd, flow cache off\" is the same vswitchd with \
+         `[workers] flow_cache = false`, in the same rounds: every frame through the stages."
             .into(),
         "VXLAN encap: the generator's 60-byte frames leave the sink encapsulated (110 bytes); vswitchd \
          prepends the outer headers in the mbuf's headroom, OVS pushes them (native tunneling via br-phy, \
