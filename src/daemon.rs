@@ -417,9 +417,10 @@ impl Daemon<'_> {
     }
 
     /// Applies a changed config file (SIGHUP): security groups, QoS
-    /// policies, session timeouts and the ports' group and policy names.
-    /// Anything else needs a restart (ports, bridges and tunnels change
-    /// through the control socket). The snapshot is built off the data
+    /// policies and the ports' group and policy names. Anything else
+    /// needs a restart (ports, bridges and tunnels change through the
+    /// control socket; `[sessions]` is fixed when the session table is
+    /// made, and the table lives as long as the process). The snapshot is built off the data
     /// path and published atomically; workers switch between bursts.
     fn reload(&mut self, path: &std::path::Path) -> Result<()> {
         let text = crate::config::read(path)?;
@@ -434,14 +435,15 @@ impl Daemon<'_> {
             }
             c.ports.sort_by(|a, b| a.name.cmp(&b.name));
             (
-                c.eal, c.workers, c.control, c.bridges, c.ports, c.vtep, c.vnis,
+                c.eal, c.workers, c.control, c.bridges, c.ports, c.vtep, c.vnis, c.sessions,
             )
         };
         if strip(&new) != strip(&self.cfg) {
             bail!(
-                "only security groups, QoS policies, [sessions] timeouts and the ports' \
-                 ingress/egress group and QoS fields change at run time; restart vswitchd for the rest \
-                 (after changes through vswitchctl, `vswitchctl config dump` writes the running config)"
+                "only security groups, QoS policies and the ports' ingress/egress group and QoS \
+                 fields change at run time; restart vswitchd for the rest, [sessions] included (the \
+                 session table is sized and set up at start) (after changes through vswitchctl, \
+                 `vswitchctl config dump` writes the running config)"
             );
         }
         for w in &new.warnings {

@@ -260,6 +260,11 @@ fn a_reload_that_changes_ports_is_refused_and_the_old_config_keeps_running() {
     std::fs::write(&path, a.replace("02:00:00:00:0c:02", "02:00:00:00:0c:03")).unwrap();
     let e = vs.reload().unwrap_err();
     assert!(e.contains("restart"), "{e}");
+    // The session table is made at start: a [sessions] change is
+    // refused, not silently ignored.
+    std::fs::write(&path, format!("{a}\n[sessions]\ntcp_established_secs = 60\n")).unwrap();
+    let e = vs.reload().unwrap_err();
+    assert!(e.contains("[sessions]") && e.contains("restart"), "{e}");
     std::fs::write(&path, a.replace("priority = 100", "priority = \"x\"")).unwrap();
     let e = vs.reload().unwrap_err();
     assert!(
