@@ -262,7 +262,11 @@ fn a_reload_that_changes_ports_is_refused_and_the_old_config_keeps_running() {
     assert!(e.contains("restart"), "{e}");
     // The session table is made at start: a [sessions] change is
     // refused, not silently ignored.
-    std::fs::write(&path, format!("{a}\n[sessions]\ntcp_established_secs = 60\n")).unwrap();
+    std::fs::write(
+        &path,
+        format!("{a}\n[sessions]\ntcp_established_secs = 60\n"),
+    )
+    .unwrap();
     let e = vs.reload().unwrap_err();
     assert!(e.contains("[sessions]") && e.contains("restart"), "{e}");
     std::fs::write(&path, a.replace("priority = 100", "priority = \"x\"")).unwrap();
