@@ -93,19 +93,25 @@ fn mac_table(c: &mut Criterion) {
 
 /// The whole switching stage as a worker runs it: parse, learn, look up,
 /// decide, count, for one burst from the generator port.
-fn pipeline(c: &mut Criterion) {
-    let mut g = c.benchmark_group("pipeline");
-    g.throughput(Throughput::Elements(MAX_BURST as u64));
+/// Harness P's bridge: the generator on port 0, the sink's station a
+/// static MAC behind port 1.
+fn harness_bridge() -> (SwitchBuilder, vswitch::BridgeId) {
     let mut b = SwitchBuilder::new();
     let br = b.bridge(BridgeConf {
         name: "b".into(),
         mac_capacity: 4096,
         mac_aging_secs: 300,
     });
-    b.attach(PortId(0), br)
-        .attach(PortId(1), br)
-        .attach(PortId(2), br);
+    b.attach(PortId(0), br).attach(PortId(1), br);
     b.static_mac(br, MacAddr(DST_MAC), PortId(1));
+    (b, br)
+}
+
+fn pipeline(c: &mut Criterion) {
+    let mut g = c.benchmark_group("pipeline");
+    g.throughput(Throughput::Elements(MAX_BURST as u64));
+    let (mut b, br) = harness_bridge();
+    b.attach(PortId(2), br);
     // Port 2: the generator's stations behind port security (its MAC,
     // their /16 as an allowed prefix: one MAC and one prefix compared).
     b.guard(
@@ -172,14 +178,7 @@ fn decide(c: &mut Criterion) {
     use vswitch::{Decisions, Now, Pipeline};
     let mut g = c.benchmark_group("decide");
     g.throughput(Throughput::Elements(MAX_BURST as u64));
-    let mut b = SwitchBuilder::new();
-    let br = b.bridge(BridgeConf {
-        name: "b".into(),
-        mac_capacity: 4096,
-        mac_aging_secs: 300,
-    });
-    b.attach(PortId(0), br).attach(PortId(1), br);
-    b.static_mac(br, MacAddr(DST_MAC), PortId(1));
+    let (b, _) = harness_bridge();
     let sg = group(1000);
     let n = sg.rules.len();
     let policy = PortPolicy {

@@ -102,6 +102,11 @@ pub const BYPASS_PROBE: u32 = 32;
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Key([u64; 7]);
 
+/// The IP protocol in a key's second word.
+fn proto_in(w1: u64) -> u8 {
+    (w1 >> 48) as u8
+}
+
 /// Words of a key held on an entry's first cache line.
 const HEAD: usize = 5;
 /// The IPv6 bit of a key's second word.
@@ -195,12 +200,6 @@ impl Key {
         self.0[1] & V6 != 0
     }
 
-    /// The frame's IP protocol.
-    #[inline]
-    pub fn proto(&self) -> u8 {
-        (self.0[1] >> 48) as u8
-    }
-
     fn hash(&self) -> u64 {
         acl::hash::words(if self.is_v6() {
             &self.0
@@ -264,7 +263,7 @@ impl Entry {
     }
 
     fn proto(&self) -> u8 {
-        (self.head[1] >> 48) as u8
+        proto_in(self.head[1])
     }
 }
 
@@ -542,7 +541,7 @@ mod tests {
         let k = FlowKey::parse(frame).expect("a cacheable frame parses");
         assert_eq!(k.tags, 0);
         assert!(k.fragment.is_none());
-        assert_eq!(key.proto(), k.proto);
+        assert_eq!(proto_in(key.0[1]), k.proto);
         assert_eq!(flags, k.tcp_flags);
         let mut again = Key::default();
         let v6 = k.l3 == L3::V6;

@@ -152,14 +152,13 @@ impl Default for Scratch {
 
 impl Scratch {
     /// Frame `i` is a flow cache hit of QoS class `class`: no remark or
-    /// cut yet (the meters decide), nothing for flood admission.
+    /// cut yet (the meters decide). A hit is a unicast, so flood
+    /// admission never reads its other fields.
     #[inline]
     pub(crate) fn hit(&mut self, i: usize, class: u16) {
         self.remark[i] = None;
         self.keep[i] = KEEP_ALL;
         self.class[i] = class;
-        self.tuples[i] = None;
-        self.first_fragment[i] = None;
     }
 }
 

@@ -585,9 +585,27 @@ fn udp(src: u8, dst: u8) -> Vec<u8> {
     )
 }
 
+/// Both frames of a burst meeting `fate`, unedited.
+fn both(fate: Fate) -> Vec<String> {
+    vec![format!("{fate:?} remark None keep {}", u32::MAX); 2]
+}
+
 /// Both frames of a burst out of port `p`, unedited.
 fn local(p: u16) -> Vec<String> {
-    vec![format!("{:?} remark None keep {}", Fate::Local(PortId(p)), u32::MAX); 2]
+    both(Fate::Local(PortId(p)))
+}
+
+impl Pair {
+    /// Sends `f` from `port` until it is answered from the cache (out of
+    /// port `to`); the cache's hits then.
+    fn cache(&mut self, port: u16, f: &[u8], to: u16) -> u64 {
+        for _ in 0..3 {
+            assert_eq!(self.send(port, f), local(to));
+        }
+        let hits = self.hits();
+        assert!(hits >= 2, "answered from the cache");
+        hits
+    }
 }
 
 #[test]
@@ -603,24 +621,13 @@ fn a_deny_rule_on_a_cached_flow_stops_it_at_the_next_burst() {
     t.spec.egress[1] = Some(allow(53));
     t.w.reconfigure(&t.spec);
     let f = udp(1, 2);
-    for _ in 0..3 {
-        assert_eq!(t.send(1, &f), local(2));
-    }
-    let hits = t.hits();
-    assert!(hits >= 2, "answered from the cache");
+    let hits = t.cache(1, &f, 2);
     // The group now allows port 54 only: the session and the cache
     // entry are judged again, the flow stops at once.
     t.spec.egress[1] = Some(allow(54));
     t.spec.generation += 1;
     t.w.reconfigure(&t.spec);
-    let denied = vec![
-        format!(
-            "{:?} remark None keep {}",
-            Fate::Drop(DropReason::AclDeny),
-            u32::MAX
-        );
-        2
-    ];
+    let denied = both(Fate::Drop(DropReason::AclDeny));
     assert_eq!(t.send(1, &f), denied);
     assert_eq!(t.send(1, &f), denied);
     assert_eq!(t.hits(), hits, "no hit after the change");
@@ -630,11 +637,7 @@ fn a_deny_rule_on_a_cached_flow_stops_it_at_the_next_burst() {
 fn a_mac_move_redirects_a_cached_flow_at_once() {
     let mut t = Pair::new();
     let f = udp(1, 2);
-    for _ in 0..3 {
-        assert_eq!(t.send(1, &f), local(2));
-    }
-    let hits = t.hits();
-    assert!(hits >= 2);
+    let hits = t.cache(1, &f, 2);
     // Host 2 now speaks from port 3: the next burst to it goes there.
     t.send(3, &udp(2, 1));
     assert_eq!(t.send(1, &f), local(3));
@@ -646,10 +649,8 @@ fn a_mac_move_redirects_a_cached_flow_at_once() {
 fn a_removed_port_gets_nothing_more() {
     let mut t = Pair::new();
     let f = udp(1, 2);
-    for _ in 0..3 {
-        assert_eq!(t.send(1, &f), local(2));
-    }
-    let tx_before = t.w.counters[1].rx_packets.get();
+    t.cache(1, &f, 2);
+    let rx_before = t.w.counters[1].rx_packets.get();
     t.spec.attached[2] = false;
     t.w.reconfigure(&t.spec);
     // Its MACs are gone with it (the daemon flushes them too): the flow
@@ -662,7 +663,7 @@ fn a_removed_port_gets_nothing_more() {
             .all(|f| f.starts_with("Flood") && !f.contains("PortId(2)")),
         "{fates:?}"
     );
-    assert_eq!(t.w.counters[1].rx_packets.get(), tx_before + 2);
+    assert_eq!(t.w.counters[1].rx_packets.get(), rx_before + 2);
 }
 
 #[test]
@@ -683,20 +684,9 @@ fn a_session_that_ends_is_not_answered_from_the_cache() {
     r[34..36].copy_from_slice(&53u16.to_be_bytes());
     r[36..38].copy_from_slice(&1000u16.to_be_bytes());
     r[40..42].fill(0); // no UDP checksum
-    for _ in 0..3 {
-        assert_eq!(t.send(2, &r), local(1));
-    }
-    let hits = t.hits();
-    assert!(hits >= 2);
+    let hits = t.cache(2, &r, 1);
     assert_eq!(t.w.sessions.flush(), 1);
-    let denied = vec![
-        format!(
-            "{:?} remark None keep {}",
-            Fate::Drop(DropReason::AclDeny),
-            u32::MAX
-        );
-        2
-    ];
+    let denied = both(Fate::Drop(DropReason::AclDeny));
     assert_eq!(
         t.send(2, &r),
         denied,
