@@ -114,6 +114,7 @@ impl Daemon<'_> {
         match req {
             Request::Stats => Ok(serde_json::to_value(self.report()).expect("reports serialize")),
             Request::PmdPerf { clear } => Ok(self.pmd_perf(clear)),
+            Request::PmdRxqRebalance => self.rxq_rebalance(),
             Request::Latency => Ok(self.latency()),
             Request::PortList => Ok(self.port_list()),
             Request::PortShow { name } => self.port_show(&name),
@@ -217,6 +218,8 @@ impl Daemon<'_> {
             "link_up": p.link_up(),
             "guest_offloads": offloads,
             "tx_queues": tx_queues,
+            "rx_queues": p.spec.rx_queues,
+            "rss": p.rss(),
             "cni": p.spec.cni,
         })
     }
@@ -748,6 +751,8 @@ impl Daemon<'_> {
             })
             .collect();
         let ratio = |a: u64, b: u64| if b == 0 { 0.0 } else { a as f64 / b as f64 };
+        let rx_queues = self.rx_queues_json();
+        let busy_window = self.rxq.busy_pct();
         let workers: Vec<Value> = now
             .iter()
             .zip(&self.perf_base)
@@ -761,6 +766,8 @@ impl Daemon<'_> {
                 json!({
                     "worker": i,
                     "core": self.cfg.workers.cores.get(i),
+                    "rx_queues": rx_queues[i],
+                    "load_busy_pct": busy_window[i],
                     "packets": pkts,
                     "busy_cycles": busy,
                     "idle_cycles": idle,
@@ -783,7 +790,72 @@ impl Daemon<'_> {
         if clear {
             self.perf_base = now;
         }
-        json!({ "tsc_hz": self.hz, "workers": workers })
+        let w = &self.cfg.workers;
+        json!({
+            "tsc_hz": self.hz,
+            "workers": workers,
+            "rxq_assign": w.rxq_assign,
+            "auto_lb": {
+                "enabled": w.auto_lb.enabled,
+                "interval_secs": w.auto_lb.interval_secs,
+                "load_pct": w.auto_lb.load_pct,
+                "improvement_pct": w.auto_lb.improvement_pct,
+                "rebalances": self.rxq.rebalances,
+                "last": self.rxq.last.as_ref().map(|r| json!({
+                    "secs_ago": self.now_secs().saturating_sub(r.at_secs),
+                    "trigger": r.trigger,
+                    "moves": self.moves_json(&r.moves),
+                    "worker_load_pct_before": r.loads.before,
+                    "worker_load_pct_after": r.loads.after,
+                })),
+            },
+        })
+    }
+
+    /// Each worker's rx queues with their load over the last
+    /// `rxq::WINDOW` seconds (% of one worker's cycles).
+    fn rx_queues_json(&self) -> Vec<Value> {
+        self.rxq
+            .by_worker()
+            .iter()
+            .map(|qs| {
+                Value::Array(
+                    qs.iter()
+                        .map(|&(q, pinned)| {
+                            json!({
+                                "port": self.port_name(q.port),
+                                "queue": q.queue,
+                                "pinned": pinned,
+                                "load_pct": self.rxq.queue_pct(q),
+                            })
+                        })
+                        .collect(),
+                )
+            })
+            .collect()
+    }
+
+    fn moves_json(&self, moves: &[crate::rxq::Move]) -> Value {
+        moves
+            .iter()
+            .map(|m| {
+                json!({
+                    "port": self.port_name(m.queue.port),
+                    "queue": m.queue.queue,
+                    "from": m.from,
+                    "to": m.to,
+                })
+            })
+            .collect()
+    }
+
+    fn rxq_rebalance(&mut self) -> Result<Value, String> {
+        let plan = self.rxq.plan(self.cfg.workers.rxq_assign);
+        let loads = self.rxq.loads(&plan);
+        let moves = self
+            .rebalance(plan, "manual", loads)
+            .map_err(|e| format!("{e:#}"))?;
+        Ok(json!({ "moves": self.moves_json(&moves) }))
     }
 
     fn latency(&self) -> Value {

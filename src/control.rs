@@ -32,6 +32,10 @@ pub enum Request {
         #[serde(default)]
         clear: bool,
     },
+    /// Places every rx queue afresh by its measured cycles (or in turn,
+    /// with `rxq_assign = "roundrobin"`) and moves those that change
+    /// worker (`rxq`).
+    PmdRxqRebalance,
     /// Per worker: percentiles of the processing time of poll rounds
     /// that had packets (one burst per rx queue), in cycles and ns.
     Latency,

@@ -22,6 +22,7 @@ use crate::dpdk::eal::Eal;
 use crate::dpdk::mempool::Mempool;
 use crate::dpdk::{self, lcore};
 use crate::ports::{self, Port, PortIo};
+use crate::rxq::{Loads, Move, Placement, QueueId, Rebalance};
 use crate::state::StateFile;
 use crate::stats;
 use crate::tap::uring::TapQueue;
@@ -175,13 +176,31 @@ fn pool_size(cfg: &Config) -> u32 {
     (n.max(8192) + 1).next_power_of_two() - 1
 }
 
+/// The rx queues of a set of open ports, each with the worker its port
+/// pins it to (`rx_workers`), for [`Placement::sync`].
+pub(crate) fn rx_wanted(ports: &[Option<Port>]) -> Vec<(QueueId, Option<usize>)> {
+    let mut wanted = Vec::new();
+    for (i, port) in ports.iter().enumerate() {
+        let Some(port) = port else { continue };
+        for q in 0..port.spec.rx_queues {
+            let id = QueueId {
+                port: PortId(i as u16),
+                queue: q,
+            };
+            let pin = port.spec.rx_workers.as_ref().map(|l| l[usize::from(q)]);
+            wanted.push((id, pin));
+        }
+    }
+    wanted
+}
+
 /// The datapath snapshot for a set of open ports, with `security` as its
-/// security stage and the VTEP's tunnel ports. With `prev`, MAC tables
-/// carry over.
+/// security stage and the VTEP's tunnel ports, each rx queue polled by
+/// the worker `placement` gives it. With `prev`, MAC tables carry over.
 pub(crate) fn build_datapath(
     cfg: &Config,
     ports: &[Option<Port>],
-    n_workers: usize,
+    placement: &Placement,
     prev: Option<&Datapath>,
     security: Security,
     vtep: Option<&Vtep>,
@@ -197,8 +216,7 @@ pub(crate) fn build_datapath(
         v.attach(cfg, &mut b, &ids);
     }
     let mut tx = vec![TxTarget::None; MAX_PORTS];
-    let mut rx_queues = vec![Vec::new(); n_workers];
-    let mut rr = 0;
+    let mut rx_queues = vec![Vec::new(); placement.n_workers()];
     for (i, port) in ports.iter().enumerate() {
         let Some(port) = port else { continue };
         let pid = PortId(i as u16);
@@ -224,12 +242,13 @@ pub(crate) fn build_datapath(
             PortIo::Tap(d) => d.fds(),
         };
         for q in 0..port.spec.rx_queues {
-            let w = match &port.spec.rx_workers {
-                Some(list) => list[usize::from(q)],
-                None => {
-                    rr += 1;
-                    (rr - 1) % n_workers
-                }
+            let id = QueueId {
+                port: pid,
+                queue: q,
+            };
+            // A queue that is moving is polled by no worker (see `rxq`).
+            let Some(w) = placement.worker(id) else {
+                continue;
             };
             let src = match &port.io {
                 PortIo::Eth(e) => RxSource::Eth {
@@ -238,7 +257,7 @@ pub(crate) fn build_datapath(
                 },
                 PortIo::Tap(_) => RxSource::Tap(tap_fds[usize::from(q)]),
             };
-            rx_queues[w].push(RxQueue { port: pid, src });
+            rx_queues[w].push(RxQueue { id, src });
         }
     }
     let switch = b
@@ -252,7 +271,7 @@ pub(crate) fn build_datapath(
             .map(|qs| {
                 qs.iter()
                     .filter_map(|q: &RxQueue| match q.src {
-                        RxSource::Tap(fd) => Some(TapQueue { port: q.port, fd }),
+                        RxSource::Tap(fd) => Some(TapQueue { id: q.id, fd }),
                         RxSource::Eth { .. } => None,
                     })
                     .collect()
@@ -311,6 +330,8 @@ pub struct Daemon<'p> {
     pub(crate) perf_base: Vec<[u64; PERF_FIELDS]>,
     /// QoS meters and compiled groups, carried from snapshot to snapshot.
     carried: crate::security::Carried,
+    /// Which worker polls which rx queue, and their measured loads.
+    pub(crate) rxq: Placement,
 }
 
 /// Worker counters `pmd-perf` reports since its last `--clear`: packets,
@@ -349,10 +370,12 @@ impl Daemon<'_> {
             now_ns,
             &mut self.carried,
         );
+        self.rxq
+            .sync(&rx_wanted(&self.ports), cfg.workers.rxq_assign);
         let dp = build_datapath(
             cfg,
             &self.ports,
-            cfg.workers.cores.len(),
+            &self.rxq,
             Some(&old),
             security,
             self.vtep.as_ref(),
@@ -417,7 +440,8 @@ impl Daemon<'_> {
     }
 
     /// Applies a changed config file (SIGHUP): security groups, QoS
-    /// policies and the ports' group and policy names. Anything else
+    /// policies, the ports' group and policy names, and
+    /// `[workers.auto_lb]`. Anything else
     /// needs a restart (ports, bridges and tunnels change through the
     /// control socket; `[sessions]` is fixed when the session table is
     /// made, and the table lives as long as the process). The snapshot is built off the data
@@ -434,14 +458,16 @@ impl Daemon<'_> {
                 p.egress_qos = None;
             }
             c.ports.sort_by(|a, b| a.name.cmp(&b.name));
+            // Read by the control thread at each check.
+            c.workers.auto_lb = Default::default();
             (
                 c.eal, c.workers, c.control, c.bridges, c.ports, c.vtep, c.vnis, c.sessions,
             )
         };
         if strip(&new) != strip(&self.cfg) {
             bail!(
-                "only security groups, QoS policies and the ports' ingress/egress group and QoS \
-                 fields change at run time; restart vswitchd for the rest, [sessions] included (the \
+                "only security groups, QoS policies, the ports' ingress/egress group and QoS \
+                 fields and [workers.auto_lb] change at run time; restart vswitchd for the rest, [sessions] included (the \
                  session table is sized and set up at start) (after changes through vswitchctl, \
                  `vswitchctl config dump` writes the running config)"
             );
@@ -536,6 +562,7 @@ impl Daemon<'_> {
             b.macs.sweep(now);
         }
         dp.pipeline.security.sessions().sweep(now);
+        self.balance_rx_queues(now);
         let Some(v) = &mut self.vtep else { return };
         let behind: std::collections::HashSet<PortId> = dp
             .pipeline
@@ -560,6 +587,88 @@ impl Daemon<'_> {
                 Err(e) => eprintln!("vswitchd: tunnel update not applied: {e:#}"),
             }
         }
+    }
+}
+
+impl Daemon<'_> {
+    /// Once a second: samples the rx queues' and workers' cycles, and
+    /// lets auto-lb move queues (see `rxq`).
+    fn balance_rx_queues(&mut self, now_secs: u32) {
+        let workers = &self.shared.workers;
+        let totals: Vec<(u64, u64)> = workers
+            .iter()
+            .map(|w| (w.counters.busy_cycles.get(), w.counters.idle_cycles.get()))
+            .collect();
+        self.rxq.sample(
+            |q| {
+                workers
+                    .iter()
+                    .map(|w| w.counters.rxq_cycles[q.counter()].get())
+                    .sum()
+            },
+            &totals,
+        );
+        let w = &self.cfg.workers;
+        if let Some((plan, loads)) = self.rxq.auto_lb(&w.auto_lb, w.rxq_assign, now_secs) {
+            if let Err(e) = self.rebalance(plan, "auto_lb", loads) {
+                eprintln!("vswitchd: auto-lb: {e:#}");
+            }
+        }
+    }
+
+    /// Moves rx queues to the workers `plan` gives them, in two
+    /// publications (see `rxq`: no queue is ever polled by two workers),
+    /// and records the rebalance (`trigger`, the workers' loads).
+    pub(crate) fn rebalance(
+        &mut self,
+        plan: std::collections::BTreeMap<QueueId, usize>,
+        trigger: &'static str,
+        loads: Loads,
+    ) -> Result<Vec<Move>> {
+        let moves = self.rxq.begin(&plan);
+        if moves.is_empty() {
+            return Ok(moves);
+        }
+        let cfg = self.cfg.clone();
+        let parked = self.publish(&cfg, false);
+        if parked.is_err() || !self.shared.acked(self.shared.generation()) {
+            // The old worker may still poll them: they stay its.
+            self.rxq.abort(&moves);
+            self.publish(&cfg, false)?;
+            parked?;
+            bail!("a worker did not acknowledge the snapshot without the moving queues; nothing moved");
+        }
+        self.rxq.finish(&moves);
+        self.publish(&cfg, false)?;
+        let name = |q: QueueId| {
+            self.ports[q.port.index()]
+                .as_ref()
+                .map_or("?", |p| p.spec.name.as_str())
+        };
+        eprintln!(
+            "vswitchd: rx queues rebalanced ({trigger}): {}; worker loads {:.0?} % -> {:.0?} %",
+            moves
+                .iter()
+                .map(|m| format!(
+                    "{} q{}: worker {} -> {}",
+                    name(m.queue),
+                    m.queue.queue,
+                    m.from,
+                    m.to
+                ))
+                .collect::<Vec<_>>()
+                .join(", "),
+            loads.before,
+            loads.after,
+        );
+        self.rxq.rebalances += 1;
+        self.rxq.last = Some(Rebalance {
+            at_secs: self.now_secs(),
+            trigger,
+            moves: moves.clone(),
+            loads,
+        });
+        Ok(moves)
     }
 }
 
@@ -639,6 +748,7 @@ pub fn run(
     // Everything that can still fail before the workers start; on error
     // the ports opened above are undone.
     let mut carried = crate::security::Carried::default();
+    let mut placement = Placement::new(n_workers, hz);
     let prepared = (|| -> Result<_> {
         let vtep = match &cfg.vtep {
             Some(v) => {
@@ -654,10 +764,11 @@ pub fn run(
         };
         let slots: Vec<Option<&str>> = cfg.ports.iter().map(|p| Some(p.name.as_str())).collect();
         let security = crate::security::build(&cfg, &slots, None, 1, 0, &mut carried);
+        placement.sync(&rx_wanted(&ports), cfg.workers.rxq_assign);
         let dp = build_datapath(
             &cfg,
             &ports,
-            n_workers,
+            &placement,
             None,
             security,
             vtep.as_ref(),
@@ -705,6 +816,7 @@ pub fn run(
         reserve_left: hotplug_reserve(n_workers as u32),
         perf_base: vec![[0; PERF_FIELDS]; n_workers],
         carried,
+        rxq: placement,
         cfg,
         doc,
         config_path,

@@ -25,13 +25,14 @@ use vswitch::{CacheCounters, Counter, CycleHistogram, Pipeline, PortCounters, Po
 use crate::dpdk::mempool::PoolHandle;
 use crate::dpdk::port::GuestOffloads;
 use crate::dpdk::TscClock;
+use crate::rxq::{QueueId, MAX_RXQ};
 use crate::tap::uring::TapQueue;
 
 /// One rx queue a worker polls.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RxQueue {
-    /// Switch port.
-    pub port: PortId,
+    /// Switch port and queue index.
+    pub id: QueueId,
     /// Where its frames come from.
     pub src: RxSource,
 }
@@ -208,6 +209,9 @@ pub struct WorkerCounters {
     pub burst_cycles: CycleHistogram,
     /// Its flow cache's hits and misses.
     pub flow_cache: CacheCounters,
+    /// Per rx queue ([`QueueId::counter`]): cycles its non-empty polls
+    /// took (see `rxq`).
+    pub rxq_cycles: Box<[Counter]>,
 }
 
 impl Default for WorkerCounters {
@@ -220,6 +224,9 @@ impl Default for WorkerCounters {
             syscalls: Counter::default(),
             burst_cycles: CycleHistogram::default(),
             flow_cache: CacheCounters::default(),
+            rxq_cycles: (0..MAX_PORTS * MAX_RXQ)
+                .map(|_| Counter::default())
+                .collect(),
         }
     }
 }
@@ -289,6 +296,10 @@ impl Shared {
     pub fn reset_port(&self, port: PortId) {
         for w in &self.workers {
             w.counters.ports[port.index()].reset();
+            let first = port.index() * MAX_RXQ;
+            for c in &w.counters.rxq_cycles[first..first + MAX_RXQ] {
+                c.reset();
+            }
         }
     }
 
@@ -338,7 +349,10 @@ mod tests {
             ),
             tx: vec![TxTarget::None; MAX_PORTS].into(),
             rx_queues: vec![vec![RxQueue {
-                port: PortId(rx_port),
+                id: QueueId {
+                    port: PortId(rx_port),
+                    queue: 0,
+                },
                 src: RxSource::Eth {
                     dpdk_port: rx_port,
                     queue: 0,
@@ -364,7 +378,7 @@ mod tests {
             while w.running.load(Ordering::Relaxed) {
                 let g = w.generation();
                 let dp = w.load();
-                seen = dp.rx_queues[0][0].port.0;
+                seen = dp.rx_queues[0][0].id.port.0;
                 w.workers[0].ack.store(g, Ordering::Release);
                 std::thread::yield_now();
             }
@@ -372,7 +386,7 @@ mod tests {
         });
         assert!(shared.publish(snapshot(7), Duration::from_secs(10)));
         // Once publish returned, the worker polls the new port only.
-        assert_eq!(shared.load().rx_queues[0][0].port, PortId(7));
+        assert_eq!(shared.load().rx_queues[0][0].id.port, PortId(7));
         shared.running.store(false, Ordering::Relaxed);
         assert_eq!(worker.join().unwrap(), 7);
     }

@@ -2,7 +2,7 @@
 //!
 //! The crate is the daemon around the DPDK-free `vswitch` pipeline: config,
 //! EAL and ports (`dpdk`), port kinds and container plumbing (`ports`,
-//! `netns`), vswitchd's own TAP port with offloads (`tap`), the worker lcores (`worker`, `datapath`), the VXLAN tunnel
+//! `netns`), vswitchd's own TAP port with offloads (`tap`), the worker lcores (`worker`, `datapath`) and which rx queues each polls (`rxq`), the VXLAN tunnel
 //! endpoint (`vtep`), counters (`stats`), the control socket (`control`)
 //! and what its requests do (`admin`), and the CNI plugin (`cni`). See DESIGN.md for the data flow.
 #![deny(missing_docs)]
@@ -16,6 +16,7 @@ pub mod datapath;
 pub mod dpdk;
 pub mod netns;
 pub mod ports;
+pub mod rxq;
 pub mod security;
 pub mod state;
 pub mod stats;

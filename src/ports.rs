@@ -308,6 +308,15 @@ impl Port {
         }
     }
 
+    /// What the device hashes over its rx queues (None: no RSS; a TAP's
+    /// queues are chosen by the kernel's flow hash, see `tap`).
+    pub fn rss(&self) -> Option<Vec<&'static str>> {
+        match &self.io {
+            PortIo::Eth(e) => e.rss(),
+            PortIo::Tap(_) => None,
+        }
+    }
+
     /// Link up? For a TAP: the container set it up (read in its netns).
     pub fn link_up(&self) -> bool {
         match (&self.io, &self.spec.kind) {

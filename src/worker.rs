@@ -74,6 +74,46 @@ struct Output {
     ip_id: u16,
 }
 
+/// The busy rx queues of a poll round with the frames each brought, to
+/// share the round's common cycles (the TAP queues' io_uring syscall, the
+/// final tx flush) among them in proportion (see `rxq`). Beyond
+/// [`SHARE_SLOTS`] busy queues in one round, the later ones get no share.
+#[derive(Default)]
+struct RoundShare {
+    queues: [(u32, u32); SHARE_SLOTS],
+    len: usize,
+    frames: u64,
+    /// Common cycles to share.
+    overhead: u64,
+}
+
+const SHARE_SLOTS: usize = 16;
+
+impl RoundShare {
+    #[inline]
+    fn add(&mut self, counter: usize, frames: usize) {
+        if self.len < SHARE_SLOTS {
+            self.queues[self.len] = (counter as u32, frames as u32);
+            self.len += 1;
+            self.frames += frames as u64;
+        }
+    }
+
+    /// Adds each queue's share of `overhead` to its counter.
+    #[inline]
+    fn settle(&self, rxq_cycles: &[vswitch::Counter]) {
+        match self.len {
+            0 => return,
+            // The common case, without a division.
+            1 => return rxq_cycles[self.queues[0].0 as usize].add(self.overhead),
+            _ => {}
+        }
+        for &(c, n) in &self.queues[..self.len] {
+            rxq_cycles[c as usize].add(self.overhead * u64::from(n) / self.frames);
+        }
+    }
+}
+
 /// Frames per second one worker punts to the VTEP's host stack (ARP and
 /// ICMP for the underlay address: a handful per second in normal
 /// operation), and the burst it may punt at once.
@@ -165,6 +205,12 @@ impl Worker {
             let t0 = dpdk::rdtsc();
             let now = Now::from_ns(shared.clock.ns_at(t0));
             let mut got = 0;
+            // Per-queue cycles (see `rxq`): `mark` is when the current poll
+            // began if known without reading the clock (the round's start,
+            // or the end of a busy poll right before); after an empty poll
+            // the clock is read only once frames arrived.
+            let mut mark = Some(t0);
+            let mut share = RoundShare::default();
             for q in &dp.rx_queues[self.index] {
                 let n = match q.src {
                     RxSource::Eth { dpdk_port, queue } => port::rx_burst(dpdk_port, queue, &mut rx),
@@ -174,37 +220,64 @@ impl Worker {
                         dp.pools.tap,
                         &mut self.tap_stash,
                         &mut rx,
-                        &counters.ports[q.port.index()],
+                        &counters.ports[q.id.port.index()],
                         &counters.syscalls,
                     ),
                 };
                 if n == 0 {
+                    mark = None;
                     continue;
                 }
+                let start = mark.unwrap_or_else(dpdk::rdtsc);
                 got += n;
-                self.received(&dp, q.port, &mut rx, now, counters);
+                self.received(&dp, q.id.port, &mut rx, now, counters);
+                let end = dpdk::rdtsc();
+                counters.rxq_cycles[q.id.counter()].add(end - start);
+                share.add(q.id.counter(), n);
+                mark = Some(end);
             }
             if let Some(t) = tap_rx
                 .as_mut()
                 .filter(|_| !dp.tap_queues[self.index].is_empty())
             {
+                // One syscall for every TAP queue: its cycles are shared
+                // like the final flush's.
+                let start = dpdk::rdtsc();
                 t.poll(
                     dp.pools.tap,
                     &mut self.tap_stash,
                     &counters.ports,
                     &counters.syscalls,
                 );
-                while let Some(port) = t.next_burst(&mut rx) {
+                let mut last = dpdk::rdtsc();
+                let poll_cycles = last - start;
+                let before = got;
+                while let Some(q) = t.next_burst(&mut rx) {
                     got += rx.len();
-                    self.received(&dp, port, &mut rx, now, counters);
+                    share.add(q.counter(), rx.len());
+                    self.received(&dp, q.port, &mut rx, now, counters);
+                    let end = dpdk::rdtsc();
+                    counters.rxq_cycles[q.counter()].add(end - last);
+                    last = end;
+                }
+                if got > before {
+                    share.overhead += poll_cycles;
+                    mark = Some(last);
                 }
             }
+            let tail = if got > 0 {
+                mark.unwrap_or_else(dpdk::rdtsc)
+            } else {
+                0
+            };
             if let Some(vt) = &dp.vtep {
                 self.out.inject(&dp, vt, counters);
             }
             self.out.flush_all(&dp, counters);
             let t1 = dpdk::rdtsc();
             if got > 0 {
+                share.overhead += t1 - tail;
+                share.settle(&counters.rxq_cycles);
                 counters.busy_cycles.add(t1 - t0);
                 counters.burst_cycles.record(t1 - t0);
                 counters.packets.add(got as u64);

@@ -94,22 +94,38 @@ fn window(o: &Opts, hz: u64, mut read: impl FnMut() -> Result<u64>) -> Result<Me
     })
 }
 
-fn testpmd_io(o: &Opts, hz: u64, pcap: &Path) -> Result<Measured> {
-    let vdevs = [
-        format!("net_pcap0,rx_pcap={},infinite_rx=1", pcap.display()),
-        "net_null0,no-rx=1".to_string(),
-    ];
-    let mut tp = Testpmd::spawn(
-        "testpmd-io",
-        &["-l", "0,1", "--main-lcore", "0"],
-        &vdevs,
-        &["--forward-mode=io".into()],
-    )
-    .map_err(|e| anyhow!(e))?;
+/// testpmd io forwarding `pairs` generator/sink pairs (ports 2i -> 2i+1),
+/// one forwarding core per pair: CPU 1, then CPU 0 (which its idle
+/// interactive main lcore shares, as vswitchd's second worker shares it
+/// with the control thread).
+fn testpmd_io(o: &Opts, hz: u64, pcap: &Path, pairs: usize) -> Result<Measured> {
+    let vdevs: Vec<String> = (0..pairs)
+        .flat_map(|i| {
+            [
+                format!("net_pcap{i},rx_pcap={},infinite_rx=1", pcap.display()),
+                format!("net_null{i},no-rx=1"),
+            ]
+        })
+        .collect();
+    let (eal, mut app) = match pairs {
+        1 => (vec!["-l", "0,1", "--main-lcore", "0"], vec![]),
+        2 => (
+            vec!["--lcores", "0@0,1@1,2@0", "--main-lcore", "0"],
+            vec!["--nb-cores=2".to_string()],
+        ),
+        _ => bail!("harness P has two CPUs: at most two pairs"),
+    };
+    app.push("--forward-mode=io".into());
+    let mut tp = Testpmd::spawn("testpmd-io", &eal, &vdevs, &app).map_err(|e| anyhow!(e))?;
     tp.cmd("start");
-    window(o, hz, || {
-        tp.stats_of(1).map(|s| s.1).map_err(|e| anyhow!(e))
-    })
+    let mut m = window(o, hz, || {
+        (0..pairs)
+            .map(|i| tp.stats_of(2 * i as u16 + 1).map(|s| s.1))
+            .sum::<Result<u64, String>>()
+            .map_err(|e| anyhow!(e))
+    })?;
+    m.core_cycles *= pairs as f64;
+    Ok(m)
 }
 
 /// vswitchd's configuration of a workload: fields of bridge "b" and extra
@@ -124,6 +140,11 @@ struct VsConf {
     /// Also measure it with the flow cache off (the cache serves only
     /// pipelines with security groups).
     cache_off_too: bool,
+    /// Generator/sink pairs, each in a bridge of its own ("b", "b2").
+    pairs: usize,
+    /// Workers: CPU 1, then CPU 0 (shared with the control thread); pair
+    /// i's generator pinned to worker i mod workers.
+    workers: usize,
 }
 
 impl VsConf {
@@ -134,6 +155,8 @@ impl VsConf {
             sink_fields: format!("bridge = \"b\"\nstatic_macs = [\"{}\"]\n", hex_mac(DST_MAC)),
             note: note.into(),
             cache_off_too: false,
+            pairs: 1,
+            workers: 1,
         }
     }
 }
@@ -157,6 +180,8 @@ fn vs_vxlan_encap() -> VsConf {
             "VNI 100, static remote MAC and neighbour, outer headers prepended in place, 1 worker"
                 .into(),
         cache_off_too: false,
+        pairs: 1,
+        workers: 1,
     }
 }
 
@@ -239,43 +264,56 @@ fn vswitchd(o: &Opts, hz: u64, pcap: &Path, conf: &VsConf, cache: bool) -> Resul
     if !cache {
         header = header.replace("[workers]\n", "[workers]\nflow_cache = false\n");
     }
-    let config = format!(
-        r#"{header}
-{tables}
-
-[[port]]
-name = "gen"
-kind = "pcap"
-rx_pcap = "{pcap}"
-infinite_rx = true
-{gen_fields}
-
-[[port]]
-name = "sink"
-kind = "null"
-no_rx = true
-{sink_fields}
-"#,
-        pcap = pcap.display(),
-        tables = conf.tables,
-        gen_fields = conf.gen_fields,
-        sink_fields = conf.sink_fields,
-    );
+    if conf.workers == 2 {
+        header = header.replace("cores = [1]\n", "cores = [1, 0]\n");
+    }
+    let mut ports = String::new();
+    for i in 0..conf.pairs {
+        // Pair 0 keeps the names "gen", "sink" and bridge "b".
+        let (n, bridge) = match i {
+            0 => (String::new(), "b".to_string()),
+            _ => ((i + 1).to_string(), format!("b{}", i + 1)),
+        };
+        let in_bridge = |f: &str| f.replace("bridge = \"b\"", &format!("bridge = \"{bridge}\""));
+        if i > 0 {
+            ports += &format!("[[bridge]]\nname = \"{bridge}\"\n\n");
+        }
+        let pin = match conf.workers {
+            1 => String::new(),
+            w => format!("rx_workers = [{}]\n", i % w),
+        };
+        ports += &format!(
+            "[[port]]\nname = \"gen{n}\"\nkind = \"pcap\"\nrx_pcap = \"{pcap}\"\ninfinite_rx = true\n{pin}{gen}\n\
+             [[port]]\nname = \"sink{n}\"\nkind = \"null\"\nno_rx = true\n{sink}\n",
+            pcap = pcap.display(),
+            gen = in_bridge(&conf.gen_fields),
+            sink = in_bridge(&conf.sink_fields),
+        );
+    }
+    let config = format!("{header}\n{tables}\n\n{ports}", tables = conf.tables);
     let vs = Vswitchd::start(&o.vswitchd, &dir, &config).map_err(|e| anyhow!(e))?;
     let stats = || -> Result<Value> { vs.request(json!({"cmd": "stats"})).map_err(|e| anyhow!(e)) };
-    let sink_tx = |s: &Value| -> u64 {
+    let sinks_tx = |s: &Value| -> u64 {
         s["ports"]
             .as_array()
-            .and_then(|p| p.iter().find(|p| p["name"] == "sink"))
-            .and_then(|p| p["tx_packets"].as_u64())
+            .map(|p| {
+                p.iter()
+                    .filter(|p| p["name"].as_str().is_some_and(|n| n.starts_with("sink")))
+                    .filter_map(|p| p["tx_packets"].as_u64())
+                    .sum()
+            })
             .unwrap_or(0)
     };
-    let worker = |s: &Value, k: &str| s["workers"][0][k].as_u64().unwrap_or(0);
+    let workers = |s: &Value, k: &str| -> u64 {
+        s["workers"]
+            .as_array()
+            .map_or(0, |w| w.iter().filter_map(|w| w[k].as_u64()).sum())
+    };
     let mut first = None;
     let mut last = None;
     let mut m = window(o, hz, || {
         let s = stats()?;
-        let tx = sink_tx(&s);
+        let tx = sinks_tx(&s);
         if first.is_none() {
             first = Some(s);
         } else {
@@ -284,11 +322,80 @@ no_rx = true
         Ok(tx)
     })?;
     let (a, b) = (first.expect("read twice"), last.expect("read twice"));
-    let d = |k: &str| worker(&b, k).saturating_sub(worker(&a, k)) as f64;
+    let d = |k: &str| workers(&b, k).saturating_sub(workers(&a, k)) as f64;
+    m.core_cycles *= conf.workers as f64;
     m.own_cycles = Some(d("busy_cycles") / d("packets").max(1.0));
     m.busy_pct = Some(100.0 * d("busy_cycles") / (d("busy_cycles") + d("idle_cycles")).max(1.0));
     vs.stop();
     Ok(m)
+}
+
+/// The rows with two generator/sink pairs: testpmd io on two forwarding
+/// cores (the ceiling), vswitchd with one worker for both pairs, and with
+/// two workers, one pair each; the ratio of the last two is how vswitchd
+/// scales (the issue's goal: 1.8x).
+fn two_workers(o: &Opts, hz: u64, sec: &mut Section) -> Result<()> {
+    let pairs = [
+        (
+            "2 pairs: L2 forward, known MAC, 1k flows each",
+            VsConf::l2("MAC learning + static MAC lookup"),
+        ),
+        (
+            "2 pairs: security group, 1000 rules + sessions, 1k flows each",
+            vs_security_group(1000, 1024, false),
+        ),
+    ];
+    let pcap = Workload::Udp4 { flows: 1024 }.write_to(&o.pcap_dir)?;
+    for (name, conf) in pairs {
+        if o.workload
+            .as_ref()
+            .is_some_and(|w| !name.to_ascii_lowercase().contains(&w.to_ascii_lowercase()))
+        {
+            continue;
+        }
+        let one = VsConf {
+            pairs: 2,
+            workers: 1,
+            ..conf.clone()
+        };
+        let two = VsConf {
+            workers: 2,
+            ..one.clone()
+        };
+        let mut rounds = Rounds::default();
+        let mut others = crate::contention::PerRound::default();
+        let mut push = |system: &str, m: Measured| {
+            others.push(system, &m.others);
+            rounds.push(system, m);
+        };
+        for _ in 0..o.rounds {
+            push(
+                "testpmd io, 2 cores (ceiling)",
+                testpmd_io(o, hz, &pcap, 2).context("testpmd io, 2 cores")?,
+            );
+            push(
+                "vswitchd, 1 worker",
+                vswitchd(o, hz, &pcap, &one, true).context("vswitchd, 1 worker")?,
+            );
+            push(
+                "vswitchd, 2 workers",
+                vswitchd(o, hz, &pcap, &two, true).context("vswitchd, 2 workers")?,
+            );
+        }
+        for r in rounds.medians(|m| m.mpps) {
+            let mut note = format!("{}; {}", r.rounds_note(), others.note(&r.system));
+            if r.system.starts_with("vswitchd") {
+                note = format!(
+                    "{}, each pair in a bridge of its own; the 2-worker run pins pair i's generator \
+                     to worker i (CPU 1, and CPU 0 shared with the control thread); {note}",
+                    conf.note.trim_end_matches(", 1 worker")
+                );
+            }
+            add(sec, name, &r.system, &r.sample, r.spread, &note);
+        }
+        sec.ratios_against_all(name, "vswitchd, 2 workers", "Mpps");
+    }
+    Ok(())
 }
 
 /// One Open vSwitch configuration: OpenFlow flows, EMC on or off, and an
@@ -588,7 +695,8 @@ pub fn run(o: &Opts, hz: u64, command: &str) -> Result<Section> {
             "{} rounds, each system once per round; the row is the round with the median Mpps, spread % is \
              (max - min) / median over the rounds. Mpps: sink tx delta over a {:.0} s window after {:.0} s of \
              warm-up. cycles/pkt: the forwarding \
-             core's TSC cycles in the window / packets. own cycles/pkt: vswitchd's worker busy cycles / packets, \
+             core's TSC cycles in the window / packets (on the \"2 pairs\" rows with two forwarding cores, \
+             both cores' cycles). own cycles/pkt: vswitchd's workers' busy cycles / packets, \
              OVS's `pmd-stats-show` avg processing cycles per packet.",
             o.rounds,
             o.window.as_secs_f64(),
@@ -694,7 +802,7 @@ pub fn run(o: &Opts, hz: u64, command: &str) -> Result<Section> {
         for _ in 0..o.rounds {
             push(
                 "testpmd io (ceiling)",
-                testpmd_io(o, hz, &pcap).context("testpmd io")?,
+                testpmd_io(o, hz, &pcap, 1).context("testpmd io")?,
             );
             push(
                 "vswitchd",
@@ -718,6 +826,9 @@ pub fn run(o: &Opts, hz: u64, command: &str) -> Result<Section> {
             add(&mut sec, name, &r.system, &r.sample, r.spread, &note);
         }
         sec.ratios_against_all(name, "vswitchd", "Mpps");
+    }
+    if !o.smoke {
+        two_workers(o, hz, &mut sec)?;
     }
     Ok(sec)
 }

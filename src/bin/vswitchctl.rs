@@ -37,6 +37,9 @@ enum Noun {
         #[arg(long)]
         clear: bool,
     },
+    /// Places every rx queue afresh by its measured load (pinned ones
+    /// stay) and moves those that change worker.
+    PmdRxqRebalance,
     /// Per worker: percentiles of the processing time of a poll round.
     Latency,
     /// Ports (container NICs, uplinks).
@@ -281,6 +284,7 @@ fn to_request(noun: &Noun) -> Result<Request, String> {
     Ok(match noun {
         Noun::Stats => Request::Stats,
         Noun::PmdPerf { clear } => Request::PmdPerf { clear: *clear },
+        Noun::PmdRxqRebalance => Request::PmdRxqRebalance,
         Noun::Latency => Request::Latency,
         Noun::Port { verb } => match verb {
             PortVerb::List => Request::PortList,

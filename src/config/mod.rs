@@ -130,6 +130,11 @@ pub struct WorkersConf {
     /// (vswitch::flow_cache; like OVS's EMC). On unless switched off
     /// (for comparisons: the decisions are the same either way).
     pub flow_cache: bool,
+    /// How rx queues without `rx_workers` are given to workers (see
+    /// `rxq`).
+    pub rxq_assign: RxqAssign,
+    /// Moving rx queues off an overloaded worker.
+    pub auto_lb: AutoLbConf,
 }
 
 impl Default for WorkersConf {
@@ -138,6 +143,46 @@ impl Default for WorkersConf {
             cores: vec![1],
             idle_sleep_us: 0,
             flow_cache: true,
+            rxq_assign: RxqAssign::Cycles,
+            auto_lb: AutoLbConf::default(),
+        }
+    }
+}
+
+/// How rx queues are given to workers (Open vSwitch's `pmd-rxq-assign`).
+#[derive(Deserialize, Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RxqAssign {
+    /// To the worker whose queues measured the fewest cycles.
+    Cycles,
+    /// To each worker in turn.
+    Roundrobin,
+}
+
+/// Automatic rx queue rebalancing (Open vSwitch's `pmd-auto-lb`, with its
+/// thresholds; `[workers.auto_lb]`).
+#[derive(Deserialize, Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AutoLbConf {
+    /// Whether the control thread rebalances by itself.
+    pub enabled: bool,
+    /// Seconds between checks.
+    pub interval_secs: u32,
+    /// A check acts only if some worker was at least this busy (%) over
+    /// the measurement window.
+    pub load_pct: u32,
+    /// ... and the new placement lowers the variance of the workers'
+    /// loads by at least this much (%).
+    pub improvement_pct: u32,
+}
+
+impl Default for AutoLbConf {
+    fn default() -> Self {
+        AutoLbConf {
+            enabled: true,
+            interval_secs: 60,
+            load_pct: 95,
+            improvement_pct: 25,
         }
     }
 }
@@ -544,6 +589,28 @@ pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
         }
     }
     let n_workers = model.workers.cores.len();
+    let lb = &model.workers.auto_lb;
+    for (field, v, range) in [
+        (
+            "workers.auto_lb.interval_secs",
+            lb.interval_secs,
+            1..=86_400,
+        ),
+        ("workers.auto_lb.load_pct", lb.load_pct, 1..=100),
+        (
+            "workers.auto_lb.improvement_pct",
+            lb.improvement_pct,
+            1..=100,
+        ),
+    ] {
+        if !range.contains(&v) {
+            return Err(cx.err(
+                0..0,
+                field,
+                format!("between {} and {}", range.start(), range.end()),
+            ));
+        }
+    }
 
     let mut bridges = Vec::new();
     let mut bridge_names = HashSet::new();
@@ -1322,6 +1389,28 @@ mod tests {
         );
         assert_eq!(e.line, 7, "{e}");
         assert_eq!(e.field, "sockt");
+    }
+
+    #[test]
+    fn rx_queue_placement_settings_are_checked() {
+        let e = err("[workers]\nrxq_assign = \"group\"\n");
+        assert_eq!((e.line, e.field.as_str()), (2, "rxq_assign"), "{e}");
+        assert!(
+            e.message.contains("cycles") && e.message.contains("roundrobin"),
+            "{e}"
+        );
+        let e = err("[workers.auto_lb]\nload_pct = 150\n");
+        assert_eq!(e.field, "workers.auto_lb.load_pct", "{e}");
+        assert!(e.message.contains("between 1 and 100"), "{e}");
+        let c = parse(
+            "t.toml",
+            "[workers.auto_lb]\nenabled = false\ninterval_secs = 5\n",
+        )
+        .unwrap();
+        assert!(!c.workers.auto_lb.enabled);
+        assert_eq!(c.workers.auto_lb.interval_secs, 5);
+        assert_eq!(c.workers.auto_lb.load_pct, 95, "OVS's default");
+        assert_eq!(c.workers.rxq_assign, RxqAssign::Cycles);
     }
 
     #[test]

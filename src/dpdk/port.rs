@@ -272,7 +272,16 @@ impl EthPort {
                 ),
             });
         }
-        let conf = ffi::rte_eth_conf::default();
+        let mut conf = ffi::rte_eth_conf::default();
+        // Several rx queues: let a device that hashes flows spread them
+        // (RSS over addresses and ports, the driver's default key); other
+        // PMDs (vhost-user, virtio-user without a hashing backend, pcap,
+        // af_packet) fill each queue from its own source.
+        let hf = info.flow_type_rss_offloads & RSS_FLOWS;
+        if nb_rxq > 1 && hf != 0 {
+            conf.rxmode.mq_mode = ffi::rte_eth_rx_mq_mode_RTE_ETH_MQ_RX_RSS;
+            conf.rx_adv_conf.rss_conf.rss_hf = hf;
+        }
         // SAFETY: conf is a valid, zero-initialised config the call copies.
         let rc = unsafe { ffi::rte_eth_dev_configure(self.id, nb_rxq, nb_txq, &conf) };
         if rc < 0 {
@@ -312,6 +321,21 @@ impl EthPort {
             }
         }
         Ok(())
+    }
+
+    /// The flow types the device hashes over its rx queues (names from
+    /// [`RSS_NAMES`]), read back from the driver; None when RSS is off.
+    pub fn rss(&self) -> Option<Vec<&'static str>> {
+        let mut conf = ffi::rte_eth_rss_conf::default();
+        // SAFETY: a valid out struct; a null key pointer asks for no key.
+        let rc = unsafe { ffi::rte_eth_dev_rss_hash_conf_get(self.id, &mut conf) };
+        (rc == 0 && conf.rss_hf != 0).then(|| {
+            RSS_NAMES
+                .iter()
+                .filter(|(bit, _)| conf.rss_hf & bit != 0)
+                .map(|&(_, n)| n)
+                .collect()
+        })
     }
 
     /// Starts the port and turns on promiscuous mode (a switch port must see
@@ -395,6 +419,31 @@ fn remove_device(dev_name: &str) {
     // SAFETY: the vdev bus's name; rte_eal_hotplug_remove detaches by name.
     unsafe { ffi::rte_eal_hotplug_remove(c"vdev".as_ptr(), c.as_ptr()) };
 }
+
+/// RSS flow types (rte_ethdev.h's `RTE_ETH_RSS_*`, function-like
+/// macros bindgen does not expand) with the names `port show` gives them.
+pub const RSS_NAMES: [(u64, &str); 8] = [
+    (1 << 2, "ipv4"),
+    (1 << 3, "ipv4-frag"),
+    (1 << 4, "ipv4-tcp"),
+    (1 << 5, "ipv4-udp"),
+    (1 << 8, "ipv6"),
+    (1 << 9, "ipv6-frag"),
+    (1 << 10, "ipv6-tcp"),
+    (1 << 11, "ipv6-udp"),
+];
+
+/// The flow types a switch asks a device to hash: every one of
+/// [`RSS_NAMES`] (addresses for all IP, ports too for TCP and UDP).
+const RSS_FLOWS: u64 = {
+    let mut m = 0;
+    let mut i = 0;
+    while i < RSS_NAMES.len() {
+        m |= RSS_NAMES[i].0;
+        i += 1;
+    }
+    m
+};
 
 /// Receives up to [`MAX_BURST`] frames into an empty `burst`; returns how many.
 #[inline]

@@ -37,6 +37,7 @@ use vswitch::{Counter, PortCounters, PortId, MAX_BURST};
 use super::io_path::accept_frame;
 use crate::dpdk::mbuf::{Burst, Mbuf};
 use crate::dpdk::mempool::PoolHandle;
+use crate::rxq::QueueId;
 
 /// Provided buffers per worker, shared by all its TAP queues: two bursts
 /// (64 x 64 KB = 4 MB of the TAP pool), whatever the number of queues.
@@ -44,26 +45,29 @@ pub const BUFFERS: usize = 64;
 const BGID: u16 = 0;
 /// `io_uring_enter` flag: wait for / run completions (include/uapi/linux/io_uring.h).
 const IORING_ENTER_GETEVENTS: u32 = 1;
-/// user_data of cancel requests (read requests carry port << 32 | fd).
+/// user_data of cancel requests (read requests carry queue << 48 | port << 32 | fd).
 const CANCEL: u64 = u64::MAX;
 
 /// A TAP queue this reader serves.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub struct TapQueue {
-    /// Its switch port.
-    pub port: PortId,
+    /// Its switch port and queue index.
+    pub id: QueueId,
     /// Its fd.
     pub fd: RawFd,
 }
 
 impl TapQueue {
     fn token(self) -> u64 {
-        u64::from(self.port.0) << 32 | u64::from(self.fd as u32)
+        u64::from(self.id.queue) << 48 | u64::from(self.id.port.0) << 32 | u64::from(self.fd as u32)
     }
 
     fn from_token(t: u64) -> TapQueue {
         TapQueue {
-            port: PortId((t >> 32) as u16),
+            id: QueueId {
+                port: PortId((t >> 32) as u16),
+                queue: (t >> 48) as u16,
+            },
             fd: t as u32 as RawFd,
         }
     }
@@ -257,7 +261,7 @@ impl TapRx {
                     if !live || res <= 0 {
                         drop(m);
                     } else {
-                        match accept_frame(m, res as usize, &counters[q.port.index()]) {
+                        match accept_frame(m, res as usize, &counters[q.id.port.index()]) {
                             Ok(m) => self.ready.push((q, m)),
                             Err(m) => drop(m),
                         }
@@ -290,10 +294,10 @@ impl TapRx {
     }
 
     /// Takes up to [`MAX_BURST`] waiting frames of one queue (the queue of
-    /// the oldest frame), in order, into the empty `burst`; its port, or
+    /// the oldest frame), in order, into the empty `burst`; that queue, or
     /// None when no frame waits.
     #[inline]
-    pub fn next_burst(&mut self, burst: &mut Burst) -> Option<PortId> {
+    pub fn next_burst(&mut self, burst: &mut Burst) -> Option<QueueId> {
         let q = self.ready.first()?.0;
         let mut taken = 0;
         let mut i = 0;
@@ -306,7 +310,7 @@ impl TapRx {
                 i += 1;
             }
         }
-        Some(q.port)
+        Some(q.id)
     }
 }
 
