@@ -66,9 +66,10 @@ pub enum TxTarget {
         /// GUEST_* features; none for other PMDs).
         takes: GuestOffloads,
         /// Per worker: its tx queue. Queue w for worker w, except on a
-        /// vhost-user port whose guest enabled fewer receive rings than
-        /// there are workers: there the enabled ones, shared (a frame
-        /// sent to a ring the guest did not enable would be lost).
+        /// device with fewer tx queues than there are workers (pcap has
+        /// one), or a vhost-user port whose guest enabled fewer receive
+        /// rings (a frame sent to a ring the guest did not enable would
+        /// be lost): there the queues there are, shared.
         queues: Box<[u16]>,
         /// Per tx queue: the lock workers take to send on it, when
         /// several may share it (a vhost-user port with more than one

@@ -51,8 +51,10 @@ pub struct Port {
     /// Per tx queue, for a port whose workers may share queues (see
     /// `datapath::TxLock`).
     tx_locks: Option<TxLocks>,
-    /// Its tx queues (one per worker).
+    /// Its tx queues: one per worker, or fewer if the device has fewer.
     tx_queues: u16,
+    /// Workers of the switch (each sends on one of its tx queues).
+    n_workers: usize,
 }
 
 /// What carries a port's frames: a DPDK ethdev, or vswitchd's own TAP
@@ -236,7 +238,7 @@ impl Port {
             _ => EthPort::attach_vdev(&devargs(spec, n_workers).expect("a vdev"))?,
         };
         let mut eth = io;
-        eth.configure(
+        let tx_queues = eth.configure(
             spec.rx_queues,
             n_workers as u16,
             spec.rx_desc,
@@ -244,16 +246,20 @@ impl Port {
             pool,
         )?;
         eth.start()?;
-        // A vhost-user guest may enable fewer receive rings than there
-        // are workers: then workers share them, under a lock.
-        let shareable = matches!(spec.kind, PortKind::VhostUser { .. }) && n_workers > 1;
+        // A device with fewer tx queues than there are workers (pcap has
+        // one), or a vhost-user guest that enables fewer receive rings:
+        // workers share queues, under a lock (as OVS does when its PMD
+        // threads outnumber a port's tx queues).
+        let shareable = usize::from(tx_queues) < n_workers
+            || (matches!(spec.kind, PortKind::VhostUser { .. }) && n_workers > 1);
         Ok(Port {
             spec: spec.clone(),
             io: PortIo::Eth(eth),
             fresh: true,
             tx_locks: shareable
                 .then(|| TxLocks((0..n_workers).map(|_| TxLock::default()).collect())),
-            tx_queues: n_workers as u16,
+            tx_queues,
+            n_workers,
         })
     }
 
@@ -292,6 +298,7 @@ impl Port {
             fresh,
             tx_locks: None,
             tx_queues: 0,
+            n_workers: 0,
         };
         if let Err(e) = netns::plumb(t) {
             port.remove();
@@ -345,12 +352,12 @@ impl Port {
             PortIo::Eth(e) => {
                 let enabled = match self.spec.kind {
                     PortKind::VhostUser { .. } => e.vhost_enabled_tx_queues(),
-                    _ => 0,
+                    _ => (1u64 << self.tx_queues.min(63)) - 1,
                 };
                 TxTarget::Eth {
                     port: e.id(),
                     takes: self.guest_offloads(),
-                    queues: tx_queue_map(usize::from(self.tx_queues), self.tx_queues, enabled),
+                    queues: tx_queue_map(self.n_workers, self.tx_queues, enabled),
                     locks: self.tx_locks.clone(),
                 }
             }

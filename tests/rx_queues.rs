@@ -179,3 +179,34 @@ fn a_manual_rebalance_spreads_the_busy_queues_and_rss_is_on_where_offered() {
     let again = vs.request(json!({"cmd": "pmd-rxq-rebalance"})).unwrap();
     assert_eq!(again["moves"], json!([]), "{again}");
 }
+
+/// A device with one tx queue (net_pcap) on a switch with two workers:
+/// both workers send on it, taking turns under its lock, and nothing is
+/// lost as tx_full (pcap writes every frame).
+#[test]
+fn two_workers_share_a_device_with_one_tx_queue() {
+    let dir = TempDir::new("vs-1txq");
+    let cfg = common::header(&dir).replace(
+        "cores = [1]\nidle_sleep_us = 0",
+        "cores = [0, 1]\nidle_sleep_us = 50",
+    ) + "[[port]]\nname = \"g0\"\nkind = \"null\"\nbridge = \"vpc1\"\nrx_workers = [0]\n\
+         [[port]]\nname = \"g1\"\nkind = \"null\"\nbridge = \"vpc1\"\nrx_workers = [1]\n\
+         [[port]]\nname = \"out\"\nkind = \"pcap\"\nbridge = \"vpc1\"\ntx_pcap = \"/dev/null\"\n";
+    let vs = common::start(&dir, &cfg);
+    let show = vs
+        .request(json!({"cmd": "port-show", "name": "out"}))
+        .unwrap();
+    assert_eq!(show["tx_queues"], json!([0, 0]), "{show}");
+    let before = vs.counter("out", "tx_packets");
+    assert!(wait_until(Duration::from_secs(10), || {
+        let p = perf(&vs);
+        (0..2).all(|w| packets(&p, w) > 100_000)
+            && vs.counter("out", "tx_packets") > before + 100_000
+    }));
+    let stats = vs.port_stats("out").unwrap();
+    assert_eq!(
+        stats["drops"]["tx_full"].as_u64().unwrap_or(0),
+        0,
+        "{stats}"
+    );
+}

@@ -1,7 +1,9 @@
 //! What else ran during a measurement window: per-process CPU time from
 //! /proc, so a row whose rate dropped can show whether another process
 //! (a peer not yet gone, a daemon waking up) took the cores the systems
-//! under test were given.
+//! under test were given; and each CPU's steal time (/proc/stat), the
+//! time the hypervisor ran something else on it, which no process here
+//! shows.
 
 use std::collections::HashMap;
 use std::time::Instant;
@@ -10,7 +12,24 @@ use std::time::Instant;
 pub struct Sample {
     /// pid -> (command name, utime + stime in clock ticks).
     procs: HashMap<u32, (String, u64)>,
+    /// Per CPU: steal time in clock ticks.
+    steal: Vec<u64>,
     at: Instant,
+}
+
+/// Each CPU's steal ticks: the 8th value of its `cpuN` line in /proc/stat.
+fn steal() -> Vec<u64> {
+    std::fs::read_to_string("/proc/stat")
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.starts_with("cpu") && l.as_bytes().get(3).is_some_and(u8::is_ascii_digit))
+        .map(|l| {
+            l.split_whitespace()
+                .nth(8)
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0)
+        })
+        .collect()
 }
 
 /// Reads /proc/PID/stat of every process.
@@ -36,13 +55,15 @@ pub fn sample() -> Sample {
     }
     Sample {
         procs,
+        steal: steal(),
         at: Instant::now(),
     }
 }
 
 /// Processes other than `expected` (command names) that used at least
 /// `min_pct` of one CPU between `a` and `b`, busiest first, as
-/// "name 12%" items.
+/// "name 12%" items; then CPUs the hypervisor took at least `min_pct`
+/// of, as "steal cpu1 12%".
 pub fn others(a: &Sample, b: &Sample, expected: &[&str], min_pct: f64) -> Vec<String> {
     // USER_HZ, the unit of /proc's times: 100 on x86-64 Linux (ABI).
     let hz = 100.0;
@@ -58,7 +79,14 @@ pub fn others(a: &Sample, b: &Sample, expected: &[&str], min_pct: f64) -> Vec<St
         })
         .collect();
     v.sort_by(|x, y| y.0.total_cmp(&x.0));
-    v.into_iter().map(|(p, c)| format!("{c} {p:.0}%")).collect()
+    let mut out: Vec<String> = v.into_iter().map(|(p, c)| format!("{c} {p:.0}%")).collect();
+    for (cpu, (s0, s1)) in a.steal.iter().zip(&b.steal).enumerate() {
+        let pct = 100.0 * s1.saturating_sub(*s0) as f64 / hz / secs;
+        if pct >= min_pct {
+            out.push(format!("steal cpu{cpu} {pct:.0}%"));
+        }
+    }
+    out
 }
 
 /// The command names of the processes that poll at 100 % by design in a
@@ -97,13 +125,19 @@ impl PerRound {
             .iter()
             .find(|(n, _)| n == system)
             .map_or(String::new(), |(_, v)| v.join(" / "));
-        format!("other processes >= 2 % of a CPU per round: {rounds}")
+        format!("other processes (and hypervisor steal) >= 2 % of a CPU per round: {rounds}")
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_cpu_has_a_steal_count() {
+        let n = std::thread::available_parallelism().unwrap().get();
+        assert!(steal().len() >= n, "{:?}", steal());
+    }
 
     #[test]
     fn a_busy_thread_of_this_process_shows() {

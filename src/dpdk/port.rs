@@ -244,8 +244,10 @@ impl EthPort {
         self.id
     }
 
-    /// Configures `nb_rxq` rx and `nb_txq` tx queues, all taking mbufs from
-    /// `pool`, with descriptor counts adjusted to the device's limits.
+    /// Configures `nb_rxq` rx queues taking mbufs from `pool` and up to
+    /// `nb_txq` tx queues (fewer if the device has fewer: the caller
+    /// shares them), with descriptor counts adjusted to the device's
+    /// limits. Returns the number of tx queues set up.
     pub fn configure(
         &self,
         nb_rxq: u16,
@@ -253,7 +255,7 @@ impl EthPort {
         rx_desc: u16,
         tx_desc: u16,
         pool: &Mempool,
-    ) -> Result<(), PortError> {
+    ) -> Result<u16, PortError> {
         let mut info = MaybeUninit::<ffi::rte_eth_dev_info>::zeroed();
         // SAFETY: info is a valid out pointer of the right type.
         let rc = unsafe { ffi::rte_eth_dev_info_get(self.id, info.as_mut_ptr()) };
@@ -262,12 +264,13 @@ impl EthPort {
         }
         // SAFETY: rte_eth_dev_info_get filled the struct.
         let info = unsafe { info.assume_init() };
-        if nb_rxq > info.max_rx_queues || nb_txq > info.max_tx_queues {
+        let nb_txq = nb_txq.min(info.max_tx_queues);
+        if nb_rxq > info.max_rx_queues || nb_txq == 0 {
             return Err(PortError {
                 port: self.name.clone(),
                 op: "configure",
                 reason: format!(
-                    "needs {nb_rxq} rx / {nb_txq} tx queues (one tx queue per worker), device has {} / {}",
+                    "needs {nb_rxq} rx queues and a tx queue, device has {} / {}",
                     info.max_rx_queues, info.max_tx_queues
                 ),
             });
@@ -320,7 +323,7 @@ impl EthPort {
                 return Err(port_err(&self.name, "tx queue setup", rc));
             }
         }
-        Ok(())
+        Ok(nb_txq)
     }
 
     /// The flow types the device hashes over its rx queues (names from
