@@ -100,6 +100,30 @@ pub const EXPECTED: &[&str] = &[
     "ovs-vswitchd-dp",
 ];
 
+/// Waits (at most 20 s) until no process of [`EXPECTED`] is alive: the
+/// previous system's switch or generator still exiting would share the
+/// next one's CPUs, and the window's check cannot tell it from the
+/// system under test (same command names). Returns those still alive
+/// then, as "leftover name (pid N)" items for the row's note.
+pub fn settle() -> Vec<String> {
+    let alive = || -> Vec<String> {
+        sample()
+            .procs
+            .iter()
+            .filter(|(_, (comm, _))| EXPECTED.contains(&comm.as_str()))
+            .map(|(pid, (comm, _))| format!("leftover {comm} (pid {pid})"))
+            .collect()
+    };
+    let deadline = Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let left = alive();
+        if left.is_empty() || Instant::now() >= deadline {
+            return left;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
 /// What else ran, per system and round, for the rows' notes.
 #[derive(Default)]
 pub struct PerRound(Vec<(String, Vec<String>)>);

@@ -99,6 +99,7 @@ fn window(o: &Opts, hz: u64, mut read: impl FnMut() -> Result<u64>) -> Result<Me
 /// interactive main lcore shares, as vswitchd's second worker shares it
 /// with the control thread).
 fn testpmd_io(o: &Opts, hz: u64, pcap: &Path, pairs: usize) -> Result<Measured> {
+    let left = crate::contention::settle();
     let vdevs: Vec<String> = (0..pairs)
         .flat_map(|i| {
             [
@@ -125,6 +126,7 @@ fn testpmd_io(o: &Opts, hz: u64, pcap: &Path, pairs: usize) -> Result<Measured> 
             .map_err(|e| anyhow!(e))
     })?;
     m.core_cycles *= pairs as f64;
+    m.others.extend(left);
     Ok(m)
 }
 
@@ -259,6 +261,7 @@ fn vs_policer() -> VsConf {
 /// stages for every frame: what the cache saves, measured in the same
 /// round).
 fn vswitchd(o: &Opts, hz: u64, pcap: &Path, conf: &VsConf, cache: bool) -> Result<Measured> {
+    let left = crate::contention::settle();
     let dir = TempDir::new("vsb");
     let mut header = Vswitchd::config_header(&dir, 1024, "b");
     if !cache {
@@ -326,6 +329,7 @@ fn vswitchd(o: &Opts, hz: u64, pcap: &Path, conf: &VsConf, cache: bool) -> Resul
     m.core_cycles *= conf.workers as f64;
     m.own_cycles = Some(d("busy_cycles") / d("packets").max(1.0));
     m.busy_pct = Some(100.0 * d("busy_cycles") / (d("busy_cycles") + d("idle_cycles")).max(1.0));
+    m.others.extend(left);
     vs.stop();
     Ok(m)
 }
@@ -613,6 +617,7 @@ fn ovs_topology(ovs: &Ovs, topology: Topology, pcap: &Path) -> Result<(&'static 
 /// Runs OVS once on `pcap` and measures every configuration in `confs`
 /// (which share one topology).
 fn ovs(o: &Opts, hz: u64, pcap: &Path, confs: &[OvsConf]) -> Result<Vec<(String, Measured)>> {
+    let mut left = crate::contention::settle();
     let ovs = Ovs::start(&OvsOpts::default()).map_err(|e| anyhow!(e))?;
     let e = |e: String| anyhow!(e);
     let topology = confs.first().map_or(Topology::L2, |c| c.topology);
@@ -657,6 +662,8 @@ fn ovs(o: &Opts, hz: u64, pcap: &Path, confs: &[OvsConf]) -> Result<Vec<(String,
         let (own, busy) = ovs.pmd_stats().map_err(e)?;
         m.own_cycles = own;
         m.busy_pct = busy;
+        // Only the first configuration runs after another system.
+        m.others.append(&mut left);
         out.push((conf.name.clone(), m));
     }
     Ok(out)

@@ -197,6 +197,8 @@ struct Figures {
     latency: Value,
     /// Other processes that used a CPU during the window.
     others: Vec<String>,
+    /// Frames in flight and the container's empty polls.
+    circulation: String,
 }
 
 fn measure(o: &Opts, hz: u64, sw: &mut Switch, dir: &Path) -> Result<Figures> {
@@ -219,6 +221,7 @@ fn measure(o: &Opts, hz: u64, sw: &mut Switch, dir: &Path) -> Result<Figures> {
             format!("--eth-peer=0,{MAC_B}"),
             format!("--eth-peer=1,{MAC_A}"),
             "--record-core-cycles".into(),
+            "--record-burst-stats".into(),
         ],
     )
     .map_err(|e| anyhow!(e))?;
@@ -242,6 +245,7 @@ fn measure(o: &Opts, hz: u64, sw: &mut Switch, dir: &Path) -> Result<Figures> {
     let busy1 = sw.busy(hz)?;
     // The generator and the switches are expected to poll at 100 %.
     let others = crate::contention::others(&cpu0, &cpu1, crate::contention::EXPECTED, 2.0);
+    let circulation = gen_circulation(&mut gen)?;
     let gen_busy = 100.0 * testpmd_busy_cycles(&mut gen)?.0
         / (gen_started.elapsed().as_secs_f64() * hz as f64);
     let pkts = c1.saturating_sub(c0);
@@ -271,7 +275,47 @@ fn measure(o: &Opts, hz: u64, sw: &mut Switch, dir: &Path) -> Result<Figures> {
         gen_busy,
         latency,
         others,
+        circulation,
     })
+}
+
+/// How the frames circulate, seen from the container: frames in flight
+/// (sent minus received: the loop keeps the 4096 primed ones unless
+/// something drops them, and fewer in flight means smaller bursts
+/// everywhere) and the share of its rx polls that found nothing (high:
+/// the container waits on the switch).
+fn gen_circulation(gen: &mut Testpmd) -> Result<String> {
+    let lines = gen
+        .query("show fwd stats all", |l| l.contains("CPU cycles/packet"))
+        .map_err(|e| anyhow!(e))?;
+    // The accumulated block comes last: its RX-total and TX-total.
+    let total = |key: &str| -> Option<u64> {
+        lines.iter().rev().find_map(|l| {
+            let rest = &l[l.find(key)? + key.len()..];
+            rest.split_whitespace().next()?.parse().ok()
+        })
+    };
+    // "RX-bursts : N [95% of 0 pkts + 5% of 32 pkts]", per stream.
+    let empty: Vec<String> = lines
+        .iter()
+        .filter_map(|l| {
+            let rest = &l[l.find("RX-bursts")?..];
+            let pct = rest[rest.find('[')? + 1..].split('%').next()?;
+            rest.contains("% of 0 pkts").then(|| pct.trim().to_string())
+        })
+        .collect();
+    Ok(format!(
+        "gen: {} frames in flight, rx polls empty {} %",
+        match (total("TX-total:"), total("RX-total:")) {
+            (Some(t), Some(r)) => (t as i64 - r as i64).to_string(),
+            _ => "?".into(),
+        },
+        if empty.is_empty() {
+            "?".into()
+        } else {
+            empty.join("/")
+        }
+    ))
 }
 
 fn latprobe(o: &Opts, sa: &Path, sb: &Path, client: bool) -> Result<Value> {
@@ -350,8 +394,10 @@ pub fn run(o: &Opts, hz: u64, command: &str) -> Result<Section> {
     for _ in 0..o.rounds {
         for (kind, name) in systems {
             let dir = TempDir::new("vsv");
+            let left = crate::contention::settle();
             let mut sw = start_switch(kind, o, dir.path()).with_context(|| name.to_string())?;
-            let f = measure(o, hz, &mut sw, dir.path()).with_context(|| name.to_string())?;
+            let mut f = measure(o, hz, &mut sw, dir.path()).with_context(|| name.to_string())?;
+            f.others.extend(left);
             others.push(name, &f.others);
             rounds.push(name, f);
         }
@@ -384,7 +430,8 @@ pub fn run(o: &Opts, hz: u64, command: &str) -> Result<Section> {
             None => "bound by ?",
         };
         let note = format!(
-            "{bound}; {} probes, {} lost; Mpps {}; {}",
+            "{bound}; {}; {} probes, {} lost; Mpps {}; {}",
+            f.circulation,
             f.latency["samples"],
             f.latency["lost"],
             r.rounds_note(),
