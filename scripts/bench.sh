@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The benchmark suite in one command: set up the machine, build, run the
-# criterion micro-benchmarks and harnesses P, V and K, and write the table.
+# criterion micro-benchmarks and harnesses P, V, K and D, and write the table.
 #
 #   bash scripts/bench.sh                 full run -> benches/RESULTS.md + benches/results.json
 #   bash scripts/bench.sh --harness P     one harness -> target/bench/results.{md,json}

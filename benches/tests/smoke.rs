@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use vsbench::report::Section;
-use vsbench::{harness_k, harness_p, harness_v};
+use vsbench::{harness_d, harness_k, harness_p, harness_v};
 
 /// A binary of the workspace, next to this test's own profile directory.
 fn workspace_bin(name: &str) -> PathBuf {
@@ -149,4 +149,19 @@ fn harness_k_smoke() {
         }
     }
     assert!(!sec.ratios.is_empty(), "no ratios: {sec:#?}");
+}
+
+/// Harness D: both plugins plug containers that answer a ping, one by one
+/// and at once, and unplug them.
+#[test]
+fn harness_d_smoke() {
+    let o = harness_d::Opts {
+        vswitchd: workspace_bin("vswitchd"),
+        cni: workspace_bin("vswitch-cni"),
+        sequential: 3,
+        concurrent: 3,
+    };
+    let sec = harness_d::run(&o, "smoke").unwrap_or_else(|e| panic!("{e:#}"));
+    // (sequential, concurrent) x (vswitchd, Linux bridge).
+    assert_figures(&sec, 4, &["ADD+ping p50 ms", "ADD p50 ms", "DEL p50 ms"]);
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use vsbench::report::Report;
-use vsbench::{harness_k, harness_p, harness_v, machine::Machine, workload};
+use vsbench::{harness_d, harness_k, harness_p, harness_v, machine::Machine, workload};
 
 #[derive(Parser)]
 #[command(about = "vswitchd benchmarks against testpmd, Open vSwitch and the Linux bridge")]
@@ -33,8 +33,8 @@ enum Cmd {
         /// the median round is reported (1 with --smoke).
         #[arg(long, default_value_t = 3)]
         rounds: usize,
-        /// Harnesses to run (P, V, K).
-        #[arg(long, value_delimiter = ',', default_value = "P,V,K")]
+        /// Harnesses to run (P, V, K, D).
+        #[arg(long, value_delimiter = ',', default_value = "P,V,K,D")]
         harness: Vec<String>,
         /// The vswitchd binary.
         #[arg(long, default_value = "target/release/vswitchd")]
@@ -181,7 +181,17 @@ fn main() -> Result<()> {
                         &command("K"),
                     )
                     .context("harness K")?,
-                    other => anyhow::bail!("unknown harness {other:?} (P, V, K)"),
+                    "D" => harness_d::run(
+                        &harness_d::Opts {
+                            vswitchd: abs(vswitchd.clone()),
+                            cni: abs(vswitchd.with_file_name("vswitch-cni")),
+                            sequential: if smoke { 5 } else { 200 },
+                            concurrent: if smoke { 3 } else { 50 },
+                        },
+                        &command("D"),
+                    )
+                    .context("harness D")?,
+                    other => anyhow::bail!("unknown harness {other:?} (P, V, K, D)"),
                 };
                 // Progress as we go: a full run takes minutes.
                 eprintln!("vsbench: harness {h} done: {} rows", sec.rows.len());

@@ -1,0 +1,313 @@
+//! Harness D, density: how long plugging a kernel container's NIC takes,
+//! from the runtime's CNI ADD until the first packet through the new NIC
+//! comes back, against the reference `bridge` CNI plugin (a veth into a
+//! Linux bridge, the classic container network) doing the same.
+//!
+//! For each plugin: a peer container is added first (not measured); then
+//! each measured container is created (`ip netns add`, not measured), the
+//! plugin runs ADD for it (host-local IPAM in both), and the new container
+//! pings the peer (`ping -c 1 -W 1`, repeated until one answer comes back,
+//! at most 10 s): ADD + ping is the time from the plugin's start to that
+//! answer. Then DEL runs (measured alone). Sequentially (each container
+//! added, pinged and deleted before the next), and concurrently (all
+//! containers created, then every ADD + ping started at once, as a node
+//! starting many pods; then every DEL at once).
+//!
+//! Runtimes call plugins as processes, so every figure includes one
+//! process start of the plugin (and host-local's, which it calls).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use serde_json::{json, Value};
+use testbed::netns::Netns;
+use testbed::vswitchd::{TempDir, Vswitchd};
+
+use crate::report::Section;
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct Opts {
+    /// The vswitchd binary.
+    pub vswitchd: PathBuf,
+    /// The vswitch-cni binary.
+    pub cni: PathBuf,
+    /// Containers added one after another.
+    pub sequential: usize,
+    /// Containers added at once.
+    pub concurrent: usize,
+}
+
+const COLUMNS: &[&str] = &[
+    "ADD+ping p50 ms",
+    "ADD+ping p99 ms",
+    "ADD+ping max ms",
+    "ADD p50 ms",
+    "DEL p50 ms",
+    "DEL p99 ms",
+    "DEL max ms",
+];
+
+/// The reference plugins' directory (containernetworking-plugins).
+const CNI_PATH: &str = "/usr/lib/cni";
+
+/// One plugin under test: how to call it and its network config.
+struct Plugin {
+    name: &'static str,
+    binary: PathBuf,
+    conf: Value,
+}
+
+/// Runs `cmd` of `p` for container `id` in `ns`; the plugin's answer.
+fn call(p: &Plugin, cmd: &str, ns: &Netns, id: &str) -> Result<Value> {
+    let mut c = Command::new(&p.binary);
+    c.env_clear()
+        .env("CNI_COMMAND", cmd)
+        .env("CNI_CONTAINERID", id)
+        .env("CNI_IFNAME", "eth0")
+        .env("CNI_PATH", CNI_PATH)
+        .env("CNI_NETNS", format!("/var/run/netns/{}", ns.name()))
+        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = c
+        .spawn()
+        .with_context(|| format!("running {}", p.binary.display()))?;
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().expect("piped");
+        // DEL may answer before reading its stdin.
+        let _ = stdin.write_all(p.conf.to_string().as_bytes());
+    }
+    let out = child.wait_with_output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        bail!(
+            "{} {cmd} for {id}: {text} {}",
+            p.name,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(if text.trim().is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_str(&text)?
+    })
+}
+
+fn address(result: &Value) -> Result<String> {
+    let a = result["ips"][0]["address"]
+        .as_str()
+        .ok_or_else(|| anyhow!("no address in {result}"))?;
+    Ok(a.split('/').next().unwrap_or(a).to_string())
+}
+
+/// Pings `peer` from `ns` until one answer comes back (at most 10 s).
+fn first_ping(ns: &Netns, peer: &str) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        let ok = ns
+            .command("ping")
+            .args(["-c", "1", "-W", "1", "-q", peer])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if ok {
+            return Ok(());
+        }
+    }
+    bail!("no answer from {peer} in 10 s")
+}
+
+/// Per container: ADD + first ping, ADD alone, DEL (seconds).
+#[derive(Default)]
+struct Times {
+    add_ping: Vec<f64>,
+    add: Vec<f64>,
+    del: Vec<f64>,
+}
+
+/// ADD and the first ping for one container; its ADD time and total.
+fn plug(p: &Plugin, ns: &Netns, id: &str, peer: &str) -> Result<(f64, f64)> {
+    let t0 = Instant::now();
+    call(p, "ADD", ns, id)?;
+    let add = t0.elapsed().as_secs_f64();
+    first_ping(ns, peer).with_context(|| format!("{} container {id}", p.name))?;
+    Ok((add, t0.elapsed().as_secs_f64()))
+}
+
+fn unplug(p: &Plugin, ns: &Netns, id: &str) -> Result<f64> {
+    let t0 = Instant::now();
+    call(p, "DEL", ns, id)?;
+    Ok(t0.elapsed().as_secs_f64())
+}
+
+fn sequential(p: &Plugin, n: usize, peer: &str) -> Result<Times> {
+    let mut t = Times::default();
+    for i in 0..n {
+        let ns = Netns::create(&testbed::unique("vdS")).map_err(|e| anyhow!(e))?;
+        let id = format!("seq-{i}");
+        let (add, total) = plug(p, &ns, &id, peer)?;
+        t.add.push(add);
+        t.add_ping.push(total);
+        t.del.push(unplug(p, &ns, &id)?);
+    }
+    Ok(t)
+}
+
+fn concurrent(p: &Plugin, n: usize, peer: &str) -> Result<Times> {
+    let nss: Vec<Netns> = (0..n)
+        .map(|_| Netns::create(&testbed::unique("vdC")).map_err(|e| anyhow!(e)))
+        .collect::<Result<_>>()?;
+    let mut t = Times::default();
+    let plugged: Vec<Result<(f64, f64)>> = std::thread::scope(|s| {
+        let hs: Vec<_> = nss
+            .iter()
+            .enumerate()
+            .map(|(i, ns)| s.spawn(move || plug(p, ns, &format!("con-{i}"), peer)))
+            .collect();
+        hs.into_iter()
+            .map(|h| h.join().unwrap_or_else(|_| Err(anyhow!("thread panicked"))))
+            .collect()
+    });
+    for r in plugged {
+        let (add, total) = r?;
+        t.add.push(add);
+        t.add_ping.push(total);
+    }
+    let unplugged: Vec<Result<f64>> = std::thread::scope(|s| {
+        let hs: Vec<_> = nss
+            .iter()
+            .enumerate()
+            .map(|(i, ns)| s.spawn(move || unplug(p, ns, &format!("con-{i}"))))
+            .collect();
+        hs.into_iter()
+            .map(|h| h.join().unwrap_or_else(|_| Err(anyhow!("thread panicked"))))
+            .collect()
+    });
+    for r in unplugged {
+        t.del.push(r?);
+    }
+    Ok(t)
+}
+
+/// The `q` quantile (0..=1) of `v`, in milliseconds (nearest rank).
+fn ms(v: &[f64], q: f64) -> f64 {
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    if s.is_empty() {
+        return 0.0;
+    }
+    let i = ((q * s.len() as f64).ceil() as usize).clamp(1, s.len()) - 1;
+    1000.0 * s[i]
+}
+
+fn row(sec: &mut Section, workload: &str, system: &str, t: &Times, note: &str) {
+    sec.row(
+        workload,
+        system,
+        &[
+            ("ADD+ping p50 ms", ms(&t.add_ping, 0.5)),
+            ("ADD+ping p99 ms", ms(&t.add_ping, 0.99)),
+            ("ADD+ping max ms", ms(&t.add_ping, 1.0)),
+            ("ADD p50 ms", ms(&t.add, 0.5)),
+            ("DEL p50 ms", ms(&t.del, 0.5)),
+            ("DEL p99 ms", ms(&t.del, 0.99)),
+            ("DEL max ms", ms(&t.del, 1.0)),
+        ],
+        note,
+    );
+}
+
+fn ipam(dir: &Path, subnet: &str) -> Value {
+    json!({ "type": "host-local", "subnet": subnet, "dataDir": dir.join("ipam") })
+}
+
+/// Runs harness D; `command` is what reproduces it.
+pub fn run(o: &Opts, command: &str) -> Result<Section> {
+    let mut sec = Section::new(
+        "D",
+        "density: plugging a kernel container's NIC (CNI ADD until the first ping)",
+        command,
+        COLUMNS,
+    );
+    sec.notes = vec![
+        "Per plugin: a peer container first (not measured), then each container: `ip netns add` (not \
+         measured), the plugin's ADD (host-local IPAM), and `ping -c 1 -W 1` to the peer from the new \
+         container, repeated until an answer: ADD+ping is the time from the plugin's start to that \
+         answer. DEL measured alone. Sequential: one container at a time (added, pinged, deleted). \
+         Concurrent: every ADD+ping started at once (threads), then every DEL."
+            .into(),
+        "vswitchd: vswitch-cni with a TAP NIC (`nic = \"tap\"`), one worker on CPU 1; Linux bridge: the \
+         reference `bridge` plugin (containernetworking-plugins), a veth into bridge cnibr-d. Each \
+         figure includes the plugin's process start, as runtimes call it."
+            .into(),
+    ];
+    let dir = TempDir::new("vsd");
+    let header = Vswitchd::config_header(&dir, 512, "vpc1");
+    let vs = Vswitchd::start(&o.vswitchd, &dir, &header).map_err(|e| anyhow!(e))?;
+    let plugins = [
+        Plugin {
+            name: "vswitchd (vswitch-cni, TAP NIC)",
+            binary: o.cni.clone(),
+            conf: json!({
+                "cniVersion": "1.0.0",
+                "name": "density-vs",
+                "type": "vswitch-cni",
+                "bridge": "vpc1",
+                "controlSocket": Vswitchd::control_socket(&dir),
+                "ipam": ipam(&dir.join("vs"), "10.97.0.0/16"),
+            }),
+        },
+        Plugin {
+            name: "Linux bridge (bridge plugin, veth)",
+            binary: PathBuf::from(CNI_PATH).join("bridge"),
+            conf: json!({
+                "cniVersion": "1.0.0",
+                "name": "density-br",
+                "type": "bridge",
+                "bridge": "cnibr-d",
+                "ipam": ipam(&dir.join("br"), "10.98.0.0/16"),
+            }),
+        },
+    ];
+    for p in &plugins {
+        let peer_ns = Netns::create(&testbed::unique("vdP")).map_err(|e| anyhow!(e))?;
+        let peer = address(&call(p, "ADD", &peer_ns, "peer")?)?;
+        // The peer answers once its NIC is up (its own first ping: the
+        // peer to itself through the stack is not what is measured).
+        let seq = sequential(p, o.sequential, &peer)?;
+        row(
+            &mut sec,
+            &format!("{} sequential ADDs", o.sequential),
+            p.name,
+            &seq,
+            "",
+        );
+        let con = concurrent(p, o.concurrent, &peer)?;
+        row(
+            &mut sec,
+            &format!("{} concurrent ADDs", o.concurrent),
+            p.name,
+            &con,
+            "",
+        );
+        call(p, "DEL", &peer_ns, "peer")?;
+    }
+    let _ = Command::new("ip")
+        .args(["link", "del", "cnibr-d"])
+        .stderr(Stdio::null())
+        .status();
+    vs.stop();
+    for w in [
+        format!("{} sequential ADDs", o.sequential),
+        format!("{} concurrent ADDs", o.concurrent),
+    ] {
+        sec.ratios_against_all(&w, "vswitchd (vswitch-cni, TAP NIC)", "ADD+ping p50 ms");
+    }
+    Ok(sec)
+}
