@@ -15,6 +15,15 @@
 //!
 //! Runtimes call plugins as processes, so every figure includes one
 //! process start of the plugin (and host-local's, which it calls).
+//!
+//! Idle ports: what ports without traffic cost a worker. One worker
+//! forwards a `net_pcap` generator (1k UDP flows, `infinite_rx`) to a
+//! `net_null` sink, alone and with idle ports beside them in the same
+//! bridge (`net_null` ethdevs without rx, or TAP NICs each in a container
+//! of its own, whose link is up and which send nothing). Every round of
+//! that worker brings a full burst of 32 frames, so the cost of an idle
+//! port per round is 32 x the growth of the worker's busy cycles per
+//! frame, divided by the idle ports.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -26,6 +35,8 @@ use testbed::netns::Netns;
 use testbed::vswitchd::{TempDir, Vswitchd};
 
 use crate::report::Section;
+use crate::rounds::Rounds;
+use crate::workload::{Workload, DST_MAC};
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -38,9 +49,21 @@ pub struct Opts {
     pub sequential: usize,
     /// Containers added at once.
     pub concurrent: usize,
+    /// Where the workload pcap goes.
+    pub pcap_dir: PathBuf,
+    /// Rounds of the idle-port rows (each configuration once per round).
+    pub rounds: usize,
+    /// Warm-up and window of each idle-port measurement.
+    pub warmup: Duration,
+    /// See `warmup`.
+    pub window: Duration,
 }
 
 const COLUMNS: &[&str] = &[
+    "Mpps",
+    "spread %",
+    "own cycles/pkt",
+    "cycles per idle port per round",
     "ADD+ping p50 ms",
     "ADD+ping p99 ms",
     "ADD+ping max ms",
@@ -227,11 +250,124 @@ fn ipam(dir: &Path, subnet: &str) -> Value {
     json!({ "type": "host-local", "subnet": subnet, "dataDir": dir.join("ipam") })
 }
 
+/// What one idle-port configuration did.
+#[derive(Clone, Default)]
+struct Forwarded {
+    mpps: f64,
+    /// The worker's busy cycles per frame.
+    cycles: f64,
+}
+
+/// One worker forwarding the generator to the sink with `null` idle
+/// net_null ports and `tap` idle TAP NICs in the bridge.
+fn with_idle(o: &Opts, pcap: &Path, null: usize, tap: usize) -> Result<Forwarded> {
+    let dir = TempDir::new("vsdi");
+    let mut config = Vswitchd::config_header(&dir, 1024, "b");
+    config += &format!(
+        "[[port]]\nname = \"gen\"\nkind = \"pcap\"\nrx_pcap = \"{}\"\ninfinite_rx = true\nbridge = \"b\"\n\n\
+         [[port]]\nname = \"sink\"\nkind = \"null\"\nno_rx = true\nbridge = \"b\"\nstatic_macs = [\"{}\"]\n\n",
+        pcap.display(),
+        DST_MAC.map(|b| format!("{b:02x}")).join(":"),
+    );
+    for i in 0..null {
+        config += &format!(
+            "[[port]]\nname = \"n{i}\"\nkind = \"null\"\nno_rx = true\nbridge = \"b\"\n\n"
+        );
+    }
+    let nss: Vec<Netns> = (0..tap)
+        .map(|_| Netns::create(&testbed::unique("vdI")).map_err(|e| anyhow!(e)))
+        .collect::<Result<_>>()?;
+    for (i, ns) in nss.iter().enumerate() {
+        config += &format!(
+            "[[port]]\nname = \"t{i}\"\nkind = \"tap\"\nnetns = \"{}\"\nbridge = \"b\"\nipv4 = \"10.96.{}.{}/16\"\n\n",
+            ns.name(),
+            i / 200,
+            i % 200 + 1
+        );
+    }
+    let vs = Vswitchd::start(&o.vswitchd, &dir, &config).map_err(|e| anyhow!(e))?;
+    let read = || -> Result<(u64, u64, u64)> {
+        let s = vs
+            .request(json!({"cmd": "stats"}))
+            .map_err(|e| anyhow!(e))?;
+        let sink = s["ports"]
+            .as_array()
+            .and_then(|p| p.iter().find(|p| p["name"] == "sink"))
+            .and_then(|p| p["tx_packets"].as_u64())
+            .unwrap_or(0);
+        let w = |k: &str| s["workers"][0][k].as_u64().unwrap_or(0);
+        Ok((sink, w("busy_cycles"), w("packets")))
+    };
+    std::thread::sleep(o.warmup);
+    let (s0, b0, p0, t0) = {
+        let (s, b, p) = read()?;
+        (s, b, p, Instant::now())
+    };
+    std::thread::sleep(o.window);
+    let (s1, b1, p1) = read()?;
+    let dt = t0.elapsed().as_secs_f64();
+    vs.stop();
+    let pkts = p1.saturating_sub(p0);
+    if s1 <= s0 || pkts == 0 {
+        bail!("nothing forwarded with {null} idle null ports and {tap} idle TAPs");
+    }
+    Ok(Forwarded {
+        mpps: (s1 - s0) as f64 / dt / 1e6,
+        cycles: b1.saturating_sub(b0) as f64 / pkts as f64,
+    })
+}
+
+/// The idle-port rows: the two-port rate alone and beside idle ports.
+fn idle_rows(o: &Opts, sec: &mut Section) -> Result<()> {
+    let pcap = Workload::Udp4 { flows: 1024 }.write_to(&o.pcap_dir)?;
+    // RTE_MAX_ETHPORTS is 32 in Debian's DPDK (generator and sink are two
+    // of them); the switch's port space is 64.
+    let configs: [(&str, usize, usize); 3] = [
+        ("2 ports, none idle", 0, 0),
+        ("2 ports + 30 idle net_null ethdevs", 30, 0),
+        ("2 ports + 60 idle TAP NICs", 0, 60),
+    ];
+    let workload = "one worker, 2 active ports beside idle ones";
+    let mut rounds = Rounds::default();
+    for _ in 0..o.rounds {
+        for (name, null, tap) in configs {
+            rounds.push(name, with_idle(o, &pcap, null, tap).with_context(|| name)?);
+        }
+    }
+    let medians = rounds.medians(|f: &Forwarded| f.mpps);
+    let base = medians
+        .iter()
+        .find(|r| r.system == configs[0].0)
+        .map(|r| r.sample.cycles)
+        .unwrap_or(0.0);
+    for r in &medians {
+        let idle = configs
+            .iter()
+            .find(|c| c.0 == r.system)
+            .map_or(0, |c| c.1 + c.2);
+        let mut v = vec![
+            ("Mpps", r.sample.mpps),
+            ("spread %", r.spread),
+            ("own cycles/pkt", r.sample.cycles),
+        ];
+        if idle > 0 {
+            v.push((
+                "cycles per idle port per round",
+                32.0 * (r.sample.cycles - base) / idle as f64,
+            ));
+        }
+        sec.row(workload, &r.system, &v, &r.rounds_note());
+    }
+    sec.ratios_against_all(workload, "2 ports + 60 idle TAP NICs", "Mpps");
+    sec.ratios_against_all(workload, "2 ports + 30 idle net_null ethdevs", "Mpps");
+    Ok(())
+}
+
 /// Runs harness D; `command` is what reproduces it.
 pub fn run(o: &Opts, command: &str) -> Result<Section> {
     let mut sec = Section::new(
         "D",
-        "density: plugging a kernel container's NIC (CNI ADD until the first ping)",
+        "density: idle ports beside two active ones, and plugging a kernel container's NIC (CNI ADD until the first ping)",
         command,
         COLUMNS,
     );
@@ -246,7 +382,13 @@ pub fn run(o: &Opts, command: &str) -> Result<Section> {
          reference `bridge` plugin (containernetworking-plugins), a veth into bridge cnibr-d. Each \
          figure includes the plugin's process start, as runtimes call it."
             .into(),
+        "Idle ports: one worker (CPU 1) forwards a net_pcap generator (1k UDP flows) to a net_null sink, \
+         alone and beside idle ports of the same bridge; Mpps is the sink's rate over the window, own \
+         cycles/pkt the worker's busy cycles per frame; cycles per idle port per round = 32 x (own \
+         cycles/pkt - the 2-port row's) / idle ports (every round brings a full burst of 32)."
+            .into(),
     ];
+    idle_rows(o, &mut sec)?;
     let dir = TempDir::new("vsd");
     let header = Vswitchd::config_header(&dir, 512, "vpc1");
     let vs = Vswitchd::start(&o.vswitchd, &dir, &header).map_err(|e| anyhow!(e))?;

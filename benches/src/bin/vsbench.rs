@@ -187,6 +187,10 @@ fn main() -> Result<()> {
                             cni: abs(vswitchd.with_file_name("vswitch-cni")),
                             sequential: if smoke { 5 } else { 200 },
                             concurrent: if smoke { 3 } else { 50 },
+                            pcap_dir: abs(pcap_dir.clone()),
+                            rounds,
+                            warmup,
+                            window,
                         },
                         &command("D"),
                     )
