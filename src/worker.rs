@@ -169,8 +169,9 @@ impl Worker {
         let mut gen = shared.generation();
         let mut dp: Arc<Datapath> = shared.load();
         let mut rx = Burst::default();
-        // TAP queues through io_uring where the kernel has it (one syscall
-        // per round for all of them), else one read per frame.
+        // TAP queues through io_uring where the kernel has it (at most one
+        // syscall per round for all of them, none in a round without
+        // frames), else one read per frame.
         let mut tap_rx = match TapRx::new_unless_disabled() {
             Ok(t) => {
                 eprintln!(
