@@ -16,7 +16,7 @@ use testbed::vswitchd::{TempDir, Vswitchd};
 fn the_plugin_as_a_runtime_drives_it() {
     let dir = TempDir::new("vs-cni");
     let vs = common::start(&dir, &common::header(&dir));
-    let baseline = common::mbufs_in_use(&vs);
+    let baseline = common::quiescent_mbufs(&vs);
     let socket = Vswitchd::control_socket(&dir);
     let net = unique("cninet");
     let conf = json!({

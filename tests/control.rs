@@ -91,7 +91,7 @@ fn every_vswitchctl_verb_against_a_running_vswitchd() {
         + &common::tap_port("b", &b, "02:00:00:88:00:02", "10.88.0.2/24")
         + "port_security = false\n";
     let vs = common::start(&dir, &cfg);
-    let baseline = common::mbufs_in_use(&vs);
+    let baseline = common::quiescent_mbufs(&vs);
     let s = Vswitchd::control_socket(&dir);
     let s = s.as_path();
     assert!(pings(&a, "10.88.0.2"));
@@ -393,7 +393,7 @@ fn hot_plug_under_traffic_loses_nothing() {
         + &common::tap_port("a", &a, "02:00:00:89:00:01", "10.89.0.1/24")
         + &common::tap_port("b", &b, "02:00:00:89:00:02", "10.89.0.2/24");
     let vs = common::start(&dir, &cfg);
-    let baseline = common::mbufs_in_use(&vs);
+    let baseline = common::quiescent_mbufs(&vs);
     let s = Vswitchd::control_socket(&dir);
     let s = s.as_path();
     assert!(pings(&a, "10.89.0.2"));
@@ -469,7 +469,7 @@ fn hostile_control_clients_hold_nobody_up() {
 
     let dir = TempDir::new("vs-ctlh");
     let vs = common::start(&dir, &common::header(&dir));
-    let baseline = common::mbufs_in_use(&vs);
+    let baseline = common::quiescent_mbufs(&vs);
     let s = Vswitchd::control_socket(&dir);
     let idle: Vec<UnixStream> = (0..10).map(|_| UnixStream::connect(&s).unwrap()).collect();
     let mut deaf = UnixStream::connect(&s).unwrap();

@@ -43,7 +43,7 @@ fn tap_to_tap_superframes(read_path: bool) {
         + &common::tap_port("ca", &a, "02:00:00:00:1a:01", "10.78.0.1/24")
         + &common::tap_port("cb", &b, "02:00:00:00:1a:02", "10.78.0.2/24");
     let vs = common::start(&dir, &cfg);
-    let baseline = common::mbufs_in_use(&vs);
+    let baseline = common::quiescent_mbufs(&vs);
     std::env::remove_var("VSWITCHD_TAP_IO");
     let path =
         |v: &testbed::vswitchd::Vswitchd| v.output().into_iter().find(|l| l.contains("TAP queues"));
@@ -126,7 +126,7 @@ fn superframes_to_a_dpdk_container_are_segmented_with_valid_checksums() {
             s2.display()
         );
     let vs = common::start(&dir, &cfg);
-    let baseline = common::mbufs_in_use(&vs);
+    let baseline = common::quiescent_mbufs(&vs);
     let mut tp = Testpmd::spawn(
         "tp-wire",
         &["--lcores", "0@0,1@0"],
@@ -255,7 +255,7 @@ fn a_hostile_virtio_net_header_is_dropped_and_counted() {
         + &common::tap_port("ca", &a, "02:00:00:00:1c:01", "10.81.0.1/24")
         + &common::tap_port("cb", &b, "02:00:00:00:1c:02", "10.81.0.2/24");
     let vs = common::start(&dir, &cfg);
-    let baseline = common::mbufs_in_use(&vs);
+    let baseline = common::quiescent_mbufs(&vs);
     assert!(a.exec(&["ping", "-c", "1", "-W", "2", "10.81.0.2"]).is_ok());
     let b_rx = b.if_counter("eth0", "rx_packets").unwrap();
     // A superframe claiming 1-byte segments (3000 of them): refused.
@@ -314,7 +314,7 @@ fn a_vhost_user_guest_that_negotiated_tso_gets_superframes_whole() {
             s2.display()
         );
     let vs = common::start(&dir, &cfg);
-    let baseline = common::mbufs_in_use(&vs);
+    let baseline = common::quiescent_mbufs(&vs);
     let guest = |name: &str, sock: &std::path::Path, mac: &str, lro: bool| {
         let mut app = vec!["--forward-mode=rxonly".to_string()];
         if lro {

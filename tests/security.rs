@@ -127,7 +127,7 @@ fn rig() -> Rig {
 fn groups_allow_deny_and_track_sessions() {
     let r = rig();
     let vs = common::start(&r.dir, &config(&r.header, &r.client, &r.web, WEB_RULES, ""));
-    let baseline = common::mbufs_in_use(&vs);
+    let baseline = common::quiescent_mbufs(&vs);
     let _http = common::tcp_server(&r.web, 80);
     let _ssh = common::tcp_server(&r.web, 22);
     let _back = common::tcp_server(&r.client, 8080);
@@ -175,7 +175,7 @@ fn a_policer_holds_a_udp_flood_to_its_rate() {
         &r.dir,
         &config(&r.header, &r.client, &r.web, WEB_RULES, &qos),
     );
-    let baseline = common::mbufs_in_use(&vs);
+    let baseline = common::quiescent_mbufs(&vs);
     let mut srv = r.web.command("stdbuf");
     srv.args(["-oL", "iperf3", "-s", "-1", "-B", WEB]);
     let mut server = Proc::spawn("iperf3-s", srv).unwrap();
@@ -219,7 +219,7 @@ fn replacing_the_ruleset_under_traffic_loses_nothing_both_allow() {
     let a = config(&r.header, &r.client, &r.web, WEB_RULES, "");
     let b = config(&r.header, &r.client, &r.web, rules_b, "");
     let mut vs = common::start(&r.dir, &a);
-    let baseline = common::mbufs_in_use(&vs);
+    let baseline = common::quiescent_mbufs(&vs);
     // 3000 pings 1 ms apart (about 3 s) while the ruleset flips 100 times.
     let mut ping = r.client.command("ping");
     ping.args(["-c", "3000", "-i", "0.001", "-W", "2", "-q", WEB]);
@@ -256,7 +256,7 @@ fn a_reload_that_changes_ports_is_refused_and_the_old_config_keeps_running() {
     let path = r.dir.join("vswitchd.toml");
     let a = config(&r.header, &r.client, &r.web, WEB_RULES, "");
     let mut vs: Vswitchd = common::start(&r.dir, &a);
-    let baseline = common::mbufs_in_use(&vs);
+    let baseline = common::quiescent_mbufs(&vs);
     std::fs::write(&path, a.replace("02:00:00:00:0c:02", "02:00:00:00:0c:03")).unwrap();
     let e = vs.reload().unwrap_err();
     assert!(e.contains("restart"), "{e}");
@@ -328,7 +328,7 @@ fn superframes_are_judged_and_policed_like_their_segments() {
         &r.dir,
         &config(&r.header, &r.client, &r.web, WEB_RULES, &qos),
     );
-    let baseline = common::mbufs_in_use(&vs);
+    let baseline = common::quiescent_mbufs(&vs);
 
     // TCP superframes: the allowed port carries a stream (its replies by
     // session), the denied one nothing.
@@ -418,7 +418,7 @@ fn a_flow_cache_answers_a_udp_flood_and_a_new_deny_stops_it_at_once() {
     let a = config(&r.header, &r.client, &r.web, WEB_RULES, "");
     let b = config(&r.header, &r.client, &r.web, icmp_only, "");
     let mut vs = common::start(&r.dir, &a);
-    let baseline = common::mbufs_in_use(&vs);
+    let baseline = common::quiescent_mbufs(&vs);
     let mut srv = r.web.command("stdbuf");
     srv.args(["-oL", "iperf3", "-s", "-1", "-B", WEB]);
     let mut server = Proc::spawn("iperf3-s", srv).unwrap();

@@ -44,7 +44,7 @@ fn tap_containers_ping_and_exchange_udp_with_matching_counters() {
         + &common::tap_port("ca", &a, "02:00:00:00:0a:01", "10.77.0.1/24")
         + &common::tap_port("cb", &b, "02:00:00:00:0a:02", "10.77.0.2/24");
     let vs = common::start(&dir, &cfg);
-    let baseline = common::mbufs_in_use(&vs);
+    let baseline = common::quiescent_mbufs(&vs);
     assert!(
         a.has_interface("eth0") && b.has_interface("eth0"),
         "NICs plumbed as eth0"
@@ -144,7 +144,7 @@ fn dpdk_containers_exchange_frames_and_learned_unicast_is_not_flooded() {
             sb.display()
         );
     let vs = common::start(&dir, &cfg);
-    let baseline = common::mbufs_in_use(&vs);
+    let baseline = common::quiescent_mbufs(&vs);
     const MAC_A: &str = "02:00:00:00:0d:01";
     const MAC_B: &str = "02:00:00:00:0d:02";
     let mut tb = Testpmd::start(
@@ -249,7 +249,7 @@ fn jumbo_chains_flooded_to_several_ports_leave_the_pool_as_it_was() {
     )
     .unwrap();
     assert!(wait_until(Duration::from_secs(20), || vs.link_up("dj")));
-    let baseline = common::mbufs_in_use(&vs);
+    let baseline = common::quiescent_mbufs(&vs);
     tp.cmd("set txpkts 2000,2000,2000,2000,1000");
     tp.cmd("start");
     assert!(

@@ -111,7 +111,7 @@ fn interop_with_the_kernel_vxlan_device() {
         + &tap("c", "vpc100", &c, "02:00:00:64:00:01", "192.168.100.1/24")
         + &tap("d", "vpc200", &d, "02:00:00:c8:00:05", "192.168.100.5/24");
     let vs = common::start(&dir, &cfg);
-    let baseline = common::mbufs_in_use(&vs);
+    let baseline = common::quiescent_mbufs(&vs);
     let k = &peer.k;
     let h = &peer.h;
 
@@ -265,7 +265,7 @@ fn tcp_superframes_into_a_kernel_vxlan_tunnel_are_segmented() {
         )
         + &tap("c", "vpc100", &c, "02:00:00:64:00:01", "192.168.100.1/24");
     let vs = common::start(&dir, &cfg);
-    let baseline = common::mbufs_in_use(&vs);
+    let baseline = common::quiescent_mbufs(&vs);
     let h = &peer.h;
     assert!(pings(&c, "192.168.100.2", 2), "ping across the tunnel");
     // The first frames may wait for ARP (no_neighbour); none after.
@@ -378,7 +378,7 @@ fn two_vswitchd_hosts_joined_by_their_uplinks() {
     let _wire = Veth::create(&a_if, &b_if, None).unwrap();
     let a = host(n, 1, 2, &a_if, false);
     let b = host(n, 2, 1, &b_if, true);
-    let baselines = [&a, &b].map(|h| common::mbufs_in_use(&h.vs));
+    let baselines = [&a, &b].map(|h| common::quiescent_mbufs(&h.vs));
 
     // Same VNI: reachable across the tunnel, both ways.
     assert!(pings(&a.vni100, "192.168.50.2", 3), "VNI 100 a -> b");
@@ -433,7 +433,7 @@ fn spoofed_vteps_and_floods_at_the_vtep_are_contained() {
         )
         + &tap("c", "vpc100", &c, "02:00:00:64:00:01", "192.168.100.1/24");
     let vs = common::start(&dir, &cfg);
-    let baseline = common::mbufs_in_use(&vs);
+    let baseline = common::quiescent_mbufs(&vs);
     let k = &peer.k;
     common::scapy(
         k,

@@ -245,6 +245,23 @@ pub fn mbufs_in_use(vs: &Vswitchd) -> u64 {
         .unwrap()
 }
 
+/// The main pool's mbufs in use when nothing is in flight, for
+/// [`assert_mbufs_back_to`]: the least of ten samples 20 ms apart (frames
+/// in flight only add, and some wait for the control thread up to 10 ms:
+/// those punted to the VTEP's slow path; a single sample at start-up may
+/// catch a container's first IPv6 and ARP frames).
+pub fn quiescent_mbufs(vs: &Vswitchd) -> u64 {
+    (0..10)
+        .map(|i| {
+            if i > 0 {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            mbufs_in_use(vs)
+        })
+        .min()
+        .expect("ten samples")
+}
+
 /// Waits (bounded) until the main pool is back to `baseline` mbufs in use
 /// (traffic over: every frame freed once, none leaked, none twice). The
 /// TAP pool is not compared: a worker keeps a varying stash of it.
