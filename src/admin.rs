@@ -716,6 +716,8 @@ impl Daemon<'_> {
                     "next_hop_mac": v.next_hop_mac(t.remote).map(|m| MacAddr(m).to_string()),
                     "flood": t.flood,
                     "learned": t.learned.is_some(),
+                    // How long ago it was learned (the oldest gives way to a NIC).
+                    "learned_ms_ago": t.learned.map(|at| at.elapsed().as_millis() as u64),
                 })
             })
             .collect();
