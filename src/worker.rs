@@ -27,7 +27,7 @@ use vswitch::offload::{complete_checksum, trim_superframe, Segments};
 use vswitch::security::{set_dscp, KEEP_ALL};
 use vswitch::{Arrival, Decisions, DropReason, Fate, Frame, Now, PortId, MAX_BURST, MAX_PORTS};
 
-use crate::datapath::{Datapath, RxSource, Shared, TxTarget, WorkerCounters};
+use crate::datapath::{Datapath, RxQueue, RxSource, Shared, TxTarget, WorkerCounters};
 use crate::dpdk::mbuf::{Burst, Mbuf};
 use crate::dpdk::{self, port};
 use crate::tap::io_path as tap;
@@ -188,6 +188,20 @@ impl Worker {
                 None
             }
         };
+        // The queues this worker polls itself each round: with the io_uring
+        // reader, not the TAP queues (the reader's completions say which
+        // have frames), so an idle TAP costs no step of the round.
+        let mut polled: Vec<RxQueue> = Vec::new();
+        let (uring, index) = (tap_rx.is_some(), self.index);
+        let polls = move |dp: &Datapath, polled: &mut Vec<RxQueue>| {
+            polled.clear();
+            polled.extend(
+                dp.rx_queues[index]
+                    .iter()
+                    .filter(|q| !(uring && matches!(q.src, RxSource::Tap(_)))),
+            );
+        };
+        polls(&dp, &mut polled);
         if let Some(t) = &mut tap_rx {
             t.set_queues(&dp.tap_queues[self.index], &counters.ports);
         }
@@ -196,6 +210,7 @@ impl Worker {
             if g != gen {
                 dp = shared.load();
                 gen = g;
+                polls(&dp, &mut polled);
                 // Before the ack: no read may hold a queue that left.
                 if let Some(t) = &mut tap_rx {
                     t.set_queues(&dp.tap_queues[self.index], &counters.ports);
@@ -212,10 +227,9 @@ impl Worker {
             // the clock is read only once frames arrived.
             let mut mark = Some(t0);
             let mut share = RoundShare::default();
-            for q in &dp.rx_queues[self.index] {
+            for q in &polled {
                 let n = match q.src {
                     RxSource::Eth { dpdk_port, queue } => port::rx_burst(dpdk_port, queue, &mut rx),
-                    RxSource::Tap(_) if tap_rx.is_some() => continue,
                     RxSource::Tap(fd) => tap::rx_burst(
                         fd,
                         dp.pools.tap,
