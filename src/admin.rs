@@ -8,7 +8,7 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use serde_json::{json, Map, Value};
-use vswitch::{MacAddr, PortId, MAX_PORTS};
+use vswitch::{MacAddr, PortId};
 
 use crate::config::{self, Config, Netns, PortKind};
 use crate::control::Request;
@@ -204,8 +204,10 @@ impl Daemon<'_> {
     fn port_json(&self, i: usize, p: &Port) -> Value {
         // What the workers apply (the snapshot's), not what the guest
         // negotiated a moment ago: the sweep publishes a change within 1 s.
-        let (offloads, tx_queues) = match &self.shared.load().tx[i] {
-            crate::datapath::TxTarget::Eth { takes, queues, .. } => (*takes, Some(queues.to_vec())),
+        let (offloads, tx_queues) = match self.shared.load().tx.get(i) {
+            Some(crate::datapath::TxTarget::Eth { takes, queues, .. }) => {
+                (*takes, Some(queues.to_vec()))
+            }
             _ => (p.guest_offloads(), None),
         };
         json!({
@@ -258,7 +260,8 @@ impl Daemon<'_> {
     /// forgotten once no worker uses it, before its id is reused.
     fn free_slot(&mut self) -> Result<usize, String> {
         let tunnels = self.vtep.as_ref().map_or(&[][..], |v| v.tunnels());
-        let free = (0..MAX_PORTS).find(|&i| {
+        let max = self.cfg.switch.max_ports;
+        let free = (0..max).find(|&i| {
             self.ports.get(i).map_or(true, |p| p.is_none())
                 && crate::vtep::free_for_nic(tunnels, PortId(i as u16))
         });
@@ -266,7 +269,9 @@ impl Daemon<'_> {
             return Ok(i);
         }
         let Some(t) = self.vtep.as_mut().and_then(|v| v.evict_learned()) else {
-            return Err(format!("all {MAX_PORTS} switch ports are in use"));
+            return Err(format!(
+                "all {max} switch ports are in use ([switch] max_ports)"
+            ));
         };
         let cfg = self.cfg.clone();
         if let Err(e) = self.publish(&cfg, false) {

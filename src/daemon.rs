@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use vswitch::security::Security;
-use vswitch::{BridgeId, Pipeline, PortId, SwitchBuilder, MAX_BURST, MAX_PORTS};
+use vswitch::{BridgeId, Pipeline, PortId, SwitchBuilder, MAX_BURST};
 
 use crate::config::{Config, PortKind};
 use crate::control::ControlServer;
@@ -148,6 +148,9 @@ pub fn preflight(cfg: &Config) -> Result<()> {
 /// could not be freed safely when their port goes).
 const HOTPLUG_PORTS: u32 = 16;
 
+/// See `pool_size`.
+const BUFFERED_QUEUES: u32 = 64;
+
 /// Mbufs a port can hold: its rx rings filled, a tx ring per worker, and
 /// what the PMD keeps on its own.
 pub(crate) fn mbuf_demand(p: &crate::config::PortSpec, n_workers: u32) -> u32 {
@@ -169,8 +172,13 @@ fn pool_size(cfg: &Config) -> u32 {
     let n_workers = cfg.workers.cores.len() as u32;
     let mut n: u32 = cfg.ports.iter().map(|p| mbuf_demand(p, n_workers)).sum();
     n += hotplug_reserve(n_workers);
-    // Tx buffers, rx bursts and per-lcore caches.
-    n += n_workers * (MAX_PORTS as u32 + 2) * MAX_BURST as u32;
+    // Frames between rx and tx, and per-lcore caches. What a worker holds
+    // in its tx buffers at the end of a round is what it read that round
+    // (MAX_BURST per busy rx queue; local floods share one mbuf) plus
+    // tunnel copies and segments (each tx buffer flushes at MAX_BURST):
+    // sized for BUFFERED_QUEUES busy queues a round, not for every port
+    // (a copy beyond fails as a counted no_mbuf drop).
+    n += n_workers * (BUFFERED_QUEUES + 2) * MAX_BURST as u32;
     n += (n_workers + 1) * MEMPOOL_CACHE * 2;
     // rte_mempool is most memory-efficient at 2^k - 1 elements.
     (n.max(8192) + 1).next_power_of_two() - 1
@@ -215,7 +223,9 @@ pub(crate) fn build_datapath(
     if let Some(v) = vtep {
         v.attach(cfg, &mut b, &ids);
     }
-    let mut tx = vec![TxTarget::None; MAX_PORTS];
+    // Sized by the NICs' slots: frames leave by a NIC's tx target, or
+    // by the uplink's once encapsulated for a tunnel port.
+    let mut tx = vec![TxTarget::None; ports.len()];
     let mut rx_queues = vec![Vec::new(); placement.n_workers()];
     for (i, port) in ports.iter().enumerate() {
         let Some(port) = port else { continue };
@@ -548,8 +558,8 @@ impl Daemon<'_> {
             .ports
             .iter()
             .enumerate()
-            .any(|(i, p)| match (p, &dp.tx[i]) {
-                (Some(p), t @ TxTarget::Eth { .. }) => p.tx_target() != *t,
+            .any(|(i, p)| match (p, dp.tx.get(i)) {
+                (Some(p), Some(t @ TxTarget::Eth { .. })) => p.tx_target() != *t,
                 _ => false,
             });
         if renegotiated {

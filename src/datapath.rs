@@ -180,7 +180,8 @@ pub struct Datapath {
     /// What decides each frame's fate: topology, MAC tables, security
     /// groups, sessions, meters, the VTEP's tables.
     pub pipeline: Pipeline,
-    /// Per switch port ([`MAX_PORTS`] entries): where its frames leave.
+    /// Per NIC slot (as many as the control thread's port table has):
+    /// where its frames leave.
     pub tx: Box<[TxTarget]>,
     /// Per worker: its rx queues.
     pub rx_queues: Vec<Vec<RxQueue>>,
@@ -195,7 +196,9 @@ pub struct Datapath {
 
 /// Counters of one worker (single writer: that worker).
 pub struct WorkerCounters {
-    /// Per switch port ([`MAX_PORTS`] entries).
+    /// Per switch port id ([`MAX_PORTS`] entries, 256 bytes each: 1 MB
+    /// per worker, allocated once; ids are reused, counters outlive
+    /// snapshots, so they are not resized with the ports).
     pub ports: Box<[PortCounters]>,
     /// TSC cycles of poll rounds that got packets.
     pub busy_cycles: Counter,
@@ -348,7 +351,7 @@ mod tests {
                 ))),
                 None,
             ),
-            tx: vec![TxTarget::None; MAX_PORTS].into(),
+            tx: vec![TxTarget::None; usize::from(rx_port) + 1].into(),
             rx_queues: vec![vec![RxQueue {
                 id: QueueId {
                     port: PortId(rx_port),

@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 use vswitch::overlay::Encap;
-use vswitch::{BridgeId, MacAddr, Overlay, PortId, SwitchBuilder, MAX_PORTS};
+use vswitch::{BridgeId, MacAddr, Overlay, PortId, SwitchBuilder};
 use vxlan::encap::{Template, Tunnel};
 use vxlan::host::VtepHost;
 use vxlan::tunnels::TunnelMap;
@@ -117,14 +117,18 @@ pub struct Vtep {
     cap_reported: bool,
 }
 
-/// The highest switch port id used by neither a NIC (`used`) nor one of
-/// `tunnels`.
-fn free_port(tunnels: &[TunnelPort], used: &[bool]) -> Option<PortId> {
-    (0..MAX_PORTS)
-        .rev()
-        .find(|&i| {
-            !used.get(i).copied().unwrap_or(false) && !tunnels.iter().any(|t| t.port.index() == i)
-        })
+/// The lowest switch port id below `max` used by neither a NIC (`used`)
+/// nor one of `tunnels` (the lowest: tables on the data path reach the
+/// highest id in use).
+fn free_port(tunnels: &[TunnelPort], used: &[bool], max: usize) -> Option<PortId> {
+    let mut taken = vec![false; max];
+    for t in tunnels {
+        if let Some(x) = taken.get_mut(t.port.index()) {
+            *x = true;
+        }
+    }
+    (0..max)
+        .find(|&i| !used.get(i).copied().unwrap_or(false) && !taken[i])
         .map(|i| PortId(i as u16))
 }
 
@@ -227,7 +231,7 @@ impl Vtep {
             if next.iter().any(|t| t.vni == vni && t.remote == remote) {
                 continue;
             }
-            let port = free_port(&next, used)
+            let port = free_port(&next, used, cfg.switch.max_ports)
                 .ok_or_else(|| anyhow::anyhow!("no switch port left for remote VTEP {remote}"))?;
             next.push(TunnelPort {
                 port,
@@ -299,7 +303,8 @@ impl Vtep {
             map.add_vni(n.vni, id.0);
             learn[id.index()] = n.learn_vteps;
         }
-        let mut encap = vec![None; MAX_PORTS].into_boxed_slice();
+        let top = self.tunnels.iter().map(|t| t.port.index() + 1).max();
+        let mut encap = vec![None; top.unwrap_or(0)].into_boxed_slice();
         for t in &self.tunnels {
             map.add_remote(t.vni, t.remote, t.port.0);
             let mac = self.next_hop_mac(t.remote);
@@ -400,7 +405,7 @@ impl Vtep {
             }
             return false;
         }
-        let Some(port) = free_port(&self.tunnels, used) else {
+        let Some(port) = free_port(&self.tunnels, used, cfg.switch.max_ports) else {
             eprintln!("vswitchd: cannot learn VTEP {remote} in VNI {vni}: no switch port left");
             return false;
         };

@@ -25,7 +25,7 @@ use std::sync::Arc;
 
 use vswitch::offload::{complete_checksum, trim_superframe, Segments};
 use vswitch::security::{set_dscp, KEEP_ALL};
-use vswitch::{Arrival, Decisions, DropReason, Fate, Frame, Now, PortId, MAX_BURST, MAX_PORTS};
+use vswitch::{Arrival, Decisions, DropReason, Fate, Frame, Now, PortId, MAX_BURST};
 
 use crate::datapath::{Datapath, RxQueue, RxSource, Shared, TxTarget, WorkerCounters};
 use crate::dpdk::mbuf::{Burst, Mbuf};
@@ -34,9 +34,12 @@ use crate::tap::io_path as tap;
 use crate::tap::uring::TapRx;
 use crate::vtep::{Punt, VtepPath};
 
+#[derive(Default)]
 struct TxBuf {
     frames: Burst,
     bytes: u64,
+    /// On the dirty list.
+    listed: bool,
 }
 
 /// A worker's private state. The snapshot it forwards with is a local of
@@ -65,9 +68,11 @@ pub struct Worker {
 struct Output {
     /// The worker's index: its tx queue on every DPDK port.
     queue: u16,
+    /// Per NIC slot of the snapshot (grown when a snapshot has more).
     tx: Vec<TxBuf>,
-    /// Bit p set: tx buffer of port p holds frames.
-    dirty: u64,
+    /// The ports whose tx buffer took frames this round, each once: the
+    /// round's flush visits these, not every port.
+    dirty: Vec<PortId>,
     drops: Burst,
     /// Outer IPv4 identification (meaningless with DF, RFC 6864, but
     /// varied for middleboxes that look at it anyway).
@@ -120,9 +125,20 @@ impl RoundShare {
 const PUNT_RATE: u64 = 2000;
 const PUNT_BURST: u64 = 256;
 
-const _: () = assert!(MAX_PORTS <= 64, "dirty is a u64 bitmap");
-
 impl Worker {
+    /// Sizes the worker's per-port state for snapshot `dp`, when it takes
+    /// it (every tx buffer is empty then): a tx buffer per NIC slot, the
+    /// dirty list, room for a burst's flood sets. Grows with the ports
+    /// that exist, once per snapshot that has more; never per frame.
+    fn fit(&mut self, dp: &Datapath) {
+        let n = dp.tx.len();
+        if self.out.tx.len() < n {
+            self.out.tx.resize_with(n, TxBuf::default);
+            self.out.dirty.reserve(n);
+        }
+        self.decisions.fit(&dp.pipeline);
+    }
+
     /// Worker `index` of the [`Shared`] it will run on, with a flow
     /// cache if `flow_cache`.
     pub fn new(index: usize, flow_cache: bool) -> Worker {
@@ -135,13 +151,8 @@ impl Worker {
             }),
             out: Output {
                 queue: index as u16,
-                tx: (0..MAX_PORTS)
-                    .map(|_| TxBuf {
-                        frames: Burst::default(),
-                        bytes: 0,
-                    })
-                    .collect(),
-                dirty: 0,
+                tx: Vec::new(),
+                dirty: Vec::new(),
                 drops: Burst::default(),
                 ip_id: 0,
             },
@@ -202,6 +213,7 @@ impl Worker {
             );
         };
         polls(&dp, &mut polled);
+        self.fit(&dp);
         if let Some(t) = &mut tap_rx {
             t.set_queues(&dp.tap_queues[self.index], &counters.ports);
         }
@@ -211,6 +223,7 @@ impl Worker {
                 dp = shared.load();
                 gen = g;
                 polls(&dp, &mut polled);
+                self.fit(&dp);
                 // Before the ack: no read may hold a queue that left.
                 if let Some(t) = &mut tap_rx {
                     t.set_queues(&dp.tap_queues[self.index], &counters.ports);
@@ -581,7 +594,10 @@ impl Output {
         let b = &mut self.tx[p.index()];
         b.bytes += u64::from(m.pkt_len());
         b.frames.push(m);
-        self.dirty |= 1 << p.index();
+        if !b.listed {
+            b.listed = true;
+            self.dirty.push(p);
+        }
     }
 
     /// Completes a frame's partial checksum in place and forgets its
@@ -662,15 +678,17 @@ impl Output {
     }
 
     fn flush_all(&mut self, dp: &Datapath, counters: &WorkerCounters) {
-        while self.dirty != 0 {
-            let p = self.dirty.trailing_zeros() as usize;
-            self.flush(dp, p, counters);
+        let mut dirty = std::mem::take(&mut self.dirty);
+        for &p in &dirty {
+            self.tx[p.index()].listed = false;
+            self.flush(dp, p.index(), counters);
         }
+        dirty.clear();
+        self.dirty = dirty;
     }
 
     #[inline]
     fn flush(&mut self, dp: &Datapath, p: usize, counters: &WorkerCounters) {
-        self.dirty &= !(1 << p);
         let b = &mut self.tx[p];
         if b.frames.is_empty() {
             return;

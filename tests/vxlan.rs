@@ -501,6 +501,7 @@ fn a_nic_takes_the_switch_port_of_the_oldest_learned_vtep() {
     let cfg = Vswitchd::config_header(&dir, 256, "vpc100")
         + &format!(
             "vni = 100\nlearn_vteps = true\n\n\
+             [switch]\nmax_ports = 64\n\n\
              [vtep]\nuplink = \"uplink\"\nip = \"10.{n}.0.1/24\"\nmax_learned = 200\n\n\
              [[port]]\nname = \"uplink\"\nkind = \"af-packet\"\niface = \"{}\"\n",
             peer.uplink.name()
@@ -535,7 +536,8 @@ fn a_nic_takes_the_switch_port_of_the_oldest_learned_vtep() {
         l.sort_by(|a, b| b.0.cmp(&a.0));
         l.into_iter().map(|(_, r)| r).collect()
     };
-    // 64 switch ports: the uplink and c hold two, the learned VTEPs the rest.
+    // 64 switch ports ([switch] max_ports): the uplink and c hold two,
+    // the learned VTEPs the rest.
     let full = wait_until(Duration::from_secs(10), || learned_by_age().len() == 62);
     let before = learned_by_age();
     assert!(full, "learned VTEPs fill the port space: {}", before.len());

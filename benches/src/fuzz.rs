@@ -854,7 +854,7 @@ fn check(
             }
             Fate::Flood { .. } => {
                 soak.floods += 1;
-                let list = sw.flood_ports(in_port);
+                let list: Vec<PortId> = sw.flood_ports(in_port).iter().collect();
                 let (locals, tunnels) = (d.flood_locals(i), d.flood_tunnels(i));
                 let listed = |q: &PortId| list.contains(q) && in_bridge(*q);
                 if !locals.iter().all(|q| listed(q) && !sw.is_tunnel(*q))

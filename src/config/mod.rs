@@ -72,6 +72,7 @@ struct FileModel {
     control: ControlConf,
     #[serde(default)]
     stats: StatsConf,
+    switch: Option<Spanned<SwitchFile>>,
     #[serde(default, rename = "bridge")]
     bridges: Vec<Spanned<BridgeFile>>,
     #[serde(default, rename = "port")]
@@ -218,6 +219,31 @@ pub struct StatsConf {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+struct SwitchFile {
+    max_ports: Option<Spanned<usize>>,
+}
+
+/// The switch's port space.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SwitchConf {
+    /// Switch port ids, NICs and tunnel ports together (`[switch]
+    /// max_ports`, default and at most [`vswitch::MAX_PORTS`]). Tables on
+    /// the data path are sized by the ports that exist, not by this: it
+    /// is a bound an operator may lower, not a reservation. When every id
+    /// is taken, a new NIC takes the port of the oldest learned VTEP.
+    pub max_ports: usize,
+}
+
+impl Default for SwitchConf {
+    fn default() -> Self {
+        SwitchConf {
+            max_ports: vswitch::MAX_PORTS,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct BridgeFile {
     name: Spanned<String>,
     #[serde(default = "default_mac_table_size")]
@@ -305,6 +331,8 @@ pub struct Config {
     pub control: ControlConf,
     /// Stats output.
     pub stats: StatsConf,
+    /// The switch's port space.
+    pub switch: SwitchConf,
     /// Bridge domains.
     pub bridges: Vec<vswitch::BridgeConf>,
     /// Ports, in file order (which is also their switch port index).
@@ -752,11 +780,26 @@ pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
             "at most 32 ports other than TAPs (DPDK's RTE_MAX_ETHPORTS)",
         ));
     }
-    if ports.len() > vswitch::MAX_PORTS {
+    let mut switch = SwitchConf::default();
+    if let Some(m) = model
+        .switch
+        .as_ref()
+        .and_then(|s| s.get_ref().max_ports.as_ref())
+    {
+        if !(2..=vswitch::MAX_PORTS).contains(m.get_ref()) {
+            return Err(cx.err(
+                m.span(),
+                "switch.max_ports",
+                format!("must be 2 to {}", vswitch::MAX_PORTS),
+            ));
+        }
+        switch.max_ports = *m.get_ref();
+    }
+    if ports.len() > switch.max_ports {
         return Err(cx.err(
-            0..0,
-            "port",
-            format!("at most {} ports", vswitch::MAX_PORTS),
+            model.ports[switch.max_ports].span(),
+            format!("port[{}]", switch.max_ports),
+            format!("at most {} ports ([switch] max_ports)", switch.max_ports),
         ));
     }
     let vtep = match &model.vtep {
@@ -780,14 +823,14 @@ pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
             r.len()
         })
         .sum();
-    if ports.len() + tunnel_ports > vswitch::MAX_PORTS {
+    if ports.len() + tunnel_ports > switch.max_ports {
         return Err(cx.err(
             0..0,
             "remote_vteps",
             format!(
-                "{} ports and {tunnel_ports} remote VTEPs (one tunnel port per VTEP and VNI) exceed the switch's {} ports",
+                "{} ports and {tunnel_ports} remote VTEPs (one tunnel port per VTEP and VNI) exceed the switch's {} ports ([switch] max_ports)",
                 ports.len(),
-                vswitch::MAX_PORTS
+                switch.max_ports
             ),
         ));
     }
@@ -796,6 +839,7 @@ pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
         workers: model.workers,
         control: model.control,
         stats: model.stats,
+        switch,
         bridges,
         ports,
         sessions: model.sessions,
@@ -1363,6 +1407,35 @@ mod tests {
             .ports
             .iter()
             .any(|p| matches!(p.kind, PortKind::VhostUser { .. })));
+    }
+
+    #[test]
+    fn the_port_space_is_bounded_by_max_ports_with_the_place_named() {
+        let tap = |i: usize| {
+            format!("[[port]]\nname = \"t{i}\"\nkind = \"tap\"\nbridge = \"b\"\nnetns = \"c{i}\"\n")
+        };
+        let bridge = "[[bridge]]\nname = \"b\"\n";
+        let three: String = (0..3).map(tap).collect();
+        let ok = parse(
+            "t.toml",
+            &format!("[switch]\nmax_ports = 3\n{bridge}{three}"),
+        )
+        .unwrap();
+        assert_eq!(ok.switch.max_ports, 3);
+        assert_eq!(
+            parse("t.toml", &format!("{bridge}{three}"))
+                .unwrap()
+                .switch
+                .max_ports,
+            vswitch::MAX_PORTS
+        );
+        let e = err(&format!("[switch]\nmax_ports = 2\n{bridge}{three}"));
+        assert_eq!((e.field.as_str(), e.line), ("port[2]", 15), "{e}");
+        assert!(e.message.contains("at most 2 ports"), "{e}");
+        let e = err(&format!("[switch]\nmax_ports = 5000\n{bridge}"));
+        assert_eq!((e.field.as_str(), e.line), ("switch.max_ports", 2), "{e}");
+        let e = err("[switch]\nmax_port = 5\n");
+        assert!(e.to_string().contains("max_port"), "{e}");
     }
 
     #[test]

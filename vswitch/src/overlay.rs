@@ -46,7 +46,8 @@ pub struct Overlay {
     pub map: TunnelMap,
     /// Per bridge index: whether it learns remote VTEPs.
     pub learn: Vec<bool>,
-    /// Per switch port: its encap, for tunnel ports.
+    /// Per switch port up to the highest tunnel port: its encap, for
+    /// tunnel ports.
     pub encap: Box<[Option<Encap>]>,
 }
 
@@ -159,7 +160,12 @@ impl Overlay {
     pub fn egress<F: Frame>(&self, p: PortId, f: &F) -> Result<(), DropReason> {
         if wire_frame_len(f) > self.max_inner {
             Err(DropReason::MtuExceeded)
-        } else if !self.encap[p.index()].as_ref().is_some_and(|e| e.resolved) {
+        } else if !self
+            .encap
+            .get(p.index())
+            .and_then(Option::as_ref)
+            .is_some_and(|e| e.resolved)
+        {
             Err(DropReason::NoNeighbour)
         } else {
             Ok(())

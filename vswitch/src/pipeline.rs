@@ -37,7 +37,7 @@ use crate::overlay::{Arrival, Overlay};
 use crate::security::{Scratch, Security, Via, KEEP_ALL};
 use crate::stats::{DropReason, PortCounters};
 use crate::switch::{Action, Frame, Switch};
-use crate::types::{MacAddr, PortId, MAX_BURST, MAX_PORTS};
+use crate::types::{MacAddr, PortId, MAX_BURST};
 
 /// The time a burst is processed at, on the workers' shared clock.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -73,7 +73,7 @@ pub enum Fate {
     /// copy was refused and counted on its port).
     Flood {
         /// Where its ports start in the decisions' output list.
-        at: u16,
+        at: u32,
         /// How many local ports, then how many tunnel ports, follow.
         locals: u16,
         /// How many tunnel ports.
@@ -100,7 +100,8 @@ impl Default for Decisions {
     fn default() -> Self {
         Decisions {
             fates: [Fate::Drop(DropReason::NoOutput); MAX_BURST],
-            outputs: Vec::with_capacity(MAX_BURST * MAX_PORTS),
+            // Grown by `fit` to what the topology needs.
+            outputs: Vec::with_capacity(MAX_BURST * 64),
             secured: false,
             actions: [Action::Flood; MAX_BURST],
             scratch: Scratch::default(),
@@ -118,6 +119,15 @@ impl Decisions {
             cache: Some(Box::default()),
             ..Decisions::default()
         }
+    }
+
+    /// Makes room for the flood sets of a burst through `pipeline` (a
+    /// burst of frames each flooded to a whole bridge), so that deciding
+    /// never allocates: called when a worker takes a new snapshot.
+    pub fn fit(&mut self, pipeline: &Pipeline) {
+        let need = MAX_BURST * pipeline.switch.max_flood();
+        self.outputs
+            .reserve(need.saturating_sub(self.outputs.len()));
     }
 
     /// The flow cache's counters, if there is one.
@@ -166,7 +176,8 @@ impl Decisions {
     pub fn flood_locals(&self, i: usize) -> &[PortId] {
         match self.fates[i] {
             Fate::Flood { at, locals, .. } => {
-                &self.outputs[usize::from(at)..usize::from(at) + usize::from(locals)]
+                let at = at as usize;
+                &self.outputs[at..at + usize::from(locals)]
             }
             _ => &[],
         }
@@ -181,7 +192,7 @@ impl Decisions {
                 locals,
                 tunnels,
             } => {
-                let from = usize::from(at) + usize::from(locals);
+                let from = at as usize + usize::from(locals);
                 &self.outputs[from..from + usize::from(tunnels)]
             }
             _ => &[],
@@ -506,8 +517,7 @@ impl Pipeline {
         d: &mut Decisions,
     ) -> Fate {
         let at = d.outputs.len();
-        let mut tunnels = [PortId(0); MAX_PORTS];
-        let mut t = 0;
+        let (mut locals, mut tunnels) = (0, 0);
         // A refused copy counts what it would have carried: the segments
         // a policer left of a superframe.
         let keep = d.keep(i);
@@ -515,7 +525,9 @@ impl Pipeline {
             KEEP_ALL => f.wire_packets(),
             k => u64::from(k),
         };
-        for &p in self.switch.flood_ports(in_port) {
+        // Local ports come first in the list, so the copies that pass
+        // are in the outputs as [`Fate::Flood`] describes them.
+        for p in self.switch.flood_ports(in_port).iter() {
             if d.secured
                 && !self.security.admit_flood_copy(
                     in_port,
@@ -531,18 +543,18 @@ impl Pipeline {
                 continue;
             }
             if !self.switch.is_tunnel(p) {
+                debug_assert_eq!(tunnels, 0, "local ports first");
                 d.outputs.push(p);
+                locals += 1;
             } else if self.tunnel_egress(p, f, counters, keep).is_ok() {
-                tunnels[t] = p;
-                t += 1;
+                d.outputs.push(p);
+                tunnels += 1;
             }
         }
-        let locals = d.outputs.len() - at;
-        d.outputs.extend_from_slice(&tunnels[..t]);
         Fate::Flood {
-            at: at as u16,
-            locals: locals as u16,
-            tunnels: t as u16,
+            at: at as u32,
+            locals,
+            tunnels,
         }
     }
 }
@@ -565,6 +577,7 @@ mod tests {
     use crate::security::PortPolicy;
     use crate::switch::{BridgeConf, SwitchBuilder};
     use crate::test_support::{compiled, superframe};
+    use crate::types::MAX_PORTS;
 
     const VTEP: Ipv4Addr = Ipv4Addr::new(10, 9, 0, 1);
     /// Underlay MTU 1500: the largest inner frame is 1464 bytes.

@@ -29,7 +29,7 @@ use acl::{Action as AclAction, Classifier, Family, Tuple, Verdict};
 use crate::flow::{FlowKey, IPPROTO_TCP, L3};
 use crate::stats::{DropReason, PortCounters};
 use crate::switch::{Action, Frame};
-use crate::types::{PortId, MAX_BURST, MAX_PORTS};
+use crate::types::{PortId, MAX_BURST};
 
 /// A compiled security group and the QoS class of each of its rules.
 pub struct Group {
@@ -208,7 +208,11 @@ impl Security {
         sessions: Arc<SessionTable>,
         generation: u32,
     ) -> Security {
-        ports.resize(MAX_PORTS, PortPolicy::default());
+        // Sized by the ports given (per-port tables grow with the ports
+        // that exist, not with MAX_PORTS; `port` answers beyond).
+        while ports.last().is_some_and(PortPolicy::is_empty) {
+            ports.pop();
+        }
         let active = ports.iter().any(|p| !p.is_empty());
         let any_ingress = ports.iter().any(|p| p.ingress.is_some());
         let grouped = ports
@@ -235,9 +239,18 @@ impl Security {
         Security::new(Vec::new(), Vec::new(), sessions, 0)
     }
 
-    /// What port `p` has attached.
+    /// What port `p` has attached (nothing, for a port beyond the
+    /// table: a tunnel port, or one with nothing attached at the top of the
+    /// id space).
+    #[inline]
     pub fn port(&self, p: PortId) -> &PortPolicy {
-        &self.ports[p.index()]
+        static NOTHING: PortPolicy = PortPolicy {
+            ingress: None,
+            egress: None,
+            ingress_meter: None,
+            egress_meter: None,
+        };
+        self.ports.get(p.index()).unwrap_or(&NOTHING)
     }
 
     /// The session table.
@@ -271,7 +284,7 @@ impl Security {
         let mut class = 0;
         for (p, ingress) in [(src, false), (dst, true)] {
             let Some(p) = p else { continue };
-            let pp = &self.ports[p.index()];
+            let pp = &self.port(p);
             let g = if ingress { &pp.ingress } else { &pp.egress };
             if let Some(g) = g {
                 let v = g.classifier.classify(t);
@@ -303,7 +316,7 @@ impl Security {
         if !self.active {
             return;
         }
-        let inp = &self.ports[in_port.index()];
+        let inp = &self.port(in_port);
         let drop = |actions: &mut [Action], i: usize, why: DropReason, port: PortId| {
             actions[i] = Action::Drop(why);
             counters[port.index()].drop(why, frames[i].wire_packets());
@@ -324,7 +337,7 @@ impl Security {
                 Action::Drop(_) => continue,
             };
             let judged = inp.egress.is_some()
-                || out.is_some_and(|q| self.ports[q.index()].ingress.is_some())
+                || out.is_some_and(|q| self.port(q).ingress.is_some())
                 || (out.is_none() && self.any_ingress);
             if !judged {
                 scratch.via[i] = Via::Plain;
@@ -438,7 +451,7 @@ impl Security {
                 class = rule_class(g, &verdicts[k]);
             }
             if let Action::Output(q) = actions[i] {
-                if let Some(g) = &self.ports[q.index()].ingress {
+                if let Some(g) = &self.port(q).ingress {
                     let v = g.classifier.classify(&t);
                     if v.action == AclAction::Deny {
                         drop(actions, i, deny_reason, q);
@@ -540,7 +553,7 @@ impl Security {
         let (mut classes, mut n_classes) = ([0u16; MAX_BURST], 0);
         for (a, &c) in actions[..n].iter().zip(&scratch.class[..n]) {
             if let Action::Output(q) = *a {
-                if self.ports[q.index()].ingress_meter.is_some() && !outs[..n_outs].contains(&q) {
+                if self.port(q).ingress_meter.is_some() && !outs[..n_outs].contains(&q) {
                     outs[n_outs] = q;
                     n_outs += 1;
                 }
@@ -550,14 +563,11 @@ impl Security {
                 n_classes += 1;
             }
         }
-        if let Some(m) = &self.ports[in_port.index()].egress_meter {
+        if let Some(m) = &self.port(in_port).egress_meter {
             run(m, actions, scratch, in_port, &|_, _| true);
         }
         for &q in &outs[..n_outs] {
-            let m = self.ports[q.index()]
-                .ingress_meter
-                .as_ref()
-                .expect("metered");
+            let m = self.port(q).ingress_meter.as_ref().expect("metered");
             run(m, actions, scratch, q, &|_, a| *a == Action::Output(q));
         }
         for &class in &classes[..n_classes] {
@@ -583,7 +593,7 @@ impl Security {
         now: u32,
         counters: &[PortCounters],
     ) -> bool {
-        let Some(g) = &self.ports[q.index()].ingress else {
+        let Some(g) = &self.port(q).ingress else {
             return true;
         };
         let Some((t, flags)) = scratch.tuples[i] else {

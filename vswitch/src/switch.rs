@@ -119,18 +119,55 @@ pub struct BridgeDomain {
 pub const MAX_ZONE: u16 = 0x7fff;
 
 /// An immutable topology snapshot (see the module documentation).
+///
+/// Per-port tables are sized by the highest port id in use, not by
+/// [`MAX_PORTS`]; flood lists are per bridge (two of them), not per port,
+/// so a bridge of n ports costs O(n) to build and hold, not O(n²).
 pub struct Switch {
     bridges: Vec<BridgeDomain>,
-    port_bridge: [Option<BridgeId>; MAX_PORTS],
-    /// Per ingress port: where its floods go (see the module documentation).
-    flood: Vec<Vec<PortId>>,
-    tunnel: [bool; MAX_PORTS],
+    /// Per bridge: its flood lists.
+    floods: Vec<FloodLists>,
+    port_bridge: Vec<Option<BridgeId>>,
+    tunnel: Vec<bool>,
     /// Per port: its port security, if on.
     guards: Vec<Option<PortGuard>>,
     /// Per port: MACs it may have learned at a time.
     mac_limits: Vec<u32>,
     /// The zone the next new bridge gets.
     next_zone: u16,
+}
+
+/// Where a bridge's floods go. A frame from a local port goes to `all`
+/// but its ingress port; a frame from a tunnel to `locals` (split
+/// horizon). Local ports come first in `all`, then the tunnels on the
+/// head-end replication list, so a flood's copies come out in that order.
+#[derive(Default)]
+struct FloodLists {
+    all: Vec<PortId>,
+    locals: Vec<PortId>,
+}
+
+/// Where a frame from one port is flooded: the ports of a list but its
+/// ingress port (see [`Switch::flood_ports`]).
+#[derive(Clone, Copy)]
+pub struct FloodPorts<'a> {
+    list: &'a [PortId],
+    skip: PortId,
+}
+
+impl<'a> FloodPorts<'a> {
+    /// The ports, local ones first.
+    #[inline]
+    pub fn iter(self) -> impl Iterator<Item = PortId> + 'a {
+        let skip = self.skip;
+        self.list.iter().copied().filter(move |&p| p != skip)
+    }
+
+    /// Whether the flood reaches no port.
+    #[inline]
+    pub fn is_empty(self) -> bool {
+        self.list.iter().all(|&p| p == self.skip)
+    }
 }
 
 /// Builds a [`Switch`].
@@ -242,46 +279,54 @@ impl SwitchBuilder {
             }
             next_zone = p.next_zone;
         }
-        let mut port_bridge = [None; MAX_PORTS];
-        let mut tunnel = [false; MAX_PORTS];
-        let mut flood_target = [true; MAX_PORTS];
-        for &(p, f) in &self.tunnels {
-            let i = p.index();
-            if i >= MAX_PORTS {
-                return Err(BuildError::PortOutOfRange(p));
-            }
-            tunnel[i] = true;
-            flood_target[i] = f;
+        // Per-port tables reach the highest port id in use.
+        let n_ports = self
+            .bridges
+            .iter()
+            .flat_map(|(_, ports)| ports.iter())
+            .chain(self.tunnels.iter().map(|(p, _)| p))
+            .chain(self.guards.iter().map(|(p, _)| p))
+            .chain(self.mac_limits.iter().map(|(p, _)| p))
+            .map(|p| p.index() + 1)
+            .max()
+            .unwrap_or(0);
+        if n_ports > MAX_PORTS {
+            return Err(BuildError::PortOutOfRange(PortId((n_ports - 1) as u16)));
         }
-        let mut flood = vec![Vec::new(); MAX_PORTS];
+        let mut port_bridge = vec![None; n_ports];
+        let mut tunnel = vec![false; n_ports];
+        let mut flood_target = vec![true; n_ports];
+        for &(p, f) in &self.tunnels {
+            tunnel[p.index()] = true;
+            flood_target[p.index()] = f;
+        }
         let mut bridges = Vec::with_capacity(self.bridges.len());
+        let mut floods = Vec::with_capacity(self.bridges.len());
         let mut names = HashMap::new();
         for (i, (conf, ports)) in self.bridges.into_iter().enumerate() {
             if names.insert(conf.name.clone(), i).is_some() {
                 return Err(BuildError::DuplicateBridge(conf.name));
             }
             for &p in &ports {
-                let slot = port_bridge
-                    .get_mut(p.index())
-                    .ok_or(BuildError::PortOutOfRange(p))?;
+                let slot = &mut port_bridge[p.index()];
                 if slot.is_some() {
                     return Err(BuildError::PortInTwoBridges(p));
                 }
                 *slot = Some(BridgeId(i as u16));
-                let from_tunnel = tunnel[p.index()];
-                flood[p.index()] = ports
+            }
+            let locals: Vec<PortId> = ports
+                .iter()
+                .copied()
+                .filter(|p| !tunnel[p.index()])
+                .collect();
+            let mut all = locals.clone();
+            all.extend(
+                ports
                     .iter()
                     .copied()
-                    .filter(|&q| {
-                        q != p
-                            && if tunnel[q.index()] {
-                                !from_tunnel && flood_target[q.index()]
-                            } else {
-                                true
-                            }
-                    })
-                    .collect();
-            }
+                    .filter(|p| tunnel[p.index()] && flood_target[p.index()]),
+            );
+            floods.push(FloodLists { all, locals });
             let before = old.get(conf.name.as_str());
             let macs = match before.map(|b| &b.macs) {
                 Some(t)
@@ -307,22 +352,17 @@ impl SwitchBuilder {
                 zone,
             });
         }
-        let mut mac_limits = vec![u32::MAX; MAX_PORTS];
+        let mut mac_limits = vec![u32::MAX; n_ports];
         for (p, l) in self.mac_limits {
-            *mac_limits
-                .get_mut(p.index())
-                .ok_or(BuildError::PortOutOfRange(p))? = l;
+            mac_limits[p.index()] = l;
         }
-        let mut guards = vec![None; MAX_PORTS];
+        let mut guards = vec![None; n_ports];
         let mut statics = self.static_macs;
         for (p, g) in self.guards {
-            let slot = guards
-                .get_mut(p.index())
-                .ok_or(BuildError::PortOutOfRange(p))?;
             if let Some(b) = port_bridge[p.index()] {
                 statics.push((b, g.mac(), p));
             }
-            *slot = Some(g);
+            guards[p.index()] = Some(g);
         }
         for (b, mac, port) in statics {
             if !bridges[b.index()].macs.add_static(mac, port) {
@@ -331,8 +371,8 @@ impl SwitchBuilder {
         }
         Ok(Switch {
             bridges,
+            floods,
             port_bridge,
-            flood,
             tunnel,
             guards,
             mac_limits,
@@ -379,10 +419,30 @@ impl Switch {
     }
 
     /// Where a frame from `in_port` is flooded: the other ports of its
-    /// domain, minus tunnels as split horizon requires.
+    /// domain, minus tunnels as split horizon requires and tunnels off the
+    /// head-end replication list.
     #[inline]
-    pub fn flood_ports(&self, in_port: PortId) -> &[PortId] {
-        &self.flood[in_port.index()]
+    pub fn flood_ports(&self, in_port: PortId) -> FloodPorts<'_> {
+        let list = match self.bridge_of(in_port) {
+            Some(b) if self.is_tunnel(in_port) => &self.floods[b.index()].locals[..],
+            Some(b) => &self.floods[b.index()].all[..],
+            None => &[],
+        };
+        FloodPorts {
+            list,
+            skip: in_port,
+        }
+    }
+
+    /// The most ports one frame can be flooded to.
+    pub fn max_flood(&self) -> usize {
+        self.floods.iter().map(|f| f.all.len()).max().unwrap_or(0)
+    }
+
+    /// One more than the highest port id the snapshot knows (the length
+    /// of its per-port tables).
+    pub fn port_count(&self) -> usize {
+        self.port_bridge.len()
     }
 
     /// Decides the fate of a burst of frames received on `in_port` at time
@@ -419,7 +479,7 @@ impl Switch {
         let guard = self.guard_of(in_port);
         let mac_limit = self.mac_limits[in_port.index()];
         let from_tunnel = self.tunnel[in_port.index()];
-        let flood = if self.flood[in_port.index()].is_empty() {
+        let flood = if self.flood_ports(in_port).is_empty() {
             Action::Drop(DropReason::NoOutput)
         } else {
             Action::Flood
@@ -473,7 +533,7 @@ impl Switch {
                 } else {
                     match macs.lookup(dst, now) {
                         Some(p) if p == in_port => Action::Drop(DropReason::SamePort),
-                        Some(p) if from_tunnel && self.tunnel[p.index()] => {
+                        Some(p) if from_tunnel && self.is_tunnel(p) => {
                             Action::Drop(DropReason::SplitHorizon)
                         }
                         Some(p) => Action::Output(p),
@@ -518,6 +578,10 @@ mod tests {
         f
     }
 
+    fn flooded(sw: &Switch, p: PortId) -> Vec<PortId> {
+        sw.flood_ports(p).iter().collect()
+    }
+
     fn conf(name: &str) -> BridgeConf {
         BridgeConf {
             name: name.into(),
@@ -549,7 +613,7 @@ mod tests {
     fn unknown_unicast_floods_then_learned_unicast_does_not() {
         let sw = two_bridges();
         assert_eq!(run(&sw, 0, &[frame(mac(2), mac(1))], 0), [Action::Flood]);
-        assert_eq!(sw.flood_ports(PortId(0)), [PortId(1), PortId(2)]);
+        assert_eq!(flooded(&sw, PortId(0)), [PortId(1), PortId(2)]);
         // Reply from port 1 goes straight to port 0, learned above.
         assert_eq!(
             run(&sw, 1, &[frame(mac(1), mac(2))], 0),
@@ -588,7 +652,7 @@ mod tests {
         let bc = frame([0xff; 6], mac(1));
         let mc = frame([0x01, 0, 0x5e, 0, 0, 1], mac(1));
         assert_eq!(run(&sw, 2, &[bc, mc], 0), [Action::Flood, Action::Flood]);
-        assert!(!sw.flood_ports(PortId(2)).contains(&PortId(2)));
+        assert!(!flooded(&sw, PortId(2)).contains(&PortId(2)));
     }
 
     #[test]
@@ -597,7 +661,7 @@ mod tests {
         run(&sw, 0, &[frame([0xff; 6], mac(1))], 0);
         // mac(1) lives in "a": from "b" it is unknown, so flooded within "b" only.
         assert_eq!(run(&sw, 3, &[frame(mac(1), mac(9))], 0), [Action::Flood]);
-        assert_eq!(sw.flood_ports(PortId(3)), [PortId(4)]);
+        assert_eq!(flooded(&sw, PortId(3)), [PortId(4)]);
     }
 
     #[test]
@@ -694,12 +758,9 @@ mod tests {
             .attach_tunnel(PortId(11), a, true)
             .attach_tunnel(PortId(12), a, false);
         let sw = b.build(None).unwrap();
-        assert_eq!(
-            sw.flood_ports(PortId(0)),
-            [PortId(1), PortId(10), PortId(11)]
-        );
-        assert_eq!(sw.flood_ports(PortId(10)), [PortId(0), PortId(1)]);
-        assert_eq!(sw.flood_ports(PortId(12)), [PortId(0), PortId(1)]);
+        assert_eq!(flooded(&sw, PortId(0)), [PortId(1), PortId(10), PortId(11)]);
+        assert_eq!(flooded(&sw, PortId(10)), [PortId(0), PortId(1)]);
+        assert_eq!(flooded(&sw, PortId(12)), [PortId(0), PortId(1)]);
         assert!(sw.is_tunnel(PortId(12)) && !sw.is_tunnel(PortId(1)));
         // A MAC learned from tunnel 12 is reached by unicast, not flooding.
         run(&sw, 12, &[frame([0xff; 6], mac(9))], 0);

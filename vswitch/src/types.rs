@@ -12,7 +12,7 @@ pub const MAX_BURST: usize = 32;
 /// Switch ports per vswitchd instance. Debian's DPDK is built with
 /// `RTE_MAX_ETHPORTS = 32`; tunnel ports (one per remote VTEP) come on top,
 /// so the switch's own index space is larger.
-pub const MAX_PORTS: usize = 64;
+pub const MAX_PORTS: usize = 4096;
 
 /// Index of a switch port (not a DPDK port id: the daemon maps between them).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
