@@ -1,0 +1,201 @@
+//! Density: 200 container NICs on one vswitchd (issue 16's CI test):
+//! 196 kernel containers on TAP NICs and 4 DPDK containers' vhost-user
+//! ports, two of them with a testpmd attached. A broadcast reaches every
+//! other NIC of the bridge exactly once, chosen pairs talk, and the stats
+//! cover every port.
+
+mod common;
+
+use std::time::Duration;
+
+use testbed::netns::Netns;
+use testbed::testpmd::{Testpmd, TestpmdOpts};
+use testbed::vswitchd::{TempDir, Vswitchd};
+use testbed::{unique, wait_until};
+
+const TAPS: usize = 196;
+const VHOSTS: usize = 4;
+
+/// The MAC and address of TAP NIC `i`.
+fn tap_mac(i: usize) -> String {
+    format!("02:00:00:d0:{:02x}:{:02x}", i >> 8, i & 0xff)
+}
+
+fn tap_ip(i: usize) -> String {
+    format!("10.77.{}.{}", i / 200, 1 + i % 200)
+}
+
+#[test]
+fn two_hundred_nics_flood_once_talk_in_pairs_and_are_all_counted() {
+    let dir = TempDir::new("vs-dens");
+    let tag = unique("dn");
+    let nss: Vec<Netns> = (0..TAPS)
+        .map(|i| Netns::create(&format!("{tag}-{i}")).unwrap())
+        .collect();
+    let sockets: Vec<_> = (0..VHOSTS)
+        .map(|i| dir.join(&format!("v{i}.sock")))
+        .collect();
+    let mut cfg = Vswitchd::config_header(&dir, 512, "vpc1");
+    for (i, ns) in nss.iter().enumerate() {
+        cfg += &format!(
+            "[[port]]\nname = \"t{i}\"\nkind = \"tap\"\nbridge = \"vpc1\"\nnetns = \"{}\"\n\
+             mac = \"{}\"\nipv4 = \"{}/16\"\n",
+            ns.name(),
+            tap_mac(i),
+            tap_ip(i)
+        );
+    }
+    for (i, s) in sockets.iter().enumerate() {
+        cfg += &format!(
+            "[[port]]\nname = \"v{i}\"\nkind = \"vhost-user\"\nbridge = \"vpc1\"\nsocket = \"{}\"\n\
+             rx_desc = 256\ntx_desc = 256\n",
+            s.display()
+        );
+    }
+    let vs = common::start(&dir, &cfg);
+    let names: Vec<String> = (0..TAPS)
+        .map(|i| format!("t{i}"))
+        .chain((0..VHOSTS).map(|i| format!("v{i}")))
+        .collect();
+
+    // DPDK containers on v0 and v1; v2 and v3 have none.
+    const MAC_A: &str = "02:00:00:00:0e:01";
+    const MAC_B: &str = "02:00:00:00:0e:02";
+    let mut ta = Testpmd::start(
+        "tp-dens-a",
+        &TestpmdOpts {
+            socket: &sockets[0],
+            mac: MAC_A,
+            peer: Some(MAC_B),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let mut tb = Testpmd::start(
+        "tp-dens-b",
+        &TestpmdOpts {
+            socket: &sockets[1],
+            mac: MAC_B,
+            peer: Some(MAC_A),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert!(
+        wait_until(Duration::from_secs(20), || vs.link_up("v0")
+            && vs.link_up("v1")),
+        "vhost links up"
+    );
+    ta.cmd("start");
+    tb.cmd("start");
+
+    // Every port appears in the stats, each once.
+    let stats = vs.request(serde_json::json!({"cmd": "stats"})).unwrap();
+    let listed: Vec<&str> = stats["ports"]
+        .as_array()
+        .expect("a port list")
+        .iter()
+        .filter_map(|p| p["name"].as_str())
+        .collect();
+    for n in &names {
+        assert_eq!(
+            listed.iter().filter(|l| *l == n).count(),
+            1,
+            "{n} in the stats once"
+        );
+    }
+
+    // A broadcast from t0 (three ARP requests for an address nobody
+    // has, so nobody answers) reaches every other NIC exactly once: each
+    // of the other 195 containers' kernel counts three more frames, each
+    // testpmd three more, and the switch sends or drops three on every
+    // other port.
+    let rx = |i: usize| nss[i].if_counter("eth0", "rx_packets").unwrap();
+    let kernel_before: Vec<u64> = (0..TAPS).map(rx).collect();
+    let switch_out = |n: &str| {
+        let p = vs.port_stats(n).unwrap();
+        let drops: u64 = p["drops"]
+            .as_object()
+            .map_or(0, |d| d.values().filter_map(|v| v.as_u64()).sum());
+        p["tx_packets"].as_u64().unwrap_or(0) + drops
+    };
+    let switch_before: Vec<u64> = names.iter().map(|n| switch_out(n)).collect();
+    let (a_before, _) = ta.port_stats().unwrap();
+    let (b_before, _) = tb.port_stats().unwrap();
+    let send = format!(
+        "import socket\n\
+         s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)\n\
+         s.bind(('eth0', 0))\n\
+         mac = bytes.fromhex('{mac}')\n\
+         arp = bytes.fromhex('0001080006040001') + mac + socket.inet_aton('{ip}') \
+               + bytes(6) + socket.inet_aton('10.77.250.250')\n\
+         f = b'\\xff' * 6 + mac + b'\\x08\\x06' + arp + bytes(18)\n\
+         for _ in range(3): s.send(f)\n",
+        mac = tap_mac(0).replace(':', ""),
+        ip = tap_ip(0),
+    );
+    nss[0]
+        .exec(&["/usr/bin/python3", "-c", &send])
+        .unwrap_or_else(|e| panic!("sending the broadcast: {e}"));
+    let every_other = || (1..names.len()).all(|i| switch_out(&names[i]) >= switch_before[i] + 3);
+    if !wait_until(Duration::from_secs(10), every_other) {
+        let short: Vec<String> = (1..names.len())
+            .filter(|&i| switch_out(&names[i]) < switch_before[i] + 3)
+            .map(|i| format!("{}: {}", names[i], vs.port_stats(&names[i]).unwrap()))
+            .collect();
+        vs.dump();
+        panic!(
+            "the switch did not send the broadcast to {} ports; t0: {}; {short:?}",
+            short.len(),
+            vs.port_stats("t0").unwrap()
+        );
+    }
+    for (i, n) in names.iter().enumerate() {
+        let want = if i == 0 { 0 } else { 3 };
+        assert_eq!(
+            switch_out(n) - switch_before[i],
+            want,
+            "{n}: sent or dropped on the switch side"
+        );
+    }
+    for i in 1..TAPS {
+        assert_eq!(
+            rx(i) - kernel_before[i],
+            3,
+            "container {i} received it once"
+        );
+    }
+    assert!(
+        wait_until(Duration::from_secs(5), || ta.port_stats().unwrap().0
+            == a_before + 3
+            && tb.port_stats().unwrap().0 == b_before + 3),
+        "each testpmd received the three frames"
+    );
+
+    // Chosen pairs talk: kernel containers far apart in the port space,
+    // and the two DPDK containers.
+    for (a, b) in [(17, 160), (195, 3)] {
+        assert!(
+            nss[a]
+                .exec(&["ping", "-c", "2", "-i", "0.2", "-W", "2", &tap_ip(b)])
+                .is_ok(),
+            "t{a} pings t{b}"
+        );
+    }
+    let b_rx = vs.counter("v1", "tx_packets");
+    ta.cmd("stop");
+    ta.cmd("start tx_first 1");
+    assert!(
+        wait_until(Duration::from_secs(10), || vs.counter("v1", "tx_packets")
+            >= b_rx + 32),
+        "testpmd A's burst reached B"
+    );
+    assert_eq!(
+        vs.port_stats("t0").unwrap()["drops"],
+        serde_json::json!({}),
+        "nothing dropped on the sender's port"
+    );
+    drop(ta);
+    drop(tb);
+    vs.stop();
+}
