@@ -16,6 +16,7 @@ pub mod datapath;
 pub mod dpdk;
 pub mod netns;
 pub mod ports;
+pub mod rtnl;
 pub mod rxq;
 pub mod security;
 pub mod state;

@@ -270,7 +270,7 @@ impl Port {
             port: spec.name.clone(),
             source,
         };
-        let fresh = !netns::has_interface(&t.netns, &t.ifname);
+        let fresh = !netns::interface_exists(&t.netns, &t.ifname);
         let inside = netns::enter(&t.netns).map_err(netns_err)?;
         let dev = TapDevice::open(&t.ifname, usize::from(spec.rx_queues)).map_err(|e| {
             if fresh {
