@@ -310,7 +310,11 @@ impl Daemon<'_> {
         if let PortKind::Tap(t) = &spec.kind {
             // A restart re-attaches the TAPs it finds; a new port must not
             // take over an interface that exists (another container's NIC).
-            if netns::interface_exists(&t.netns, &t.ifname) {
+            // A TAP of that name just removed may still be being destroyed.
+            if netns::interface_exists(&t.netns, &t.ifname)
+                && (!self.reaper.drain(std::time::Duration::from_secs(5))
+                    || netns::interface_exists(&t.netns, &t.ifname))
+            {
                 return Err(format!(
                     "{} already has an interface {:?}: refusing to take it over",
                     t.netns, t.ifname

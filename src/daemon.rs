@@ -316,6 +316,8 @@ pub struct Daemon<'p> {
     /// Removed ports a worker may still poll through a snapshot it has not
     /// left yet, with the generation that dropped them and their id.
     retired: Vec<(u64, PortId, Port)>,
+    /// Destroys removed TAPs off this thread.
+    pub(crate) reaper: crate::ports::Reaper,
     /// Counters of forgotten tunnel ports, for the per-VNI sums.
     retired_tunnels: Vec<stats::RetiredTunnel>,
     /// Snapshots a worker may still use (a publication it did not
@@ -417,7 +419,7 @@ impl Daemon<'_> {
     pub(crate) fn retire(&mut self, slot: PortId, port: Port) {
         let gen = self.shared.generation();
         if self.shared.acked(gen) {
-            port.remove();
+            self.reaper.reap(port);
             self.shared.reset_port(slot);
         } else {
             self.retired.push((gen, slot, port));
@@ -546,7 +548,7 @@ impl Daemon<'_> {
         let now = self.now_secs();
         let shared = Arc::clone(&self.shared);
         for (_, slot, port) in extract(&mut self.retired, |(gen, _, _)| shared.acked(*gen)) {
-            port.remove();
+            self.reaper.reap(port);
             shared.reset_port(slot);
         }
         self.old_snapshots.retain(|(gen, _)| !shared.acked(*gen));
@@ -832,6 +834,7 @@ pub fn run(
         config_path,
         state,
         retired: Vec::new(),
+        reaper: crate::ports::Reaper::new().context("starting the TAP reaping thread")?,
         retired_tunnels: Vec::new(),
         old_snapshots: Vec::new(),
         ports,

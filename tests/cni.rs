@@ -5,12 +5,14 @@
 
 mod common;
 
+use std::time::Duration;
+
 use common::{addr_of, cni, cni_at, run_plugin};
 
 use serde_json::{json, Value};
 use testbed::netns::Netns;
-use testbed::unique;
 use testbed::vswitchd::{TempDir, Vswitchd};
+use testbed::{unique, wait_until};
 
 #[test]
 fn the_plugin_as_a_runtime_drives_it() {
@@ -134,7 +136,12 @@ fn the_plugin_as_a_runtime_drives_it() {
         { "containerID": "container-three", "ifname": "eth0" },
     ]);
     assert_eq!(cni("GC", None, "", &gc).1, 0);
-    assert!(!c2.has_interface("eth0"), "GC removed container two's NIC");
+    // The NIC's device is destroyed just after the answer (off vswitchd's
+    // control thread: unregistering a netdev takes 20-35 ms).
+    assert!(
+        wait_until(Duration::from_secs(5), || !c2.has_interface("eth0")),
+        "GC removed container two's NIC"
+    );
     assert!(!lease(&a2), "GC released container two's address");
     assert!(lease(&a1));
     assert!(c1.has_interface("eth0") && std::path::Path::new(&sock).exists());
@@ -144,7 +151,10 @@ fn the_plugin_as_a_runtime_drives_it() {
         assert_eq!(cni("DEL", Some(&c1), "container-one", &conf).1, 0);
         assert_eq!(cni("DEL", Some(&c3), "container-three", &dpdk).1, 0);
     }
-    assert!(!c1.has_interface("eth0") && !std::path::Path::new(&sock).exists());
+    assert!(
+        wait_until(Duration::from_secs(5), || !c1.has_interface("eth0"))
+            && !std::path::Path::new(&sock).exists()
+    );
     assert!(!vs.request(json!({"cmd": "qos-show"})).unwrap()["toml"]
         .as_str()
         .unwrap()
