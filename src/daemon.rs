@@ -872,7 +872,7 @@ pub fn run(
         if dump.swap(false, Ordering::Relaxed)
             || (!interval.is_zero() && last_stats.elapsed() >= interval)
         {
-            print!("{}", d.report().to_table());
+            print!("{}", d.report().to_table(None));
             last_stats = Instant::now();
         }
         if last_sweep.elapsed() >= Duration::from_secs(1) {
@@ -885,7 +885,7 @@ pub fn run(
     eprintln!("vswitchd: stopping");
     d.shared.running.store(false, Ordering::Relaxed);
     lcore::wait_all();
-    print!("{}", d.report().to_table());
+    print!("{}", d.report().to_table(None));
     drop(control);
     for p in std::mem::take(&mut d.ports).into_iter().flatten() {
         p.close();

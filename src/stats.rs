@@ -338,19 +338,35 @@ pub fn collect(
 }
 
 impl Report {
-    /// A human-readable table.
-    pub fn to_table(&self) -> String {
+    /// A human-readable table: every port in config order, or with `top`
+    /// the `top` busiest (frames received, sent and dropped) busiest
+    /// first, then how many are left out; then the ports' totals.
+    pub fn to_table(&self, top: Option<usize>) -> String {
         let mut s = String::new();
+        let mut ports: Vec<&PortReport> = self.ports.iter().collect();
+        let busy = |p: &PortReport| p.rx_packets + p.tx_packets + p.drops.values().sum::<u64>();
+        if top.is_some() {
+            ports.sort_by_key(|p| std::cmp::Reverse(busy(p)));
+        }
+        let shown = top.unwrap_or(ports.len()).min(ports.len());
+        let (shown, hidden) = ports.split_at(shown);
+        let w = shown.iter().map(|p| p.name.len()).max().unwrap_or(4).max(4);
+        let bw = shown
+            .iter()
+            .map(|p| p.bridge.as_deref().map_or(1, str::len))
+            .max()
+            .unwrap_or(6)
+            .max(6);
         let _ = writeln!(
             s,
-            "{:<12} {:<10} {:<8} {:>4} {:>12} {:>12} {:>12} {:>12}  drops",
+            "{:<w$} {:<10} {:<bw$} {:>4} {:>12} {:>12} {:>12} {:>12}  drops",
             "port", "kind", "bridge", "link", "rx_pkts", "tx_pkts", "rx_bytes", "tx_bytes"
         );
-        for p in &self.ports {
+        for p in shown {
             let drops: Vec<String> = p.drops.iter().map(|(k, v)| format!("{k}={v}")).collect();
             let _ = writeln!(
                 s,
-                "{:<12} {:<10} {:<8} {:>4} {:>12} {:>12} {:>12} {:>12}  {}",
+                "{:<w$} {:<10} {:<bw$} {:>4} {:>12} {:>12} {:>12} {:>12}  {}",
                 p.name,
                 p.kind,
                 p.bridge.as_deref().unwrap_or("-"),
@@ -366,6 +382,24 @@ impl Report {
                 }
             );
         }
+        if !hidden.is_empty() {
+            let idle = hidden.iter().filter(|p| busy(p) == 0).count();
+            let _ = writeln!(
+                s,
+                "... {} more ports ({idle} with no traffic)",
+                hidden.len()
+            );
+        }
+        let sum = |f: &dyn Fn(&PortReport) -> u64| -> u64 { self.ports.iter().map(f).sum() };
+        let _ = writeln!(
+            s,
+            "total: {} ports ({} up), {} rx_pkts, {} tx_pkts, {} drops",
+            self.ports.len(),
+            self.ports.iter().filter(|p| p.link_up).count(),
+            sum(&|p| p.rx_packets),
+            sum(&|p| p.tx_packets),
+            sum(&|p| p.drops.values().sum()),
+        );
         for v in &self.vnis {
             let drops: Vec<String> = v.drops.iter().map(|(k, n)| format!("{k}={n}")).collect();
             let _ = writeln!(
@@ -399,5 +433,71 @@ impl Report {
             );
         }
         s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(ports: &[(&str, u64, u64, u64)]) -> Report {
+        let ports: Vec<serde_json::Value> = ports
+            .iter()
+            .map(|&(name, rx, tx, dropped)| {
+                let drops = if dropped > 0 {
+                    serde_json::json!({ "tx_full": dropped })
+                } else {
+                    serde_json::json!({})
+                };
+                serde_json::json!({
+                    "name": name, "kind": "tap", "bridge": "vpc1", "link_up": true,
+                    "rx_packets": rx, "rx_bytes": rx * 100, "tx_packets": tx,
+                    "tx_bytes": tx * 100, "drops": drops, "learn_full": 0,
+                    "pmd": serde_json::to_value(EthStats::default()).unwrap(),
+                })
+            })
+            .collect();
+        serde_json::from_value(serde_json::json!({
+            "ports": ports, "workers": [], "tsc_hz": 1,
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn the_table_can_show_only_the_busiest_ports_and_totals_cover_all() {
+        let r = report(&[
+            ("quiet", 0, 0, 0),
+            ("a-container-with-a-long-port-name", 5, 5, 0),
+            ("busy", 900, 800, 0),
+            ("lossy", 10, 0, 50),
+        ]);
+        let all = r.to_table(None);
+        let names: Vec<&str> = all
+            .lines()
+            .skip(1)
+            .take(4)
+            .map(|l| l.split_whitespace().next().unwrap())
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "quiet",
+                "a-container-with-a-long-port-name",
+                "busy",
+                "lossy"
+            ]
+        );
+        assert!(all.contains("total: 4 ports (4 up), 915 rx_pkts, 805 tx_pkts, 50 drops"));
+        let top = r.to_table(Some(2));
+        let lines: Vec<&str> = top.lines().collect();
+        assert!(
+            lines[1].starts_with("busy ") && lines[2].starts_with("lossy "),
+            "{top}"
+        );
+        assert_eq!(lines[3], "... 2 more ports (1 with no traffic)");
+        assert!(lines[4].starts_with("total: 4 ports"), "{top}");
+        // Columns line up whatever the names' lengths.
+        let col = |l: &str| l.find("tap").unwrap();
+        assert_eq!(col(lines[1]), col(lines[2]));
     }
 }

@@ -57,6 +57,8 @@ pub struct Opts {
     pub warmup: Duration,
     /// See `warmup`.
     pub window: Duration,
+    /// Idle TAP NICs beside the two active ports (498: 500 NICs).
+    pub idle_taps: usize,
 }
 
 const COLUMNS: &[&str] = &[
@@ -64,6 +66,7 @@ const COLUMNS: &[&str] = &[
     "spread %",
     "own cycles/pkt",
     "cycles per idle port per round",
+    "heap KB per idle port",
     "ADD+ping p50 ms",
     "ADD+ping p99 ms",
     "ADD+ping max ms",
@@ -256,6 +259,19 @@ struct Forwarded {
     mpps: f64,
     /// The worker's busy cycles per frame.
     cycles: f64,
+    /// vswitchd's anonymous resident memory (heap; hugepages are not in
+    /// it), KB.
+    heap_kb: u64,
+}
+
+/// `RssAnon` of process `pid`, KB.
+fn rss_anon_kb(pid: u32) -> Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("RssAnon:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .ok_or_else(|| anyhow!("no RssAnon in /proc/{pid}/status"))
 }
 
 /// One worker forwarding the generator to the sink with `null` idle
@@ -306,6 +322,7 @@ fn with_idle(o: &Opts, pcap: &Path, null: usize, tap: usize) -> Result<Forwarded
     std::thread::sleep(o.window);
     let (s1, b1, p1) = read()?;
     let dt = t0.elapsed().as_secs_f64();
+    let heap_kb = rss_anon_kb(vs.pid().ok_or_else(|| anyhow!("vswitchd exited"))?)?;
     vs.stop();
     let pkts = p1.saturating_sub(p0);
     if s1 <= s0 || pkts == 0 {
@@ -314,6 +331,7 @@ fn with_idle(o: &Opts, pcap: &Path, null: usize, tap: usize) -> Result<Forwarded
     Ok(Forwarded {
         mpps: (s1 - s0) as f64 / dt / 1e6,
         cycles: b1.saturating_sub(b0) as f64 / pkts as f64,
+        heap_kb,
     })
 }
 
@@ -321,25 +339,33 @@ fn with_idle(o: &Opts, pcap: &Path, null: usize, tap: usize) -> Result<Forwarded
 fn idle_rows(o: &Opts, sec: &mut Section) -> Result<()> {
     let pcap = Workload::Udp4 { flows: 1024 }.write_to(&o.pcap_dir)?;
     // RTE_MAX_ETHPORTS is 32 in Debian's DPDK (generator and sink are two
-    // of them); the switch's port space is 64.
+    // of them): 500 NICs are TAPs (vhost-user ports are ethdevs until
+    // they go through the vhost library).
+    let taps = format!(
+        "2 ports + {} idle TAP NICs ({} NICs)",
+        o.idle_taps,
+        o.idle_taps + 2
+    );
     let configs: [(&str, usize, usize); 3] = [
         ("2 ports, none idle", 0, 0),
         ("2 ports + 30 idle net_null ethdevs", 30, 0),
-        ("2 ports + 60 idle TAP NICs", 0, 60),
+        (&taps, 0, o.idle_taps),
     ];
     let workload = "one worker, 2 active ports beside idle ones";
     let mut rounds = Rounds::default();
     for _ in 0..o.rounds {
         for (name, null, tap) in configs {
-            rounds.push(name, with_idle(o, &pcap, null, tap).with_context(|| name)?);
+            rounds.push(
+                name,
+                with_idle(o, &pcap, null, tap).with_context(|| name.to_string())?,
+            );
         }
     }
     let medians = rounds.medians(|f: &Forwarded| f.mpps);
-    let base = medians
+    let (base, base_heap) = medians
         .iter()
         .find(|r| r.system == configs[0].0)
-        .map(|r| r.sample.cycles)
-        .unwrap_or(0.0);
+        .map_or((0.0, 0), |r| (r.sample.cycles, r.sample.heap_kb));
     for r in &medians {
         let idle = configs
             .iter()
@@ -355,10 +381,14 @@ fn idle_rows(o: &Opts, sec: &mut Section) -> Result<()> {
                 "cycles per idle port per round",
                 32.0 * (r.sample.cycles - base) / idle as f64,
             ));
+            v.push((
+                "heap KB per idle port",
+                r.sample.heap_kb.saturating_sub(base_heap) as f64 / idle as f64,
+            ));
         }
         sec.row(workload, &r.system, &v, &r.rounds_note());
     }
-    sec.ratios_against_all(workload, "2 ports + 60 idle TAP NICs", "Mpps");
+    sec.ratios_against_all(workload, &taps, "Mpps");
     sec.ratios_against_all(workload, "2 ports + 30 idle net_null ethdevs", "Mpps");
     Ok(())
 }

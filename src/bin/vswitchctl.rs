@@ -30,7 +30,12 @@ struct Cli {
 #[derive(Subcommand)]
 enum Noun {
     /// Per-port, per-tunnel, per-VNI and per-worker counters.
-    Stats,
+    Stats {
+        /// Only the N busiest ports (frames received, sent and dropped),
+        /// busiest first; the totals still cover every port.
+        #[arg(long, value_name = "N")]
+        top: Option<usize>,
+    },
     /// Per worker: cycles per packet and busy share.
     PmdPerf {
         /// Start a new measurement period after printing.
@@ -282,7 +287,7 @@ fn policy_request(acl: bool, verb: &PolicyVerb) -> Result<Request, String> {
 
 fn to_request(noun: &Noun) -> Result<Request, String> {
     Ok(match noun {
-        Noun::Stats => Request::Stats,
+        Noun::Stats { .. } => Request::Stats,
         Noun::PmdPerf { clear } => Request::PmdPerf { clear: *clear },
         Noun::PmdRxqRebalance => Request::PmdRxqRebalance,
         Noun::Latency => Request::Latency,
@@ -373,9 +378,9 @@ fn main() -> ExitCode {
     let result = resp.result.unwrap_or_default();
     if !cli.json {
         match &cli.noun {
-            Noun::Stats => {
+            Noun::Stats { top } => {
                 if let Ok(report) = serde_json::from_value::<Report>(result.clone()) {
-                    print!("{}", report.to_table());
+                    print!("{}", report.to_table(*top));
                     return ExitCode::SUCCESS;
                 }
             }

@@ -50,6 +50,11 @@ impl Proc {
         })
     }
 
+    /// Its process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// Everything printed so far.
     pub fn output(&self) -> Vec<String> {
         self.lines.lock().expect("lines").clone()

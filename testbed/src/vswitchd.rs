@@ -178,6 +178,11 @@ impl Vswitchd {
         self.proc.stop(Duration::from_secs(20))
     }
 
+    /// Its process id.
+    pub fn pid(&self) -> Option<u32> {
+        self.proc.pid()
+    }
+
     /// Everything it printed so far.
     pub fn output(&self) -> Vec<String> {
         self.proc.output()
