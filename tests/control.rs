@@ -11,7 +11,6 @@ use std::time::Duration;
 
 use serde_json::Value;
 use testbed::netns::Netns;
-use testbed::process::Proc;
 use testbed::vswitchd::{TempDir, Vswitchd};
 use testbed::{unique, wait_until};
 
@@ -359,35 +358,6 @@ fn every_vswitchctl_verb_against_a_running_vswitchd() {
     vs.stop();
 }
 
-/// UDP echo client: sends a numbered datagram every 2 ms until STOP
-/// exists, then waits 2 s for the last answers; prints "sent received".
-const COUNTING_CLIENT: &str = r#"
-import os, socket, sys, time
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.setblocking(False)
-dst, stop = (sys.argv[1], 9000), sys.argv[2]
-sent, got, seen = 0, 0, set()
-def drain():
-    global got
-    while True:
-        try: d = s.recv(64)
-        except BlockingIOError: return
-        if d not in seen: seen.add(d); got += 1
-end = None
-while end is None or time.time() < end:
-    if end is None:
-        s.sendto(b"%d" % sent, dst); sent += 1
-        if os.path.exists(stop): end = time.time() + 2
-    drain(); time.sleep(0.002)
-print(sent, got)
-"#;
-
-const ECHO_SERVER: &str = r#"
-import socket
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("0.0.0.0", 9000))
-while True:
-    d, p = s.recvfrom(64); s.sendto(d, p)
-"#;
-
 #[test]
 fn hot_plug_under_traffic_loses_nothing() {
     let a = Netns::create(&unique("hpa")).unwrap();
@@ -404,16 +374,7 @@ fn hot_plug_under_traffic_loses_nothing() {
     let s = s.as_path();
     assert!(pings(&a, "10.89.0.2"));
 
-    let mut server = b.command("python3");
-    server.args(["-c", ECHO_SERVER]);
-    let _server = Proc::spawn("echo", server).unwrap();
-    assert!(wait_until(Duration::from_secs(10), || b
-        .exec(&["ss", "-uln", "sport", "= :9000"])
-        .is_ok_and(|o| o.contains("9000"))));
-    let stop = dir.join("stop");
-    let mut client = a.command("python3");
-    client.args(["-c", COUNTING_CLIENT, "10.89.0.2", stop.to_str().unwrap()]);
-    let mut client = Proc::spawn("client", client).unwrap();
+    let traffic = common::CountedTraffic::start(&a, &b, "10.89.0.2", &dir);
 
     for i in 0..50 {
         ok(
@@ -442,22 +403,9 @@ fn hot_plug_under_traffic_loses_nothing() {
         }
         ok(s, &["port", "del", "c"]);
     }
-    std::fs::write(&stop, "").unwrap();
-    assert!(
-        client.wait_exit(Duration::from_secs(30)).is_some(),
-        "client did not finish"
-    );
-    let out = client.output().join(" ");
-    let n: Vec<u64> = out
-        .split_whitespace()
-        .filter_map(|x| x.parse().ok())
-        .collect();
-    assert_eq!(n.len(), 2, "client printed {out:?}");
-    assert!(n[0] > 500, "too little traffic to judge: {out}");
-    assert_eq!(
-        n[0], n[1],
-        "datagrams lost while NICs were hot-plugged: {out}"
-    );
+    let (sent, answered) = traffic.finish();
+    assert!(sent > 500, "too little traffic to judge: {sent}");
+    assert_eq!(sent, answered, "datagrams lost while NICs were hot-plugged");
     common::assert_mbufs_back_to(&vs, baseline);
     vs.stop();
 }

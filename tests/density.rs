@@ -199,3 +199,162 @@ fn two_hundred_nics_flood_once_talk_in_pairs_and_are_all_counted() {
     drop(tb);
     vs.stop();
 }
+
+/// Runtimes start pods at once: 50 CNI ADDs at the same time each get a
+/// NIC and an address of their own, and 50 DELs at once leave nothing:
+/// no port, no TAP, no IPAM lease, the mbufs back to where they were.
+#[test]
+fn fifty_concurrent_cni_adds_then_dels_leave_nothing_behind() {
+    const N: usize = 50;
+    let dir = TempDir::new("vs-dcni");
+    let vs = common::start(&dir, &common::header(&dir));
+    let baseline = common::quiescent_mbufs(&vs);
+    let net = unique("dcni");
+    let ipam_dir = dir.join("ipam");
+    let conf = serde_json::json!({
+        "cniVersion": "1.1.0",
+        "name": net,
+        "type": "vswitch-cni",
+        "bridge": "vpc1",
+        "controlSocket": Vswitchd::control_socket(&dir),
+        "ipam": { "type": "host-local", "subnet": "10.95.0.0/24", "dataDir": ipam_dir },
+    });
+    let nss: Vec<Netns> = (0..N)
+        .map(|i| Netns::create(&format!("{net}-{i}")).unwrap())
+        .collect();
+    let id = |i: usize| format!("container-{i}");
+    let (conf, id) = (&conf, &id);
+    let all = |cmd: &str| -> Vec<(serde_json::Value, i32)> {
+        std::thread::scope(|s| {
+            let running: Vec<_> = nss
+                .iter()
+                .enumerate()
+                .map(|(i, ns)| s.spawn(move || common::cni(cmd, Some(ns), &id(i), conf)))
+                .collect();
+            running.into_iter().map(|t| t.join().unwrap()).collect()
+        })
+    };
+
+    let added = all("ADD");
+    let mut addresses = Vec::new();
+    for (i, (r, rc)) in added.iter().enumerate() {
+        assert_eq!(*rc, 0, "ADD {i}: {r}");
+        let a = common::addr_of(r);
+        let shown = nss[i]
+            .exec(&["ip", "-4", "addr", "show", "dev", "eth0"])
+            .unwrap();
+        assert!(shown.contains(&a), "container {i} has {a}: {shown}");
+        addresses.push(a);
+    }
+    let mut unique_addresses = addresses.clone();
+    unique_addresses.sort();
+    unique_addresses.dedup();
+    assert_eq!(unique_addresses.len(), N, "every container its own address");
+    let ports = || {
+        vs.request(serde_json::json!({"cmd": "port-list"}))
+            .unwrap()
+            .as_array()
+            .map_or(0, Vec::len)
+    };
+    assert_eq!(ports(), N);
+    let last = addresses[N - 1].split('/').next().unwrap().to_string();
+    assert!(
+        nss[0]
+            .exec(&["ping", "-c", "2", "-i", "0.2", "-W", "2", &last])
+            .is_ok_and(|o| o.contains("2 received")),
+        "the first container pings the last"
+    );
+
+    for (i, (r, rc)) in all("DEL").iter().enumerate() {
+        assert_eq!(*rc, 0, "DEL {i}: {r}");
+    }
+    assert_eq!(ports(), 0, "no port left");
+    assert!(
+        wait_until(Duration::from_secs(10), || nss
+            .iter()
+            .all(|ns| !ns.has_interface("eth0"))),
+        "every TAP destroyed"
+    );
+    // host-local keeps one file per leased address (named by it), besides
+    // its bookkeeping files.
+    let leases: Vec<String> = std::fs::read_dir(ipam_dir.join(&net))
+        .map(|d| {
+            d.filter_map(|e| e.ok()?.file_name().into_string().ok())
+                .filter(|n| n.parse::<std::net::Ipv4Addr>().is_ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(leases.is_empty(), "IPAM leases left: {leases:?}");
+    common::assert_mbufs_back_to(&vs, baseline);
+    vs.stop();
+}
+
+/// 100 NICs plugged (ten clients at once) and unplugged while two other
+/// containers talk: not one of their datagrams is lost, and a plugged NIC
+/// works while it is there.
+#[test]
+fn a_hundred_nics_plugged_and_unplugged_under_traffic_lose_nothing() {
+    const N: usize = 100;
+    let dir = TempDir::new("vs-dhp");
+    let tag = unique("dhp");
+    let a = Netns::create(&format!("{tag}-a")).unwrap();
+    let b = Netns::create(&format!("{tag}-b")).unwrap();
+    let cfg = common::header(&dir)
+        + &common::tap_port("a", &a, "02:00:00:8a:00:01", "10.90.0.1/16")
+        + &common::tap_port("b", &b, "02:00:00:8a:00:02", "10.90.0.2/16");
+    let vs = common::start(&dir, &cfg);
+    let baseline = common::quiescent_mbufs(&vs);
+    let nss: Vec<Netns> = (0..N)
+        .map(|i| Netns::create(&format!("{tag}-{i}")).unwrap())
+        .collect();
+    let traffic = common::CountedTraffic::start(&a, &b, "10.90.0.2", &dir);
+
+    // Ten clients at once, each plugging ten NICs.
+    std::thread::scope(|s| {
+        for chunk in nss.chunks(N / 10).enumerate() {
+            let vs = &vs;
+            s.spawn(move || {
+                let (c, nss) = chunk;
+                for (j, ns) in nss.iter().enumerate() {
+                    let i = c * (N / 10) + j;
+                    let r = vs.request(serde_json::json!({"cmd": "port-add", "port": {
+                        "name": format!("h{i}"), "kind": "tap", "bridge": "vpc1",
+                        "netns": ns.name(), "ipv4": format!("10.90.1.{}/16", i + 1),
+                    }}));
+                    assert!(r.is_ok(), "plugging h{i}: {r:?}");
+                }
+            });
+        }
+    });
+    assert!(
+        nss[N - 1]
+            .exec(&["ping", "-c", "2", "-i", "0.2", "-W", "2", "10.90.0.1"])
+            .is_ok_and(|o| o.contains("2 received")),
+        "the last NIC plugged talks"
+    );
+    std::thread::scope(|s| {
+        for c in 0..10 {
+            let vs = &vs;
+            s.spawn(move || {
+                for i in c * (N / 10)..(c + 1) * (N / 10) {
+                    let r =
+                        vs.request(serde_json::json!({"cmd": "port-del", "name": format!("h{i}")}));
+                    assert!(r.is_ok(), "unplugging h{i}: {r:?}");
+                }
+            });
+        }
+    });
+    // Plugging and unplugging take about a second: a few hundred
+    // datagrams cross meanwhile.
+    let (sent, answered) = traffic.finish();
+    assert!(sent > 100, "too little traffic to judge: {sent}");
+    assert_eq!(sent, answered, "datagrams lost while NICs came and went");
+    assert!(
+        wait_until(Duration::from_secs(10), || nss
+            .iter()
+            .all(|ns| !ns.has_interface("eth0"))),
+        "every unplugged TAP destroyed"
+    );
+    common::assert_mbufs_back_to(&vs, baseline);
+    vs.stop();
+}

@@ -333,3 +333,80 @@ pub fn cni(cmd: &str, netns: Option<&Netns>, id: &str, conf: &Value) -> (Value, 
 pub fn addr_of(result: &Value) -> String {
     result["ips"][0]["address"].as_str().unwrap().to_string()
 }
+
+// ------------------------------------------------ traffic that counts loss
+
+/// UDP echo client: sends a numbered datagram every 2 ms until STOP
+/// exists, then waits 2 s for the last answers; prints "sent received".
+const COUNTING_CLIENT: &str = r#"
+import os, socket, sys, time
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.setblocking(False)
+dst, stop = (sys.argv[1], 9000), sys.argv[2]
+sent, got, seen = 0, 0, set()
+def drain():
+    global got
+    while True:
+        try: d = s.recv(64)
+        except BlockingIOError: return
+        if d not in seen: seen.add(d); got += 1
+end = None
+while end is None or time.time() < end:
+    if end is None:
+        s.sendto(b"%d" % sent, dst); sent += 1
+        if os.path.exists(stop): end = time.time() + 2
+    drain(); time.sleep(0.002)
+print(sent, got)
+"#;
+
+const ECHO_SERVER: &str = r#"
+import socket
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("0.0.0.0", 9000))
+while True:
+    d, p = s.recvfrom(64); s.sendto(d, p)
+"#;
+
+/// Numbered UDP datagrams from one container to an echo server in
+/// another, every 2 ms, while a test changes the switch: every one must
+/// come back.
+pub struct CountedTraffic {
+    _server: Proc,
+    client: Proc,
+    stop: std::path::PathBuf,
+}
+
+impl CountedTraffic {
+    /// Starts the echo server in `server` (at `ip`) and the client in
+    /// `client`; `dir` holds the stop file.
+    pub fn start(client: &Netns, server: &Netns, ip: &str, dir: &TempDir) -> CountedTraffic {
+        let mut s = server.command("python3");
+        s.args(["-c", ECHO_SERVER]);
+        let s = Proc::spawn("echo", s).unwrap();
+        assert!(wait_until(Duration::from_secs(10), || server
+            .exec(&["ss", "-uln", "sport", "= :9000"])
+            .is_ok_and(|o| o.contains("9000"))));
+        let stop = dir.join(&testbed::unique("stop"));
+        let mut c = client.command("python3");
+        c.args(["-c", COUNTING_CLIENT, ip, stop.to_str().unwrap()]);
+        CountedTraffic {
+            _server: s,
+            client: Proc::spawn("client", c).unwrap(),
+            stop,
+        }
+    }
+
+    /// Stops the client: (datagrams sent, answers received).
+    pub fn finish(mut self) -> (u64, u64) {
+        std::fs::write(&self.stop, "").unwrap();
+        assert!(
+            self.client.wait_exit(Duration::from_secs(30)).is_some(),
+            "client did not finish"
+        );
+        let out = self.client.output().join(" ");
+        let n: Vec<u64> = out
+            .split_whitespace()
+            .filter_map(|x| x.parse().ok())
+            .collect();
+        assert_eq!(n.len(), 2, "client printed {out:?}");
+        (n[0], n[1])
+    }
+}
