@@ -210,6 +210,8 @@ impl Daemon<'_> {
             }
             _ => (p.guest_offloads(), None),
         };
+        let n_workers = self.cfg.workers.cores.len() as u32;
+        let (ring_mbufs, ring_bytes) = crate::daemon::ring_memory(&p.spec, n_workers);
         json!({
             "index": i,
             "name": p.spec.name,
@@ -223,6 +225,10 @@ impl Daemon<'_> {
             "rx_queues": p.spec.rx_queues,
             "rss": p.rss(),
             "cni": p.spec.cni,
+            "memory": {
+                "reserved_mbufs": ring_mbufs,
+                "reserved_hugepage_bytes": ring_bytes,
+            },
         })
     }
 

@@ -163,6 +163,15 @@ pub(crate) fn mbuf_demand(p: &crate::config::PortSpec, n_workers: u32) -> u32 {
         + ports::extra_mbufs(p)
 }
 
+/// What the mbuf pool reserves for port `p` (see [`mbuf_demand`]: its
+/// descriptor rings, the most it can hold), in mbufs and hugepage bytes
+/// (each mbuf is its 128-byte `rte_mbuf` header and [`MBUF_DATA_ROOM`]).
+/// A TAP needs none: it reads into the shared TAP pool per burst.
+pub(crate) fn ring_memory(p: &crate::config::PortSpec, n_workers: u32) -> (u32, u64) {
+    let mbufs = mbuf_demand(p, n_workers);
+    (mbufs, u64::from(mbufs) * (128 + u64::from(MBUF_DATA_ROOM)))
+}
+
 /// The mbufs reserved for hot-plugged ports.
 fn hotplug_reserve(n_workers: u32) -> u32 {
     HOTPLUG_PORTS * (1024 + n_workers * 1024)

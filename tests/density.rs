@@ -89,6 +89,23 @@ fn two_hundred_nics_flood_once_talk_in_pairs_and_are_all_counted() {
     ta.cmd("start");
     tb.cmd("start");
 
+    // What the mbuf pool reserves for each NIC: for a vhost-user port its
+    // rings (256 rx descriptors and 256 tx for the one worker, 2304-byte
+    // mbufs), for a TAP nothing (it reads into the shared TAP pool).
+    let memory = |n: &str| {
+        vs.request(serde_json::json!({"cmd": "port-show", "name": n}))
+            .unwrap()["memory"]
+            .clone()
+    };
+    assert_eq!(
+        memory("v2"),
+        serde_json::json!({"reserved_mbufs": 512, "reserved_hugepage_bytes": 512 * 2304})
+    );
+    assert_eq!(
+        memory("t5"),
+        serde_json::json!({"reserved_mbufs": 0, "reserved_hugepage_bytes": 0})
+    );
+
     // Every port appears in the stats, each once.
     let stats = vs.request(serde_json::json!({"cmd": "stats"})).unwrap();
     let listed: Vec<&str> = stats["ports"]
