@@ -126,11 +126,20 @@ const PUNT_RATE: u64 = 2000;
 const PUNT_BURST: u64 = 256;
 
 impl Worker {
-    /// Sizes the worker's per-port state for snapshot `dp`, when it takes
-    /// it (every tx buffer is empty then): a tx buffer per NIC slot, the
-    /// dirty list, room for a burst's flood sets. Grows with the ports
+    /// Readies the worker for snapshot `dp`, when it takes it (every tx
+    /// buffer is empty then): `polled` becomes the rx queues it polls
+    /// itself each round (with the io_uring reader, `uring`, not the TAP
+    /// queues: the reader's completions say which have frames, so an idle
+    /// TAP costs no step of the round); a tx buffer per NIC slot, the
+    /// dirty list and room for a burst's flood sets grow with the ports
     /// that exist, once per snapshot that has more; never per frame.
-    fn fit(&mut self, dp: &Datapath) {
+    fn take(&mut self, dp: &Datapath, uring: bool, polled: &mut Vec<RxQueue>) {
+        polled.clear();
+        polled.extend(
+            dp.rx_queues[self.index]
+                .iter()
+                .filter(|q| !(uring && matches!(q.src, RxSource::Tap(_)))),
+        );
         let n = dp.tx.len();
         if self.out.tx.len() < n {
             self.out.tx.resize_with(n, TxBuf::default);
@@ -199,21 +208,9 @@ impl Worker {
                 None
             }
         };
-        // The queues this worker polls itself each round: with the io_uring
-        // reader, not the TAP queues (the reader's completions say which
-        // have frames), so an idle TAP costs no step of the round.
         let mut polled: Vec<RxQueue> = Vec::new();
-        let (uring, index) = (tap_rx.is_some(), self.index);
-        let polls = move |dp: &Datapath, polled: &mut Vec<RxQueue>| {
-            polled.clear();
-            polled.extend(
-                dp.rx_queues[index]
-                    .iter()
-                    .filter(|q| !(uring && matches!(q.src, RxSource::Tap(_)))),
-            );
-        };
-        polls(&dp, &mut polled);
-        self.fit(&dp);
+        let uring = tap_rx.is_some();
+        self.take(&dp, uring, &mut polled);
         if let Some(t) = &mut tap_rx {
             t.set_queues(&dp.tap_queues[self.index], &counters.ports);
         }
@@ -222,8 +219,7 @@ impl Worker {
             if g != gen {
                 dp = shared.load();
                 gen = g;
-                polls(&dp, &mut polled);
-                self.fit(&dp);
+                self.take(&dp, uring, &mut polled);
                 // Before the ack: no read may hold a queue that left.
                 if let Some(t) = &mut tap_rx {
                     t.set_queues(&dp.tap_queues[self.index], &counters.ports);

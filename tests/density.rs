@@ -61,26 +61,17 @@ fn two_hundred_nics_flood_once_talk_in_pairs_and_are_all_counted() {
     // DPDK containers on v0 and v1; v2 and v3 have none.
     const MAC_A: &str = "02:00:00:00:0e:01";
     const MAC_B: &str = "02:00:00:00:0e:02";
-    let mut ta = Testpmd::start(
-        "tp-dens-a",
-        &TestpmdOpts {
-            socket: &sockets[0],
-            mac: MAC_A,
-            peer: Some(MAC_B),
+    let dpdk = |name: &str, socket, mac, peer| {
+        let o = TestpmdOpts {
+            socket,
+            mac,
+            peer: Some(peer),
             ..Default::default()
-        },
-    )
-    .unwrap();
-    let mut tb = Testpmd::start(
-        "tp-dens-b",
-        &TestpmdOpts {
-            socket: &sockets[1],
-            mac: MAC_B,
-            peer: Some(MAC_A),
-            ..Default::default()
-        },
-    )
-    .unwrap();
+        };
+        Testpmd::start(name, &o).unwrap()
+    };
+    let mut ta = dpdk("tp-dens-a", &sockets[0], MAC_A, MAC_B);
+    let mut tb = dpdk("tp-dens-b", &sockets[1], MAC_B, MAC_A);
     assert!(
         wait_until(Duration::from_secs(20), || vs.link_up("v0")
             && vs.link_up("v1")),

@@ -415,7 +415,8 @@ pub fn run(o: &Opts, command: &str) -> Result<Section> {
         "Idle ports: one worker (CPU 1) forwards a net_pcap generator (1k UDP flows) to a net_null sink, \
          alone and beside idle ports of the same bridge; Mpps is the sink's rate over the window, own \
          cycles/pkt the worker's busy cycles per frame; cycles per idle port per round = 32 x (own \
-         cycles/pkt - the 2-port row's) / idle ports (every round brings a full burst of 32)."
+         cycles/pkt - the 2-port row's) / idle ports (every round brings a full burst of 32); heap KB per \
+         idle port = (vswitchd's RssAnon - the 2-port row's) / idle ports (hugepages are not in it)."
             .into(),
     ];
     idle_rows(o, &mut sec)?;
