@@ -205,8 +205,11 @@ impl Daemon<'_> {
         // What the workers apply (the snapshot's), not what the guest
         // negotiated a moment ago: the sweep publishes a change within 1 s.
         let (offloads, tx_queues) = match self.shared.load().tx.get(i) {
-            Some(crate::datapath::TxTarget::Eth { takes, queues, .. }) => {
+            Some(crate::datapath::TxTarget::Vhost { takes, queues, .. }) => {
                 (*takes, Some(queues.to_vec()))
+            }
+            Some(crate::datapath::TxTarget::Eth { queues, .. }) => {
+                (p.guest_offloads(), Some(queues.to_vec()))
             }
             _ => (p.guest_offloads(), None),
         };

@@ -151,11 +151,17 @@ const HOTPLUG_PORTS: u32 = 16;
 /// See `pool_size`.
 const BUFFERED_QUEUES: u32 = 64;
 
+/// How long the control plane waits for every worker to take a new
+/// snapshot (or begin a new round) before it reports a stuck worker.
+const PUBLISH_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Mbufs a port can hold: its rx rings filled, a tx ring per worker, and
 /// what the PMD keeps on its own.
 pub(crate) fn mbuf_demand(p: &crate::config::PortSpec, n_workers: u32) -> u32 {
-    if matches!(p.kind, PortKind::Tap(_)) {
-        // No descriptor rings: a TAP reads into the TAP pool per burst.
+    if matches!(p.kind, PortKind::Tap(_) | PortKind::VhostUser { .. }) {
+        // No descriptor rings of mbufs: a TAP reads into the TAP pool per
+        // burst, the vhost library copies a guest's frames into mbufs per
+        // burst and ours out of them (see `dpdk::vhost`).
         return 0;
     }
     u32::from(p.rx_queues) * u32::from(p.rx_desc)
@@ -166,7 +172,8 @@ pub(crate) fn mbuf_demand(p: &crate::config::PortSpec, n_workers: u32) -> u32 {
 /// What the mbuf pool reserves for port `p` (see [`mbuf_demand`]: its
 /// descriptor rings, the most it can hold), in mbufs and hugepage bytes
 /// (each mbuf is its 128-byte `rte_mbuf` header and [`MBUF_DATA_ROOM`]).
-/// A TAP needs none: it reads into the shared TAP pool per burst.
+/// A TAP or vhost-user port needs none: their frames are in mbufs only
+/// between rx and tx.
 pub(crate) fn ring_memory(p: &crate::config::PortSpec, n_workers: u32) -> (u32, u64) {
     let mbufs = mbuf_demand(p, n_workers);
     (mbufs, u64::from(mbufs) * (128 + u64::from(MBUF_DATA_ROOM)))
@@ -257,8 +264,8 @@ pub(crate) fn build_datapath(
         }
         tx[i] = port.tx_target();
         let tap_fds = match &port.io {
-            PortIo::Eth(_) => Vec::new(),
             PortIo::Tap(d) => d.fds(),
+            PortIo::Eth(_) | PortIo::Vhost(_) => Vec::new(),
         };
         for q in 0..port.spec.rx_queues {
             let id = QueueId {
@@ -275,6 +282,10 @@ pub(crate) fn build_datapath(
                     queue: q,
                 },
                 PortIo::Tap(_) => RxSource::Tap(tap_fds[usize::from(q)]),
+                PortIo::Vhost(v) => RxSource::Vhost {
+                    state: v.state(),
+                    queue: q,
+                },
             };
             rx_queues[w].push(RxQueue { id, src });
         }
@@ -291,7 +302,7 @@ pub(crate) fn build_datapath(
                 qs.iter()
                     .filter_map(|q: &RxQueue| match q.src {
                         RxSource::Tap(fd) => Some(TapQueue { id: q.id, fd }),
-                        RxSource::Eth { .. } => None,
+                        RxSource::Eth { .. } | RxSource::Vhost { .. } => None,
                     })
                     .collect()
             })
@@ -408,7 +419,7 @@ impl Daemon<'_> {
         // The old snapshot is released here, not by the worker that drops
         // its reference last: freeing classifier tables takes a worker
         // off its queues.
-        if !self.shared.publish(dp, Duration::from_secs(5)) {
+        if !self.shared.publish(dp, PUBLISH_TIMEOUT) {
             // Live all the same: what older snapshots use is freed only
             // once every worker has moved on (see `retire`).
             eprintln!(
@@ -570,7 +581,7 @@ impl Daemon<'_> {
             .iter()
             .enumerate()
             .any(|(i, p)| match (p, dp.tx.get(i)) {
-                (Some(p), Some(t @ TxTarget::Eth { .. })) => p.tx_target() != *t,
+                (Some(p), Some(t @ TxTarget::Vhost { .. })) => p.tx_target() != *t,
                 _ => false,
             });
         if renegotiated {
@@ -812,6 +823,12 @@ pub fn run(
     let mut shared = Shared::new(dp, n_workers, cfg.workers.idle_sleep_us, clock);
     shared.flow_cache = cfg.workers.flow_cache;
     let shared = Arc::new(shared);
+    let quiesced = Arc::clone(&shared);
+    crate::dpdk::vhost::set_quiesce(Some(Arc::new(move || {
+        if !quiesced.synchronize(PUBLISH_TIMEOUT) {
+            eprintln!("vswitchd: a worker did not start a new round: a vhost-user guest left while it may poll it");
+        }
+    })));
     for (i, &l) in lcores.iter().enumerate() {
         let s = Arc::clone(&shared);
         lcore::launch(l, move || Worker::new(i, s.flow_cache).run(&s))
@@ -894,6 +911,7 @@ pub fn run(
     eprintln!("vswitchd: stopping");
     d.shared.running.store(false, Ordering::Relaxed);
     lcore::wait_all();
+    crate::dpdk::vhost::set_quiesce(None);
     print!("{}", d.report().to_table(None));
     drop(control);
     for p in std::mem::take(&mut d.ports).into_iter().flatten() {

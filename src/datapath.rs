@@ -23,13 +23,13 @@ use vswitch::offload::{GsoKind, Offload};
 use vswitch::{CacheCounters, Counter, CycleHistogram, Pipeline, PortCounters, PortId, MAX_PORTS};
 
 use crate::dpdk::mempool::PoolHandle;
-use crate::dpdk::port::GuestOffloads;
+use crate::dpdk::vhost::{GuestOffloads, VhostState};
 use crate::dpdk::TscClock;
 use crate::rxq::{QueueId, MAX_RXQ};
 use crate::tap::uring::TapQueue;
 
 /// One rx queue a worker polls.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RxQueue {
     /// Switch port and queue index.
     pub id: QueueId,
@@ -38,7 +38,7 @@ pub struct RxQueue {
 }
 
 /// The device side of an rx queue.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RxSource {
     /// Queue `queue` of DPDK port `dpdk_port`.
     Eth {
@@ -50,6 +50,13 @@ pub enum RxSource {
     /// A TAP queue's fd (owned by the control plane's port, which closes
     /// it only after a snapshot without it was published).
     Tap(RawFd),
+    /// Queue pair `queue` of a vhost-user port (its guest's transmit ring).
+    Vhost {
+        /// The port's connection.
+        state: Arc<VhostState>,
+        /// Queue pair index.
+        queue: u16,
+    },
 }
 
 /// Where a switch port's frames leave.
@@ -58,23 +65,31 @@ pub enum TxTarget {
     /// Not a port (or a tunnel port: frames leave by the uplink).
     #[default]
     None,
-    /// A DPDK port; worker `w` sends on tx queue `queues[w]`.
+    /// A DPDK port; worker `w` sends on tx queue `queues[w]`. It takes
+    /// no offloads.
     Eth {
         /// DPDK port id.
         port: u16,
-        /// The offloads its peer takes (a vhost-user guest's negotiated
-        /// GUEST_* features; none for other PMDs).
-        takes: GuestOffloads,
         /// Per worker: its tx queue. Queue w for worker w, except on a
         /// device with fewer tx queues than there are workers (pcap has
-        /// one), or a vhost-user port whose guest enabled fewer receive
-        /// rings (a frame sent to a ring the guest did not enable would
-        /// be lost): there the queues there are, shared.
+        /// one): there the queues there are, shared.
         queues: Box<[u16]>,
         /// Per tx queue: the lock workers take to send on it, when
-        /// several may share it (a vhost-user port with more than one
-        /// worker); None when each worker has its own.
+        /// several may share it; None when each worker has its own.
         locks: Option<TxLocks>,
+    },
+    /// A vhost-user port; worker `w` sends on its guest's receive ring of
+    /// queue pair `queues[w]`.
+    Vhost {
+        /// The port's connection.
+        state: Arc<VhostState>,
+        /// The offloads the guest takes (its negotiated GUEST_* features).
+        takes: GuestOffloads,
+        /// Per worker: its queue pair. Its own while the guest enabled
+        /// enough receive rings, else the enabled ones in turn (a frame
+        /// sent to a ring the guest did not enable would be lost). Workers
+        /// sharing one need no lock: the library locks each ring.
+        queues: Box<[u16]>,
     },
     /// A TAP; worker `w` writes on queue fd `w % len` (the kernel takes
     /// concurrent writes on one queue). It takes superframes and partial
@@ -151,7 +166,7 @@ impl TxTarget {
     pub fn takes(&self, off: &Offload) -> bool {
         match self {
             TxTarget::Tap(_) => true,
-            TxTarget::Eth { takes, .. } => match off.gso {
+            TxTarget::Vhost { takes, .. } => match off.gso {
                 Some(g) => match g.kind {
                     GsoKind::Tcp4 => takes.tso4,
                     GsoKind::Tcp6 => takes.tso6,
@@ -160,7 +175,7 @@ impl TxTarget {
                 },
                 None => takes.csum,
             },
-            TxTarget::None => false,
+            TxTarget::Eth { .. } | TxTarget::None => false,
         }
     }
 }
@@ -321,6 +336,15 @@ impl Shared {
     /// snapshots used must not be freed until [`Shared::acked`] says so.
     pub fn publish(&self, dp: Datapath, timeout: Duration) -> bool {
         self.current.store(Arc::new(dp));
+        self.synchronize(timeout)
+    }
+
+    /// Waits up to `timeout` for every running worker to begin a poll
+    /// round (it takes the same snapshot again): what a worker read before
+    /// the call, outside a snapshot, it no longer uses (a vhost-user
+    /// guest's device id; see `dpdk::vhost`). False as for
+    /// [`Shared::publish`].
+    pub fn synchronize(&self, timeout: Duration) -> bool {
         let gen = self.generation.fetch_add(1, Ordering::AcqRel) + 1;
         let deadline = Instant::now() + timeout;
         loop {

@@ -1,9 +1,11 @@
 //! Port kinds: from a config [`PortSpec`] to a started DPDK port, and back.
 //!
-//! Every kind except PCI is a virtual device hot-plugged with
-//! `rte_dev_probe`, which is also how ports are added at run time. Each port
-//! gets one tx queue per worker, so workers never share a tx queue and never
-//! lock.
+//! A container's NIC is vswitchd's own: a TAP (see `tap`) or a vhost-user
+//! socket served through DPDK's vhost library (see `dpdk::vhost`); neither
+//! takes an ethdev slot. Other kinds except PCI are virtual devices
+//! hot-plugged with `rte_dev_probe`, which is also how ports are added at
+//! run time. Each ethdev gets one tx queue per worker, so workers never
+//! share a tx queue and never lock.
 
 use std::io::ErrorKind;
 use std::os::unix::net::UnixStream;
@@ -12,7 +14,8 @@ use std::path::Path;
 use crate::config::{PortKind, PortSpec};
 use crate::datapath::{tx_queue_map, TxLock, TxLocks, TxTarget};
 use crate::dpdk::mempool::Mempool;
-use crate::dpdk::port::{EthPort, EthStats, GuestOffloads, PortError};
+use crate::dpdk::port::{EthPort, EthStats, PortError};
+use crate::dpdk::vhost::{GuestOffloads, VhostPort};
 use crate::netns::{self, NetnsError};
 use crate::tap::TapDevice;
 
@@ -57,17 +60,20 @@ pub struct Port {
     n_workers: usize,
 }
 
-/// What carries a port's frames: a DPDK ethdev, or vswitchd's own TAP
-/// (see `tap` for why TAPs are not ethdevs).
+/// What carries a port's frames: a DPDK ethdev, vswitchd's own TAP (see
+/// `tap` for why TAPs are not ethdevs), or a vhost-user socket of the
+/// vhost library (see `dpdk::vhost`).
 pub enum PortIo {
     /// An ethdev (vdev or PCI).
     Eth(EthPort),
     /// A TAP device with its queue fds.
     Tap(TapDevice),
+    /// A vhost-user socket.
+    Vhost(VhostPort),
 }
 
-/// The vdev devargs for a port; None for PCI (probed by EAL at start)
-/// and TAP (vswitchd's own, not an ethdev).
+/// The vdev devargs for a port; None for PCI (probed by EAL at start),
+/// TAP and vhost-user (not ethdevs).
 ///
 /// The device is named by a number unique in this process, not by the
 /// port's name: PMDs derive internal object names from it within small
@@ -77,11 +83,6 @@ pub fn devargs(spec: &PortSpec, n_workers: usize) -> Option<String> {
     let name = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let queues = usize::from(spec.rx_queues).max(n_workers);
     Some(match &spec.kind {
-        PortKind::VhostUser { socket, client } => format!(
-            "net_vhost_{name},iface={},queues={queues},client={}",
-            socket.display(),
-            u8::from(*client)
-        ),
         PortKind::AfPacket { iface } => {
             format!("net_af_packet_{name},iface={iface},qpairs={queues}")
         }
@@ -112,7 +113,7 @@ pub fn devargs(spec: &PortSpec, n_workers: usize) -> Option<String> {
             format!("net_null_{name},size={size},no-rx={}", u8::from(*no_rx))
         }
         PortKind::Ring => format!("net_ring_{name}"),
-        PortKind::Pci { .. } | PortKind::Tap(_) => return None,
+        PortKind::Pci { .. } | PortKind::Tap(_) | PortKind::VhostUser { .. } => return None,
     })
 }
 
@@ -234,6 +235,16 @@ impl Port {
     pub fn open(spec: &PortSpec, n_workers: usize, pool: &Mempool) -> Result<Port, SetupError> {
         let io = match &spec.kind {
             PortKind::Tap(t) => return Self::open_tap(spec, t),
+            PortKind::VhostUser { socket, client } => {
+                return Ok(Port {
+                    spec: spec.clone(),
+                    io: PortIo::Vhost(VhostPort::register(socket, *client)?),
+                    fresh: true,
+                    tx_locks: None,
+                    tx_queues: spec.rx_queues.max(n_workers as u16),
+                    n_workers,
+                })
+            }
             PortKind::Pci { address } => EthPort::lookup(address)?,
             _ => EthPort::attach_vdev(&devargs(spec, n_workers).expect("a vdev"))?,
         };
@@ -247,11 +258,9 @@ impl Port {
         )?;
         eth.start()?;
         // A device with fewer tx queues than there are workers (pcap has
-        // one), or a vhost-user guest that enables fewer receive rings:
-        // workers share queues, under a lock (as OVS does when its PMD
-        // threads outnumber a port's tx queues).
-        let shareable = usize::from(tx_queues) < n_workers
-            || (matches!(spec.kind, PortKind::VhostUser { .. }) && n_workers > 1);
+        // one): workers share queues, under a lock (as OVS does when its
+        // PMD threads outnumber a port's tx queues).
+        let shareable = usize::from(tx_queues) < n_workers;
         Ok(Port {
             spec: spec.clone(),
             io: PortIo::Eth(eth),
@@ -307,11 +316,11 @@ impl Port {
         Ok(port)
     }
 
-    /// The DPDK port id (None for a TAP).
+    /// The DPDK port id (None for a TAP or vhost-user port).
     pub fn dpdk_id(&self) -> Option<u16> {
         match &self.io {
             PortIo::Eth(e) => Some(e.id()),
-            PortIo::Tap(_) => None,
+            PortIo::Tap(_) | PortIo::Vhost(_) => None,
         }
     }
 
@@ -320,14 +329,16 @@ impl Port {
     pub fn rss(&self) -> Option<Vec<&'static str>> {
         match &self.io {
             PortIo::Eth(e) => e.rss(),
-            PortIo::Tap(_) => None,
+            PortIo::Tap(_) | PortIo::Vhost(_) => None,
         }
     }
 
-    /// Link up? For a TAP: the container set it up (read in its netns).
+    /// Link up? For a TAP: the container set it up (read in its netns);
+    /// for vhost-user: a guest's device is ready.
     pub fn link_up(&self) -> bool {
         match (&self.io, &self.spec.kind) {
             (PortIo::Eth(e), _) => e.link_up(),
+            (PortIo::Vhost(v), _) => v.connected(),
             (PortIo::Tap(d), PortKind::Tap(t)) => {
                 netns::enter(&t.netns).is_ok_and(|_inside| d.link_up())
             }
@@ -335,10 +346,13 @@ impl Port {
         }
     }
 
-    /// The port's MAC: the ethdev's, or the container side's of a TAP.
+    /// The port's MAC: the ethdev's, or the container side's of a TAP;
+    /// none for vhost-user (the guest's virtio device has its own, which
+    /// the switch learns).
     pub fn mac(&self) -> vswitch::MacAddr {
         match (&self.io, &self.spec.kind) {
             (PortIo::Eth(e), _) => e.mac(),
+            (PortIo::Vhost(_), _) => vswitch::MacAddr::default(),
             (PortIo::Tap(d), PortKind::Tap(t)) => netns::enter(&t.netns)
                 .map(|_inside| d.mac())
                 .unwrap_or_default(),
@@ -346,40 +360,43 @@ impl Port {
         }
     }
 
-    /// Where each of the workers sends this (DPDK) port's frames.
+    /// Where each of the workers sends this port's frames.
     pub fn tx_target(&self) -> TxTarget {
         match &self.io {
-            PortIo::Eth(e) => {
-                let enabled = match self.spec.kind {
-                    PortKind::VhostUser { .. } => e.vhost_enabled_tx_queues(),
-                    _ => (1u64 << self.tx_queues.min(63)) - 1,
-                };
-                TxTarget::Eth {
-                    port: e.id(),
-                    takes: self.guest_offloads(),
-                    queues: tx_queue_map(self.n_workers, self.tx_queues, enabled),
-                    locks: self.tx_locks.clone(),
-                }
-            }
+            PortIo::Eth(e) => TxTarget::Eth {
+                port: e.id(),
+                queues: tx_queue_map(
+                    self.n_workers,
+                    self.tx_queues,
+                    (1u64 << self.tx_queues.min(63)) - 1,
+                ),
+                locks: self.tx_locks.clone(),
+            },
             PortIo::Tap(d) => TxTarget::Tap(d.fds().into()),
+            PortIo::Vhost(v) => TxTarget::Vhost {
+                state: v.state(),
+                takes: v.guest_offloads(),
+                queues: tx_queue_map(self.n_workers, self.tx_queues, v.enabled_tx_queues()),
+            },
         }
     }
 
     /// The offloads the port's peer takes in what it receives: a
-    /// vhost-user guest's negotiated ones; none for other DPDK ports (a
-    /// TAP takes all, see `datapath::TxTarget`).
+    /// vhost-user guest's negotiated ones; none for ethdevs (a TAP takes
+    /// all, see `datapath::TxTarget`).
     pub fn guest_offloads(&self) -> GuestOffloads {
-        match (&self.io, &self.spec.kind) {
-            (PortIo::Eth(e), PortKind::VhostUser { .. }) => e.vhost_guest_offloads(),
+        match &self.io {
+            PortIo::Vhost(v) => v.guest_offloads(),
             _ => GuestOffloads::default(),
         }
     }
 
-    /// The PMD's counters (none for a TAP: the switch counts its frames).
+    /// The PMD's counters (none for a TAP or vhost-user port: the switch
+    /// counts their frames).
     pub fn pmd_stats(&self) -> EthStats {
         match &self.io {
             PortIo::Eth(e) => e.stats(),
-            PortIo::Tap(_) => EthStats::default(),
+            PortIo::Tap(_) | PortIo::Vhost(_) => EthStats::default(),
         }
     }
 
@@ -387,8 +404,11 @@ impl Port {
     /// container (persistent, carrier down) for the next vswitchd to
     /// re-attach; a vhost-user server socket file is removed.
     pub fn close(self) {
-        if let PortIo::Eth(e) = self.io {
-            e.close();
+        match self.io {
+            PortIo::Eth(e) => e.close(),
+            // Unregisters: a connected guest's device is destroyed.
+            PortIo::Vhost(v) => drop(v),
+            PortIo::Tap(_) => {}
         }
         if let PortKind::VhostUser {
             socket,

@@ -29,7 +29,7 @@ use vswitch::{Arrival, Decisions, DropReason, Fate, Frame, Now, PortId, MAX_BURS
 
 use crate::datapath::{Datapath, RxQueue, RxSource, Shared, TxTarget, WorkerCounters};
 use crate::dpdk::mbuf::{Burst, Mbuf};
-use crate::dpdk::{self, port};
+use crate::dpdk::{self, port, vhost};
 use crate::tap::io_path as tap;
 use crate::tap::uring::TapRx;
 use crate::vtep::{Punt, VtepPath};
@@ -138,7 +138,8 @@ impl Worker {
         polled.extend(
             dp.rx_queues[self.index]
                 .iter()
-                .filter(|q| !(uring && matches!(q.src, RxSource::Tap(_)))),
+                .filter(|q| !(uring && matches!(q.src, RxSource::Tap(_))))
+                .cloned(),
         );
         let n = dp.tx.len();
         if self.out.tx.len() < n {
@@ -237,10 +238,15 @@ impl Worker {
             let mut mark = Some(t0);
             let mut share = RoundShare::default();
             for q in &polled {
-                let n = match q.src {
-                    RxSource::Eth { dpdk_port, queue } => port::rx_burst(dpdk_port, queue, &mut rx),
+                let n = match &q.src {
+                    RxSource::Eth { dpdk_port, queue } => {
+                        port::rx_burst(*dpdk_port, *queue, &mut rx)
+                    }
+                    RxSource::Vhost { state, queue } => {
+                        vhost::rx_burst(state, *queue, dp.pools.mbufs, &mut rx)
+                    }
                     RxSource::Tap(fd) => tap::rx_burst(
-                        fd,
+                        *fd,
                         dp.pools.tap,
                         &mut self.tap_stash,
                         &mut rx,
@@ -683,6 +689,26 @@ impl Output {
         self.dirty = dirty;
     }
 
+    /// After a tx burst that sent `sent` of `queued` frames: the frames
+    /// left in `b` are freed and counted as tx_full drops; returns what
+    /// was sent, in frames and bytes.
+    #[inline]
+    fn count_unsent(b: &mut TxBuf, sent: usize, queued: usize, c: &vswitch::PortCounters) -> (u64, u64) {
+        let mut bytes = b.bytes;
+        if sent < queued {
+            bytes -= b
+                .frames
+                .mbufs()
+                .iter()
+                .map(|m| u64::from(m.pkt_len()))
+                .sum::<u64>();
+            let lost = b.frames.mbufs().iter().map(Frame::wire_packets).sum();
+            b.frames.free_all();
+            c.drop(DropReason::TxFull, lost);
+        }
+        (sent as u64, bytes)
+    }
+
     #[inline]
     fn flush(&mut self, dp: &Datapath, p: usize, counters: &WorkerCounters) {
         let b = &mut self.tx[p];
@@ -697,24 +723,15 @@ impl Output {
                 port: dpdk_port,
                 queues,
                 locks,
-                ..
             } => {
                 let q = queues[usize::from(self.queue)];
                 let _shared = locks.as_ref().map(|l| l.0[usize::from(q)].lock());
                 let sent = port::tx_burst(*dpdk_port, q, &mut b.frames);
-                let mut bytes = b.bytes;
-                if sent < queued {
-                    bytes -= b
-                        .frames
-                        .mbufs()
-                        .iter()
-                        .map(|m| u64::from(m.pkt_len()))
-                        .sum::<u64>();
-                    let lost = b.frames.mbufs().iter().map(Frame::wire_packets).sum();
-                    b.frames.free_all();
-                    c.drop(DropReason::TxFull, lost);
-                }
-                (sent as u64, bytes)
+                Self::count_unsent(b, sent, queued, c)
+            }
+            TxTarget::Vhost { state, queues, .. } => {
+                let sent = vhost::tx_burst(state, queues[usize::from(self.queue)], &mut b.frames);
+                Self::count_unsent(b, sent, queued, c)
             }
             TxTarget::Tap(fds) => tap::tx_burst(
                 fds[usize::from(self.queue) % fds.len()],

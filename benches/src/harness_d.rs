@@ -19,11 +19,13 @@
 //! Idle ports: what ports without traffic cost a worker. One worker
 //! forwards a `net_pcap` generator (1k UDP flows, `infinite_rx`) to a
 //! `net_null` sink, alone and with idle ports beside them in the same
-//! bridge (`net_null` ethdevs without rx, or TAP NICs each in a container
-//! of its own, whose link is up and which send nothing). Every round of
-//! that worker brings a full burst of 32 frames, so the cost of an idle
-//! port per round is 32 x the growth of the worker's busy cycles per
-//! frame, divided by the idle ports.
+//! bridge (`net_null` ethdevs without rx; TAP NICs each in a container of
+//! its own, whose link is up and which send nothing; vhost-user NICs,
+//! some with a DPDK container attached: one testpmd whose virtio-user
+//! ports are started and do not send). Every round of that worker brings
+//! a full burst of 32 frames, so the cost of an idle port per round is 32
+//! x the growth of the worker's busy cycles per frame, divided by the
+//! idle ports.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -32,6 +34,7 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context, Result};
 use serde_json::{json, Value};
 use testbed::netns::Netns;
+use testbed::testpmd::Testpmd;
 use testbed::vswitchd::{TempDir, Vswitchd};
 
 use crate::report::Section;
@@ -57,8 +60,9 @@ pub struct Opts {
     pub warmup: Duration,
     /// See `warmup`.
     pub window: Duration,
-    /// Idle TAP NICs beside the two active ports (498: 500 NICs).
-    pub idle_taps: usize,
+    /// Idle container NICs beside the two active ports (498: 500 NICs),
+    /// half TAPs, half vhost-user.
+    pub idle_nics: usize,
 }
 
 const COLUMNS: &[&str] = &[
@@ -79,11 +83,25 @@ const COLUMNS: &[&str] = &[
 /// The reference plugins' directory (containernetworking-plugins).
 const CNI_PATH: &str = "/usr/lib/cni";
 
-/// One plugin under test: how to call it and its network config.
+/// One plugin under test: how to call it, its network config, and when
+/// the NIC it plugs is ready.
 struct Plugin {
     name: &'static str,
     binary: PathBuf,
     conf: Value,
+    ready: Ready,
+}
+
+/// When a plugged NIC counts as ready.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Ready {
+    /// A kernel container's: its first ping to the peer is answered.
+    Ping,
+    /// A DPDK container's: the switch answers a vhost-user request
+    /// (`VHOST_USER_GET_FEATURES`) on the socket the result names, so a
+    /// virtio-user device can attach (how long the container's DPDK takes
+    /// to start is its own).
+    Socket,
 }
 
 /// Runs `cmd` of `p` for container `id` in `ns`; the plugin's answer.
@@ -157,12 +175,49 @@ struct Times {
     del: Vec<f64>,
 }
 
-/// ADD and the first ping for one container; its ADD time and total.
+/// Asks the vhost-user socket of `result` for its features until it
+/// answers (at most 10 s): a vhost-user message header (request 1,
+/// GET_FEATURES; flags 1, protocol version 1; no payload), answered by a
+/// header and a u64.
+fn first_answer(result: &Value) -> Result<()> {
+    use std::io::{Read, Write};
+    let path = result["interfaces"]
+        .as_array()
+        .and_then(|i| i.iter().find_map(|i| i["socketPath"].as_str()))
+        .ok_or_else(|| anyhow!("no socketPath in {result}"))?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut request = [0u8; 12];
+    request[0] = 1;
+    request[4] = 1;
+    loop {
+        let answered = std::os::unix::net::UnixStream::connect(path).and_then(|mut c| {
+            c.set_read_timeout(Some(Duration::from_secs(1)))?;
+            c.write_all(&request)?;
+            let mut reply = [0u8; 20];
+            c.read_exact(&mut reply)?;
+            Ok(reply[0] == 1)
+        });
+        if answered.unwrap_or(false) {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("vhost-user socket {path} did not answer in 10 s");
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// ADD and the first proof that the NIC works (see [`Ready`]) for one
+/// container; its ADD time and total.
 fn plug(p: &Plugin, ns: &Netns, id: &str, peer: &str) -> Result<(f64, f64)> {
     let t0 = Instant::now();
-    call(p, "ADD", ns, id)?;
+    let result = call(p, "ADD", ns, id)?;
     let add = t0.elapsed().as_secs_f64();
-    first_ping(ns, peer).with_context(|| format!("{} container {id}", p.name))?;
+    match p.ready {
+        Ready::Ping => first_ping(ns, peer),
+        Ready::Socket => first_answer(&result),
+    }
+    .with_context(|| format!("{} container {id}", p.name))?;
     Ok((add, t0.elapsed().as_secs_f64()))
 }
 
@@ -274,9 +329,28 @@ fn rss_anon_kb(pid: u32) -> Result<u64> {
         .ok_or_else(|| anyhow!("no RssAnon in /proc/{pid}/status"))
 }
 
-/// One worker forwarding the generator to the sink with `null` idle
-/// net_null ports and `tap` idle TAP NICs in the bridge.
-fn with_idle(o: &Opts, pcap: &Path, null: usize, tap: usize) -> Result<Forwarded> {
+/// The idle ports of one configuration.
+#[derive(Clone, Copy)]
+struct Idle {
+    /// net_null ethdevs without rx.
+    null: usize,
+    /// TAP NICs, each in a container of its own.
+    tap: usize,
+    /// vhost-user NICs.
+    vhost: usize,
+    /// Of those, how many have a DPDK container attached (one testpmd
+    /// with that many virtio-user ports, at most 30: its ethdev table).
+    guests: usize,
+}
+
+impl Idle {
+    fn ports(&self) -> usize {
+        self.null + self.tap + self.vhost
+    }
+}
+
+/// One worker forwarding the generator to the sink beside `idle` ports.
+fn with_idle(o: &Opts, pcap: &Path, idle: Idle) -> Result<Forwarded> {
     let dir = TempDir::new("vsdi");
     let mut config = Vswitchd::config_header(&dir, 1024, "b");
     config += &format!(
@@ -285,12 +359,12 @@ fn with_idle(o: &Opts, pcap: &Path, null: usize, tap: usize) -> Result<Forwarded
         pcap.display(),
         DST_MAC.map(|b| format!("{b:02x}")).join(":"),
     );
-    for i in 0..null {
+    for i in 0..idle.null {
         config += &format!(
             "[[port]]\nname = \"n{i}\"\nkind = \"null\"\nno_rx = true\nbridge = \"b\"\n\n"
         );
     }
-    let nss: Vec<Netns> = (0..tap)
+    let nss: Vec<Netns> = (0..idle.tap)
         .map(|_| Netns::create(&testbed::unique("vdI")).map_err(|e| anyhow!(e)))
         .collect::<Result<_>>()?;
     for (i, ns) in nss.iter().enumerate() {
@@ -301,7 +375,43 @@ fn with_idle(o: &Opts, pcap: &Path, null: usize, tap: usize) -> Result<Forwarded
             i % 200 + 1
         );
     }
+    let socket = |i: usize| dir.path().join(format!("v{i}.sock"));
+    for i in 0..idle.vhost {
+        config += &format!(
+            "[[port]]\nname = \"v{i}\"\nkind = \"vhost-user\"\nsocket = \"{}\"\nbridge = \"b\"\n\n",
+            socket(i).display()
+        );
+    }
     let vs = Vswitchd::start(&o.vswitchd, &dir, &config).map_err(|e| anyhow!(e))?;
+    let _guests = (idle.guests > 0)
+        .then(|| -> Result<Testpmd> {
+            let vdevs: Vec<String> = (0..idle.guests)
+                .map(|i| {
+                    format!(
+                        "net_virtio_user{i},path={},mac=02:00:00:00:0d:{i:02x}",
+                        socket(i).display()
+                    )
+                })
+                .collect();
+            let tp = Testpmd::spawn("idle-guests", &["--lcores", "0@0,1@0"], &vdevs, &[])
+                .map_err(|e| anyhow!(e))?;
+            // Attached: each port's guest device is ready on the switch.
+            let deadline = Instant::now() + Duration::from_secs(20);
+            for i in 0..idle.guests {
+                while vs
+                    .request(json!({"cmd": "port-show", "name": format!("v{i}")}))
+                    .map_err(|e| anyhow!(e))?["link_up"]
+                    != true
+                {
+                    if Instant::now() > deadline {
+                        bail!("vhost-user port v{i}: no guest device after 20 s");
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            }
+            Ok(tp)
+        })
+        .transpose()?;
     let read = || -> Result<(u64, u64, u64)> {
         let s = vs
             .request(json!({"cmd": "stats"}))
@@ -326,7 +436,7 @@ fn with_idle(o: &Opts, pcap: &Path, null: usize, tap: usize) -> Result<Forwarded
     vs.stop();
     let pkts = p1.saturating_sub(p0);
     if s1 <= s0 || pkts == 0 {
-        bail!("nothing forwarded with {null} idle null ports and {tap} idle TAPs");
+        bail!("nothing forwarded beside {} idle ports", idle.ports());
     }
     Ok(Forwarded {
         mpps: (s1 - s0) as f64 / dt / 1e6,
@@ -338,26 +448,48 @@ fn with_idle(o: &Opts, pcap: &Path, null: usize, tap: usize) -> Result<Forwarded
 /// The idle-port rows: the two-port rate alone and beside idle ports.
 fn idle_rows(o: &Opts, sec: &mut Section) -> Result<()> {
     let pcap = Workload::Udp4 { flows: 1024 }.write_to(&o.pcap_dir)?;
-    // RTE_MAX_ETHPORTS is 32 in Debian's DPDK (generator and sink are two
-    // of them): 500 NICs are TAPs (vhost-user ports are ethdevs until
-    // they go through the vhost library).
-    let taps = format!(
-        "2 ports + {} idle TAP NICs ({} NICs)",
-        o.idle_taps,
-        o.idle_taps + 2
+    let guests = 30.min(o.idle_nics / 2);
+    let mixed = format!(
+        "2 ports + {} idle TAP + {} idle vhost-user NICs ({} NICs; {guests} vhost-user with a DPDK guest)",
+        o.idle_nics - o.idle_nics / 2,
+        o.idle_nics / 2,
+        o.idle_nics + 2
     );
-    let configs: [(&str, usize, usize); 3] = [
-        ("2 ports, none idle", 0, 0),
-        ("2 ports + 30 idle net_null ethdevs", 30, 0),
-        (&taps, 0, o.idle_taps),
+    let attached = format!("2 ports + {guests} idle vhost-user NICs, each with a DPDK guest");
+    let none = Idle {
+        null: 0,
+        tap: 0,
+        vhost: 0,
+        guests: 0,
+    };
+    let configs: [(&str, Idle); 4] = [
+        ("2 ports, none idle", none),
+        ("2 ports + 30 idle net_null ethdevs", Idle { null: 30, ..none }),
+        (
+            &attached,
+            Idle {
+                vhost: guests,
+                guests,
+                ..none
+            },
+        ),
+        (
+            &mixed,
+            Idle {
+                tap: o.idle_nics - o.idle_nics / 2,
+                vhost: o.idle_nics / 2,
+                guests,
+                ..none
+            },
+        ),
     ];
     let workload = "one worker, 2 active ports beside idle ones";
     let mut rounds = Rounds::default();
     for _ in 0..o.rounds {
-        for (name, null, tap) in configs {
+        for (name, idle) in configs {
             rounds.push(
                 name,
-                with_idle(o, &pcap, null, tap).with_context(|| name.to_string())?,
+                with_idle(o, &pcap, idle).with_context(|| name.to_string())?,
             );
         }
     }
@@ -370,7 +502,7 @@ fn idle_rows(o: &Opts, sec: &mut Section) -> Result<()> {
         let idle = configs
             .iter()
             .find(|c| c.0 == r.system)
-            .map_or(0, |c| c.1 + c.2);
+            .map_or(0, |c| c.1.ports());
         let mut v = vec![
             ("Mpps", r.sample.mpps),
             ("spread %", r.spread),
@@ -388,7 +520,7 @@ fn idle_rows(o: &Opts, sec: &mut Section) -> Result<()> {
         }
         sec.row(workload, &r.system, &v, &r.rounds_note());
     }
-    sec.ratios_against_all(workload, &taps, "Mpps");
+    sec.ratios_against_all(workload, &mixed, "Mpps");
     sec.ratios_against_all(workload, "2 ports + 30 idle net_null ethdevs", "Mpps");
     Ok(())
 }
@@ -397,7 +529,7 @@ fn idle_rows(o: &Opts, sec: &mut Section) -> Result<()> {
 pub fn run(o: &Opts, command: &str) -> Result<Section> {
     let mut sec = Section::new(
         "D",
-        "density: idle ports beside two active ones, and plugging a kernel container's NIC (CNI ADD until the first ping)",
+        "density: idle ports beside two active ones, and plugging a container's NIC (CNI ADD until the first ping, or until its vhost-user socket answers)",
         command,
         COLUMNS,
     );
@@ -410,11 +542,14 @@ pub fn run(o: &Opts, command: &str) -> Result<Section> {
             .into(),
         "vswitchd: vswitch-cni with a TAP NIC (`nic = \"tap\"`), one worker on CPU 1; Linux bridge: the \
          reference `bridge` plugin (containernetworking-plugins), a veth into bridge cnibr-d. Each \
-         figure includes the plugin's process start, as runtimes call it."
+         figure includes the plugin's process start, as runtimes call it. vhost-user NIC: the same \
+         plugin with `nic = \"vhost-user\"`; ready when its socket answers a vhost-user GET_FEATURES \
+         request (the ADD+ping columns), so that a DPDK container can attach."
             .into(),
         "Idle ports: one worker (CPU 1) forwards a net_pcap generator (1k UDP flows) to a net_null sink, \
          alone and beside idle ports of the same bridge; Mpps is the sink's rate over the window, own \
-         cycles/pkt the worker's busy cycles per frame; cycles per idle port per round = 32 x (own \
+         cycles/pkt the worker's busy cycles per frame; vhost-user NICs with a DPDK guest: one testpmd with \
+         that many virtio-user ports, started, not forwarding; cycles per idle port per round = 32 x (own \
          cycles/pkt - the 2-port row's) / idle ports (every round brings a full burst of 32); heap KB per \
          idle port = (vswitchd's RssAnon - the 2-port row's) / idle ports (hugepages are not in it)."
             .into(),
@@ -435,6 +570,22 @@ pub fn run(o: &Opts, command: &str) -> Result<Section> {
                 "controlSocket": Vswitchd::control_socket(&dir),
                 "ipam": ipam(&dir.join("vs"), "10.97.0.0/16"),
             }),
+            ready: Ready::Ping,
+        },
+        Plugin {
+            name: "vswitchd (vswitch-cni, vhost-user NIC)",
+            binary: o.cni.clone(),
+            conf: json!({
+                "cniVersion": "1.0.0",
+                "name": "density-vu",
+                "type": "vswitch-cni",
+                "bridge": "vpc1",
+                "nic": "vhost-user",
+                "socketDir": dir.path().join("vu"),
+                "controlSocket": Vswitchd::control_socket(&dir),
+                "ipam": ipam(&dir.join("vu"), "10.99.0.0/16"),
+            }),
+            ready: Ready::Socket,
         },
         Plugin {
             name: "Linux bridge (bridge plugin, veth)",
@@ -446,11 +597,16 @@ pub fn run(o: &Opts, command: &str) -> Result<Section> {
                 "bridge": "cnibr-d",
                 "ipam": ipam(&dir.join("br"), "10.98.0.0/16"),
             }),
+            ready: Ready::Ping,
         },
     ];
     for p in &plugins {
         let peer_ns = Netns::create(&testbed::unique("vdP")).map_err(|e| anyhow!(e))?;
-        let peer = address(&call(p, "ADD", &peer_ns, "peer")?)?;
+        let peer = call(p, "ADD", &peer_ns, "peer")?;
+        let peer = match p.ready {
+            Ready::Ping => address(&peer)?,
+            Ready::Socket => String::new(),
+        };
         // The peer answers once its NIC is up (its own first ping: the
         // peer to itself through the stack is not what is measured).
         let seq = sequential(p, o.sequential, &peer)?;

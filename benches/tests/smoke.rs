@@ -165,7 +165,7 @@ fn harness_d_smoke() {
         rounds: 1,
         warmup: Duration::from_secs(1),
         window: Duration::from_secs(2),
-        idle_taps: 10,
+        idle_nics: 10,
     };
     let sec = harness_d::run(&o, "smoke").unwrap_or_else(|e| panic!("{e:#}"));
     // Three idle-port configurations, then (sequential, concurrent) x

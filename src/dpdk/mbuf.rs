@@ -480,6 +480,18 @@ impl Burst {
         self.len -= n;
     }
 
+    /// Releases the first `n` references (a device copied those frames)
+    /// and keeps the rest in order.
+    pub(crate) fn free_front(&mut self, n: usize) {
+        assert!(n <= self.len);
+        if n > 0 {
+            // SAFETY: the first n pointers are references this burst owns;
+            // they leave it right after.
+            unsafe { ffi::rte_pktmbuf_free_bulk(self.ptrs.as_mut_ptr(), n as u32) };
+            self.consume_front(n);
+        }
+    }
+
     /// Releases every held reference with one `rte_pktmbuf_free_bulk`.
     #[inline]
     pub fn free_all(&mut self) {

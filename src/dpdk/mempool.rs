@@ -103,6 +103,11 @@ unsafe impl Send for PoolHandle {}
 unsafe impl Sync for PoolHandle {}
 
 impl PoolHandle {
+    /// The pool, for DPDK calls that allocate from it.
+    pub(crate) fn as_ptr(&self) -> *mut ffi::rte_mempool {
+        self.0.as_ptr()
+    }
+
     /// A handle to no pool, for snapshots in tests that never allocate
     /// (allocating from it would crash).
     #[cfg(test)]

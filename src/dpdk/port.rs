@@ -42,141 +42,6 @@ pub struct EthStats {
     pub rx_nombuf: u64,
 }
 
-/// A function of the net_vhost PMD that EAL loaded as a plugin (the
-/// daemon must not link the PMD a second time: its driver would register
-/// twice). None if the plugin is not loaded.
-fn net_vhost_symbol(name: &std::ffi::CStr) -> Option<*mut libc::c_void> {
-    // SAFETY: RTLD_NOLOAD only returns a handle to a library already
-    // loaded (DPDK 22.11's ABI 23 soname, as Debian ships it); dlsym looks
-    // a symbol up in it. The handle is kept (not dlclosed): the plugin
-    // stays loaded for the process's life anyway.
-    unsafe {
-        let h = libc::dlopen(
-            c"librte_net_vhost.so.23".as_ptr(),
-            libc::RTLD_NOW | libc::RTLD_NOLOAD,
-        );
-        if h.is_null() {
-            return None;
-        }
-        let f = libc::dlsym(h, name.as_ptr());
-        (!f.is_null()).then_some(f)
-    }
-}
-
-type VidOfPort = unsafe extern "C" fn(u16) -> i32;
-
-/// `rte_eth_vhost_get_vid_from_port_id` (see [`net_vhost_symbol`]).
-fn vhost_vid_of_port() -> Option<VidOfPort> {
-    static F: std::sync::OnceLock<Option<VidOfPort>> = std::sync::OnceLock::new();
-    *F.get_or_init(|| {
-        // SAFETY: the symbol is that function, whose C signature is
-        // int (uint16_t).
-        net_vhost_symbol(c"rte_eth_vhost_get_vid_from_port_id")
-            .map(|f| unsafe { std::mem::transmute::<*mut libc::c_void, VidOfPort>(f) })
-    })
-}
-
-/// `struct rte_eth_vhost_queue_event` (rte_eth_vhost.h).
-#[repr(C)]
-#[derive(Default)]
-struct QueueEvent {
-    queue_id: u16,
-    /// The guest's transmit ring (our rx queue) if set, else its receive
-    /// ring (our tx queue).
-    rx: bool,
-    enable: bool,
-}
-
-type QueueEventOf = unsafe extern "C" fn(u16, *mut QueueEvent) -> i32;
-
-/// `rte_eth_vhost_get_queue_event` (see [`net_vhost_symbol`]).
-fn vhost_queue_event() -> Option<QueueEventOf> {
-    static F: std::sync::OnceLock<Option<QueueEventOf>> = std::sync::OnceLock::new();
-    *F.get_or_init(|| {
-        // SAFETY: the symbol is that function, whose C signature is
-        // int (uint16_t, struct rte_eth_vhost_queue_event *).
-        net_vhost_symbol(c"rte_eth_vhost_get_queue_event")
-            .map(|f| unsafe { std::mem::transmute::<*mut libc::c_void, QueueEventOf>(f) })
-    })
-}
-
-impl EthPort {
-    /// For a vhost-user port: its tx queues whose guest receive ring is
-    /// enabled, as a bitmap (bit q: queue q), from the PMD's queue events
-    /// since the last call; 0 while no guest is connected. (A guest that
-    /// reconnects between two calls with fewer rings keeps the older
-    /// bits until a ring it left out is seen disabled: the PMD forgets
-    /// ring states on disconnect without an event.)
-    pub fn vhost_enabled_tx_queues(&self) -> u64 {
-        let (Some(vid_of), Some(next_event)) = (vhost_vid_of_port(), vhost_queue_event()) else {
-            return 0;
-        };
-        // SAFETY: a lookup by port id; negative when the port has no guest.
-        if unsafe { vid_of(self.id) } < 0 {
-            self.guest_txqs.set(0);
-            return 0;
-        }
-        let mut bits = self.guest_txqs.get();
-        let mut e = QueueEvent::default();
-        // SAFETY: e is a valid out pointer; the call takes the PMD's lock
-        // for the port's ring states.
-        while unsafe { next_event(self.id, &mut e) } == 0 {
-            if !e.rx && e.queue_id < 64 {
-                if e.enable {
-                    bits |= 1 << e.queue_id;
-                } else {
-                    bits &= !(1 << e.queue_id);
-                }
-            }
-        }
-        self.guest_txqs.set(bits);
-        bits
-    }
-
-    /// For a vhost-user port: the offloads its guest negotiated for the
-    /// frames it receives (`VIRTIO_NET_F_GUEST_*`), none while no guest is
-    /// connected. DPDK's vhost enqueue turns an mbuf's tx offload flags
-    /// into the virtio-net header the guest reads.
-    pub fn vhost_guest_offloads(&self) -> GuestOffloads {
-        let Some(vid_of) = vhost_vid_of_port() else {
-            return GuestOffloads::default();
-        };
-        // SAFETY: a lookup by port id; negative when the port has no guest.
-        let vid = unsafe { vid_of(self.id) };
-        if vid < 0 {
-            return GuestOffloads::default();
-        }
-        let mut f = 0u64;
-        // SAFETY: f is a valid out pointer; vid names a live connection.
-        if unsafe { ffi::rte_vhost_get_negotiated_features(vid, &mut f) } != 0 {
-            return GuestOffloads::default();
-        }
-        const GUEST_CSUM: u64 = 1 << 1;
-        const GUEST_TSO4: u64 = 1 << 7;
-        const GUEST_TSO6: u64 = 1 << 8;
-        // A 64 KB superframe spans many of the guest's receive buffers.
-        const MRG_RXBUF: u64 = 1 << 15;
-        let csum = f & GUEST_CSUM != 0;
-        let big = csum && f & MRG_RXBUF != 0;
-        GuestOffloads {
-            csum,
-            tso4: big && f & GUEST_TSO4 != 0,
-            tso6: big && f & GUEST_TSO6 != 0,
-        }
-    }
-}
-
-/// What a vhost-user guest takes in the frames it receives.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
-pub struct GuestOffloads {
-    /// Partial checksums (GUEST_CSUM).
-    pub csum: bool,
-    /// TCP/IPv4 superframes (GUEST_TSO4, with mergeable buffers).
-    pub tso4: bool,
-    /// TCP/IPv6 superframes (GUEST_TSO6, with mergeable buffers).
-    pub tso6: bool,
-}
-
 /// An attached ethdev port, owned by the control plane. Workers only see
 /// its id and call [`rx_burst`]/[`tx_burst`].
 pub struct EthPort {
@@ -185,9 +50,6 @@ pub struct EthPort {
     /// Device name to `rte_dev_remove` on close (hot-plugged vdevs).
     hotplugged: Option<String>,
     started: bool,
-    /// vhost-user: tx queues whose guest ring is enabled (see
-    /// [`EthPort::vhost_enabled_tx_queues`]).
-    guest_txqs: std::cell::Cell<u64>,
 }
 
 fn port_err(port: &str, op: &'static str, rc: i32) -> PortError {
@@ -199,7 +61,7 @@ fn port_err(port: &str, op: &'static str, rc: i32) -> PortError {
 }
 
 impl EthPort {
-    /// Hot-plugs a virtual device from its devargs (`net_vhost_0,iface=...`).
+    /// Hot-plugs a virtual device from its devargs (`net_pcap_0,rx_pcap=...`).
     /// The device name is the devargs up to the first comma.
     pub fn attach_vdev(devargs: &str) -> Result<EthPort, PortError> {
         let dev_name = devargs.split(',').next().unwrap_or(devargs).to_string();
@@ -235,7 +97,6 @@ impl EthPort {
             name: dev_name.to_string(),
             hotplugged: None,
             started: false,
-            guest_txqs: std::cell::Cell::new(0),
         })
     }
 
@@ -278,7 +139,7 @@ impl EthPort {
         let mut conf = ffi::rte_eth_conf::default();
         // Several rx queues: let a device that hashes flows spread them
         // (RSS over addresses and ports, the driver's default key); other
-        // PMDs (vhost-user, virtio-user without a hashing backend, pcap,
+        // PMDs (virtio-user without a hashing backend, pcap,
         // af_packet) fill each queue from its own source.
         let hf = info.flow_type_rss_offloads & RSS_FLOWS;
         if nb_rxq > 1 && hf != 0 {
@@ -350,7 +211,7 @@ impl EthPort {
             return Err(port_err(&self.name, "start", rc));
         }
         self.started = true;
-        // Not every PMD supports it (vhost, null are promiscuous by nature).
+        // Not every PMD supports it (null is promiscuous by nature).
         // SAFETY: the port is started.
         unsafe { ffi::rte_eth_promiscuous_enable(self.id) };
         Ok(())

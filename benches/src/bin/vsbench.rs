@@ -191,7 +191,7 @@ fn main() -> Result<()> {
                             rounds,
                             warmup,
                             window,
-                            idle_taps: if smoke { 10 } else { 498 },
+                            idle_nics: if smoke { 10 } else { 498 },
                         },
                         &command("D"),
                     )
