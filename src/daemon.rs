@@ -8,6 +8,7 @@
 //! (hugepage memory released).
 
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -78,6 +79,10 @@ pub fn eal_args(cfg: &Config) -> Vec<String> {
     if let Some(d) = &e.huge_dir {
         a.extend(["--huge-dir".into(), d.clone()]);
     }
+    // The vhost library logs every vhost-user message of every guest at
+    // INFO; its warnings and errors stay (a configured level comes after
+    // and wins).
+    a.push("--log-level=lib.vhost.config:notice".into());
     if let Some(l) = &e.log_level {
         a.push(format!("--log-level={l}"));
     }
@@ -755,6 +760,13 @@ pub fn run(
         TAP_DATA_ROOM,
     )?;
 
+    // Beside the control socket: the socket that wakes the vhost
+    // library's thread for each new vhost-user socket (see dpdk::vhost).
+    let mut waker = cfg.control.socket.clone().into_os_string();
+    waker.push(".vhost-wake");
+    ports::claim_socket_path(Path::new(&waker)).map_err(anyhow::Error::msg)?;
+    crate::dpdk::vhost::init(Path::new(&waker))?;
+
     let mut ports: Vec<Option<Port>> = Vec::new();
     for spec in &cfg.ports {
         match Port::open(spec, n_workers, &pool) {
@@ -771,6 +783,7 @@ pub fn run(
             }
             Err(e) => {
                 ports.into_iter().flatten().for_each(Port::abandon);
+                crate::dpdk::vhost::shutdown();
                 return Err(e.into());
             }
         }
@@ -817,6 +830,7 @@ pub fn run(
         Ok(x) => x,
         Err(e) => {
             ports.into_iter().flatten().for_each(Port::abandon);
+            crate::dpdk::vhost::shutdown();
             return Err(e);
         }
     };
@@ -912,6 +926,7 @@ pub fn run(
     d.shared.running.store(false, Ordering::Relaxed);
     lcore::wait_all();
     crate::dpdk::vhost::set_quiesce(None);
+    crate::dpdk::vhost::shutdown();
     print!("{}", d.report().to_table(None));
     drop(control);
     for p in std::mem::take(&mut d.ports).into_iter().flatten() {

@@ -34,6 +34,32 @@ use crate::tap::io_path as tap;
 use crate::tap::uring::TapRx;
 use crate::vtep::{Punt, VtepPath};
 
+/// An rx queue the worker polls itself, with how many polls in a row
+/// found it empty.
+struct Polled {
+    q: RxQueue,
+    quiet: u32,
+}
+
+/// A vhost-user queue found empty [`QUIET_AFTER`] polls in a row is
+/// polled every [`QUIET_EVERY`]th round only, until a poll finds frames.
+/// An empty dequeue costs the vhost library's ring lock (a locked
+/// compare-and-swap) and a few cache lines of its device, 40-50 cycles;
+/// a guest that is attached but silent would otherwise cost that every
+/// round, and hundreds of them would slow every busy port. The first
+/// frame after a quiet spell waits at most QUIET_EVERY - 1 rounds (a few
+/// microseconds); a queue that carries request/response traffic every
+/// few tens of microseconds never turns quiet. Why not the guest's kick
+/// (notifications and the kick eventfd, as kernel vhost-net): the kick
+/// fd changes under vhost-user messages the library handles on its own
+/// thread without telling us, and a missed kick would stall the queue.
+/// Why not reading the avail index directly: the guest can remap the
+/// ring's memory (SET_MEM_TABLE) at any time, under the library's ring
+/// lock only, and a stale read would fault.
+const QUIET_AFTER: u32 = 1024;
+/// See [`QUIET_AFTER`].
+const QUIET_EVERY: u32 = 8;
+
 #[derive(Default)]
 struct TxBuf {
     frames: Burst,
@@ -133,13 +159,16 @@ impl Worker {
     /// TAP costs no step of the round); a tx buffer per NIC slot, the
     /// dirty list and room for a burst's flood sets grow with the ports
     /// that exist, once per snapshot that has more; never per frame.
-    fn take(&mut self, dp: &Datapath, uring: bool, polled: &mut Vec<RxQueue>) {
+    fn take(&mut self, dp: &Datapath, uring: bool, polled: &mut Vec<Polled>) {
         polled.clear();
         polled.extend(
             dp.rx_queues[self.index]
                 .iter()
                 .filter(|q| !(uring && matches!(q.src, RxSource::Tap(_))))
-                .cloned(),
+                .map(|q| Polled {
+                    q: q.clone(),
+                    quiet: 0,
+                }),
         );
         let n = dp.tx.len();
         if self.out.tx.len() < n {
@@ -209,7 +238,8 @@ impl Worker {
                 None
             }
         };
-        let mut polled: Vec<RxQueue> = Vec::new();
+        let mut polled: Vec<Polled> = Vec::new();
+        let mut round: u32 = 0;
         let uring = tap_rx.is_some();
         self.take(&dp, uring, &mut polled);
         if let Some(t) = &mut tap_rx {
@@ -237,13 +267,23 @@ impl Worker {
             // the clock is read only once frames arrived.
             let mut mark = Some(t0);
             let mut share = RoundShare::default();
-            for q in &polled {
+            round = round.wrapping_add(1);
+            for (i, p) in polled.iter_mut().enumerate() {
+                let q = &p.q;
                 let n = match &q.src {
                     RxSource::Eth { dpdk_port, queue } => {
                         port::rx_burst(*dpdk_port, *queue, &mut rx)
                     }
                     RxSource::Vhost { state, queue } => {
-                        vhost::rx_burst(state, *queue, dp.pools.mbufs, &mut rx)
+                        // Quiet queues take turns (staggered by position).
+                        if p.quiet >= QUIET_AFTER
+                            && round.wrapping_add(i as u32) % QUIET_EVERY != 0
+                        {
+                            continue;
+                        }
+                        let n = vhost::rx_burst(state, *queue, dp.pools.mbufs, &mut rx);
+                        p.quiet = if n == 0 { p.quiet.saturating_add(1) } else { 0 };
+                        n
                     }
                     RxSource::Tap(fd) => tap::rx_burst(
                         *fd,
@@ -690,10 +730,16 @@ impl Output {
     }
 
     /// After a tx burst that sent `sent` of `queued` frames: the frames
-    /// left in `b` are freed and counted as tx_full drops; returns what
+    /// left in `b` are freed and counted as drops for `why`; returns what
     /// was sent, in frames and bytes.
     #[inline]
-    fn count_unsent(b: &mut TxBuf, sent: usize, queued: usize, c: &vswitch::PortCounters) -> (u64, u64) {
+    fn count_unsent(
+        b: &mut TxBuf,
+        sent: usize,
+        queued: usize,
+        c: &vswitch::PortCounters,
+        why: DropReason,
+    ) -> (u64, u64) {
         let mut bytes = b.bytes;
         if sent < queued {
             bytes -= b
@@ -704,7 +750,7 @@ impl Output {
                 .sum::<u64>();
             let lost = b.frames.mbufs().iter().map(Frame::wire_packets).sum();
             b.frames.free_all();
-            c.drop(DropReason::TxFull, lost);
+            c.drop(why, lost);
         }
         (sent as u64, bytes)
     }
@@ -727,11 +773,15 @@ impl Output {
                 let q = queues[usize::from(self.queue)];
                 let _shared = locks.as_ref().map(|l| l.0[usize::from(q)].lock());
                 let sent = port::tx_burst(*dpdk_port, q, &mut b.frames);
-                Self::count_unsent(b, sent, queued, c)
+                Self::count_unsent(b, sent, queued, c, DropReason::TxFull)
             }
             TxTarget::Vhost { state, queues, .. } => {
-                let sent = vhost::tx_burst(state, queues[usize::from(self.queue)], &mut b.frames);
-                Self::count_unsent(b, sent, queued, c)
+                match vhost::tx_burst(state, queues[usize::from(self.queue)], &mut b.frames) {
+                    Some(sent) => Self::count_unsent(b, sent, queued, c, DropReason::TxFull),
+                    // No guest: the port refuses them, as a TAP whose
+                    // link is down.
+                    None => Self::count_unsent(b, 0, queued, c, DropReason::TxError),
+                }
             }
             TxTarget::Tap(fds) => tap::tx_burst(
                 fds[usize::from(self.queue) % fds.len()],

@@ -378,3 +378,98 @@ fn a_dpdk_container_with_one_queue_pair_gets_every_workers_frames() {
     );
     tp.cmd("stop");
 }
+
+/// A DPDK container killed (SIGKILL) while frames flow both ways through
+/// its vhost-user NIC: the switch stays up, counts what it can no longer
+/// deliver as `tx_error`, and the next container on the same socket gets
+/// the traffic; no mbuf is lost on the way. (The vhost library destroys
+/// the device on its own thread while a worker may be in the middle of a
+/// burst to it: the worker must have let go of it first.)
+#[test]
+fn a_dpdk_container_killed_under_traffic_is_replaced_on_its_socket() {
+    let dir = TempDir::new("vs-kill");
+    let (ss, sg) = (dir.join("s.sock"), dir.join("g.sock"));
+    let cfg = common::header(&dir)
+        + &format!(
+            "[[port]]\nname = \"src\"\nkind = \"vhost-user\"\nbridge = \"vpc1\"\nsocket = \"{}\"\n\
+             [[port]]\nname = \"dg\"\nkind = \"vhost-user\"\nbridge = \"vpc1\"\nsocket = \"{}\"\n",
+            ss.display(),
+            sg.display()
+        );
+    let vs = common::start(&dir, &cfg);
+    let baseline = common::quiescent_mbufs(&vs);
+    const MAC_S: &str = "02:00:00:00:0f:01";
+    const MAC_G: &str = "02:00:00:00:0f:02";
+    let guest = |name: &str, fwd: &'static str| {
+        Testpmd::start(
+            name,
+            &TestpmdOpts {
+                socket: &sg,
+                mac: MAC_G,
+                peer: Some(MAC_S),
+                fwd,
+                ..Default::default()
+            },
+        )
+        .unwrap()
+    };
+    let mut s = Testpmd::start(
+        "tp-src",
+        &TestpmdOpts {
+            socket: &ss,
+            mac: MAC_S,
+            peer: Some(MAC_G),
+            fwd: "txonly",
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    // The guest returns what it gets (MACs swapped) to src.
+    let mut g = guest("tp-guest", "macswap");
+    assert!(
+        wait_until(Duration::from_secs(20), || vs.link_up("src")
+            && vs.link_up("dg")),
+        "vhost links up"
+    );
+    // Both send: the switch dequeues from the guest and enqueues to it.
+    g.cmd("start");
+    s.cmd("start");
+    assert!(
+        wait_until(Duration::from_secs(20), || vs.counter("dg", "tx_packets")
+            > 10_000
+            && vs.counter("dg", "rx_packets") > 10_000),
+        "traffic both ways: {}",
+        vs.port_stats("dg").unwrap()
+    );
+    g.kill();
+    assert!(
+        wait_until(Duration::from_secs(10), || !vs.link_up("dg")),
+        "the guest's device is gone"
+    );
+    let refused = |vs: &testbed::vswitchd::Vswitchd| {
+        vs.port_stats("dg").unwrap()["drops"]["tx_error"]
+            .as_u64()
+            .unwrap_or(0)
+    };
+    assert!(
+        wait_until(Duration::from_secs(10), || refused(&vs) > 1000),
+        "frames for the dead guest are refused and counted: {}",
+        vs.port_stats("dg").unwrap()
+    );
+
+    // The next container on the same socket receives the traffic.
+    let mut g2 = guest("tp-guest2", "rxonly");
+    g2.cmd("start");
+    assert!(
+        wait_until(Duration::from_secs(20), || g2
+            .port_stats()
+            .is_ok_and(|(rx, _)| rx > 10_000)),
+        "the new guest receives: {}",
+        vs.port_stats("dg").unwrap()
+    );
+    s.cmd("stop");
+    drop(s);
+    drop(g2);
+    common::assert_mbufs_back_to(&vs, baseline);
+    assert_eq!(vs.stop(), Some(0));
+}

@@ -38,6 +38,15 @@
 //!
 //! Workers do not ask guests to kick us (notifications off, as net_vhost
 //! and OVS do): they poll.
+//!
+//! A new server socket is served at once, not within a second: the
+//! library's thread polls its sockets with a one-second timeout and
+//! notices a socket registered meanwhile only when that poll returns (DPDK
+//! 22.11 wakes it for new connections, not for new sockets). After each
+//! registration we wake it by connecting to a socket of our own it already
+//! polls ([`init`]) and closing the connection at once. Without
+//! this a DPDK container's first vhost-user request waited up to 1 s
+//! (harness D: CNI ADD until the socket answered, 930 ms at the median).
 
 use std::ffi::CString;
 use std::path::Path;
@@ -60,6 +69,55 @@ static REGISTRY: Mutex<Vec<(CString, Arc<VhostState>)>> = Mutex::new(Vec::new())
 
 /// What makes a destroyed device's vid unused (None: no workers yet).
 static QUIESCE: Mutex<Option<Quiesce>> = Mutex::new(None);
+
+/// The socket that wakes the library's thread (see the module doc).
+static WAKER: Mutex<Option<CString>> = Mutex::new(None);
+
+/// Registers the socket at `path` that wakes the library's thread after
+/// each new server socket (see the module doc); before any port, so the
+/// thread, which the first registration starts, polls it from the start.
+pub fn init(path: &Path) -> Result<(), PortError> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = CString::new(path.as_os_str().as_bytes()).map_err(|_| PortError {
+        port: path.display().to_string(),
+        op: "register",
+        reason: "socket path has a NUL byte".into(),
+    })?;
+    // SAFETY: c is a valid C string; WAKER_OPS is static.
+    unsafe {
+        if ffi::rte_vhost_driver_register(c.as_ptr(), 0) != 0 {
+            return Err(vhost_err(path, "vhost-user wake-up socket register", -1));
+        }
+        if ffi::rte_vhost_driver_callback_register(c.as_ptr(), &WAKER_OPS.0) != 0
+            || ffi::rte_vhost_driver_start(c.as_ptr()) != 0
+        {
+            ffi::rte_vhost_driver_unregister(c.as_ptr());
+            return Err(vhost_err(path, "vhost-user wake-up socket start", -1));
+        }
+    }
+    *WAKER.lock().unwrap_or_else(|e| e.into_inner()) = Some(c);
+    Ok(())
+}
+
+/// Unregisters the wake-up socket (its file is removed).
+pub fn shutdown() {
+    if let Some(c) = WAKER.lock().unwrap_or_else(|e| e.into_inner()).take() {
+        // SAFETY: registered by init.
+        unsafe { ffi::rte_vhost_driver_unregister(c.as_ptr()) };
+    }
+}
+
+/// Makes the library's thread look at its sockets again now.
+fn wake() {
+    let path = WAKER.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    if let Some(p) = path {
+        use std::os::unix::ffi::OsStrExt;
+        let p = std::ffi::OsStr::from_bytes(p.as_bytes());
+        // Closed at once: the library accepts it, sees it closed, and
+        // forgets it.
+        let _ = std::os::unix::net::UnixStream::connect(p);
+    }
+}
 
 /// Sets how `destroy_device` waits for the workers (the daemon does, once
 /// its workers run).
@@ -177,6 +235,9 @@ impl VhostPort {
         if rc != 0 {
             return Err(vhost_err(path, "vhost-user socket start", rc));
         }
+        if !client {
+            wake();
+        }
         Ok(port)
     }
 
@@ -282,6 +343,19 @@ static OPS: Ops = Ops(ffi::rte_vhost_device_ops {
     reserved: [std::ptr::null_mut(); 1],
 });
 
+/// The wake-up socket's callbacks: none (the library needs the table;
+/// its connections never become devices).
+static WAKER_OPS: Ops = Ops(ffi::rte_vhost_device_ops {
+    new_device: None,
+    destroy_device: None,
+    vring_state_changed: None,
+    features_changed: None,
+    new_connection: None,
+    destroy_connection: None,
+    guest_notified: None,
+    reserved: [std::ptr::null_mut(); 1],
+});
+
 /// The guest's device is ready: workers may use it.
 unsafe extern "C" fn new_device(vid: i32) -> i32 {
     let Some(s) = state_of(vid) else { return -1 };
@@ -347,10 +421,11 @@ pub fn rx_burst(state: &VhostState, queue: u16, pool: PoolHandle, burst: &mut Bu
 
 /// Copies the burst's frames into the guest's receive ring of queue
 /// `queue`; returns how many it took (those are freed and leave the
-/// burst; the rest stay at its front for the caller to free and count).
+/// burst; the rest stay at its front for the caller to free and count),
+/// None when no guest is attached.
 #[inline]
-pub fn tx_burst(state: &VhostState, queue: u16, burst: &mut Burst) -> usize {
-    let Some(vid) = state.vid() else { return 0 };
+pub fn tx_burst(state: &VhostState, queue: u16, burst: &mut Burst) -> Option<usize> {
+    let vid = state.vid()?;
     // SAFETY: as in rx_burst; the library copies the first n frames and
     // takes no reference to any (its ring lock makes workers sharing a
     // queue safe).
@@ -358,5 +433,5 @@ pub fn tx_burst(state: &VhostState, queue: u16, burst: &mut Burst) -> usize {
         ffi::rte_vhost_enqueue_burst(vid, 2 * queue, burst.raw_mut(), burst.len() as u16)
     } as usize;
     burst.free_front(n);
-    n
+    Some(n)
 }

@@ -118,6 +118,13 @@ impl Testpmd {
         Ok(())
     }
 
+    /// Kills it with SIGKILL (a container that crashes) and waits for its
+    /// exit.
+    pub fn kill(&mut self) {
+        self.proc.signal(libc::SIGKILL);
+        self.proc.wait_exit(Duration::from_secs(10));
+    }
+
     /// Sends a command to its prompt.
     pub fn cmd(&mut self, c: &str) {
         self.proc.send(c);

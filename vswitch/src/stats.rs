@@ -76,7 +76,8 @@ drop_reasons! {
     /// The output port's tx queue took no more.
     TxFull => "tx_full",
     /// The output port refused the frame (a TAP whose container set the
-    /// link down, or a frame the kernel rejects).
+    /// link down, a vhost-user port without a guest, or a frame the
+    /// kernel rejects).
     TxError => "tx_error",
     /// Denied by a security group (counted on the port the group is on).
     AclDeny => "acl_deny",
