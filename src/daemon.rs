@@ -837,12 +837,17 @@ pub fn run(
     let mut shared = Shared::new(dp, n_workers, cfg.workers.idle_sleep_us, clock);
     shared.flow_cache = cfg.workers.flow_cache;
     let shared = Arc::new(shared);
-    let quiesced = Arc::clone(&shared);
-    crate::dpdk::vhost::set_quiesce(Some(Arc::new(move || {
-        if !quiesced.synchronize(PUBLISH_TIMEOUT) {
-            eprintln!("vswitchd: a worker did not start a new round: a vhost-user guest left while it may poll it");
-        }
-    })));
+    let (quiesced, nudged) = (Arc::clone(&shared), Arc::clone(&shared));
+    crate::dpdk::vhost::set_workers(Some(crate::dpdk::vhost::Workers {
+        quiesce: Box::new(move || {
+            if !quiesced.synchronize(PUBLISH_TIMEOUT) {
+                eprintln!("vswitchd: a worker did not start a new round: a vhost-user guest left while it may poll it");
+            }
+        }),
+        nudge: Box::new(move || {
+            nudged.nudge();
+        }),
+    }));
     for (i, &l) in lcores.iter().enumerate() {
         let s = Arc::clone(&shared);
         lcore::launch(l, move || Worker::new(i, s.flow_cache).run(&s))
@@ -925,7 +930,7 @@ pub fn run(
     eprintln!("vswitchd: stopping");
     d.shared.running.store(false, Ordering::Relaxed);
     lcore::wait_all();
-    crate::dpdk::vhost::set_quiesce(None);
+    crate::dpdk::vhost::set_workers(None);
     crate::dpdk::vhost::shutdown();
     print!("{}", d.report().to_table(None));
     drop(control);

@@ -339,13 +339,20 @@ impl Shared {
         self.synchronize(timeout)
     }
 
+    /// Makes every worker take the current snapshot afresh at its next
+    /// round (its rx queues: a vhost-user guest became ready), without
+    /// waiting; the new generation.
+    pub fn nudge(&self) -> u64 {
+        self.generation.fetch_add(1, Ordering::AcqRel) + 1
+    }
+
     /// Waits up to `timeout` for every running worker to begin a poll
     /// round (it takes the same snapshot again): what a worker read before
     /// the call, outside a snapshot, it no longer uses (a vhost-user
     /// guest's device id; see `dpdk::vhost`). False as for
     /// [`Shared::publish`].
     pub fn synchronize(&self, timeout: Duration) -> bool {
-        let gen = self.generation.fetch_add(1, Ordering::AcqRel) + 1;
+        let gen = self.nudge();
         let deadline = Instant::now() + timeout;
         loop {
             if self.acked(gen) {

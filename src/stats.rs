@@ -109,6 +109,16 @@ pub struct MempoolReport {
     pub in_use: u32,
 }
 
+/// DPDK's hugepage heap: the mbuf pools and what DPDK libraries allocate
+/// (the vhost library: per guest device and ring).
+#[derive(Debug, Clone, Copy, Default, Serialize, serde::Deserialize)]
+pub struct HugepageReport {
+    /// Bytes of hugepages the heap holds.
+    pub total_bytes: u64,
+    /// Bytes allocated from it.
+    pub in_use_bytes: u64,
+}
+
 /// The session table's use and shares.
 #[derive(Debug, Clone, Default, Serialize, serde::Deserialize)]
 pub struct SessionsReport {
@@ -138,6 +148,9 @@ pub struct Report {
     /// Mbuf pools.
     #[serde(default)]
     pub mempools: Vec<MempoolReport>,
+    /// DPDK's hugepage heap.
+    #[serde(default)]
+    pub hugepages: HugepageReport,
     /// The session table.
     #[serde(default)]
     pub sessions: SessionsReport,
@@ -332,6 +345,13 @@ pub fn collect(
                 }
             })
             .collect(),
+        hugepages: {
+            let (total_bytes, in_use_bytes) = crate::dpdk::hugepage_heap();
+            HugepageReport {
+                total_bytes,
+                in_use_bytes,
+            }
+        },
         sessions,
         tsc_hz,
     }
@@ -430,6 +450,14 @@ impl Report {
                 s,
                 "mempool {}: {} of {} mbufs in use",
                 m.name, m.in_use, m.size
+            );
+        }
+        if self.hugepages.total_bytes > 0 {
+            let _ = writeln!(
+                s,
+                "hugepage heap: {:.1} of {:.1} MB in use",
+                self.hugepages.in_use_bytes as f64 / 1048576.0,
+                self.hugepages.total_bytes as f64 / 1048576.0
             );
         }
         s

@@ -42,23 +42,32 @@ struct Polled {
 }
 
 /// A vhost-user queue found empty [`QUIET_AFTER`] polls in a row is
-/// polled every [`QUIET_EVERY`]th round only, until a poll finds frames.
-/// An empty dequeue costs the vhost library's ring lock (a locked
-/// compare-and-swap) and a few cache lines of its device, 40-50 cycles;
-/// a guest that is attached but silent would otherwise cost that every
-/// round, and hundreds of them would slow every busy port. The first
-/// frame after a quiet spell waits at most QUIET_EVERY - 1 rounds (a few
-/// microseconds); a queue that carries request/response traffic every
-/// few tens of microseconds never turns quiet. Why not the guest's kick
-/// (notifications and the kick eventfd, as kernel vhost-net): the kick
-/// fd changes under vhost-user messages the library handles on its own
-/// thread without telling us, and a missed kick would stall the queue.
-/// Why not reading the avail index directly: the guest can remap the
-/// ring's memory (SET_MEM_TABLE) at any time, under the library's ring
-/// lock only, and a stale read would fault.
+/// polled every [`QUIET_EVERY`]th round only, and every
+/// [`SILENT_EVERY`]th once [`SILENT_AFTER`] polls found it empty, until a
+/// poll finds frames. An empty dequeue takes the vhost library's ring lock
+/// (a locked compare-and-swap) and reads a few cache lines of its device
+/// and of the guest's ring: 40-50 cycles when done every round, over 100
+/// when the lines have gone cold. A guest that is attached but silent
+/// would otherwise cost that every round, and hundreds of them would slow
+/// every busy port (harness D). The first frame after a quiet spell waits
+/// at most QUIET_EVERY - 1 rounds (after a silent one SILENT_EVERY - 1: a
+/// few microseconds when the worker is idle, up to about 80 when it is
+/// busy); a queue that carries request/response traffic every few tens
+/// of microseconds never turns quiet. (A vhost-user NIC without a guest is
+/// not polled at all: see `Worker::take`.) Why not the guest's kick
+/// (notifications and the kick eventfd, as kernel vhost-net and VPP's
+/// adaptive mode do): the kick fd changes under vhost-user messages the
+/// library handles on its own thread without telling us, and a missed
+/// kick would stall the queue. Why not reading the avail index directly:
+/// the guest can remap the ring's memory (SET_MEM_TABLE) at any time,
+/// under the library's ring lock only, and a stale read would fault.
 const QUIET_AFTER: u32 = 1024;
 /// See [`QUIET_AFTER`].
 const QUIET_EVERY: u32 = 8;
+/// See [`QUIET_AFTER`].
+const SILENT_AFTER: u32 = QUIET_AFTER + 16 * 1024;
+/// See [`QUIET_AFTER`].
+const SILENT_EVERY: u32 = 64;
 
 #[derive(Default)]
 struct TxBuf {
@@ -164,7 +173,13 @@ impl Worker {
         polled.extend(
             dp.rx_queues[self.index]
                 .iter()
-                .filter(|q| !(uring && matches!(q.src, RxSource::Tap(_))))
+                .filter(|q| match &q.src {
+                    RxSource::Tap(_) => !uring,
+                    // A guest's arrival is a new generation (see
+                    // `dpdk::vhost`): until then its queues are not walked.
+                    RxSource::Vhost { state, .. } => state.connected(),
+                    RxSource::Eth { .. } => true,
+                })
                 .map(|q| Polled {
                     q: q.clone(),
                     quiet: 0,
@@ -276,9 +291,12 @@ impl Worker {
                     }
                     RxSource::Vhost { state, queue } => {
                         // Quiet queues take turns (staggered by position).
-                        if p.quiet >= QUIET_AFTER
-                            && round.wrapping_add(i as u32) % QUIET_EVERY != 0
-                        {
+                        let every = match p.quiet {
+                            q if q >= SILENT_AFTER => SILENT_EVERY,
+                            q if q >= QUIET_AFTER => QUIET_EVERY,
+                            _ => 1,
+                        };
+                        if round.wrapping_add(i as u32) % every != 0 {
                             continue;
                         }
                         let n = vhost::rx_burst(state, *queue, dp.pools.mbufs, &mut rx);

@@ -71,6 +71,7 @@ const COLUMNS: &[&str] = &[
     "own cycles/pkt",
     "cycles per idle port per round",
     "heap KB per idle port",
+    "hugepage KB per idle port",
     "ADD+ping p50 ms",
     "ADD+ping p99 ms",
     "ADD+ping max ms",
@@ -317,6 +318,9 @@ struct Forwarded {
     /// vswitchd's anonymous resident memory (heap; hugepages are not in
     /// it), KB.
     heap_kb: u64,
+    /// Bytes in use in DPDK's hugepage heap (mbuf pools, the vhost
+    /// library's devices), KB.
+    hugepage_kb: u64,
 }
 
 /// `RssAnon` of process `pid`, KB.
@@ -433,6 +437,12 @@ fn with_idle(o: &Opts, pcap: &Path, idle: Idle) -> Result<Forwarded> {
     let (s1, b1, p1) = read()?;
     let dt = t0.elapsed().as_secs_f64();
     let heap_kb = rss_anon_kb(vs.pid().ok_or_else(|| anyhow!("vswitchd exited"))?)?;
+    let hugepage_kb = vs
+        .request(json!({"cmd": "stats"}))
+        .map_err(|e| anyhow!(e))?["hugepages"]["in_use_bytes"]
+        .as_u64()
+        .ok_or_else(|| anyhow!("no hugepage figure in stats"))?
+        / 1024;
     vs.stop();
     let pkts = p1.saturating_sub(p0);
     if s1 <= s0 || pkts == 0 {
@@ -442,6 +452,7 @@ fn with_idle(o: &Opts, pcap: &Path, idle: Idle) -> Result<Forwarded> {
         mpps: (s1 - s0) as f64 / dt / 1e6,
         cycles: b1.saturating_sub(b0) as f64 / pkts as f64,
         heap_kb,
+        hugepage_kb,
     })
 }
 
@@ -494,10 +505,12 @@ fn idle_rows(o: &Opts, sec: &mut Section) -> Result<()> {
         }
     }
     let medians = rounds.medians(|f: &Forwarded| f.mpps);
-    let (base, base_heap) = medians
+    let (base, base_heap, base_huge) = medians
         .iter()
         .find(|r| r.system == configs[0].0)
-        .map_or((0.0, 0), |r| (r.sample.cycles, r.sample.heap_kb));
+        .map_or((0.0, 0, 0), |r| {
+            (r.sample.cycles, r.sample.heap_kb, r.sample.hugepage_kb)
+        });
     for r in &medians {
         let idle = configs
             .iter()
@@ -516,6 +529,10 @@ fn idle_rows(o: &Opts, sec: &mut Section) -> Result<()> {
             v.push((
                 "heap KB per idle port",
                 r.sample.heap_kb.saturating_sub(base_heap) as f64 / idle as f64,
+            ));
+            v.push((
+                "hugepage KB per idle port",
+                r.sample.hugepage_kb.saturating_sub(base_huge) as f64 / idle as f64,
             ));
         }
         sec.row(workload, &r.system, &v, &r.rounds_note());
@@ -551,7 +568,9 @@ pub fn run(o: &Opts, command: &str) -> Result<Section> {
          cycles/pkt the worker's busy cycles per frame; vhost-user NICs with a DPDK guest: one testpmd with \
          that many virtio-user ports, started, not forwarding; cycles per idle port per round = 32 x (own \
          cycles/pkt - the 2-port row's) / idle ports (every round brings a full burst of 32); heap KB per \
-         idle port = (vswitchd's RssAnon - the 2-port row's) / idle ports (hugepages are not in it)."
+         idle port = (vswitchd's RssAnon - the 2-port row's) / idle ports (hugepages are not in it); \
+         hugepage KB per idle port likewise from DPDK's hugepage heap in use (`vswitchctl stats`: mbuf \
+         pools, the vhost library's devices)."
             .into(),
     ];
     idle_rows(o, &mut sec)?;

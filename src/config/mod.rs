@@ -767,18 +767,30 @@ pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
         }
         ports.push(spec);
     }
-    // TAP NICs are vswitchd's own, not DPDK ports: only the others count
-    // against DPDK's table.
-    let dpdk_ports = ports
-        .iter()
-        .filter(|p| !matches!(p.kind, PortKind::Tap(_)))
-        .count();
-    if dpdk_ports > 32 {
-        return Err(cx.err(
-            0..0,
-            "port",
-            "at most 32 ports other than TAPs (DPDK's RTE_MAX_ETHPORTS)",
-        ));
+    // Container NICs (TAP, vhost-user) are not ethdevs: only the others
+    // count against DPDK's ethdev table; vhost-user ports against the
+    // vhost library's device table.
+    let limits: [(fn(&PortKind) -> bool, usize, &str); 2] = [
+        (
+            |k| !matches!(k, PortKind::Tap(_) | PortKind::VhostUser { .. }),
+            32,
+            "at most 32 ports other than TAP and vhost-user NICs (DPDK's RTE_MAX_ETHPORTS)",
+        ),
+        (
+            |k| matches!(k, PortKind::VhostUser { .. }),
+            1024,
+            "at most 1024 vhost-user ports (DPDK's vhost library)",
+        ),
+    ];
+    for (counts, max, what) in limits {
+        if let Some((i, _)) = ports
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| counts(&p.kind))
+            .nth(max)
+        {
+            return Err(cx.err(model.ports[i].span(), format!("port[{i}]"), what));
+        }
     }
     let mut switch = SwitchConf::default();
     if let Some(m) = model
@@ -1436,6 +1448,29 @@ mod tests {
         assert_eq!((e.field.as_str(), e.line), ("switch.max_ports", 2), "{e}");
         let e = err("[switch]\nmax_port = 5\n");
         assert!(e.to_string().contains("max_port"), "{e}");
+    }
+
+    #[test]
+    fn only_ethdevs_count_against_dpdk_s_table_and_the_33rd_is_named() {
+        let port = |i: usize, kind: &str| {
+            let extra = match kind {
+                "vhost-user" => format!("socket = \"/run/v{i}.sock\"\n"),
+                _ => "no_rx = true\n".to_string(),
+            };
+            format!("[[port]]\nname = \"p{i}\"\nkind = \"{kind}\"\nbridge = \"b\"\n{extra}")
+        };
+        let bridge = "[[bridge]]\nname = \"b\"\n";
+        // 40 vhost-user NICs and 32 ethdevs: fine.
+        let ok: String = (0..40)
+            .map(|i| port(i, "vhost-user"))
+            .chain((40..72).map(|i| port(i, "null")))
+            .collect();
+        parse("t.toml", &format!("{bridge}{ok}")).unwrap();
+        // A 33rd ethdev is refused where it is written.
+        let e = err(&format!("{bridge}{ok}{}", port(72, "null")));
+        assert_eq!(e.field, "port[72]", "{e}");
+        assert_eq!(e.line, 3 + 72 * 5, "{e}");
+        assert!(e.message.contains("RTE_MAX_ETHPORTS"), "{e}");
     }
 
     #[test]

@@ -30,6 +30,27 @@ pub fn errno() -> i32 {
     unsafe { ffi::vs_rte_errno() }
 }
 
+/// DPDK's hugepage heap over every NUMA socket: bytes it holds and bytes
+/// allocated from it (mempools, and what libraries such as vhost's
+/// allocate per device), from `rte_malloc_get_socket_stats`.
+pub fn hugepage_heap() -> (u64, u64) {
+    let (mut total, mut used) = (0, 0);
+    // SAFETY: a query of EAL's socket table (valid after EAL init).
+    let sockets = unsafe { ffi::rte_socket_count() };
+    for i in 0..sockets {
+        let mut st = ffi::rte_malloc_socket_stats::default();
+        // SAFETY: i < rte_socket_count(); st is a valid out struct.
+        unsafe {
+            let socket = ffi::rte_socket_id_by_idx(i);
+            if ffi::rte_malloc_get_socket_stats(socket, &mut st) == 0 {
+                total += st.heap_totalsz_bytes as u64;
+                used += st.heap_allocsz_bytes as u64;
+            }
+        }
+    }
+    (total, used)
+}
+
 /// The TSC: cycles since boot, for busy/idle accounting.
 #[inline]
 pub fn rdtsc() -> u64 {

@@ -17,10 +17,12 @@
 //!
 //! Before `destroy_device` returns, no worker may still use the vid (the
 //! library frees the device after it): the callback clears the vid, then
-//! waits for every worker to start a new poll round ([`set_quiesce`]:
+//! waits for every worker to start a new poll round ([`set_workers`]:
 //! the daemon's snapshot protocol, see `datapath::Shared::synchronize`),
 //! after which a worker only sees the cleared vid. Workers pay nothing
-//! for this beyond one atomic load per burst.
+//! for this beyond one atomic load per burst. `new_device` nudges the
+//! workers the same way without waiting: they walk the queues of ready
+//! devices only, so a NIC without a guest costs them nothing.
 //!
 //! Frames: the library copies a guest's transmitted frame into mbufs of
 //! our pool on dequeue (chained for a jumbo frame), and copies ours into
@@ -59,16 +61,22 @@ use super::mempool::PoolHandle;
 use super::port::PortError;
 use vswitch::MAX_BURST;
 
-/// Waits until every worker has begun a poll round after the call began
-/// (see the module doc).
-pub type Quiesce = Arc<dyn Fn() + Send + Sync>;
+/// How the library's callbacks reach the workers (see the module doc).
+pub struct Workers {
+    /// Waits until every worker has begun a poll round after the call
+    /// began.
+    pub quiesce: Box<dyn Fn() + Send + Sync>,
+    /// Tells every worker to take its rx queues afresh at its next round,
+    /// without waiting.
+    pub nudge: Box<dyn Fn() + Send + Sync>,
+}
 
 /// The ports whose sockets are registered with the library, by socket
 /// path, for the callbacks.
 static REGISTRY: Mutex<Vec<(CString, Arc<VhostState>)>> = Mutex::new(Vec::new());
 
-/// What makes a destroyed device's vid unused (None: no workers yet).
-static QUIESCE: Mutex<Option<Quiesce>> = Mutex::new(None);
+/// The workers, once they run.
+static WORKERS: Mutex<Option<Arc<Workers>>> = Mutex::new(None);
 
 /// The socket that wakes the library's thread (see the module doc).
 static WAKER: Mutex<Option<CString>> = Mutex::new(None);
@@ -119,10 +127,14 @@ fn wake() {
     }
 }
 
-/// Sets how `destroy_device` waits for the workers (the daemon does, once
-/// its workers run).
-pub fn set_quiesce(q: Option<Quiesce>) {
-    *QUIESCE.lock().unwrap_or_else(|e| e.into_inner()) = q;
+/// Sets how the callbacks reach the workers (the daemon does, once its
+/// workers run; None once they stopped).
+pub fn set_workers(w: Option<Workers>) {
+    *WORKERS.lock().unwrap_or_else(|e| e.into_inner()) = w.map(Arc::new);
+}
+
+fn workers() -> Option<Arc<Workers>> {
+    WORKERS.lock().unwrap_or_else(|e| e.into_inner()).clone()
 }
 
 /// A vhost-user port's connection state, shared by the library's
@@ -152,6 +164,11 @@ impl VhostState {
             vid: AtomicI32::new(-1),
             rings: AtomicU64::new(0),
         }
+    }
+
+    /// Whether a guest's device is ready.
+    pub fn connected(&self) -> bool {
+        self.vid().is_some()
     }
 
     /// The ready device's id.
@@ -248,7 +265,7 @@ impl VhostPort {
 
     /// Whether a guest's device is ready.
     pub fn connected(&self) -> bool {
-        self.state.vid().is_some()
+        self.state.connected()
     }
 
     /// Our tx queues whose guest receive ring is enabled, as a bitmap
@@ -368,6 +385,12 @@ unsafe extern "C" fn new_device(vid: i32) -> i32 {
         unsafe { ffi::rte_vhost_enable_guest_notification(vid, r, 0) };
     }
     s.vid.store(vid, Ordering::Release);
+    // Workers walk only the queues of ready devices: they take theirs
+    // afresh. Not waited for: the library may hold the device's ring
+    // locks while it calls us, and a worker may already be sending to it.
+    if let Some(w) = workers() {
+        (w.nudge)();
+    }
     0
 }
 
@@ -377,9 +400,8 @@ unsafe extern "C" fn destroy_device(vid: i32) {
     let Some(s) = state_of(vid) else { return };
     s.vid.store(-1, Ordering::Release);
     s.rings.store(0, Ordering::Release);
-    let q = QUIESCE.lock().unwrap_or_else(|e| e.into_inner()).clone();
-    if let Some(q) = q {
-        q();
+    if let Some(w) = workers() {
+        (w.quiesce)();
     }
 }
 

@@ -8,6 +8,7 @@
 #include <rte_dev.h>
 #include <rte_bus.h>
 #include <rte_mempool.h>
+#include <rte_malloc.h>
 #include <rte_mbuf.h>
 #include <rte_ethdev.h>
 #include <rte_version.h>
