@@ -68,6 +68,7 @@ const QUIET_EVERY: u32 = 8;
 const SILENT_AFTER: u32 = QUIET_AFTER + 16 * 1024;
 /// See [`QUIET_AFTER`].
 const SILENT_EVERY: u32 = 64;
+const _: () = assert!(QUIET_EVERY.is_power_of_two() && SILENT_EVERY.is_power_of_two());
 
 #[derive(Default)]
 struct TxBuf {
@@ -291,12 +292,13 @@ impl Worker {
                     }
                     RxSource::Vhost { state, queue } => {
                         // Quiet queues take turns (staggered by position).
-                        let every = match p.quiet {
-                            q if q >= SILENT_AFTER => SILENT_EVERY,
-                            q if q >= QUIET_AFTER => QUIET_EVERY,
-                            _ => 1,
+                        // Powers of two: a mask, not a division.
+                        let skip = match p.quiet {
+                            q if q >= SILENT_AFTER => SILENT_EVERY - 1,
+                            q if q >= QUIET_AFTER => QUIET_EVERY - 1,
+                            _ => 0,
                         };
-                        if round.wrapping_add(i as u32) % every != 0 {
+                        if round.wrapping_add(i as u32) & skip != 0 {
                             continue;
                         }
                         let n = vhost::rx_burst(state, *queue, dp.pools.mbufs, &mut rx);
