@@ -168,16 +168,16 @@ fn harness_d_smoke() {
         idle_nics: 10,
     };
     let sec = harness_d::run(&o, "smoke").unwrap_or_else(|e| panic!("{e:#}"));
-    // Three idle-port configurations, then (sequential, concurrent) x
-    // (vswitchd, Linux bridge).
-    assert_eq!(sec.rows.len(), 7, "{sec:#?}");
-    for r in sec.rows.iter().take(3) {
+    // Four idle-port configurations, then (sequential, concurrent) x
+    // (vswitchd TAP, vswitchd vhost-user, Linux bridge).
+    assert_eq!(sec.rows.len(), 10, "{sec:#?}");
+    for r in sec.rows.iter().take(4) {
         assert!(
             r.values["Mpps"] > 0.0 && r.values["own cycles/pkt"] > 0.0,
             "{r:?}"
         );
     }
-    for r in sec.rows.iter().skip(3) {
+    for r in sec.rows.iter().skip(4) {
         for c in ["ADD+ping p50 ms", "ADD p50 ms", "DEL p50 ms"] {
             assert!(r.values[c] > 0.0, "{r:?}");
         }
