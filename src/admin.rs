@@ -171,6 +171,11 @@ impl Daemon<'_> {
             Request::TunnelAdd { bridge, remote } => self.tunnel_edit(&bridge, &remote, true),
             Request::TunnelDel { bridge, remote } => self.tunnel_edit(&bridge, &remote, false),
             Request::TunnelList => self.tunnel_list(),
+            Request::TunnelSet {
+                bridge,
+                vteps,
+                stations,
+            } => self.tunnel_set(&bridge, &vteps, &stations),
             Request::ConfigDump => Ok(json!({ "toml": text_of(&self.doc)? })),
         }
     }
@@ -698,9 +703,52 @@ impl Daemon<'_> {
             }
             (false, None) => return Err(format!("{ip} is not a remote VTEP of {bridge:?}")),
         }
+        self.apply_tunnels(doc)
+    }
+
+    /// Replaces bridge `bridge`'s remote VTEPs and remote stations (see
+    /// `Request::TunnelSet`); validated like the config file's
+    /// `remote_vteps` and `[[bridge.remote_mac]]`, all or nothing.
+    fn tunnel_set(
+        &mut self,
+        bridge: &str,
+        vteps: &[String],
+        stations: &[crate::control::RemoteStation],
+    ) -> Result<Value, String> {
+        if self.vtep.is_none() {
+            return Err("no [vtep] in the running config".into());
+        }
+        let mut doc = self.doc.clone();
+        let b = named(&mut doc, "bridge", bridge)
+            .ok_or_else(|| format!("no bridge named {bridge:?}"))?;
+        b.insert(
+            "remote_vteps".into(),
+            toml::Value::Array(vteps.iter().map(|v| toml::Value::from(v.as_str())).collect()),
+        );
+        if stations.is_empty() {
+            b.remove("remote_mac");
+        } else {
+            let tables = stations
+                .iter()
+                .map(|s| {
+                    let mut t = toml::Table::new();
+                    t.insert("mac".into(), toml::Value::from(s.mac.as_str()));
+                    t.insert("vtep".into(), toml::Value::from(s.vtep.as_str()));
+                    toml::Value::Table(t)
+                })
+                .collect();
+            b.insert("remote_mac".into(), toml::Value::Array(tables));
+        }
+        self.apply_tunnels(doc)
+    }
+
+    /// Makes `doc`'s tunnels the running ones: validated as a config,
+    /// tunnel ports added and removed, published, committed; on an error
+    /// nothing changed.
+    fn apply_tunnels(&mut self, doc: toml::Table) -> Result<Value, String> {
         let cfg = validate(&doc)?;
         let used = nic_ports(&self.ports);
-        let v = self.vtep.as_mut().expect("checked above");
+        let v = self.vtep.as_mut().ok_or("no [vtep] in the running config")?;
         let before = v.tunnels().to_vec();
         let gone = v.sync(&cfg, &used).map_err(|e| format!("{e:#}"))?;
         if let Err(e) = self.publish(&cfg, false) {

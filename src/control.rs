@@ -163,8 +163,32 @@ pub enum Request {
     },
     /// The VTEP's tunnel ports (remote VTEPs per VNI) and neighbours.
     TunnelList,
+    /// Replaces a bridge's whole remote state at once, as an agent that
+    /// follows a shared store applies it: the remote VTEPs that get its
+    /// floods and the remote stations (a MAC behind a VTEP). One
+    /// publication, whatever the number of entries.
+    TunnelSet {
+        /// The bridge (it has a VNI).
+        bridge: String,
+        /// Remote VTEPs of its head-end replication list.
+        #[serde(default)]
+        vteps: Vec<String>,
+        /// Remote stations.
+        #[serde(default)]
+        stations: Vec<RemoteStation>,
+    },
     /// The running config as TOML, loadable by `vswitchd run`.
     ConfigDump,
+}
+
+/// A remote station of [`Request::TunnelSet`]: a MAC behind a VTEP.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RemoteStation {
+    /// The station's MAC.
+    pub mac: String,
+    /// The VTEP it is behind.
+    pub vtep: String,
 }
 
 /// An answer.

@@ -331,11 +331,23 @@ struct Host {
 }
 
 fn host(n: u8, me: u8, other: u8, uplink: &str, learn_only_100: bool) -> Host {
+    host_learning(n, me, other, uplink, learn_only_100, true)
+}
+
+/// [`host`], with VTEP learning on VNI 100 as `learn100` says.
+fn host_learning(
+    n: u8,
+    me: u8,
+    other: u8,
+    uplink: &str,
+    learn_only_100: bool,
+    learn100: bool,
+) -> Host {
     let dir = TempDir::new("vs-vxh");
     let vni100 = Netns::create(&unique("vx1")).unwrap();
     let vni200 = Netns::create(&unique("vx2")).unwrap();
     // With `learn_only_100`, VNI 100 lists no remote VTEP: the other host
-    // becomes a tunnel port when its first frame arrives.
+    // becomes a tunnel port when its first frame arrives (if `learn100`).
     let remotes100 = if learn_only_100 {
         String::new()
     } else {
@@ -345,7 +357,7 @@ fn host(n: u8, me: u8, other: u8, uplink: &str, learn_only_100: bool) -> Host {
     let cfg =
         Vswitchd::config_header_idle(&dir, 256, "vpc100", 20)
             + &format!(
-            "mac_aging_secs = 3\nvni = 100\nremote_vteps = [{remotes100}]\nlearn_vteps = true\n\n\
+            "mac_aging_secs = 3\nvni = 100\nremote_vteps = [{remotes100}]\nlearn_vteps = {learn100}\n\n\
              [[bridge]]\nname = \"vpc200\"\nvni = 200\nremote_vteps = [\"10.{n}.1.{other}\"]\n\n\
              [vtep]\nuplink = \"uplink\"\nip = \"10.{n}.1.{me}/24\"\n\n\
              [[port]]\nname = \"uplink\"\nkind = \"af-packet\"\niface = \"{uplink}\"\n"
@@ -563,4 +575,83 @@ fn a_nic_takes_the_switch_port_of_the_oldest_learned_vtep() {
     );
     assert!(pings(&c, "192.168.100.3", 2), "the new NIC forwards");
     common::assert_mbufs_back_to(&vs, baseline);
+}
+
+/// Two hosts that neither list nor learn each other on VNI 100 (what an
+/// agent following a shared store starts from): isolated until each gets
+/// its remote state in one `tunnel-set`, which also replaces it whole (an
+/// empty one isolates them again) and refuses a bad entry without
+/// changing anything.
+#[test]
+fn remote_state_set_in_one_request_joins_and_separates_two_hosts() {
+    let n = subnet_id();
+    let a_if = unique("vxa");
+    let b_if = unique("vxb");
+    let _wire = Veth::create(&a_if, &b_if, None).unwrap();
+    let a = host_learning(n, 1, 2, &a_if, true, false);
+    let b = host_learning(n, 2, 1, &b_if, true, false);
+    let baselines = [&a, &b].map(|h| common::quiescent_mbufs(&h.vs));
+    assert!(
+        unreachable(&a.vni100, "192.168.50.2", 2),
+        "no remote state yet"
+    );
+
+    let set = |h: &Host, me: u8, other: u8| {
+        h.vs.request(serde_json::json!({
+            "cmd": "tunnel-set",
+            "bridge": "vpc100",
+            "vteps": [format!("10.{n}.1.{other}")],
+            "stations": [{
+                "mac": format!("02:00:00:01:00:{other:02x}"),
+                "vtep": format!("10.{n}.1.{other}"),
+            }],
+        }))
+        .unwrap_or_else(|e| panic!("host {me}: {e}"))
+    };
+    let tunnels = set(&a, 1, 2);
+    set(&b, 2, 1);
+    assert!(
+        tunnels["tunnels"].as_array().unwrap().iter().any(|t| t["vni"]
+            == 100
+            && t["remote"] == format!("10.{n}.1.2")
+            && t["learned"] == false
+            && t["flood"] == true),
+        "{tunnels}"
+    );
+    assert!(pings(&a.vni100, "192.168.50.2", 3), "VNI 100 a -> b");
+    assert!(pings(&b.vni100, "192.168.50.1", 3), "VNI 100 b -> a");
+
+    // A bad station: refused, nothing changed.
+    let e =
+        a.vs.request(serde_json::json!({
+            "cmd": "tunnel-set",
+            "bridge": "vpc100",
+            "vteps": [],
+            "stations": [{"mac": "not-a-mac", "vtep": format!("10.{n}.1.2")}],
+        }))
+        .unwrap_err();
+    assert!(e.contains("remote_mac"), "{e}");
+    assert!(pings(&a.vni100, "192.168.50.2", 2), "still joined");
+
+    // Emptied: isolated again, the tunnel port gone.
+    let tunnels =
+        a.vs.request(serde_json::json!({"cmd": "tunnel-set", "bridge": "vpc100"}))
+            .unwrap();
+    assert!(
+        !tunnels["tunnels"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t["vni"] == 100),
+        "{tunnels}"
+    );
+    assert!(
+        unreachable(&a.vni100, "192.168.50.2", 2),
+        "separated again"
+    );
+    for (h, baseline) in [&a, &b].into_iter().zip(baselines) {
+        common::assert_mbufs_back_to(&h.vs, baseline);
+    }
+    a.vs.stop();
+    b.vs.stop();
 }

@@ -11,7 +11,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use serde_json::{Map, Value};
-use vswitchd::control::{request, Request};
+use vswitchd::control::{request, RemoteStation, Request};
 use vswitchd::stats::Report;
 
 #[derive(Parser)]
@@ -196,6 +196,17 @@ enum TunnelVerb {
     Del { bridge: String, remote: String },
     /// List tunnel ports and neighbours.
     List,
+    /// Replace a bridge's remote VTEPs and remote stations at once (what
+    /// an agent following a shared store applies).
+    Set {
+        bridge: String,
+        /// A remote VTEP of its flood list (repeatable).
+        #[arg(long = "vtep")]
+        vteps: Vec<String>,
+        /// A remote station as MAC@VTEP (repeatable).
+        #[arg(long = "station")]
+        stations: Vec<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -348,6 +359,26 @@ fn to_request(noun: &Noun) -> Result<Request, String> {
                 remote: remote.clone(),
             },
             TunnelVerb::List => Request::TunnelList,
+            TunnelVerb::Set {
+                bridge,
+                vteps,
+                stations,
+            } => Request::TunnelSet {
+                bridge: bridge.clone(),
+                vteps: vteps.clone(),
+                stations: stations
+                    .iter()
+                    .map(|s| {
+                        let (mac, vtep) = s
+                            .split_once('@')
+                            .ok_or_else(|| format!("--station {s:?}: expected MAC@VTEP"))?;
+                        Ok(RemoteStation {
+                            mac: mac.into(),
+                            vtep: vtep.into(),
+                        })
+                    })
+                    .collect::<Result<_, String>>()?,
+            },
         },
         Noun::Config {
             verb: ConfigVerb::Dump,
