@@ -167,9 +167,9 @@ fn two_hundred_nics_flood_once_talk_in_pairs_and_are_all_counted() {
             "{n}: sent or dropped on the switch side"
         );
     }
-    for i in 1..TAPS {
+    for (i, before) in kernel_before.iter().enumerate().skip(1) {
         assert_eq!(
-            rx(i) - kernel_before[i],
+            rx(i) - before,
             3,
             "container {i} received it once"
         );

@@ -545,7 +545,7 @@ fn a_nic_takes_the_switch_port_of_the_oldest_learned_vtep() {
                 })
                 .collect()
         });
-        l.sort_by(|a, b| b.0.cmp(&a.0));
+        l.sort_by_key(|e| std::cmp::Reverse(e.0));
         l.into_iter().map(|(_, r)| r).collect()
     };
     // 64 switch ports ([switch] max_ports): the uplink and c hold two,

@@ -770,7 +770,8 @@ pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
     // Container NICs (TAP, vhost-user) are not ethdevs: only the others
     // count against DPDK's ethdev table; vhost-user ports against the
     // vhost library's device table.
-    let limits: [(fn(&PortKind) -> bool, usize, &str); 2] = [
+    type Counts = fn(&PortKind) -> bool;
+    let limits: [(Counts, usize, &str); 2] = [
         (
             |k| !matches!(k, PortKind::Tap(_) | PortKind::VhostUser { .. }),
             32,
