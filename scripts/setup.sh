@@ -10,6 +10,9 @@ PKGS=(
   # runtime peers and test tools
   dpdk-dev iproute2 iputils-ping ethtool tcpdump tshark socat python3-scapy iperf3 sockperf
   openvswitch-switch-dpdk containernetworking-plugins redis-server redis-tools
+  # VPCs across hosts: etcd (the tests start their own members), and what
+  # the etcd-client crate's build needs (protoc and the well-known types)
+  etcd-server etcd-client protobuf-compiler libprotobuf-dev
 )
 HUGEPAGES=${VSWITCHD_HUGEPAGES:-2048}
 
@@ -37,6 +40,9 @@ install_packages() {
   # The Debian OVS service must not start on its own and grab hugepages/cores;
   # the benchmark harness starts its own ovs-vswitchd with a private run dir.
   systemctl disable --now openvswitch-switch >/dev/null 2>&1 || true
+  # Likewise etcd: tests and benches run their own members on 127.0.0.1
+  # ports; Debian's service would hold 2379/2380.
+  systemctl disable --now etcd >/dev/null 2>&1 || true
   # Harness K starts its own redis-server inside a container namespace.
   systemctl disable --now redis-server >/dev/null 2>&1 || true
 }
