@@ -723,7 +723,12 @@ impl Daemon<'_> {
             .ok_or_else(|| format!("no bridge named {bridge:?}"))?;
         b.insert(
             "remote_vteps".into(),
-            toml::Value::Array(vteps.iter().map(|v| toml::Value::from(v.as_str())).collect()),
+            toml::Value::Array(
+                vteps
+                    .iter()
+                    .map(|v| toml::Value::from(v.as_str()))
+                    .collect(),
+            ),
         );
         if stations.is_empty() {
             b.remove("remote_mac");
@@ -748,7 +753,10 @@ impl Daemon<'_> {
     fn apply_tunnels(&mut self, doc: toml::Table) -> Result<Value, String> {
         let cfg = validate(&doc)?;
         let used = nic_ports(&self.ports);
-        let v = self.vtep.as_mut().ok_or("no [vtep] in the running config")?;
+        let v = self
+            .vtep
+            .as_mut()
+            .ok_or("no [vtep] in the running config")?;
         let before = v.tunnels().to_vec();
         let gone = v.sync(&cfg, &used).map_err(|e| format!("{e:#}"))?;
         if let Err(e) = self.publish(&cfg, false) {

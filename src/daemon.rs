@@ -7,8 +7,8 @@
 //! containers, vhost sockets are removed), then the mempool and EAL go
 //! (hugepage memory released).
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 

@@ -168,11 +168,7 @@ fn two_hundred_nics_flood_once_talk_in_pairs_and_are_all_counted() {
         );
     }
     for (i, before) in kernel_before.iter().enumerate().skip(1) {
-        assert_eq!(
-            rx(i) - before,
-            3,
-            "container {i} received it once"
-        );
+        assert_eq!(rx(i) - before, 3, "container {i} received it once");
     }
     assert!(
         wait_until(Duration::from_secs(5), || ta.port_stats().unwrap().0

@@ -611,11 +611,14 @@ fn remote_state_set_in_one_request_joins_and_separates_two_hosts() {
     let tunnels = set(&a, 1, 2);
     set(&b, 2, 1);
     assert!(
-        tunnels["tunnels"].as_array().unwrap().iter().any(|t| t["vni"]
-            == 100
-            && t["remote"] == format!("10.{n}.1.2")
-            && t["learned"] == false
-            && t["flood"] == true),
+        tunnels["tunnels"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t["vni"] == 100
+                && t["remote"] == format!("10.{n}.1.2")
+                && t["learned"] == false
+                && t["flood"] == true),
         "{tunnels}"
     );
     assert!(pings(&a.vni100, "192.168.50.2", 3), "VNI 100 a -> b");
@@ -645,10 +648,7 @@ fn remote_state_set_in_one_request_joins_and_separates_two_hosts() {
             .any(|t| t["vni"] == 100),
         "{tunnels}"
     );
-    assert!(
-        unreachable(&a.vni100, "192.168.50.2", 2),
-        "separated again"
-    );
+    assert!(unreachable(&a.vni100, "192.168.50.2", 2), "separated again");
     for (h, baseline) in [&a, &b].into_iter().zip(baselines) {
         common::assert_mbufs_back_to(&h.vs, baseline);
     }

@@ -475,7 +475,10 @@ fn idle_rows(o: &Opts, sec: &mut Section) -> Result<()> {
     };
     let configs: [(&str, Idle); 4] = [
         ("2 ports, none idle", none),
-        ("2 ports + 30 idle net_null ethdevs", Idle { null: 30, ..none }),
+        (
+            "2 ports + 30 idle net_null ethdevs",
+            Idle { null: 30, ..none },
+        ),
         (
             &attached,
             Idle {

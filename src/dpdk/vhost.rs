@@ -275,7 +275,9 @@ impl VhostPort {
             return 0;
         }
         let rings = self.state.rings.load(Ordering::Acquire);
-        (0..32).filter(|q| rings & 1 << (2 * q) != 0).fold(0, |m, q| m | 1 << q)
+        (0..32)
+            .filter(|q| rings & 1 << (2 * q) != 0)
+            .fold(0, |m, q| m | 1 << q)
     }
 
     /// The offloads the guest negotiated for the frames it receives,

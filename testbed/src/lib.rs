@@ -7,6 +7,7 @@
 //! namespaces, TAPs, sockets or hugepage files behind. Every wait is
 //! bounded; names and paths are unique per process so runs do not collide.
 
+pub mod etcd;
 pub mod netns;
 pub mod ovs;
 pub mod process;

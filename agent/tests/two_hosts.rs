@@ -1,0 +1,115 @@
+//! Two vswitchd hosts joined by their uplinks (a veth), with no static
+//! tunnel config and VTEP learning off on their VPC: each runs a
+//! vswitch-agent on one etcd member. Needs root, DPDK, hugepages, etcd.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use serde_json::json;
+use testbed::etcd::Etcd;
+use testbed::netns::{Netns, Veth};
+use testbed::process::Proc;
+use testbed::vswitchd::{TempDir, Vswitchd};
+use testbed::{unique, wait_until};
+
+/// A binary of the workspace's target directory (vswitchd is another
+/// package's).
+fn workspace_bin(name: &str) -> PathBuf {
+    let agent = PathBuf::from(env!("CARGO_BIN_EXE_vswitch-agent"));
+    agent.with_file_name(name)
+}
+
+struct Host {
+    vs: Vswitchd,
+    c: Netns,
+    dir: TempDir,
+}
+
+/// Host `me` of subnet `n`: a VTEP on `uplink`, bridge vpc100 (VNI 100,
+/// nothing remote, no learning) with container `c` at 192.168.60.`me`
+/// whose MAC is 02:00:00:06:00:`mac`.
+fn host(n: u8, me: u8, mac: u8, uplink: &str) -> Host {
+    let dir = TempDir::new("vs-ag");
+    let c = Netns::create(&unique("agc")).unwrap();
+    let cfg = Vswitchd::config_header_idle(&dir, 256, "vpc100", 20)
+        + &format!(
+            "vni = 100\nlearn_vteps = false\n\n\
+             [vtep]\nuplink = \"uplink\"\nip = \"10.{n}.2.{me}/24\"\n\n\
+             [[port]]\nname = \"uplink\"\nkind = \"af-packet\"\niface = \"{uplink}\"\n\n\
+             [[port]]\nname = \"c\"\nkind = \"tap\"\nbridge = \"vpc100\"\nnetns = \"{}\"\n\
+             mac = \"02:00:00:06:00:{mac:02x}\"\nipv4 = \"192.168.60.{me}/24\"\nmtu = 1450\n",
+            c.name()
+        );
+    let vs =
+        Vswitchd::start(&workspace_bin("vswitchd"), &dir, &cfg).unwrap_or_else(|e| panic!("{e}"));
+    Host { vs, c, dir }
+}
+
+fn pings(ns: &Netns, ip: &str) -> bool {
+    wait_until(Duration::from_secs(20), || {
+        ns.exec(&["ping", "-c", "1", "-W", "1", ip]).is_ok()
+    })
+}
+
+fn vni100_tunnels(vs: &Vswitchd) -> usize {
+    vs.request(json!({"cmd": "tunnel-list"})).unwrap()["tunnels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["vni"] == 100)
+        .count()
+}
+
+#[test]
+fn hosts_find_each_other_through_etcd_and_forget_a_dead_one() {
+    let n = (std::process::id() % 200) as u8 + 20;
+    let etcd = Etcd::start().unwrap();
+    let (a_if, b_if) = (unique("aga"), unique("agb"));
+    let _wire = Veth::create(&a_if, &b_if, None).unwrap();
+    let a = host(n, 1, 1, &a_if);
+    let b = host(n, 2, 2, &b_if);
+    // Both agents share one prefix (one deployment).
+    let prefix = format!("/{}", unique("t"));
+    let start = |h: &Host, name: &str, me: u8| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_vswitch-agent"));
+        cmd.args(["--etcd", &etcd.url, "--host", name, "--ttl", "3"])
+            .args(["--vtep", &format!("10.{n}.2.{me}"), "--prefix", &prefix])
+            .arg("--control")
+            .arg(Vswitchd::control_socket(&h.dir));
+        Proc::spawn(name, cmd).unwrap()
+    };
+    let mut agent_a = start(&a, "host-a", 1);
+    let agent_b = start(&b, "host-b", 2);
+
+    // Nothing static, no learning: only etcd can join them.
+    assert!(pings(&a.c, "192.168.60.2"), "a -> b through etcd's state");
+    assert!(pings(&b.c, "192.168.60.1"), "b -> a");
+    assert_eq!(vni100_tunnels(&b.vs), 1);
+
+    // A second NIC on b with a's container's MAC: refused by b's agent.
+    let dup = Netns::create(&unique("agd")).unwrap();
+    b.vs.request(json!({"cmd": "port-add", "port": {
+        "name": "dup", "kind": "tap", "bridge": "vpc100", "netns": dup.name(),
+        "mac": "02:00:00:06:00:01", "ipv4": "192.168.60.9/24", "mtu": 1450,
+    }}))
+    .unwrap();
+    assert!(
+        wait_until(Duration::from_secs(10), || agent_b.output().iter().any(
+            |l| l.contains("02:00:00:06:00:01") && l.contains("host-a claims it")
+        )),
+        "duplicate claim refused: {:?}",
+        agent_b.output()
+    );
+
+    // Host a dies (daemon and agent, SIGKILL): b forgets it within the
+    // lease TTL (3 s) plus a second, bounded here at 10 s.
+    agent_a.signal(libc::SIGKILL);
+    a.vs.kill();
+    assert!(
+        wait_until(Duration::from_secs(10), || vni100_tunnels(&b.vs) == 0),
+        "host a's endpoints gone from b: {}",
+        b.vs.request(json!({"cmd": "tunnel-list"})).unwrap()
+    );
+    b.vs.stop();
+}

@@ -1,0 +1,64 @@
+//! A one-member etcd cluster on 127.0.0.1 ports of its own, in a
+//! temporary data directory (Debian's etcd-server; its service stays
+//! disabled, see scripts/setup.sh). Stopped and removed on drop.
+
+use std::process::Command;
+use std::time::Duration;
+
+use crate::process::Proc;
+use crate::vswitchd::TempDir;
+
+/// A running etcd member.
+pub struct Etcd {
+    proc: Proc,
+    /// Its client URL.
+    pub url: String,
+    _dir: TempDir,
+}
+
+/// A TCP port free on 127.0.0.1 right now (the kernel's choice).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+impl Etcd {
+    /// Starts a member and waits (bounded) until it serves clients.
+    pub fn start() -> Result<Etcd, String> {
+        let dir = TempDir::new("etcd");
+        let (client, peer) = (free_port(), free_port());
+        let url = format!("http://127.0.0.1:{client}");
+        let peer_url = format!("http://127.0.0.1:{peer}");
+        let mut cmd = Command::new("etcd");
+        cmd.args(["--name", "m0", "--data-dir"])
+            .arg(dir.join("data"))
+            .args([
+                "--listen-client-urls",
+                &url,
+                "--advertise-client-urls",
+                &url,
+            ])
+            .args(["--listen-peer-urls", &peer_url])
+            .args(["--initial-advertise-peer-urls", &peer_url])
+            .args(["--initial-cluster", &format!("m0={peer_url}")]);
+        let mut proc = Proc::spawn("etcd", cmd).map_err(|e| format!("cannot run etcd: {e}"))?;
+        if !proc.wait_for_line(Duration::from_secs(30), |l| {
+            l.contains("ready to serve client requests")
+        }) {
+            proc.dump();
+            return Err("etcd did not come up in 30 s".into());
+        }
+        Ok(Etcd {
+            proc,
+            url,
+            _dir: dir,
+        })
+    }
+
+    /// Its process, to signal it.
+    pub fn proc(&mut self) -> &mut Proc {
+        &mut self.proc
+    }
+}
