@@ -61,12 +61,12 @@ fn vni100_tunnels(vs: &Vswitchd) -> usize {
         .count()
 }
 
-#[test]
-fn hosts_find_each_other_through_etcd_and_forget_a_dead_one() {
+/// Two hosts on a veth underlay, each with its agent on `etcd`: (host a,
+/// host b, agent a, agent b, the veth).
+fn pair(etcd: &Etcd) -> (Host, Host, Proc, Proc, Veth, u8) {
     let n = (std::process::id() % 200) as u8 + 20;
-    let etcd = Etcd::start().unwrap();
     let (a_if, b_if) = (unique("aga"), unique("agb"));
-    let _wire = Veth::create(&a_if, &b_if, None).unwrap();
+    let wire = Veth::create(&a_if, &b_if, None).unwrap();
     let a = host(n, 1, 1, &a_if);
     let b = host(n, 2, 2, &b_if);
     // Both agents share one prefix (one deployment).
@@ -79,8 +79,15 @@ fn hosts_find_each_other_through_etcd_and_forget_a_dead_one() {
             .arg(Vswitchd::control_socket(&h.dir));
         Proc::spawn(name, cmd).unwrap()
     };
-    let mut agent_a = start(&a, "host-a", 1);
+    let agent_a = start(&a, "host-a", 1);
     let agent_b = start(&b, "host-b", 2);
+    (a, b, agent_a, agent_b, wire, n)
+}
+
+#[test]
+fn hosts_find_each_other_through_etcd_and_forget_a_dead_one() {
+    let etcd = Etcd::start().unwrap();
+    let (a, b, mut agent_a, agent_b, _wire, _) = pair(&etcd);
 
     // Nothing static, no learning: only etcd can join them.
     assert!(pings(&a.c, "192.168.60.2"), "a -> b through etcd's state");
@@ -112,4 +119,42 @@ fn hosts_find_each_other_through_etcd_and_forget_a_dead_one() {
         b.vs.request(json!({"cmd": "tunnel-list"})).unwrap()
     );
     b.vs.stop();
+}
+
+/// etcd killed: nothing changes in the data plane (traffic between the
+/// hosts keeps flowing); a NIC added meanwhile is published and applied
+/// on the other host once etcd is back.
+#[test]
+fn forwarding_outlives_etcd_and_a_nic_added_meanwhile_is_shared_when_it_returns() {
+    let mut etcd = Etcd::start().unwrap();
+    let (a, b, _agent_a, _agent_b, _wire, _) = pair(&etcd);
+    assert!(pings(&a.c, "192.168.60.2"), "a -> b through etcd's state");
+
+    etcd.kill();
+    assert!(
+        a.c.exec(&["ping", "-c", "10", "-i", "0.2", "-W", "1", "192.168.60.2"])
+            .is_ok_and(|o| o.contains("10 received")),
+        "traffic between the hosts while etcd is down"
+    );
+    let c2 = Netns::create(&unique("agn")).unwrap();
+    b.vs.request(json!({"cmd": "port-add", "port": {
+        "name": "c2", "kind": "tap", "bridge": "vpc100", "netns": c2.name(),
+        "mac": "02:00:00:06:00:03", "ipv4": "192.168.60.3/24", "mtu": 1450,
+    }}))
+    .unwrap();
+    let station_on_a = || {
+        a.vs.request(json!({"cmd": "config-dump"})).unwrap()["toml"]
+            .as_str()
+            .unwrap()
+            .contains("02:00:00:06:00:03")
+    };
+    assert!(!station_on_a(), "nothing reaches host a while etcd is down");
+
+    etcd.restart().unwrap();
+    assert!(
+        wait_until(Duration::from_secs(20), station_on_a),
+        "host b's new NIC is a station on host a once etcd is back"
+    );
+    assert!(pings(&a.c, "192.168.60.3"), "a -> b's new container");
+    assert!(pings(&a.c, "192.168.60.2"), "a -> b still");
 }

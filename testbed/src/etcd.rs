@@ -13,7 +13,8 @@ pub struct Etcd {
     proc: Proc,
     /// Its client URL.
     pub url: String,
-    _dir: TempDir,
+    peer_url: String,
+    dir: TempDir,
 }
 
 /// A TCP port free on 127.0.0.1 right now (the kernel's choice).
@@ -28,20 +29,24 @@ impl Etcd {
     /// Starts a member and waits (bounded) until it serves clients.
     pub fn start() -> Result<Etcd, String> {
         let dir = TempDir::new("etcd");
-        let (client, peer) = (free_port(), free_port());
-        let url = format!("http://127.0.0.1:{client}");
-        let peer_url = format!("http://127.0.0.1:{peer}");
+        let url = format!("http://127.0.0.1:{}", free_port());
+        let peer_url = format!("http://127.0.0.1:{}", free_port());
+        let proc = Self::spawn(&dir, &url, &peer_url)?;
+        Ok(Etcd {
+            proc,
+            url,
+            peer_url,
+            dir,
+        })
+    }
+
+    fn spawn(dir: &TempDir, url: &str, peer_url: &str) -> Result<Proc, String> {
         let mut cmd = Command::new("etcd");
         cmd.args(["--name", "m0", "--data-dir"])
             .arg(dir.join("data"))
-            .args([
-                "--listen-client-urls",
-                &url,
-                "--advertise-client-urls",
-                &url,
-            ])
-            .args(["--listen-peer-urls", &peer_url])
-            .args(["--initial-advertise-peer-urls", &peer_url])
+            .args(["--listen-client-urls", url, "--advertise-client-urls", url])
+            .args(["--listen-peer-urls", peer_url])
+            .args(["--initial-advertise-peer-urls", peer_url])
             .args(["--initial-cluster", &format!("m0={peer_url}")]);
         let mut proc = Proc::spawn("etcd", cmd).map_err(|e| format!("cannot run etcd: {e}"))?;
         if !proc.wait_for_line(Duration::from_secs(30), |l| {
@@ -50,15 +55,18 @@ impl Etcd {
             proc.dump();
             return Err("etcd did not come up in 30 s".into());
         }
-        Ok(Etcd {
-            proc,
-            url,
-            _dir: dir,
-        })
+        Ok(proc)
     }
 
-    /// Its process, to signal it.
-    pub fn proc(&mut self) -> &mut Proc {
-        &mut self.proc
+    /// Kills the member (SIGKILL): clients see it unreachable.
+    pub fn kill(&mut self) {
+        self.proc.signal(libc::SIGKILL);
+        self.proc.wait_exit(Duration::from_secs(10));
+    }
+
+    /// Starts it again on its data and ports (after [`Etcd::kill`]).
+    pub fn restart(&mut self) -> Result<(), String> {
+        self.proc = Self::spawn(&self.dir, &self.url, &self.peer_url)?;
+        Ok(())
     }
 }
