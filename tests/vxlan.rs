@@ -25,6 +25,11 @@ fn tap(name: &str, bridge: &str, ns: &Netns, mac: &str, ip: &str) -> String {
     )
 }
 
+/// The tunnel ports of a `tunnel-list` (or `tunnel-set`) answer.
+fn listed(answer: &serde_json::Value) -> impl Iterator<Item = &serde_json::Value> {
+    answer["tunnels"].as_array().expect("a tunnels list").iter()
+}
+
 /// Pings until one answer comes (ARP and neighbour resolution may take a
 /// moment after start), bounded; then whether `count` more all arrive.
 fn pings(ns: &Netns, ip: &str, count: u32) -> bool {
@@ -401,13 +406,9 @@ fn two_vswitchd_hosts_joined_by_their_uplinks() {
         b.vs.request(serde_json::json!({"cmd": "tunnel-list"}))
             .unwrap();
     assert!(
-        tunnels["tunnels"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|t| t["vni"] == 100
-                && t["remote"] == format!("10.{n}.1.1")
-                && t["learned"] == true),
+        listed(&tunnels).any(|t| t["vni"] == 100
+            && t["remote"] == format!("10.{n}.1.1")
+            && t["learned"] == true),
         "{tunnels}"
     );
     // Different VNIs: not reachable, though the addresses share a subnet.
@@ -611,14 +612,10 @@ fn remote_state_set_in_one_request_joins_and_separates_two_hosts() {
     let tunnels = set(&a, 1, 2);
     set(&b, 2, 1);
     assert!(
-        tunnels["tunnels"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|t| t["vni"] == 100
-                && t["remote"] == format!("10.{n}.1.2")
-                && t["learned"] == false
-                && t["flood"] == true),
+        listed(&tunnels).any(|t| t["vni"] == 100
+            && t["remote"] == format!("10.{n}.1.2")
+            && t["learned"] == false
+            && t["flood"] == true),
         "{tunnels}"
     );
     assert!(pings(&a.vni100, "192.168.50.2", 3), "VNI 100 a -> b");
@@ -640,14 +637,7 @@ fn remote_state_set_in_one_request_joins_and_separates_two_hosts() {
     let tunnels =
         a.vs.request(serde_json::json!({"cmd": "tunnel-set", "bridge": "vpc100"}))
             .unwrap();
-    assert!(
-        !tunnels["tunnels"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|t| t["vni"] == 100),
-        "{tunnels}"
-    );
+    assert!(!listed(&tunnels).any(|t| t["vni"] == 100), "{tunnels}");
     assert!(unreachable(&a.vni100, "192.168.50.2", 2), "separated again");
     for (h, baseline) in [&a, &b].into_iter().zip(baselines) {
         common::assert_mbufs_back_to(&h.vs, baseline);

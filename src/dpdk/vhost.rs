@@ -85,12 +85,7 @@ static WAKER: Mutex<Option<CString>> = Mutex::new(None);
 /// each new server socket (see the module doc); before any port, so the
 /// thread, which the first registration starts, polls it from the start.
 pub fn init(path: &Path) -> Result<(), PortError> {
-    use std::os::unix::ffi::OsStrExt;
-    let c = CString::new(path.as_os_str().as_bytes()).map_err(|_| PortError {
-        port: path.display().to_string(),
-        op: "register",
-        reason: "socket path has a NUL byte".into(),
-    })?;
+    let c = c_path(path)?;
     // SAFETY: c is a valid C string; WAKER_OPS is static.
     unsafe {
         if ffi::rte_vhost_driver_register(c.as_ptr(), 0) != 0 {
@@ -188,6 +183,16 @@ pub struct VhostPort {
     state: Arc<VhostState>,
 }
 
+/// A socket path as the library takes it.
+fn c_path(path: &Path) -> Result<CString, PortError> {
+    use std::os::unix::ffi::OsStrExt;
+    CString::new(path.as_os_str().as_bytes()).map_err(|_| PortError {
+        port: path.display().to_string(),
+        op: "register",
+        reason: "socket path has a NUL byte".into(),
+    })
+}
+
 fn vhost_err(path: &Path, op: &'static str, rc: i32) -> PortError {
     PortError {
         port: path.display().to_string(),
@@ -207,12 +212,7 @@ impl VhostPort {
     /// Registers the socket at `path` and starts serving it (a server
     /// socket is created; a client connects in the background).
     pub fn register(path: &Path, client: bool) -> Result<VhostPort, PortError> {
-        use std::os::unix::ffi::OsStrExt;
-        let c = CString::new(path.as_os_str().as_bytes()).map_err(|_| PortError {
-            port: path.display().to_string(),
-            op: "register",
-            reason: "socket path has a NUL byte".into(),
-        })?;
+        let c = c_path(path)?;
         let flags = if client {
             u64::from(ffi::RTE_VHOST_USER_CLIENT)
         } else {
