@@ -171,6 +171,7 @@ impl Daemon<'_> {
             Request::TunnelAdd { bridge, remote } => self.tunnel_edit(&bridge, &remote, true),
             Request::TunnelDel { bridge, remote } => self.tunnel_edit(&bridge, &remote, false),
             Request::TunnelList => self.tunnel_list(),
+            Request::VpcList => Ok(self.vpc_list()),
             Request::TunnelSet {
                 bridge,
                 vteps,
@@ -227,6 +228,12 @@ impl Daemon<'_> {
             "bridge": p.spec.bridge,
             "dpdk_port": p.dpdk_id(),
             "mac": p.mac().to_string(),
+            // What the config says the container owns (what a VPC's
+            // router routes to, what an agent publishes).
+            "endpoint": p.spec.endpoint().map(|(mac, ips)| json!({
+                "mac": mac.to_string(),
+                "ipv4": ips.iter().map(|ip| ip.to_string()).collect::<Vec<_>>(),
+            })),
             "link_up": p.link_up(),
             "guest_offloads": offloads,
             "tx_queues": tx_queues,
@@ -493,9 +500,15 @@ impl Daemon<'_> {
                 .iter()
                 .map(|b| {
                     let vni = self.cfg.vnis.iter().find(|v| v.bridge == b.conf.name);
+                    let subnet = self.cfg.vpcs.iter().find_map(|v| {
+                        let s = v.subnets.iter().find(|s| s.bridge == b.conf.name)?;
+                        Some((v.name.clone(), format!("{}/{}", s.gateway, s.prefix)))
+                    });
                     json!({
                         "name": b.conf.name,
                         "vni": vni.map(|v| v.vni),
+                        "vpc": subnet.as_ref().map(|s| &s.0),
+                        "gateway": subnet.as_ref().map(|s| &s.1),
                         "ports": b.ports.iter().filter_map(|p| self.port_name(*p)).collect::<Vec<_>>(),
                         "macs": b.macs.entries(now).len(),
                         "mac_capacity": b.macs.capacity(),
@@ -504,6 +517,32 @@ impl Daemon<'_> {
                 })
                 .collect(),
         )
+    }
+
+    fn vpc_list(&self) -> Value {
+        let dp = self.shared.load();
+        let bridges = dp.pipeline.switch.bridges();
+        let name = |b: vswitch::BridgeId| bridges[b.index()].conf.name.clone();
+        let vpcs = dp.pipeline.router.vpcs().iter().map(|v| {
+            let mut endpoints: Vec<_> = v.endpoints().collect();
+            endpoints.sort_by_key(|(ip, _)| *ip);
+            json!({
+                "name": v.name,
+                "router_mac": v.mac.to_string(),
+                "subnets": v.subnets().iter().map(|s| json!({
+                    "bridge": name(s.bridge),
+                    "gateway": format!("{}/{}", s.gateway, s.prefix),
+                })).collect::<Vec<_>>(),
+                "endpoints": endpoints.iter().map(|(ip, e)| json!({
+                    "ip": ip.to_string(),
+                    "mac": e.mac.to_string(),
+                    "bridge": name(e.bridge),
+                    "port": self.port_name(e.port),
+                    "remote": dp.pipeline.switch.is_tunnel(e.port),
+                })).collect::<Vec<_>>(),
+            })
+        });
+        Value::Array(vpcs.collect())
     }
 
     fn fdb_show(&self, bridge: Option<String>) -> Result<Value, String> {
@@ -739,6 +778,10 @@ impl Daemon<'_> {
                     let mut t = toml::Table::new();
                     t.insert("mac".into(), toml::Value::from(s.mac.as_str()));
                     t.insert("vtep".into(), toml::Value::from(s.vtep.as_str()));
+                    if !s.ips.is_empty() {
+                        let ips = s.ips.iter().map(|a| toml::Value::from(a.as_str()));
+                        t.insert("ips".into(), toml::Value::Array(ips.collect()));
+                    }
                     toml::Value::Table(t)
                 })
                 .collect();

@@ -81,6 +81,9 @@ pub enum Request {
     },
     /// Bridge domains with their ports, VNI and MAC table use.
     BridgeList,
+    /// VPCs: router MAC, subnets with their gateways, endpoints (address,
+    /// MAC, and the NIC or remote VTEP behind which each is).
+    VpcList,
     /// Learned MACs of one bridge (or all).
     FdbShow {
         /// Bridge name; all bridges when absent.
@@ -189,6 +192,9 @@ pub struct RemoteStation {
     pub mac: String,
     /// The VTEP it is behind.
     pub vtep: String,
+    /// Its addresses, for its VPC's router (a bridge of a VPC only).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ips: Vec<String>,
 }
 
 /// An answer.

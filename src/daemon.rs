@@ -295,11 +295,13 @@ pub(crate) fn build_datapath(
             rx_queues[w].push(RxQueue { id, src });
         }
     }
+    let router = crate::vpc::build(cfg, &mut b, &ids, ports, vtep)?;
     let switch = b
         .build(prev.map(|p| &p.pipeline.switch))
         .context("building the switch topology")?;
     Ok(Datapath {
-        pipeline: Pipeline::new(switch, security, vtep.map(|v| v.overlay(cfg, &ids))),
+        pipeline: Pipeline::new(switch, security, vtep.map(|v| v.overlay(cfg, &ids)))
+            .with_router(router),
         tx: tx.into(),
         tap_queues: rx_queues
             .iter()

@@ -3,7 +3,7 @@
 //! The crate is the daemon around the DPDK-free `vswitch` pipeline: config,
 //! EAL and ports (`dpdk`), port kinds and container plumbing (`ports`,
 //! `netns`), vswitchd's own TAP port with offloads (`tap`), the worker lcores (`worker`, `datapath`) and which rx queues each polls (`rxq`), the VXLAN tunnel
-//! endpoint (`vtep`), counters (`stats`), the control socket (`control`)
+//! endpoint (`vtep`), the VPCs' routers (`vpc`), counters (`stats`), the control socket (`control`)
 //! and what its requests do (`admin`), and the CNI plugin (`cni`). See DESIGN.md for the data flow.
 #![deny(missing_docs)]
 
@@ -22,5 +22,6 @@ pub mod security;
 pub mod state;
 pub mod stats;
 pub mod tap;
+pub mod vpc;
 pub mod vtep;
 pub mod worker;

@@ -201,7 +201,7 @@ impl Vtep {
             for &r in &n.remote_vteps {
                 want.push((n.vni, &n.bridge, r, true));
             }
-            for &(_, r) in &n.remote_macs {
+            for r in n.remote_macs.iter().map(|m| m.vtep) {
                 if !want.iter().any(|w| w.0 == n.vni && w.2 == r) {
                     want.push((n.vni, &n.bridge, r, false));
                 }
@@ -280,15 +280,21 @@ impl Vtep {
         }
         for n in &cfg.vnis {
             let id = bid(&n.bridge).expect("validated bridge name");
-            for &(mac, remote) in &n.remote_macs {
-                let t = self
-                    .tunnels
-                    .iter()
-                    .find(|t| t.vni == n.vni && t.remote == remote)
+            for m in &n.remote_macs {
+                let port = self
+                    .tunnel_port(n.vni, m.vtep)
                     .expect("a tunnel port per remote_mac VTEP");
-                b.static_mac(id, mac, t.port);
+                b.static_mac(id, m.mac, port);
             }
         }
+    }
+
+    /// The tunnel port to `remote` in VNI `vni`, if there is one.
+    pub fn tunnel_port(&self, vni: u32, remote: Ipv4Addr) -> Option<PortId> {
+        self.tunnels
+            .iter()
+            .find(|t| t.vni == vni && t.remote == remote)
+            .map(|t| t.port)
     }
 
     /// The data-path tables of the VTEP, for a snapshot's pipeline.

@@ -422,11 +422,17 @@ impl Worker {
         let d = &*self.decisions;
         let out = &mut self.out;
         let edits = d.has_edits();
+        let routed = d.has_router_edits();
         for (i, mut m) in rx.drain().enumerate() {
             let fate = d.fate(i);
             if let Fate::Drop(_) = fate {
                 out.drop_frame(m);
                 continue;
+            }
+            if routed {
+                // Routed or answered by a VPC's router (headers checked
+                // by the pipeline, in the first segment).
+                d.edit(i).apply(m.data_mut());
             }
             if edits {
                 if let Some(dscp) = d.remark(i) {

@@ -57,6 +57,11 @@ enum Noun {
         #[command(subcommand)]
         verb: BridgeVerb,
     },
+    /// VPCs: subnets, gateways, router MAC and the endpoints routed to.
+    Vpc {
+        #[command(subcommand)]
+        verb: VpcVerb,
+    },
     /// The MAC learning tables.
     Fdb {
         #[command(subcommand)]
@@ -134,6 +139,12 @@ enum BridgeVerb {
 }
 
 #[derive(Subcommand)]
+enum VpcVerb {
+    /// List VPCs with their subnets and endpoints.
+    List,
+}
+
+#[derive(Subcommand)]
 enum FdbVerb {
     /// Show learned MACs.
     Show {
@@ -203,7 +214,8 @@ enum TunnelVerb {
         /// A remote VTEP of its flood list (repeatable).
         #[arg(long = "vtep")]
         vteps: Vec<String>,
-        /// A remote station as MAC@VTEP (repeatable).
+        /// A remote station as MAC@VTEP, or MAC@VTEP@IP[,IP..] with its
+        /// addresses in a VPC's bridge (repeatable).
         #[arg(long = "station")]
         stations: Vec<String>,
     },
@@ -334,6 +346,9 @@ fn to_request(noun: &Noun) -> Result<Request, String> {
         Noun::Bridge {
             verb: BridgeVerb::List,
         } => Request::BridgeList,
+        Noun::Vpc {
+            verb: VpcVerb::List,
+        } => Request::VpcList,
         Noun::Fdb { verb } => match verb {
             FdbVerb::Show { bridge } => Request::FdbShow {
                 bridge: bridge.clone(),
@@ -369,12 +384,20 @@ fn to_request(noun: &Noun) -> Result<Request, String> {
                 stations: stations
                     .iter()
                     .map(|s| {
-                        let (mac, vtep) = s
-                            .split_once('@')
-                            .ok_or_else(|| format!("--station {s:?}: expected MAC@VTEP"))?;
+                        let mut parts = s.split('@');
+                        let (Some(mac), Some(vtep), ips) =
+                            (parts.next(), parts.next(), parts.next())
+                        else {
+                            return Err(format!("--station {s:?}: expected MAC@VTEP[@IP,..]"));
+                        };
                         Ok(RemoteStation {
                             mac: mac.into(),
                             vtep: vtep.into(),
+                            ips: ips
+                                .into_iter()
+                                .flat_map(|l| l.split(','))
+                                .map(String::from)
+                                .collect(),
                         })
                     })
                     .collect::<Result<_, String>>()?,

@@ -22,9 +22,11 @@ use toml::Spanned;
 use vswitch::{GuardConf, MacAddr, Prefix};
 
 mod policy;
+mod vpc;
 mod vtep;
 pub use policy::{QosPolicy, SessionsConf};
-pub use vtep::{VniConf, VtepConf};
+pub use vpc::{derived_router_mac, SubnetConf, VpcConf};
+pub use vtep::{RemoteMac, VniConf, VtepConf};
 
 /// The demo configuration compiled into the binary: `vswitchd run` without
 /// `--config` uses it.
@@ -84,6 +86,8 @@ struct FileModel {
     #[serde(default, rename = "qos_policy")]
     qos_policies: Vec<Spanned<policy::QosFile>>,
     vtep: Option<Spanned<vtep::VtepFile>>,
+    #[serde(default, rename = "vpc")]
+    vpcs: Vec<Spanned<vpc::VpcFile>>,
 }
 
 /// EAL options, typed (never a free-form argument string).
@@ -256,6 +260,8 @@ struct BridgeFile {
     learn_vteps: Option<Spanned<bool>>,
     #[serde(default, rename = "remote_mac")]
     remote_macs: Vec<vtep::RemoteMacFile>,
+    vpc: Option<Spanned<String>>,
+    gateway: Option<Spanned<String>>,
 }
 
 fn default_mac_table_size() -> Spanned<usize> {
@@ -347,6 +353,8 @@ pub struct Config {
     pub vtep: Option<VtepConf>,
     /// VNIs of bridge domains, with their remote VTEPs.
     pub vnis: Vec<VniConf>,
+    /// VPCs and their subnets.
+    pub vpcs: Vec<VpcConf>,
     /// Things that work but are probably not meant (shadowed rules).
     pub warnings: Vec<String>,
 }
@@ -826,11 +834,13 @@ pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
             vnis.push(v);
         }
     }
+    let port_spans: Vec<_> = model.ports.iter().map(|p| p.span()).collect();
+    let vpcs = vpc::vpcs(&cx, &model.vpcs, &model.bridges, &ports, &port_spans, &vnis)?;
     let tunnel_ports: usize = vnis
         .iter()
         .map(|v| {
             let mut r: Vec<Ipv4Addr> = v.remote_vteps.clone();
-            r.extend(v.remote_macs.iter().map(|(_, ip)| *ip));
+            r.extend(v.remote_macs.iter().map(|m| m.vtep));
             r.sort();
             r.dedup();
             r.len()
@@ -860,6 +870,7 @@ pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
         qos_policies,
         vtep,
         vnis,
+        vpcs,
         warnings,
     })
 }
@@ -1689,7 +1700,7 @@ mod tests {
         assert_eq!(c.vnis[0].remote_vteps.len(), 2);
         assert!(c.vnis[0].learn_vteps && !c.vnis[1].learn_vteps);
         assert_eq!(
-            c.vnis[0].remote_macs[0].1,
+            c.vnis[0].remote_macs[0].vtep,
             "10.99.0.2".parse::<Ipv4Addr>().unwrap()
         );
 

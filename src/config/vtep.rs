@@ -69,6 +69,8 @@ struct NeighbourFile {
 pub(super) struct RemoteMacFile {
     mac: Spanned<String>,
     vtep: Spanned<String>,
+    #[serde(default)]
+    ips: Vec<Spanned<String>>,
 }
 
 fn default_udp_port() -> u16 {
@@ -123,7 +125,18 @@ pub struct VniConf {
     /// Whether VTEPs not listed become tunnel ports when they send to us.
     pub learn_vteps: bool,
     /// Stations pinned behind a remote VTEP.
-    pub remote_macs: Vec<(MacAddr, Ipv4Addr)>,
+    pub remote_macs: Vec<RemoteMac>,
+}
+
+/// A station pinned behind a remote VTEP (`[[bridge.remote_mac]]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteMac {
+    /// Its MAC.
+    pub mac: MacAddr,
+    /// The VTEP it is behind.
+    pub vtep: Ipv4Addr,
+    /// Its addresses, for the VPC's router (a VPC bridge only).
+    pub ips: Vec<Ipv4Addr>,
 }
 
 fn ipv4(cx: &Ctx, v: &Spanned<String>, field: String) -> Result<Ipv4Addr, ConfigError> {
@@ -132,7 +145,11 @@ fn ipv4(cx: &Ctx, v: &Spanned<String>, field: String) -> Result<Ipv4Addr, Config
         .map_err(|_| cx.err(v.span(), field, "expected an IPv4 address like 10.0.0.2"))
 }
 
-fn unicast_mac(cx: &Ctx, v: &Spanned<String>, field: String) -> Result<MacAddr, ConfigError> {
+pub(super) fn unicast_mac(
+    cx: &Ctx,
+    v: &Spanned<String>,
+    field: String,
+) -> Result<MacAddr, ConfigError> {
     let m: MacAddr = v
         .get_ref()
         .parse()
@@ -302,14 +319,20 @@ pub(super) fn bridge_vni(
     for (j, m) in b.remote_macs.iter().enumerate() {
         let mac = unicast_mac(cx, &m.mac, f(&format!("remote_mac[{j}].mac")))?;
         let ip = check_remote(&m.vtep, f(&format!("remote_mac[{j}].vtep")))?;
-        if remote_macs.iter().any(|(x, _)| *x == mac) {
+        if remote_macs.iter().any(|x: &RemoteMac| x.mac == mac) {
             return Err(cx.err(
                 m.mac.span(),
                 f(&format!("remote_mac[{j}].mac")),
                 "listed twice",
             ));
         }
-        remote_macs.push((mac, ip));
+        let ips = m
+            .ips
+            .iter()
+            .enumerate()
+            .map(|(k, a)| ipv4(cx, a, f(&format!("remote_mac[{j}].ips[{k}]"))))
+            .collect::<Result<_, _>>()?;
+        remote_macs.push(RemoteMac { mac, vtep: ip, ips });
     }
     Ok(Some(VniConf {
         bridge: b.name.get_ref().clone(),

@@ -17,6 +17,7 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+mod checksum;
 pub mod flow;
 pub mod flow_cache;
 pub mod mac_table;
@@ -24,6 +25,7 @@ pub mod offload;
 pub mod overlay;
 pub mod pipeline;
 pub mod port_security;
+pub mod router;
 pub mod security;
 pub mod stats;
 pub mod switch;
@@ -39,6 +41,7 @@ pub use offload::Offload;
 pub use overlay::{Arrival, Overlay};
 pub use pipeline::{Decisions, Fate, Now, Pipeline};
 pub use port_security::{GuardConf, PortGuard, Prefix};
+pub use router::{Edit, Router, RouterBuilder};
 pub use stats::{CacheCounters, Counter, CycleHistogram, DropReason, PortCounters};
 pub use switch::{Action, BridgeConf, BridgeDomain, BuildError, Frame, Switch, SwitchBuilder};
 pub use types::{BridgeId, MacAddr, PortId, MAX_BURST, MAX_PORTS};

@@ -34,6 +34,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use crate::flow_cache::{CacheStats, Decision, FlowCache, Probe};
 use crate::overlay::{Arrival, Overlay};
+use crate::router::{Edit, Router};
 use crate::security::{Scratch, Security, Via, KEEP_ALL};
 use crate::stats::{DropReason, PortCounters};
 use crate::switch::{Action, Frame, Switch};
@@ -92,6 +93,9 @@ pub struct Decisions {
     actions: [Action; MAX_BURST],
     scratch: Scratch,
     arrivals: [Arrival; MAX_BURST],
+    /// Whether the router stage edited any frame of the burst.
+    edited: bool,
+    edits: [Edit; MAX_BURST],
     /// The worker's flow cache, if it has one.
     cache: Option<Box<FlowCache>>,
 }
@@ -106,6 +110,8 @@ impl Default for Decisions {
             actions: [Action::Flood; MAX_BURST],
             scratch: Scratch::default(),
             arrivals: [Arrival::Host; MAX_BURST],
+            edited: false,
+            edits: [Edit::None; MAX_BURST],
             cache: None,
         }
     }
@@ -147,6 +153,25 @@ impl Decisions {
     #[inline]
     pub fn has_edits(&self) -> bool {
         self.secured
+    }
+
+    /// Whether any frame of the burst was routed or answered: else
+    /// [`Decisions::edit`] need not be asked per frame.
+    #[inline]
+    pub fn has_router_edits(&self) -> bool {
+        self.edited
+    }
+
+    /// What to write into frame `i` before it leaves (routed: MACs and
+    /// TTL; answered: the reply), applied with [`Edit::apply`] before any
+    /// [`Decisions::remark`].
+    #[inline]
+    pub fn edit(&self, i: usize) -> Edit {
+        if self.edited {
+            self.edits[i]
+        } else {
+            Edit::None
+        }
     }
 
     /// The DSCP to write into frame `i` before it leaves (a meter's
@@ -214,6 +239,8 @@ pub struct Pipeline {
     pub security: Security,
     /// The VXLAN tunnel endpoint, if configured.
     pub overlay: Option<Overlay>,
+    /// The VPCs' routers (none by default).
+    pub router: Router,
     /// Unique per snapshot in the process: what flow cache entries were
     /// decided under.
     id: u64,
@@ -227,8 +254,14 @@ impl Pipeline {
             switch,
             security,
             overlay,
+            router: Router::default(),
             id: NEXT.fetch_add(1, Relaxed),
         }
+    }
+
+    /// This snapshot with `router` routing its VPCs' bridges.
+    pub fn with_router(self, router: Router) -> Pipeline {
+        Pipeline { router, ..self }
     }
 
     /// Whether `port` is the uplink of the VTEP (its bursts go through
@@ -264,6 +297,7 @@ impl Pipeline {
     ) {
         let n = frames.len();
         d.secured = self.security.is_active();
+        d.edited = false;
         let macs = self.switch.macs_of(in_port);
         // Without groups the stages cost less than a probe (no sessions,
         // no classifier; forward decides runs of a burst at once).
@@ -311,13 +345,15 @@ impl Pipeline {
                     }
                 }
                 Action::Output(p) => Fate::Local(p),
+                Action::Reply => Fate::Local(in_port),
                 Action::Flood => self.flood(in_port, zone, i, f, now, counters, d),
             };
         }
     }
 
-    /// The stages, up to the meters: bridge, then tunnel checks and
-    /// groups when any port has a group or meter.
+    /// The stages, up to the meters: bridge, the router of a VPC's
+    /// bridge, then tunnel checks and groups when any port has a group or
+    /// meter.
     fn stages<F: Frame>(
         &self,
         in_port: PortId,
@@ -334,6 +370,7 @@ impl Pipeline {
             &counters[in_port.index()],
             &mut d.actions,
         );
+        self.route(in_port, frames, counters, d);
         if !d.secured {
             return;
         }
@@ -361,6 +398,46 @@ impl Pipeline {
             now.secs,
             counters,
         );
+    }
+
+    /// The router stage, for a burst from a port of a VPC's bridge (see
+    /// [`crate::router`]); what the bridge would flood but has nowhere to
+    /// is then dropped as `no_output`, as [`Switch::forward`] does for
+    /// other bridges.
+    fn route<F: Frame>(
+        &self,
+        in_port: PortId,
+        frames: &[F],
+        counters: &[PortCounters],
+        d: &mut Decisions,
+    ) {
+        let Some(b) = self.switch.bridge_of(in_port) else {
+            return;
+        };
+        let Some(vpc) = self.router.vpc_of(b) else {
+            return;
+        };
+        let n = frames.len();
+        let c = &counters[in_port.index()];
+        d.edited = self.router.stage(
+            vpc,
+            b,
+            in_port,
+            self.switch.is_tunnel(in_port),
+            |p| self.switch.is_tunnel(p),
+            frames,
+            &mut d.actions[..n],
+            &mut d.edits[..n],
+            c,
+        );
+        if self.switch.flood_ports(in_port).is_empty() {
+            for (f, a) in frames.iter().zip(&mut d.actions[..n]) {
+                if *a == Action::Flood {
+                    *a = Action::Drop(DropReason::NoOutput);
+                    c.drop(DropReason::NoOutput, f.wire_packets());
+                }
+            }
+        }
     }
 
     /// Answers a burst whose every frame hit the flow cache, doing what
@@ -447,6 +524,10 @@ impl Pipeline {
             let Action::Output(out) = d.actions[i] else {
                 continue;
             };
+            // A routed frame's rewrite is not part of a cached decision.
+            if d.edited && d.edits[i] != Edit::None {
+                continue;
+            }
             let session = match (d.secured, d.scratch.via[i]) {
                 (false, _) | (true, Via::Plain) => None,
                 (true, Via::Session { r, orig }) => Some((r, orig)),

@@ -334,7 +334,8 @@ impl Security {
             let out = match actions[i] {
                 Action::Output(q) => Some(q),
                 Action::Flood => None,
-                Action::Drop(_) => continue,
+                // The router's answers (see `Action::Reply`).
+                Action::Drop(_) | Action::Reply => continue,
             };
             let judged = inp.egress.is_some()
                 || out.is_some_and(|q| self.port(q).ingress.is_some())
@@ -662,11 +663,8 @@ pub fn set_dscp(frame: &mut [u8], dscp: u8) -> bool {
             frame[at + 1] = (dscp << 2) | (frame[at + 1] & 0x03);
             let new = u16::from_be_bytes([frame[at], frame[at + 1]]);
             let hc = u16::from_be_bytes([frame[at + 10], frame[at + 11]]);
-            // HC' = ~(~HC + ~m + m')
-            let mut sum = u32::from(!hc) + u32::from(!old) + u32::from(new);
-            sum = (sum & 0xffff) + (sum >> 16);
-            sum = (sum & 0xffff) + (sum >> 16);
-            frame[at + 10..at + 12].copy_from_slice(&(!(sum as u16)).to_be_bytes());
+            frame[at + 10..at + 12]
+                .copy_from_slice(&crate::checksum::replace16(hc, old, new).to_be_bytes());
             true
         }
         crate::flow::ETH_P_IPV6 if frame.len() >= at + 40 => {

@@ -73,6 +73,11 @@ drop_reasons! {
     SamePort => "same_port",
     /// Flooded in a domain with no other port.
     NoOutput => "no_output",
+    /// Sent to a VPC's router for an address no endpoint of the VPC has
+    /// (or to a gateway, for anything but a ping); see `crate::router`.
+    NoRoute => "no_route",
+    /// Sent to a VPC's router with a TTL that would leave at 0.
+    TtlExceeded => "ttl_exceeded",
     /// The output port's tx queue took no more.
     TxFull => "tx_full",
     /// The output port refused the frame (a TAP whose container set the

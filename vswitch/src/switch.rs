@@ -82,6 +82,10 @@ pub enum Action {
     Output(PortId),
     /// To every port of [`Switch::flood_ports`] for the ingress port.
     Flood,
+    /// Answered by the switch (a VPC's router: ARP, a ping to a gateway)
+    /// and sent back out of the ingress port with its edit
+    /// ([`crate::router`]); not judged by groups, not metered.
+    Reply,
     /// Freed and counted.
     Drop(DropReason),
 }
@@ -110,8 +114,11 @@ pub struct BridgeDomain {
     /// bridges' in the shared session table. Stable for the bridge's life
     /// whatever bridges come and go around it (an index would hand a
     /// removed bridge's live sessions to the one that takes its place),
-    /// and never reused for another bridge while the process runs.
+    /// and never reused for another bridge while the process runs. The
+    /// bridges of a VPC share the VPC's zone.
     pub zone: u16,
+    /// Whether it is a VPC's subnet (its zone is the VPC's).
+    pub in_vpc: bool,
 }
 
 /// Session zones go up to here (the security stage keeps the top bit for
@@ -133,6 +140,10 @@ pub struct Switch {
     guards: Vec<Option<PortGuard>>,
     /// Per port: MACs it may have learned at a time.
     mac_limits: Vec<u32>,
+    /// Per bridge: its VPC's router MAC, if it is a VPC's subnet.
+    routers: Vec<Option<MacAddr>>,
+    /// Each VPC's session zone, kept while the process runs.
+    vpc_zones: HashMap<String, u16>,
     /// The zone the next new bridge gets.
     next_zone: u16,
 }
@@ -179,6 +190,8 @@ pub struct SwitchBuilder {
     tunnels: Vec<(PortId, bool)>,
     guards: Vec<(PortId, PortGuard)>,
     mac_limits: Vec<(PortId, u32)>,
+    /// Bridges that are a VPC's subnets: the VPC's name and router MAC.
+    routed: Vec<(BridgeId, String, MacAddr)>,
 }
 
 /// A topology mistake found while building a snapshot.
@@ -267,18 +280,43 @@ impl SwitchBuilder {
         self
     }
 
+    /// Makes `bridge` a subnet of VPC `vpc` whose router answers at
+    /// `router_mac` ([`crate::router`]): the bridge shares the VPC's
+    /// session zone (a routed reply finds its request's session), never
+    /// learns the router MAC, and hands the router stage what it floods
+    /// even when it has no other port (an ARP for the gateway).
+    pub fn routed(&mut self, bridge: BridgeId, vpc: &str, router_mac: MacAddr) -> &mut Self {
+        self.routed.push((bridge, vpc.to_string(), router_mac));
+        self
+    }
+
     /// The snapshot. MAC tables of `previous` are carried over for bridges
     /// with the same name and table size, so learning survives the change;
     /// session zones for bridges with the same name, so sessions do.
     pub fn build(self, previous: Option<&Switch>) -> Result<Switch, BuildError> {
         let mut old: HashMap<&str, &BridgeDomain> = HashMap::new();
         let mut next_zone = 0;
+        let mut vpc_zones = HashMap::new();
         if let Some(p) = previous {
             for b in &p.bridges {
                 old.insert(b.conf.name.as_str(), b);
             }
             next_zone = p.next_zone;
+            vpc_zones = p.vpc_zones.clone();
         }
+        let mut routers = vec![None; self.bridges.len()];
+        let mut vpc_of = vec![None; self.bridges.len()];
+        for (b, vpc, mac) in &self.routed {
+            routers[b.index()] = Some(*mac);
+            vpc_of[b.index()] = Some(vpc.as_str());
+        }
+        let mut new_zone = || {
+            if next_zone > MAX_ZONE {
+                return Err(BuildError::NoZoneLeft);
+            }
+            next_zone += 1;
+            Ok(next_zone - 1)
+        };
         // Per-port tables reach the highest port id in use.
         let n_ports = self
             .bridges
@@ -337,19 +375,26 @@ impl SwitchBuilder {
                 }
                 _ => Arc::new(MacTable::new(conf.mac_capacity, conf.mac_aging_secs)),
             };
-            let zone = match before {
-                Some(b) => b.zone,
-                None if next_zone > MAX_ZONE => return Err(BuildError::NoZoneLeft),
-                None => {
-                    next_zone += 1;
-                    next_zone - 1
-                }
+            // A VPC's bridges share its zone; a bridge that leaves its
+            // VPC takes a zone of its own.
+            let zone = match (vpc_of[i], before) {
+                (Some(v), _) => match vpc_zones.get(v) {
+                    Some(&z) => z,
+                    None => {
+                        let z = new_zone()?;
+                        vpc_zones.insert(v.to_string(), z);
+                        z
+                    }
+                },
+                (None, Some(b)) if !b.in_vpc => b.zone,
+                (None, _) => new_zone()?,
             };
             bridges.push(BridgeDomain {
                 conf,
                 ports,
                 macs,
                 zone,
+                in_vpc: vpc_of[i].is_some(),
             });
         }
         let mut mac_limits = vec![u32::MAX; n_ports];
@@ -376,6 +421,8 @@ impl SwitchBuilder {
             tunnel,
             guards,
             mac_limits,
+            routers,
+            vpc_zones,
             next_zone,
         })
     }
@@ -405,6 +452,12 @@ impl Switch {
     pub fn zone_of(&self, port: PortId) -> u16 {
         self.bridge_of(port)
             .map_or(0, |b| self.bridges[b.index()].zone)
+    }
+
+    /// The router MAC of `bridge`'s VPC, if it is a VPC's subnet.
+    #[inline]
+    pub fn router_mac(&self, bridge: BridgeId) -> Option<MacAddr> {
+        self.routers.get(bridge.index()).copied().flatten()
     }
 
     /// Whether `port` is a tunnel port (a remote VTEP).
@@ -479,7 +532,10 @@ impl Switch {
         let guard = self.guard_of(in_port);
         let mac_limit = self.mac_limits[in_port.index()];
         let from_tunnel = self.tunnel[in_port.index()];
-        let flood = if self.flood_ports(in_port).is_empty() {
+        let router = self.routers[bd.index()];
+        // The router stage takes a routed bridge's floods (and drops
+        // what it leaves of them if there is nowhere to flood).
+        let flood = if self.flood_ports(in_port).is_empty() && router.is_none() {
             Action::Drop(DropReason::NoOutput)
         } else {
             Action::Flood
@@ -515,7 +571,7 @@ impl Switch {
                     *action = Action::Drop(DropReason::Malformed);
                     continue;
                 }
-                if !src.is_zero() {
+                if !src.is_zero() && Some(src) != router {
                     match macs.learn(src, in_port, now, mac_limit) {
                         Learn::Full => learn_full += 1,
                         Learn::Limit => {

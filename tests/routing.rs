@@ -1,0 +1,160 @@
+//! A VPC's router on one host, with kernel containers on TAP NICs: VPC
+//! blue has subnets web (10.61.1.0/24) and db (10.61.2.0/24); VPC red
+//! has a subnet with db's range, and a container at db's container's
+//! address. Needs root, DPDK and hugepages.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use serde_json::json;
+use testbed::netns::Netns;
+use testbed::vswitchd::TempDir;
+use testbed::{unique, wait_until};
+
+const ROUTER: &str = "02:fe:00:00:00:61";
+
+/// A TAP NIC in `bridge` inside `ns` at `ip`/24 with default gateway `gw`.
+fn nic(name: &str, bridge: &str, ns: &Netns, mac: &str, ip: &str, gw: &str) -> String {
+    format!(
+        "[[port]]\nname = \"{name}\"\nkind = \"tap\"\nbridge = \"{bridge}\"\nnetns = \"{}\"\n\
+         mac = \"{mac}\"\nipv4 = \"{ip}/24\"\ngateway = \"{gw}\"\n",
+        ns.name()
+    )
+}
+
+struct World {
+    vs: Checked,
+    a: Netns,
+    b: Netns,
+    r: Netns,
+    _dir: TempDir,
+}
+
+fn world() -> World {
+    let dir = TempDir::new("vs-rt");
+    let (a, b, r) = (
+        Netns::create(&unique("rta")).unwrap(),
+        Netns::create(&unique("rtb")).unwrap(),
+        Netns::create(&unique("rtr")).unwrap(),
+    );
+    // The header's bridge vpc1 stays unused.
+    let cfg =
+        header(&dir)
+            + &format!(
+            "\n[[vpc]]\nname = \"blue\"\nrouter_mac = \"{ROUTER}\"\n\n[[vpc]]\nname = \"red\"\n\n\
+             [[bridge]]\nname = \"web\"\nvpc = \"blue\"\ngateway = \"10.61.1.1/24\"\n\n\
+             [[bridge]]\nname = \"db\"\nvpc = \"blue\"\ngateway = \"10.61.2.1/24\"\n\n\
+             [[bridge]]\nname = \"red\"\nvpc = \"red\"\ngateway = \"10.61.2.1/24\"\n\n"
+        ) + &nic(
+            "a",
+            "web",
+            &a,
+            "02:00:00:61:00:0a",
+            "10.61.1.10",
+            "10.61.1.1",
+        ) + &nic(
+            "b",
+            "db",
+            &b,
+            "02:00:00:61:00:0b",
+            "10.61.2.20",
+            "10.61.2.1",
+        ) + &nic(
+            "r",
+            "red",
+            &r,
+            "02:00:00:61:00:0c",
+            "10.61.2.20",
+            "10.61.2.1",
+        );
+    let vs = start_linked(&dir, &cfg, &["a", "b", "r"]);
+    World {
+        vs,
+        a,
+        b,
+        r,
+        _dir: dir,
+    }
+}
+
+/// The TTL of the reply to one ping from `ns` to `ip`, if it came.
+fn reply_ttl(ns: &Netns, ip: &str) -> Option<u32> {
+    let out = ns.exec(&["ping", "-c", "1", "-W", "2", ip]).ok()?;
+    let at = out.find("ttl=")? + 4;
+    out[at..].split_whitespace().next()?.parse().ok()
+}
+
+#[test]
+fn containers_of_two_subnets_reach_each_other_through_the_gateway() {
+    let w = world();
+    // The gateway answers pings, its MAC is the router's.
+    assert_eq!(
+        reply_ttl(&w.a, "10.61.1.1"),
+        Some(64),
+        "the gateway answers"
+    );
+    let neigh = w.a.exec(&["ip", "neigh", "show", "10.61.1.1"]).unwrap();
+    assert!(neigh.contains(ROUTER), "router MAC learned by ARP: {neigh}");
+
+    // Routed both ways: b's reply left b with TTL 64 and crossed the
+    // router once.
+    assert_eq!(reply_ttl(&w.a, "10.61.2.20"), Some(63), "a -> b routed");
+    assert_eq!(reply_ttl(&w.b, "10.61.1.10"), Some(63), "b -> a routed");
+    // b saw a's frames from the router MAC.
+    let neigh = w.b.exec(&["ip", "neigh", "show", "10.61.2.1"]).unwrap();
+    assert!(neigh.contains(ROUTER), "{neigh}");
+
+    // TCP across the subnets.
+    let _server = tcp_server(&w.b, 8061);
+    assert!(tcp_works(&w.a, "10.61.2.20", 8061), "TCP a -> b");
+
+    // A TTL of 1 is not routed, and counted.
+    assert!(w
+        .a
+        .exec(&["ping", "-c", "1", "-W", "1", "-t", "1", "10.61.2.20"])
+        .is_err());
+    assert!(wait_until(Duration::from_secs(5), || stat(
+        &w.vs,
+        "a",
+        &["drops", "ttl_exceeded"]
+    ) >= 1));
+
+    // The router's view.
+    let vpcs = w.vs.request(json!({"cmd": "vpc-list"})).unwrap();
+    let blue = vpcs
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == "blue")
+        .unwrap();
+    assert_eq!(blue["router_mac"], ROUTER);
+    let ips: Vec<&str> = blue["endpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["ip"].as_str().unwrap())
+        .collect();
+    assert_eq!(ips, ["10.61.1.10", "10.61.2.20"]);
+}
+
+#[test]
+fn a_vpc_with_the_same_range_reaches_neither_subnet_of_another() {
+    let w = world();
+    // r has b's address in red: its gateway is red's router.
+    assert_eq!(reply_ttl(&w.r, "10.61.2.1"), Some(64));
+    assert!(reply_ttl(&w.r, "10.61.1.10").is_none(), "red -> blue's a");
+    // a reaches blue's 10.61.2.20 (b), never r.
+    assert_eq!(reply_ttl(&w.a, "10.61.2.20"), Some(63));
+    let b_rx = w.b.if_counter("eth0", "rx_packets").unwrap();
+    let r_rx = w.r.if_counter("eth0", "rx_packets").unwrap();
+    assert_eq!(reply_ttl(&w.a, "10.61.2.20"), Some(63));
+    assert!(w.b.if_counter("eth0", "rx_packets").unwrap() > b_rx);
+    assert_eq!(
+        w.r.if_counter("eth0", "rx_packets").unwrap(),
+        r_rx,
+        "red saw nothing"
+    );
+    assert!(stat(&w.vs, "r", &["drops", "no_route"]) >= 1);
+}

@@ -1,0 +1,786 @@
+//! The distributed router of a VPC: every host routes between the
+//! subnets (bridges) of a VPC itself, with one router MAC per VPC, as
+//! OVN's distributed logical router and cloud VPCs do; nothing is
+//! hairpinned through a central gateway.
+//!
+//! A VPC groups bridges; each has a subnet and a gateway address in it.
+//! For a frame from a port of a VPC bridge, after the bridge learned its
+//! source ([`crate::Switch::forward`]) and before the security groups
+//! judge it ([`crate::security`]), [`Router::stage`]:
+//!
+//! - answers an ARP request for the subnet's gateway (with the router
+//!   MAC) or for a known endpoint of the same subnet (with its MAC)
+//!   itself, back out of the ingress port: ARP for what the VPC knows is
+//!   never flooded, across hosts least of all (from a tunnel it is not
+//!   answered: the sender's own host answers its containers);
+//! - answers an ICMP echo request to a gateway address;
+//! - routes IPv4 to the router MAC: the destination must be an endpoint
+//!   of the VPC ([`RouterBuilder::endpoint`]: local NICs from their
+//!   configured addresses, remote ones from the stations an agent
+//!   applies); the frame leaves by the endpoint's port (a NIC, or the
+//!   tunnel port of its VTEP in the destination subnet's bridge, so it is
+//!   encapsulated with that subnet's VNI), with the router MAC as source,
+//!   the endpoint's MAC as destination and its TTL decremented (header
+//!   checksum updated, RFC 1624). The receiving host delivers it in the
+//!   destination bridge; the reply is routed by the replier's host:
+//!   routing is asymmetric, each direction by its sender's host.
+//!
+//! What is refused is dropped and counted on the ingress port: an
+//! address no endpoint has (`no_route`: there is no ARP resolution
+//! towards endpoints, every endpoint is known from config or etcd), a
+//! TTL that would reach 0 (`ttl_exceeded`), anything but IPv4 to the
+//! router MAC, and a frame from a tunnel routed back into a tunnel
+//! (`split_horizon`: a host routes only what its own containers send).
+//! The frame's edit ([`Edit`]) is applied by the worker when it sends it:
+//! the decision stays DPDK-free and testable here.
+//!
+//! Bridges of a VPC share one session zone ([`crate::switch`]): a
+//! routed reply finds the session its request opened in another subnet.
+//! VPCs are apart by construction: a VPC's endpoint table holds only its
+//! own addresses, so overlapping ranges in two VPCs never meet.
+
+use std::net::Ipv4Addr;
+
+use rustc_hash::FxHashMap;
+
+use crate::flow::{ETH_P_ARP, ETH_P_IPV4, IPPROTO_ICMP};
+use crate::stats::{DropReason, PortCounters};
+use crate::switch::{Action, Frame};
+use crate::types::{BridgeId, MacAddr, PortId};
+
+const ICMP_ECHO_REQUEST: u8 = 8;
+const ICMP_ECHO_REPLY: u8 = 0;
+const ARP_REQUEST: u16 = 1;
+const ARP_REPLY: u16 = 2;
+/// Ethernet + an ARP body for IPv4 over Ethernet.
+const ARP_LEN: usize = 42;
+
+/// What the switch writes into a frame it routes or answers, before the
+/// frame leaves (by [`Edit::apply`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Edit {
+    /// Sent as it came.
+    #[default]
+    None,
+    /// Routed: new MACs, TTL decremented.
+    Route {
+        /// The router MAC.
+        src: MacAddr,
+        /// The destination endpoint's MAC.
+        dst: MacAddr,
+    },
+    /// An ARP request turned into its reply: `mac` has the address asked for.
+    ArpReply {
+        /// The answer.
+        mac: MacAddr,
+    },
+    /// An ICMP echo request to a gateway turned into its reply.
+    EchoReply {
+        /// The router MAC, the reply's source.
+        mac: MacAddr,
+    },
+}
+
+impl Edit {
+    /// Rewrites `frame` (the one [`Router::stage`] decided this edit for,
+    /// whose headers it checked) in place.
+    pub fn apply(self, frame: &mut [u8]) {
+        match self {
+            Edit::None => {}
+            Edit::Route { src, dst } => {
+                frame[0..6].copy_from_slice(&dst.0);
+                frame[6..12].copy_from_slice(&src.0);
+                // TTL and protocol share a word of the header checksum.
+                let old = u16::from_be_bytes([frame[22], frame[23]]);
+                frame[22] -= 1;
+                let new = u16::from_be_bytes([frame[22], frame[23]]);
+                let hc = u16::from_be_bytes([frame[24], frame[25]]);
+                frame[24..26]
+                    .copy_from_slice(&crate::checksum::replace16(hc, old, new).to_be_bytes());
+            }
+            Edit::ArpReply { mac } => {
+                let (asker_mac, asker_ip, asked_ip) = (
+                    MacAddr::from_slice(&frame[22..28]),
+                    <[u8; 4]>::try_from(&frame[28..32]).expect("4 bytes"),
+                    <[u8; 4]>::try_from(&frame[38..42]).expect("4 bytes"),
+                );
+                frame[0..6].copy_from_slice(&asker_mac.0);
+                frame[6..12].copy_from_slice(&mac.0);
+                frame[20..22].copy_from_slice(&ARP_REPLY.to_be_bytes());
+                frame[22..28].copy_from_slice(&mac.0);
+                frame[28..32].copy_from_slice(&asked_ip);
+                frame[32..38].copy_from_slice(&asker_mac.0);
+                frame[38..42].copy_from_slice(&asker_ip);
+            }
+            Edit::EchoReply { mac } => {
+                frame.copy_within(6..12, 0);
+                frame[6..12].copy_from_slice(&mac.0);
+                // Swapping the addresses leaves the header's sum as it was.
+                let src: [u8; 4] = frame[26..30].try_into().expect("4 bytes");
+                frame.copy_within(30..34, 26);
+                frame[30..34].copy_from_slice(&src);
+                let icmp = 14 + usize::from(frame[14] & 0x0f) * 4;
+                let old = u16::from_be_bytes([frame[icmp], frame[icmp + 1]]);
+                frame[icmp] = ICMP_ECHO_REPLY;
+                let new = u16::from_be_bytes([frame[icmp], frame[icmp + 1]]);
+                let c = u16::from_be_bytes([frame[icmp + 2], frame[icmp + 3]]);
+                frame[icmp + 2..icmp + 4]
+                    .copy_from_slice(&crate::checksum::replace16(c, old, new).to_be_bytes());
+            }
+        }
+    }
+}
+
+/// A subnet of a VPC: a bridge and its gateway.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Subnet {
+    /// The bridge that carries it.
+    pub bridge: BridgeId,
+    /// The gateway address every host answers.
+    pub gateway: Ipv4Addr,
+    /// Prefix length.
+    pub prefix: u8,
+}
+
+impl Subnet {
+    fn mask(&self) -> u32 {
+        u32::MAX
+            .checked_shl(32 - u32::from(self.prefix))
+            .unwrap_or(0)
+    }
+
+    /// Whether `ip` is in the subnet.
+    pub fn contains(&self, ip: Ipv4Addr) -> bool {
+        (u32::from(ip) ^ u32::from(self.gateway)) & self.mask() == 0
+    }
+
+    fn overlaps(&self, other: &Subnet) -> bool {
+        let m = self.mask() & other.mask();
+        (u32::from(self.gateway) ^ u32::from(other.gateway)) & m == 0
+    }
+}
+
+/// Where an endpoint of a VPC is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Endpoint {
+    /// Its MAC.
+    pub mac: MacAddr,
+    /// The port it is behind: its NIC, or the tunnel port of its VTEP in
+    /// its subnet's bridge.
+    pub port: PortId,
+    /// Its subnet's bridge.
+    pub bridge: BridgeId,
+}
+
+/// One VPC's router.
+pub struct Vpc {
+    /// Its name.
+    pub name: String,
+    /// The router MAC, the same on every host.
+    pub mac: MacAddr,
+    subnets: Vec<Subnet>,
+    /// IPv4 address (host order) -> endpoint. Built on the control
+    /// thread, read-only in the snapshot; FxHash: one multiply for a u32
+    /// key, and the keys are addresses the operator and the agent
+    /// validated, not a hash-flooding surface on the data path.
+    endpoints: FxHashMap<u32, Endpoint>,
+}
+
+impl Vpc {
+    /// The subnets.
+    pub fn subnets(&self) -> &[Subnet] {
+        &self.subnets
+    }
+
+    /// The endpoint with address `ip`.
+    pub fn endpoint(&self, ip: Ipv4Addr) -> Option<Endpoint> {
+        self.endpoints.get(&u32::from(ip)).copied()
+    }
+
+    /// Its endpoints, by address.
+    pub fn endpoints(&self) -> impl Iterator<Item = (Ipv4Addr, Endpoint)> + '_ {
+        self.endpoints
+            .iter()
+            .map(|(&ip, &e)| (Ipv4Addr::from(ip), e))
+    }
+
+    fn is_gateway(&self, ip: u32) -> bool {
+        self.subnets.iter().any(|s| u32::from(s.gateway) == ip)
+    }
+
+    fn subnet_of_bridge(&self, b: BridgeId) -> Option<&Subnet> {
+        self.subnets.iter().find(|s| s.bridge == b)
+    }
+}
+
+/// Why a router could not be built.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RouterError {
+    /// Two subnets of one VPC overlap.
+    Overlap(String, Ipv4Addr, Ipv4Addr),
+    /// A bridge is a subnet twice.
+    BridgeTwice(BridgeId),
+}
+
+impl std::fmt::Display for RouterError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RouterError::Overlap(v, a, b) => {
+                write!(f, "VPC {v:?}: the subnets of gateways {a} and {b} overlap")
+            }
+            RouterError::BridgeTwice(b) => write!(f, "bridge {} is in two subnets", b.0),
+        }
+    }
+}
+
+impl std::error::Error for RouterError {}
+
+/// Builds a [`Router`] on the control thread.
+#[derive(Default)]
+pub struct RouterBuilder {
+    vpcs: Vec<Vpc>,
+}
+
+impl RouterBuilder {
+    /// A builder without VPCs.
+    pub fn new() -> RouterBuilder {
+        RouterBuilder::default()
+    }
+
+    /// Adds VPC `name` with router MAC `mac`; its index for the calls below.
+    pub fn vpc(&mut self, name: &str, mac: MacAddr) -> usize {
+        self.vpcs.push(Vpc {
+            name: name.into(),
+            mac,
+            subnets: Vec::new(),
+            endpoints: FxHashMap::default(),
+        });
+        self.vpcs.len() - 1
+    }
+
+    /// Makes `s` a subnet of VPC `vpc`.
+    pub fn subnet(&mut self, vpc: usize, s: Subnet) -> Result<&mut Self, RouterError> {
+        if self
+            .vpcs
+            .iter()
+            .any(|v| v.subnets.iter().any(|o| o.bridge == s.bridge))
+        {
+            return Err(RouterError::BridgeTwice(s.bridge));
+        }
+        let v = &mut self.vpcs[vpc];
+        if let Some(o) = v.subnets.iter().find(|o| o.overlaps(&s)) {
+            return Err(RouterError::Overlap(v.name.clone(), o.gateway, s.gateway));
+        }
+        v.subnets.push(s);
+        Ok(self)
+    }
+
+    /// Adds endpoint `e` with address `ip`, if its bridge is a subnet of
+    /// a VPC and `ip` is in it, is not the gateway and no endpoint has it
+    /// yet (the first claim stays: local NICs are added before remote
+    /// stations, and the agent refuses a remote duplicate anyway). True
+    /// if added.
+    pub fn endpoint(&mut self, ip: Ipv4Addr, e: Endpoint) -> bool {
+        let Some(v) = self
+            .vpcs
+            .iter_mut()
+            .find(|v| v.subnets.iter().any(|s| s.bridge == e.bridge))
+        else {
+            return false;
+        };
+        let s = v.subnet_of_bridge(e.bridge).expect("found by it");
+        if !s.contains(ip) || s.gateway == ip {
+            return false;
+        }
+        match v.endpoints.entry(u32::from(ip)) {
+            std::collections::hash_map::Entry::Occupied(_) => false,
+            std::collections::hash_map::Entry::Vacant(slot) => {
+                slot.insert(e);
+                true
+            }
+        }
+    }
+
+    /// The router; `bridges` is how many bridges the switch has.
+    pub fn build(self, bridges: usize) -> Router {
+        let mut bridge_vpc = vec![None; bridges];
+        for (i, v) in self.vpcs.iter().enumerate() {
+            for s in &v.subnets {
+                if let Some(slot) = bridge_vpc.get_mut(s.bridge.index()) {
+                    *slot = Some(i as u16);
+                }
+            }
+        }
+        Router {
+            bridge_vpc,
+            vpcs: self.vpcs,
+        }
+    }
+}
+
+/// Every VPC's router, in one snapshot.
+#[derive(Default)]
+pub struct Router {
+    /// Per bridge: its VPC's index.
+    bridge_vpc: Vec<Option<u16>>,
+    vpcs: Vec<Vpc>,
+}
+
+impl Router {
+    /// The VPCs.
+    pub fn vpcs(&self) -> &[Vpc] {
+        &self.vpcs
+    }
+
+    /// The VPC bridge `b` is a subnet of.
+    #[inline]
+    pub fn vpc_of(&self, b: BridgeId) -> Option<&Vpc> {
+        let i = self.bridge_vpc.get(b.index()).copied().flatten()?;
+        Some(&self.vpcs[usize::from(i)])
+    }
+
+    /// Routes and answers what a burst from `in_port` (in `bridge`, a
+    /// subnet of `vpc`) sends to the router or asks of it (see the module
+    /// documentation): rewrites those frames' `actions` and sets their
+    /// `edits` (others' are left [`Edit::None`]); counts its drops in
+    /// `counters` (the ingress port's). True if any frame got an edit.
+    #[allow(clippy::too_many_arguments)]
+    pub fn stage<F: Frame>(
+        &self,
+        vpc: &Vpc,
+        bridge: BridgeId,
+        in_port: PortId,
+        from_tunnel: bool,
+        is_tunnel: impl Fn(PortId) -> bool,
+        frames: &[F],
+        actions: &mut [Action],
+        edits: &mut [Edit],
+        counters: &PortCounters,
+    ) -> bool {
+        let mut edited = false;
+        for (i, f) in frames.iter().enumerate() {
+            edits[i] = Edit::None;
+            if let Action::Drop(_) = actions[i] {
+                continue;
+            }
+            let d = f.data();
+            let ethertype = u16::from_be_bytes([d[12], d[13]]);
+            let to_router = d[0..6] == vpc.mac.0;
+            let decided = if to_router && ethertype == ETH_P_IPV4 {
+                Some(route(vpc, in_port, from_tunnel, &is_tunnel, d))
+            } else if to_router && ethertype != ETH_P_ARP {
+                Some(Err(DropReason::NoRoute))
+            } else if (to_router || actions[i] == Action::Flood)
+                && ethertype == ETH_P_ARP
+                && !from_tunnel
+            {
+                arp_answer(vpc, bridge, in_port, d)
+                    .map(|mac| Ok((Action::Reply, Edit::ArpReply { mac })))
+                    .or(to_router.then_some(Err(DropReason::NoRoute)))
+            } else if to_router {
+                Some(Err(DropReason::NoRoute))
+            } else {
+                None
+            };
+            match decided {
+                None => {}
+                Some(Ok((a, e))) => {
+                    actions[i] = a;
+                    edits[i] = e;
+                    edited = true;
+                }
+                Some(Err(r)) => {
+                    actions[i] = Action::Drop(r);
+                    counters.drop(r, f.wire_packets());
+                }
+            }
+        }
+        edited
+    }
+}
+
+/// The fate of an IPv4 frame to the router MAC.
+fn route(
+    vpc: &Vpc,
+    in_port: PortId,
+    from_tunnel: bool,
+    is_tunnel: &impl Fn(PortId) -> bool,
+    d: &[u8],
+) -> Result<(Action, Edit), DropReason> {
+    if d.len() < 34 || d[14] >> 4 != 4 || d[14] & 0x0f < 5 {
+        return Err(DropReason::Malformed);
+    }
+    let ihl = usize::from(d[14] & 0x0f) * 4;
+    if d.len() < 14 + ihl {
+        return Err(DropReason::Malformed);
+    }
+    let dst = u32::from_be_bytes([d[30], d[31], d[32], d[33]]);
+    if vpc.is_gateway(dst) {
+        // Only pings: the gateway has no other service.
+        let first = u16::from_be_bytes([d[20], d[21]]) & 0x3fff == 0;
+        let l4 = 14 + ihl;
+        let echo = d[23] == IPPROTO_ICMP
+            && first
+            && d.len() >= l4 + 8
+            && d[l4] == ICMP_ECHO_REQUEST
+            && d[l4 + 1] == 0;
+        return if echo && !from_tunnel {
+            Ok((Action::Reply, Edit::EchoReply { mac: vpc.mac }))
+        } else {
+            Err(DropReason::NoRoute)
+        };
+    }
+    if d[22] <= 1 {
+        return Err(DropReason::TtlExceeded);
+    }
+    let e = vpc.endpoints.get(&dst).ok_or(DropReason::NoRoute)?;
+    if e.port == in_port {
+        return Err(DropReason::SamePort);
+    }
+    if from_tunnel && is_tunnel(e.port) {
+        return Err(DropReason::SplitHorizon);
+    }
+    Ok((
+        Action::Output(e.port),
+        Edit::Route {
+            src: vpc.mac,
+            dst: e.mac,
+        },
+    ))
+}
+
+/// The MAC that answers an ARP request in `d` from `in_port` in `bridge`,
+/// if the VPC knows it: the router's for the subnet's gateway, an
+/// endpoint's of the same subnet behind another port. Gratuitous ARP
+/// (target = sender) is not answered.
+fn arp_answer(vpc: &Vpc, bridge: BridgeId, in_port: PortId, d: &[u8]) -> Option<MacAddr> {
+    // Ethernet/IPv4 ARP request: htype 1, ptype 0x0800, hlen 6, plen 4.
+    if d.len() < ARP_LEN || d[14..20] != [0, 1, 8, 0, 6, 4] {
+        return None;
+    }
+    if u16::from_be_bytes([d[20], d[21]]) != ARP_REQUEST || d[28..32] == d[38..42] {
+        return None;
+    }
+    let target = Ipv4Addr::new(d[38], d[39], d[40], d[41]);
+    let s = vpc.subnet_of_bridge(bridge)?;
+    if target == s.gateway {
+        return Some(vpc.mac);
+    }
+    vpc.endpoint(target)
+        .filter(|e| e.bridge == bridge && e.port != in_port)
+        .map(|e| e.mac)
+}
+
+#[cfg(test)]
+mod tests {
+    use etherparse::{PacketBuilder, SlicedPacket, TransportSlice};
+
+    use super::*;
+
+    const ROUTER: MacAddr = MacAddr([0x02, 0xfe, 0, 0, 0, 1]);
+    const A_MAC: MacAddr = MacAddr([2, 0, 0, 0, 0, 0xa]);
+    const B_MAC: MacAddr = MacAddr([2, 0, 0, 0, 0, 0xb]);
+    const R_MAC: MacAddr = MacAddr([2, 0, 0, 0, 0, 0xc]);
+    const A: [u8; 4] = [192, 168, 1, 10];
+    const B: [u8; 4] = [192, 168, 2, 20];
+    /// Behind tunnel port 9.
+    const R: [u8; 4] = [192, 168, 2, 30];
+
+    /// VPC "blue": bridge 0 = 192.168.1.0/24 (gateway .1) with A on port
+    /// 1; bridge 1 = 192.168.2.0/24 (gateway .1) with B on port 2 and R
+    /// behind tunnel port 9. Bridge 2 is in no VPC.
+    fn router() -> Router {
+        let mut b = RouterBuilder::new();
+        let v = b.vpc("blue", ROUTER);
+        for (br, gw) in [(0, [192, 168, 1, 1]), (1, [192, 168, 2, 1])] {
+            b.subnet(
+                v,
+                Subnet {
+                    bridge: BridgeId(br),
+                    gateway: gw.into(),
+                    prefix: 24,
+                },
+            )
+            .unwrap();
+        }
+        for (ip, mac, port, br) in [(A, A_MAC, 1, 0), (B, B_MAC, 2, 1), (R, R_MAC, 9, 1)] {
+            assert!(b.endpoint(
+                ip.into(),
+                Endpoint {
+                    mac,
+                    port: PortId(port),
+                    bridge: BridgeId(br)
+                }
+            ));
+        }
+        b.build(3)
+    }
+
+    fn udp(src: MacAddr, dst: MacAddr, from: [u8; 4], to: [u8; 4], ttl: u8) -> Vec<u8> {
+        let mut v = Vec::new();
+        PacketBuilder::ethernet2(src.0, dst.0)
+            .ipv4(from, to, ttl)
+            .udp(1000, 2000)
+            .write(&mut v, b"routed")
+            .unwrap();
+        v
+    }
+
+    fn ping(src: MacAddr, dst: MacAddr, from: [u8; 4], to: [u8; 4]) -> Vec<u8> {
+        let mut v = Vec::new();
+        PacketBuilder::ethernet2(src.0, dst.0)
+            .ipv4(from, to, 64)
+            .icmpv4_echo_request(7, 1)
+            .write(&mut v, b"ping")
+            .unwrap();
+        v
+    }
+
+    fn arp_request(src: MacAddr, from: [u8; 4], asked: [u8; 4]) -> Vec<u8> {
+        let mut v = Vec::new();
+        v.extend_from_slice(&[0xff; 6]);
+        v.extend_from_slice(&src.0);
+        v.extend_from_slice(&[0x08, 0x06, 0, 1, 8, 0, 6, 4, 0, 1]);
+        v.extend_from_slice(&src.0);
+        v.extend_from_slice(&from);
+        v.extend_from_slice(&[0; 6]);
+        v.extend_from_slice(&asked);
+        v
+    }
+
+    /// Runs the stage on one frame from `in_port` in `bridge` whose
+    /// bridge action was `action`; (action, edit, counters).
+    fn one(
+        bridge: u16,
+        in_port: u16,
+        from_tunnel: bool,
+        frame: &[u8],
+        action: Action,
+    ) -> (Action, Edit, PortCounters) {
+        let r = router();
+        let vpc = r.vpc_of(BridgeId(bridge)).expect("a VPC bridge");
+        let mut actions = [action];
+        let mut edits = [Edit::Route {
+            src: ROUTER,
+            dst: ROUTER,
+        }];
+        let c = PortCounters::default();
+        r.stage(
+            vpc,
+            BridgeId(bridge),
+            PortId(in_port),
+            from_tunnel,
+            |p| p.0 == 9,
+            &[frame],
+            &mut actions,
+            &mut edits,
+            &c,
+        );
+        (actions[0], edits[0], c)
+    }
+
+    #[test]
+    fn a_frame_to_the_router_is_routed_to_the_endpoint_with_ttl_and_checksum_right() {
+        let mut f = udp(A_MAC, ROUTER, A, B, 64);
+        let (a, e, _) = one(0, 1, false, &f, Action::Flood);
+        assert_eq!(a, Action::Output(PortId(2)));
+        assert_eq!(
+            e,
+            Edit::Route {
+                src: ROUTER,
+                dst: B_MAC
+            }
+        );
+        e.apply(&mut f);
+        let p = SlicedPacket::from_ethernet(&f).unwrap();
+        assert_eq!((&f[6..12], &f[0..6]), (&ROUTER.0[..], &B_MAC.0[..]));
+        let ip = match p.net.unwrap() {
+            etherparse::NetSlice::Ipv4(ip) => ip.header().to_header(),
+            _ => panic!("IPv4"),
+        };
+        assert_eq!(ip.time_to_live, 63);
+        assert_eq!(
+            ip.header_checksum,
+            ip.calc_header_checksum(),
+            "checksum still valid"
+        );
+        // Routed to a remote endpoint: out of its tunnel port.
+        let (a, _, _) = one(0, 1, false, &udp(A_MAC, ROUTER, A, R, 64), Action::Flood);
+        assert_eq!(a, Action::Output(PortId(9)));
+    }
+
+    #[test]
+    fn what_cannot_be_routed_is_dropped_and_counted() {
+        let cases = [
+            // No endpoint has it (in a subnet, and outside every one).
+            (
+                udp(A_MAC, ROUTER, A, [192, 168, 2, 99], 64),
+                false,
+                DropReason::NoRoute,
+            ),
+            (
+                udp(A_MAC, ROUTER, A, [8, 8, 8, 8], 64),
+                false,
+                DropReason::NoRoute,
+            ),
+            // TTL 1 would leave with 0.
+            (udp(A_MAC, ROUTER, A, B, 1), false, DropReason::TtlExceeded),
+            // To its own port.
+            (
+                udp(A_MAC, ROUTER, [192, 168, 2, 5], A, 64),
+                false,
+                DropReason::SamePort,
+            ),
+            // From a tunnel back into a tunnel.
+            (
+                udp(R_MAC, ROUTER, [192, 168, 9, 1], R, 64),
+                true,
+                DropReason::SplitHorizon,
+            ),
+            // UDP to the gateway: only pings are answered.
+            (
+                udp(A_MAC, ROUTER, A, [192, 168, 1, 1], 64),
+                false,
+                DropReason::NoRoute,
+            ),
+            // Cut short.
+            (
+                udp(A_MAC, ROUTER, A, B, 64)[..30].to_vec(),
+                false,
+                DropReason::Malformed,
+            ),
+        ];
+        for (f, tunnel, why) in cases {
+            let in_port = if tunnel { 8 } else { 1 };
+            let (a, e, c) = one(0, in_port, tunnel, &f, Action::Flood);
+            assert_eq!(a, Action::Drop(why), "{why:?}");
+            assert_eq!(e, Edit::None);
+            assert_eq!(c.drops[why as usize].get(), 1, "{why:?} counted");
+        }
+    }
+
+    #[test]
+    fn arp_for_the_gateway_and_known_endpoints_is_answered_on_the_spot() {
+        // The gateway: the router MAC, as a reply back to the asker.
+        let mut f = arp_request(A_MAC, A, [192, 168, 1, 1]);
+        let (a, e, _) = one(0, 1, false, &f, Action::Flood);
+        assert_eq!((a, e), (Action::Reply, Edit::ArpReply { mac: ROUTER }));
+        e.apply(&mut f);
+        assert_eq!(&f[0..6], &A_MAC.0, "to the asker");
+        assert_eq!(&f[6..12], &ROUTER.0);
+        assert_eq!(u16::from_be_bytes([f[20], f[21]]), ARP_REPLY);
+        assert_eq!(&f[22..28], &ROUTER.0, "sender = the answer");
+        assert_eq!(&f[28..32], &[192, 168, 1, 1]);
+        assert_eq!(&f[32..38], &A_MAC.0);
+        assert_eq!(&f[38..42], &A);
+        // A remote endpoint of the same subnet: its MAC, no flood.
+        let f = arp_request(B_MAC, B, R);
+        assert_eq!(
+            one(1, 2, false, &f, Action::Flood).0,
+            Action::Reply,
+            "answered locally"
+        );
+        // Not answered: another subnet's endpoint or gateway, an unknown
+        // address, a gratuitous ARP, a request from a tunnel.
+        for (br, port, tunnel, f) in [
+            (0, 1, false, arp_request(A_MAC, A, B)),
+            (0, 1, false, arp_request(A_MAC, A, [192, 168, 2, 1])),
+            (0, 1, false, arp_request(A_MAC, A, [192, 168, 1, 77])),
+            (0, 1, false, arp_request(A_MAC, A, A)),
+            (1, 9, true, arp_request(R_MAC, R, B)),
+        ] {
+            assert_eq!(one(br, port, tunnel, &f, Action::Flood).0, Action::Flood);
+        }
+    }
+
+    #[test]
+    fn a_ping_to_the_gateway_is_answered_with_a_valid_reply() {
+        let mut f = ping(A_MAC, ROUTER, A, [192, 168, 1, 1]);
+        let (a, e, _) = one(0, 1, false, &f, Action::Flood);
+        assert_eq!((a, e), (Action::Reply, Edit::EchoReply { mac: ROUTER }));
+        e.apply(&mut f);
+        let p = SlicedPacket::from_ethernet(&f).unwrap();
+        assert_eq!((&f[6..12], &f[0..6]), (&ROUTER.0[..], &A_MAC.0[..]));
+        let etherparse::NetSlice::Ipv4(ip) = p.net.unwrap() else {
+            panic!("IPv4")
+        };
+        assert_eq!(ip.header().source(), [192, 168, 1, 1]);
+        assert_eq!(ip.header().destination(), A);
+        let Some(TransportSlice::Icmpv4(icmp)) = p.transport else {
+            panic!("ICMP")
+        };
+        assert!(matches!(
+            icmp.icmp_type(),
+            etherparse::Icmpv4Type::EchoReply(_)
+        ));
+        let h = icmp.header();
+        assert_eq!(
+            h.checksum,
+            h.icmp_type.calc_checksum(icmp.payload()),
+            "ICMP checksum valid"
+        );
+        // Another subnet's gateway through this router MAC: answered too.
+        let f = ping(A_MAC, ROUTER, A, [192, 168, 2, 1]);
+        assert_eq!(one(0, 1, false, &f, Action::Flood).0, Action::Reply);
+    }
+
+    #[test]
+    fn frames_not_for_the_router_are_left_alone() {
+        let f = udp(A_MAC, B_MAC, A, B, 64);
+        let (a, e, _) = one(0, 1, false, &f, Action::Output(PortId(2)));
+        assert_eq!((a, e), (Action::Output(PortId(2)), Edit::None));
+        let (a, _, _) = one(0, 1, false, &f, Action::Drop(DropReason::SamePort));
+        assert_eq!(a, Action::Drop(DropReason::SamePort));
+    }
+
+    #[test]
+    fn subnets_of_one_vpc_never_overlap_and_vpcs_are_apart() {
+        let mut b = RouterBuilder::new();
+        let v = b.vpc("blue", ROUTER);
+        let red = b.vpc("red", MacAddr([2, 0xfe, 0, 0, 0, 2]));
+        let s = |br, gw: [u8; 4], prefix| Subnet {
+            bridge: BridgeId(br),
+            gateway: gw.into(),
+            prefix,
+        };
+        b.subnet(v, s(0, [10, 0, 0, 1], 16)).unwrap();
+        assert!(matches!(
+            b.subnet(v, s(1, [10, 0, 5, 1], 24)),
+            Err(RouterError::Overlap(..))
+        ));
+        assert_eq!(
+            b.subnet(red, s(0, [10, 9, 0, 1], 24)).err(),
+            Some(RouterError::BridgeTwice(BridgeId(0)))
+        );
+        // The same range in another VPC is its own.
+        b.subnet(red, s(1, [10, 0, 0, 1], 16)).unwrap();
+        let e = |port, br| Endpoint {
+            mac: A_MAC,
+            port: PortId(port),
+            bridge: BridgeId(br),
+        };
+        assert!(b.endpoint([10, 0, 0, 5].into(), e(1, 0)));
+        assert!(
+            b.endpoint([10, 0, 0, 5].into(), e(2, 1)),
+            "same address, other VPC"
+        );
+        assert!(
+            !b.endpoint([10, 0, 0, 5].into(), e(3, 0)),
+            "first claim stays"
+        );
+        assert!(
+            !b.endpoint([10, 1, 0, 5].into(), e(3, 1)),
+            "outside red's subnet"
+        );
+        assert!(!b.endpoint([10, 0, 0, 1].into(), e(3, 0)), "the gateway");
+        assert!(
+            !b.endpoint([10, 200, 0, 5].into(), e(3, 0)),
+            "outside the subnet"
+        );
+        let r = b.build(2);
+        let blue = r.vpc_of(BridgeId(0)).unwrap();
+        let red = r.vpc_of(BridgeId(1)).unwrap();
+        assert_eq!(blue.endpoint([10, 0, 0, 5].into()).unwrap().port, PortId(1));
+        assert_eq!(red.endpoint([10, 0, 0, 5].into()).unwrap().port, PortId(2));
+    }
+}
