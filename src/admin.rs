@@ -178,6 +178,17 @@ impl Daemon<'_> {
                 stations,
             } => self.tunnel_set(&bridge, &vteps, &stations),
             Request::ConfigDump => Ok(json!({ "toml": text_of(&self.doc)? })),
+            Request::AgentReport { state } => {
+                self.agent = Some((Value::Object(state), std::time::Instant::now()));
+                Ok(Value::Null)
+            }
+            Request::AgentShow => match &self.agent {
+                Some((state, at)) => Ok(json!({
+                    "state": state,
+                    "reported_secs_ago": at.elapsed().as_secs_f64(),
+                })),
+                None => Err("no vswitch-agent has reported to this vswitchd".into()),
+            },
         }
     }
 

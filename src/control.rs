@@ -182,6 +182,14 @@ pub enum Request {
     },
     /// The running config as TOML, loadable by `vswitchd run`.
     ConfigDump,
+    /// What `vswitch-agent` reports of itself (etcd reachable, revision,
+    /// endpoints): kept in memory for `agent-show`.
+    AgentReport {
+        /// Its state, shown as given.
+        state: serde_json::Map<String, serde_json::Value>,
+    },
+    /// The agent's last report and its age.
+    AgentShow,
 }
 
 /// A remote station of [`Request::TunnelSet`]: a MAC behind a VTEP.

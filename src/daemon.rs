@@ -371,6 +371,9 @@ pub struct Daemon<'p> {
     carried: crate::security::Carried,
     /// Which worker polls which rx queue, and their measured loads.
     pub(crate) rxq: Placement,
+    /// The last state `vswitch-agent` reported, and when (not saved: the
+    /// agent reports every half second).
+    pub(crate) agent: Option<(serde_json::Value, Instant)>,
 }
 
 /// Worker counters `pmd-perf` reports since its last `--clear`: packets,
@@ -892,6 +895,7 @@ pub fn run(
         generation: 1,
         clock,
         hz,
+        agent: None,
     };
     let interval = Duration::from_secs(u64::from(d.cfg.stats.interval_secs));
     let mut last_stats = Instant::now();

@@ -1,36 +1,44 @@
 //! `vswitch-agent`: one per host, beside its vswitchd. It keeps the host's
 //! VPC endpoints in etcd and gives its vswitchd the other hosts' (remote
-//! VTEPs and stations per VNI, through `tunnel-set`), so a VPC spans
-//! hosts with no static tunnel config and no flood-and-learn.
+//! VTEPs and stations with their addresses per VNI, through
+//! `tunnel-set`), so a VPC spans hosts with no static tunnel config and
+//! no flood-and-learn, and its router reaches remote endpoints.
 //!
 //! Keys (under `--prefix`, `/vswitch/v1` by default), each tied to the
 //! host's lease, so a host that dies disappears from every other host
 //! within the lease TTL:
 //!
 //! - `hosts/<host>`: `{"vtep": "10.0.0.1"}`;
-//! - `endpoints/<vni>/<mac>`: `{"host": "h1", "vtep": "10.0.0.1",
-//!   "port": "c1"}`. A claim is a transaction: created if absent, rewritten
-//!   if this host owns it, refused (and logged) if another host does.
+//! - `endpoints/<vni>/<mac>`: `{"host", "vtep", "port", "ips"}`;
+//! - `ips/<vpc>/<ip>`: `{"host", "vni", "mac"}`: an address belongs to one
+//!   endpoint per VPC.
 //!
-//! Local endpoints come from vswitchd itself (`port-list`, `bridge-list`):
-//! every NIC with a MAC in a bridge that has a VNI. No second source of
-//! truth. Remote state: the agent lists `endpoints/`, watches from the
-//! list's revision, re-lists after a lost watch, and applies per bridge
-//! only what changed. While etcd is unreachable nothing is applied:
-//! vswitchd forwards on the last state.
+//! Claims are transactions (see [`claims`]). Local endpoints come from
+//! vswitchd itself (`port-list`, `bridge-list`): every NIC with a
+//! configured MAC in a bridge that has a VNI. No second source of truth:
+//! what changed while etcd was unreachable is simply what differs when
+//! it is back. Remote state: the agent lists `endpoints/`, watches from
+//! the list's revision, resumes a lost watch from the last revision it
+//! saw (re-listing only when etcd compacted past it), and applies per
+//! bridge only what changed. While etcd is unreachable nothing is
+//! applied: vswitchd forwards on the last state.
+
+mod claims;
+mod vswitchd;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, bail, Result};
 use clap::Parser;
 use etcd_client::{
-    Client, Compare, CompareOp, EventType, GetOptions, PutOptions, Txn, TxnOp, WatchOptions,
+    Client, ConnectOptions, EventType, GetOptions, PutOptions, WatchOptions, WatchResponse,
 };
-use serde_json::{json, Value};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::net::UnixStream;
+use serde_json::json;
+
+use claims::{Claimant, Claims};
+use vswitchd::{ask, local, Local};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -63,153 +71,56 @@ struct Endpoint {
     host: String,
     vtep: String,
     port: String,
-}
-
-/// One request to vswitchd's control socket; its `result`.
-async fn ask(control: &Path, req: Value) -> Result<Value> {
-    let s = UnixStream::connect(control)
-        .await
-        .with_context(|| format!("vswitchd at {}", control.display()))?;
-    let (r, mut w) = s.into_split();
-    w.write_all(format!("{req}\n").as_bytes()).await?;
-    let mut line = String::new();
-    BufReader::new(r).read_line(&mut line).await?;
-    let v: Value = serde_json::from_str(&line)?;
-    if v["ok"] == true {
-        Ok(v["result"].clone())
-    } else {
-        bail!("vswitchd: {}", v["error"].as_str().unwrap_or("?"))
-    }
-}
-
-/// This host's endpoints: (VNI, MAC) -> port, and VNI -> bridge, from
-/// vswitchd's ports and bridges.
-async fn local(control: &Path) -> Result<(BTreeMap<(u32, String), String>, BTreeMap<u32, String>)> {
-    let bridges = ask(control, json!({"cmd": "bridge-list"})).await?;
-    let mut vni_of = BTreeMap::new();
-    let mut bridge_of = BTreeMap::new();
-    for b in bridges.as_array().into_iter().flatten() {
-        if let (Some(name), Some(vni)) = (b["name"].as_str(), b["vni"].as_u64()) {
-            vni_of.insert(name.to_string(), vni as u32);
-            bridge_of.insert(vni as u32, name.to_string());
-        }
-    }
-    let ports = ask(control, json!({"cmd": "port-list"})).await?;
-    let mut eps = BTreeMap::new();
-    for p in ports.as_array().into_iter().flatten() {
-        let (Some(name), Some(bridge), Some(mac)) =
-            (p["name"].as_str(), p["bridge"].as_str(), p["mac"].as_str())
-        else {
-            continue;
-        };
-        let Some(&vni) = vni_of.get(bridge) else {
-            continue;
-        };
-        if mac == "00:00:00:00:00:00" {
-            continue;
-        }
-        eps.insert((vni, mac.to_string()), name.to_string());
-    }
-    Ok((eps, bridge_of))
+    /// Its IPv4 addresses (what a VPC's router routes to).
+    #[serde(default)]
+    ips: Vec<String>,
 }
 
 /// A bridge's remote state: the VTEPs that get its floods and the
-/// stations (MAC, VTEP) behind them.
+/// stations (MAC, VTEP, addresses) behind them.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 struct BridgeRemote {
     vteps: BTreeSet<String>,
-    stations: BTreeSet<(String, String)>,
+    stations: BTreeSet<(String, String, Vec<String>)>,
 }
 
-/// The agent's state between rounds.
+/// How long one etcd request may take before the session is given up
+/// (and the agent reconnects, possibly to another member).
+const DEADLINE: Duration = Duration::from_secs(5);
+
+/// The agent's state between rounds and sessions.
 struct Agent {
     args: Args,
     lease: i64,
-    /// What this host claimed: (VNI, MAC).
-    claimed: BTreeSet<(u32, String)>,
-    /// Every endpoint in etcd, by key.
+    claims: Claims,
+    /// Every endpoint in etcd, by key, as of `rev`.
     remote: BTreeMap<String, Endpoint>,
+    /// The last revision seen (list or watch); a new session watches from
+    /// the next one.
+    rev: Option<i64>,
     /// What was applied per bridge.
     applied: BTreeMap<String, BridgeRemote>,
 }
 
 impl Agent {
-    fn key(&self, vni: u32, mac: &str) -> String {
-        format!("{}/endpoints/{vni}/{mac}", self.args.prefix)
+    fn endpoints_prefix(&self) -> String {
+        format!("{}/endpoints/", self.args.prefix)
     }
 
-    /// Claims this host's endpoints and releases those that left.
-    async fn publish(
-        &mut self,
-        c: &mut Client,
-        eps: &BTreeMap<(u32, String), String>,
-    ) -> Result<()> {
-        for ((vni, mac), port) in eps {
-            if self.claimed.contains(&(*vni, mac.clone())) {
-                continue;
-            }
-            let key = self.key(*vni, mac);
-            let value = serde_json::to_string(&Endpoint {
-                host: self.args.host.clone(),
-                vtep: self.args.vtep.clone(),
-                port: port.clone(),
-            })?;
-            let put = TxnOp::put(
-                key.clone(),
-                value,
-                Some(PutOptions::new().with_lease(self.lease)),
-            );
-            // Created if absent; someone else's is refused.
-            let txn = Txn::new()
-                .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
-                .and_then([put])
-                .or_else([TxnOp::get(key.clone(), None)]);
-            let r = c.txn(txn).await?;
-            if r.succeeded() {
-                self.claimed.insert((*vni, mac.clone()));
-                continue;
-            }
-            let owner = r.op_responses().into_iter().find_map(|op| match op {
-                etcd_client::TxnOpResponse::Get(g) => g
-                    .kvs()
-                    .first()
-                    .and_then(|kv| serde_json::from_slice::<Endpoint>(kv.value()).ok()),
-                _ => None,
-            });
-            match owner {
-                Some(e) if e.host == self.args.host => {
-                    // Ours from before a restart: take it under this lease.
-                    let v = serde_json::to_string(&Endpoint { port: port.clone(), ..e })?;
-                    c.put(key, v, Some(PutOptions::new().with_lease(self.lease))).await?;
-                    self.claimed.insert((*vni, mac.clone()));
-                }
-                Some(e) => eprintln!(
-                    "vswitch-agent: MAC {mac} of port {port} (VNI {vni}) refused: host {} claims it",
-                    e.host
-                ),
-                None => {}
-            }
-        }
-        let gone: Vec<(u32, String)> = self
-            .claimed
-            .iter()
-            .filter(|k| !eps.contains_key(*k))
-            .cloned()
-            .collect();
-        for (vni, mac) in gone {
-            c.delete(self.key(vni, &mac), None).await?;
-            self.claimed.remove(&(vni, mac));
-        }
-        Ok(())
-    }
-
-    /// Gives vswitchd the remote state of every bridge whose state changed.
-    async fn apply(&mut self, bridge_of: &BTreeMap<u32, String>) -> Result<()> {
-        let mut want: BTreeMap<String, BridgeRemote> = bridge_of
+    /// Gives vswitchd the remote state of every bridge whose state
+    /// changed; a station's addresses only in a VPC's bridge. A VPC's
+    /// bridge also takes the VTEP of every host with an endpoint anywhere
+    /// in the VPC: routing is asymmetric, so such a host sends into this
+    /// subnet's VNI (and must be a tunnel port of it here) even when it
+    /// has no endpoint in it.
+    async fn apply(&mut self, local: &Local) -> Result<()> {
+        let mut want: BTreeMap<&str, BridgeRemote> = local
+            .bridges
             .values()
-            .map(|b| (b.clone(), Default::default()))
+            .map(|b| (b.name.as_str(), Default::default()))
             .collect();
-        let base = format!("{}/endpoints/", self.args.prefix);
+        let base = self.endpoints_prefix();
+        let mut vpc_vteps: BTreeMap<&str, BTreeSet<String>> = BTreeMap::new();
         for (key, e) in &self.remote {
             if e.host == self.args.host {
                 continue;
@@ -217,22 +128,40 @@ impl Agent {
             let Some((vni, mac)) = key.strip_prefix(&base).and_then(|k| k.split_once('/')) else {
                 continue;
             };
-            let Some(bridge) = vni.parse().ok().and_then(|v: u32| bridge_of.get(&v)) else {
+            let Some(b) = vni.parse().ok().and_then(|v: u32| local.bridges.get(&v)) else {
                 continue;
             };
-            let w = want.get_mut(bridge).expect("every bridge has an entry");
+            let w = want
+                .get_mut(b.name.as_str())
+                .expect("every bridge has an entry");
             w.vteps.insert(e.vtep.clone());
-            w.stations.insert((mac.to_string(), e.vtep.clone()));
+            if let Some(v) = &b.vpc {
+                vpc_vteps.entry(v).or_default().insert(e.vtep.clone());
+            }
+            let ips = if b.vpc.is_some() {
+                e.ips.clone()
+            } else {
+                Vec::new()
+            };
+            w.stations.insert((mac.to_string(), e.vtep.clone(), ips));
+        }
+        for b in local.bridges.values() {
+            if let Some(vteps) = b.vpc.as_deref().and_then(|v| vpc_vteps.get(v)) {
+                let w = want
+                    .get_mut(b.name.as_str())
+                    .expect("every bridge has an entry");
+                w.vteps.extend(vteps.iter().cloned());
+            }
         }
         for (bridge, w) in want {
-            if self.applied.get(&bridge) == Some(&w) {
+            if self.applied.get(bridge) == Some(&w) {
                 continue;
             }
             let req = json!({
                 "cmd": "tunnel-set",
                 "bridge": bridge,
                 "vteps": w.vteps,
-                "stations": w.stations.iter().map(|(m, v)| json!({"mac": m, "vtep": v})).collect::<Vec<_>>(),
+                "stations": w.stations.iter().map(|(m, v, ips)| json!({"mac": m, "vtep": v, "ips": ips})).collect::<Vec<_>>(),
             });
             ask(&self.args.control, req).await?;
             eprintln!(
@@ -240,20 +169,71 @@ impl Agent {
                 w.vteps.len(),
                 w.stations.len()
             );
-            self.applied.insert(bridge, w);
+            self.applied.insert(bridge.to_string(), w);
         }
         Ok(())
+    }
+
+    /// Takes a watch response's events into `remote`; false if the watch
+    /// was canceled because etcd compacted past its revision.
+    fn take(&mut self, w: &WatchResponse) -> bool {
+        if w.canceled() {
+            if w.compact_revision() > 0 {
+                // What we missed is gone from etcd's history: list anew.
+                self.rev = None;
+            }
+            return false;
+        }
+        let base = self.endpoints_prefix();
+        for ev in w.events() {
+            let Some(kv) = ev.kv() else { continue };
+            let Ok(k) = kv.key_str() else { continue };
+            if !k.starts_with(&base) {
+                continue;
+            }
+            match ev.event_type() {
+                EventType::Put => {
+                    if let Ok(e) = serde_json::from_slice::<Endpoint>(kv.value()) {
+                        self.remote.insert(k.to_string(), e);
+                    }
+                }
+                EventType::Delete => {
+                    self.remote.remove(k);
+                }
+            }
+            self.rev = Some(self.rev.unwrap_or(0).max(kv.mod_revision()));
+        }
+        if let Some(h) = w.header() {
+            self.rev = Some(self.rev.unwrap_or(0).max(h.revision()));
+        }
+        true
+    }
+
+    /// Tells vswitchd what the agent is doing (`vswitchctl agent show`).
+    async fn report(&self, etcd: &str) {
+        let held = self.claims.held();
+        let state = json!({
+            "host": self.args.host,
+            "vtep": self.args.vtep,
+            "etcd": etcd,
+            "revision": self.rev,
+            "lease": format!("{:x}", self.lease),
+            "local_endpoints": held,
+            "remote_endpoints": self.remote.values().filter(|e| e.host != self.args.host).count(),
+            "refused": self.claims.refused().map(|(_, why)| why.clone()).collect::<Vec<_>>(),
+        });
+        // An older vswitchd without the verb: nothing to show there.
+        let _ = ask(
+            &self.args.control,
+            json!({"cmd": "agent-report", "state": state}),
+        )
+        .await;
     }
 }
 
 /// Lists the endpoints; the revision the list is at.
 async fn list(c: &mut Client, prefix: &str) -> Result<(BTreeMap<String, Endpoint>, i64)> {
-    let r = c
-        .get(
-            format!("{prefix}/endpoints/"),
-            Some(GetOptions::new().with_prefix()),
-        )
-        .await?;
+    let r = c.get(prefix, Some(GetOptions::new().with_prefix())).await?;
     let rev = r.header().map_or(0, |h| h.revision());
     let mut m = BTreeMap::new();
     for kv in r.kvs() {
@@ -264,12 +244,23 @@ async fn list(c: &mut Client, prefix: &str) -> Result<(BTreeMap<String, Endpoint
     Ok((m, rev))
 }
 
-/// One session with etcd: register, list, then watch and reconcile until
-/// something fails (the caller reconnects).
+/// One session with etcd: register, list (or resume), then watch and
+/// reconcile until something fails (the caller reconnects).
 async fn session(agent: &mut Agent) -> Result<()> {
-    let mut c = Client::connect(agent.args.etcd.clone(), None).await?;
-    agent.lease = c.lease_grant(agent.args.ttl, None).await?.id();
-    agent.claimed.clear();
+    let opts = ConnectOptions::new()
+        .with_connect_timeout(Duration::from_secs(2))
+        .with_keep_alive(Duration::from_secs(2), Duration::from_secs(2));
+    let mut c = tokio::time::timeout(
+        DEADLINE,
+        Client::connect(agent.args.etcd.clone(), Some(opts)),
+    )
+    .await??;
+    let within = |what: &'static str| move |_| anyhow!("etcd: {what} took over {DEADLINE:?}");
+    agent.lease = tokio::time::timeout(DEADLINE, c.lease_grant(agent.args.ttl, None))
+        .await
+        .map_err(within("lease grant"))??
+        .id();
+    agent.claims.clear();
     let (mut keeper, mut acks) = c.lease_keep_alive(agent.lease).await?;
     c.put(
         format!("{}/hosts/{}", agent.args.prefix, agent.args.host),
@@ -277,64 +268,58 @@ async fn session(agent: &mut Agent) -> Result<()> {
         Some(PutOptions::new().with_lease(agent.lease)),
     )
     .await?;
-    let (remote, rev) = list(&mut c, &agent.args.prefix).await?;
-    agent.remote = remote;
+    let from = match agent.rev {
+        Some(rev) => rev + 1,
+        None => {
+            let (remote, rev) = list(&mut c, &agent.endpoints_prefix()).await?;
+            agent.remote = remote;
+            agent.rev = Some(rev);
+            rev + 1
+        }
+    };
     let (_watcher, mut events) = c
         .watch(
-            format!("{}/endpoints/", agent.args.prefix),
-            Some(
-                WatchOptions::new()
-                    .with_prefix()
-                    .with_start_revision(rev + 1),
-            ),
+            agent.endpoints_prefix(),
+            Some(WatchOptions::new().with_prefix().with_start_revision(from)),
         )
         .await?;
     let mut tick = tokio::time::interval(Duration::from_millis(500));
-    let keep_every = Duration::from_secs((agent.args.ttl / 3).max(1) as u64);
-    let mut keep = tokio::time::interval(keep_every);
-    let base = format!("{}/endpoints/", agent.args.prefix);
+    let mut keep = tokio::time::interval(Duration::from_secs((agent.args.ttl / 3).max(1) as u64));
     loop {
         tokio::select! {
             _ = tick.tick() => {
                 // vswitchd unreachable: nothing to publish or apply now.
-                let Ok((eps, bridge_of)) = local(&agent.args.control).await else { continue };
-                agent.publish(&mut c, &eps).await?;
-                if let Err(e) = agent.apply(&bridge_of).await {
+                let Ok(l) = local(&agent.args.control).await else { continue };
+                let who = Claimant {
+                    host: &agent.args.host,
+                    vtep: &agent.args.vtep,
+                    prefix: &agent.args.prefix,
+                    lease: agent.lease,
+                };
+                tokio::time::timeout(DEADLINE, agent.claims.publish(&mut c, &who, &l))
+                    .await
+                    .map_err(within("publishing claims"))??;
+                if let Err(e) = agent.apply(&l).await {
                     eprintln!("vswitch-agent: {e:#}");
                 }
+                agent.report("connected").await;
             }
             _ = keep.tick() => {
                 keeper.keep_alive().await?;
-                if let Some(a) = acks.message().await? {
-                    if a.ttl() <= 0 {
-                        bail!("lease {} expired", agent.lease);
-                    }
+                let ack = tokio::time::timeout(DEADLINE, acks.message())
+                    .await
+                    .map_err(within("lease keep-alive"))??;
+                if ack.is_some_and(|a| a.ttl() <= 0) {
+                    bail!("lease {:x} expired", agent.lease);
                 }
             }
             m = events.message() => {
                 let Some(w) = m? else { bail!("watch ended") };
-                if w.canceled() {
+                if !agent.take(&w) {
                     bail!("watch canceled (compacted at {})", w.compact_revision());
                 }
-                for ev in w.events() {
-                    let Some(kv) = ev.kv() else { continue };
-                    let Ok(k) = kv.key_str() else { continue };
-                    if !k.starts_with(&base) {
-                        continue;
-                    }
-                    match ev.event_type() {
-                        EventType::Put => {
-                            if let Ok(e) = serde_json::from_slice::<Endpoint>(kv.value()) {
-                                agent.remote.insert(k.to_string(), e);
-                            }
-                        }
-                        EventType::Delete => {
-                            agent.remote.remove(k);
-                        }
-                    }
-                }
-                if let Ok((_, bridge_of)) = local(&agent.args.control).await {
-                    if let Err(e) = agent.apply(&bridge_of).await {
+                if let Ok(l) = local(&agent.args.control).await {
+                    if let Err(e) = agent.apply(&l).await {
                         eprintln!("vswitch-agent: {e:#}");
                     }
                 }
@@ -352,8 +337,9 @@ async fn main() -> Result<()> {
     let mut agent = Agent {
         args,
         lease: 0,
-        claimed: BTreeSet::new(),
+        claims: Claims::default(),
         remote: BTreeMap::new(),
+        rev: None,
         applied: BTreeMap::new(),
     };
     loop {
@@ -361,6 +347,7 @@ async fn main() -> Result<()> {
             r = session(&mut agent) => {
                 if let Err(e) = r {
                     eprintln!("vswitch-agent: etcd session ended: {e:#}; reconnecting (vswitchd keeps its state)");
+                    agent.report("unreachable").await;
                 }
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }

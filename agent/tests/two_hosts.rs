@@ -26,19 +26,23 @@ struct Host {
     dir: TempDir,
 }
 
-/// Host `me` of subnet `n`: a VTEP on `uplink`, bridge vpc100 (VNI 100,
-/// nothing remote, no learning) with container `c` at 192.168.60.`me`
-/// whose MAC is 02:00:00:06:00:`mac`.
+/// Host `me` of underlay `n`: a VTEP on `uplink`, VPC blue with subnets
+/// vpc100 (VNI 100, 192.168.60.0/24) and db (VNI 200, 192.168.61.0/24),
+/// nothing remote, no learning; container `c` in vpc100 at
+/// 192.168.60.`me` whose MAC is 02:00:00:06:00:`mac`.
 fn host(n: u8, me: u8, mac: u8, uplink: &str) -> Host {
     let dir = TempDir::new("vs-ag");
     let c = Netns::create(&unique("agc")).unwrap();
     let cfg = Vswitchd::config_header_idle(&dir, 256, "vpc100", 20)
         + &format!(
-            "vni = 100\nlearn_vteps = false\n\n\
+            "vni = 100\nlearn_vteps = false\nvpc = \"blue\"\ngateway = \"192.168.60.254/24\"\n\n\
+             [[bridge]]\nname = \"db\"\nvni = 200\nvpc = \"blue\"\ngateway = \"192.168.61.254/24\"\n\n\
+             [[vpc]]\nname = \"blue\"\n\n\
              [vtep]\nuplink = \"uplink\"\nip = \"10.{n}.2.{me}/24\"\n\n\
              [[port]]\nname = \"uplink\"\nkind = \"af-packet\"\niface = \"{uplink}\"\n\n\
              [[port]]\nname = \"c\"\nkind = \"tap\"\nbridge = \"vpc100\"\nnetns = \"{}\"\n\
-             mac = \"02:00:00:06:00:{mac:02x}\"\nipv4 = \"192.168.60.{me}/24\"\nmtu = 1450\n",
+             mac = \"02:00:00:06:00:{mac:02x}\"\nipv4 = \"192.168.60.{me}/24\"\n\
+             gateway = \"192.168.60.254\"\nmtu = 1450\n",
             c.name()
         );
     let vs =
@@ -52,6 +56,30 @@ fn pings(ns: &Netns, ip: &str) -> bool {
     })
 }
 
+/// The TTL of the reply to one ping from `ns` to `ip`, waiting (bounded)
+/// until one comes.
+fn reply_ttl(ns: &Netns, ip: &str) -> Option<u32> {
+    let mut ttl = None;
+    wait_until(Duration::from_secs(20), || {
+        let Ok(out) = ns.exec(&["ping", "-c", "1", "-W", "1", ip]) else {
+            return false;
+        };
+        ttl = out
+            .split("ttl=")
+            .nth(1)
+            .and_then(|t| t.split_whitespace().next()?.parse().ok());
+        true
+    });
+    ttl
+}
+
+/// The agent's last report to its vswitchd.
+fn agent_state(vs: &Vswitchd) -> serde_json::Value {
+    vs.request(json!({"cmd": "agent-show"}))
+        .map(|v| v["state"].clone())
+        .unwrap_or_default()
+}
+
 fn vni100_tunnels(vs: &Vswitchd) -> usize {
     vs.request(json!({"cmd": "tunnel-list"})).unwrap()["tunnels"]
         .as_array()
@@ -63,7 +91,7 @@ fn vni100_tunnels(vs: &Vswitchd) -> usize {
 
 /// Two hosts on a veth underlay, each with its agent on `etcd`: (host a,
 /// host b, agent a, agent b, the veth).
-fn pair(etcd: &Etcd) -> (Host, Host, Proc, Proc, Veth, u8) {
+fn pair(etcd: &Etcd) -> (Host, Host, Proc, Proc, Veth, String) {
     let n = (std::process::id() % 200) as u8 + 20;
     let (a_if, b_if) = (unique("aga"), unique("agb"));
     let wire = Veth::create(&a_if, &b_if, None).unwrap();
@@ -81,18 +109,87 @@ fn pair(etcd: &Etcd) -> (Host, Host, Proc, Proc, Veth, u8) {
     };
     let agent_a = start(&a, "host-a", 1);
     let agent_b = start(&b, "host-b", 2);
-    (a, b, agent_a, agent_b, wire, n)
+    (a, b, agent_a, agent_b, wire, prefix)
 }
 
 #[test]
 fn hosts_find_each_other_through_etcd_and_forget_a_dead_one() {
     let etcd = Etcd::start().unwrap();
-    let (a, b, mut agent_a, agent_b, _wire, _) = pair(&etcd);
+    let (a, b, mut agent_a, agent_b, _wire, prefix) = pair(&etcd);
 
     // Nothing static, no learning: only etcd can join them.
     assert!(pings(&a.c, "192.168.60.2"), "a -> b through etcd's state");
     assert!(pings(&b.c, "192.168.60.1"), "b -> a");
     assert_eq!(vni100_tunnels(&b.vs), 1);
+    let state = agent_state(&a.vs);
+    assert_eq!(state["etcd"], "connected", "{state}");
+    assert_eq!(
+        (
+            state["local_endpoints"].as_u64(),
+            state["remote_endpoints"].as_u64()
+        ),
+        (Some(1), Some(1)),
+        "{state}"
+    );
+
+    // Another subnet of the VPC on host b: host a routes to it through
+    // the tunnel of VNI 200 (the remote endpoint's address from etcd),
+    // host b routes the reply back; each crossing of a router is one hop.
+    let d = Netns::create(&unique("agd")).unwrap();
+    b.vs.request(json!({"cmd": "port-add", "port": {
+        "name": "d", "kind": "tap", "bridge": "db", "netns": d.name(),
+        "mac": "02:00:00:06:01:02", "ipv4": "192.168.61.2/24",
+        "gateway": "192.168.61.254", "mtu": 1450,
+    }}))
+    .unwrap();
+    assert_eq!(
+        reply_ttl(&a.c, "192.168.61.2"),
+        Some(63),
+        "a -> d routed on a, reply routed on b: a's VPCs {}, b's {}, agent b {:?}, stats a {}",
+        a.vs.request(json!({"cmd": "vpc-list"})).unwrap(),
+        b.vs.request(json!({"cmd": "vpc-list"})).unwrap(),
+        agent_b.output(),
+        a.vs.request(json!({"cmd": "stats"})).unwrap(),
+    );
+    assert_eq!(reply_ttl(&d, "192.168.60.1"), Some(63), "d -> a");
+
+    // An address another host holds in the VPC: the claim is refused (a
+    // holder written straight into etcd, as a host that is not ours).
+    let held = format!("{prefix}/ips/blue/192.168.60.7");
+    etcd.put(
+        &held,
+        r#"{"host": "host-z", "vni": 100, "mac": "02:00:00:06:00:77"}"#,
+    )
+    .unwrap();
+    let z = Netns::create(&unique("agz")).unwrap();
+    b.vs.request(json!({"cmd": "port-add", "port": {
+        "name": "z", "kind": "tap", "bridge": "vpc100", "netns": z.name(),
+        "mac": "02:00:00:06:00:07", "ipv4": "192.168.60.7/24", "mtu": 1450,
+    }}))
+    .unwrap();
+    assert!(
+        wait_until(Duration::from_secs(10), || agent_b.output().iter().any(
+            |l| l.contains("address 192.168.60.7") && l.contains("host host-z claims it")
+        )),
+        "address claim refused: {:?}",
+        agent_b.output()
+    );
+    assert!(
+        agent_state(&b.vs)["refused"]
+            .as_array()
+            .is_some_and(|r| r.len() == 1),
+        "shown: {}",
+        agent_state(&b.vs)
+    );
+    let on_a = || {
+        a.vs.request(json!({"cmd": "config-dump"})).unwrap()["toml"]
+            .as_str()
+            .unwrap()
+            .contains("02:00:00:06:00:07")
+    };
+    assert!(!on_a(), "a refused endpoint is not published");
+    b.vs.request(json!({"cmd": "port-del", "name": "z"}))
+        .unwrap();
 
     // A second NIC on b with a's container's MAC: refused by b's agent.
     let dup = Netns::create(&unique("agd")).unwrap();
@@ -131,6 +228,12 @@ fn forwarding_outlives_etcd_and_a_nic_added_meanwhile_is_shared_when_it_returns(
     assert!(pings(&a.c, "192.168.60.2"), "a -> b through etcd's state");
 
     etcd.kill();
+    assert!(
+        wait_until(Duration::from_secs(20), || agent_state(&a.vs)["etcd"]
+            == "unreachable"),
+        "the agent says etcd is unreachable: {}",
+        agent_state(&a.vs)
+    );
     assert!(
         a.c.exec(&["ping", "-c", "10", "-i", "0.2", "-W", "1", "192.168.60.2"])
             .is_ok_and(|o| o.contains("10 received")),

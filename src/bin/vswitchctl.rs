@@ -62,6 +62,12 @@ enum Noun {
         #[command(subcommand)]
         verb: VpcVerb,
     },
+    /// The vswitch-agent of this host: etcd reachable, revision applied,
+    /// endpoints local and remote, refused claims.
+    Agent {
+        #[command(subcommand)]
+        verb: AgentVerb,
+    },
     /// The MAC learning tables.
     Fdb {
         #[command(subcommand)]
@@ -136,6 +142,12 @@ enum PortVerb {
 enum BridgeVerb {
     /// List bridge domains.
     List,
+}
+
+#[derive(Subcommand)]
+enum AgentVerb {
+    /// Show the agent's last report.
+    Show,
 }
 
 #[derive(Subcommand)]
@@ -349,6 +361,9 @@ fn to_request(noun: &Noun) -> Result<Request, String> {
         Noun::Vpc {
             verb: VpcVerb::List,
         } => Request::VpcList,
+        Noun::Agent {
+            verb: AgentVerb::Show,
+        } => Request::AgentShow,
         Noun::Fdb { verb } => match verb {
             FdbVerb::Show { bridge } => Request::FdbShow {
                 bridge: bridge.clone(),

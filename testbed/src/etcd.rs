@@ -58,6 +58,18 @@ impl Etcd {
         Ok(proc)
     }
 
+    /// Writes `key` = `value` (etcdctl, v3 API), as another client would.
+    pub fn put(&self, key: &str, value: &str) -> Result<(), String> {
+        crate::run(Command::new("etcdctl").env("ETCDCTL_API", "3").args([
+            "--endpoints",
+            &self.url,
+            "put",
+            key,
+            value,
+        ]))
+        .map(|_| ())
+    }
+
     /// Kills the member (SIGKILL): clients see it unreachable.
     pub fn kill(&mut self) {
         self.proc.signal(libc::SIGKILL);
