@@ -7,7 +7,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use serde_json::json;
-use testbed::etcd::Etcd;
+use testbed::etcd::{Cluster, Etcd};
 use testbed::netns::{Netns, Veth};
 use testbed::process::Proc;
 use testbed::vswitchd::{TempDir, Vswitchd};
@@ -91,7 +91,7 @@ fn vni100_tunnels(vs: &Vswitchd) -> usize {
 
 /// Two hosts on a veth underlay, each with its agent on `etcd`: (host a,
 /// host b, agent a, agent b, the veth).
-fn pair(etcd: &Etcd) -> (Host, Host, Proc, Proc, Veth, String) {
+fn pair(etcd: &[String]) -> (Host, Host, Proc, Proc, Veth, String) {
     let n = (std::process::id() % 200) as u8 + 20;
     let (a_if, b_if) = (unique("aga"), unique("agb"));
     let wire = Veth::create(&a_if, &b_if, None).unwrap();
@@ -101,7 +101,10 @@ fn pair(etcd: &Etcd) -> (Host, Host, Proc, Proc, Veth, String) {
     let prefix = format!("/{}", unique("t"));
     let start = |h: &Host, name: &str, me: u8| {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_vswitch-agent"));
-        cmd.args(["--etcd", &etcd.url, "--host", name, "--ttl", "3"])
+        for url in etcd {
+            cmd.args(["--etcd", url]);
+        }
+        cmd.args(["--host", name, "--ttl", "3"])
             .args(["--vtep", &format!("10.{n}.2.{me}"), "--prefix", &prefix])
             .arg("--control")
             .arg(Vswitchd::control_socket(&h.dir));
@@ -115,7 +118,7 @@ fn pair(etcd: &Etcd) -> (Host, Host, Proc, Proc, Veth, String) {
 #[test]
 fn hosts_find_each_other_through_etcd_and_forget_a_dead_one() {
     let etcd = Etcd::start().unwrap();
-    let (a, b, mut agent_a, agent_b, _wire, prefix) = pair(&etcd);
+    let (a, b, mut agent_a, agent_b, _wire, prefix) = pair(&[etcd.url.clone()]);
 
     // Nothing static, no learning: only etcd can join them.
     assert!(pings(&a.c, "192.168.60.2"), "a -> b through etcd's state");
@@ -224,7 +227,7 @@ fn hosts_find_each_other_through_etcd_and_forget_a_dead_one() {
 #[test]
 fn forwarding_outlives_etcd_and_a_nic_added_meanwhile_is_shared_when_it_returns() {
     let mut etcd = Etcd::start().unwrap();
-    let (a, b, _agent_a, _agent_b, _wire, _) = pair(&etcd);
+    let (a, b, _agent_a, _agent_b, _wire, _) = pair(&[etcd.url.clone()]);
     assert!(pings(&a.c, "192.168.60.2"), "a -> b through etcd's state");
 
     etcd.kill();
@@ -260,4 +263,37 @@ fn forwarding_outlives_etcd_and_a_nic_added_meanwhile_is_shared_when_it_returns(
     );
     assert!(pings(&a.c, "192.168.60.3"), "a -> b's new container");
     assert!(pings(&a.c, "192.168.60.2"), "a -> b still");
+}
+
+/// On a three-member cluster, the leader killed: the agents carry on with
+/// the two members left (a NIC added afterwards is shared), and traffic
+/// never stops.
+#[test]
+fn the_etcd_leader_killed_changes_nothing_for_the_hosts() {
+    let mut etcd = Cluster::start().unwrap();
+    let (a, b, _agent_a, _agent_b, _wire, _) = pair(&etcd.urls());
+    assert!(pings(&a.c, "192.168.60.2"), "a -> b through etcd's state");
+    let leader = etcd.leader().expect("a leader");
+    etcd.kill(leader);
+    assert!(
+        a.c.exec(&["ping", "-c", "5", "-i", "0.2", "-W", "1", "192.168.60.2"])
+            .is_ok_and(|o| o.contains("5 received")),
+        "traffic between the hosts while the cluster elects"
+    );
+    let c2 = Netns::create(&unique("agl")).unwrap();
+    b.vs.request(json!({"cmd": "port-add", "port": {
+        "name": "c2", "kind": "tap", "bridge": "vpc100", "netns": c2.name(),
+        "mac": "02:00:00:06:00:04", "ipv4": "192.168.60.4/24", "mtu": 1450,
+    }}))
+    .unwrap();
+    assert!(
+        pings(&a.c, "192.168.60.4"),
+        "a -> b's NIC added after the leader died"
+    );
+    assert!(
+        wait_until(Duration::from_secs(20), || agent_state(&a.vs)["etcd"]
+            == "connected"),
+        "{}",
+        agent_state(&a.vs)
+    );
 }

@@ -82,3 +82,86 @@ impl Etcd {
         Ok(())
     }
 }
+
+/// A three-member etcd cluster on 127.0.0.1 ports of its own.
+pub struct Cluster {
+    members: Vec<(Option<Proc>, String)>,
+    _dir: TempDir,
+}
+
+impl Cluster {
+    /// Starts three members and waits (bounded) until each serves clients.
+    pub fn start() -> Result<Cluster, String> {
+        let dir = TempDir::new("etcd3");
+        let urls: Vec<(String, String)> = (0..3)
+            .map(|_| {
+                (
+                    format!("http://127.0.0.1:{}", free_port()),
+                    format!("http://127.0.0.1:{}", free_port()),
+                )
+            })
+            .collect();
+        let initial = urls
+            .iter()
+            .enumerate()
+            .map(|(i, (_, peer))| format!("m{i}={peer}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut members = Vec::new();
+        for (i, (url, peer)) in urls.iter().enumerate() {
+            let mut cmd = Command::new("etcd");
+            cmd.args(["--name", &format!("m{i}"), "--data-dir"])
+                .arg(dir.join(&format!("m{i}")))
+                .args(["--listen-client-urls", url, "--advertise-client-urls", url])
+                .args(["--listen-peer-urls", peer])
+                .args(["--initial-advertise-peer-urls", peer])
+                .args(["--initial-cluster", &initial])
+                .args(["--initial-cluster-state", "new"]);
+            let p = Proc::spawn("etcd", cmd).map_err(|e| format!("cannot run etcd: {e}"))?;
+            members.push((Some(p), url.clone()));
+        }
+        for (p, url) in &mut members {
+            let p = p.as_mut().expect("started");
+            if !p.wait_for_line(Duration::from_secs(30), |l| {
+                l.contains("ready to serve client requests")
+            }) {
+                p.dump();
+                return Err(format!("etcd member {url} did not come up in 30 s"));
+            }
+        }
+        Ok(Cluster { members, _dir: dir })
+    }
+
+    /// Every member's client URL.
+    pub fn urls(&self) -> Vec<String> {
+        self.members.iter().map(|(_, u)| u.clone()).collect()
+    }
+
+    /// The index of the member that leads now, if one answers as leader.
+    pub fn leader(&self) -> Option<usize> {
+        self.members.iter().position(|(p, url)| {
+            p.is_some()
+                && crate::run(Command::new("etcdctl").env("ETCDCTL_API", "3").args([
+                    "--endpoints",
+                    url,
+                    "endpoint",
+                    "status",
+                    "-w",
+                    "json",
+                ]))
+                .is_ok_and(|o| {
+                    let v: serde_json::Value = serde_json::from_str(&o).unwrap_or_default();
+                    let s = &v[0]["Status"];
+                    s["leader"].is_u64() && s["leader"] == s["header"]["member_id"]
+                })
+        })
+    }
+
+    /// Kills member `i` (SIGKILL).
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut p) = self.members[i].0.take() {
+            p.signal(libc::SIGKILL);
+            p.wait_exit(Duration::from_secs(10));
+        }
+    }
+}
