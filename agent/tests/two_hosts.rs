@@ -118,7 +118,7 @@ fn pair(etcd: &[String]) -> (Host, Host, Proc, Proc, Veth, String) {
 #[test]
 fn hosts_find_each_other_through_etcd_and_forget_a_dead_one() {
     let etcd = Etcd::start().unwrap();
-    let (a, b, mut agent_a, agent_b, _wire, prefix) = pair(&[etcd.url.clone()]);
+    let (a, b, mut agent_a, agent_b, _wire, prefix) = pair(std::slice::from_ref(&etcd.url));
 
     // Nothing static, no learning: only etcd can join them.
     assert!(pings(&a.c, "192.168.60.2"), "a -> b through etcd's state");
@@ -227,7 +227,7 @@ fn hosts_find_each_other_through_etcd_and_forget_a_dead_one() {
 #[test]
 fn forwarding_outlives_etcd_and_a_nic_added_meanwhile_is_shared_when_it_returns() {
     let mut etcd = Etcd::start().unwrap();
-    let (a, b, _agent_a, _agent_b, _wire, _) = pair(&[etcd.url.clone()]);
+    let (a, b, _agent_a, _agent_b, _wire, _) = pair(std::slice::from_ref(&etcd.url));
     assert!(pings(&a.c, "192.168.60.2"), "a -> b through etcd's state");
 
     etcd.kill();
