@@ -60,10 +60,7 @@ pub struct SubnetConf {
 
 impl SubnetConf {
     fn contains(&self, ip: Ipv4Addr) -> bool {
-        let mask = u32::MAX
-            .checked_shl(32 - u32::from(self.prefix))
-            .unwrap_or(0);
-        (u32::from(ip) ^ u32::from(self.gateway)) & mask == 0
+        vxlan::host::same_subnet(ip, self.gateway, self.prefix)
     }
 }
 

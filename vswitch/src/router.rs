@@ -42,6 +42,7 @@
 use std::net::Ipv4Addr;
 
 use rustc_hash::FxHashMap;
+use vxlan::host::same_subnet;
 
 use crate::flow::{ETH_P_ARP, ETH_P_IPV4, IPPROTO_ICMP};
 use crate::stats::{DropReason, PortCounters};
@@ -143,20 +144,14 @@ pub struct Subnet {
 }
 
 impl Subnet {
-    fn mask(&self) -> u32 {
-        u32::MAX
-            .checked_shl(32 - u32::from(self.prefix))
-            .unwrap_or(0)
-    }
-
     /// Whether `ip` is in the subnet.
     pub fn contains(&self, ip: Ipv4Addr) -> bool {
-        (u32::from(ip) ^ u32::from(self.gateway)) & self.mask() == 0
+        same_subnet(ip, self.gateway, self.prefix)
     }
 
+    /// Whether the two share an address: the shorter prefix holds both.
     fn overlaps(&self, other: &Subnet) -> bool {
-        let m = self.mask() & other.mask();
-        (u32::from(self.gateway) ^ u32::from(other.gateway)) & m == 0
+        same_subnet(self.gateway, other.gateway, self.prefix.min(other.prefix))
     }
 }
 
@@ -366,21 +361,16 @@ impl Router {
             let d = f.data();
             let ethertype = u16::from_be_bytes([d[12], d[13]]);
             let to_router = d[0..6] == vpc.mac.0;
-            let decided = if to_router && ethertype == ETH_P_IPV4 {
-                Some(route(vpc, in_port, from_tunnel, &is_tunnel, d))
-            } else if to_router && ethertype != ETH_P_ARP {
-                Some(Err(DropReason::NoRoute))
-            } else if (to_router || actions[i] == Action::Flood)
-                && ethertype == ETH_P_ARP
-                && !from_tunnel
-            {
-                arp_answer(vpc, bridge, in_port, d)
-                    .map(|mac| Ok((Action::Reply, Edit::ArpReply { mac })))
-                    .or(to_router.then_some(Err(DropReason::NoRoute)))
-            } else if to_router {
-                Some(Err(DropReason::NoRoute))
-            } else {
-                None
+            let asks = ethertype == ETH_P_ARP && !from_tunnel;
+            let decided = match (to_router, ethertype) {
+                (true, ETH_P_IPV4) => Some(route(vpc, in_port, from_tunnel, &is_tunnel, d)),
+                _ if asks && (to_router || actions[i] == Action::Flood) => {
+                    arp_answer(vpc, bridge, in_port, d)
+                        .map(|mac| Ok((Action::Reply, Edit::ArpReply { mac })))
+                        .or(to_router.then_some(Err(DropReason::NoRoute)))
+                }
+                (true, _) => Some(Err(DropReason::NoRoute)),
+                (false, _) => None,
             };
             match decided {
                 None => {}
