@@ -204,6 +204,24 @@ impl Daemon<'_> {
             .ok_or_else(|| format!("no port named {name:?}"))
     }
 
+    /// The switch port id of the NIC named `name`, if a request may
+    /// change it: a VPC's SNAT port is the config's own (`snat`).
+    fn changeable_slot(&self, name: &str) -> Result<usize, String> {
+        if let Some(v) = self
+            .cfg
+            .vpcs
+            .iter()
+            .find(|v| v.snat.as_ref().is_some_and(|s| s.port == name))
+        {
+            return Err(format!(
+                "port {name:?} is VPC {:?}'s way out: it comes and goes with the VPC's `snat` \
+                 (edit the config and restart)",
+                v.name
+            ));
+        }
+        self.slot_or_err(name)
+    }
+
     /// The name of whatever holds switch port `p` (a NIC or a tunnel).
     fn port_name(&self, p: PortId) -> Option<String> {
         match self.ports.get(p.index()).and_then(|x| x.as_ref()) {
@@ -398,7 +416,7 @@ impl Daemon<'_> {
             "allowed_ethertypes",
             "mac_limit",
         ];
-        let slot = self.slot_or_err(name)?;
+        let slot = self.changeable_slot(name)?;
         if let Some(k) = fields.keys().find(|k| !SETTABLE.contains(&k.as_str())) {
             return Err(format!(
                 "`{k}` cannot change on a running port (settable: {}); remove and add the port",
@@ -430,7 +448,7 @@ impl Daemon<'_> {
     }
 
     fn port_del(&mut self, name: &str) -> Result<Value, String> {
-        let slot = self.slot_or_err(name)?;
+        let slot = self.changeable_slot(name)?;
         if self.cfg.vtep.as_ref().is_some_and(|v| v.uplink == name) {
             return Err(format!(
                 "port {name:?} is the VTEP's uplink; it goes only with [vtep] (edit the config and restart)"
@@ -461,7 +479,7 @@ impl Daemon<'_> {
         pid: Option<u32>,
         ifname: Option<String>,
     ) -> Result<Value, String> {
-        let slot = self.slot_or_err(name)?;
+        let slot = self.changeable_slot(name)?;
         let port = self.ports[slot].as_ref().expect("slot_of found it");
         let PortKind::Tap(from) = port.spec.kind.clone() else {
             return Err(format!(
@@ -537,9 +555,21 @@ impl Daemon<'_> {
         let vpcs = dp.pipeline.router.vpcs().iter().map(|v| {
             let mut endpoints: Vec<_> = v.endpoints().collect();
             endpoints.sort_by_key(|(ip, _)| *ip);
+            let snat = self
+                .cfg
+                .vpcs
+                .iter()
+                .find(|c| c.name == v.name)
+                .and_then(|c| c.snat.as_ref());
             json!({
                 "name": v.name,
                 "router_mac": v.mac.to_string(),
+                "snat": snat.map(|s| json!({
+                    "netns": s.netns,
+                    "host_interface": s.host_if,
+                    "link": format!("{}/{}", s.host_ip(), crate::config::SNAT_PREFIX),
+                    "port": s.port,
+                })),
                 "subnets": v.subnets().iter().map(|s| json!({
                     "bridge": name(s.bridge),
                     "gateway": format!("{}/{}", s.gateway, s.prefix),

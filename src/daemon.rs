@@ -741,6 +741,8 @@ pub fn run(
     config_path: Option<std::path::PathBuf>,
     state: StateFile,
 ) -> Result<()> {
+    // Before the ports' checks: the SNAT ports are TAPs in its namespaces.
+    let egress = crate::snat::Egress::prepare(&cfg)?;
     preflight(&cfg)?;
     let doc: toml::Table = toml::from_str(text).context("the config as a TOML document")?;
     let n_workers = cfg.workers.cores.len();
@@ -800,6 +802,7 @@ pub fn run(
     let mut carried = crate::security::Carried::default();
     let mut placement = Placement::new(n_workers, hz);
     let prepared = (|| -> Result<_> {
+        egress.route(&cfg.vpcs)?;
         let vtep = match &cfg.vtep {
             Some(v) => {
                 let i = cfg
@@ -944,6 +947,7 @@ pub fn run(
         p.close();
     }
     drop(d);
+    drop(egress);
     drop(pool);
     drop(eal);
     eprintln!("vswitchd: stopped");

@@ -3,7 +3,7 @@
 //! The crate is the daemon around the DPDK-free `vswitch` pipeline: config,
 //! EAL and ports (`dpdk`), port kinds and container plumbing (`ports`,
 //! `netns`), vswitchd's own TAP port with offloads (`tap`), the worker lcores (`worker`, `datapath`) and which rx queues each polls (`rxq`), the VXLAN tunnel
-//! endpoint (`vtep`), the VPCs' routers (`vpc`), counters (`stats`), the control socket (`control`)
+//! endpoint (`vtep`), the VPCs' routers (`vpc`) and their way out (`snat`), counters (`stats`), the control socket (`control`)
 //! and what its requests do (`admin`), and the CNI plugin (`cni`). See DESIGN.md for the data flow.
 #![deny(missing_docs)]
 
@@ -19,6 +19,7 @@ pub mod ports;
 pub mod rtnl;
 pub mod rxq;
 pub mod security;
+pub mod snat;
 pub mod state;
 pub mod stats;
 pub mod tap;

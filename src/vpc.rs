@@ -2,7 +2,8 @@
 //! built from the config's `[[vpc]]` and VPC bridges, the ports that
 //! exist (local endpoints: a NIC's configured MAC and addresses) and the
 //! VTEP's tunnel ports (remote endpoints: `[[bridge.remote_mac]]` with
-//! `ips`, which an agent sets with `tunnel-set`).
+//! `ips`, which an agent sets with `tunnel-set`); a VPC with `snat` sends
+//! what leaves it to its SNAT port (`crate::snat`).
 
 use vswitch::router::{Endpoint, Subnet};
 use vswitch::{BridgeId, PortId, Router, RouterBuilder, SwitchBuilder};
@@ -63,6 +64,11 @@ pub fn build(
                     bridge,
                 },
             );
+        }
+    }
+    for (k, v) in cfg.vpcs.iter().enumerate() {
+        if v.snat.is_some() && !r.egress(k, crate::config::SNAT_ADDR) {
+            anyhow::bail!("VPC {:?}: its SNAT port is not open", v.name);
         }
     }
     if let Some(v) = vtep {

@@ -158,3 +158,82 @@ fn a_vpc_with_the_same_range_reaches_neither_subnet_of_another() {
     );
     assert!(stat(&w.vs, "r", &["drops", "no_route"]) >= 1);
 }
+
+/// VPC green has `snat`: its container reaches an "outside" namespace
+/// (joined to the host by a veth, as a host's uplink would be) through
+/// its host's NAT, and the reply comes back; the outside sees the host's
+/// address; the host itself stays out of reach; the namespace and the
+/// host's rules go with vswitchd.
+#[test]
+fn a_container_reaches_the_outside_through_snat_and_never_the_host() {
+    let dir = TempDir::new("vs-sn");
+    let k = std::process::id() % 200 + 20;
+    let g = Netns::create(&unique("sng")).unwrap();
+    let o = Netns::create(&unique("sno")).unwrap();
+    let host_end = unique("sno");
+    let _wire = testbed::netns::Veth::create(&host_end, "eth0", Some(&o)).unwrap();
+    let (host_ip, outside_ip) = (format!("10.62.{k}.1"), format!("10.62.{k}.2"));
+    assert!(std::process::Command::new("ip")
+        .args(["addr", "add", &format!("{host_ip}/24"), "dev", &host_end])
+        .status()
+        .unwrap()
+        .success());
+    o.exec(&[
+        "ip",
+        "addr",
+        "add",
+        &format!("{outside_ip}/24"),
+        "dev",
+        "eth0",
+    ])
+    .unwrap();
+    let cfg = header(&dir)
+        + &format!(
+            "\n[[vpc]]\nname = \"green\"\nsnat = true\nsnat_link = \"169.254.{k}.0/30\"\n\n\
+             [[bridge]]\nname = \"g\"\nvpc = \"green\"\ngateway = \"10.63.1.1/24\"\n\n"
+        )
+        + &nic("g", "g", &g, "02:00:00:63:00:0a", "10.63.1.10", "10.63.1.1");
+    let vs = start_linked(&dir, &cfg, &["g", "green-snat"]);
+    let green = &vs.request(json!({"cmd": "vpc-list"})).unwrap()[0];
+    let netns = green["snat"]["netns"].as_str().unwrap().to_string();
+    assert_eq!(green["snat"]["link"], format!("169.254.{k}.1/30"));
+
+    // Out and back: the reply crosses the host, the namespace and the
+    // router (TTL 64 - 3).
+    let mut ttl = None;
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            ttl = reply_ttl(&g, &outside_ip);
+            ttl.is_some()
+        }),
+        "g -> the outside: stats {}",
+        vs.request(json!({"cmd": "stats"})).unwrap()
+    );
+    assert_eq!(ttl, Some(61));
+    // TCP, seen by the outside as coming from the host's address.
+    let _server = tcp_server_with(&o, 8062, "echo from $SOCAT_PEERADDR");
+    let seen = tcp_fetch(&g, &outside_ip, 8062).expect("TCP through SNAT");
+    assert!(seen.contains(&format!("from {host_ip}")), "{seen}");
+
+    // The host's own addresses are not the outside.
+    for ip in [host_ip.as_str(), &format!("169.254.{k}.1")] {
+        assert!(reply_ttl(&g, ip).is_none(), "g reached the host at {ip}");
+    }
+    // Nor is the SNAT port changed by requests.
+    let e = vs
+        .request(json!({"cmd": "port-del", "name": "green-snat"}))
+        .unwrap_err();
+    assert!(e.contains("VPC \"green\"'s way out"), "{e}");
+
+    let netns_exists = || std::path::Path::new("/run/netns").join(&netns).exists();
+    let table_exists = || {
+        std::process::Command::new("nft")
+            .args(["list", "table", "ip", &netns])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    assert!(netns_exists() && table_exists());
+    drop(vs);
+    assert!(!netns_exists(), "namespace {netns} removed at stop");
+    assert!(!table_exists(), "host table {netns} removed at stop");
+}

@@ -25,7 +25,9 @@ mod policy;
 mod vpc;
 mod vtep;
 pub use policy::{QosPolicy, SessionsConf};
-pub use vpc::{derived_router_mac, SubnetConf, VpcConf};
+pub use vpc::{
+    derived_router_mac, SnatConf, SubnetConf, VpcConf, SNAT_ADDR, SNAT_GATEWAY, SNAT_PREFIX,
+};
 pub use vtep::{RemoteMac, VniConf, VtepConf};
 
 /// The demo configuration compiled into the binary: `vswitchd run` without
@@ -835,7 +837,15 @@ pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
         }
     }
     let port_spans: Vec<_> = model.ports.iter().map(|p| p.span()).collect();
-    let vpcs = vpc::vpcs(&cx, &model.vpcs, &model.bridges, &ports, &port_spans, &vnis)?;
+    let mut vpcs = vpc::vpcs(&cx, &model.vpcs, &model.bridges, &ports, &port_spans, &vnis)?;
+    vpc::expand_snat(
+        &cx,
+        &model.vpcs,
+        &model.eal.file_prefix,
+        &mut vpcs,
+        &mut bridges,
+        &mut ports,
+    )?;
     let tunnel_ports: usize = vnis
         .iter()
         .map(|v| {

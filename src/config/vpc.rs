@@ -11,7 +11,20 @@
 //! vni = 100
 //! vpc = "blue"
 //! gateway = "192.168.60.1/24"        # the subnet and its gateway
+//!
+//! [[vpc]]
+//! name = "red"
+//! snat = true                        # egress to the outside, see below
+//! snat_link = "169.254.101.0/30"     # optional; the host side of it
 //! ```
+//!
+//! `snat = true` gives the VPC a way out (see `crate::snat`): addresses
+//! in none of its subnets are routed to a network namespace of this host
+//! (`vsnat-<file_prefix>-<vpc>`) that masquerades them onto a veth to the
+//! host, which masquerades them again onto its own address. It is made
+//! of a hidden subnet (bridge and TAP port `<vpc>-snat`, 169.254.0.0/30:
+//! the router .1, the namespace .2) that the config expands itself, so
+//! the router, the counters and `port list` see an ordinary NIC.
 //!
 //! The router MAC must be the same on every host of a deployment (a
 //! container keeps it in its ARP cache): derived from the VPC's name by
@@ -34,6 +47,8 @@ use super::{check_name, parse_cidr, BridgeFile, ConfigError, Ctx, PortKind, Port
 pub(super) struct VpcFile {
     name: Spanned<String>,
     router_mac: Option<Spanned<String>>,
+    snat: Option<Spanned<bool>>,
+    snat_link: Option<Spanned<String>>,
 }
 
 /// A VPC.
@@ -43,8 +58,53 @@ pub struct VpcConf {
     pub name: String,
     /// Its router's MAC.
     pub router_mac: MacAddr,
-    /// Its subnets, in bridge order.
+    /// Its subnets, in bridge order (the SNAT link's last).
     pub subnets: Vec<SubnetConf>,
+    /// Its way out, if it has one.
+    pub snat: Option<SnatConf>,
+}
+
+/// A VPC's egress through source NAT on this host (`crate::snat`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnatConf {
+    /// The namespace that masquerades; also the name of its table in the
+    /// host's nftables.
+    pub netns: String,
+    /// The host's end of the veth into it.
+    pub host_if: String,
+    /// The /30 of that veth: the host has its first address, the
+    /// namespace the second.
+    pub link: Ipv4Addr,
+    /// The TAP port (and its bridge) the router sends egress to.
+    pub port: String,
+}
+
+/// The VPC side of every SNAT namespace: a /30 in which the router is
+/// the gateway and the namespace's TAP the one endpoint. The same in
+/// every VPC (each namespace is its own).
+pub const SNAT_GATEWAY: Ipv4Addr = Ipv4Addr::new(169, 254, 0, 1);
+/// The SNAT namespace's address on the VPC side.
+pub const SNAT_ADDR: Ipv4Addr = Ipv4Addr::new(169, 254, 0, 2);
+/// The prefix length of both SNAT links.
+pub const SNAT_PREFIX: u8 = 30;
+
+impl SnatConf {
+    /// The namespaces of the instance with DPDK file prefix `prefix`
+    /// start with this: a restart (or a test's cleanup) finds those a
+    /// crash left by it.
+    pub fn netns_prefix(file_prefix: &str) -> String {
+        format!("vsnat-{file_prefix}-")
+    }
+
+    /// The host's address on the link.
+    pub fn host_ip(&self) -> Ipv4Addr {
+        Ipv4Addr::from(u32::from(self.link) + 1)
+    }
+
+    /// The namespace's address on the link.
+    pub fn netns_ip(&self) -> Ipv4Addr {
+        Ipv4Addr::from(u32::from(self.link) + 2)
+    }
 }
 
 /// A bridge as a VPC's subnet.
@@ -124,6 +184,7 @@ pub(super) fn vpcs(
             name: name.clone(),
             router_mac,
             subnets: Vec::new(),
+            snat: None,
         });
     }
     for (i, b) in bridges.iter().enumerate() {
@@ -259,6 +320,129 @@ pub(super) fn vpcs(
     Ok(vpcs)
 }
 
+/// Gives each VPC with `snat = true` its way out (see the module
+/// documentation): the hidden subnet, its TAP port in the VPC's SNAT
+/// namespace, and the host link. Runs after [`vpcs`]: the VPC's own
+/// subnets must stay clear of the link.
+pub(super) fn expand_snat(
+    cx: &Ctx,
+    files: &[Spanned<VpcFile>],
+    file_prefix: &str,
+    vpcs: &mut [VpcConf],
+    bridges: &mut Vec<vswitch::BridgeConf>,
+    ports: &mut Vec<PortSpec>,
+) -> Result<(), ConfigError> {
+    let mut links: Vec<Ipv4Addr> = Vec::new();
+    for (i, (v, f)) in vpcs.iter_mut().zip(files).enumerate() {
+        let f = f.get_ref();
+        let field = |n: &str| format!("vpc[{i}].{n}");
+        let on = f.snat.as_ref().is_some_and(|s| *s.get_ref());
+        if !on {
+            if let Some(l) = &f.snat_link {
+                return Err(cx.err(l.span(), field("snat_link"), "needs `snat = true`"));
+            }
+            continue;
+        }
+        let span = f.snat.as_ref().expect("on").span();
+        let name = format!("{}-snat", v.name);
+        if bridges.iter().any(|b| b.name == name) || ports.iter().any(|p| p.name == name) {
+            return Err(cx.err(
+                span,
+                field("snat"),
+                format!(
+                    "SNAT makes a bridge and a port named {name:?}: rename the one the config has"
+                ),
+            ));
+        }
+        let vpc_side = SubnetConf {
+            bridge: name.clone(),
+            gateway: SNAT_GATEWAY,
+            prefix: SNAT_PREFIX,
+        };
+        if let Some(o) = v
+            .subnets
+            .iter()
+            .find(|o| o.contains(SNAT_GATEWAY) || vpc_side.contains(o.gateway))
+        {
+            return Err(cx.err(
+                span,
+                field("snat"),
+                format!(
+                    "bridge {:?}'s subnet overlaps {SNAT_GATEWAY}/{SNAT_PREFIX}, the VPC side of SNAT",
+                    o.bridge
+                ),
+            ));
+        }
+        let link = match &f.snat_link {
+            Some(l) => parse_cidr(l.get_ref())
+                .filter(|&(_, p)| p == SNAT_PREFIX)
+                .map(|(ip, _)| Ipv4Addr::from(u32::from(ip) & !3))
+                .ok_or_else(|| {
+                    cx.err(
+                        l.span(),
+                        field("snat_link"),
+                        "a /30 for the veth between the host and the SNAT namespace, like \"169.254.100.0/30\"",
+                    )
+                })?,
+            None => Ipv4Addr::new(169, 254, 100 + links.len() as u8, 0),
+        };
+        let at = f.snat_link.as_ref().map_or(span, |l| l.span());
+        if vpc_side.contains(link) || links.contains(&link) {
+            return Err(cx.err(
+                at,
+                field("snat_link"),
+                format!(
+                    "{link}/{SNAT_PREFIX} is taken (the VPC side of SNAT, or another VPC's link)"
+                ),
+            ));
+        }
+        links.push(link);
+        let netns = format!("{}{}", SnatConf::netns_prefix(file_prefix), v.name);
+        bridges.push(vswitch::BridgeConf {
+            name: name.clone(),
+            mac_capacity: 8,
+            mac_aging_secs: 300,
+        });
+        ports.push(PortSpec {
+            name: name.clone(),
+            bridge: Some(name.clone()),
+            rx_queues: 1,
+            rx_desc: 1024,
+            tx_desc: 1024,
+            rx_workers: None,
+            static_macs: Vec::new(),
+            ingress_group: None,
+            egress_group: None,
+            ingress_qos: None,
+            egress_qos: None,
+            // Ours, not a tenant's: it forwards the outside's replies,
+            // whose sources are no address of its own.
+            mac_limit: None,
+            cni: None,
+            guard: None,
+            kind: PortKind::Tap(super::TapSpec {
+                netns: super::Netns::Name(netns.clone()),
+                ifname: "vpc".into(),
+                mac: MacAddr::derived(&["vpc-snat", &v.name]),
+                ipv4: Some((SNAT_ADDR, SNAT_PREFIX)),
+                gateway: None,
+                mtu: 1500,
+            }),
+        });
+        v.subnets.push(vpc_side);
+        v.snat = Some(SnatConf {
+            host_if: format!(
+                "vsn{:08x}",
+                vswitch::types::fnv(&[file_prefix, &v.name]) as u32
+            ),
+            netns,
+            link,
+            port: name,
+        });
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::parse;
@@ -360,6 +544,51 @@ mod tests {
         ));
         assert_eq!((e.field.as_str(), e.line), ("port[1]", 17));
         assert!(e.message.contains("port \"a\"'s too"), "{e}");
+    }
+
+    #[test]
+    fn snat_adds_the_way_out_as_a_subnet_with_one_tap_and_checks_its_room() {
+        let w = bridge("web", "blue", "10.1.0.1/24");
+        let snat = "[[vpc]]\nname = \"blue\"\nsnat = true\n";
+        let c = parse("t.toml", &format!("{snat}{w}")).unwrap();
+        let s = c.vpcs[0].snat.as_ref().unwrap();
+        assert_eq!(s.netns, "vsnat-vswitchd-blue");
+        assert_eq!(
+            (s.host_ip(), s.netns_ip()),
+            (
+                "169.254.100.1".parse().unwrap(),
+                "169.254.100.2".parse().unwrap()
+            )
+        );
+        assert_eq!(s.host_if.len(), 11, "an interface name: {}", s.host_if);
+        let sub = c.vpcs[0].subnets.last().unwrap();
+        assert_eq!(
+            (sub.bridge.as_str(), sub.gateway, sub.prefix),
+            ("blue-snat", SNAT_GATEWAY, 30)
+        );
+        let p = c.ports.iter().find(|p| p.name == "blue-snat").unwrap();
+        assert_eq!(p.bridge.as_deref(), Some("blue-snat"));
+        assert_eq!(p.endpoint().unwrap().1, [SNAT_ADDR]);
+        assert!(c.bridges.iter().any(|b| b.name == "blue-snat"));
+
+        // The VPC's subnets keep clear of the VPC side, links are unique,
+        // names are free, `snat_link` needs `snat`.
+        let e = err(&format!("{snat}{}", bridge("ll", "blue", "169.254.0.1/16")));
+        assert_eq!((e.field.as_str(), e.line), ("vpc[0].snat", 3));
+        assert!(e.message.contains("overlaps 169.254.0.1/30"), "{e}");
+        let e = err(&format!(
+            "{snat}snat_link = \"169.254.7.1/30\"\n[[vpc]]\nname = \"red\"\nsnat = true\nsnat_link = \"169.254.7.2/30\"\n"
+        ));
+        assert_eq!((e.field.as_str(), e.line), ("vpc[1].snat_link", 8));
+        let e = err(&format!("{snat}snat_link = \"169.254.7.0/24\"\n"));
+        assert_eq!(e.field, "vpc[0].snat_link");
+        let e = err(&format!(
+            "{snat}{}",
+            bridge("blue-snat", "blue", "10.2.0.1/24")
+        ));
+        assert!(e.message.contains("rename"), "{e}");
+        let e = err(&format!("{BLUE}snat_link = \"169.254.7.0/30\"\n"));
+        assert!(e.message.contains("needs `snat = true`"), "{e}");
     }
 
     #[test]

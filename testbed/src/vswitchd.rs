@@ -44,6 +44,9 @@ impl Drop for TempDir {
 pub struct Vswitchd {
     proc: Proc,
     socket: PathBuf,
+    /// Its DPDK file prefix, when its config names one: what it leaves
+    /// behind when killed is named after it.
+    file_prefix: Option<String>,
 }
 
 impl Vswitchd {
@@ -54,7 +57,12 @@ impl Vswitchd {
         let cfg = dir.join("vswitchd.toml");
         std::fs::write(&cfg, config).map_err(|e| e.to_string())?;
         let cfg = cfg.display().to_string();
-        Self::spawn(bin, &["run", "--config", &cfg], &Self::control_socket(dir))
+        let mut vs = Self::spawn(bin, &["run", "--config", &cfg], &Self::control_socket(dir))?;
+        vs.file_prefix = config
+            .lines()
+            .find_map(|l| l.strip_prefix("file_prefix = "))
+            .map(|p| p.trim_matches('"').to_string());
+        Ok(vs)
     }
 
     /// Runs `bin ARGS` and waits (bounded) for the ready line; `socket` is
@@ -73,6 +81,7 @@ impl Vswitchd {
         Ok(Vswitchd {
             proc,
             socket: socket.to_path_buf(),
+            file_prefix: None,
         })
     }
 
@@ -167,7 +176,8 @@ impl Vswitchd {
         }
     }
 
-    /// SIGKILL, as a crash would end it, and wait for the exit.
+    /// SIGKILL, as a crash would end it, and wait for the exit. What it
+    /// left (its VPCs' SNAT namespaces) goes when this is dropped.
     pub fn kill(mut self) {
         self.proc.signal(libc::SIGKILL);
         self.proc.wait_exit(Duration::from_secs(20));
@@ -191,5 +201,34 @@ impl Vswitchd {
     /// Prints its output (for a failing test's log).
     pub fn dump(&self) {
         self.proc.dump();
+    }
+}
+
+impl Drop for Vswitchd {
+    /// Stops it, then removes what a kill left: the network namespaces
+    /// and nftables tables of its VPCs' SNAT (named
+    /// `vsnat-<file_prefix>-<vpc>`, as vswitchd's `snat` module makes
+    /// them; a restart of vswitchd would remove them too).
+    fn drop(&mut self) {
+        if self.proc.exit_code().is_none() {
+            self.proc.stop(Duration::from_secs(20));
+        }
+        let Some(prefix) = &self.file_prefix else {
+            return;
+        };
+        let ours = format!("vsnat-{prefix}-");
+        for e in std::fs::read_dir("/run/netns")
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.starts_with(&ours) {
+                let _ = Command::new("nft")
+                    .args(["delete", "table", "ip", &name])
+                    .output();
+                let _ = Command::new("ip").args(["netns", "del", &name]).output();
+            }
+        }
     }
 }

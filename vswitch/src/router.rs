@@ -25,6 +25,10 @@
 //!   destination bridge; the reply is routed by the replier's host:
 //!   routing is asymmetric, each direction by its sender's host.
 //!
+//! An address outside every subnet of the VPC goes to the VPC's way out
+//! ([`RouterBuilder::egress`], the endpoint of its SNAT namespace), if it
+//! has one, and only from a NIC of this host.
+//!
 //! What is refused is dropped and counted on the ingress port: an
 //! address no endpoint has (`no_route`: there is no ARP resolution
 //! towards endpoints, every endpoint is known from config or etcd), a
@@ -179,6 +183,9 @@ pub struct Vpc {
     /// key, and the keys are addresses the operator and the agent
     /// validated, not a hash-flooding surface on the data path.
     endpoints: FxHashMap<u32, Endpoint>,
+    /// Where addresses outside every subnet go (the VPC's SNAT), if
+    /// anywhere.
+    egress: Option<Endpoint>,
 }
 
 impl Vpc {
@@ -190,6 +197,11 @@ impl Vpc {
     /// The endpoint with address `ip`.
     pub fn endpoint(&self, ip: Ipv4Addr) -> Option<Endpoint> {
         self.endpoints.get(&u32::from(ip)).copied()
+    }
+
+    /// The endpoint that takes what is addressed outside the VPC.
+    pub fn egress(&self) -> Option<Endpoint> {
+        self.egress
     }
 
     /// Its endpoints, by address.
@@ -249,6 +261,7 @@ impl RouterBuilder {
             mac,
             subnets: Vec::new(),
             endpoints: FxHashMap::default(),
+            egress: None,
         });
         self.vpcs.len() - 1
     }
@@ -294,6 +307,15 @@ impl RouterBuilder {
                 true
             }
         }
+    }
+
+    /// Routes what VPC `vpc`'s endpoints send outside its subnets to its
+    /// endpoint with address `ip` (the VPC's way out: a NAT namespace's
+    /// NIC). False if no endpoint has `ip`.
+    pub fn egress(&mut self, vpc: usize, ip: Ipv4Addr) -> bool {
+        let v = &mut self.vpcs[vpc];
+        v.egress = v.endpoint(ip);
+        v.egress.is_some()
     }
 
     /// The router; `bridges` is how many bridges the switch has.
@@ -423,7 +445,15 @@ fn route(
     if d[22] <= 1 {
         return Err(DropReason::TtlExceeded);
     }
-    let e = vpc.endpoints.get(&dst).ok_or(DropReason::NoRoute)?;
+    let e = match vpc.endpoints.get(&dst) {
+        Some(e) => e,
+        // Outside every subnet: out by the VPC's way out, for what its own
+        // containers send (never back out of it, never for a tunnel).
+        None if !from_tunnel && !vpc.subnets.iter().any(|s| s.contains(dst.into())) => {
+            vpc.egress.as_ref().ok_or(DropReason::NoRoute)?
+        }
+        None => return Err(DropReason::NoRoute),
+    };
     if e.port == in_port {
         return Err(DropReason::SamePort);
     }
@@ -547,7 +577,18 @@ mod tests {
         frame: &[u8],
         action: Action,
     ) -> (Action, Edit, PortCounters) {
-        let r = router();
+        one_in(&router(), bridge, in_port, from_tunnel, frame, action)
+    }
+
+    /// [`one`] on router `r`.
+    fn one_in(
+        r: &Router,
+        bridge: u16,
+        in_port: u16,
+        from_tunnel: bool,
+        frame: &[u8],
+        action: Action,
+    ) -> (Action, Edit, PortCounters) {
         let vpc = r.vpc_of(BridgeId(bridge)).expect("a VPC bridge");
         let mut actions = [action];
         let mut edits = [Edit::Route {
@@ -597,6 +638,83 @@ mod tests {
         // Routed to a remote endpoint: out of its tunnel port.
         let (a, _, _) = one(0, 1, false, &udp(A_MAC, ROUTER, A, R, 64), Action::Flood);
         assert_eq!(a, Action::Output(PortId(9)));
+    }
+
+    #[test]
+    fn what_leaves_the_vpc_goes_to_its_way_out_and_only_from_local_nics() {
+        // Bridge 3: the SNAT link, 169.254.0.0/30, its namespace on port 5.
+        const NAT_MAC: MacAddr = MacAddr([2, 0, 0, 0, 0, 0x5a]);
+        let mut b = RouterBuilder::new();
+        let v = b.vpc("blue", ROUTER);
+        for (br, gw, len) in [
+            (0, [192, 168, 1, 1], 24),
+            (1, [192, 168, 2, 1], 24),
+            (3, [169, 254, 0, 1], 30),
+        ] {
+            b.subnet(
+                v,
+                Subnet {
+                    bridge: BridgeId(br),
+                    gateway: gw.into(),
+                    prefix: len,
+                },
+            )
+            .unwrap();
+        }
+        for (ip, mac, port, br) in [(A, A_MAC, 1, 0), ([169, 254, 0, 2], NAT_MAC, 5, 3)] {
+            b.endpoint(
+                ip.into(),
+                Endpoint {
+                    mac,
+                    port: PortId(port),
+                    bridge: BridgeId(br),
+                },
+            );
+        }
+        assert!(!b.egress(v, [169, 254, 0, 3].into()), "no such endpoint");
+        assert!(b.egress(v, [169, 254, 0, 2].into()));
+        let r = b.build(4);
+        let out = udp(A_MAC, ROUTER, A, [8, 8, 8, 8], 64);
+        let (a, e, _) = one_in(&r, 0, 1, false, &out, Action::Flood);
+        assert_eq!(a, Action::Output(PortId(5)));
+        assert_eq!(
+            e,
+            Edit::Route {
+                src: ROUTER,
+                dst: NAT_MAC
+            }
+        );
+        // The reply, de-NATed by the namespace, routed to the container.
+        let back = udp(NAT_MAC, ROUTER, [8, 8, 8, 8], A, 63);
+        assert_eq!(
+            one_in(&r, 3, 5, false, &back, Action::Flood).0,
+            Action::Output(PortId(1))
+        );
+        for (br, port, tunnel, f, why) in [
+            // An address of a subnet that no endpoint has stays inside.
+            (
+                0,
+                1,
+                false,
+                udp(A_MAC, ROUTER, A, [192, 168, 2, 99], 64),
+                DropReason::NoRoute,
+            ),
+            // Another host's container leaves by its own host.
+            (1, 9, true, out.clone(), DropReason::NoRoute),
+            // The outside to the outside: not through the VPC.
+            (
+                3,
+                5,
+                false,
+                udp(NAT_MAC, ROUTER, [8, 8, 8, 8], [9, 9, 9, 9], 64),
+                DropReason::SamePort,
+            ),
+        ] {
+            assert_eq!(
+                one_in(&r, br, port, tunnel, &f, Action::Flood).0,
+                Action::Drop(why)
+            );
+        }
     }
 
     #[test]
