@@ -498,7 +498,7 @@ mod tests {
         )))
         .unwrap();
         let names: Vec<_> = c.vpcs.iter().map(|v| v.subnets.len()).collect();
-        assert_eq!(names, [2, 1]);
+        assert_eq!(names, [3, 1], "shop's two subnets and its SNAT link");
         assert_eq!(
             c.vnis[0].remote_macs[0].ips,
             [Ipv4Addr::new(192, 168, 100, 2)]
