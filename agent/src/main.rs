@@ -30,7 +30,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::{anyhow, bail, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use clap::Parser;
 use etcd_client::{
     Client, ConnectOptions, EventType, GetOptions, PutOptions, WatchOptions, WatchResponse,
@@ -100,6 +100,8 @@ struct Agent {
     rev: Option<i64>,
     /// What was applied per bridge.
     applied: BTreeMap<String, BridgeRemote>,
+    /// Which of `args.etcd` the next session talks to.
+    member: usize,
 }
 
 impl Agent {
@@ -245,16 +247,25 @@ async fn list(c: &mut Client, prefix: &str) -> Result<(BTreeMap<String, Endpoint
 }
 
 /// One session with etcd: register, list (or resume), then watch and
-/// reconcile until something fails (the caller reconnects).
+/// reconcile until something fails (the caller reconnects, to the next
+/// member).
+///
+/// A session talks to one member, as etcd's own Go client does between
+/// failovers: the etcd-client crate's balanced channel over all members
+/// keeps sending a new session's requests to a dead one too ("tcp connect
+/// error" on every attempt while one member of three is down: found by
+/// the three-host test), whereas any live member of a quorum serves
+/// every request (it forwards to the leader), and one without a quorum
+/// fails the request's deadline, which moves the agent on.
 async fn session(agent: &mut Agent) -> Result<()> {
     let opts = ConnectOptions::new()
         .with_connect_timeout(Duration::from_secs(2))
         .with_keep_alive(Duration::from_secs(2), Duration::from_secs(2));
-    let mut c = tokio::time::timeout(
-        DEADLINE,
-        Client::connect(agent.args.etcd.clone(), Some(opts)),
-    )
-    .await??;
+    let member = agent.args.etcd[agent.member % agent.args.etcd.len()].clone();
+    let mut c = tokio::time::timeout(DEADLINE, Client::connect([member.as_str()], Some(opts)))
+        .await
+        .map_err(|_| anyhow!("etcd {member}: no connection within {DEADLINE:?}"))?
+        .with_context(|| format!("etcd {member}"))?;
     let within = |what: &'static str| move |_| anyhow!("etcd: {what} took over {DEADLINE:?}");
     agent.lease = tokio::time::timeout(DEADLINE, c.lease_grant(agent.args.ttl, None))
         .await
@@ -341,13 +352,16 @@ async fn main() -> Result<()> {
         remote: BTreeMap::new(),
         rev: None,
         applied: BTreeMap::new(),
+        member: 0,
     };
     loop {
         tokio::select! {
             r = session(&mut agent) => {
                 if let Err(e) = r {
-                    eprintln!("vswitch-agent: etcd session ended: {e:#}; reconnecting (vswitchd keeps its state)");
+                    let member = &agent.args.etcd[agent.member % agent.args.etcd.len()];
+                    eprintln!("vswitch-agent: etcd session with {member} ended: {e:#}; reconnecting (vswitchd keeps its state)");
                     agent.report("unreachable").await;
+                    agent.member += 1;
                 }
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }

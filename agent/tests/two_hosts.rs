@@ -2,116 +2,29 @@
 //! tunnel config and VTEP learning off on their VPC: each runs a
 //! vswitch-agent on one etcd member. Needs root, DPDK, hugepages, etcd.
 
-use std::path::PathBuf;
-use std::process::Command;
+mod common;
+
 use std::time::Duration;
 
+use common::*;
 use serde_json::json;
-use testbed::etcd::{Cluster, Etcd};
+use testbed::etcd::Etcd;
 use testbed::netns::{Netns, Veth};
 use testbed::process::Proc;
-use testbed::vswitchd::{TempDir, Vswitchd};
 use testbed::{unique, wait_until};
-
-/// A binary of the workspace's target directory (vswitchd is another
-/// package's).
-fn workspace_bin(name: &str) -> PathBuf {
-    let agent = PathBuf::from(env!("CARGO_BIN_EXE_vswitch-agent"));
-    agent.with_file_name(name)
-}
-
-struct Host {
-    vs: Vswitchd,
-    c: Netns,
-    dir: TempDir,
-}
-
-/// Host `me` of underlay `n`: a VTEP on `uplink`, VPC blue with subnets
-/// vpc100 (VNI 100, 192.168.60.0/24) and db (VNI 200, 192.168.61.0/24),
-/// nothing remote, no learning; container `c` in vpc100 at
-/// 192.168.60.`me` whose MAC is 02:00:00:06:00:`mac`.
-fn host(n: u8, me: u8, mac: u8, uplink: &str) -> Host {
-    let dir = TempDir::new("vs-ag");
-    let c = Netns::create(&unique("agc")).unwrap();
-    let cfg = Vswitchd::config_header_idle(&dir, 256, "vpc100", 20)
-        + &format!(
-            "vni = 100\nlearn_vteps = false\nvpc = \"blue\"\ngateway = \"192.168.60.254/24\"\n\n\
-             [[bridge]]\nname = \"db\"\nvni = 200\nvpc = \"blue\"\ngateway = \"192.168.61.254/24\"\n\n\
-             [[vpc]]\nname = \"blue\"\n\n\
-             [vtep]\nuplink = \"uplink\"\nip = \"10.{n}.2.{me}/24\"\n\n\
-             [[port]]\nname = \"uplink\"\nkind = \"af-packet\"\niface = \"{uplink}\"\n\n\
-             [[port]]\nname = \"c\"\nkind = \"tap\"\nbridge = \"vpc100\"\nnetns = \"{}\"\n\
-             mac = \"02:00:00:06:00:{mac:02x}\"\nipv4 = \"192.168.60.{me}/24\"\n\
-             gateway = \"192.168.60.254\"\nmtu = 1450\n",
-            c.name()
-        );
-    let vs =
-        Vswitchd::start(&workspace_bin("vswitchd"), &dir, &cfg).unwrap_or_else(|e| panic!("{e}"));
-    Host { vs, c, dir }
-}
-
-fn pings(ns: &Netns, ip: &str) -> bool {
-    wait_until(Duration::from_secs(20), || {
-        ns.exec(&["ping", "-c", "1", "-W", "1", ip]).is_ok()
-    })
-}
-
-/// The TTL of the reply to one ping from `ns` to `ip`, waiting (bounded)
-/// until one comes.
-fn reply_ttl(ns: &Netns, ip: &str) -> Option<u32> {
-    let mut ttl = None;
-    wait_until(Duration::from_secs(20), || {
-        let Ok(out) = ns.exec(&["ping", "-c", "1", "-W", "1", ip]) else {
-            return false;
-        };
-        ttl = out
-            .split("ttl=")
-            .nth(1)
-            .and_then(|t| t.split_whitespace().next()?.parse().ok());
-        true
-    });
-    ttl
-}
-
-/// The agent's last report to its vswitchd.
-fn agent_state(vs: &Vswitchd) -> serde_json::Value {
-    vs.request(json!({"cmd": "agent-show"}))
-        .map(|v| v["state"].clone())
-        .unwrap_or_default()
-}
-
-fn vni100_tunnels(vs: &Vswitchd) -> usize {
-    vs.request(json!({"cmd": "tunnel-list"})).unwrap()["tunnels"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|t| t["vni"] == 100)
-        .count()
-}
 
 /// Two hosts on a veth underlay, each with its agent on `etcd`: (host a,
 /// host b, agent a, agent b, the veth).
 fn pair(etcd: &[String]) -> (Host, Host, Proc, Proc, Veth, String) {
-    let n = (std::process::id() % 200) as u8 + 20;
+    let n = underlay_number();
     let (a_if, b_if) = (unique("aga"), unique("agb"));
     let wire = Veth::create(&a_if, &b_if, None).unwrap();
     let a = host(n, 1, 1, &a_if);
     let b = host(n, 2, 2, &b_if);
     // Both agents share one prefix (one deployment).
     let prefix = format!("/{}", unique("t"));
-    let start = |h: &Host, name: &str, me: u8| {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_vswitch-agent"));
-        for url in etcd {
-            cmd.args(["--etcd", url]);
-        }
-        cmd.args(["--host", name, "--ttl", "3"])
-            .args(["--vtep", &format!("10.{n}.2.{me}"), "--prefix", &prefix])
-            .arg("--control")
-            .arg(Vswitchd::control_socket(&h.dir));
-        Proc::spawn(name, cmd).unwrap()
-    };
-    let agent_a = start(&a, "host-a", 1);
-    let agent_b = start(&b, "host-b", 2);
+    let agent_a = agent(&a, "host-a", n, 1, &prefix, etcd);
+    let agent_b = agent(&b, "host-b", n, 2, &prefix, etcd);
     (a, b, agent_a, agent_b, wire, prefix)
 }
 
@@ -123,7 +36,7 @@ fn hosts_find_each_other_through_etcd_and_forget_a_dead_one() {
     // Nothing static, no learning: only etcd can join them.
     assert!(pings(&a.c, "192.168.60.2"), "a -> b through etcd's state");
     assert!(pings(&b.c, "192.168.60.1"), "b -> a");
-    assert_eq!(vni100_tunnels(&b.vs), 1);
+    assert_eq!(vni_tunnels(&b.vs, 100), 1);
     let state = agent_state(&a.vs);
     assert_eq!(state["etcd"], "connected", "{state}");
     assert_eq!(
@@ -184,13 +97,10 @@ fn hosts_find_each_other_through_etcd_and_forget_a_dead_one() {
         "shown: {}",
         agent_state(&b.vs)
     );
-    let on_a = || {
-        a.vs.request(json!({"cmd": "config-dump"})).unwrap()["toml"]
-            .as_str()
-            .unwrap()
-            .contains("02:00:00:06:00:07")
-    };
-    assert!(!on_a(), "a refused endpoint is not published");
+    assert!(
+        !has_station(&a.vs, "02:00:00:06:00:07"),
+        "a refused endpoint is not published"
+    );
     b.vs.request(json!({"cmd": "port-del", "name": "z"}))
         .unwrap();
 
@@ -214,7 +124,7 @@ fn hosts_find_each_other_through_etcd_and_forget_a_dead_one() {
     agent_a.signal(libc::SIGKILL);
     a.vs.kill();
     assert!(
-        wait_until(Duration::from_secs(10), || vni100_tunnels(&b.vs) == 0),
+        wait_until(Duration::from_secs(10), || vni_tunnels(&b.vs, 100) == 0),
         "host a's endpoints gone from b: {}",
         b.vs.request(json!({"cmd": "tunnel-list"})).unwrap()
     );
@@ -248,12 +158,7 @@ fn forwarding_outlives_etcd_and_a_nic_added_meanwhile_is_shared_when_it_returns(
         "mac": "02:00:00:06:00:03", "ipv4": "192.168.60.3/24", "mtu": 1450,
     }}))
     .unwrap();
-    let station_on_a = || {
-        a.vs.request(json!({"cmd": "config-dump"})).unwrap()["toml"]
-            .as_str()
-            .unwrap()
-            .contains("02:00:00:06:00:03")
-    };
+    let station_on_a = || has_station(&a.vs, "02:00:00:06:00:03");
     assert!(!station_on_a(), "nothing reaches host a while etcd is down");
 
     etcd.restart().unwrap();
@@ -263,37 +168,4 @@ fn forwarding_outlives_etcd_and_a_nic_added_meanwhile_is_shared_when_it_returns(
     );
     assert!(pings(&a.c, "192.168.60.3"), "a -> b's new container");
     assert!(pings(&a.c, "192.168.60.2"), "a -> b still");
-}
-
-/// On a three-member cluster, the leader killed: the agents carry on with
-/// the two members left (a NIC added afterwards is shared), and traffic
-/// never stops.
-#[test]
-fn the_etcd_leader_killed_changes_nothing_for_the_hosts() {
-    let mut etcd = Cluster::start().unwrap();
-    let (a, b, _agent_a, _agent_b, _wire, _) = pair(&etcd.urls());
-    assert!(pings(&a.c, "192.168.60.2"), "a -> b through etcd's state");
-    let leader = etcd.leader().expect("a leader");
-    etcd.kill(leader);
-    assert!(
-        a.c.exec(&["ping", "-c", "5", "-i", "0.2", "-W", "1", "192.168.60.2"])
-            .is_ok_and(|o| o.contains("5 received")),
-        "traffic between the hosts while the cluster elects"
-    );
-    let c2 = Netns::create(&unique("agl")).unwrap();
-    b.vs.request(json!({"cmd": "port-add", "port": {
-        "name": "c2", "kind": "tap", "bridge": "vpc100", "netns": c2.name(),
-        "mac": "02:00:00:06:00:04", "ipv4": "192.168.60.4/24", "mtu": 1450,
-    }}))
-    .unwrap();
-    assert!(
-        pings(&a.c, "192.168.60.4"),
-        "a -> b's NIC added after the leader died"
-    );
-    assert!(
-        wait_until(Duration::from_secs(20), || agent_state(&a.vs)["etcd"]
-            == "connected"),
-        "{}",
-        agent_state(&a.vs)
-    );
 }

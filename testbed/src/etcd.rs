@@ -85,42 +85,62 @@ impl Etcd {
 
 /// A three-member etcd cluster on 127.0.0.1 ports of its own.
 pub struct Cluster {
-    members: Vec<(Option<Proc>, String)>,
-    _dir: TempDir,
+    /// Per member: its process while it runs, client and peer URLs.
+    members: Vec<(Option<Proc>, String, String)>,
+    initial: String,
+    dir: TempDir,
 }
 
 impl Cluster {
     /// Starts three members and waits (bounded) until each serves clients.
     pub fn start() -> Result<Cluster, String> {
         let dir = TempDir::new("etcd3");
-        let urls: Vec<(String, String)> = (0..3)
+        let members: Vec<_> = (0..3)
             .map(|_| {
                 (
+                    None,
                     format!("http://127.0.0.1:{}", free_port()),
                     format!("http://127.0.0.1:{}", free_port()),
                 )
             })
             .collect();
-        let initial = urls
+        let initial = members
             .iter()
             .enumerate()
-            .map(|(i, (_, peer))| format!("m{i}={peer}"))
+            .map(|(i, (_, _, peer))| format!("m{i}={peer}"))
             .collect::<Vec<_>>()
             .join(",");
-        let mut members = Vec::new();
-        for (i, (url, peer)) in urls.iter().enumerate() {
+        let mut c = Cluster {
+            members,
+            initial,
+            dir,
+        };
+        c.start_stopped()?;
+        Ok(c)
+    }
+
+    /// Starts every member that is not running, on its data and ports,
+    /// and waits (bounded) until each serves clients (all at once: a
+    /// member alone has no quorum to become ready with).
+    pub fn start_stopped(&mut self) -> Result<(), String> {
+        let mut started = Vec::new();
+        for (i, (p, url, peer)) in self.members.iter_mut().enumerate() {
+            if p.is_some() {
+                continue;
+            }
             let mut cmd = Command::new("etcd");
             cmd.args(["--name", &format!("m{i}"), "--data-dir"])
-                .arg(dir.join(&format!("m{i}")))
+                .arg(self.dir.join(&format!("m{i}")))
                 .args(["--listen-client-urls", url, "--advertise-client-urls", url])
                 .args(["--listen-peer-urls", peer])
                 .args(["--initial-advertise-peer-urls", peer])
-                .args(["--initial-cluster", &initial])
+                .args(["--initial-cluster", &self.initial])
                 .args(["--initial-cluster-state", "new"]);
-            let p = Proc::spawn("etcd", cmd).map_err(|e| format!("cannot run etcd: {e}"))?;
-            members.push((Some(p), url.clone()));
+            *p = Some(Proc::spawn("etcd", cmd).map_err(|e| format!("cannot run etcd: {e}"))?);
+            started.push(i);
         }
-        for (p, url) in &mut members {
+        for i in started {
+            let (p, url, _) = &mut self.members[i];
             let p = p.as_mut().expect("started");
             if !p.wait_for_line(Duration::from_secs(30), |l| {
                 l.contains("ready to serve client requests")
@@ -129,17 +149,17 @@ impl Cluster {
                 return Err(format!("etcd member {url} did not come up in 30 s"));
             }
         }
-        Ok(Cluster { members, _dir: dir })
+        Ok(())
     }
 
     /// Every member's client URL.
     pub fn urls(&self) -> Vec<String> {
-        self.members.iter().map(|(_, u)| u.clone()).collect()
+        self.members.iter().map(|(_, u, _)| u.clone()).collect()
     }
 
     /// The index of the member that leads now, if one answers as leader.
     pub fn leader(&self) -> Option<usize> {
-        self.members.iter().position(|(p, url)| {
+        self.members.iter().position(|(p, url, _)| {
             p.is_some()
                 && crate::run(Command::new("etcdctl").env("ETCDCTL_API", "3").args([
                     "--endpoints",
@@ -162,6 +182,15 @@ impl Cluster {
         if let Some(mut p) = self.members[i].0.take() {
             p.signal(libc::SIGKILL);
             p.wait_exit(Duration::from_secs(10));
+        }
+    }
+
+    /// Stops every member (SIGTERM, as an operator's `systemctl stop`).
+    pub fn stop(&mut self) {
+        for (p, _, _) in &mut self.members {
+            if let Some(mut p) = p.take() {
+                p.stop(Duration::from_secs(10));
+            }
         }
     }
 }

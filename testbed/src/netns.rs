@@ -48,6 +48,37 @@ impl Netns {
         c
     }
 
+    /// A TCP server inside it on `port` answering each connection with
+    /// the output of the shell command `reply` (socat; `$SOCAT_PEERADDR`
+    /// is the client's address), once it listens (bounded wait).
+    pub fn tcp_server(&self, port: u16, reply: &str) -> crate::process::Proc {
+        let mut c = self.command("socat");
+        c.args([
+            &format!("TCP-LISTEN:{port},reuseaddr,fork"),
+            &format!("SYSTEM:{reply}"),
+        ]);
+        let p = crate::process::Proc::spawn("socat", c).unwrap();
+        assert!(crate::wait_until(
+            std::time::Duration::from_secs(10),
+            || self
+                .exec(&["ss", "-tln", "sport", &format!("= :{port}")])
+                .is_ok_and(|o| o.contains(&port.to_string()))
+        ));
+        p
+    }
+
+    /// What a TCP connection from inside it to `ip:port` reads (5 s), if
+    /// it connects.
+    pub fn tcp_fetch(&self, ip: &str, port: u16) -> Option<String> {
+        self.exec(&[
+            "socat",
+            "-T5",
+            "-",
+            &format!("TCP:{ip}:{port},connect-timeout=2"),
+        ])
+        .ok()
+    }
+
     /// A counter of an interface inside it (`rx_packets`, `tx_packets`, ...).
     pub fn if_counter(&self, ifname: &str, counter: &str) -> Result<u64, String> {
         let path = format!("/sys/class/net/{ifname}/statistics/{counter}");

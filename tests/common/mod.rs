@@ -41,32 +41,17 @@ pub fn tap_port(name: &str, ns: &Netns, mac: &str, ip: &str) -> String {
 /// A TCP server in `ns` on `port` answering each connection with the
 /// output of the shell command `reply`.
 pub fn tcp_server_with(ns: &Netns, port: u16, reply: &str) -> Proc {
-    let mut c = ns.command("socat");
-    c.args([
-        &format!("TCP-LISTEN:{port},reuseaddr,fork"),
-        &format!("SYSTEM:{reply}"),
-    ]);
-    let p = Proc::spawn("socat", c).unwrap();
-    assert!(wait_until(Duration::from_secs(10), || ns
-        .exec(&["ss", "-tln", "sport", &format!("= :{port}")])
-        .is_ok_and(|o| o.contains(&port.to_string()))));
-    p
+    ns.tcp_server(port, reply)
 }
 
 /// A TCP server in `ns` on `port` answering each connection with "hello".
 pub fn tcp_server(ns: &Netns, port: u16) -> Proc {
-    tcp_server_with(ns, port, "echo hello")
+    ns.tcp_server(port, "echo hello")
 }
 
 /// What a TCP connection from `ns` to `ip:port` reads (5 s), if it connects.
 pub fn tcp_fetch(ns: &Netns, ip: &str, port: u16) -> Option<String> {
-    ns.exec(&[
-        "socat",
-        "-T5",
-        "-",
-        &format!("TCP:{ip}:{port},connect-timeout=2"),
-    ])
-    .ok()
+    ns.tcp_fetch(ip, port)
 }
 
 /// Whether a TCP connection from `ns` to `ip:port` gets "hello".
