@@ -432,7 +432,21 @@ impl Worker {
             if routed {
                 // Routed or answered by a VPC's router (headers checked
                 // by the pipeline, in the first segment).
-                d.edit(i).apply(m.data_mut());
+                let e = d.edit(i);
+                if e.resizes() {
+                    if m.is_chained() {
+                        // An ICMP error about a chained frame: the chain
+                        // would have to go; the drop is counted already.
+                        out.drop_frame(m);
+                        continue;
+                    }
+                    m.clear_offload();
+                }
+                let len = m.data_mut().len();
+                let n = e.apply(m.room_mut(), len);
+                if n != len {
+                    m.set_len(n as u16);
+                }
             }
             if edits {
                 if let Some(dscp) = d.remark(i) {

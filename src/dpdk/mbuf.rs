@@ -323,6 +323,23 @@ impl Mbuf {
         }
     }
 
+    /// The first segment's data and the room after it to the buffer's
+    /// end, writable: for an edit that grows a frame in place (then
+    /// [`Mbuf::set_len`]).
+    #[inline]
+    pub fn room_mut(&mut self) -> &mut [u8] {
+        let m = self.sole();
+        // SAFETY: data_off <= buf_len (an mbuf's data starts inside its
+        // buffer), so the slice is the buffer's tail; the only reference
+        // to the mbuf (checked) borrowed mutably.
+        unsafe {
+            std::slice::from_raw_parts_mut(
+                (m.buf_addr as *mut u8).add(usize::from(m.data_off)),
+                usize::from(m.buf_len - m.data_off),
+            )
+        }
+    }
+
     /// Strips `n` bytes off the front (outer headers after decap), as
     /// `rte_pktmbuf_adj` does, in Rust; false (nothing stripped) unless
     /// the first segment holds more than `n` bytes.

@@ -370,7 +370,7 @@ impl Pipeline {
             &counters[in_port.index()],
             &mut d.actions,
         );
-        self.route(in_port, frames, counters, d);
+        self.route(in_port, frames, now.secs, counters, d);
         if !d.secured {
             return;
         }
@@ -408,6 +408,7 @@ impl Pipeline {
         &self,
         in_port: PortId,
         frames: &[F],
+        now_secs: u32,
         counters: &[PortCounters],
         d: &mut Decisions,
     ) {
@@ -429,6 +430,7 @@ impl Pipeline {
             &mut d.actions[..n],
             &mut d.edits[..n],
             c,
+            now_secs,
         );
         if self.switch.flood_ports(in_port).is_empty() {
             for (f, a) in frames.iter().zip(&mut d.actions[..n]) {

@@ -35,7 +35,13 @@
 //! TTL that would reach 0 (`ttl_exceeded`), anything but IPv4 to the
 //! router MAC, and a frame from a tunnel routed back into a tunnel
 //! (`split_horizon`: a host routes only what its own containers send).
-//! The frame's edit ([`Edit`]) is applied by the worker when it sends it:
+//! A dropped TTL and an address no endpoint has are answered, as a
+//! router must (RFC 1812 4.3.2), with an ICMP error from the sender's
+//! gateway (time exceeded; host unreachable inside a subnet, network
+//! unreachable outside them): built in place of the offending frame
+//! ([`Edit::IcmpError`]), at most [`ICMP_ERRORS_PER_SEC`] per VPC, never
+//! about an ICMP error, a later fragment, a superframe or a tunnel's
+//! frame. The frame's edit ([`Edit`]) is applied by the worker when it sends it:
 //! the decision stays DPDK-free and testable here.
 //!
 //! Bridges of a VPC share one session zone ([`crate::switch`]): a
@@ -44,6 +50,7 @@
 //! own addresses, so overlapping ranges in two VPCs never meet.
 
 use std::net::Ipv4Addr;
+use std::sync::atomic::{AtomicU32, Ordering};
 
 use rustc_hash::FxHashMap;
 use vxlan::host::same_subnet;
@@ -84,14 +91,73 @@ pub enum Edit {
         /// The router MAC, the reply's source.
         mac: MacAddr,
     },
+    /// An IPv4 frame the router cannot deliver turned into the ICMP error
+    /// that tells its sender why (RFC 1812 4.3.2): it quotes the
+    /// datagram's header and first 8 bytes, so the frame may grow (by up
+    /// to 28 bytes) or shrink.
+    IcmpError {
+        /// The router MAC, the error's source.
+        mac: MacAddr,
+        /// The gateway of the sender's subnet, the error's source address.
+        from: Ipv4Addr,
+        /// ICMP type and code.
+        kind: IcmpError,
+    },
 }
 
-impl Edit {
-    /// Rewrites `frame` (the one [`Router::stage`] decided this edit for,
-    /// whose headers it checked) in place.
-    pub fn apply(self, frame: &mut [u8]) {
+/// The ICMP errors a router sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IcmpError {
+    /// Time exceeded in transit (type 11, code 0).
+    TtlExceeded,
+    /// Destination network unreachable (type 3, code 0): outside every
+    /// subnet, and the VPC has no way out.
+    NetUnreachable,
+    /// Destination host unreachable (type 3, code 1): in a subnet, but no
+    /// endpoint has the address.
+    HostUnreachable,
+}
+
+impl IcmpError {
+    fn type_code(self) -> [u8; 2] {
         match self {
-            Edit::None => {}
+            IcmpError::TtlExceeded => [11, 0],
+            IcmpError::NetUnreachable => [3, 0],
+            IcmpError::HostUnreachable => [3, 1],
+        }
+    }
+}
+
+/// The most ICMP errors one VPC's router sends per second on one host
+/// (each worker's share counts against it): a container that sends
+/// datagrams nobody can take makes the router answer, never flood.
+/// Linux limits per destination (`icmp_ratelimit`) and in all
+/// (`icmp_msgs_per_sec`, 1000); one bound per VPC keeps the state to two
+/// words in the router.
+pub const ICMP_ERRORS_PER_SEC: u32 = 100;
+
+/// Bytes of the offending datagram past its header that an error quotes
+/// (RFC 792: the header and the first 64 bits of the data).
+const ICMP_QUOTE: usize = 8;
+
+impl Edit {
+    /// Whether the edit changes the frame's length (the worker must then
+    /// give [`Edit::apply`] a one-segment frame with room for it).
+    pub fn resizes(self) -> bool {
+        matches!(self, Edit::IcmpError { .. })
+    }
+
+    /// Rewrites the frame in `buf` (the one [`Router::stage`] decided this
+    /// edit for, whose headers it checked) in place: its first `len`
+    /// bytes are the frame, and `buf` must hold 28 bytes more (an ICMP
+    /// error grows a short frame by up to that). The new length.
+    pub fn apply(self, buf: &mut [u8], len: usize) -> usize {
+        if let Edit::IcmpError { mac, from, kind } = self {
+            return icmp_error(buf, len, mac, from, kind);
+        }
+        let frame = &mut buf[..len];
+        match self {
+            Edit::None | Edit::IcmpError { .. } => {}
             Edit::Route { src, dst } => {
                 frame[0..6].copy_from_slice(&dst.0);
                 frame[6..12].copy_from_slice(&src.0);
@@ -133,7 +199,49 @@ impl Edit {
                     .copy_from_slice(&crate::checksum::replace16(c, old, new).to_be_bytes());
             }
         }
+        len
     }
+}
+
+/// How much of the datagram in `frame` an ICMP error about it quotes: its
+/// header and 8 bytes of what follows, no more than it has.
+fn icmp_quote_len(frame: &[u8]) -> usize {
+    let ihl = usize::from(frame[14] & 0x0f) * 4;
+    let total = usize::from(u16::from_be_bytes([frame[16], frame[17]]));
+    (ihl + ICMP_QUOTE).min(total).min(frame.len() - 14)
+}
+
+/// Writes into `buf` (holding the offending frame's `len` bytes) the ICMP
+/// error `kind` about it, from `from` and `mac` to its sender; the
+/// error's length.
+fn icmp_error(buf: &mut [u8], len: usize, mac: MacAddr, from: Ipv4Addr, kind: IcmpError) -> usize {
+    use etherparse::checksum::u64_16bit_word as sum16;
+    let quote = icmp_quote_len(&buf[..len]);
+    let n = 14 + 28 + quote;
+    // The quote moves behind the new IP and ICMP headers.
+    buf.copy_within(14..14 + quote, 42);
+    let sender_mac: [u8; 6] = buf[6..12].try_into().expect("6 bytes");
+    let sender_ip: [u8; 4] = buf[42 + 12..42 + 16].try_into().expect("4 bytes");
+    buf[0..6].copy_from_slice(&sender_mac);
+    buf[6..12].copy_from_slice(&mac.0);
+    buf[12..14].copy_from_slice(&ETH_P_IPV4.to_be_bytes());
+    let ip = &mut buf[14..34];
+    // Version 4, IHL 5; precedence "internetwork control" as Linux sets
+    // on ICMP errors; no fragmentation; TTL 64.
+    ip[0..2].copy_from_slice(&[0x45, 0xc0]);
+    ip[2..4].copy_from_slice(&((n - 14) as u16).to_be_bytes());
+    ip[4..10].copy_from_slice(&[0, 0, 0, 0, 64, IPPROTO_ICMP]);
+    ip[10..12].copy_from_slice(&[0, 0]);
+    ip[12..16].copy_from_slice(&from.octets());
+    ip[16..20].copy_from_slice(&sender_ip);
+    let sum = sum16::ones_complement(sum16::add_slice(0, ip));
+    ip[10..12].copy_from_slice(&sum.to_ne_bytes());
+    let icmp = &mut buf[34..n];
+    icmp[0..2].copy_from_slice(&kind.type_code());
+    icmp[2..8].copy_from_slice(&[0; 6]);
+    let sum = sum16::ones_complement(sum16::add_slice(0, icmp));
+    icmp[2..4].copy_from_slice(&sum.to_ne_bytes());
+    n
 }
 
 /// A subnet of a VPC: a bridge and its gateway.
@@ -186,6 +294,11 @@ pub struct Vpc {
     /// Where addresses outside every subnet go (the VPC's SNAT), if
     /// anywhere.
     egress: Option<Endpoint>,
+    /// The second the ICMP errors counted in `icmp_sent` were sent in
+    /// (see [`ICMP_ERRORS_PER_SEC`]); shared by the workers, touched only
+    /// when an error is due.
+    icmp_second: AtomicU32,
+    icmp_sent: AtomicU32,
 }
 
 impl Vpc {
@@ -209,6 +322,17 @@ impl Vpc {
         self.endpoints
             .iter()
             .map(|(&ip, &e)| (Ipv4Addr::from(ip), e))
+    }
+
+    /// Whether an ICMP error may go out in second `now` (racing workers
+    /// may reset the count together: the bound is approximate, never
+    /// unbounded).
+    fn may_send_icmp_error(&self, now: u32) -> bool {
+        if self.icmp_second.load(Ordering::Relaxed) != now {
+            self.icmp_second.store(now, Ordering::Relaxed);
+            self.icmp_sent.store(0, Ordering::Relaxed);
+        }
+        self.icmp_sent.fetch_add(1, Ordering::Relaxed) < ICMP_ERRORS_PER_SEC
     }
 
     fn is_gateway(&self, ip: u32) -> bool {
@@ -262,6 +386,8 @@ impl RouterBuilder {
             subnets: Vec::new(),
             endpoints: FxHashMap::default(),
             egress: None,
+            icmp_second: AtomicU32::new(0),
+            icmp_sent: AtomicU32::new(0),
         });
         self.vpcs.len() - 1
     }
@@ -360,7 +486,9 @@ impl Router {
     /// subnet of `vpc`) sends to the router or asks of it (see the module
     /// documentation): rewrites those frames' `actions` and sets their
     /// `edits` (others' are left [`Edit::None`]); counts its drops in
-    /// `counters` (the ingress port's). True if any frame got an edit.
+    /// `counters` (the ingress port's), answering those a router must
+    /// with an ICMP error (at most [`ICMP_ERRORS_PER_SEC`] a second from
+    /// second `now_secs` on). True if any frame got an edit.
     #[allow(clippy::too_many_arguments)]
     pub fn stage<F: Frame>(
         &self,
@@ -373,6 +501,7 @@ impl Router {
         actions: &mut [Action],
         edits: &mut [Edit],
         counters: &PortCounters,
+        now_secs: u32,
     ) -> bool {
         let mut edited = false;
         for (i, f) in frames.iter().enumerate() {
@@ -402,12 +531,57 @@ impl Router {
                     edited = true;
                 }
                 Some(Err(r)) => {
-                    actions[i] = Action::Drop(r);
                     counters.drop(r, f.wire_packets());
+                    let error = (!from_tunnel && f.wire_packets() == 1)
+                        .then(|| icmp_error_due(vpc, r, d))
+                        .flatten()
+                        .filter(|_| vpc.may_send_icmp_error(now_secs));
+                    match (error, vpc.subnet_of_bridge(bridge)) {
+                        (Some(kind), Some(s)) => {
+                            actions[i] = Action::Reply;
+                            edits[i] = Edit::IcmpError {
+                                mac: vpc.mac,
+                                from: s.gateway,
+                                kind,
+                            };
+                            edited = true;
+                        }
+                        _ => actions[i] = Action::Drop(r),
+                    }
                 }
             }
         }
         edited
+    }
+}
+
+/// The ICMP error a router owes the sender of IPv4 frame `d`, which it
+/// drops for `reason`, if any (RFC 1812 4.3.2.7: none about an ICMP
+/// error, a later fragment, or a source that is not one host; none for
+/// what reaches a gateway, which answers only pings).
+fn icmp_error_due(vpc: &Vpc, reason: DropReason, d: &[u8]) -> Option<IcmpError> {
+    if d.len() < 34 || u16::from_be_bytes([d[12], d[13]]) != ETH_P_IPV4 || d[14] >> 4 != 4 {
+        return None;
+    }
+    let ihl = usize::from(d[14] & 0x0f) * 4;
+    let later_fragment = u16::from_be_bytes([d[20], d[21]]) & 0x1fff != 0;
+    let src = Ipv4Addr::new(d[26], d[27], d[28], d[29]);
+    let one_host =
+        !(src.is_unspecified() || src.is_broadcast() || src.is_multicast() || src.is_loopback());
+    let about_error =
+        d[23] == IPPROTO_ICMP && d.len() > 14 + ihl && matches!(d[14 + ihl], 3 | 4 | 5 | 11 | 12);
+    if ihl < 20 || later_fragment || !one_host || about_error {
+        return None;
+    }
+    let dst = u32::from_be_bytes([d[30], d[31], d[32], d[33]]);
+    match reason {
+        DropReason::TtlExceeded => Some(IcmpError::TtlExceeded),
+        DropReason::NoRoute if vpc.is_gateway(dst) => None,
+        DropReason::NoRoute if vpc.subnets.iter().any(|s| s.contains(dst.into())) => {
+            Some(IcmpError::HostUnreachable)
+        }
+        DropReason::NoRoute => Some(IcmpError::NetUnreachable),
+        _ => None,
     }
 }
 
@@ -606,6 +780,7 @@ mod tests {
             &mut actions,
             &mut edits,
             &c,
+            0,
         );
         (actions[0], edits[0], c)
     }
@@ -622,7 +797,8 @@ mod tests {
                 dst: B_MAC
             }
         );
-        e.apply(&mut f);
+        let n = f.len();
+        e.apply(&mut f, n);
         let p = SlicedPacket::from_ethernet(&f).unwrap();
         assert_eq!((&f[6..12], &f[0..6]), (&ROUTER.0[..], &B_MAC.0[..]));
         let ip = match p.net.unwrap() {
@@ -690,15 +866,16 @@ mod tests {
             one_in(&r, 3, 5, false, &back, Action::Flood).0,
             Action::Output(PortId(1))
         );
+        // An address of a subnet that no endpoint has stays inside.
+        let unknown = udp(A_MAC, ROUTER, A, [192, 168, 2, 99], 64);
+        assert!(matches!(
+            one_in(&r, 0, 1, false, &unknown, Action::Flood).1,
+            Edit::IcmpError {
+                kind: IcmpError::HostUnreachable,
+                ..
+            }
+        ));
         for (br, port, tunnel, f, why) in [
-            // An address of a subnet that no endpoint has stays inside.
-            (
-                0,
-                1,
-                false,
-                udp(A_MAC, ROUTER, A, [192, 168, 2, 99], 64),
-                DropReason::NoRoute,
-            ),
             // Another host's container leaves by its own host.
             (1, 9, true, out.clone(), DropReason::NoRoute),
             // The outside to the outside: not through the VPC.
@@ -719,20 +896,8 @@ mod tests {
 
     #[test]
     fn what_cannot_be_routed_is_dropped_and_counted() {
+        // (Without an ICMP error: see the next test for those with one.)
         let cases = [
-            // No endpoint has it (in a subnet, and outside every one).
-            (
-                udp(A_MAC, ROUTER, A, [192, 168, 2, 99], 64),
-                false,
-                DropReason::NoRoute,
-            ),
-            (
-                udp(A_MAC, ROUTER, A, [8, 8, 8, 8], 64),
-                false,
-                DropReason::NoRoute,
-            ),
-            // TTL 1 would leave with 0.
-            (udp(A_MAC, ROUTER, A, B, 1), false, DropReason::TtlExceeded),
             // To its own port.
             (
                 udp(A_MAC, ROUTER, [192, 168, 2, 5], A, 64),
@@ -744,6 +909,12 @@ mod tests {
                 udp(R_MAC, ROUTER, [192, 168, 9, 1], R, 64),
                 true,
                 DropReason::SplitHorizon,
+            ),
+            // From a tunnel: the sender's own host answers its errors.
+            (
+                udp(R_MAC, ROUTER, [192, 168, 9, 1], [192, 168, 2, 99], 64),
+                true,
+                DropReason::NoRoute,
             ),
             // UDP to the gateway: only pings are answered.
             (
@@ -768,12 +939,133 @@ mod tests {
     }
 
     #[test]
+    fn what_a_router_cannot_deliver_is_answered_with_a_valid_icmp_error() {
+        use etherparse::{Icmpv4Type, NetSlice};
+        for (f, why, kind) in [
+            (
+                udp(A_MAC, ROUTER, A, B, 1),
+                DropReason::TtlExceeded,
+                IcmpError::TtlExceeded,
+            ),
+            (
+                udp(A_MAC, ROUTER, A, [192, 168, 2, 99], 64),
+                DropReason::NoRoute,
+                IcmpError::HostUnreachable,
+            ),
+            (
+                udp(A_MAC, ROUTER, A, [8, 8, 8, 8], 64),
+                DropReason::NoRoute,
+                IcmpError::NetUnreachable,
+            ),
+        ] {
+            let (a, e, c) = one(0, 1, false, &f, Action::Flood);
+            assert_eq!(a, Action::Reply, "{why:?}");
+            assert_eq!(
+                e,
+                Edit::IcmpError {
+                    mac: ROUTER,
+                    from: Ipv4Addr::new(192, 168, 1, 1),
+                    kind
+                }
+            );
+            assert_eq!(c.drops[why as usize].get(), 1, "{why:?} counted");
+            let mut buf = f.clone();
+            buf.resize(f.len() + 28, 0xee);
+            let n = e.apply(&mut buf, f.len());
+            // Ethernet + IP + ICMP + the datagram's header and 8 bytes.
+            assert_eq!(n, 14 + 20 + 8 + 20 + 8);
+            let p = SlicedPacket::from_ethernet(&buf[..n]).unwrap();
+            let Some(etherparse::LinkSlice::Ethernet2(eth)) = p.link else {
+                panic!("Ethernet")
+            };
+            assert_eq!((eth.destination(), eth.source()), (A_MAC.0, ROUTER.0));
+            let Some(NetSlice::Ipv4(ip)) = p.net else {
+                panic!("IPv4")
+            };
+            let h = ip.header().to_header();
+            assert_eq!((h.source, h.destination), ([192, 168, 1, 1], A));
+            assert_eq!(h.header_checksum, h.calc_header_checksum());
+            let Some(TransportSlice::Icmpv4(icmp)) = p.transport else {
+                panic!("ICMP")
+            };
+            let expected = icmp.icmp_type().calc_checksum(icmp.payload());
+            assert_eq!(icmp.checksum(), expected, "{kind:?}: checksum");
+            let want = match kind {
+                IcmpError::TtlExceeded => matches!(icmp.icmp_type(), Icmpv4Type::TimeExceeded(_)),
+                _ => matches!(icmp.icmp_type(), Icmpv4Type::DestinationUnreachable(_)),
+            };
+            assert!(want, "{kind:?}: {:?}", icmp.icmp_type());
+            assert_eq!(
+                icmp.payload(),
+                &f[14..14 + 28],
+                "the datagram quoted as sent"
+            );
+        }
+        // None about an ICMP error.
+        let mut error = udp(A_MAC, ROUTER, A, B, 1);
+        let mut b = error.clone();
+        b.resize(error.len() + 28, 0);
+        let n = one(0, 1, false, &error, Action::Flood)
+            .1
+            .apply(&mut b, error.len());
+        error = b[..n].to_vec();
+        error[0..6].copy_from_slice(&ROUTER.0);
+        error[30..34].copy_from_slice(&[192, 168, 2, 99]);
+        assert_eq!(
+            one(0, 1, false, &error, Action::Flood).0,
+            Action::Drop(DropReason::NoRoute)
+        );
+    }
+
+    #[test]
+    fn icmp_errors_are_bounded_per_second() {
+        let r = router();
+        let vpc = r.vpc_of(BridgeId(0)).unwrap();
+        let f = udp(A_MAC, ROUTER, A, B, 1);
+        let frames = vec![&f[..]; 32];
+        let c = PortCounters::default();
+        let replies = |now: u32| {
+            let mut sent = 0;
+            for _ in 0..5 {
+                let mut actions = [Action::Flood; 32];
+                let mut edits = [Edit::None; 32];
+                r.stage(
+                    vpc,
+                    BridgeId(0),
+                    PortId(1),
+                    false,
+                    |_| false,
+                    &frames,
+                    &mut actions,
+                    &mut edits,
+                    &c,
+                    now,
+                );
+                sent += actions.iter().filter(|a| **a == Action::Reply).count();
+            }
+            sent
+        };
+        assert_eq!(
+            replies(7),
+            ICMP_ERRORS_PER_SEC as usize,
+            "160 due, 100 sent"
+        );
+        assert_eq!(replies(8), ICMP_ERRORS_PER_SEC as usize, "a new second");
+        assert_eq!(
+            c.drops[DropReason::TtlExceeded as usize].get(),
+            320,
+            "every one counted"
+        );
+    }
+
+    #[test]
     fn arp_for_the_gateway_and_known_endpoints_is_answered_on_the_spot() {
         // The gateway: the router MAC, as a reply back to the asker.
         let mut f = arp_request(A_MAC, A, [192, 168, 1, 1]);
         let (a, e, _) = one(0, 1, false, &f, Action::Flood);
         assert_eq!((a, e), (Action::Reply, Edit::ArpReply { mac: ROUTER }));
-        e.apply(&mut f);
+        let n = f.len();
+        e.apply(&mut f, n);
         assert_eq!(&f[0..6], &A_MAC.0, "to the asker");
         assert_eq!(&f[6..12], &ROUTER.0);
         assert_eq!(u16::from_be_bytes([f[20], f[21]]), ARP_REPLY);
@@ -806,7 +1098,8 @@ mod tests {
         let mut f = ping(A_MAC, ROUTER, A, [192, 168, 1, 1]);
         let (a, e, _) = one(0, 1, false, &f, Action::Flood);
         assert_eq!((a, e), (Action::Reply, Edit::EchoReply { mac: ROUTER }));
-        e.apply(&mut f);
+        let n = f.len();
+        e.apply(&mut f, n);
         let p = SlicedPacket::from_ethernet(&f).unwrap();
         assert_eq!((&f[6..12], &f[0..6]), (&ROUTER.0[..], &A_MAC.0[..]));
         let etherparse::NetSlice::Ipv4(ip) = p.net.unwrap() else {

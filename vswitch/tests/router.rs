@@ -211,9 +211,21 @@ fn routed_between_subnets_with_the_reply_in_the_request_session() {
 fn a_vpc_with_the_same_addresses_is_never_reached() {
     let mut r = rig();
     // Red's container at 10.2.0.20 (B's address in blue) routes to A's
-    // address: red has no endpoint there.
-    let (fate, _) = r.send(2, udp(mac(2), OTHER_ROUTER, B, A, 1, 2));
-    assert_eq!(fate, Fate::Drop(DropReason::NoRoute));
+    // address: red has no subnet there and no way out, so it answers
+    // "network unreachable", back to the sender alone.
+    let (fate, edit) = r.send(2, udp(mac(2), OTHER_ROUTER, B, A, 1, 2));
+    assert_eq!(fate, Fate::Local(PortId(2)));
+    assert!(
+        matches!(
+            edit,
+            Edit::IcmpError {
+                mac: OTHER_ROUTER,
+                kind: vswitch::router::IcmpError::NetUnreachable,
+                ..
+            }
+        ),
+        "{edit:?}"
+    );
     assert_eq!(r.drops(2, DropReason::NoRoute), 1);
     // Through blue's router MAC from red: not red's router, an unknown
     // destination in red's bridge, with nowhere to flood.
