@@ -172,6 +172,13 @@ impl Daemon<'_> {
             Request::TunnelDel { bridge, remote } => self.tunnel_edit(&bridge, &remote, false),
             Request::TunnelList => self.tunnel_list(),
             Request::VpcList => Ok(self.vpc_list()),
+            Request::VpcAdd { name, router_mac } => self.vpc_add(&name, router_mac),
+            Request::VpcDel { name } => self.vpc_del(&name),
+            Request::BridgeVpc {
+                bridge,
+                vpc,
+                gateway,
+            } => self.bridge_vpc(&bridge, vpc, gateway),
             Request::TunnelSet {
                 bridge,
                 vteps,
@@ -584,6 +591,98 @@ impl Daemon<'_> {
             })
         });
         Value::Array(vpcs.collect())
+    }
+
+    fn vpc_add(&mut self, name: &str, router_mac: Option<String>) -> Result<Value, String> {
+        if self.cfg.vpcs.iter().any(|v| v.name == name) {
+            return Err(format!("VPC {name:?} exists"));
+        }
+        let mut t = toml::Table::new();
+        t.insert("name".into(), toml::Value::from(name));
+        if let Some(m) = router_mac {
+            t.insert("router_mac".into(), toml::Value::from(m));
+        }
+        let mut doc = self.doc.clone();
+        tables(&mut doc, "vpc").push(toml::Value::Table(t));
+        self.apply_vpcs(doc)
+    }
+
+    fn vpc_del(&mut self, name: &str) -> Result<Value, String> {
+        let v = self
+            .cfg
+            .vpcs
+            .iter()
+            .find(|v| v.name == name)
+            .ok_or_else(|| format!("no VPC named {name:?}"))?;
+        if v.snat.is_some() {
+            return Err(format!(
+                "VPC {name:?} has `snat`: its namespace goes with a restart (edit the config)"
+            ));
+        }
+        if !v.subnets.is_empty() {
+            let names: Vec<&str> = v.subnets.iter().map(|s| s.bridge.as_str()).collect();
+            return Err(format!(
+                "bridges {} are still subnets of VPC {name:?} (`vswitchctl vpc subnet BRIDGE --none` first)",
+                names.join(", ")
+            ));
+        }
+        let mut doc = self.doc.clone();
+        remove_named(&mut doc, "vpc", name);
+        self.apply_vpcs(doc)
+    }
+
+    /// Makes `bridge` a subnet of `vpc` (or of none). Its session zone
+    /// becomes the VPC's (or its own again): the sessions its ports had
+    /// opened stay in the old zone until they time out, so a stateful
+    /// group judges the next frame of a flow as new (a reply it would
+    /// have let in by its session is judged by the rules).
+    fn bridge_vpc(
+        &mut self,
+        bridge: &str,
+        vpc: Option<String>,
+        gateway: Option<String>,
+    ) -> Result<Value, String> {
+        if self
+            .cfg
+            .vpcs
+            .iter()
+            .any(|v| v.snat.as_ref().is_some_and(|s| s.port == bridge))
+        {
+            return Err(format!("bridge {bridge:?} is a VPC's way out (`snat`)"));
+        }
+        let mut doc = self.doc.clone();
+        let b = named(&mut doc, "bridge", bridge)
+            .ok_or_else(|| format!("no bridge named {bridge:?}"))?;
+        match (vpc, gateway) {
+            (Some(v), Some(g)) => {
+                b.insert("vpc".into(), toml::Value::from(v));
+                b.insert("gateway".into(), toml::Value::from(g));
+            }
+            (None, None) => {
+                b.remove("vpc");
+                b.remove("gateway");
+            }
+            _ => return Err("give both `vpc` and `gateway`, or neither".into()),
+        }
+        self.apply_vpcs(doc)
+    }
+
+    /// Makes `doc`'s VPCs the running ones: validated as a config,
+    /// published, committed; on an error nothing changed.
+    fn apply_vpcs(&mut self, doc: toml::Table) -> Result<Value, String> {
+        let cfg = validate(&doc)?;
+        let snat = |c: &Config| {
+            c.vpcs
+                .iter()
+                .filter_map(|v| v.snat.clone())
+                .collect::<Vec<_>>()
+        };
+        if snat(&cfg) != snat(&self.cfg) {
+            return Err("`snat` changes with a restart (its namespace is made at start)".into());
+        }
+        self.publish(&cfg, false).map_err(|e| format!("{e:#}"))?;
+        self.commit(cfg, doc)?;
+        Ok(self.vpc_list())
     }
 
     fn fdb_show(&self, bridge: Option<String>) -> Result<Value, String> {

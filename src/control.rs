@@ -84,6 +84,32 @@ pub enum Request {
     /// VPCs: router MAC, subnets with their gateways, endpoints (address,
     /// MAC, and the NIC or remote VTEP behind which each is).
     VpcList,
+    /// Adds a VPC, without subnets yet (`bridge-vpc` gives it some).
+    VpcAdd {
+        /// Its name, the same on every host.
+        name: String,
+        /// Its router MAC (default: derived from the name).
+        #[serde(default)]
+        router_mac: Option<String>,
+    },
+    /// Removes a VPC that has no subnet left.
+    VpcDel {
+        /// Its name.
+        name: String,
+    },
+    /// Makes a bridge a subnet of a VPC with a gateway, or takes it out
+    /// of its VPC (`vpc` absent).
+    BridgeVpc {
+        /// The bridge.
+        bridge: String,
+        /// The VPC; absent: none.
+        #[serde(default)]
+        vpc: Option<String>,
+        /// The gateway with the subnet's prefix length, like
+        /// "192.168.60.1/24" (with `vpc`).
+        #[serde(default)]
+        gateway: Option<String>,
+    },
     /// Learned MACs of one bridge (or all).
     FdbShow {
         /// Bridge name; all bridges when absent.

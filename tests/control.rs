@@ -242,6 +242,32 @@ fn every_vswitchctl_verb_against_a_running_vswitchd() {
         "not a remote VTEP",
     );
 
+    // A VPC at run time: vpc1 (a at 10.88.0.1, b at .2) as its subnet.
+    let v = ok(
+        s,
+        &["vpc", "add", "green", "--router-mac", "02:fe:00:00:00:42"],
+    );
+    assert_eq!(v[0]["router_mac"], "02:fe:00:00:00:42", "{v}");
+    refused(s, &["vpc", "add", "green"], "exists");
+    refused(
+        s,
+        &["vpc", "subnet", "vpc1", "green", "10.88.0.2/24"],
+        "gateway's",
+    );
+    let v = ok(s, &["vpc", "subnet", "vpc1", "green", "10.88.0.254/24"]);
+    let ips: Vec<&str> = v[0]["endpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["ip"].as_str().unwrap())
+        .collect();
+    assert_eq!(ips, ["10.88.0.1", "10.88.0.2"], "{v}");
+    refused(s, &["vpc", "del", "green"], "still subnets");
+    ok(s, &["vpc", "subnet", "vpc1", "--none"]);
+    ok(s, &["vpc", "del", "green"]);
+    refused(s, &["vpc", "del", "green"], "no VPC named");
+    assert!(pings(&a, "10.88.0.2"), "switched as before");
+
     // Hot plug a third container's NIC, move it, remove it.
     let add = ok(
         s,

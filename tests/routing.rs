@@ -249,3 +249,80 @@ fn a_container_reaches_the_outside_through_snat_and_never_the_host() {
     assert!(!netns_exists(), "namespace {netns} removed at stop");
     assert!(!table_exists(), "host table {netns} removed at stop");
 }
+
+/// VPCs made at run time: two plain bridges become subnets of a VPC
+/// added through the control socket (as `vswitchctl vpc add` / `vpc
+/// subnet` send it) and their containers reach each other through the
+/// gateway; the VPC goes again only once it has no subnet, and the
+/// running config says all of it.
+#[test]
+fn a_vpc_made_at_run_time_routes_and_goes_only_when_empty() {
+    let dir = TempDir::new("vs-rv");
+    let (a, b) = (
+        Netns::create(&unique("rva")).unwrap(),
+        Netns::create(&unique("rvb")).unwrap(),
+    );
+    let cfg = header(&dir)
+        + "\n[[bridge]]\nname = \"web\"\n\n[[bridge]]\nname = \"db\"\n\n"
+        + &nic(
+            "a",
+            "web",
+            &a,
+            "02:00:00:64:00:0a",
+            "10.64.1.10",
+            "10.64.1.1",
+        )
+        + &nic(
+            "b",
+            "db",
+            &b,
+            "02:00:00:64:00:0b",
+            "10.64.2.20",
+            "10.64.2.1",
+        );
+    let vs = start_linked(&dir, &cfg, &["a", "b"]);
+    assert!(reply_ttl(&a, "10.64.2.20").is_none(), "no router yet");
+
+    vs.request(json!({"cmd": "vpc-add", "name": "green", "router_mac": ROUTER}))
+        .unwrap();
+    for (bridge, gw) in [("web", "10.64.1.1/24"), ("db", "10.64.2.1/24")] {
+        vs.request(json!({"cmd": "bridge-vpc", "bridge": bridge, "vpc": "green", "gateway": gw}))
+            .unwrap();
+    }
+    // The kernel keeps the gateway it failed to resolve as FAILED for a
+    // while; a container that starts after its VPC would not have one.
+    a.exec(&["ip", "neigh", "flush", "dev", "eth0"]).unwrap();
+    assert_eq!(
+        reply_ttl(&a, "10.64.2.20"),
+        Some(63),
+        "routed once made: {}",
+        vs.port_stats("a").unwrap()
+    );
+    let e = vs
+        .request(
+            json!({"cmd": "bridge-vpc", "bridge": "db", "vpc": "green", "gateway": "10.64.1.1/16"}),
+        )
+        .unwrap_err();
+    assert!(e.contains("overlaps"), "{e}");
+    let e = vs
+        .request(json!({"cmd": "vpc-del", "name": "green"}))
+        .unwrap_err();
+    assert!(e.contains("web, db"), "{e}");
+    let dump = vs.request(json!({"cmd": "config-dump"})).unwrap()["toml"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        dump.contains("[[vpc]]") && dump.contains("gateway = \"10.64.2.1/24\""),
+        "{dump}"
+    );
+
+    for bridge in ["web", "db"] {
+        vs.request(json!({"cmd": "bridge-vpc", "bridge": bridge}))
+            .unwrap();
+    }
+    vs.request(json!({"cmd": "vpc-del", "name": "green"}))
+        .unwrap();
+    assert!(reply_ttl(&a, "10.64.2.20").is_none(), "no router any more");
+    assert_eq!(vs.request(json!({"cmd": "vpc-list"})).unwrap(), json!([]));
+}

@@ -27,7 +27,7 @@ use testbed::vswitchd::{TempDir, Vswitchd};
 use crate::report::Section;
 use crate::rounds::Rounds;
 use crate::workload::{
-    Workload, DST_MAC, VNI, VTEP_LOCAL_IP, VTEP_LOCAL_MAC, VTEP_REMOTE_IP, VTEP_REMOTE_MAC,
+    Workload, DST_IP, DST_MAC, VNI, VTEP_LOCAL_IP, VTEP_LOCAL_MAC, VTEP_REMOTE_IP, VTEP_REMOTE_MAC,
 };
 
 /// How long to run.
@@ -185,6 +185,54 @@ fn vs_vxlan_encap() -> VsConf {
         pairs: 1,
         workers: 1,
     }
+}
+
+/// Routed VXLAN encap: the generator's bridge "b" and bridge "r2" (VNI
+/// 100) are subnets of VPC "r" whose router MAC is the workload's
+/// destination MAC, so every frame is routed: to 10.1.0.1, a remote
+/// endpoint behind the remote VTEP, MACs rewritten, TTL decremented,
+/// then encapsulated. Compared with "VXLAN encap" (the same frames
+/// bridged) it prices the router stage, and frames it routes skip the
+/// flow cache.
+fn vs_vxlan_routed() -> VsConf {
+    VsConf {
+        tables: format!(
+            "vpc = \"r\"\ngateway = \"10.0.255.254/16\"\n\n\
+             [[bridge]]\nname = \"r2\"\nvni = {VNI}\nvpc = \"r\"\ngateway = \"10.1.0.254/24\"\n\
+             remote_vteps = [\"{VTEP_LOCAL_IP}\"]\n\
+             [[bridge.remote_mac]]\nmac = \"{ROUTED_DST_MAC}\"\nvtep = \"{VTEP_LOCAL_IP}\"\nips = [\"{DST_IP}\"]\n\n\
+             [[vpc]]\nname = \"r\"\nrouter_mac = \"{router}\"\n\n\
+             [vtep]\nuplink = \"sink\"\nip = \"{VTEP_REMOTE_IP}/24\"\n\
+             [[vtep.neighbour]]\nip = \"{VTEP_LOCAL_IP}\"\nmac = \"{nh}\"\n",
+            router = hex_mac(DST_MAC),
+            nh = hex_mac(VTEP_LOCAL_MAC),
+        ),
+        gen_fields: "bridge = \"b\"\n".into(),
+        sink_fields: String::new(),
+        note: "VPC of two subnets, router MAC = the frames' destination, remote endpoint from `ips`, VNI 100, 1 worker"
+            .into(),
+        cache_off_too: false,
+        pairs: 1,
+        workers: 1,
+    }
+}
+
+/// The routed endpoint's MAC (the frames' new destination).
+const ROUTED_DST_MAC: &str = "02:00:00:00:00:03";
+
+/// OVS routing the same way before its native VXLAN encap: OpenFlow
+/// rewrites the MACs and decrements the TTL (`dec_ttl`), as a router.
+fn ovs_vxlan_routed() -> Vec<OvsConf> {
+    let flow = format!(
+        "in_port=1,ip,actions=mod_dl_src:{},mod_dl_dst:{ROUTED_DST_MAC},dec_ttl,output:3",
+        hex_mac(DST_MAC)
+    );
+    let mut c = OvsConf::new(
+        "OVS routed (mod_dl_src/dst, dec_ttl) + native VXLAN encap",
+        &[flow.as_str()],
+    );
+    c.topology = Topology::VxlanEncap;
+    vec![c]
 }
 
 /// VXLAN decap: the generator is the uplink replaying VXLAN from a known
@@ -784,6 +832,12 @@ pub fn run(o: &Opts, hz: u64, command: &str) -> Result<Section> {
                 udp1k,
                 vs_vxlan_encap(),
                 ovs_vxlan(true),
+            ),
+            (
+                "VXLAN encap, routed, 1k flows",
+                udp1k,
+                vs_vxlan_routed(),
+                ovs_vxlan_routed(),
             ),
             (
                 "VXLAN decap, 1k flows",

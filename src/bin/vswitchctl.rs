@@ -154,6 +154,27 @@ enum AgentVerb {
 enum VpcVerb {
     /// List VPCs with their subnets and endpoints.
     List,
+    /// Add a VPC (no subnets yet).
+    Add {
+        name: String,
+        /// Its router MAC (default: derived from the name, as on every host).
+        #[arg(long)]
+        router_mac: Option<String>,
+    },
+    /// Remove a VPC without subnets.
+    Del { name: String },
+    /// Make a bridge a subnet of a VPC with a gateway ("192.168.60.1/24"),
+    /// or take it out of its VPC with --none.
+    Subnet {
+        bridge: String,
+        #[arg(required_unless_present = "none")]
+        vpc: Option<String>,
+        #[arg(required_unless_present = "none")]
+        gateway: Option<String>,
+        /// Take the bridge out of its VPC.
+        #[arg(long, conflicts_with_all = ["vpc", "gateway"])]
+        none: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -358,9 +379,24 @@ fn to_request(noun: &Noun) -> Result<Request, String> {
         Noun::Bridge {
             verb: BridgeVerb::List,
         } => Request::BridgeList,
-        Noun::Vpc {
-            verb: VpcVerb::List,
-        } => Request::VpcList,
+        Noun::Vpc { verb } => match verb {
+            VpcVerb::List => Request::VpcList,
+            VpcVerb::Add { name, router_mac } => Request::VpcAdd {
+                name: name.clone(),
+                router_mac: router_mac.clone(),
+            },
+            VpcVerb::Del { name } => Request::VpcDel { name: name.clone() },
+            VpcVerb::Subnet {
+                bridge,
+                vpc,
+                gateway,
+                none: _,
+            } => Request::BridgeVpc {
+                bridge: bridge.clone(),
+                vpc: vpc.clone(),
+                gateway: gateway.clone(),
+            },
+        },
         Noun::Agent {
             verb: AgentVerb::Show,
         } => Request::AgentShow,
