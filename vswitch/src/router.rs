@@ -504,6 +504,7 @@ impl Router {
         now_secs: u32,
     ) -> bool {
         let mut edited = false;
+        let mut last_dst = None;
         for (i, f) in frames.iter().enumerate() {
             edits[i] = Edit::None;
             if let Action::Drop(_) = actions[i] {
@@ -514,7 +515,14 @@ impl Router {
             let to_router = d[0..6] == vpc.mac.0;
             let asks = ethertype == ETH_P_ARP && !from_tunnel;
             let decided = match (to_router, ethertype) {
-                (true, ETH_P_IPV4) => Some(route(vpc, in_port, from_tunnel, &is_tunnel, d)),
+                (true, ETH_P_IPV4) => Some(route(
+                    vpc,
+                    in_port,
+                    from_tunnel,
+                    &is_tunnel,
+                    &mut last_dst,
+                    d,
+                )),
                 _ if asks && (to_router || actions[i] == Action::Flood) => {
                     arp_answer(vpc, bridge, in_port, d)
                         .map(|mac| Ok((Action::Reply, Edit::ArpReply { mac })))
@@ -591,6 +599,7 @@ fn route(
     in_port: PortId,
     from_tunnel: bool,
     is_tunnel: &impl Fn(PortId) -> bool,
+    last: &mut Option<(u32, Option<Endpoint>)>,
     d: &[u8],
 ) -> Result<(Action, Edit), DropReason> {
     if d.len() < 34 || d[14] >> 4 != 4 || d[14] & 0x0f < 5 {
@@ -619,7 +628,17 @@ fn route(
     if d[22] <= 1 {
         return Err(DropReason::TtlExceeded);
     }
-    let e = match vpc.endpoints.get(&dst) {
+    // A burst's frames mostly go to one address: one lookup for a run
+    // of them.
+    let found = match *last {
+        Some((ip, e)) if ip == dst => e,
+        _ => {
+            let e = vpc.endpoints.get(&dst).copied();
+            *last = Some((dst, e));
+            e
+        }
+    };
+    let e = match &found {
         Some(e) => e,
         // Outside every subnet: out by the VPC's way out, for what its own
         // containers send (never back out of it, never for a tunnel).
