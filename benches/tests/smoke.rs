@@ -80,9 +80,14 @@ fn harness_p_vxlan_smoke() {
     let pcaps = testbed::vswitchd::TempDir::new("pcaps");
     let o = p_opts(&pcaps, false, Some("vxlan"));
     let sec = harness_p::run(&o, tsc_hz(), "smoke").unwrap_or_else(|e| panic!("{e:#}"));
-    // Two workloads x (testpmd io, vswitchd, OVS).
-    assert_figures(&sec, 6, &["Mpps", "cycles/pkt"]);
-    for w in ["VXLAN encap, 1k flows", "VXLAN decap, 1k flows"] {
+    // Three workloads (encap bridged and routed, decap) x (testpmd io,
+    // vswitchd, OVS).
+    assert_figures(&sec, 9, &["Mpps", "cycles/pkt"]);
+    for w in [
+        "VXLAN encap, 1k flows",
+        "VXLAN encap, routed, 1k flows",
+        "VXLAN decap, 1k flows",
+    ] {
         assert_eq!(
             sec.rows.iter().filter(|r| r.workload == w).count(),
             3,
