@@ -214,12 +214,7 @@ impl Daemon<'_> {
     /// The switch port id of the NIC named `name`, if a request may
     /// change it: a VPC's SNAT port is the config's own (`snat`).
     fn changeable_slot(&self, name: &str) -> Result<usize, String> {
-        if let Some(v) = self
-            .cfg
-            .vpcs
-            .iter()
-            .find(|v| v.snat.as_ref().is_some_and(|s| s.port == name))
-        {
+        if let Some(v) = self.snat_owner(name) {
             return Err(format!(
                 "port {name:?} is VPC {:?}'s way out: it comes and goes with the VPC's `snat` \
                  (edit the config and restart)",
@@ -227,6 +222,15 @@ impl Daemon<'_> {
             ));
         }
         self.slot_or_err(name)
+    }
+
+    /// The VPC whose SNAT port (and bridge: they share the name) is
+    /// `name`.
+    fn snat_owner(&self, name: &str) -> Option<&crate::config::VpcConf> {
+        self.cfg
+            .vpcs
+            .iter()
+            .find(|v| v.snat.as_ref().is_some_and(|s| s.port == name))
     }
 
     /// The name of whatever holds switch port `p` (a NIC or a tunnel).
@@ -642,12 +646,7 @@ impl Daemon<'_> {
         vpc: Option<String>,
         gateway: Option<String>,
     ) -> Result<Value, String> {
-        if self
-            .cfg
-            .vpcs
-            .iter()
-            .any(|v| v.snat.as_ref().is_some_and(|s| s.port == bridge))
-        {
+        if self.snat_owner(bridge).is_some() {
             return Err(format!("bridge {bridge:?} is a VPC's way out (`snat`)"));
         }
         let mut doc = self.doc.clone();

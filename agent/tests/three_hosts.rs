@@ -21,7 +21,8 @@ use testbed::{unique, wait_until};
 /// The underlay: a bridge in its own namespace, one veth per host (the
 /// host's end in this namespace, for its af-packet uplink).
 struct Underlay {
-    ns: Netns,
+    /// Holds the bridge; deleted (with it) when the test ends.
+    _ns: Netns,
     uplinks: Vec<Veth>,
 }
 
@@ -39,7 +40,7 @@ fn underlay(hosts: usize) -> Underlay {
             v
         })
         .collect();
-    Underlay { ns, uplinks }
+    Underlay { _ns: ns, uplinks }
 }
 
 /// The "outside": a namespace joined to the machine's own by a veth (the
@@ -286,6 +287,4 @@ fn three_hosts_share_vpcs_through_etcd_and_survive_its_failures() {
         "c6, added after the leader died, is an endpoint on host 3"
     );
     assert!(pings(&hosts[1].c, "192.168.60.6"), "c3 -> c6");
-
-    drop(under.ns);
 }

@@ -52,12 +52,7 @@ fn hosts_find_each_other_through_etcd_and_forget_a_dead_one() {
     // the tunnel of VNI 200 (the remote endpoint's address from etcd),
     // host b routes the reply back; each crossing of a router is one hop.
     let d = Netns::create(&unique("agd")).unwrap();
-    b.vs.request(json!({"cmd": "port-add", "port": {
-        "name": "d", "kind": "tap", "bridge": "db", "netns": d.name(),
-        "mac": "02:00:00:06:01:02", "ipv4": "192.168.61.2/24",
-        "gateway": "192.168.61.254", "mtu": 1450,
-    }}))
-    .unwrap();
+    add_nic(&b.vs, "d", "db", &d, "02:00:00:06:01:02", "192.168.61.2");
     assert_eq!(
         reply_ttl(&a.c, "192.168.61.2"),
         Some(63),
@@ -78,11 +73,14 @@ fn hosts_find_each_other_through_etcd_and_forget_a_dead_one() {
     )
     .unwrap();
     let z = Netns::create(&unique("agz")).unwrap();
-    b.vs.request(json!({"cmd": "port-add", "port": {
-        "name": "z", "kind": "tap", "bridge": "vpc100", "netns": z.name(),
-        "mac": "02:00:00:06:00:07", "ipv4": "192.168.60.7/24", "mtu": 1450,
-    }}))
-    .unwrap();
+    add_nic(
+        &b.vs,
+        "z",
+        "vpc100",
+        &z,
+        "02:00:00:06:00:07",
+        "192.168.60.7",
+    );
     assert!(
         wait_until(Duration::from_secs(10), || agent_b.output().iter().any(
             |l| l.contains("address 192.168.60.7") && l.contains("host host-z claims it")
@@ -106,11 +104,14 @@ fn hosts_find_each_other_through_etcd_and_forget_a_dead_one() {
 
     // A second NIC on b with a's container's MAC: refused by b's agent.
     let dup = Netns::create(&unique("agd")).unwrap();
-    b.vs.request(json!({"cmd": "port-add", "port": {
-        "name": "dup", "kind": "tap", "bridge": "vpc100", "netns": dup.name(),
-        "mac": "02:00:00:06:00:01", "ipv4": "192.168.60.9/24", "mtu": 1450,
-    }}))
-    .unwrap();
+    add_nic(
+        &b.vs,
+        "dup",
+        "vpc100",
+        &dup,
+        "02:00:00:06:00:01",
+        "192.168.60.9",
+    );
     assert!(
         wait_until(Duration::from_secs(10), || agent_b.output().iter().any(
             |l| l.contains("02:00:00:06:00:01") && l.contains("host-a claims it")
@@ -153,11 +154,14 @@ fn forwarding_outlives_etcd_and_a_nic_added_meanwhile_is_shared_when_it_returns(
         "traffic between the hosts while etcd is down"
     );
     let c2 = Netns::create(&unique("agn")).unwrap();
-    b.vs.request(json!({"cmd": "port-add", "port": {
-        "name": "c2", "kind": "tap", "bridge": "vpc100", "netns": c2.name(),
-        "mac": "02:00:00:06:00:03", "ipv4": "192.168.60.3/24", "mtu": 1450,
-    }}))
-    .unwrap();
+    add_nic(
+        &b.vs,
+        "c2",
+        "vpc100",
+        &c2,
+        "02:00:00:06:00:03",
+        "192.168.60.3",
+    );
     let station_on_a = || has_station(&a.vs, "02:00:00:06:00:03");
     assert!(!station_on_a(), "nothing reaches host a while etcd is down");
 
