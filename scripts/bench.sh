@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The benchmark suite in one command: set up the machine, build, run the
-# criterion micro-benchmarks and harnesses P, V, K and D, and write the table.
+# criterion micro-benchmarks and harnesses P, V, K, D and C, and write the table.
 #
 #   bash scripts/bench.sh                 full run -> benches/RESULTS.md + benches/results.json
 #   bash scripts/bench.sh --harness P     one harness -> target/bench/results.{md,json}
@@ -11,7 +11,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-cargo build --release -p vswitchd -p vsbench
+cargo build --release -p vswitchd -p vsbench -p vswitch-agent
 
 md=benches/RESULTS.md
 json=benches/results.json

@@ -196,6 +196,7 @@ impl Daemon<'_> {
                 })),
                 None => Err("no vswitch-agent has reported to this vswitchd".into()),
             },
+            Request::ConfigVersion => Ok(json!({ "version": self.config_version })),
         }
     }
 
@@ -272,7 +273,7 @@ impl Daemon<'_> {
             // router routes to, what an agent publishes).
             "endpoint": p.spec.endpoint().map(|(mac, ips)| json!({
                 "mac": mac.to_string(),
-                "ipv4": ips.iter().map(|ip| ip.to_string()).collect::<Vec<_>>(),
+                "ips": ips.iter().map(|ip| ip.to_string()).collect::<Vec<_>>(),
             })),
             "link_up": p.link_up(),
             "guest_offloads": offloads,
@@ -564,7 +565,11 @@ impl Daemon<'_> {
         let bridges = dp.pipeline.switch.bridges();
         let name = |b: vswitch::BridgeId| bridges[b.index()].conf.name.clone();
         let vpcs = dp.pipeline.router.vpcs().iter().map(|v| {
-            let mut endpoints: Vec<_> = v.endpoints().collect();
+            let mut endpoints: Vec<(std::net::IpAddr, _)> = v
+                .endpoints()
+                .map(|(ip, e)| (ip.into(), e))
+                .chain(v.endpoints6().map(|(ip, e)| (ip.into(), e)))
+                .collect();
             endpoints.sort_by_key(|(ip, _)| *ip);
             let snat = self
                 .cfg
@@ -584,6 +589,8 @@ impl Daemon<'_> {
                 "subnets": v.subnets().iter().map(|s| json!({
                     "bridge": name(s.bridge),
                     "gateway": format!("{}/{}", s.gateway, s.prefix),
+                    "gateway6": v.subnets6().iter().find(|s6| s6.bridge == s.bridge)
+                        .map(|s6| format!("{}/{}", s6.gateway, s6.prefix)),
                 })).collect::<Vec<_>>(),
                 "endpoints": endpoints.iter().map(|(ip, e)| json!({
                     "ip": ip.to_string(),

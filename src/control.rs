@@ -216,6 +216,10 @@ pub enum Request {
     },
     /// The agent's last report and its age.
     AgentShow,
+    /// How many changes the running config has had since vswitchd
+    /// started: a client that follows the config (vswitch-agent) polls
+    /// this cheap counter and reads ports and bridges only when it moves.
+    ConfigVersion,
 }
 
 /// A remote station of [`Request::TunnelSet`]: a MAC behind a VTEP.

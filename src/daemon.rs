@@ -374,6 +374,8 @@ pub struct Daemon<'p> {
     /// The last state `vswitch-agent` reported, and when (not saved: the
     /// agent reports every half second).
     pub(crate) agent: Option<(serde_json::Value, Instant)>,
+    /// Commits since start (`config-version`).
+    pub(crate) config_version: u64,
 }
 
 /// Worker counters `pmd-perf` reports since its last `--clear`: packets,
@@ -468,6 +470,7 @@ impl Daemon<'_> {
         }
         self.cfg = cfg;
         self.doc = doc;
+        self.config_version += 1;
         let saved = toml::to_string(&self.doc)
             .map_err(|e| e.to_string())
             .and_then(|t| self.state.save(&t).map_err(|e| e.to_string()));
@@ -899,6 +902,7 @@ pub fn run(
         clock,
         hz,
         agent: None,
+        config_version: 0,
     };
     let interval = Duration::from_secs(u64::from(d.cfg.stats.interval_secs));
     let mut last_stats = Instant::now();

@@ -15,6 +15,7 @@
 //! processes); errors name the equivalent `ip` command, which is what an
 //! operator knows. Moving a NIC between containers (rare) still runs `ip`.
 
+use std::net::IpAddr;
 use std::path::Path;
 use std::process::Command;
 
@@ -233,9 +234,19 @@ fn configure(dev: &str, spec: &TapSpec) -> Result<(), NetnsError> {
         spec.ifname, spec.mac, spec.mtu
     )))?;
     let dev = spec.ifname.as_str();
-    if let Some((addr, len)) = spec.ipv4 {
-        nl.replace_address(index, addr, len)
-            .map_err(fail(format!("ip addr replace {addr}/{len} dev {dev}")))?;
+    let v4 = spec.ipv4.map(|(a, len)| (a.into(), len));
+    let v6 = spec.ipv6.map(|(a, len)| (a.into(), len));
+    for (addr, len) in v4.into_iter().chain(v6) {
+        nl.replace_address(index, addr, len).map_err(|e| {
+            let e = match e.raw_os_error() {
+                Some(libc::EACCES) if addr.is_ipv6() => std::io::Error::other(
+                    "IPv6 is disabled in the container's namespace \
+                     (net.ipv6.conf.default.disable_ipv6 = 1)",
+                ),
+                _ => e,
+            };
+            fail(format!("ip addr replace {addr}/{len} dev {dev}"))(e)
+        })?;
     }
     let up = LinkChange {
         up: Some(true),
@@ -243,7 +254,8 @@ fn configure(dev: &str, spec: &TapSpec) -> Result<(), NetnsError> {
     };
     nl.set_link(index, &up)
         .map_err(fail(format!("ip link set dev {dev} up")))?;
-    if let Some(gw) = spec.gateway {
+    let gateways = spec.gateway.map(IpAddr::V4).into_iter();
+    for gw in gateways.chain(spec.gateway6.map(IpAddr::V6)) {
         nl.replace_default_route(index, gw)
             .map_err(fail(format!("ip route replace default via {gw} dev {dev}")))?;
     }

@@ -11,13 +11,13 @@
 //! has no async runtime, and each request is one datagram and its ack.
 
 use std::io;
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 use netlink_packet_core::{
     NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE, NLM_F_REPLACE,
     NLM_F_REQUEST,
 };
-use netlink_packet_route::address::{AddressAttribute, AddressMessage};
+use netlink_packet_route::address::{AddressAttribute, AddressHeaderFlags, AddressMessage};
 use netlink_packet_route::link::{LinkAttribute, LinkFlags, LinkMessage};
 use netlink_packet_route::route::{
     RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType,
@@ -150,14 +150,22 @@ impl Rtnl {
         self.request(RouteNetlinkMessage::SetLink(m), 0).map(drop)
     }
 
-    /// Gives link `index` address `addr/prefix` (`ip addr replace`).
-    pub fn replace_address(&mut self, index: u32, addr: Ipv4Addr, prefix: u8) -> io::Result<()> {
+    /// Gives link `index` address `addr/prefix` (`ip addr replace`; IPv6
+    /// with `nodad`: the switch keeps a VPC's addresses unique, and an
+    /// address in duplicate address detection is unusable for a second).
+    pub fn replace_address(&mut self, index: u32, addr: IpAddr, prefix: u8) -> io::Result<()> {
         let mut m = AddressMessage::default();
-        m.header.family = AddressFamily::Inet;
+        m.header.family = match addr {
+            IpAddr::V4(_) => AddressFamily::Inet,
+            IpAddr::V6(_) => AddressFamily::Inet6,
+        };
         m.header.prefix_len = prefix;
         m.header.index = index;
-        m.attributes.push(AddressAttribute::Local(addr.into()));
-        m.attributes.push(AddressAttribute::Address(addr.into()));
+        m.attributes.push(AddressAttribute::Local(addr));
+        m.attributes.push(AddressAttribute::Address(addr));
+        if addr.is_ipv6() {
+            m.header.flags = AddressHeaderFlags::Nodad;
+        }
         self.request(
             RouteNetlinkMessage::NewAddress(m),
             NLM_F_CREATE | NLM_F_REPLACE,
@@ -167,15 +175,18 @@ impl Rtnl {
 
     /// Routes the default destination through `gateway` on link `index`
     /// (`ip route replace default via GATEWAY dev LINK`).
-    pub fn replace_default_route(&mut self, index: u32, gateway: Ipv4Addr) -> io::Result<()> {
+    pub fn replace_default_route(&mut self, index: u32, gateway: IpAddr) -> io::Result<()> {
         let mut m = RouteMessage::default();
-        m.header.address_family = AddressFamily::Inet;
+        let (family, via) = match gateway {
+            IpAddr::V4(a) => (AddressFamily::Inet, RouteAddress::Inet(a)),
+            IpAddr::V6(a) => (AddressFamily::Inet6, RouteAddress::Inet6(a)),
+        };
+        m.header.address_family = family;
         m.header.table = RouteHeader::RT_TABLE_MAIN;
         m.header.protocol = RouteProtocol::Boot;
         m.header.scope = RouteScope::Universe;
         m.header.kind = RouteType::Unicast;
-        m.attributes
-            .push(RouteAttribute::Gateway(RouteAddress::Inet(gateway)));
+        m.attributes.push(RouteAttribute::Gateway(via));
         m.attributes.push(RouteAttribute::Oif(index));
         self.request(
             RouteNetlinkMessage::NewRoute(m),

@@ -5,7 +5,9 @@
 //! `ips`, which an agent sets with `tunnel-set`); a VPC with `snat` sends
 //! what leaves it to its SNAT port (`crate::snat`).
 
-use vswitch::router::{Endpoint, Subnet};
+use std::net::IpAddr;
+
+use vswitch::router::{Endpoint, Subnet, Subnet6};
 use vswitch::{BridgeId, PortId, Router, RouterBuilder, SwitchBuilder};
 
 use crate::config::Config;
@@ -42,6 +44,16 @@ pub fn build(
                     prefix: s.prefix,
                 },
             )?;
+            if let Some((gateway, prefix)) = s.v6 {
+                r.subnet6(
+                    k,
+                    Subnet6 {
+                        bridge,
+                        gateway,
+                        prefix,
+                    },
+                )?;
+            }
         }
     }
     if cfg.vpcs.is_empty() {
@@ -56,7 +68,8 @@ pub fn build(
         };
         let bridge = id(bridge);
         for ip in ips {
-            r.endpoint(
+            add(
+                &mut r,
                 ip,
                 Endpoint {
                     mac,
@@ -79,7 +92,8 @@ pub fn build(
                     .tunnel_port(n.vni, m.vtep)
                     .expect("a tunnel port per remote_mac VTEP");
                 for &ip in &m.ips {
-                    r.endpoint(
+                    add(
+                        &mut r,
                         ip,
                         Endpoint {
                             mac: m.mac,
@@ -92,4 +106,12 @@ pub fn build(
         }
     }
     Ok(r.build(bridges.len()))
+}
+
+/// Adds endpoint `e` with address `ip` of either family.
+fn add(r: &mut RouterBuilder, ip: IpAddr, e: Endpoint) -> bool {
+    match ip {
+        IpAddr::V4(ip) => r.endpoint(ip, e),
+        IpAddr::V6(ip) => r.endpoint6(ip, e),
+    }
 }

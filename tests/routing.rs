@@ -326,3 +326,117 @@ fn a_vpc_made_at_run_time_routes_and_goes_only_when_empty() {
     assert!(reply_ttl(&a, "10.64.2.20").is_none(), "no router any more");
     assert_eq!(vs.request(json!({"cmd": "vpc-list"})).unwrap(), json!([]));
 }
+
+/// IPv6 beside IPv4: subnets web and db of VPC blue with prefixes
+/// fd61:1::/64 and fd61:2::/64 (gateways ::1), containers with an address
+/// of each family. The gateway's neighbour solicitation is answered by
+/// the router (router flag), routing decrements the hop limit, TCP
+/// crosses the subnets, and ICMPv6 errors say why what cannot go does
+/// not.
+#[test]
+fn ipv6_containers_of_two_subnets_reach_each_other_through_the_gateway() {
+    let dir = TempDir::new("vs-r6");
+    let (a, b) = (
+        Netns::create(&unique("r6a")).unwrap(),
+        Netns::create(&unique("r6b")).unwrap(),
+    );
+    for ns in [&a, &b] {
+        ns.enable_ipv6().unwrap();
+    }
+    let nic6 = |name: &str, bridge: &str, ns: &Netns, n: u8| {
+        nic(
+            name,
+            bridge,
+            ns,
+            &format!("02:00:00:64:00:{n:02x}"),
+            &format!("10.64.{n}.10"),
+            &format!("10.64.{n}.1"),
+        ) + &format!("ipv6 = \"fd61:{n}::10/64\"\ngateway6 = \"fd61:{n}::1\"\n")
+    };
+    let cfg = header(&dir)
+        + &format!(
+            "\n[[vpc]]\nname = \"blue\"\nrouter_mac = \"{ROUTER}\"\n\n\
+             [[bridge]]\nname = \"web\"\nvpc = \"blue\"\ngateway = \"10.64.1.1/24\"\n\
+             gateway6 = \"fd61:1::1/64\"\n\n\
+             [[bridge]]\nname = \"db\"\nvpc = \"blue\"\ngateway = \"10.64.2.1/24\"\n\
+             gateway6 = \"fd61:2::1/64\"\n\n"
+        )
+        + &nic6("a", "web", &a, 1)
+        + &nic6("b", "db", &b, 2);
+    let vs = start_linked(&dir, &cfg, &["a", "b"]);
+
+    // The gateway answers; its neighbour entry is the router MAC, marked
+    // a router.
+    assert_eq!(reply_ttl(&a, "fd61:1::1"), Some(64), "the gateway answers");
+    let neigh = a.exec(&["ip", "-6", "neigh", "show", "fd61:1::1"]).unwrap();
+    assert!(
+        neigh.contains(ROUTER) && neigh.contains("router"),
+        "router MAC learned by neighbour discovery: {neigh}"
+    );
+    // Routed both ways, one hop each.
+    assert_eq!(reply_ttl(&a, "fd61:2::10"), Some(63), "a -> b routed");
+    assert_eq!(reply_ttl(&b, "fd61:1::10"), Some(63), "b -> a routed");
+    // TCP over IPv6 across the subnets.
+    let mut server = b.command("socat");
+    server.args(["TCP6-LISTEN:8064,reuseaddr,fork", "SYSTEM:echo hello6"]);
+    let _server = testbed::process::Proc::spawn("socat6", server).unwrap();
+    assert!(wait_until(Duration::from_secs(10), || b
+        .exec(&["ss", "-tln", "sport", "= :8064"])
+        .is_ok_and(|o| o.contains("8064"))));
+    let got = a
+        .exec(&[
+            "socat",
+            "-T5",
+            "-",
+            "TCP6:[fd61:2::10]:8064,connect-timeout=2",
+        ])
+        .unwrap_or_default();
+    assert!(got.contains("hello6"), "TCP a -> b over IPv6: {got:?}");
+
+    // What cannot go: hop limit 1, an address no container has, an
+    // address outside every prefix (IPv6 has no way out of a VPC).
+    let ping = |args: &[&str]| {
+        let out = a.command("ping").args(args).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    for (args, why) in [
+        (
+            &["-c", "1", "-W", "2", "-t", "1", "fd61:2::10"][..],
+            "Time exceeded: Hop limit",
+        ),
+        (
+            &["-c", "1", "-W", "2", "fd61:2::99"][..],
+            "Destination unreachable: Address unreachable",
+        ),
+        (
+            &["-c", "1", "-W", "2", "2001:db8::1"][..],
+            "Destination unreachable: No route",
+        ),
+    ] {
+        let out = ping(args);
+        assert!(
+            out.contains("From fd61:1::1") && out.contains(why),
+            "{args:?}: {out}"
+        );
+    }
+    assert!(wait_until(Duration::from_secs(5), || stat(
+        &vs,
+        "a",
+        &["drops", "ttl_exceeded"]
+    ) >= 1));
+
+    // The router's view: both families.
+    let vpcs = vs.request(json!({"cmd": "vpc-list"})).unwrap();
+    let blue = &vpcs[0];
+    assert_eq!(blue["subnets"][0]["gateway6"], "fd61:1::1/64");
+    let ips: Vec<&str> = blue["endpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["ip"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        ips,
+        ["10.64.1.10", "10.64.2.10", "fd61:1::10", "fd61:2::10"]
+    );
+}

@@ -71,7 +71,7 @@ struct Endpoint {
     host: String,
     vtep: String,
     port: String,
-    /// Its IPv4 addresses (what a VPC's router routes to).
+    /// Its IPv4 and IPv6 addresses (what a VPC's router routes to).
     #[serde(default)]
     ips: Vec<String>,
 }
@@ -102,6 +102,10 @@ struct Agent {
     applied: BTreeMap<String, BridgeRemote>,
     /// Which of `args.etcd` the next session talks to.
     member: usize,
+    /// vswitchd's `config-version` when its ports and bridges were last
+    /// read: they are read again only when it moves (or every half
+    /// second, which also retries refused claims).
+    version: Option<u64>,
 }
 
 impl Agent {
@@ -165,11 +169,13 @@ impl Agent {
                 "vteps": w.vteps,
                 "stations": w.stations.iter().map(|(m, v, ips)| json!({"mac": m, "vtep": v, "ips": ips})).collect::<Vec<_>>(),
             });
+            let t = std::time::Instant::now();
             ask(&self.args.control, req).await?;
             eprintln!(
-                "vswitch-agent: {bridge}: {} remote VTEPs, {} remote stations",
+                "vswitch-agent: {bridge}: {} remote VTEPs, {} remote stations (applied in {:.1} ms)",
                 w.vteps.len(),
-                w.stations.len()
+                w.stations.len(),
+                t.elapsed().as_secs_f64() * 1e3
             );
             self.applied.insert(bridge.to_string(), w);
         }
@@ -233,6 +239,38 @@ impl Agent {
     }
 }
 
+/// How often the agent asks vswitchd whether its config changed: what a
+/// new NIC waits at most before its claim goes to etcd. One short request
+/// on the control socket (vswitchd serves it every 10 ms anyway).
+const CHANGES_POLL: Duration = Duration::from_millis(20);
+
+/// Reads this host's NICs and bridges from vswitchd, publishes their
+/// claims and applies the remote state to them. vswitchd unreachable:
+/// nothing to publish or apply now. Fails only if etcd does.
+async fn sync_local(agent: &mut Agent, c: &mut Client) -> Result<()> {
+    let version = ask(&agent.args.control, json!({"cmd": "config-version"}))
+        .await
+        .ok()
+        .and_then(|v| v["version"].as_u64());
+    let Ok(l) = local(&agent.args.control).await else {
+        return Ok(());
+    };
+    let who = Claimant {
+        host: &agent.args.host,
+        vtep: &agent.args.vtep,
+        prefix: &agent.args.prefix,
+        lease: agent.lease,
+    };
+    tokio::time::timeout(DEADLINE, agent.claims.publish(c, &who, &l))
+        .await
+        .map_err(|_| anyhow!("etcd: publishing claims took over {DEADLINE:?}"))??;
+    if let Err(e) = agent.apply(&l).await {
+        eprintln!("vswitch-agent: {e:#}");
+    }
+    agent.version = version;
+    Ok(())
+}
+
 /// Lists the endpoints; the revision the list is at.
 async fn list(c: &mut Client, prefix: &str) -> Result<(BTreeMap<String, Endpoint>, i64)> {
     let r = c.get(prefix, Some(GetOptions::new().with_prefix())).await?;
@@ -282,7 +320,13 @@ async fn session(agent: &mut Agent) -> Result<()> {
     let from = match agent.rev {
         Some(rev) => rev + 1,
         None => {
+            let t = std::time::Instant::now();
             let (remote, rev) = list(&mut c, &agent.endpoints_prefix()).await?;
+            eprintln!(
+                "vswitch-agent: listed {} endpoints at revision {rev} in {:.1} ms",
+                remote.len(),
+                t.elapsed().as_secs_f64() * 1e3
+            );
             agent.remote = remote;
             agent.rev = Some(rev);
             rev + 1
@@ -295,25 +339,24 @@ async fn session(agent: &mut Agent) -> Result<()> {
         )
         .await?;
     let mut tick = tokio::time::interval(Duration::from_millis(500));
+    let mut changes = tokio::time::interval(CHANGES_POLL);
+    changes.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut keep = tokio::time::interval(Duration::from_secs((agent.args.ttl / 3).max(1) as u64));
     loop {
         tokio::select! {
             _ = tick.tick() => {
-                // vswitchd unreachable: nothing to publish or apply now.
-                let Ok(l) = local(&agent.args.control).await else { continue };
-                let who = Claimant {
-                    host: &agent.args.host,
-                    vtep: &agent.args.vtep,
-                    prefix: &agent.args.prefix,
-                    lease: agent.lease,
-                };
-                tokio::time::timeout(DEADLINE, agent.claims.publish(&mut c, &who, &l))
-                    .await
-                    .map_err(within("publishing claims"))??;
-                if let Err(e) = agent.apply(&l).await {
-                    eprintln!("vswitch-agent: {e:#}");
-                }
+                sync_local(agent, &mut c).await?;
                 agent.report("connected").await;
+            }
+            _ = changes.tick() => {
+                let now = ask(&agent.args.control, json!({"cmd": "config-version"}))
+                    .await
+                    .ok()
+                    .and_then(|v| v["version"].as_u64());
+                if now.is_some() && now != agent.version {
+                    sync_local(agent, &mut c).await?;
+                    agent.report("connected").await;
+                }
             }
             _ = keep.tick() => {
                 keeper.keep_alive().await?;
@@ -353,6 +396,7 @@ async fn main() -> Result<()> {
         rev: None,
         applied: BTreeMap::new(),
         member: 0,
+        version: None,
     };
     loop {
         tokio::select! {

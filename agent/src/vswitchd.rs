@@ -32,7 +32,7 @@ pub async fn ask(control: &Path, req: Value) -> Result<Value> {
 pub struct LocalNic {
     /// Port name.
     pub port: String,
-    /// Its IPv4 addresses.
+    /// Its IPv4 and IPv6 addresses.
     pub ips: Vec<String>,
 }
 
@@ -92,7 +92,7 @@ pub async fn local(control: &Path) -> Result<Local> {
         let Some(&vni) = vni_of.get(bridge) else {
             continue;
         };
-        let ips = e["ipv4"].as_array().into_iter().flatten();
+        let ips = e["ips"].as_array().into_iter().flatten();
         l.nics.insert(
             (vni, mac.to_string()),
             LocalNic {

@@ -64,6 +64,38 @@ fn hosts_find_each_other_through_etcd_and_forget_a_dead_one() {
     );
     assert_eq!(reply_ttl(&d, "192.168.60.1"), Some(63), "d -> a");
 
+    // IPv6 the same way: its addresses claimed in etcd and routed by the
+    // sender's host into the other subnet's VNI.
+    let (e6, f6) = (
+        Netns::create(&unique("age")).unwrap(),
+        Netns::create(&unique("agf")).unwrap(),
+    );
+    add_nic6(
+        &a.vs,
+        "e6",
+        "vpc100",
+        &e6,
+        "02:00:00:06:00:16",
+        "192.168.60.16",
+        "fd60:60::16",
+    );
+    add_nic6(
+        &b.vs,
+        "f6",
+        "db",
+        &f6,
+        "02:00:00:06:01:16",
+        "192.168.61.16",
+        "fd60:61::16",
+    );
+    assert_eq!(
+        reply_ttl(&e6, "fd60:61::16"),
+        Some(63),
+        "IPv6 a -> b routed: a's VPCs {}",
+        a.vs.request(json!({"cmd": "vpc-list"})).unwrap()
+    );
+    assert!(knows_endpoint(&b.vs, "blue", "fd60:60::16"));
+
     // An address another host holds in the VPC: the claim is refused (a
     // holder written straight into etcd, as a host that is not ours).
     let held = format!("{prefix}/ips/blue/192.168.60.7");
@@ -89,11 +121,12 @@ fn hosts_find_each_other_through_etcd_and_forget_a_dead_one() {
         agent_b.output()
     );
     assert!(
-        agent_state(&b.vs)["refused"]
+        wait_until(Duration::from_secs(5), || agent_state(&b.vs)["refused"]
             .as_array()
-            .is_some_and(|r| r.len() == 1),
-        "shown: {}",
-        agent_state(&b.vs)
+            .is_some_and(|r| r.len() == 1)),
+        "shown: {}, agent: {:?}",
+        agent_state(&b.vs),
+        agent_b.output()
     );
     assert!(
         !has_station(&a.vs, "02:00:00:06:00:07"),

@@ -6,6 +6,7 @@
 //! - [`harness_v`]: DPDK containers on vhost-user, pps and latency.
 //! - [`harness_k`]: kernel-stack containers, TAP NICs vs veth + Linux bridge.
 //! - [`harness_d`]: density: plugging a container NIC (CNI ADD until it forwards).
+//! - [`harness_c`]: convergence of a VPC across hosts through etcd.
 //! - [`micro`]: the criterion micro-benchmarks as a table.
 //! - [`report`]: the markdown and JSON tables.
 //! - [`fuzz`]: the structure-aware frame fuzzer of the DPDK-free pipeline.
@@ -16,6 +17,7 @@
 
 pub mod contention;
 pub mod fuzz;
+pub mod harness_c;
 pub mod harness_d;
 pub mod harness_k;
 pub mod harness_p;

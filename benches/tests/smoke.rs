@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use vsbench::report::Section;
-use vsbench::{harness_d, harness_k, harness_p, harness_v};
+use vsbench::{harness_c, harness_d, harness_k, harness_p, harness_v};
 
 /// A binary of the workspace, next to this test's own profile directory.
 fn workspace_bin(name: &str) -> PathBuf {
@@ -188,4 +188,37 @@ fn harness_d_smoke() {
         }
     }
     assert!(!sec.ratios.is_empty());
+}
+
+#[test]
+fn harness_c_smoke() {
+    let o = harness_c::Opts {
+        vswitchd: workspace_bin("vswitchd"),
+        agent: workspace_bin("vswitch-agent"),
+        trials: 3,
+        populations: vec![1, 100],
+    };
+    let sec = harness_c::run(&o, "smoke").unwrap_or_else(|e| panic!("{e:#}"));
+    assert_eq!(sec.rows.len(), 2, "{sec:#?}");
+    for r in &sec.rows {
+        assert_eq!(r.values["failed"], 0.0, "{r:?}");
+        for c in [
+            "p50 ms",
+            "p99 ms",
+            "port-add p50 ms",
+            "B apply p50 ms",
+            "agent RSS MB",
+            "re-list ms",
+            "tunnel-set ms",
+            "restart to applied ms",
+        ] {
+            assert!(
+                r.values[c] > 0.0,
+                "{} {}: {c} = {}",
+                r.workload,
+                r.system,
+                r.values[c]
+            );
+        }
+    }
 }

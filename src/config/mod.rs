@@ -13,7 +13,7 @@
 
 use std::collections::HashSet;
 use std::fmt;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
@@ -264,6 +264,7 @@ struct BridgeFile {
     remote_macs: Vec<vtep::RemoteMacFile>,
     vpc: Option<Spanned<String>>,
     gateway: Option<Spanned<String>>,
+    gateway6: Option<Spanned<String>>,
 }
 
 fn default_mac_table_size() -> Spanned<usize> {
@@ -310,6 +311,8 @@ struct PortFile {
     mac: Option<Spanned<String>>,
     ipv4: Option<Spanned<String>>,
     gateway: Option<Spanned<String>>,
+    ipv6: Option<Spanned<String>>,
+    gateway6: Option<Spanned<String>>,
     mtu: Option<Spanned<u16>>,
     // af-packet, af-xdp
     iface: Option<Spanned<String>>,
@@ -455,6 +458,11 @@ pub struct TapSpec {
     pub ipv4: Option<(Ipv4Addr, u8)>,
     /// Default gateway.
     pub gateway: Option<Ipv4Addr>,
+    /// IPv6 address and prefix length (no duplicate address detection:
+    /// vswitchd and its agent keep addresses unique).
+    pub ipv6: Option<(Ipv6Addr, u8)>,
+    /// IPv6 default gateway.
+    pub gateway6: Option<Ipv6Addr>,
     /// MTU.
     pub mtu: u16,
 }
@@ -533,7 +541,9 @@ const KINDS: &[(&str, &[&str])] = &[
     ("vhost-user", &["socket", "client", "mac"]),
     (
         "tap",
-        &["netns", "pid", "ifname", "mac", "ipv4", "gateway", "mtu"],
+        &[
+            "netns", "pid", "ifname", "mac", "ipv4", "gateway", "ipv6", "gateway6", "mtu",
+        ],
     ),
     ("af-packet", &["iface"]),
     ("af-xdp", &["iface", "queue"]),
@@ -925,7 +935,7 @@ fn validate_port(
         ));
     };
     // Every kind-specific field that is set must belong to this kind.
-    let set: [(&str, Option<Range<usize>>); 18] = [
+    let set: [(&str, Option<Range<usize>>); 20] = [
         ("socket", p.socket.as_ref().map(|v| v.span())),
         ("client", p.client.as_ref().map(|v| v.span())),
         ("netns", p.netns.as_ref().map(|v| v.span())),
@@ -934,6 +944,8 @@ fn validate_port(
         ("mac", p.mac.as_ref().map(|v| v.span())),
         ("ipv4", p.ipv4.as_ref().map(|v| v.span())),
         ("gateway", p.gateway.as_ref().map(|v| v.span())),
+        ("ipv6", p.ipv6.as_ref().map(|v| v.span())),
+        ("gateway6", p.gateway6.as_ref().map(|v| v.span())),
         ("mtu", p.mtu.as_ref().map(|v| v.span())),
         ("iface", p.iface.as_ref().map(|v| v.span())),
         ("queue", p.queue.as_ref().map(|v| v.span())),
@@ -1260,6 +1272,36 @@ fn validate_tap(cx: &Ctx, i: usize, p: &PortFile) -> Result<TapSpec, ConfigError
         let span = p.gateway.as_ref().map(|v| v.span()).unwrap_or(0..0);
         return Err(cx.err(span, f("gateway"), "a gateway needs `ipv4` on the NIC"));
     }
+    let ipv6 = match &p.ipv6 {
+        None => None,
+        Some(v) => Some(
+            parse_cidr6(v.get_ref())
+                .filter(|(a, _)| !a.is_unspecified() && !a.is_multicast() && !a.is_loopback())
+                .ok_or_else(|| {
+                    cx.err(
+                        v.span(),
+                        f("ipv6"),
+                        "expected a unicast IPv6 address with prefix length, like fd00:60::2/64",
+                    )
+                })?,
+        ),
+    };
+    let gateway6 = match &p.gateway6 {
+        None => None,
+        Some(g) => Some(
+            g.get_ref()
+                .parse::<Ipv6Addr>()
+                .map_err(|_| cx.err(g.span(), f("gateway6"), "expected an IPv6 address"))?,
+        ),
+    };
+    if gateway6.is_some() && ipv6.is_none() {
+        let span = p.gateway6.as_ref().map(|v| v.span()).unwrap_or(0..0);
+        return Err(cx.err(
+            span,
+            f("gateway6"),
+            "an IPv6 gateway needs `ipv6` on the NIC",
+        ));
+    }
     let mtu = p.mtu.as_ref().map_or(1500, |v| *v.get_ref());
     if !(68..=9000).contains(&mtu) {
         let span = p.mtu.as_ref().map(|v| v.span()).unwrap_or(0..0);
@@ -1271,6 +1313,8 @@ fn validate_tap(cx: &Ctx, i: usize, p: &PortFile) -> Result<TapSpec, ConfigError
         mac,
         ipv4,
         gateway,
+        ipv6,
+        gateway6,
         mtu,
     })
 }
@@ -1310,7 +1354,11 @@ fn validate_guard(
     let (mac, mut addresses) = match kind {
         PortKind::Tap(t) => (
             Some(t.mac),
-            t.ipv4.map(|(a, _)| a.into()).into_iter().collect(),
+            t.ipv4
+                .map(|(a, _)| a.into())
+                .into_iter()
+                .chain(t.ipv6.map(|(a, _)| a.into()))
+                .collect(),
         ),
         PortKind::VhostUser { .. } => (nic_mac(cx, i, p)?, Vec::new()),
         _ => {
@@ -1411,6 +1459,13 @@ pub fn parse_cidr(s: &str) -> Option<(Ipv4Addr, u8)> {
     let (a, l) = s.split_once('/')?;
     let len: u8 = l.parse().ok()?;
     (len <= 32).then_some((a.parse().ok()?, len))
+}
+
+/// `fd00::1/64` -> (fd00::1, 64).
+pub fn parse_cidr6(s: &str) -> Option<(Ipv6Addr, u8)> {
+    let (a, l) = s.split_once('/')?;
+    let len: u8 = l.parse().ok()?;
+    (len <= 128).then_some((a.parse().ok()?, len))
 }
 
 fn is_pci_address(s: &str) -> bool {

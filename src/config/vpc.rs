@@ -11,6 +11,7 @@
 //! vni = 100
 //! vpc = "blue"
 //! gateway = "192.168.60.1/24"        # the subnet and its gateway
+//! gateway6 = "fd00:60::1/64"         # optional: its IPv6 prefix too
 //!
 //! [[vpc]]
 //! name = "red"
@@ -29,18 +30,21 @@
 //! The router MAC must be the same on every host of a deployment (a
 //! container keeps it in its ARP cache): derived from the VPC's name by
 //! default, which every host agrees on. Endpoints are the VPC bridges'
-//! NICs with their configured addresses (a TAP's `ipv4`, port security's
-//! `addresses`) and the remote stations' `ips`; an address belongs to one
-//! endpoint per VPC, inside its bridge's subnet, never the gateway.
+//! NICs with their configured addresses (a TAP's `ipv4` and `ipv6`, port
+//! security's `addresses`) and the remote stations' `ips`; an address
+//! belongs to one endpoint per VPC, inside its bridge's subnet (IPv6: its
+//! `gateway6` prefix), never a gateway.
 
 use std::collections::HashMap;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use serde::Deserialize;
 use toml::Spanned;
 use vswitch::MacAddr;
 
-use super::{check_name, parse_cidr, BridgeFile, ConfigError, Ctx, PortKind, PortSpec, VniConf};
+use super::{
+    check_name, parse_cidr, parse_cidr6, BridgeFile, ConfigError, Ctx, PortKind, PortSpec, VniConf,
+};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -116,35 +120,60 @@ pub struct SubnetConf {
     pub gateway: Ipv4Addr,
     /// The subnet's prefix length.
     pub prefix: u8,
+    /// Its IPv6 gateway and prefix length, if it has IPv6.
+    pub v6: Option<(Ipv6Addr, u8)>,
 }
 
 impl SubnetConf {
-    fn contains(&self, ip: Ipv4Addr) -> bool {
-        vxlan::host::same_subnet(ip, self.gateway, self.prefix)
+    fn contains(&self, ip: IpAddr) -> bool {
+        match ip {
+            IpAddr::V4(ip) => vxlan::host::same_subnet(ip, self.gateway, self.prefix),
+            IpAddr::V6(ip) => self.v6.is_some_and(|(gw, len)| {
+                vswitch::router::Subnet6 {
+                    bridge: vswitch::BridgeId(0),
+                    gateway: gw,
+                    prefix: len,
+                }
+                .contains(ip)
+            }),
+        }
+    }
+
+    fn is_gateway(&self, ip: IpAddr) -> bool {
+        ip == IpAddr::V4(self.gateway) || self.v6.is_some_and(|(gw, _)| ip == IpAddr::V6(gw))
+    }
+
+    /// The subnet of `ip`'s family, as written.
+    fn range_of(&self, ip: IpAddr) -> String {
+        match (ip, self.v6) {
+            (IpAddr::V6(_), Some((gw, len))) => format!("{gw}/{len}"),
+            (IpAddr::V6(_), None) => "(no gateway6: no IPv6)".into(),
+            (IpAddr::V4(_), _) => format!("{}/{}", self.gateway, self.prefix),
+        }
     }
 }
 
 impl PortSpec {
-    /// The MAC and IPv4 addresses the port's container owns, as the
-    /// config says (port security's, or the TAP's): what a VPC's router
-    /// routes to and what an agent publishes.
-    pub fn endpoint(&self) -> Option<(MacAddr, Vec<Ipv4Addr>)> {
-        let mut ips = Vec::new();
+    /// The MAC and addresses (IPv4, then IPv6) the port's container owns,
+    /// as the config says (port security's, or the TAP's): what a VPC's
+    /// router routes to and what an agent publishes.
+    pub fn endpoint(&self) -> Option<(MacAddr, Vec<IpAddr>)> {
+        let mut ips: Vec<IpAddr> = Vec::new();
         let mut mac = None;
         if let PortKind::Tap(t) = &self.kind {
             mac = Some(t.mac);
-            ips.extend(t.ipv4.map(|(ip, _)| ip));
+            ips.extend(t.ipv4.map(|(ip, _)| IpAddr::V4(ip)));
+            ips.extend(t.ipv6.map(|(ip, _)| IpAddr::V6(ip)));
         }
         if let Some(g) = &self.guard {
             mac = Some(g.mac);
             for a in &g.addresses {
-                if let IpAddr::V4(ip) = a {
-                    if !ips.contains(ip) {
-                        ips.push(*ip);
-                    }
+                if !ips.contains(a) {
+                    ips.push(*a);
                 }
             }
         }
+        ips.sort_by_key(|a| a.is_ipv6());
         mac.map(|m| (m, ips))
     }
 }
@@ -190,6 +219,13 @@ pub(super) fn vpcs(
     for (i, b) in bridges.iter().enumerate() {
         let b = b.get_ref();
         let f = |field: &str| format!("bridge[{i}].{field}");
+        if let (Some(g), None) = (&b.gateway6, &b.gateway) {
+            return Err(cx.err(
+                g.span(),
+                f("gateway6"),
+                "needs `vpc` and `gateway` on the bridge (a subnet has IPv4, and IPv6 besides)",
+            ));
+        }
         let (vpc, gw) = match (&b.vpc, &b.gateway) {
             (None, None) => continue,
             (Some(v), None) => {
@@ -214,15 +250,50 @@ pub(super) fn vpcs(
         let (gateway, prefix) = parse_cidr(gw.get_ref())
             .filter(|(ip, p)| (1..=30).contains(p) && !ip.is_unspecified() && !ip.is_multicast())
             .ok_or_else(|| cx.err(gw.span(), f("gateway"), "expected the gateway's address with the subnet's prefix length (1-30), like 192.168.60.1/24"))?;
+        let v6 = match &b.gateway6 {
+            None => None,
+            Some(g) => Some(
+                parse_cidr6(g.get_ref())
+                    .filter(|(ip, p)| {
+                        (1..=126).contains(p)
+                            && !ip.is_unspecified()
+                            && !ip.is_multicast()
+                            && !vswitch::router::is_link_local(*ip)
+                    })
+                    .ok_or_else(|| {
+                        cx.err(
+                            g.span(),
+                            f("gateway6"),
+                            "expected the IPv6 gateway's address with the prefix length                              (1-126), like fd00:60::1/64",
+                        )
+                    })?,
+            ),
+        };
         let s = SubnetConf {
             bridge: b.name.get_ref().clone(),
             gateway,
             prefix,
+            v6,
         };
+        if let Some((gw6, _)) = s.v6 {
+            if let Some(o) = vpcs[k].subnets.iter().find(|o| {
+                o.v6.is_some_and(|(o6, _)| o.contains(gw6.into()) || s.contains(o6.into()))
+            }) {
+                let g = b.gateway6.as_ref().expect("parsed from it");
+                return Err(cx.err(
+                    g.span(),
+                    f("gateway6"),
+                    format!(
+                        "overlaps bridge {:?}'s IPv6 prefix in VPC {:?}",
+                        o.bridge, vpcs[k].name
+                    ),
+                ));
+            }
+        }
         if let Some(o) = vpcs[k]
             .subnets
             .iter()
-            .find(|o| o.contains(gateway) || s.contains(o.gateway))
+            .find(|o| o.contains(gateway.into()) || s.contains(o.gateway.into()))
         {
             return Err(cx.err(
                 gw.span(),
@@ -236,7 +307,7 @@ pub(super) fn vpcs(
         vpcs[k].subnets.push(s);
     }
     // One endpoint per address in a VPC, in its bridge's subnet.
-    let mut owners: HashMap<(usize, Ipv4Addr), String> = HashMap::new();
+    let mut owners: HashMap<(usize, IpAddr), String> = HashMap::new();
     let subnet_of = |bridge: &str| {
         vpcs.iter().enumerate().find_map(|(k, v)| {
             v.subnets
@@ -256,10 +327,10 @@ pub(super) fn vpcs(
             let what = format!("port {:?}: address {ip}", p.name);
             let wrong = if !s.contains(ip) {
                 Some(format!(
-                    "{what} is outside bridge {bridge:?}'s subnet {}/{}",
-                    s.gateway, s.prefix
+                    "{what} is outside bridge {bridge:?}'s subnet {}",
+                    s.range_of(ip)
                 ))
-            } else if ip == s.gateway {
+            } else if s.is_gateway(ip) {
                 Some(format!("{what} is the gateway's"))
             } else {
                 owners
@@ -294,13 +365,13 @@ pub(super) fn vpcs(
                         "`ips` needs the bridge in a VPC (`vpc`, `gateway`)",
                     ));
                 };
-                if !s.contains(ip) || ip == s.gateway {
+                if !s.contains(ip) || s.is_gateway(ip) {
                     return Err(cx.err(
                         span,
                         field,
                         format!(
-                            "{ip} is not an endpoint address of subnet {}/{}",
-                            s.gateway, s.prefix
+                            "{ip} is not an endpoint address of subnet {}",
+                            s.range_of(ip)
                         ),
                     ));
                 }
@@ -358,11 +429,12 @@ pub(super) fn expand_snat(
             bridge: name.clone(),
             gateway: SNAT_GATEWAY,
             prefix: SNAT_PREFIX,
+            v6: None,
         };
         if let Some(o) = v
             .subnets
             .iter()
-            .find(|o| o.contains(SNAT_GATEWAY) || vpc_side.contains(o.gateway))
+            .find(|o| o.contains(SNAT_GATEWAY.into()) || vpc_side.contains(o.gateway.into()))
         {
             return Err(cx.err(
                 span,
@@ -387,7 +459,7 @@ pub(super) fn expand_snat(
             None => Ipv4Addr::new(169, 254, 100 + links.len() as u8, 0),
         };
         let at = f.snat_link.as_ref().map_or(span, |l| l.span());
-        if vpc_side.contains(link) || links.contains(&link) {
+        if vpc_side.contains(link.into()) || links.contains(&link) {
             return Err(cx.err(
                 at,
                 field("snat_link"),
@@ -426,6 +498,8 @@ pub(super) fn expand_snat(
                 mac: MacAddr::derived(&["vpc-snat", &v.name]),
                 ipv4: Some((SNAT_ADDR, SNAT_PREFIX)),
                 gateway: None,
+                ipv6: None,
+                gateway6: None,
                 mtu: 1500,
             }),
         });
@@ -462,6 +536,60 @@ mod tests {
 
     fn err(text: &str) -> ConfigError {
         parse("t.toml", text).expect_err("should fail")
+    }
+
+    #[test]
+    fn ipv6_prefixes_and_addresses_are_checked_like_ipv4() {
+        let web6 = bridge("web", "blue", "10.1.0.1/24") + "gateway6 = \"fd00:1::1/64\"\n";
+        let tap6 = |ip6: &str| tap("a", "web", "10.1.0.5/24") + &format!("ipv6 = \"{ip6}\"\n");
+        let c = parse("t.toml", &format!("{BLUE}{web6}{}", tap6("fd00:1::5/64"))).unwrap();
+        let web = &c.vpcs[0].subnets[0];
+        assert_eq!(web.v6, Some(("fd00:1::1".parse().unwrap(), 64)));
+        let (_, ips) = c.ports[0].endpoint().unwrap();
+        assert_eq!(
+            ips,
+            [
+                "10.1.0.5".parse::<IpAddr>().unwrap(),
+                "fd00:1::5".parse().unwrap()
+            ]
+        );
+        for (text, field, says) in [
+            (
+                format!("{BLUE}{web6}{}", tap6("fd00:2::5/64")),
+                "port[0]",
+                "outside bridge \"web\"'s subnet fd00:1::1/64",
+            ),
+            (
+                format!("{BLUE}{web6}{}", tap6("fd00:1::1/64")),
+                "port[0]",
+                "the gateway's",
+            ),
+            (
+                format!(
+                    "{BLUE}{web6}{}",
+                    bridge("db", "blue", "10.2.0.1/24") + "gateway6 = \"fd00:1::80/120\"\n"
+                ),
+                "bridge[1].gateway6",
+                "overlaps bridge \"web\"'s IPv6 prefix",
+            ),
+            (
+                "[[bridge]]\nname = \"w\"\ngateway6 = \"fd00::1/64\"\n".to_string(),
+                "bridge[0].gateway6",
+                "needs `vpc` and `gateway`",
+            ),
+            (
+                format!(
+                    "{BLUE}{}gateway6 = \"fe80::1/64\"\n",
+                    bridge("web", "blue", "10.1.0.1/24")
+                ),
+                "bridge[0].gateway6",
+                "like fd00:60::1/64",
+            ),
+        ] {
+            let e = err(&text);
+            assert_eq!(e.field, field, "{e}");
+            assert!(e.message.contains(says), "{e}");
+        }
     }
 
     #[test]

@@ -24,7 +24,7 @@
 //! ```
 
 use std::collections::HashSet;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 
 use serde::Deserialize;
 use toml::Spanned;
@@ -135,8 +135,9 @@ pub struct RemoteMac {
     pub mac: MacAddr,
     /// The VTEP it is behind.
     pub vtep: Ipv4Addr,
-    /// Its addresses, for the VPC's router (a VPC bridge only).
-    pub ips: Vec<Ipv4Addr>,
+    /// Its addresses, IPv4 and IPv6, for the VPC's router (a VPC bridge
+    /// only).
+    pub ips: Vec<IpAddr>,
 }
 
 fn ipv4(cx: &Ctx, v: &Spanned<String>, field: String) -> Result<Ipv4Addr, ConfigError> {
@@ -330,7 +331,15 @@ pub(super) fn bridge_vni(
             .ips
             .iter()
             .enumerate()
-            .map(|(k, a)| ipv4(cx, a, f(&format!("remote_mac[{j}].ips[{k}]"))))
+            .map(|(k, a)| {
+                a.get_ref().parse::<IpAddr>().map_err(|_| {
+                    cx.err(
+                        a.span(),
+                        f(&format!("remote_mac[{j}].ips[{k}]")),
+                        "expected an IPv4 or IPv6 address like 10.0.0.2 or fd00::2",
+                    )
+                })
+            })
             .collect::<Result<_, _>>()?;
         remote_macs.push(RemoteMac { mac, vtep: ip, ips });
     }

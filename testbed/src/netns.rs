@@ -29,6 +29,13 @@ impl Netns {
         Ok(ns)
     }
 
+    /// Turns IPv6 on for the NICs it gets from now on (a test of IPv6).
+    pub fn enable_ipv6(&self) -> Result<(), String> {
+        self.exec(&["sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=0"])?;
+        self.exec(&["sysctl", "-qw", "net.ipv6.conf.default.disable_ipv6=0"])?;
+        Ok(())
+    }
+
     /// Its name.
     pub fn name(&self) -> &str {
         &self.name

@@ -293,6 +293,13 @@ impl MacTable {
         false
     }
 
+    /// Removes the static entries whose MAC is not in `keep` (stations
+    /// the config no longer has: a table shared with the next snapshot
+    /// must not keep them, nor their slots); returns how many.
+    pub fn remove_statics_except(&self, keep: &std::collections::HashSet<MacAddr>) -> usize {
+        self.remove_where(|_, w| w & STATIC != 0 && !keep.contains(&MacAddr::from_u64(word_mac(w))))
+    }
+
     /// Empties every expired slot; returns how many. Run by the control
     /// thread so that listings and counts do not show dead entries.
     pub fn sweep(&self, now: u32) -> usize {

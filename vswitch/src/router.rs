@@ -44,21 +44,28 @@
 //! frame. The frame's edit ([`Edit`]) is applied by the worker when it sends it:
 //! the decision stays DPDK-free and testable here.
 //!
+//! IPv6 follows the same rules (neighbour solicitations for what the VPC
+//! knows answered, routing with the hop limit, ICMPv6 errors): see
+//! [`ipv6`].
+//!
 //! Bridges of a VPC share one session zone ([`crate::switch`]): a
 //! routed reply finds the session its request opened in another subnet.
 //! VPCs are apart by construction: a VPC's endpoint table holds only its
 //! own addresses, so overlapping ranges in two VPCs never meet.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use rustc_hash::FxHashMap;
 use vxlan::host::same_subnet;
 
-use crate::flow::{ETH_P_ARP, ETH_P_IPV4, IPPROTO_ICMP};
+use crate::flow::{ETH_P_ARP, ETH_P_IPV4, ETH_P_IPV6, IPPROTO_ICMP};
 use crate::stats::{DropReason, PortCounters};
 use crate::switch::{Action, Frame};
 use crate::types::{BridgeId, MacAddr, PortId};
+
+mod ipv6;
+pub use ipv6::{is_link_local, Subnet6};
 
 const ICMP_ECHO_REQUEST: u8 = 8;
 const ICMP_ECHO_REPLY: u8 = 0;
@@ -81,13 +88,33 @@ pub enum Edit {
         /// The destination endpoint's MAC.
         dst: MacAddr,
     },
+    /// Routed IPv6: new MACs, hop limit decremented.
+    Route6 {
+        /// The router MAC.
+        src: MacAddr,
+        /// The destination endpoint's MAC.
+        dst: MacAddr,
+    },
     /// An ARP request turned into its reply: `mac` has the address asked for.
     ArpReply {
         /// The answer.
         mac: MacAddr,
     },
+    /// A neighbour solicitation turned into its advertisement: `mac` has
+    /// the address asked for (the frame may grow by 8 bytes).
+    NeighbourAdvert {
+        /// The answer.
+        mac: MacAddr,
+        /// The address is a gateway's: the router flag is set.
+        router: bool,
+    },
     /// An ICMP echo request to a gateway turned into its reply.
     EchoReply {
+        /// The router MAC, the reply's source.
+        mac: MacAddr,
+    },
+    /// An ICMPv6 echo request to a gateway turned into its reply.
+    Echo6Reply {
         /// The router MAC, the reply's source.
         mac: MacAddr,
     },
@@ -101,6 +128,16 @@ pub enum Edit {
         /// The gateway of the sender's subnet, the error's source address.
         from: Ipv4Addr,
         /// ICMP type and code.
+        kind: IcmpError,
+    },
+    /// The same for IPv6 (RFC 4443): it quotes the packet as far as the
+    /// error stays within 1280 bytes, so the frame grows by up to 48.
+    Icmp6Error {
+        /// The router MAC, the error's source.
+        mac: MacAddr,
+        /// The IPv6 gateway of the sender's subnet, the error's source.
+        from: Ipv6Addr,
+        /// The error.
         kind: IcmpError,
     },
 }
@@ -136,6 +173,10 @@ impl IcmpError {
 /// words in the router.
 pub const ICMP_ERRORS_PER_SEC: u32 = 100;
 
+/// How many bytes an edit may add to a frame (an ICMPv6 error about a
+/// short one).
+pub const EDIT_GROWTH: usize = ipv6::ERROR_GROWTH;
+
 /// Bytes of the offending datagram past its header that an error quotes
 /// (RFC 792: the header and the first 64 bits of the data).
 const ICMP_QUOTE: usize = 8;
@@ -144,20 +185,32 @@ impl Edit {
     /// Whether the edit changes the frame's length (the worker must then
     /// give [`Edit::apply`] a one-segment frame with room for it).
     pub fn resizes(self) -> bool {
-        matches!(self, Edit::IcmpError { .. })
+        matches!(
+            self,
+            Edit::IcmpError { .. } | Edit::Icmp6Error { .. } | Edit::NeighbourAdvert { .. }
+        )
     }
 
     /// Rewrites the frame in `buf` (the one [`Router::stage`] decided this
     /// edit for, whose headers it checked) in place: its first `len`
-    /// bytes are the frame, and `buf` must hold 28 bytes more (an ICMP
-    /// error grows a short frame by up to that). The new length.
+    /// bytes are the frame, and `buf` must hold [`EDIT_GROWTH`] bytes
+    /// more (an ICMPv6 error grows a short frame by up to that). The new
+    /// length.
     pub fn apply(self, buf: &mut [u8], len: usize) -> usize {
-        if let Edit::IcmpError { mac, from, kind } = self {
-            return icmp_error(buf, len, mac, from, kind);
+        match self {
+            Edit::IcmpError { mac, from, kind } => return icmp_error(buf, len, mac, from, kind),
+            Edit::Icmp6Error { mac, from, kind } => return ipv6::error(buf, len, mac, from, kind),
+            Edit::NeighbourAdvert { mac, router } => return ipv6::advertise(buf, mac, router),
+            _ => {}
         }
         let frame = &mut buf[..len];
         match self {
-            Edit::None | Edit::IcmpError { .. } => {}
+            Edit::None
+            | Edit::IcmpError { .. }
+            | Edit::Icmp6Error { .. }
+            | Edit::NeighbourAdvert { .. } => {}
+            Edit::Route6 { src, dst } => ipv6::apply_route(frame, src, dst),
+            Edit::Echo6Reply { mac } => ipv6::echo_reply(frame, mac),
             Edit::Route { src, dst } => {
                 frame[0..6].copy_from_slice(&dst.0);
                 frame[6..12].copy_from_slice(&src.0);
@@ -291,6 +344,10 @@ pub struct Vpc {
     /// key, and the keys are addresses the operator and the agent
     /// validated, not a hash-flooding surface on the data path.
     endpoints: FxHashMap<u32, Endpoint>,
+    /// The IPv6 prefixes of some of its bridges.
+    subnets6: Vec<Subnet6>,
+    /// IPv6 address -> endpoint, as `endpoints`.
+    endpoints6: FxHashMap<u128, Endpoint>,
     /// Where addresses outside every subnet go (the VPC's SNAT), if
     /// anywhere.
     egress: Option<Endpoint>,
@@ -310,6 +367,23 @@ impl Vpc {
     /// The endpoint with address `ip`.
     pub fn endpoint(&self, ip: Ipv4Addr) -> Option<Endpoint> {
         self.endpoints.get(&u32::from(ip)).copied()
+    }
+
+    /// The IPv6 subnets.
+    pub fn subnets6(&self) -> &[Subnet6] {
+        &self.subnets6
+    }
+
+    /// The endpoint with IPv6 address `ip`.
+    pub fn endpoint6(&self, ip: Ipv6Addr) -> Option<Endpoint> {
+        self.endpoints6.get(&u128::from(ip)).copied()
+    }
+
+    /// Its IPv6 endpoints, by address.
+    pub fn endpoints6(&self) -> impl Iterator<Item = (Ipv6Addr, Endpoint)> + '_ {
+        self.endpoints6
+            .iter()
+            .map(|(&ip, &e)| (Ipv6Addr::from(ip), e))
     }
 
     /// The endpoint that takes what is addressed outside the VPC.
@@ -342,15 +416,25 @@ impl Vpc {
     fn subnet_of_bridge(&self, b: BridgeId) -> Option<&Subnet> {
         self.subnets.iter().find(|s| s.bridge == b)
     }
+
+    fn is_gateway6(&self, ip: Ipv6Addr) -> bool {
+        self.subnets6.iter().any(|s| s.gateway == ip)
+    }
+
+    fn subnet6_of_bridge(&self, b: BridgeId) -> Option<&Subnet6> {
+        self.subnets6.iter().find(|s| s.bridge == b)
+    }
 }
 
 /// Why a router could not be built.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RouterError {
     /// Two subnets of one VPC overlap.
-    Overlap(String, Ipv4Addr, Ipv4Addr),
+    Overlap(String, IpAddr, IpAddr),
     /// A bridge is a subnet twice.
     BridgeTwice(BridgeId),
+    /// An IPv6 prefix for a bridge that is not an (IPv4) subnet of the VPC.
+    NotASubnet(BridgeId),
 }
 
 impl std::fmt::Display for RouterError {
@@ -360,6 +444,13 @@ impl std::fmt::Display for RouterError {
                 write!(f, "VPC {v:?}: the subnets of gateways {a} and {b} overlap")
             }
             RouterError::BridgeTwice(b) => write!(f, "bridge {} is in two subnets", b.0),
+            RouterError::NotASubnet(b) => {
+                write!(
+                    f,
+                    "bridge {} has an IPv6 prefix but is no subnet of the VPC",
+                    b.0
+                )
+            }
         }
     }
 }
@@ -385,6 +476,8 @@ impl RouterBuilder {
             mac,
             subnets: Vec::new(),
             endpoints: FxHashMap::default(),
+            subnets6: Vec::new(),
+            endpoints6: FxHashMap::default(),
             egress: None,
             icmp_second: AtomicU32::new(0),
             icmp_sent: AtomicU32::new(0),
@@ -403,10 +496,58 @@ impl RouterBuilder {
         }
         let v = &mut self.vpcs[vpc];
         if let Some(o) = v.subnets.iter().find(|o| o.overlaps(&s)) {
-            return Err(RouterError::Overlap(v.name.clone(), o.gateway, s.gateway));
+            return Err(RouterError::Overlap(
+                v.name.clone(),
+                o.gateway.into(),
+                s.gateway.into(),
+            ));
         }
         v.subnets.push(s);
         Ok(self)
+    }
+
+    /// Gives subnet `s.bridge` of VPC `vpc` the IPv6 prefix and gateway
+    /// of `s`.
+    pub fn subnet6(&mut self, vpc: usize, s: Subnet6) -> Result<&mut Self, RouterError> {
+        let v = &mut self.vpcs[vpc];
+        if v.subnet_of_bridge(s.bridge).is_none() {
+            return Err(RouterError::NotASubnet(s.bridge));
+        }
+        if v.subnet6_of_bridge(s.bridge).is_some() {
+            return Err(RouterError::BridgeTwice(s.bridge));
+        }
+        if let Some(o) = v.subnets6.iter().find(|o| o.overlaps(&s)) {
+            return Err(RouterError::Overlap(
+                v.name.clone(),
+                o.gateway.into(),
+                s.gateway.into(),
+            ));
+        }
+        v.subnets6.push(s);
+        Ok(self)
+    }
+
+    /// Adds endpoint `e` with IPv6 address `ip`, by the rules of
+    /// [`RouterBuilder::endpoint`]. True if added.
+    pub fn endpoint6(&mut self, ip: Ipv6Addr, e: Endpoint) -> bool {
+        let Some(v) = self
+            .vpcs
+            .iter_mut()
+            .find(|v| v.subnets6.iter().any(|s| s.bridge == e.bridge))
+        else {
+            return false;
+        };
+        let s = v.subnet6_of_bridge(e.bridge).expect("found by it");
+        if !s.contains(ip) || s.gateway == ip {
+            return false;
+        }
+        match v.endpoints6.entry(u128::from(ip)) {
+            std::collections::hash_map::Entry::Occupied(_) => false,
+            std::collections::hash_map::Entry::Vacant(slot) => {
+                slot.insert(e);
+                true
+            }
+        }
     }
 
     /// Adds endpoint `e` with address `ip`, if its bridge is a subnet of
@@ -514,6 +655,8 @@ impl Router {
             let ethertype = u16::from_be_bytes([d[12], d[13]]);
             let to_router = d[0..6] == vpc.mac.0;
             let asks = ethertype == ETH_P_ARP && !from_tunnel;
+            let solicits = ethertype == ETH_P_IPV6 && !from_tunnel && ipv6::is_solicitation(d);
+            let may_answer = to_router || actions[i] == Action::Flood;
             let decided = match (to_router, ethertype) {
                 (true, ETH_P_IPV4) => Some(route(
                     vpc,
@@ -523,11 +666,13 @@ impl Router {
                     &mut last_dst,
                     d,
                 )),
-                _ if asks && (to_router || actions[i] == Action::Flood) => {
-                    arp_answer(vpc, bridge, in_port, d)
-                        .map(|mac| Ok((Action::Reply, Edit::ArpReply { mac })))
-                        .or(to_router.then_some(Err(DropReason::NoRoute)))
-                }
+                _ if asks && may_answer => arp_answer(vpc, bridge, in_port, d)
+                    .map(|mac| Ok((Action::Reply, Edit::ArpReply { mac })))
+                    .or(to_router.then_some(Err(DropReason::NoRoute))),
+                _ if solicits && may_answer => ipv6::solicited(vpc, bridge, in_port, d)
+                    .map(|(mac, router)| Ok((Action::Reply, Edit::NeighbourAdvert { mac, router })))
+                    .or(to_router.then_some(Err(DropReason::NoRoute))),
+                (true, ETH_P_IPV6) => Some(ipv6::route(vpc, in_port, from_tunnel, &is_tunnel, d)),
                 (true, _) => Some(Err(DropReason::NoRoute)),
                 (false, _) => None,
             };
@@ -541,26 +686,43 @@ impl Router {
                 Some(Err(r)) => {
                     counters.drop(r, f.wire_packets());
                     let error = (!from_tunnel && f.wire_packets() == 1)
-                        .then(|| icmp_error_due(vpc, r, d))
+                        .then(|| icmp_error_for(vpc, bridge, r, d))
                         .flatten()
                         .filter(|_| vpc.may_send_icmp_error(now_secs));
-                    match (error, vpc.subnet_of_bridge(bridge)) {
-                        (Some(kind), Some(s)) => {
+                    match error {
+                        Some(e) => {
                             actions[i] = Action::Reply;
-                            edits[i] = Edit::IcmpError {
-                                mac: vpc.mac,
-                                from: s.gateway,
-                                kind,
-                            };
+                            edits[i] = e;
                             edited = true;
                         }
-                        _ => actions[i] = Action::Drop(r),
+                        None => actions[i] = Action::Drop(r),
                     }
                 }
             }
         }
         edited
     }
+}
+
+/// The ICMP or ICMPv6 error (from the gateway of the sender's subnet) a
+/// router owes the sender of `d`, which it drops for `reason`, if any.
+fn icmp_error_for(vpc: &Vpc, bridge: BridgeId, reason: DropReason, d: &[u8]) -> Option<Edit> {
+    if u16::from_be_bytes([d[12], d[13]]) == ETH_P_IPV6 {
+        let kind = ipv6::error_due(vpc, reason, d)?;
+        let s = vpc.subnet6_of_bridge(bridge)?;
+        return Some(Edit::Icmp6Error {
+            mac: vpc.mac,
+            from: s.gateway,
+            kind,
+        });
+    }
+    let kind = icmp_error_due(vpc, reason, d)?;
+    let s = vpc.subnet_of_bridge(bridge)?;
+    Some(Edit::IcmpError {
+        mac: vpc.mac,
+        from: s.gateway,
+        kind,
+    })
 }
 
 /// The ICMP error a router owes the sender of IPv4 frame `d`, which it
@@ -638,21 +800,13 @@ fn route(
             e
         }
     };
-    let e = match &found {
-        Some(e) => e,
-        // Outside every subnet: out by the VPC's way out, for what its own
-        // containers send (never back out of it, never for a tunnel).
-        None if !from_tunnel && !vpc.subnets.iter().any(|s| s.contains(dst.into())) => {
-            vpc.egress.as_ref().ok_or(DropReason::NoRoute)?
-        }
-        None => return Err(DropReason::NoRoute),
+    // Outside every subnet: out by the VPC's way out, for what its own
+    // containers send (never back out of it, never for a tunnel).
+    let way_out = match found {
+        None if !from_tunnel && !vpc.subnets.iter().any(|s| s.contains(dst.into())) => vpc.egress,
+        _ => None,
     };
-    if e.port == in_port {
-        return Err(DropReason::SamePort);
-    }
-    if from_tunnel && is_tunnel(e.port) {
-        return Err(DropReason::SplitHorizon);
-    }
+    let e = deliver(found, way_out, in_port, from_tunnel, is_tunnel)?;
     Ok((
         Action::Output(e.port),
         Edit::Route {
@@ -660,6 +814,26 @@ fn route(
             dst: e.mac,
         },
     ))
+}
+
+/// Where a routed frame goes: to its destination's endpoint `found`, else
+/// `way_out`; never back out of its ingress port, nor from a tunnel into
+/// a tunnel (a host routes only what its own containers send).
+fn deliver(
+    found: Option<Endpoint>,
+    way_out: Option<Endpoint>,
+    in_port: PortId,
+    from_tunnel: bool,
+    is_tunnel: &impl Fn(PortId) -> bool,
+) -> Result<Endpoint, DropReason> {
+    let e = found.or(way_out).ok_or(DropReason::NoRoute)?;
+    if e.port == in_port {
+        return Err(DropReason::SamePort);
+    }
+    if from_tunnel && is_tunnel(e.port) {
+        return Err(DropReason::SplitHorizon);
+    }
+    Ok(e)
 }
 
 /// The MAC that answers an ARP request in `d` from `in_port` in `bridge`,
@@ -726,7 +900,316 @@ mod tests {
                 }
             ));
         }
+        for (br, gw) in [(0, GW6_1), (1, GW6_2)] {
+            b.subnet6(
+                v,
+                Subnet6 {
+                    bridge: BridgeId(br),
+                    gateway: gw.into(),
+                    prefix: 64,
+                },
+            )
+            .unwrap();
+        }
+        for (ip, mac, port, br) in [(A6, A_MAC, 1, 0), (B6, B_MAC, 2, 1), (R6, R_MAC, 9, 1)] {
+            assert!(b.endpoint6(
+                ip.into(),
+                Endpoint {
+                    mac,
+                    port: PortId(port),
+                    bridge: BridgeId(br)
+                }
+            ));
+        }
         b.build(3)
+    }
+
+    const GW6_1: [u8; 16] = [0xfd, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+    const GW6_2: [u8; 16] = [0xfd, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+    const A6: [u8; 16] = [0xfd, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xa];
+    const B6: [u8; 16] = [0xfd, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xb];
+    /// Behind tunnel port 9.
+    const R6: [u8; 16] = [0xfd, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xc];
+
+    fn udp6(src: MacAddr, dst: MacAddr, from: [u8; 16], to: [u8; 16], hops: u8) -> Vec<u8> {
+        let mut v = Vec::new();
+        PacketBuilder::ethernet2(src.0, dst.0)
+            .ipv6(from, to, hops)
+            .udp(1000, 2000)
+            .write(&mut v, b"routed")
+            .unwrap();
+        v
+    }
+
+    /// A neighbour solicitation from `src` at `from` for `target`, to its
+    /// solicited-node group (unspecified `from`: a DAD probe), with a
+    /// source link-layer option unless `from` is unspecified; `room`
+    /// spare bytes after it, as an mbuf has.
+    fn solicitation(src: MacAddr, from: [u8; 16], target: [u8; 16], room: usize) -> Vec<u8> {
+        let group = [
+            0xff, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0xff, target[13], target[14], target[15],
+        ];
+        let mut body = target.to_vec();
+        if from != [0; 16] {
+            body.extend_from_slice(&[1, 1]);
+            body.extend_from_slice(&src.0);
+        }
+        let mut v = Vec::new();
+        PacketBuilder::ethernet2(
+            src.0,
+            [0x33, 0x33, 0xff, target[13], target[14], target[15]],
+        )
+        .ipv6(from, group, 255)
+        .icmpv6(etherparse::Icmpv6Type::NeighborSolicitation)
+        .write(&mut v, &body)
+        .unwrap();
+        v.resize(v.len() + room, 0);
+        v
+    }
+
+    #[test]
+    fn neighbour_solicitations_for_what_the_vpc_knows_are_answered_on_the_spot() {
+        for (target, mac, router) in [
+            (GW6_1, ROUTER, true),
+            (
+                [0xfd, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xa],
+                A_MAC,
+                false,
+            ),
+        ] {
+            // From a neighbour of A on port 3 (A itself is on port 1).
+            let asker = MacAddr([2, 0, 0, 0, 0, 0xd]);
+            let from = [0xfd, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xd];
+            // Without a source link-layer option: the answer grows by 8.
+            let mut f = solicitation(asker, from, target, 64);
+            f.truncate(f.len() - 64 - 8);
+            let len = f.len();
+            f.resize(len + EDIT_GROWTH, 0);
+            let (a, e, _) = one(0, 3, false, &f[..len], Action::Flood);
+            assert_eq!(
+                (a, e),
+                (Action::Reply, Edit::NeighbourAdvert { mac, router })
+            );
+            assert!(e.resizes());
+            let n = e.apply(&mut f, len);
+            assert_eq!(n, len + 8);
+            let p = SlicedPacket::from_ethernet(&f[..n]).unwrap();
+            assert_eq!((&f[0..6], &f[6..12]), (&asker.0[..], &mac.0[..]));
+            let Some(etherparse::NetSlice::Ipv6(ip)) = p.net else {
+                panic!("IPv6")
+            };
+            let (src, dst) = (ip.header().source(), ip.header().destination());
+            assert_eq!((src, dst, ip.header().hop_limit()), (target, from, 255));
+            let Some(TransportSlice::Icmpv6(icmp)) = p.transport else {
+                panic!("ICMPv6")
+            };
+            assert!(icmp.is_checksum_valid(src, dst), "ICMPv6 checksum valid");
+            let etherparse::Icmpv6Type::NeighborAdvertisement(h) = icmp.icmp_type() else {
+                panic!("an advertisement: {:?}", icmp.icmp_type())
+            };
+            assert_eq!((h.router, h.solicited, h.r#override), (router, true, true));
+            // Target, then the target link-layer address option.
+            assert_eq!(&icmp.payload()[..16], &target);
+            assert_eq!(&icmp.payload()[16..18], &[2, 1]);
+            assert_eq!(&icmp.payload()[18..24], &mac.0);
+        }
+        // Not answered: a DAD probe (for its owner to defend), another
+        // subnet's endpoint or gateway, an unknown address, A asking for
+        // itself, a solicitation from a tunnel.
+        for (br, port, tunnel, f) in [
+            (0, 1, false, solicitation(A_MAC, [0; 16], GW6_1, 0)),
+            (0, 1, false, solicitation(A_MAC, A6, B6, 0)),
+            (0, 1, false, solicitation(A_MAC, A6, GW6_2, 0)),
+            (
+                0,
+                1,
+                false,
+                solicitation(
+                    A_MAC,
+                    A6,
+                    [0xfd, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x77],
+                    0,
+                ),
+            ),
+            (
+                0,
+                1,
+                false,
+                solicitation(
+                    A_MAC,
+                    [0xfd, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x5],
+                    A6,
+                    0,
+                ),
+            ),
+            (1, 9, true, solicitation(R_MAC, R6, B6, 0)),
+        ] {
+            assert_eq!(one(br, port, tunnel, &f, Action::Flood).0, Action::Flood);
+        }
+    }
+
+    #[test]
+    fn ipv6_to_the_router_is_routed_with_the_hop_limit_decremented() {
+        let mut f = udp6(A_MAC, ROUTER, A6, B6, 64);
+        let (a, e, _) = one(0, 1, false, &f, Action::Flood);
+        assert_eq!(a, Action::Output(PortId(2)));
+        assert_eq!(
+            e,
+            Edit::Route6 {
+                src: ROUTER,
+                dst: B_MAC
+            }
+        );
+        let n = f.len();
+        assert_eq!(e.apply(&mut f, n), n);
+        assert_eq!((&f[6..12], &f[0..6]), (&ROUTER.0[..], &B_MAC.0[..]));
+        let p = SlicedPacket::from_ethernet(&f).unwrap();
+        let Some(etherparse::NetSlice::Ipv6(ip)) = p.net else {
+            panic!("IPv6")
+        };
+        assert_eq!(ip.header().hop_limit(), 63);
+        let Some(TransportSlice::Udp(u)) = p.transport else {
+            panic!("UDP")
+        };
+        assert_eq!(u.payload(), b"routed");
+        // A remote endpoint: out of its tunnel port; from a tunnel into a
+        // tunnel: never.
+        let to_r = udp6(A_MAC, ROUTER, A6, R6, 64);
+        assert_eq!(
+            one(0, 1, false, &to_r, Action::Flood).0,
+            Action::Output(PortId(9))
+        );
+        let (a, _, c) = one(1, 9, true, &udp6(R_MAC, ROUTER, R6, R6, 64), Action::Flood);
+        assert_eq!(a, Action::Drop(DropReason::SamePort));
+        assert_eq!(c.drops[DropReason::SamePort as usize].get(), 1);
+        // A ping to the gateway: a valid echo reply.
+        let mut f = Vec::new();
+        PacketBuilder::ethernet2(A_MAC.0, ROUTER.0)
+            .ipv6(A6, GW6_1, 64)
+            .icmpv6_echo_request(7, 1)
+            .write(&mut f, b"ping")
+            .unwrap();
+        let (a, e, _) = one(0, 1, false, &f, Action::Flood);
+        assert_eq!((a, e), (Action::Reply, Edit::Echo6Reply { mac: ROUTER }));
+        let n = f.len();
+        e.apply(&mut f, n);
+        let p = SlicedPacket::from_ethernet(&f).unwrap();
+        let Some(TransportSlice::Icmpv6(icmp)) = p.transport else {
+            panic!("ICMPv6")
+        };
+        assert!(matches!(
+            icmp.icmp_type(),
+            etherparse::Icmpv6Type::EchoReply(_)
+        ));
+        assert!(icmp.is_checksum_valid(GW6_1, A6));
+    }
+
+    #[test]
+    fn what_ipv6_cannot_reach_is_answered_with_a_valid_icmpv6_error() {
+        let unknown = [0xfd, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x99];
+        let outside = [0x20, 1, 0xd, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+        for (to, hops, want, type_code) in [
+            (B6, 1, IcmpError::TtlExceeded, (3, 0)),
+            (unknown, 64, IcmpError::HostUnreachable, (1, 3)),
+            (outside, 64, IcmpError::NetUnreachable, (1, 0)),
+        ] {
+            let mut f = udp6(A_MAC, ROUTER, A6, to, hops);
+            let len = f.len();
+            let sent = f.clone();
+            f.resize(len + EDIT_GROWTH, 0);
+            let (a, e, c) = one(0, 1, false, &f[..len], Action::Flood);
+            assert_eq!(a, Action::Reply, "{to:?}");
+            assert_eq!(
+                e,
+                Edit::Icmp6Error {
+                    mac: ROUTER,
+                    from: GW6_1.into(),
+                    kind: want
+                }
+            );
+            assert_eq!(
+                c.drops[DropReason::TtlExceeded as usize].get()
+                    + c.drops[DropReason::NoRoute as usize].get(),
+                1
+            );
+            let n = e.apply(&mut f, len);
+            assert_eq!(n, len + EDIT_GROWTH);
+            let p = SlicedPacket::from_ethernet(&f[..n]).unwrap();
+            assert_eq!((&f[0..6], &f[6..12]), (&A_MAC.0[..], &ROUTER.0[..]));
+            let Some(TransportSlice::Icmpv6(icmp)) = p.transport else {
+                panic!("ICMPv6")
+            };
+            assert!(icmp.is_checksum_valid(GW6_1, A6), "checksum");
+            assert_eq!((icmp.type_u8(), icmp.code_u8()), type_code);
+            // The whole offending packet is quoted.
+            assert_eq!(icmp.payload(), &sent[14..]);
+        }
+        // No error about an error, nor from a tunnel's frame.
+        let mut about_error = Vec::new();
+        PacketBuilder::ethernet2(A_MAC.0, ROUTER.0)
+            .ipv6(A6, unknown, 64)
+            .icmpv6_raw(1, 3, [0; 4])
+            .write(&mut about_error, &[0; 48])
+            .unwrap();
+        assert_eq!(
+            one(0, 1, false, &about_error, Action::Flood).0,
+            Action::Drop(DropReason::NoRoute)
+        );
+        assert_eq!(
+            one(
+                1,
+                9,
+                true,
+                &udp6(R_MAC, ROUTER, R6, unknown, 64),
+                Action::Flood
+            )
+            .0,
+            Action::Drop(DropReason::NoRoute)
+        );
+    }
+
+    #[test]
+    fn ipv6_prefixes_belong_to_subnets_and_never_overlap() {
+        let mut b = RouterBuilder::new();
+        let v = b.vpc("blue", ROUTER);
+        let s6 = |br, gw: [u8; 16], prefix| Subnet6 {
+            bridge: BridgeId(br),
+            gateway: gw.into(),
+            prefix,
+        };
+        assert_eq!(
+            b.subnet6(v, s6(0, GW6_1, 64)).err(),
+            Some(RouterError::NotASubnet(BridgeId(0)))
+        );
+        for br in [0, 1] {
+            b.subnet(
+                v,
+                Subnet {
+                    bridge: BridgeId(br),
+                    gateway: [10, br as u8, 0, 1].into(),
+                    prefix: 24,
+                },
+            )
+            .unwrap();
+        }
+        b.subnet6(v, s6(0, GW6_1, 48)).unwrap();
+        assert!(matches!(
+            b.subnet6(v, s6(1, GW6_1, 64)),
+            Err(RouterError::Overlap(..))
+        ));
+        let e = Endpoint {
+            mac: A_MAC,
+            port: PortId(1),
+            bridge: BridgeId(0),
+        };
+        assert!(b.endpoint6(A6.into(), e));
+        assert!(!b.endpoint6(A6.into(), e), "first claim stays");
+        assert!(!b.endpoint6(GW6_1.into(), e), "the gateway");
+        assert!(!b.endpoint6(B6.into(), e), "outside the prefix");
+        let r = b.build(2);
+        let blue = r.vpc_of(BridgeId(0)).unwrap();
+        assert_eq!(blue.endpoint6(A6.into()).unwrap().port, PortId(1));
+        assert_eq!(blue.endpoints6().count(), 1);
     }
 
     fn udp(src: MacAddr, dst: MacAddr, from: [u8; 4], to: [u8; 4], ttl: u8) -> Vec<u8> {

@@ -366,9 +366,11 @@ impl SwitchBuilder {
             );
             floods.push(FloodLists { all, locals });
             let before = old.get(conf.name.as_str());
+            // A table that grew for its static entries (see
+            // `install_statics`) stays grown.
             let macs = match before.map(|b| &b.macs) {
                 Some(t)
-                    if t.capacity() == MacTable::new(conf.mac_capacity, 0).capacity()
+                    if t.capacity() >= MacTable::new(conf.mac_capacity, 0).capacity()
                         && t.aging_secs() == conf.mac_aging_secs =>
                 {
                     Arc::clone(t)
@@ -409,10 +411,12 @@ impl SwitchBuilder {
             }
             guards[p.index()] = Some(g);
         }
+        let mut by_bridge = vec![Vec::new(); bridges.len()];
         for (b, mac, port) in statics {
-            if !bridges[b.index()].macs.add_static(mac, port) {
-                return Err(BuildError::NoRoomForStaticMac(mac));
-            }
+            by_bridge[b.index()].push((mac, port));
+        }
+        for (b, want) in bridges.iter_mut().zip(&by_bridge) {
+            install_statics(b, want)?;
         }
         Ok(Switch {
             bridges,
@@ -425,6 +429,40 @@ impl SwitchBuilder {
             vpc_zones,
             next_zone,
         })
+    }
+}
+
+/// A bridge's MAC table holds at least this many slots per static entry:
+/// at a quarter full, an 8-slot bucket overflows with static entries about
+/// once in 4000 buckets (Poisson, 2 per bucket on average), and a table
+/// that still overflows doubles (see [`install_statics`]).
+const STATIC_HEADROOM: usize = 4;
+
+/// Makes `want` the static entries of `b`'s MAC table (which may be the
+/// previous snapshot's): stations no longer configured go, the others are
+/// added or moved in place (a moved station is never unknown meanwhile).
+/// Remote stations an agent applies can outnumber the configured
+/// `mac_table_size`: the table grows to [`STATIC_HEADROOM`] slots per
+/// static entry, and doubles while a bucket has no room for one (up to
+/// three times; learned entries are learned again in the new table),
+/// rather than refusing a VPC's endpoints for an unlucky hash.
+fn install_statics(b: &mut BridgeDomain, want: &[(MacAddr, PortId)]) -> Result<(), BuildError> {
+    let aging = b.conf.mac_aging_secs;
+    let need = b.conf.mac_capacity.max(want.len() * STATIC_HEADROOM);
+    if b.macs.capacity() < need {
+        b.macs = Arc::new(MacTable::new(need, aging));
+    }
+    let keep: std::collections::HashSet<MacAddr> = want.iter().map(|&(m, _)| m).collect();
+    b.macs.remove_statics_except(&keep);
+    for _ in 0..3 {
+        match want.iter().find(|&&(m, p)| !b.macs.add_static(m, p)) {
+            None => return Ok(()),
+            Some(_) => b.macs = Arc::new(MacTable::new(b.macs.capacity() * 2, aging)),
+        }
+    }
+    match want.iter().find(|&&(m, p)| !b.macs.add_static(m, p)) {
+        None => Ok(()),
+        Some(&(m, _)) => Err(BuildError::NoRoomForStaticMac(m)),
     }
 }
 
@@ -663,6 +701,35 @@ mod tests {
         let mut a = vec![Action::Flood; frames.len()];
         sw.forward(PortId(port), frames, now, &c, &mut a);
         a
+    }
+
+    /// Remote stations as an agent applies them: more than the configured
+    /// table holds, then most of them withdrawn.
+    #[test]
+    fn static_stations_outgrow_the_table_and_leave_with_their_config() {
+        let station = |i: u32| MacAddr::from_u64(0x02_5e_00_00_00_00 | u64::from(i));
+        let build = |n: u32, previous: Option<&Switch>| {
+            let mut b = SwitchBuilder::new();
+            let a = b.bridge(conf("a"));
+            b.attach(PortId(0), a).attach(PortId(1), a);
+            for i in 0..n {
+                b.static_mac(a, station(i), PortId(1));
+            }
+            b.build(previous).unwrap()
+        };
+        // 5000 stations in a table configured for 1024 entries.
+        let big = build(5000, None);
+        let t = &big.bridges()[0].macs;
+        assert!(t.capacity() >= 5000 * STATIC_HEADROOM, "{}", t.capacity());
+        assert!((0..5000).all(|i| t.lookup(station(i), 0) == Some(PortId(1))));
+        // Down to 10: the table is reused (learned entries stay), the 4990
+        // others are gone from it.
+        let small = build(10, Some(&big));
+        let t = &small.bridges()[0].macs;
+        assert!(Arc::ptr_eq(t, &big.bridges()[0].macs));
+        assert!((0..10).all(|i| t.lookup(station(i), 0) == Some(PortId(1))));
+        assert!((10..5000).all(|i| t.lookup(station(i), 0).is_none()));
+        assert_eq!(t.entries(0).len(), 10);
     }
 
     #[test]

@@ -30,9 +30,10 @@ pub struct Host {
 
 /// Host `me` of underlay `n` (10.`n`.2.0/24): a VTEP on `uplink`, nothing
 /// remote, no learning, and two VPCs:
-/// - blue: subnets vpc100 (VNI 100, 192.168.60.0/24) and db (VNI 200,
-///   192.168.61.0/24), gateways .254, SNAT on link 169.254.`n`.4*`me`/30;
-/// - red: subnet red (VNI 300) with blue's vpc100 range.
+/// - blue: subnets vpc100 (VNI 100, 192.168.60.0/24, fd60:60::/64) and db
+///   (VNI 200, 192.168.61.0/24, fd60:61::/64), gateways .254 and ::254,
+///   SNAT on link 169.254.`n`.4*`me`/30;
+/// - red: subnet red (VNI 300) with blue's vpc100 ranges.
 ///
 /// Container `c` is in vpc100 at 192.168.60.`me`, MAC
 /// 02:00:00:06:00:`mac`.
@@ -41,9 +42,12 @@ pub fn host(n: u8, me: u8, mac: u8, uplink: &str) -> Host {
     let c = Netns::create(&unique("agc")).unwrap();
     let cfg = Vswitchd::config_header_idle(&dir, 256, "vpc100", 200)
         + &format!(
-            "vni = 100\nlearn_vteps = false\nvpc = \"blue\"\ngateway = \"192.168.60.254/24\"\n\n\
-             [[bridge]]\nname = \"db\"\nvni = 200\nlearn_vteps = false\nvpc = \"blue\"\ngateway = \"192.168.61.254/24\"\n\n\
-             [[bridge]]\nname = \"red\"\nvni = 300\nlearn_vteps = false\nvpc = \"red\"\ngateway = \"192.168.60.254/24\"\n\n\
+            "vni = 100\nlearn_vteps = false\nvpc = \"blue\"\ngateway = \"192.168.60.254/24\"\n\
+             gateway6 = \"fd60:60::254/64\"\n\n\
+             [[bridge]]\nname = \"db\"\nvni = 200\nlearn_vteps = false\nvpc = \"blue\"\ngateway = \"192.168.61.254/24\"\n\
+             gateway6 = \"fd60:61::254/64\"\n\n\
+             [[bridge]]\nname = \"red\"\nvni = 300\nlearn_vteps = false\nvpc = \"red\"\ngateway = \"192.168.60.254/24\"\n\
+             gateway6 = \"fd60:60::254/64\"\n\n\
              [[vpc]]\nname = \"blue\"\nsnat = true\nsnat_link = \"169.254.{n}.{link}/30\"\n\n\
              [[vpc]]\nname = \"red\"\n\n\
              [vtep]\nuplink = \"uplink\"\nip = \"10.{n}.2.{me}/24\"\n\n\
@@ -80,6 +84,28 @@ pub fn add_nic(vs: &Vswitchd, name: &str, bridge: &str, ns: &Netns, mac: &str, i
     vs.request(json!({"cmd": "port-add", "port": {
         "name": name, "kind": "tap", "bridge": bridge, "netns": ns.name(),
         "mac": mac, "ipv4": format!("{ip}/24"), "gateway": gw, "mtu": 1450,
+    }}))
+    .unwrap_or_else(|e| panic!("port-add {name}: {e}"));
+}
+
+/// [`add_nic`] with IPv6 besides: `ip6`/64 with gateway `::254` of its
+/// /64, in `ns` (whose IPv6 it turns on).
+pub fn add_nic6(
+    vs: &Vswitchd,
+    name: &str,
+    bridge: &str,
+    ns: &Netns,
+    mac: &str,
+    ip: &str,
+    ip6: &str,
+) {
+    ns.enable_ipv6().unwrap();
+    let gw = format!("{}.254", ip.rsplit_once('.').unwrap().0);
+    let gw6 = format!("{}::254", ip6.split_once("::").unwrap().0);
+    vs.request(json!({"cmd": "port-add", "port": {
+        "name": name, "kind": "tap", "bridge": bridge, "netns": ns.name(),
+        "mac": mac, "ipv4": format!("{ip}/24"), "gateway": gw, "mtu": 1450,
+        "ipv6": format!("{ip6}/64"), "gateway6": gw6,
     }}))
     .unwrap_or_else(|e| panic!("port-add {name}: {e}"));
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use vsbench::report::Report;
-use vsbench::{harness_d, harness_k, harness_p, harness_v, machine::Machine, workload};
+use vsbench::{harness_c, harness_d, harness_k, harness_p, harness_v, machine::Machine, workload};
 
 #[derive(Parser)]
 #[command(about = "vswitchd benchmarks against testpmd, Open vSwitch and the Linux bridge")]
@@ -33,8 +33,8 @@ enum Cmd {
         /// the median round is reported (1 with --smoke).
         #[arg(long, default_value_t = 3)]
         rounds: usize,
-        /// Harnesses to run (P, V, K, D).
-        #[arg(long, value_delimiter = ',', default_value = "P,V,K,D")]
+        /// Harnesses to run (P, V, K, D, C).
+        #[arg(long, value_delimiter = ',', default_value = "P,V,K,D,C")]
         harness: Vec<String>,
         /// The vswitchd binary.
         #[arg(long, default_value = "target/release/vswitchd")]
@@ -196,7 +196,21 @@ fn main() -> Result<()> {
                         &command("D"),
                     )
                     .context("harness D")?,
-                    other => anyhow::bail!("unknown harness {other:?} (P, V, K, D)"),
+                    "C" => harness_c::run(
+                        &harness_c::Opts {
+                            vswitchd: abs(vswitchd.clone()),
+                            agent: abs(vswitchd.with_file_name("vswitch-agent")),
+                            trials: if smoke { 3 } else { 100 },
+                            populations: if smoke {
+                                vec![1, 100]
+                            } else {
+                                vec![1, 100, 10_000]
+                            },
+                        },
+                        &command("C"),
+                    )
+                    .context("harness C")?,
+                    other => anyhow::bail!("unknown harness {other:?} (P, V, K, D, C)"),
                 };
                 // Progress as we go: a full run takes minutes.
                 eprintln!("vsbench: harness {h} done: {} rows", sec.rows.len());
