@@ -9,10 +9,15 @@
 //! file is created owner-only (0600): it controls the switch.
 
 use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
+use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender};
 
 use serde::{Deserialize, Serialize};
 
@@ -282,9 +287,72 @@ struct Conn {
 /// costs a buffer until its timeout, never another client's turn or the
 /// daemon's attention to signals.
 pub struct ControlServer {
+    /// First: dropped (its thread joined) before the listener it polls.
+    waker: Waker,
     listener: UnixListener,
     path: PathBuf,
     conns: Vec<Conn>,
+}
+
+/// Wakes the daemon's main loop when a client connects, so that a
+/// request is answered at once rather than at the loop's next turn (up to
+/// 10 ms later: a client that sends several requests, as vswitch-agent
+/// does for every change, waited that much for each). A thread blocks in
+/// `poll(2)` on the listening socket, signals [`ControlServer::woken`],
+/// and waits for the main loop to have accepted before it polls again.
+/// Requests on a connection already accepted are read at the loop's next
+/// turn; vswitchctl and vswitch-agent open one connection per request.
+struct Waker {
+    woken: Receiver<()>,
+    rearm: Sender<()>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Waker {
+    fn start(fd: RawFd) -> std::io::Result<Waker> {
+        let (wake_tx, woken) = crossbeam_channel::bounded(1);
+        let (rearm, rearm_rx) = crossbeam_channel::bounded::<()>(1);
+        let stop = Arc::new(AtomicBool::new(false));
+        let halt = Arc::clone(&stop);
+        let thread = std::thread::Builder::new()
+            .name("control-waker".into())
+            .spawn(move || {
+                while !halt.load(Ordering::Relaxed) {
+                    let mut p = libc::pollfd {
+                        fd,
+                        events: libc::POLLIN,
+                        revents: 0,
+                    };
+                    // SAFETY: one pollfd, valid for the call; the fd is
+                    // the listener's, which outlives this thread (joined
+                    // before the listener is dropped). A timeout, so that
+                    // `stop` is seen.
+                    let n = unsafe { libc::poll(&mut p, 1, 100) };
+                    if n > 0 && p.revents & libc::POLLIN != 0 {
+                        let _ = wake_tx.try_send(());
+                        // Until the main loop accepted (the socket stays
+                        // readable until then).
+                        let _ = rearm_rx.recv_timeout(Duration::from_millis(100));
+                    }
+                }
+            })?;
+        Ok(Waker {
+            woken,
+            rearm,
+            stop,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for Waker {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }
 
 impl ControlServer {
@@ -293,11 +361,19 @@ impl ControlServer {
         let listener = UnixListener::bind(path)?;
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
         listener.set_nonblocking(true)?;
+        let waker = Waker::start(listener.as_raw_fd())?;
         Ok(ControlServer {
+            waker,
             listener,
             path: path.to_path_buf(),
             conns: Vec::new(),
         })
+    }
+
+    /// Signalled when a client is waiting to be accepted: the main loop
+    /// waits on it (with its other work) and then calls [`Self::poll`].
+    pub fn woken(&self) -> &Receiver<()> {
+        &self.waker.woken
     }
 
     /// Accepts new clients, answers every complete request received, and
@@ -323,6 +399,7 @@ impl ControlServer {
             }
             self.conns.push(c);
         }
+        let _ = self.waker.rearm.try_send(());
         self.conns.retain_mut(|c| c.serve(now, &mut handle));
     }
 }

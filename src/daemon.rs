@@ -562,13 +562,13 @@ impl Daemon<'_> {
 
     /// Handles punts for up to `timeout` (or sleeps it without a VTEP) and
     /// publishes what the VTEP learned.
-    fn serve_vtep(&mut self, timeout: Duration) {
+    fn serve_vtep(&mut self, timeout: Duration, wake: &crossbeam_channel::Receiver<()>) {
         let used = nic_ports(&self.ports);
         let Some(v) = &mut self.vtep else {
-            std::thread::sleep(timeout);
+            let _ = wake.recv_timeout(timeout);
             return;
         };
-        if v.serve(&self.cfg, &used, timeout).rebuild {
+        if v.serve(&self.cfg, &used, timeout, wake).rebuild {
             let cfg = self.cfg.clone();
             if let Err(e) = self.publish(&cfg, false) {
                 eprintln!("vswitchd: tunnel update not applied: {e:#}");
@@ -908,7 +908,8 @@ pub fn run(
     let mut last_stats = Instant::now();
     let mut last_sweep = Instant::now();
     while !term.load(Ordering::Relaxed) {
-        d.serve_vtep(Duration::from_millis(10));
+        // Wakes for a punted frame, a control client, or after 10 ms.
+        d.serve_vtep(Duration::from_millis(10), control.woken());
         if hup.swap(false, Ordering::Relaxed) {
             match d.config_path.clone() {
                 Some(path) => match d.reload(&path) {

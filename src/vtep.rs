@@ -355,9 +355,20 @@ impl Vtep {
     /// leaves the control thread its turns for the control socket,
     /// signals and sweeps (the queue's overflow is counted `punt_full`).
     /// `used` marks the switch ports NICs occupy (for learned VTEPs).
-    pub fn serve(&mut self, cfg: &Config, used: &[bool], timeout: Duration) -> Changes {
+    pub fn serve(
+        &mut self,
+        cfg: &Config,
+        used: &[bool],
+        timeout: Duration,
+        wake: &Receiver<()>,
+    ) -> Changes {
         let mut ch = Changes::default();
-        let first = self.punt_rx.recv_timeout(timeout).ok();
+        // Also back at once when `wake` says a control client waits.
+        let first = crossbeam_channel::select! {
+            recv(self.punt_rx) -> p => p.ok(),
+            recv(wake) -> _ => None,
+            default(timeout) => None,
+        };
         let now = Instant::now();
         let rx = self.punt_rx.clone();
         for p in first.into_iter().chain(rx.try_iter()).take(PUNT_BUDGET) {
