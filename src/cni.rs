@@ -586,8 +586,9 @@ fn add_nic(
         "cni".into(),
         json!({ "network": conf.name, "container_id": env.container_id, "ifname": env.ifname }),
     );
-    // The IPAM's addresses: the first IPv4 one configures a TAP, and all
-    // of them are what port security lets the NIC send from.
+    // The IPAM's addresses: the first IPv4 and the first IPv6 one
+    // configure a TAP, and all of them are what port security lets the
+    // NIC send from.
     let ips: Vec<Value> = ipam
         .and_then(|r| r["ips"].as_array().cloned())
         .unwrap_or_default();
@@ -597,16 +598,20 @@ fn add_nic(
             .and_then(|a| a.split('/').next())
             .and_then(|a| a.parse::<std::net::IpAddr>().ok())
     };
-    let v4 = ips
-        .iter()
-        .find(|ip| addr_of(ip).is_some_and(|a| a.is_ipv4()))
-        .cloned();
+    let first = |v6: bool| {
+        ips.iter()
+            .find(|ip| addr_of(ip).is_some_and(|a| a.is_ipv6() == v6))
+            .cloned()
+    };
+    let (v4, v6) = (first(false), first(true));
     if conf.port_security == Some(false) {
         port.insert("port_security".into(), Value::from(false));
     } else {
         let others: Vec<Value> = ips
             .iter()
-            .filter(|ip| conf.nic == Nic::VhostUser || Some(*ip) != v4.as_ref())
+            .filter(|ip| {
+                conf.nic == Nic::VhostUser || (Some(*ip) != v4.as_ref() && Some(*ip) != v6.as_ref())
+            })
             .filter_map(|ip| addr_of(ip).map(|a| Value::from(a.to_string())))
             .collect();
         if !others.is_empty() {
@@ -627,10 +632,12 @@ fn add_nic(
             port.insert(key.into(), ns);
             port.insert("ifname".into(), Value::from(env.ifname.clone()));
             port.insert("mac".into(), Value::from(mac.clone()));
-            if let Some(ip) = &v4 {
-                port.insert("ipv4".into(), ip["address"].clone());
-                if let Some(gw) = ip.get("gateway") {
-                    port.insert("gateway".into(), gw.clone());
+            for (ip, key, gateway) in [(&v4, "ipv4", "gateway"), (&v6, "ipv6", "gateway6")] {
+                if let Some(ip) = ip {
+                    port.insert(key.into(), ip["address"].clone());
+                    if let Some(gw) = ip.get("gateway") {
+                        port.insert(gateway.into(), gw.clone());
+                    }
                 }
             }
             if let Some(m) = conf.mtu {

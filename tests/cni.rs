@@ -197,3 +197,62 @@ fn the_plugin_as_a_runtime_drives_it() {
     common::assert_mbufs_back_to(&vs, baseline);
     vs.stop();
 }
+
+/// Dual stack: host-local hands out an IPv4 and an IPv6 address; the TAP
+/// gets both (the IPv6 one without duplicate address detection), and the
+/// containers reach each other over IPv6 too.
+#[test]
+fn a_dual_stack_ipam_result_configures_both_families() {
+    let dir = TempDir::new("vs-cn6");
+    let vs = common::start(&dir, &common::header(&dir));
+    let conf = json!({
+        "cniVersion": "1.1.0",
+        "name": unique("cni6"),
+        "type": "vswitch-cni",
+        "bridge": "vpc1",
+        "controlSocket": Vswitchd::control_socket(&dir),
+        "ipam": {
+            "type": "host-local",
+            "ranges": [[{"subnet": "10.94.0.0/24"}], [{"subnet": "fd94::/64"}]],
+            "dataDir": dir.join("ipam"),
+        },
+    });
+    let c1 = Netns::create(&unique("c61")).unwrap();
+    let c2 = Netns::create(&unique("c62")).unwrap();
+    for ns in [&c1, &c2] {
+        ns.enable_ipv6().unwrap();
+    }
+    let (r1, rc) = cni("ADD", Some(&c1), "dual-one", &conf);
+    assert_eq!(rc, 0, "{r1}");
+    let (r2, rc) = cni("ADD", Some(&c2), "dual-two", &conf);
+    assert_eq!(rc, 0, "{r2}");
+    let v6_of = |r: &Value| {
+        r["ips"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|ip| ip["address"].as_str())
+            .find(|a| a.contains(':'))
+            .expect("an IPv6 address")
+            .to_string()
+    };
+    let (a1, a2) = (v6_of(&r1), v6_of(&r2));
+    let shown = c1
+        .exec(&["ip", "-6", "addr", "show", "dev", "eth0"])
+        .unwrap();
+    assert!(
+        shown.contains(&format!("{a1} scope global nodad")),
+        "usable at once, no duplicate address detection: {shown}"
+    );
+    let ip2 = a2.split('/').next().unwrap();
+    assert!(
+        wait_until(Duration::from_secs(10), || c1
+            .exec(&["ping", "-c", "1", "-W", "1", ip2])
+            .is_ok()),
+        "IPv6 between the containers: {}",
+        vs.request(json!({"cmd": "stats"})).unwrap()
+    );
+    for (ns, id) in [(&c1, "dual-one"), (&c2, "dual-two")] {
+        assert_eq!(cni("DEL", Some(ns), id, &conf).1, 0);
+    }
+}
