@@ -84,6 +84,33 @@ struct BridgeRemote {
     stations: BTreeSet<(String, String, Vec<String>)>,
 }
 
+/// Entries of one bridge the agent leaves out of one application at most
+/// before it gives up on the bridge until the next change.
+const MAX_LEFT_OUT: usize = 16;
+
+/// A remote entry vswitchd refused, by its position in the `tunnel-set`.
+#[derive(Debug, PartialEq, Eq)]
+enum Refused {
+    /// The `k`-th VTEP.
+    Vtep(usize),
+    /// The `j`-th station.
+    Station(usize),
+}
+
+/// Which entry a refused `tunnel-set` names: vswitchd validates the
+/// bridge's new state as a config and its error names the field
+/// (`bridge[0].remote_vteps[3]`, `bridge[0].remote_mac[7].ips`), in the
+/// order the request listed them.
+fn refused_entry(error: &str) -> Option<Refused> {
+    let index = |key: &str| {
+        let rest = &error[error.find(key)? + key.len()..];
+        rest[..rest.find(']')?].parse().ok()
+    };
+    index("remote_vteps[")
+        .map(Refused::Vtep)
+        .or_else(|| index("remote_mac[").map(Refused::Station))
+}
+
 /// How long one etcd request may take before the session is given up
 /// (and the agent reconnects, possibly to another member).
 const DEADLINE: Duration = Duration::from_secs(5);
@@ -102,6 +129,8 @@ struct Agent {
     applied: BTreeMap<String, BridgeRemote>,
     /// Which of `args.etcd` the next session talks to.
     member: usize,
+    /// Per bridge: remote entries vswitchd refused, with why.
+    left_out: BTreeMap<String, Vec<String>>,
     /// vswitchd's `config-version` when its ports and bridges were last
     /// read: they are read again only when it moves (or every half
     /// second, which also retries refused claims).
@@ -163,23 +192,80 @@ impl Agent {
             if self.applied.get(bridge) == Some(&w) {
                 continue;
             }
+            let t = std::time::Instant::now();
+            let (set, left_out) = match self.set_bridge(bridge, &w).await {
+                Ok(r) => r,
+                // Retried at the next change or round; the other bridges
+                // go on.
+                Err(e) => {
+                    eprintln!("vswitch-agent: {bridge}: {e:#}");
+                    continue;
+                }
+            };
+            eprintln!(
+                "vswitch-agent: {bridge}: {} remote VTEPs, {} remote stations (applied in {:.1} ms)",
+                set.vteps.len(),
+                set.stations.len(),
+                t.elapsed().as_secs_f64() * 1e3
+            );
+            if self.left_out.get(bridge) != Some(&left_out) {
+                for why in &left_out {
+                    eprintln!("vswitch-agent: {bridge}: left out {why}");
+                }
+            }
+            self.left_out.insert(bridge.to_string(), left_out);
+            self.applied.insert(bridge.to_string(), w);
+        }
+        Ok(())
+    }
+
+    /// Gives vswitchd `w` as `bridge`'s remote state (`tunnel-set`). An
+    /// entry vswitchd refuses (a VTEP it cannot reach, an address outside
+    /// the subnet: another host's mistake, or a forged record in etcd) is
+    /// left out and the rest applied again, up to [`MAX_LEFT_OUT`] times:
+    /// one bad record must not hold back every other endpoint of the
+    /// bridge on every host. What was set, and what was left out and why.
+    async fn set_bridge(
+        &self,
+        bridge: &str,
+        w: &BridgeRemote,
+    ) -> Result<(BridgeRemote, Vec<String>)> {
+        let mut w = w.clone();
+        let mut left_out = Vec::new();
+        loop {
             let req = json!({
                 "cmd": "tunnel-set",
                 "bridge": bridge,
                 "vteps": w.vteps,
                 "stations": w.stations.iter().map(|(m, v, ips)| json!({"mac": m, "vtep": v, "ips": ips})).collect::<Vec<_>>(),
             });
-            let t = std::time::Instant::now();
-            ask(&self.args.control, req).await?;
-            eprintln!(
-                "vswitch-agent: {bridge}: {} remote VTEPs, {} remote stations (applied in {:.1} ms)",
-                w.vteps.len(),
-                w.stations.len(),
-                t.elapsed().as_secs_f64() * 1e3
-            );
-            self.applied.insert(bridge.to_string(), w);
+            let e = match ask(&self.args.control, req).await {
+                Ok(_) => return Ok((w, left_out)),
+                Err(e) => e,
+            };
+            let why = format!("{e:#}");
+            if left_out.len() >= MAX_LEFT_OUT {
+                return Err(e);
+            }
+            match refused_entry(&why) {
+                Some(Refused::Vtep(k)) => {
+                    let Some(v) = w.vteps.iter().nth(k).cloned() else {
+                        return Err(e);
+                    };
+                    w.vteps.remove(&v);
+                    w.stations.retain(|s| s.1 != v);
+                    left_out.push(format!("VTEP {v} and its stations: {why}"));
+                }
+                Some(Refused::Station(j)) => {
+                    let Some(s) = w.stations.iter().nth(j).cloned() else {
+                        return Err(e);
+                    };
+                    w.stations.remove(&s);
+                    left_out.push(format!("station {} behind {}: {why}", s.0, s.1));
+                }
+                None => return Err(e),
+            }
         }
-        Ok(())
     }
 
     /// Takes a watch response's events into `remote`; false if the watch
@@ -229,6 +315,7 @@ impl Agent {
             "local_endpoints": held,
             "remote_endpoints": self.remote.values().filter(|e| e.host != self.args.host).count(),
             "refused": self.claims.refused().map(|(_, why)| why.clone()).collect::<Vec<_>>(),
+            "left_out": self.left_out.values().flatten().collect::<Vec<_>>(),
         });
         // An older vswitchd without the verb: nothing to show there.
         let _ = ask(
@@ -396,6 +483,7 @@ async fn main() -> Result<()> {
         rev: None,
         applied: BTreeMap::new(),
         member: 0,
+        left_out: BTreeMap::new(),
         version: None,
     };
     loop {
@@ -411,5 +499,26 @@ async fn main() -> Result<()> {
             }
             _ = tokio::signal::ctrl_c() => return Ok(()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refused_entry_is_found_by_its_field() {
+        assert_eq!(
+            refused_entry(
+                "vswitchd: field `bridge[0].remote_vteps[3]`: 10.73.3.1 is off the VTEP's subnet"
+            ),
+            Some(Refused::Vtep(3))
+        );
+        assert_eq!(
+            refused_entry("vswitchd: field `bridge[2].remote_mac[17].ips`: 10.9.9.9 is not"),
+            Some(Refused::Station(17))
+        );
+        assert_eq!(refused_entry("vswitchd: no bridge named \"x\""), None);
+        assert_eq!(refused_entry("field `bridge[0].remote_vteps[x]`"), None);
     }
 }

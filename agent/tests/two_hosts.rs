@@ -153,6 +153,40 @@ fn hosts_find_each_other_through_etcd_and_forget_a_dead_one() {
         agent_b.output()
     );
 
+    // A record no host of this underlay can use (a VTEP off its subnet,
+    // written straight into etcd): left out and named by b's agent, and
+    // the bridge's other endpoints still come and go.
+    etcd.put(
+        &format!("{prefix}/endpoints/100/02:00:00:06:00:66"),
+        r#"{"host": "host-x", "vtep": "10.250.250.250", "port": "x", "ips": []}"#,
+    )
+    .unwrap();
+    let g = Netns::create(&unique("agg")).unwrap();
+    add_nic(
+        &a.vs,
+        "g",
+        "vpc100",
+        &g,
+        "02:00:00:06:00:17",
+        "192.168.60.17",
+    );
+    assert!(
+        wait_until(Duration::from_secs(10), || knows_endpoint(
+            &b.vs,
+            "blue",
+            "192.168.60.17"
+        )),
+        "a new endpoint beside a bad record: {:?}",
+        agent_b.output()
+    );
+    assert!(
+        wait_until(Duration::from_secs(5), || agent_state(&b.vs)["left_out"]
+            .to_string()
+            .contains("VTEP 10.250.250.250")),
+        "shown: {}",
+        agent_state(&b.vs)
+    );
+
     // Host a dies (daemon and agent, SIGKILL): b forgets it within the
     // lease TTL (3 s) plus a second, bounded here at 10 s.
     agent_a.signal(libc::SIGKILL);
