@@ -104,6 +104,20 @@ fn every_vswitchctl_verb_against_a_running_vswitchd() {
     );
     let ports = ok(s, &["port", "list"]);
     assert_eq!(ports.as_array().unwrap().len(), 3, "{ports}");
+    // The socket from the environment; exit statuses that tell a mistake
+    // of the caller's (2) from a switch that is not there (3).
+    let out = Command::new(env!("CARGO_BIN_EXE_vswitchctl"))
+        .env("VSWITCHCTL_SOCKET", s)
+        .args(["--json", "bridge", "list"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("vpc1"));
+    assert_eq!(ctl(s, &["port", "frobnicate"]).0, 2, "a usage error");
+    let (code, _, err) = ctl(s, &["acl", "set", "--file", "/nonexistent/groups.toml"]);
+    assert_eq!(code, 2, "a local file that cannot be read: {err}");
+    let (code, _, err) = ctl(&dir.join("no.sock"), &["stats"]);
+    assert_eq!(code, 3, "vswitchd not reachable: {err}");
     let show = ok(s, &["port", "show", "a"]);
     assert_eq!(show["config"]["netns"], a.name());
     assert!(show["stats"]["rx_packets"].as_u64().unwrap() >= 2, "{show}");

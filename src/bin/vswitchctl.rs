@@ -2,9 +2,9 @@
 //!
 //! Every verb is one request of the JSON protocol (README, "Control
 //! socket"); answers are printed as pretty JSON unless a verb has a
-//! natural text form (stats, config dump, acl/qos show). Exit status: 0 on
-//! success, 1 when vswitchd refused the request, 2 when it could not be
-//! asked.
+//! natural text form (stats, config dump, acl/qos show). Exit status
+//! ([`exit`]): 0 done, 1 refused by vswitchd, 2 a usage error or a local
+//! input that cannot be read (nothing was sent), 3 vswitchd not reachable.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -18,7 +18,12 @@ use vswitchd::stats::Report;
 #[command(name = "vswitchctl", version, about = "Control a running vswitchd")]
 struct Cli {
     /// Control socket of the vswitchd to talk to.
-    #[arg(long, short, default_value = "/run/vswitchd/vswitchd.sock")]
+    #[arg(
+        long,
+        short,
+        env = "VSWITCHCTL_SOCKET",
+        default_value = "/run/vswitchd/vswitchd.sock"
+    )]
     socket: PathBuf,
     /// Print the raw JSON answer.
     #[arg(long)]
@@ -460,25 +465,38 @@ fn to_request(noun: &Noun) -> Result<Request, String> {
     })
 }
 
+/// Exit statuses, so that scripts tell a refusal from a mistake of their
+/// own and from a switch that is down.
+mod exit {
+    /// vswitchd refused the request (the message says why; nothing
+    /// changed).
+    pub const REFUSED: u8 = 1;
+    /// A usage error (clap exits with 2 as well) or a local input that
+    /// cannot be read: nothing was sent.
+    pub const USAGE: u8 = 2;
+    /// vswitchd could not be asked (no socket, no answer).
+    pub const UNREACHABLE: u8 = 3;
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let req = match to_request(&cli.noun) {
         Ok(r) => r,
         Err(e) => {
             eprintln!("vswitchctl: {e}");
-            return ExitCode::from(2);
+            return ExitCode::from(exit::USAGE);
         }
     };
     let resp = match request(&cli.socket, &req) {
         Ok(r) => r,
         Err(e) => {
             eprintln!("vswitchctl: {e}");
-            return ExitCode::from(2);
+            return ExitCode::from(exit::UNREACHABLE);
         }
     };
     if !resp.ok {
         eprintln!("vswitchctl: {}", resp.error.unwrap_or_default());
-        return ExitCode::from(1);
+        return ExitCode::from(exit::REFUSED);
     }
     let result = resp.result.unwrap_or_default();
     if !cli.json {
