@@ -1,4 +1,5 @@
-//! `vswitch-cni`: the CNI plugin (spec 1.1.0, also answering 1.0.0) that
+//! `vswitch-cni`: the CNI plugin (spec 1.1.0, also answering 1.0.0, 0.4.0
+//! and 0.3.1, as Multus attachments still often say) that
 //! gives a container its own vswitchd NIC.
 //!
 //! Driven as a container runtime drives any plugin: the command and the
@@ -41,7 +42,41 @@ use crate::control::{request, Request};
 use vswitch::types::fnv;
 
 /// Versions this plugin speaks.
-pub const SUPPORTED: &[&str] = &["1.0.0", "1.1.0"];
+pub const SUPPORTED: &[&str] = &["0.3.1", "0.4.0", "1.0.0", "1.1.0"];
+
+/// The oldest version that has `command` (CHECK came with 0.4.0, GC and
+/// STATUS with 1.1.0; ADD, DEL and VERSION are in all).
+fn since(command: &str) -> &'static str {
+    match command {
+        "CHECK" => "0.4.0",
+        "GC" | "STATUS" => "1.1.0",
+        _ => "0.3.1",
+    }
+}
+
+/// A CNI version (`1.0.0`) as a comparable triple; only versions in
+/// [`SUPPORTED`] reach it (a three-number parse: no semver crate for it).
+fn version_key(v: &str) -> (u32, u32, u32) {
+    let mut n = v.split('.').map(|x| x.parse().unwrap_or(0));
+    (
+        n.next().unwrap_or(0),
+        n.next().unwrap_or(0),
+        n.next().unwrap_or(0),
+    )
+}
+
+/// `result` (in 1.x form) as version `v` writes it: before 1.0.0 every
+/// IP entry names its family (`"version": "4"` or `"6"`), as Multus and
+/// runtimes speaking 0.3.1 and 0.4.0 read it.
+fn in_version(mut result: Value, v: &str) -> Value {
+    if v.starts_with("0.") {
+        for ip in result["ips"].as_array_mut().into_iter().flatten() {
+            let six = ip["address"].as_str().is_some_and(|a| a.contains(':'));
+            ip["version"] = Value::from(if six { "6" } else { "4" });
+        }
+    }
+    result
+}
 
 /// A CNI error result (spec section "Error").
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -549,6 +584,7 @@ fn add(conf: &NetConf, raw: &Value, env: &Env) -> Result<Value, CniError> {
         "interfaces": [iface],
         "ips": [],
     });
+    let legacy = |r: Value| in_version(r, &conf.cni_version);
     if let Some(r) = ipam_result {
         let ips: Vec<Value> = r["ips"]
             .as_array()
@@ -567,7 +603,7 @@ fn add(conf: &NetConf, raw: &Value, env: &Env) -> Result<Value, CniError> {
             }
         }
     }
-    Ok(result)
+    Ok(legacy(result))
 }
 
 /// Plugs the NIC; returns the result's interface entry.
@@ -895,6 +931,14 @@ pub fn run(env: &Env, stdin: &[u8]) -> (Value, i32) {
                 "",
             ));
         }
+        let needs = since(&env.command);
+        if version_key(&conf.cni_version) < version_key(needs) {
+            return Err(err(
+                code::INCOMPATIBLE_VERSION,
+                format!("{} needs cniVersion {needs} or later", env.command),
+                format!("the network config says {}", conf.cni_version),
+            ));
+        }
         match env.command.as_str() {
             "ADD" => add(&conf, &raw, env),
             "DEL" => del(&conf, &raw, env),
@@ -978,14 +1022,43 @@ mod tests {
     }
 
     #[test]
+    fn results_before_1_0_name_each_address_family() {
+        let r = json!({"cniVersion": "0.4.0", "interfaces": [{"name": "eth0"}], "ips": [
+            {"address": "10.0.0.2/24", "interface": 0},
+            {"address": "fd00::2/64", "interface": 0},
+        ]});
+        let old = in_version(r.clone(), "0.4.0");
+        assert_eq!(
+            (&old["ips"][0]["version"], &old["ips"][1]["version"]),
+            (&json!("4"), &json!("6"))
+        );
+        assert_eq!(
+            in_version(r.clone(), "1.1.0"),
+            r,
+            "1.x has no version field"
+        );
+        assert!(version_key("0.4.0") < version_key("1.0.0"));
+        assert!(version_key("0.3.1") < version_key("0.4.0"));
+    }
+
+    #[test]
     fn errors_carry_the_spec_codes() {
         let (v, rc) = run(&env("VERSION"), b"");
         assert_eq!(rc, 0);
-        assert_eq!(v["supportedVersions"], json!(["1.0.0", "1.1.0"]));
+        assert_eq!(
+            v["supportedVersions"],
+            json!(["0.3.1", "0.4.0", "1.0.0", "1.1.0"])
+        );
         let (v, rc) = run(&env("ADD"), b"{not json");
         assert_eq!((rc, v["code"].as_u64()), (1, Some(6)));
-        let old = br#"{"cniVersion":"0.3.1","name":"n","type":"vswitch-cni","bridge":"b"}"#;
+        let old = br#"{"cniVersion":"0.2.0","name":"n","type":"vswitch-cni","bridge":"b"}"#;
         assert_eq!(run(&env("ADD"), old).0["code"], 1);
+        // Commands a version does not have.
+        let v031 = br#"{"cniVersion":"0.3.1","name":"n","type":"vswitch-cni","bridge":"b"}"#;
+        let v040 = br#"{"cniVersion":"0.4.0","name":"n","type":"vswitch-cni","bridge":"b"}"#;
+        assert_eq!(run(&env("CHECK"), v031).0["code"], 1);
+        assert_eq!(run(&env("GC"), v040).0["code"], 1);
+        assert_eq!(run(&env("STATUS"), v040).0["code"], 1);
         let no_bridge = br#"{"cniVersion":"1.1.0","name":"n","type":"vswitch-cni"}"#;
         assert_eq!(run(&env("ADD"), no_bridge).0["code"], 7);
         let ok = br#"{"cniVersion":"1.1.0","name":"n","type":"vswitch-cni","bridge":"b"}"#;

@@ -39,7 +39,10 @@ fn the_plugin_as_a_runtime_drives_it() {
 
     let (v, rc) = cni("VERSION", None, "", &Value::Null);
     assert_eq!(rc, 0);
-    assert_eq!(v["supportedVersions"], json!(["1.0.0", "1.1.0"]));
+    assert_eq!(
+        v["supportedVersions"],
+        json!(["0.3.1", "0.4.0", "1.0.0", "1.1.0"])
+    );
     assert_eq!(cni("STATUS", None, "", &conf).1, 0);
 
     // Two containers get NICs and addresses and talk.
@@ -167,7 +170,7 @@ fn the_plugin_as_a_runtime_drives_it() {
     let (out, _) = run_plugin(&[("CNI_COMMAND", "ADD".into())], b"{\"cniVersion\": ");
     assert_eq!(out["code"], 6, "undecodable config");
     let mut old = conf.clone();
-    old["cniVersion"] = json!("0.3.1");
+    old["cniVersion"] = json!("0.2.0");
     assert_eq!(
         code(&cni("ADD", Some(&c1), "x", &old)),
         (1, 1),
@@ -198,15 +201,16 @@ fn the_plugin_as_a_runtime_drives_it() {
     vs.stop();
 }
 
-/// Dual stack: host-local hands out an IPv4 and an IPv6 address; the TAP
-/// gets both (the IPv6 one without duplicate address detection), and the
-/// containers reach each other over IPv6 too.
+/// Dual stack, asked in CNI 0.4.0 (as many Multus attachments still are):
+/// host-local hands out an IPv4 and an IPv6 address; the TAP gets both
+/// (the IPv6 one without duplicate address detection), the containers
+/// reach each other over IPv6 too, and the result is in 0.4.0's form.
 #[test]
 fn a_dual_stack_ipam_result_configures_both_families() {
     let dir = TempDir::new("vs-cn6");
     let vs = common::start(&dir, &common::header(&dir));
     let conf = json!({
-        "cniVersion": "1.1.0",
+        "cniVersion": "0.4.0",
         "name": unique("cni6"),
         "type": "vswitch-cni",
         "bridge": "vpc1",
@@ -226,6 +230,17 @@ fn a_dual_stack_ipam_result_configures_both_families() {
     assert_eq!(rc, 0, "{r1}");
     let (r2, rc) = cni("ADD", Some(&c2), "dual-two", &conf);
     assert_eq!(rc, 0, "{r2}");
+    assert_eq!(r1["cniVersion"], "0.4.0");
+    let families: Vec<&str> = r1["ips"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|ip| ip["version"].as_str().unwrap_or("none"))
+        .collect();
+    assert_eq!(families, ["4", "6"], "{r1}");
+    let mut with_prev = conf.clone();
+    with_prev["prevResult"] = r1.clone();
+    assert_eq!(cni("CHECK", Some(&c1), "dual-one", &with_prev).1, 0);
     let v6_of = |r: &Value| {
         r["ips"]
             .as_array()
