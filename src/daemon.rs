@@ -116,6 +116,23 @@ fn free_hugepage_mb() -> u64 {
     field("HugePages_Free:") * field("Hugepagesize:") / 1024
 }
 
+/// A CPU the config names (`workers.cores`, `eal.main_lcore`) that this
+/// machine does not have, said as an error or a warning would.
+pub fn missing_core(cfg: &Config) -> Option<String> {
+    let n_cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as u32;
+    let mut cores = cfg
+        .workers
+        .cores
+        .iter()
+        .chain(std::iter::once(&cfg.eal.main_lcore));
+    cores.find(|&&c| c >= n_cpus).map(|c| {
+        format!(
+            "core {c} does not exist: this machine has CPUs 0-{} (workers.cores, eal.main_lcore)",
+            n_cpus - 1
+        )
+    })
+}
+
 /// Checks the machine can run this config, before DPDK is touched.
 pub fn preflight(cfg: &Config) -> Result<()> {
     let free = free_hugepage_mb();
@@ -128,16 +145,8 @@ pub fn preflight(cfg: &Config) -> Result<()> {
             cfg.eal.memory_mb
         );
     }
-    let n_cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as u32;
-    for c in cfg
-        .workers
-        .cores
-        .iter()
-        .chain(std::iter::once(&cfg.eal.main_lcore))
-    {
-        if *c >= n_cpus {
-            bail!("core {c} does not exist: this machine has CPUs 0-{} (workers.cores, eal.main_lcore)", n_cpus - 1);
-        }
+    if let Some(m) = missing_core(cfg) {
+        bail!("{m}");
     }
     ports::claim_socket_path(&cfg.control.socket)
         .map_err(|e| anyhow::anyhow!("control socket: {e}"))?;

@@ -63,6 +63,11 @@ fn main() -> ExitCode {
     }
     match cli.cmd {
         Cmd::CheckConfig { file } => {
+            // A config may be checked on another machine than its own: a
+            // warning here, an error at `run`.
+            if let Some(m) = vswitchd::daemon::missing_core(&cfg) {
+                eprintln!("vswitchd: warning: {m}");
+            }
             println!(
                 "{}: ok ({} bridges, {} ports, {} workers, {} security groups, {} QoS policies)",
                 file.display(),

@@ -22,6 +22,34 @@ fn run_config(dir: &TempDir, cfg: &str) -> (i32, String) {
     vswitchd(&["run", "--config", path.to_str().unwrap()])
 }
 
+/// check-config warns of what only this machine or the traffic would
+/// show: a core it does not have (an error at `run`), and two NICs of a
+/// plain bridge with one address.
+#[test]
+fn check_config_warns_of_missing_cores_and_shared_addresses() {
+    let dir = TempDir::new("vs-warn");
+    let path = dir.join("w.toml");
+    let tap = |name: &str| {
+        format!(
+            "[[port]]\nname = \"{name}\"\nkind = \"tap\"\nbridge = \"vpc1\"\nnetns = \"x{name}\"\n\
+             ipv4 = \"10.0.0.5/24\"\n"
+        )
+    };
+    let cfg = format!(
+        "[workers]\ncores = [250]\n\n[[bridge]]\nname = \"vpc1\"\n\n{}{}",
+        tap("a"),
+        tap("b")
+    );
+    std::fs::write(&path, cfg).unwrap();
+    let (code, err) = vswitchd(&["check-config", path.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("warning: core 250 does not exist"), "{err}");
+    assert!(
+        err.contains("port \"b\": address 10.0.0.5 is port \"a\"'s too"),
+        "{err}"
+    );
+}
+
 #[test]
 fn malformed_config_names_file_line_and_field() {
     let dir = TempDir::new("vs-err");

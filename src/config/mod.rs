@@ -848,6 +848,7 @@ pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
     }
     let port_spans: Vec<_> = model.ports.iter().map(|p| p.span()).collect();
     let mut vpcs = vpc::vpcs(&cx, &model.vpcs, &model.bridges, &ports, &port_spans, &vnis)?;
+    warnings.extend(vpc::shared_addresses(&ports, &vpcs));
     vpc::expand_snat(
         &cx,
         &model.vpcs,

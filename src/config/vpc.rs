@@ -178,6 +178,34 @@ impl PortSpec {
     }
 }
 
+/// Addresses two NICs of one plain bridge (in no VPC, where `vpcs`
+/// refuses them) both claim: the config stands, but the containers race
+/// for the address's ARP and neighbour answers.
+pub(super) fn shared_addresses(ports: &[PortSpec], vpcs: &[VpcConf]) -> Vec<String> {
+    let routed = |b: &str| vpcs.iter().any(|v| v.subnets.iter().any(|s| s.bridge == b));
+    let mut owner: HashMap<(&str, IpAddr), &str> = HashMap::new();
+    let mut warnings = Vec::new();
+    for p in ports {
+        let (Some(bridge), Some((_, ips))) = (p.bridge.as_deref(), p.endpoint()) else {
+            continue;
+        };
+        if routed(bridge) {
+            continue;
+        }
+        for ip in ips {
+            if let Some(first) = owner.insert((bridge, ip), &p.name) {
+                warnings.push(format!(
+                    "port {:?}: address {ip} is port {first:?}'s too (bridge {bridge:?}): the \
+                     containers will race for it",
+                    p.name
+                ));
+                owner.insert((bridge, ip), first);
+            }
+        }
+    }
+    warnings
+}
+
 /// The router MAC of VPC `name` when the config gives none.
 pub fn derived_router_mac(name: &str) -> MacAddr {
     MacAddr::derived(&["vpc-router", name])
