@@ -331,14 +331,20 @@ impl Agent {
 /// on the control socket (vswitchd serves it every 10 ms anyway).
 const CHANGES_POLL: Duration = Duration::from_millis(20);
 
-/// Reads this host's NICs and bridges from vswitchd, publishes their
-/// claims and applies the remote state to them. vswitchd unreachable:
-/// nothing to publish or apply now. Fails only if etcd does.
-async fn sync_local(agent: &mut Agent, c: &mut Client) -> Result<()> {
-    let version = ask(&agent.args.control, json!({"cmd": "config-version"}))
+/// vswitchd's `config-version`, if it answers.
+async fn config_version(control: &std::path::Path) -> Option<u64> {
+    ask(control, json!({"cmd": "config-version"}))
         .await
         .ok()
-        .and_then(|v| v["version"].as_u64());
+        .and_then(|v| v["version"].as_u64())
+}
+
+/// Reads this host's NICs and bridges from vswitchd, publishes their
+/// claims and applies the remote state to them; `version` is vswitchd's
+/// `config-version` read just before (a change after it is seen next
+/// time). vswitchd unreachable: nothing to publish or apply now. Fails
+/// only if etcd does.
+async fn sync_local(agent: &mut Agent, c: &mut Client, version: Option<u64>) -> Result<()> {
     let Ok(l) = local(&agent.args.control).await else {
         return Ok(());
     };
@@ -432,16 +438,14 @@ async fn session(agent: &mut Agent) -> Result<()> {
     loop {
         tokio::select! {
             _ = tick.tick() => {
-                sync_local(agent, &mut c).await?;
+                let now = config_version(&agent.args.control).await;
+                sync_local(agent, &mut c, now).await?;
                 agent.report("connected").await;
             }
             _ = changes.tick() => {
-                let now = ask(&agent.args.control, json!({"cmd": "config-version"}))
-                    .await
-                    .ok()
-                    .and_then(|v| v["version"].as_u64());
+                let now = config_version(&agent.args.control).await;
                 if now.is_some() && now != agent.version {
-                    sync_local(agent, &mut c).await?;
+                    sync_local(agent, &mut c, now).await?;
                     agent.report("connected").await;
                 }
             }

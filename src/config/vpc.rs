@@ -128,14 +128,9 @@ impl SubnetConf {
     fn contains(&self, ip: IpAddr) -> bool {
         match ip {
             IpAddr::V4(ip) => vxlan::host::same_subnet(ip, self.gateway, self.prefix),
-            IpAddr::V6(ip) => self.v6.is_some_and(|(gw, len)| {
-                vswitch::router::Subnet6 {
-                    bridge: vswitch::BridgeId(0),
-                    gateway: gw,
-                    prefix: len,
-                }
-                .contains(ip)
-            }),
+            IpAddr::V6(ip) => self
+                .v6
+                .is_some_and(|(gw, len)| vswitch::router::same_prefix6(ip, gw, len)),
         }
     }
 

@@ -65,7 +65,7 @@ use crate::switch::{Action, Frame};
 use crate::types::{BridgeId, MacAddr, PortId};
 
 mod ipv6;
-pub use ipv6::{is_link_local, Subnet6};
+pub use ipv6::{is_link_local, same_prefix6, Subnet6};
 
 const ICMP_ECHO_REQUEST: u8 = 8;
 const ICMP_ECHO_REPLY: u8 = 0;
@@ -457,6 +457,18 @@ impl std::fmt::Display for RouterError {
 
 impl std::error::Error for RouterError {}
 
+/// Adds `e` under address `k` unless an endpoint has it already (the
+/// first claim stays); whether added.
+fn first_claim<K: std::hash::Hash + Eq>(m: &mut FxHashMap<K, Endpoint>, k: K, e: Endpoint) -> bool {
+    match m.entry(k) {
+        std::collections::hash_map::Entry::Occupied(_) => false,
+        std::collections::hash_map::Entry::Vacant(slot) => {
+            slot.insert(e);
+            true
+        }
+    }
+}
+
 /// Builds a [`Router`] on the control thread.
 #[derive(Default)]
 pub struct RouterBuilder {
@@ -541,13 +553,7 @@ impl RouterBuilder {
         if !s.contains(ip) || s.gateway == ip {
             return false;
         }
-        match v.endpoints6.entry(u128::from(ip)) {
-            std::collections::hash_map::Entry::Occupied(_) => false,
-            std::collections::hash_map::Entry::Vacant(slot) => {
-                slot.insert(e);
-                true
-            }
-        }
+        first_claim(&mut v.endpoints6, u128::from(ip), e)
     }
 
     /// Adds endpoint `e` with address `ip`, if its bridge is a subnet of
@@ -567,13 +573,7 @@ impl RouterBuilder {
         if !s.contains(ip) || s.gateway == ip {
             return false;
         }
-        match v.endpoints.entry(u32::from(ip)) {
-            std::collections::hash_map::Entry::Occupied(_) => false,
-            std::collections::hash_map::Entry::Vacant(slot) => {
-                slot.insert(e);
-                true
-            }
-        }
+        first_claim(&mut v.endpoints, u32::from(ip), e)
     }
 
     /// Routes what VPC `vpc`'s endpoints send outside its subnets to its

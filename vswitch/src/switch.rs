@@ -454,16 +454,14 @@ fn install_statics(b: &mut BridgeDomain, want: &[(MacAddr, PortId)]) -> Result<(
     }
     let keep: std::collections::HashSet<MacAddr> = want.iter().map(|&(m, _)| m).collect();
     b.macs.remove_statics_except(&keep);
-    for _ in 0..3 {
+    for doublings in 0.. {
         match want.iter().find(|&&(m, p)| !b.macs.add_static(m, p)) {
             None => return Ok(()),
+            Some(&(m, _)) if doublings == 3 => return Err(BuildError::NoRoomForStaticMac(m)),
             Some(_) => b.macs = Arc::new(MacTable::new(b.macs.capacity() * 2, aging)),
         }
     }
-    match want.iter().find(|&&(m, p)| !b.macs.add_static(m, p)) {
-        None => Ok(()),
-        Some(&(m, _)) => Err(BuildError::NoRoomForStaticMac(m)),
-    }
+    unreachable!("the loop returns by its fourth turn")
 }
 
 impl Switch {

@@ -49,13 +49,17 @@ pub struct Subnet6 {
     pub prefix: u8,
 }
 
+/// Whether `a` and `b` share their first `prefix` bits (IPv6's
+/// `vxlan::host::same_subnet`).
+pub fn same_prefix6(a: Ipv6Addr, b: Ipv6Addr, prefix: u8) -> bool {
+    let mask = u128::MAX.checked_shl(128 - u32::from(prefix)).unwrap_or(0);
+    u128::from(a) & mask == u128::from(b) & mask
+}
+
 impl Subnet6 {
     /// Whether `ip` is in the subnet.
     pub fn contains(&self, ip: Ipv6Addr) -> bool {
-        let mask = u128::MAX
-            .checked_shl(128 - u32::from(self.prefix))
-            .unwrap_or(0);
-        u128::from(ip) & mask == u128::from(self.gateway) & mask
+        same_prefix6(ip, self.gateway, self.prefix)
     }
 
     /// Whether the two share an address.
