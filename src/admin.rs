@@ -6,6 +6,7 @@
 //! what was done and leaves the switch as it was.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::sync::atomic::Ordering;
 
 use serde_json::{json, Map, Value};
 use vswitch::{MacAddr, PortId};
@@ -13,6 +14,7 @@ use vswitch::{MacAddr, PortId};
 use crate::config::{self, Config, Netns, PortKind};
 use crate::control::Request;
 use crate::daemon::{flush_ports, mbuf_demand, nic_ports, Daemon, PERF_FIELDS};
+use crate::datapath::Stage;
 use crate::netns;
 use crate::ports::{self, Port};
 
@@ -113,7 +115,7 @@ impl Daemon<'_> {
     pub fn handle(&mut self, req: Request) -> Result<Value, String> {
         match req {
             Request::Stats => Ok(serde_json::to_value(self.report()).expect("reports serialize")),
-            Request::PmdPerf { clear } => Ok(self.pmd_perf(clear)),
+            Request::PmdPerf { clear, stages } => Ok(self.pmd_perf(clear, stages)),
             Request::PmdRxqRebalance => self.rxq_rebalance(),
             Request::Latency => Ok(self.latency()),
             Request::PortList => Ok(self.port_list()),
@@ -994,7 +996,10 @@ impl Daemon<'_> {
         Ok(json!({ "tunnels": tunnels, "neighbours": neighbours }))
     }
 
-    fn pmd_perf(&mut self, clear: bool) -> Value {
+    fn pmd_perf(&mut self, clear: bool, stages: Option<bool>) -> Value {
+        if let Some(on) = stages {
+            self.shared.stage_metrics.store(on, Ordering::Relaxed);
+        }
         let now: Vec<[u64; PERF_FIELDS]> = self
             .shared
             .workers
@@ -1012,6 +1017,11 @@ impl Daemon<'_> {
                     f.inserts.get(),
                     f.evictions.get(),
                     f.bypassed.get(),
+                    c.stage_frames.get(),
+                    c.stage_cycles[0].get(),
+                    c.stage_cycles[1].get(),
+                    c.stage_cycles[2].get(),
+                    c.stage_cycles[3].get(),
                 ]
             })
             .collect();
@@ -1024,7 +1034,8 @@ impl Daemon<'_> {
             .enumerate()
             .map(|(i, (n, b))| {
                 let d: Vec<u64> = n.iter().zip(b).map(|(n, b)| n - b).collect();
-                let [pkts, busy, idle, sys, hits, misses, inserts, evictions, bypassed] = d[..]
+                let [pkts, busy, idle, sys, hits, misses, inserts, evictions, bypassed, timed, ref stage @ ..] =
+                    d[..]
                 else {
                     unreachable!("PERF_FIELDS")
                 };
@@ -1049,6 +1060,7 @@ impl Daemon<'_> {
                         "evictions": evictions,
                         "bypassed_bursts": bypassed,
                     },
+                    "stage_cycles_per_packet": stage_json(stage, timed, busy, pkts),
                 })
             })
             .collect();
@@ -1058,6 +1070,7 @@ impl Daemon<'_> {
         let w = &self.cfg.workers;
         json!({
             "tsc_hz": self.hz,
+            "stage_metrics": self.shared.stage_metrics.load(Ordering::Relaxed),
             "workers": workers,
             "rxq_assign": w.rxq_assign,
             "auto_lb": {
@@ -1151,4 +1164,31 @@ impl Daemon<'_> {
             "workers": workers,
         })
     }
+}
+
+/// A worker's cycles per frame in each [`Stage`] over the `frames` its
+/// stage metrics timed, and `other` (the round's own bookkeeping: busy
+/// cycles per frame beyond the stages') when they timed nearly all the
+/// period's `packets` (the round that turned them on or off is partly
+/// timed).
+fn stage_json(cycles: &[u64], frames: u64, busy: u64, packets: u64) -> Value {
+    let per = |c: u64| {
+        if frames == 0 {
+            0.0
+        } else {
+            c as f64 / frames as f64
+        }
+    };
+    let mut m: Map<String, Value> = Stage::ALL
+        .iter()
+        .zip(cycles)
+        .map(|(s, &c)| (s.name().to_string(), json!(per(c))))
+        .collect();
+    m.insert("frames".into(), json!(frames));
+    if frames > 0 && frames * 100 >= packets * 99 {
+        let staged = cycles.iter().sum::<u64>() as f64 / frames as f64;
+        let other = (busy as f64 / packets as f64 - staged).max(0.0);
+        m.insert("other".into(), json!(other));
+    }
+    Value::Object(m)
 }

@@ -36,6 +36,10 @@ pub enum Request {
         /// Start a new measurement period after answering.
         #[serde(default)]
         clear: bool,
+        /// Turn the workers' per-stage cycle accounting on or off (it
+        /// costs a clock read per stage and burst) before answering.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        stages: Option<bool>,
     },
     /// Places every rx queue afresh by its measured cycles (or in turn,
     /// with `rxq_assign = "roundrobin"`) and moves those that change

@@ -389,8 +389,9 @@ pub struct Daemon<'p> {
 
 /// Worker counters `pmd-perf` reports since its last `--clear`: packets,
 /// busy and idle cycles, syscalls, then the flow cache's hits, misses,
-/// inserts, evictions and bypassed bursts.
-pub(crate) const PERF_FIELDS: usize = 9;
+/// inserts, evictions and bypassed bursts, then the frames stage metrics
+/// timed and their cycles per [`crate::datapath::Stage`].
+pub(crate) const PERF_FIELDS: usize = 10 + crate::datapath::STAGES;
 
 impl Daemon<'_> {
     /// Nanoseconds since the workers' epoch.

@@ -231,6 +231,47 @@ pub struct WorkerCounters {
     /// Per rx queue ([`QueueId::counter`]): cycles its non-empty polls
     /// took (see `rxq`).
     pub rxq_cycles: Box<[Counter]>,
+    /// Cycles per [`Stage`] while stage metrics are on, and the frames
+    /// of the rounds they timed.
+    pub stage_cycles: [Counter; STAGES],
+    /// Frames of the rounds [`WorkerCounters::stage_cycles`] timed.
+    pub stage_frames: Counter,
+}
+
+/// Where a busy round's cycles go, when stage metrics are on: receiving
+/// (the PMD's or the TAP's rx), deciding (the pipeline: decap
+/// classification, bridge, router, groups, meters, flow cache), acting
+/// (carrying the decisions out: edits, encap, flood copies, tx
+/// buffering) and sending (the round's tx bursts and the slow path's
+/// injected frames).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stage {
+    /// The PMD's, vhost library's or TAP's receive.
+    Rx,
+    /// The pipeline's decisions.
+    Decide,
+    /// Carrying them out, up to the tx buffers.
+    Act,
+    /// The tx bursts.
+    Tx,
+}
+
+/// How many [`Stage`]s there are.
+pub const STAGES: usize = 4;
+
+impl Stage {
+    /// Every stage, in the order of [`WorkerCounters::stage_cycles`].
+    pub const ALL: [Stage; STAGES] = [Stage::Rx, Stage::Decide, Stage::Act, Stage::Tx];
+
+    /// Its name in `pmd-perf`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Stage::Rx => "rx",
+            Stage::Decide => "decide",
+            Stage::Act => "act",
+            Stage::Tx => "tx",
+        }
+    }
 }
 
 impl Default for WorkerCounters {
@@ -246,6 +287,8 @@ impl Default for WorkerCounters {
             rxq_cycles: (0..MAX_PORTS * MAX_RXQ)
                 .map(|_| Counter::default())
                 .collect(),
+            stage_cycles: Default::default(),
+            stage_frames: Counter::default(),
         }
     }
 }
@@ -273,6 +316,9 @@ pub struct Shared {
     pub idle_sleep_us: u32,
     /// Whether workers keep a flow cache.
     pub flow_cache: bool,
+    /// Whether workers time their stages (`pmd-perf --stages on`; see
+    /// `StageClock` in the worker): read once per poll round.
+    pub stage_metrics: AtomicBool,
     /// The time base of every worker and the control thread (MAC ages,
     /// session deadlines, meters), so shared tables see one clock.
     pub clock: TscClock,
@@ -294,6 +340,7 @@ impl Shared {
                 .collect(),
             idle_sleep_us,
             flow_cache: true,
+            stage_metrics: AtomicBool::new(false),
             clock,
         }
     }

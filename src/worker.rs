@@ -27,7 +27,9 @@ use vswitch::offload::{complete_checksum, trim_superframe, Segments};
 use vswitch::security::{set_dscp, KEEP_ALL};
 use vswitch::{Arrival, Decisions, DropReason, Fate, Frame, Now, PortId, MAX_BURST};
 
-use crate::datapath::{Datapath, RxQueue, RxSource, Shared, TxTarget, WorkerCounters};
+use crate::datapath::{
+    Datapath, RxQueue, RxSource, Shared, Stage, TxTarget, WorkerCounters, STAGES,
+};
 use crate::dpdk::mbuf::{Burst, Mbuf};
 use crate::dpdk::{self, port, vhost};
 use crate::tap::io_path as tap;
@@ -97,6 +99,52 @@ pub struct Worker {
     /// acl's single-owner srTCM meter in packets, rather than another
     /// hand-written token bucket.
     punts: acl::policer::Meter,
+    /// Per-stage cycles, when `pmd-perf --stages on` asked for them.
+    clock: StageClock,
+}
+
+/// Opt-in cycle accounting per [`Stage`] (Open vSwitch's
+/// pmd-perf-metrics): the clock is read at every stage boundary, about a
+/// cycle per frame per boundary on full bursts and one read per empty
+/// poll, so it is off unless asked for. Busy cycles outside the stages
+/// (the round's own bookkeeping) are what `pmd-perf` shows as `other`.
+#[derive(Default)]
+struct StageClock {
+    on: bool,
+    last: u64,
+    cycles: [u64; STAGES],
+}
+
+impl StageClock {
+    /// A stage begins now.
+    #[inline]
+    fn start(&mut self) {
+        if self.on {
+            self.last = dpdk::rdtsc();
+        }
+    }
+
+    /// Stage `s` ended now; the next one begins.
+    #[inline]
+    fn lap(&mut self, s: Stage) {
+        if self.on {
+            let t = dpdk::rdtsc();
+            self.cycles[s as usize] += t - self.last;
+            self.last = t;
+        }
+    }
+
+    /// The end of a busy round of `frames` frames: its stage cycles go to
+    /// the counters. Cycles of empty polls are dropped (idle, not a
+    /// stage's).
+    fn settle(&mut self, frames: usize, c: &WorkerCounters) {
+        if self.on {
+            for (counter, cycles) in c.stage_cycles.iter().zip(&mut self.cycles) {
+                counter.add(std::mem::take(cycles));
+            }
+            c.stage_frames.add(frames as u64);
+        }
+    }
 }
 
 /// Where frames leave: per-port tx buffers, the list of references to
@@ -224,6 +272,7 @@ impl Worker {
                 },
                 0,
             ),
+            clock: StageClock::default(),
         }
     }
 
@@ -284,8 +333,11 @@ impl Worker {
             let mut mark = Some(t0);
             let mut share = RoundShare::default();
             round = round.wrapping_add(1);
+            self.clock.on = shared.stage_metrics.load(Ordering::Relaxed);
+            self.clock.cycles = [0; STAGES];
             for (i, p) in polled.iter_mut().enumerate() {
                 let q = &p.q;
+                self.clock.start();
                 let n = match &q.src {
                     RxSource::Eth { dpdk_port, queue } => {
                         port::rx_burst(*dpdk_port, *queue, &mut rx)
@@ -320,6 +372,7 @@ impl Worker {
                 }
                 let start = mark.unwrap_or_else(dpdk::rdtsc);
                 got += n;
+                self.clock.lap(Stage::Rx);
                 self.received(&dp, q.id.port, &mut rx, now, counters);
                 let end = dpdk::rdtsc();
                 counters.rxq_cycles[q.id.counter()].add(end - start);
@@ -333,6 +386,7 @@ impl Worker {
                 // One syscall for every TAP queue: its cycles are shared
                 // like the final flush's.
                 let start = dpdk::rdtsc();
+                self.clock.start();
                 t.poll(
                     dp.pools.tap,
                     &mut self.tap_stash,
@@ -343,6 +397,7 @@ impl Worker {
                 let poll_cycles = last - start;
                 let before = got;
                 while let Some(q) = t.next_burst(&mut rx) {
+                    self.clock.lap(Stage::Rx);
                     got += rx.len();
                     share.add(q.counter(), rx.len());
                     self.received(&dp, q.port, &mut rx, now, counters);
@@ -360,12 +415,15 @@ impl Worker {
             } else {
                 0
             };
+            self.clock.start();
             if let Some(vt) = &dp.vtep {
                 self.out.inject(&dp, vt, counters);
             }
             self.out.flush_all(&dp, counters);
+            self.clock.lap(Stage::Tx);
             let t1 = dpdk::rdtsc();
             if got > 0 {
+                self.clock.settle(got, counters);
                 share.overhead += t1 - tail;
                 share.settle(&counters.rxq_cycles);
                 counters.busy_cycles.add(t1 - t0);
@@ -419,6 +477,7 @@ impl Worker {
             &counters.ports,
             &mut self.decisions,
         );
+        self.clock.lap(Stage::Decide);
         let d = &*self.decisions;
         let out = &mut self.out;
         let edits = d.has_edits();
@@ -489,6 +548,7 @@ impl Worker {
             }
         }
         out.drops.free_all();
+        self.clock.lap(Stage::Act);
     }
 
     /// A burst from the uplink: VXLAN to our VTEP is decapsulated and
@@ -544,6 +604,7 @@ impl Worker {
             self.out.drop_frame(m);
         }
         self.out.drops.free_all();
+        self.clock.lap(Stage::Decide);
         for g in 0..groups {
             let (port, mut burst) = std::mem::take(&mut self.decapped[g]);
             self.switch(dp, port, &mut burst, now, counters);

@@ -165,6 +165,41 @@ fn every_vswitchctl_verb_against_a_running_vswitchd() {
             .unwrap()
             < 4
     );
+    // Stage metrics (opt-in): every stage of a ping's rounds timed, and
+    // no more than the busy cycles; off again, nothing is timed.
+    ok(s, &["pmd-perf", "--stages", "on", "--clear"]);
+    assert!(pings(&a, "10.88.0.2"));
+    let perf = ok(s, &["pmd-perf"]);
+    let w = &perf["workers"][0];
+    let st = &w["stage_cycles_per_packet"];
+    assert_eq!(perf["stage_metrics"], true, "{perf}");
+    assert!(st["frames"].as_u64().unwrap() >= 2, "{perf}");
+    let staged: f64 = ["rx", "decide", "act", "tx"]
+        .iter()
+        .map(|k| {
+            let c = st[k].as_f64().unwrap();
+            assert!(c > 0.0, "{k}: {perf}");
+            c
+        })
+        .sum();
+    if st["frames"] == w["packets"] {
+        // Every busy round timed: the stages are within its cycles.
+        assert!(
+            staged <= w["cycles_per_packet"].as_f64().unwrap() * 1.001,
+            "{perf}"
+        );
+        assert!(st["other"].as_f64().is_some(), "{perf}");
+    }
+    ok(s, &["pmd-perf", "--stages", "off", "--clear"]);
+    assert!(pings(&a, "10.88.0.2"));
+    let perf = ok(s, &["pmd-perf"]);
+    assert_eq!(
+        perf["workers"][0]["stage_cycles_per_packet"]["frames"], 0,
+        "{perf}"
+    );
+    assert_eq!(perf["stage_metrics"], false);
+    // Those pings' sessions would let the next ones through web's group.
+    ok(s, &["session", "flush"]);
     let lat = ok(s, &["latency"]);
     let w = &lat["workers"][0];
     assert!(w["rounds"].as_u64().unwrap() >= 4, "{lat}");

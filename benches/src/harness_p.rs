@@ -61,6 +61,10 @@ struct Measured {
     busy_pct: Option<f64>,
     /// Other processes that used a CPU during the window.
     others: Vec<String>,
+    /// vswitchd: its workers' cycles per frame in each stage, from a
+    /// second window with stage metrics on (they cost a few cycles, so
+    /// not during the first).
+    stages: Option<String>,
 }
 
 const COLUMNS: &[&str] = &["Mpps", "spread %", "cycles/pkt", "own cycles/pkt", "busy %"];
@@ -378,8 +382,47 @@ fn vswitchd(o: &Opts, hz: u64, pcap: &Path, conf: &VsConf, cache: bool) -> Resul
     m.own_cycles = Some(d("busy_cycles") / d("packets").max(1.0));
     m.busy_pct = Some(100.0 * d("busy_cycles") / (d("busy_cycles") + d("idle_cycles")).max(1.0));
     m.others.extend(left);
+    m.stages = Some(stage_cycles(o, stats, |r| {
+        vs.request(r).map_err(|e| anyhow!(e))
+    })?);
     vs.stop();
     Ok(m)
+}
+
+/// Where a frame's cycles go in vswitchd: `pmd-perf` with stage metrics
+/// on over a window as long as the measurement's, summed over workers,
+/// as "stage cycles/pkt rx a, decide b, act c, tx d, other e".
+fn stage_cycles(
+    o: &Opts,
+    stats: impl Fn() -> Result<Value>,
+    request: impl Fn(Value) -> Result<Value>,
+) -> Result<String> {
+    request(json!({"cmd": "pmd-perf", "stages": true, "clear": true}))?;
+    std::thread::sleep(o.window);
+    let perf = request(json!({"cmd": "pmd-perf", "stages": false}))?;
+    stats()?; // the switch is still answering: the window was not a stall
+    let workers = perf["workers"].as_array().cloned().unwrap_or_default();
+    let stage = |k: &str| -> f64 {
+        // Per frame over all workers: weight each by the frames it timed.
+        let (cycles, frames) = workers.iter().fold((0.0, 0.0), |(c, f), w| {
+            let s = &w["stage_cycles_per_packet"];
+            let n = s["frames"].as_f64().unwrap_or(0.0);
+            (c + s[k].as_f64().unwrap_or(0.0) * n, f + n)
+        });
+        if frames == 0.0 {
+            0.0
+        } else {
+            cycles / frames
+        }
+    };
+    Ok(format!(
+        "stage cycles/pkt rx {:.1}, decide {:.1}, act {:.1}, tx {:.1}, other {:.1}",
+        stage("rx"),
+        stage("decide"),
+        stage("act"),
+        stage("tx"),
+        stage("other")
+    ))
 }
 
 /// The rows with two generator/sink pairs: testpmd io on two forwarding
@@ -729,7 +772,10 @@ fn add(sec: &mut Section, workload: &str, system: &str, m: &Measured, spread: f6
     if let Some(b) = m.busy_pct {
         v.push(("busy %", b));
     }
-    sec.row(workload, system, &v, note);
+    match &m.stages {
+        Some(s) => sec.row(workload, system, &v, &format!("{s}; {note}")),
+        None => sec.row(workload, system, &v, note),
+    }
 }
 
 /// Runs harness P; `command` is what reproduces it (for the report).

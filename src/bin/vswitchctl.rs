@@ -46,6 +46,11 @@ enum Noun {
         /// Start a new measurement period after printing.
         #[arg(long)]
         clear: bool,
+        /// Per-stage cycles (rx, decide, act, tx) on or off: each
+        /// worker then reads the clock at every stage boundary (about a
+        /// cycle per frame each), as Open vSwitch's pmd-perf-metrics.
+        #[arg(long, value_name = "on|off", value_parser = on_off)]
+        stages: Option<bool>,
     },
     /// Places every rx queue afresh by its measured load (pinned ones
     /// stay) and moves those that change worker.
@@ -267,6 +272,15 @@ enum ConfigVerb {
 
 /// A `KEY=VALUE` port field as JSON: booleans and integers typed, lists
 /// (`static_macs`, `rx_workers`) split at commas, the rest strings.
+/// `on` or `off`, as a flag's value.
+fn on_off(s: &str) -> Result<bool, String> {
+    match s {
+        "on" => Ok(true),
+        "off" => Ok(false),
+        _ => Err(format!("expected on or off, not {s:?}")),
+    }
+}
+
 fn field(kv: &str) -> Result<(String, Value), String> {
     let (k, v) = kv
         .split_once('=')
@@ -349,7 +363,10 @@ fn policy_request(acl: bool, verb: &PolicyVerb) -> Result<Request, String> {
 fn to_request(noun: &Noun) -> Result<Request, String> {
     Ok(match noun {
         Noun::Stats { .. } => Request::Stats,
-        Noun::PmdPerf { clear } => Request::PmdPerf { clear: *clear },
+        Noun::PmdPerf { clear, stages } => Request::PmdPerf {
+            clear: *clear,
+            stages: *stages,
+        },
         Noun::PmdRxqRebalance => Request::PmdRxqRebalance,
         Noun::Latency => Request::Latency,
         Noun::Port { verb } => match verb {
