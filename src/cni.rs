@@ -159,6 +159,18 @@ impl Env {
         }
     }
 
+    /// `K8S_POD_UID` of `CNI_ARGS` (kubelet and Multus pass it), if it
+    /// has a UID's form: hex digits and dashes, so it can name a
+    /// directory and never reach outside one.
+    fn pod_uid(&self) -> Option<&str> {
+        self.args
+            .split(';')
+            .find_map(|kv| kv.strip_prefix("K8S_POD_UID="))
+            .filter(|u| {
+                (1..=64).contains(&u.len()) && u.chars().all(|c| c.is_ascii_hexdigit() || c == '-')
+            })
+    }
+
     fn need(&self, name: &str, v: &str) -> Result<(), CniError> {
         if v.is_empty() {
             Err(err(code::INVALID_ENV, format!("{name} is not set"), ""))
@@ -511,12 +523,19 @@ fn ask(conf: &NetConf, req: &Request) -> Result<Value, CniError> {
     }
 }
 
-/// The per-container directory of vhost-user sockets.
+/// The vhost-user socket of an attachment: in a directory per pod
+/// (`socketDir/<K8S_POD_UID>/`, which the pod can mount by its own UID
+/// through the downward API and `subPathExpr`, and so sees no other pod's
+/// sockets), or per container outside Kubernetes (the container ID's
+/// first 12 characters).
 fn socket_path(conf: &NetConf, env: &Env) -> Result<PathBuf, CniError> {
-    let id: String = env.container_id.chars().take(12).collect();
+    let dir = match env.pod_uid() {
+        Some(uid) => uid.to_string(),
+        None => env.container_id.chars().take(12).collect(),
+    };
     let p = conf
         .socket_dir
-        .join(id)
+        .join(dir)
         .join(format!("{}.sock", env.ifname));
     if p.as_os_str().len() > 107 {
         return Err(err(

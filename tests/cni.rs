@@ -271,3 +271,79 @@ fn a_dual_stack_ipam_result_configures_both_families() {
         assert_eq!(cni("DEL", Some(ns), id, &conf).1, 0);
     }
 }
+
+/// Under Kubernetes (`K8S_POD_UID` in `CNI_ARGS`) a vhost-user NIC's
+/// socket is in the pod's own directory, which the pod mounts by its UID
+/// (deploy/kubernetes/dpdk-pod.yaml); DEL removes socket and directory; a
+/// UID that is not one (a path) is not used as a directory name.
+#[test]
+fn a_pods_vhost_user_socket_is_in_a_directory_named_by_its_uid() {
+    let dir = TempDir::new("vs-cni-uid");
+    let vs = common::start(&dir, &common::header(&dir));
+    let conf = json!({
+        "cniVersion": "1.0.0",
+        "name": unique("cnipod"),
+        "type": "vswitch-cni",
+        "bridge": "vpc1",
+        "nic": "vhost-user",
+        "controlSocket": Vswitchd::control_socket(&dir),
+        "socketDir": dir.join("vhost"),
+    });
+    let uid = "0f8c2c1e-5d2a-4b7e-9a43-2f6f3f1d9b10";
+    let env = |cmd: &str, id: &str, args: &str| {
+        vec![
+            ("CNI_COMMAND", cmd.to_string()),
+            ("CNI_CONTAINERID", id.to_string()),
+            ("CNI_IFNAME", "net1".to_string()),
+            ("CNI_PATH", "/usr/lib/cni".to_string()),
+            ("CNI_NETNS", "/proc/1/ns/net".to_string()),
+            (
+                "CNI_ARGS",
+                format!("IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=dpdk;{args}"),
+            ),
+        ]
+    };
+    let body = conf.to_string();
+    let (r, rc) = run_plugin(
+        &env("ADD", "sandbox-a", &format!("K8S_POD_UID={uid}")),
+        body.as_bytes(),
+    );
+    assert_eq!(rc, 0, "{r}");
+    let sock = dir.join("vhost").join(uid).join("net1.sock");
+    assert_eq!(r["interfaces"][0]["socketPath"], sock.to_str().unwrap());
+    assert!(sock.exists(), "vswitchd listens on {}", sock.display());
+    let (e, rc) = run_plugin(
+        &env("DEL", "sandbox-a", &format!("K8S_POD_UID={uid}")),
+        body.as_bytes(),
+    );
+    assert_eq!(rc, 0, "{e}");
+    assert!(
+        !dir.join("vhost").join(uid).exists(),
+        "DEL removes the pod's directory"
+    );
+    assert!(vs
+        .request(json!({"cmd": "port-list"}))
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .is_empty());
+
+    // A "UID" that is a path: the container's directory instead.
+    let (r, rc) = run_plugin(
+        &env("ADD", "sandbox-b", "K8S_POD_UID=../../etc"),
+        body.as_bytes(),
+    );
+    assert_eq!(rc, 0, "{r}");
+    assert_eq!(
+        r["interfaces"][0]["socketPath"],
+        dir.join("vhost")
+            .join("sandbox-b")
+            .join("net1.sock")
+            .to_str()
+            .unwrap()
+    );
+    assert_eq!(
+        run_plugin(&env("DEL", "sandbox-b", ""), body.as_bytes()).1,
+        0
+    );
+}
