@@ -8,7 +8,7 @@ PKGS=(
   # build: DPDK 22.11 headers/libs (pkg-config libdpdk), bindgen's libclang
   libdpdk-dev dpdk pkg-config libclang-dev clang libpcap-dev libbsd-dev libnuma-dev
   # runtime peers and test tools
-  dpdk-dev iproute2 procps nftables iputils-ping ethtool tcpdump tshark socat python3-scapy python3-yaml systemd iperf3 sockperf
+  dpdk-dev iproute2 procps nftables iputils-ping ethtool tcpdump tshark socat python3-scapy python3-yaml python3-prometheus-client systemd iperf3 sockperf
   openvswitch-switch-dpdk containernetworking-plugins redis-server redis-tools
   # VPCs across hosts: etcd (the tests start their own members), and what
   # the etcd-client crate's build needs (protoc and the well-known types)

@@ -35,10 +35,42 @@ fn text_of(doc: &toml::Table) -> Result<String, String> {
     toml::to_string(doc).map_err(|e| format!("cannot write the config as TOML: {e}"))
 }
 
-/// Validates a changed document exactly as a config file.
+/// Validates a changed document exactly as a config file; errors name
+/// things as the user does (`port "c2": ingress_group`), not by their
+/// index in the document (`port[1].ingress_group`).
 fn validate(doc: &toml::Table) -> Result<Config, String> {
-    config::parse(RUNNING, &text_of(doc)?)
-        .map_err(|e| format!("field `{}`: {}", e.field, e.message))
+    config::parse(RUNNING, &text_of(doc)?).map_err(|e| {
+        std::iter::once(&e)
+            .chain(&e.also)
+            .map(|e| format!("{}: {}", user_terms(doc, &e.field), e.message))
+            .collect::<Vec<_>>()
+            .join("; ")
+    })
+}
+
+/// A field path of the document (`port[1].ingress_group`) with its
+/// first table named (`port "c2": ingress_group`).
+fn user_terms(doc: &toml::Table, field: &str) -> String {
+    let Some((table, rest)) = field.split_once('[') else {
+        return field.to_string();
+    };
+    let Some((index, rest)) = rest.split_once(']') else {
+        return field.to_string();
+    };
+    let name = index.parse::<usize>().ok().and_then(|i| {
+        doc.get(table)?
+            .as_array()?
+            .get(i)?
+            .get("name")?
+            .as_str()
+            .map(str::to_string)
+    });
+    let what = table.replace('_', " ");
+    match (name, rest.strip_prefix('.')) {
+        (Some(n), Some(f)) => format!("{what} {n:?}: {f}"),
+        (Some(n), None) => format!("{what} {n:?}{rest}"),
+        (None, _) => field.to_string(),
+    }
 }
 
 /// The array of tables `key` (`port`, `security_group`, ...), created empty.
@@ -348,9 +380,11 @@ impl Daemon<'_> {
         }
         flush_ports(&self.shared.load(), std::iter::once(t.port));
         self.forget_tunnel(&t);
-        eprintln!(
-            "vswitchd: learned VTEP {} of VNI {} dropped: a NIC needs its switch port {}",
-            t.remote, t.vni, t.port
+        tracing::info!(
+            "learned VTEP {} of VNI {} dropped: a NIC needs its switch port {}",
+            t.remote,
+            t.vni,
+            t.port
         );
         Ok(t.port.index())
     }
@@ -409,8 +443,8 @@ impl Daemon<'_> {
         self.reserve_left -= demand;
         self.commit(cfg, doc)?;
         let p = self.ports[slot].as_ref().expect("just added");
-        eprintln!(
-            "vswitchd: port {name} ({}) added as switch port {slot}",
+        tracing::info!(
+            "port {name} ({}) added as switch port {slot}",
             p.spec.kind.name()
         );
         Ok(self.port_json(slot, p))
@@ -482,7 +516,7 @@ impl Daemon<'_> {
         self.reserve_left += mbuf_demand(&port.spec, cfg.workers.cores.len() as u32);
         self.retire(PortId(slot as u16), port);
         self.commit(cfg, doc)?;
-        eprintln!("vswitchd: port {name} removed");
+        tracing::info!("port {name} removed");
         Ok(json!({ "removed": name }))
     }
 
@@ -517,21 +551,27 @@ impl Daemon<'_> {
             t.insert("ifname".into(), toml::Value::from(i.clone()));
         }
         let cfg = validate(&doc)?;
-        let Some(PortKind::Tap(to)) = cfg
+        let spec = cfg
             .ports
             .iter()
             .find(|p| p.name == name)
-            .map(|p| p.kind.clone())
-        else {
+            .cloned()
+            .expect("validated with it");
+        let PortKind::Tap(to) = spec.kind.clone() else {
             unreachable!("a TAP port stays a TAP port");
         };
         netns::move_nic(&from, &to).map_err(|e| e.to_string())?;
         self.commit(cfg, doc)?;
-        eprintln!(
-            "vswitchd: port {name} moved from {} to {}",
-            from.netns, to.netns
-        );
-        Ok(json!({ "moved": name, "netns": to.netns.to_string(), "ifname": to.ifname }))
+        // The port finds its NIC (link, MAC) in the new namespace now.
+        if let Some(p) = self.ports[slot].as_mut() {
+            p.spec = spec;
+        }
+        tracing::info!("port {name} moved from {} to {}", from.netns, to.netns);
+        let (netns, pid) = match &to.netns {
+            Netns::Name(n) => (Some(n.clone()), None),
+            Netns::Pid(p) => (None, Some(*p)),
+        };
+        Ok(json!({ "moved": name, "netns": netns, "pid": pid, "ifname": to.ifname }))
     }
 
     fn bridge_list(&self) -> Value {
@@ -836,7 +876,7 @@ impl Daemon<'_> {
         }
         let cfg = validate(&doc)?;
         for w in &cfg.warnings {
-            eprintln!("vswitchd: warning: {w}");
+            tracing::warn!("{w}");
         }
         self.publish(&cfg, true).map_err(|e| format!("{e:#}"))?;
         let warnings = cfg.warnings.clone();

@@ -444,8 +444,8 @@ impl Daemon<'_> {
         if !self.shared.publish(dp, PUBLISH_TIMEOUT) {
             // Live all the same: what older snapshots use is freed only
             // once every worker has moved on (see `retire`).
-            eprintln!(
-                "vswitchd: warning: a worker did not pick up the new snapshot within 5 s; \
+            tracing::warn!(
+                "a worker did not pick up the new snapshot within 5 s; \
                  ports removed meanwhile are closed once it does"
             );
             self.old_snapshots.push((self.shared.generation(), old));
@@ -489,7 +489,7 @@ impl Daemon<'_> {
                 "the change is live but could not be saved to {}: {e}; it will be lost at a restart",
                 self.state.path().display()
             );
-            eprintln!("vswitchd: {msg}");
+            tracing::error!("{msg}");
             msg
         })
     }
@@ -516,7 +516,8 @@ impl Daemon<'_> {
             // Read by the control thread at each check.
             c.workers.auto_lb = Default::default();
             (
-                c.eal, c.workers, c.control, c.bridges, c.ports, c.vtep, c.vnis, c.sessions,
+                c.eal, c.workers, c.control, c.metrics, c.log, c.bridges, c.ports, c.vtep, c.vnis,
+                c.sessions,
             )
         };
         if strip(&new) != strip(&self.cfg) {
@@ -528,7 +529,7 @@ impl Daemon<'_> {
             );
         }
         for w in &new.warnings {
-            eprintln!("vswitchd: warning: {w}");
+            tracing::warn!("{w}");
         }
         let doc: toml::Table = toml::from_str(&text).context("re-reading the config")?;
         self.publish(&new, true)?;
@@ -552,6 +553,26 @@ impl Daemon<'_> {
             self.hz,
             &[self.pool, self.tap_pool],
         )
+    }
+
+    /// What a metrics scrape shows (see `crate::metrics`).
+    pub(crate) fn metrics_snapshot(&self) -> crate::metrics::Snapshot {
+        crate::metrics::Snapshot {
+            report: self.report(),
+            workers: self
+                .shared
+                .workers
+                .iter()
+                .map(|w| {
+                    let c = &w.counters;
+                    crate::metrics::WorkerExtra {
+                        cache_hits: c.flow_cache.hits.get(),
+                        cache_misses: c.flow_cache.misses.get(),
+                        round_cycles: c.burst_cycles.buckets().collect(),
+                    }
+                })
+                .collect(),
+        }
     }
 
     /// Keeps a forgotten tunnel port's counters for its VNI's sums and
@@ -581,7 +602,7 @@ impl Daemon<'_> {
         if v.serve(&self.cfg, &used, timeout, wake).rebuild {
             let cfg = self.cfg.clone();
             if let Err(e) = self.publish(&cfg, false) {
-                eprintln!("vswitchd: tunnel update not applied: {e:#}");
+                tracing::warn!("tunnel update not applied: {e:#}");
             }
         }
     }
@@ -610,7 +631,7 @@ impl Daemon<'_> {
         if renegotiated {
             let cfg = self.cfg.clone();
             if let Err(e) = self.publish(&cfg, false) {
-                eprintln!("vswitchd: guest offloads and queues not updated: {e:#}");
+                tracing::warn!("guest offloads and queues not updated: {e:#}");
             }
         }
         for b in dp.pipeline.switch.bridges() {
@@ -639,7 +660,7 @@ impl Daemon<'_> {
                         self.forget_tunnel(t);
                     }
                 }
-                Err(e) => eprintln!("vswitchd: tunnel update not applied: {e:#}"),
+                Err(e) => tracing::warn!("tunnel update not applied: {e:#}"),
             }
         }
     }
@@ -666,7 +687,7 @@ impl Daemon<'_> {
         let w = &self.cfg.workers;
         if let Some((plan, loads)) = self.rxq.auto_lb(&w.auto_lb, w.rxq_assign, now_secs) {
             if let Err(e) = self.rebalance(plan, "auto_lb", loads) {
-                eprintln!("vswitchd: auto-lb: {e:#}");
+                tracing::warn!("auto-lb: {e:#}");
             }
         }
     }
@@ -700,8 +721,8 @@ impl Daemon<'_> {
                 .as_ref()
                 .map_or("?", |p| p.spec.name.as_str())
         };
-        eprintln!(
-            "vswitchd: rx queues rebalanced ({trigger}): {}; worker loads {:.0?} % -> {:.0?} %",
+        tracing::info!(
+            "rx queues rebalanced ({trigger}): {}; worker loads {:.0?} % -> {:.0?} %",
             moves
                 .iter()
                 .map(|m| format!(
@@ -759,6 +780,9 @@ pub fn run(
     preflight(&cfg)?;
     let doc: toml::Table = toml::from_str(text).context("the config as a TOML document")?;
     let n_workers = cfg.workers.cores.len();
+    if let Err(e) = crate::dpdk::log::route() {
+        tracing::warn!("{e}; DPDK writes its own log to stderr");
+    }
     let eal = Eal::init(&eal_args(&cfg))?;
     let lcores = lcore::worker_lcores();
     if lcores.len() != n_workers {
@@ -792,12 +816,12 @@ pub fn run(
         match Port::open(spec, n_workers, &pool) {
             Ok(p) => {
                 match p.dpdk_id() {
-                    Some(id) => eprintln!(
-                        "vswitchd: port {} ({}) up as DPDK port {id}",
+                    Some(id) => tracing::info!(
+                        "port {} ({}) up as DPDK port {id}",
                         spec.name,
                         spec.kind.name(),
                     ),
-                    None => eprintln!("vswitchd: port {} ({}) up", spec.name, spec.kind.name()),
+                    None => tracing::info!("port {} ({}) up", spec.name, spec.kind.name()),
                 }
                 ports.push(Some(p));
             }
@@ -845,9 +869,14 @@ pub fn run(
         )?;
         let control = ControlServer::bind(&cfg.control.socket)
             .with_context(|| format!("control socket {}", cfg.control.socket.display()))?;
-        Ok((vtep, dp, control))
+        let metrics = cfg
+            .metrics
+            .address
+            .map(crate::metrics::MetricsServer::start)
+            .transpose()?;
+        Ok((vtep, dp, control, metrics))
     })();
-    let (vtep, dp, mut control) = match prepared {
+    let (vtep, dp, mut control, metrics) = match prepared {
         Ok(x) => x,
         Err(e) => {
             ports.into_iter().flatten().for_each(Port::abandon);
@@ -862,7 +891,7 @@ pub fn run(
     crate::dpdk::vhost::set_workers(Some(crate::dpdk::vhost::Workers {
         quiesce: Box::new(move || {
             if !quiesced.synchronize(PUBLISH_TIMEOUT) {
-                eprintln!("vswitchd: a worker did not start a new round: a vhost-user guest left while it may poll it");
+                tracing::warn!("a worker did not start a new round: a vhost-user guest left while it may poll it");
             }
         }),
         nudge: Box::new(move || {
@@ -884,10 +913,14 @@ pub fn run(
     let hup = Arc::new(AtomicBool::new(false));
     signal_hook::flag::register(signal_hook::consts::SIGHUP, Arc::clone(&hup))?;
     println!(
-        "vswitchd: ready: {} ports, {} workers, control socket {}",
+        "vswitchd: ready: {} ports, {} workers, control socket {}{}",
         ports.len(),
         n_workers,
-        cfg.control.socket.display()
+        cfg.control.socket.display(),
+        metrics.as_ref().map_or(String::new(), |m| format!(
+            ", metrics on http://{}/metrics",
+            m.address
+        ))
     );
 
     let mut d = Daemon {
@@ -923,18 +956,18 @@ pub fn run(
         if hup.swap(false, Ordering::Relaxed) {
             match d.config_path.clone() {
                 Some(path) => match d.reload(&path) {
-                    Ok(()) => eprintln!(
-                        "vswitchd: reloaded {} (ruleset generation {})",
+                    Ok(()) => tracing::info!(
+                        "reloaded {} (ruleset generation {})",
                         path.display(),
                         d.generation
                     ),
-                    Err(e) => eprintln!(
-                        "vswitchd: reload of {} refused, still running the old config: {e:#}",
+                    Err(e) => tracing::warn!(
+                        "reload of {} refused, still running the old config: {e:#}",
                         path.display()
                     ),
                 },
-                None => eprintln!(
-                    "vswitchd: SIGHUP ignored: running the embedded config, there is no file to reload"
+                None => tracing::warn!(
+                    "SIGHUP ignored: running the embedded config, there is no file to reload"
                 ),
             }
         }
@@ -949,9 +982,12 @@ pub fn run(
             last_sweep = Instant::now();
         }
         control.poll(|req| d.handle(req));
+        if let Some(m) = &metrics {
+            m.serve(|| d.metrics_snapshot());
+        }
     }
 
-    eprintln!("vswitchd: stopping");
+    tracing::info!("stopping");
     d.shared.running.store(false, Ordering::Relaxed);
     lcore::wait_all();
     crate::dpdk::vhost::set_workers(None);
@@ -965,6 +1001,6 @@ pub fn run(
     drop(egress);
     drop(pool);
     drop(eal);
-    eprintln!("vswitchd: stopped");
+    tracing::info!("stopped");
     Ok(())
 }

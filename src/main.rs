@@ -58,8 +58,17 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    // `run` logs through tracing from here on (check-config just prints).
+    let running = matches!(cli.cmd, Cmd::Run { .. });
+    if running {
+        vswitchd::log::init(&cfg.log);
+    }
     for w in &cfg.warnings {
-        eprintln!("vswitchd: warning: {w}");
+        if running {
+            tracing::warn!("{w}");
+        } else {
+            eprintln!("vswitchd: warning: {w}");
+        }
     }
     match cli.cmd {
         Cmd::CheckConfig { file } => {
@@ -87,26 +96,23 @@ fn main() -> ExitCode {
                     let from = state.path().display().to_string();
                     match config::parse(&from, &saved.text) {
                         Ok(c) => {
-                            eprintln!("vswitchd: starting from the state file {from} (the running config at its last change)");
+                            tracing::info!("starting from the state file {from} (the running config at its last change)");
                             if saved.config_changed {
-                                eprintln!(
-                                    "vswitchd: warning: {name} changed since {from} was saved; the state wins \
+                                tracing::warn!(
+                                    "{name} changed since {from} was saved; the state wins \
                                      (remove {from} to start from {name})"
                                 );
                             }
                             (c, saved.text)
                         }
                         Err(e) => {
-                            eprintln!("vswitchd: invalid state file: {e} (fix or remove it)");
+                            tracing::error!("invalid state file: {e} (fix or remove it)");
                             return ExitCode::from(1);
                         }
                     }
                 }
                 Err(e) => {
-                    eprintln!(
-                        "vswitchd: cannot read the state file {}: {e}",
-                        state.path().display()
-                    );
+                    tracing::error!("cannot read the state file {}: {e}", state.path().display());
                     return ExitCode::from(1);
                 }
             };
@@ -119,7 +125,7 @@ fn run(cfg: config::Config, text: &str, config: Option<PathBuf>, state: StateFil
     match vswitchd::daemon::run(cfg, text, config, state) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("vswitchd: {e:#}");
+            tracing::error!("{e:#}");
             ExitCode::from(2)
         }
     }

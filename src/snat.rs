@@ -138,7 +138,7 @@ impl Egress {
             let forward = Path::new("/proc/sys/net/ipv4/ip_forward");
             if std::fs::read_to_string(forward)?.trim() != "1" {
                 std::fs::write(forward, "1").context("net.ipv4.ip_forward")?;
-                eprintln!("vswitchd: net.ipv4.ip_forward set to 1 for the VPCs' SNAT");
+                tracing::info!("net.ipv4.ip_forward set to 1 for the VPCs' SNAT");
             }
         }
         Ok(e)

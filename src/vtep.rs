@@ -414,8 +414,8 @@ impl Vtep {
         let learned = self.tunnels.iter().filter(|t| t.learned.is_some()).count();
         if learned >= usize::from(self.conf.max_learned) {
             if !self.cap_reported {
-                eprintln!(
-                    "vswitchd: not learning VTEP {remote} in VNI {vni}: {learned} learned VTEPs is the cap \
+                tracing::warn!(
+                    "not learning VTEP {remote} in VNI {vni}: {learned} learned VTEPs is the cap \
                      ([vtep] max_learned); list remote VTEPs in remote_vteps instead"
                 );
                 self.cap_reported = true;
@@ -423,10 +423,10 @@ impl Vtep {
             return false;
         }
         let Some(port) = free_port(&self.tunnels, used, cfg.switch.max_ports) else {
-            eprintln!("vswitchd: cannot learn VTEP {remote} in VNI {vni}: no switch port left");
+            tracing::warn!("cannot learn VTEP {remote} in VNI {vni}: no switch port left");
             return false;
         };
-        eprintln!("vswitchd: learned VTEP {remote} in VNI {vni} as tunnel port {port}");
+        tracing::info!("learned VTEP {remote} in VNI {vni} as tunnel port {port}");
         self.tunnels.push(TunnelPort {
             port,
             vni,
@@ -463,9 +463,10 @@ impl Vtep {
             });
         self.tunnels = kept;
         for t in &gone {
-            eprintln!(
-                "vswitchd: forgot VTEP {} in VNI {}: no MAC behind it",
-                t.remote, t.vni
+            tracing::info!(
+                "forgot VTEP {} in VNI {}: no MAC behind it",
+                t.remote,
+                t.vni
             );
         }
         gone

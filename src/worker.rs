@@ -289,15 +289,12 @@ impl Worker {
         // frames), else one read per frame.
         let mut tap_rx = match TapRx::new_unless_disabled() {
             Ok(t) => {
-                eprintln!(
-                    "vswitchd: worker {}: TAP queues read through io_uring",
-                    self.index
-                );
+                tracing::debug!("worker {}: TAP queues read through io_uring", self.index);
                 Some(t)
             }
             Err(e) => {
-                eprintln!(
-                    "vswitchd: worker {}: io_uring unavailable ({e}): TAP queues are read with read(2)",
+                tracing::warn!(
+                    "worker {}: io_uring unavailable ({e}): TAP queues are read with read(2)",
                     self.index
                 );
                 None

@@ -198,6 +198,65 @@ fn every_vswitchctl_verb_against_a_running_vswitchd() {
         "{perf}"
     );
     assert_eq!(perf["stage_metrics"], false);
+    // For people: every listing verb prints a table or aligned lines
+    // with units, never JSON (which `--json` gives).
+    let human = |args: &[&str]| {
+        let (code, out, err) = ctl(s, args);
+        assert_eq!(code, 0, "{args:?}: {err}");
+        assert!(
+            serde_json::from_str::<Value>(&out).is_err(),
+            "{args:?} printed JSON:\n{out}"
+        );
+        out
+    };
+    let overview = human(&["show"]);
+    assert!(overview.contains("bridge vpc1 (vni 100"), "{overview}");
+    assert!(
+        overview
+            .lines()
+            .any(|l| l.split_whitespace().collect::<Vec<_>>()[..3] == ["a", "tap", "up"]),
+        "{overview}"
+    );
+    assert!(overview.contains("vtep:"), "{overview}");
+    let perf = human(&["pmd-perf"]);
+    assert!(
+        perf.contains("cycles/pkt") && perf.contains(" %") && perf.contains("auto-lb:"),
+        "{perf}"
+    );
+    let lat = human(&["latency"]);
+    assert!(
+        lat.contains("p99.9") && (lat.contains(" us") || lat.contains(" ns")),
+        "{lat}"
+    );
+    let sessions = human(&["session", "show"]);
+    assert!(
+        sessions.contains("icmp") && sessions.contains("10.88.0.1"),
+        "{sessions}"
+    );
+    let ports = human(&["port", "list"]);
+    assert!(ports.starts_with("port  "), "{ports}");
+    assert!(
+        ports.lines().any(|l| l.starts_with("a ")
+            && l.contains("02:00:00:88:00:01")
+            && l.contains("10.88.0.1")),
+        "{ports}"
+    );
+    let one = human(&["port", "show", "a"]);
+    assert!(
+        one.lines()
+            .any(|l| l.starts_with("name:") && l.ends_with(" a")),
+        "{one}"
+    );
+    for args in [
+        &["bridge", "list"][..],
+        &["fdb", "show", "vpc1"],
+        &["vpc", "list"],
+        &["tunnel", "list"],
+        &["stats"],
+        &["config", "dump"],
+    ] {
+        human(args);
+    }
     // Those pings' sessions would let the next ones through web's group.
     ok(s, &["session", "flush"]);
     let lat = ok(s, &["latency"]);
@@ -241,7 +300,12 @@ fn every_vswitchctl_verb_against_a_running_vswitchd() {
         &["acl", "set", "--remove", "nope"],
         "no [[security_group]] named",
     );
-    refused(s, &["acl", "set", "--remove", "all"], "all");
+    // Named as the user names it: the port that still uses the group.
+    refused(
+        s,
+        &["acl", "set", "--remove", "all"],
+        "port \"a\": ingress_group",
+    );
     refused(s, &["acl", "set", "--ingress", "web"], "need the `port`");
     refused(s, &["acl", "set"], "nothing to change");
 
@@ -266,7 +330,11 @@ fn every_vswitchctl_verb_against_a_running_vswitchd() {
         shown.contains("name = \"slow\"") && shown.contains("\"egress_qos\":\"slow\""),
         "{shown}"
     );
-    refused(s, &["qos", "set", "--remove", "slow"], "slow");
+    refused(
+        s,
+        &["qos", "set", "--remove", "slow"],
+        "port \"a\": egress_qos",
+    );
     ok(s, &["qos", "set", "--port", "a", "--egress", ""]);
     ok(s, &["qos", "set", "--remove", "slow"]);
 
@@ -359,7 +427,12 @@ fn every_vswitchctl_verb_against_a_running_vswitchd() {
         "refusals changed nothing"
     );
 
-    ok(s, &["port", "move", "c", "--netns", d.name()]);
+    let moved = ok(s, &["port", "move", "c", "--netns", d.name()]);
+    assert_eq!(
+        moved["netns"],
+        d.name(),
+        "the namespace by its name: {moved}"
+    );
     assert!(!c.has_interface("eth0") && d.has_interface("eth0"));
     let mac = d.exec(&["cat", "/sys/class/net/eth0/address"]).unwrap();
     assert_eq!(
@@ -368,6 +441,12 @@ fn every_vswitchctl_verb_against_a_running_vswitchd() {
         "the MAC moved with the NIC"
     );
     assert!(pings(&d, "10.88.0.1"), "the moved NIC talks at once");
+    let show = ok(s, &["port", "show", "c"]);
+    assert_eq!(
+        show["link_up"], true,
+        "its link is seen in its new namespace: {show}"
+    );
+    assert_eq!(show["mac"], "02:00:00:88:00:03", "{show}");
     refused(
         s,
         &["port", "move", "c", "--netns", "vs-no-such-ns"],

@@ -129,3 +129,67 @@ fn socket_in_use_is_refused_with_advice() {
     assert!(err.contains("is in use by another process"), "{err}");
     assert!(sock.exists(), "the other process's socket is left alone");
 }
+
+/// check-config as an operator meets it: every port's mistakes in one
+/// run, each at its line; a misspelt key named by its table with the
+/// near name; rates and bursts with units.
+#[test]
+fn check_config_reports_every_port_mistake_with_locations_and_suggestions() {
+    let dir = TempDir::new("vs-errs");
+    let path = dir.join("several.toml");
+    std::fs::write(
+        &path,
+        "[workers]\ncores = [1]\n\n[[bridge]]\nname = \"vpc1\"\n\n\
+         [[port]]\nname = \"a\"\nkind = \"tap\"\nbridge = \"vpc9\"\nnetns = \"xa\"\n\n\
+         [[port]]\nname = \"b\"\nkind = \"tap\"\nbridge = \"vpc1\"\nnetns = \"xb\"\nipv4 = \"10.0.0.300/24\"\n",
+    )
+    .unwrap();
+    let (code, err) = vswitchd(&["check-config", path.to_str().unwrap()]);
+    assert_eq!(code, 1, "{err}");
+    let lines: Vec<&str> = err
+        .lines()
+        .filter(|l| l.contains("several.toml:"))
+        .collect();
+    assert_eq!(lines.len(), 2, "both ports' mistakes: {err}");
+    assert!(
+        lines[0].contains("several.toml:10:") && lines[0].contains("port[0].bridge"),
+        "{err}"
+    );
+    assert!(
+        lines[1].contains("several.toml:18:") && lines[1].contains("port[1].ipv4"),
+        "{err}"
+    );
+
+    std::fs::write(
+        &path,
+        "[[bridge]]\nname = \"vpc1\"\n[[port]]\nname = \"n\"\nkind = \"null\"\nbrige = \"vpc1\"\n",
+    )
+    .unwrap();
+    let (code, err) = vswitchd(&["check-config", path.to_str().unwrap()]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("several.toml:6:")
+            && err.contains("port[0].brige")
+            && err.contains("did you mean `bridge`?"),
+        "{err}"
+    );
+
+    std::fs::write(
+        &path,
+        "[[bridge]]\nname = \"vpc1\"\n[[qos_policy]]\nname = \"q\"\nkind = \"srtcm\"\ncir = \"10mbit\"\ncbs = \"64k\"\n",
+    )
+    .unwrap();
+    let (code, err) = vswitchd(&["check-config", path.to_str().unwrap()]);
+    assert_eq!(code, 0, "units are accepted: {err}");
+    std::fs::write(
+        &path,
+        "[[bridge]]\nname = \"vpc1\"\n[[qos_policy]]\nname = \"q\"\nkind = \"srtcm\"\ncir = \"10mbit\"\ncbs = \"64kbit\"\n",
+    )
+    .unwrap();
+    let (code, err) = vswitchd(&["check-config", path.to_str().unwrap()]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("several.toml:7:") && err.contains("burst in bytes"),
+        "{err}"
+    );
+}

@@ -100,7 +100,7 @@ impl Claims {
                 }
                 Err(why) => {
                     if self.refused.get(&key) != Some(&why) {
-                        eprintln!("vswitch-agent: {why}");
+                        tracing::warn!("{why}");
                         self.refused.insert(key, why);
                     }
                 }

@@ -63,6 +63,32 @@ struct Args {
     /// Lease TTL in seconds: how long a dead host's endpoints outlive it.
     #[arg(long, default_value_t = 10)]
     ttl: i64,
+    /// Log lines as text or JSON objects (timestamps and levels either
+    /// way; `VSWITCHD_LOG` filters, as for vswitchd).
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+/// How log lines look (as vswitchd's `[log] format`).
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Logs on stderr with timestamps and levels, filtered by `VSWITCHD_LOG`
+/// (tracing's EnvFilter syntax; `info` when unset).
+fn init_log(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("VSWITCHD_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(false);
+    match format {
+        LogFormat::Text => b.init(),
+        LogFormat::Json => b.json().init(),
+    }
 }
 
 /// An endpoint as stored in etcd.
@@ -198,19 +224,19 @@ impl Agent {
                 // Retried at the next change or round; the other bridges
                 // go on.
                 Err(e) => {
-                    eprintln!("vswitch-agent: {bridge}: {e:#}");
+                    tracing::warn!("{bridge}: {e:#}");
                     continue;
                 }
             };
-            eprintln!(
-                "vswitch-agent: {bridge}: {} remote VTEPs, {} remote stations (applied in {:.1} ms)",
+            tracing::info!(
+                "{bridge}: {} remote VTEPs, {} remote stations (applied in {:.1} ms)",
                 set.vteps.len(),
                 set.stations.len(),
                 t.elapsed().as_secs_f64() * 1e3
             );
             if self.left_out.get(bridge) != Some(&left_out) {
                 for why in &left_out {
-                    eprintln!("vswitch-agent: {bridge}: left out {why}");
+                    tracing::warn!("{bridge}: left out {why}");
                 }
             }
             self.left_out.insert(bridge.to_string(), left_out);
@@ -358,7 +384,7 @@ async fn sync_local(agent: &mut Agent, c: &mut Client, version: Option<u64>) -> 
         .await
         .map_err(|_| anyhow!("etcd: publishing claims took over {DEADLINE:?}"))??;
     if let Err(e) = agent.apply(&l).await {
-        eprintln!("vswitch-agent: {e:#}");
+        tracing::warn!("{e:#}");
     }
     agent.version = version;
     Ok(())
@@ -415,8 +441,8 @@ async fn session(agent: &mut Agent) -> Result<()> {
         None => {
             let t = std::time::Instant::now();
             let (remote, rev) = list(&mut c, &agent.endpoints_prefix()).await?;
-            eprintln!(
-                "vswitch-agent: listed {} endpoints at revision {rev} in {:.1} ms",
+            tracing::info!(
+                "listed {} endpoints at revision {rev} in {:.1} ms",
                 remote.len(),
                 t.elapsed().as_secs_f64() * 1e3
             );
@@ -465,7 +491,7 @@ async fn session(agent: &mut Agent) -> Result<()> {
                 }
                 if let Ok(l) = local(&agent.args.control).await {
                     if let Err(e) = agent.apply(&l).await {
-                        eprintln!("vswitch-agent: {e:#}");
+                        tracing::warn!("{e:#}");
                     }
                 }
             }
@@ -476,6 +502,7 @@ async fn session(agent: &mut Agent) -> Result<()> {
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<()> {
     let args = Args::parse();
+    init_log(args.log_format);
     if args.host.contains('/') {
         return Err(anyhow!("--host {:?}: no '/' in a host name", args.host));
     }
@@ -495,7 +522,7 @@ async fn main() -> Result<()> {
             r = session(&mut agent) => {
                 if let Err(e) = r {
                     let member = &agent.args.etcd[agent.member % agent.args.etcd.len()];
-                    eprintln!("vswitch-agent: etcd session with {member} ended: {e:#}; reconnecting (vswitchd keeps its state)");
+                    tracing::warn!("etcd session with {member} ended: {e:#}; reconnecting (vswitchd keeps its state)");
                     agent.report("unreachable").await;
                     agent.member += 1;
                 }

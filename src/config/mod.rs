@@ -11,7 +11,7 @@
 //! (hugepages, a netns that exists, a socket in use) happen when the daemon
 //! starts, in `preflight`.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::ops::Range;
@@ -22,6 +22,7 @@ use toml::Spanned;
 use vswitch::{GuardConf, MacAddr, Prefix};
 
 mod policy;
+mod units;
 mod vpc;
 mod vtep;
 pub use policy::{QosPolicy, SessionsConf};
@@ -49,6 +50,19 @@ pub struct ConfigError {
     pub field: String,
     /// What is wrong and what to do.
     pub message: String,
+    /// Further errors of the same run (other ports'), each on a line of
+    /// its own.
+    pub also: Vec<ConfigError>,
+}
+
+impl ConfigError {
+    /// The first of `errors` with the others as `also`; None if none.
+    pub fn all(errors: Vec<ConfigError>) -> Option<ConfigError> {
+        let mut it = errors.into_iter();
+        let mut first = it.next()?;
+        first.also.extend(it);
+        Some(first)
+    }
 }
 
 impl fmt::Display for ConfigError {
@@ -57,7 +71,11 @@ impl fmt::Display for ConfigError {
             f,
             "{}:{}:{}: field `{}`: {}",
             self.file, self.line, self.col, self.field, self.message
-        )
+        )?;
+        for e in &self.also {
+            write!(f, "\n{e}")?;
+        }
+        Ok(())
     }
 }
 
@@ -76,6 +94,9 @@ struct FileModel {
     control: ControlConf,
     #[serde(default)]
     stats: StatsConf,
+    #[serde(default)]
+    metrics: MetricsConf,
+    log: Option<LogFile>,
     switch: Option<Spanned<SwitchFile>>,
     #[serde(default, rename = "bridge")]
     bridges: Vec<Spanned<BridgeFile>>,
@@ -223,6 +244,23 @@ pub struct StatsConf {
     pub interval_secs: u32,
 }
 
+/// The metrics endpoint (see `crate::metrics`).
+#[derive(Deserialize, Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConf {
+    /// `ip:port` to serve Prometheus/OpenMetrics text on (`GET
+    /// /metrics`); none: no endpoint. Counters are readable by anyone who
+    /// reaches it: a loopback or management address, not a tenant's.
+    pub address: Option<std::net::SocketAddr>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LogFile {
+    level: Option<Spanned<String>>,
+    format: Option<crate::log::LogFormat>,
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct SwitchFile {
@@ -342,6 +380,10 @@ pub struct Config {
     pub control: ControlConf,
     /// Stats output.
     pub stats: StatsConf,
+    /// The metrics endpoint.
+    pub metrics: MetricsConf,
+    /// Logs.
+    pub log: crate::log::LogConf,
     /// The switch's port space.
     pub switch: SwitchConf,
     /// Bridge domains.
@@ -567,19 +609,138 @@ impl Ctx<'_> {
         field: impl Into<String>,
         message: impl Into<String>,
     ) -> ConfigError {
-        let (line, col) = if span == (0..0) {
-            (0, 0)
+        let field = field.into();
+        // A check of a value without a span of its own (a list, a
+        // default) still points at its key, or its table, when the file
+        // has them.
+        let at = if span == (0..0) {
+            locate(self.text, &field)
         } else {
-            line_col(self.text, span.start)
+            Some(span.start)
         };
+        let (line, col) = at.map_or((0, 0), |o| line_col(self.text, o));
         ConfigError {
             file: self.file.to_string(),
             line,
             col,
-            field: field.into(),
+            field,
             message: message.into(),
+            also: Vec::new(),
         }
     }
+}
+
+/// The table header of `line` (`[a.b]` -> ("a.b", false), `[[port]]` ->
+/// ("port", true)), if it is one.
+fn header(line: &str) -> Option<(&str, bool)> {
+    let l = line.trim();
+    let l = l.split('#').next().unwrap_or("").trim_end();
+    if let Some(n) = l.strip_prefix("[[").and_then(|r| r.strip_suffix("]]")) {
+        return Some((n.trim(), true));
+    }
+    l.strip_prefix('[')
+        .and_then(|r| r.strip_suffix(']'))
+        .map(|n| (n.trim(), false))
+}
+
+/// Where field `path` (`workers.cores`, `port[2].socket`,
+/// `sessions.capacity`) is written in `text`: its key's line, else its
+/// table's header; None when the file has neither (a default). Only the
+/// first level of arrays of tables is told apart (`port[2]`), which is
+/// what validation names.
+fn locate(text: &str, path: &str) -> Option<usize> {
+    let (table, key) = match path.rsplit_once('.') {
+        Some((t, k)) => (t, k),
+        None => ("", path),
+    };
+    // `port[2]` -> ("port", Some(2)); `workers.auto_lb` -> (.., None).
+    let (name, index) = match table.split_once('[') {
+        Some((n, rest)) if !n.contains('.') => {
+            let i = rest.split(']').next()?.parse::<usize>().ok()?;
+            (n, Some(i))
+        }
+        _ => (table, None),
+    };
+    let mut in_table = table.is_empty();
+    let mut seen = 0usize;
+    let mut table_at = None;
+    let mut offset = 0;
+    for line in text.split_inclusive('\n') {
+        let here = offset;
+        offset += line.len();
+        if let Some((h, array)) = header(line) {
+            in_table = match index {
+                Some(i) if array && h == name => {
+                    seen += 1;
+                    seen == i + 1
+                }
+                None if !array && h == name => true,
+                _ => false,
+            };
+            if in_table {
+                table_at = Some(here);
+            }
+            continue;
+        }
+        if in_table {
+            let k = line
+                .split('=')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .trim_matches('"');
+            if line.contains('=') && k == key {
+                return Some(here + (line.len() - line.trim_start().len()));
+            }
+        }
+    }
+    table_at
+}
+
+/// The table `offset` is in, as validation names it: `port[2]`,
+/// `workers.auto_lb`, or "" at the top.
+fn table_path_at(text: &str, offset: usize) -> String {
+    let mut current = String::new();
+    let mut counts: HashMap<String, usize> = HashMap::new();
+    let mut at = 0;
+    for line in text.split_inclusive('\n') {
+        if at > offset {
+            break;
+        }
+        at += line.len();
+        if let Some((h, array)) = header(line) {
+            current = if array {
+                let n = counts.entry(h.to_string()).or_default();
+                *n += 1;
+                format!("{h}[{}]", *n - 1)
+            } else {
+                h.to_string()
+            };
+        }
+    }
+    current
+}
+
+/// toml's "unknown field `brige`, expected one of `a`, `b`, ..." as
+/// "unknown field `brige`: did you mean `bridge`?" when one known field is
+/// close (strsim's Levenshtein distance, as clap suggests flags), else
+/// with the known fields listed.
+fn did_you_mean(msg: &str) -> Option<String> {
+    let rest = msg.strip_prefix("unknown field `")?;
+    let (unknown, rest) = rest.split_once('`')?;
+    let known: Vec<&str> = rest.split('`').skip(1).step_by(2).collect();
+    let best = known
+        .iter()
+        .map(|k| (strsim::levenshtein(unknown, k), *k))
+        .min()?;
+    Some(if best.0 <= 2.max(unknown.len() / 3) {
+        format!("unknown field `{unknown}`: did you mean `{}`?", best.1)
+    } else {
+        format!(
+            "unknown field `{unknown}` (known here: {})",
+            known.join(", ")
+        )
+    })
 }
 
 fn line_col(text: &str, offset: usize) -> (usize, usize) {
@@ -597,6 +758,7 @@ pub fn read(path: &Path) -> Result<String, ConfigError> {
         col: 0,
         field: "-".into(),
         message: format!("cannot read the config file: {e}"),
+        also: Vec::new(),
     })
 }
 
@@ -614,6 +776,7 @@ pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
         // toml names unknown or missing keys in the message; for a bad
         // value, the key is what precedes `=` on the value's line.
         let named = msg.split('`').nth(1).filter(|_| msg.contains("field"));
+        let msg = did_you_mean(&msg).unwrap_or_else(|| msg.clone());
         let line_key = || {
             let start = text[..span.start.min(text.len())]
                 .rfind('\n')
@@ -623,7 +786,14 @@ pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
             let key = key.trim();
             (!key.is_empty() && !key.starts_with('[') && !key.contains('\n')).then_some(key)
         };
-        let field = named.or_else(line_key).unwrap_or("-").to_string();
+        let field = named.or_else(line_key).unwrap_or("-");
+        // The whole path: `port[2].brige`, not `brige`.
+        let table = table_path_at(text, span.start);
+        let field = if table.is_empty() || field == "-" {
+            field.to_string()
+        } else {
+            format!("{table}.{field}")
+        };
         cx.err(span, field, msg)
     })?;
 
@@ -716,76 +886,87 @@ pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
     let mut port_names = HashSet::new();
     let mut sockets = HashSet::new();
     let mut statics = HashSet::new();
+    // Every port is checked, so one run names the mistakes of all.
+    let mut port_errors = Vec::new();
     for (i, p) in model.ports.iter().enumerate() {
-        let mut spec = validate_port(&cx, i, p.get_ref(), &bridge_names, n_workers)?;
-        if let (PortKind::VhostUser { .. }, None) = (&spec.kind, &spec.guard) {
-            if p.get_ref().port_security.is_none() {
-                warnings.push(format!(
-                    "port {}: a vhost-user port without `mac` has port security off; give the \
-                     container's MAC (and `addresses`), or say `port_security = false`",
-                    spec.name
-                ));
+        let mut check = || -> Result<PortSpec, ConfigError> {
+            let mut spec = validate_port(&cx, i, p.get_ref(), &bridge_names, n_workers)?;
+            if let (PortKind::VhostUser { .. }, None) = (&spec.kind, &spec.guard) {
+                if p.get_ref().port_security.is_none() {
+                    warnings.push(format!(
+                        "port {}: a vhost-user port without `mac` has port security off; give the \
+                         container's MAC (and `addresses`), or say `port_security = false`",
+                        spec.name
+                    ));
+                }
             }
-        }
-        let pf = p.get_ref();
-        let field = |n: &str| format!("port[{i}].{n}");
-        let sg = "[[security_group]]";
-        spec.ingress_group = policy::check_ref(
-            &cx,
-            &pf.ingress_group,
-            field("ingress_group"),
-            &group_names,
-            sg,
-        )?;
-        spec.egress_group = policy::check_ref(
-            &cx,
-            &pf.egress_group,
-            field("egress_group"),
-            &group_names,
-            sg,
-        )?;
-        let qp = "[[qos_policy]]";
-        spec.ingress_qos =
-            policy::check_ref(&cx, &pf.ingress_qos, field("ingress_qos"), &qos_names, qp)?;
-        spec.egress_qos =
-            policy::check_ref(&cx, &pf.egress_qos, field("egress_qos"), &qos_names, qp)?;
-        for (j, mac) in spec.static_macs.iter().enumerate() {
-            if !statics.insert((spec.bridge.clone(), *mac)) {
-                let span = p
-                    .get_ref()
-                    .static_macs
-                    .as_ref()
-                    .map_or(0..0, |v| v[j].span());
+            let pf = p.get_ref();
+            let field = |n: &str| format!("port[{i}].{n}");
+            let sg = "[[security_group]]";
+            spec.ingress_group = policy::check_ref(
+                &cx,
+                &pf.ingress_group,
+                field("ingress_group"),
+                &group_names,
+                sg,
+            )?;
+            spec.egress_group = policy::check_ref(
+                &cx,
+                &pf.egress_group,
+                field("egress_group"),
+                &group_names,
+                sg,
+            )?;
+            let qp = "[[qos_policy]]";
+            spec.ingress_qos =
+                policy::check_ref(&cx, &pf.ingress_qos, field("ingress_qos"), &qos_names, qp)?;
+            spec.egress_qos =
+                policy::check_ref(&cx, &pf.egress_qos, field("egress_qos"), &qos_names, qp)?;
+            for (j, mac) in spec.static_macs.iter().enumerate() {
+                if !statics.insert((spec.bridge.clone(), *mac)) {
+                    let span = p
+                        .get_ref()
+                        .static_macs
+                        .as_ref()
+                        .map_or(0..0, |v| v[j].span());
+                    return Err(cx.err(
+                        span,
+                        format!("port[{i}].static_macs[{j}]"),
+                        format!("{mac} is already a static MAC of another port in this bridge"),
+                    ));
+                }
+            }
+            if !port_names.insert(spec.name.clone()) {
                 return Err(cx.err(
-                    span,
-                    format!("port[{i}].static_macs[{j}]"),
-                    format!("{mac} is already a static MAC of another port in this bridge"),
+                    p.get_ref().name.span(),
+                    format!("port[{i}].name"),
+                    format!("port {:?} is defined twice", spec.name),
                 ));
             }
-        }
-        if !port_names.insert(spec.name.clone()) {
-            return Err(cx.err(
-                p.get_ref().name.span(),
-                format!("port[{i}].name"),
-                format!("port {:?} is defined twice", spec.name),
-            ));
-        }
-        if let PortKind::VhostUser { socket, .. } = &spec.kind {
-            if !sockets.insert(socket.clone()) {
-                let s = p
-                    .get_ref()
-                    .socket
-                    .as_ref()
-                    .map(|s| s.span())
-                    .unwrap_or(0..0);
-                return Err(cx.err(
-                    s,
-                    format!("port[{i}].socket"),
-                    "another port already uses this socket path",
-                ));
+            if let PortKind::VhostUser { socket, .. } = &spec.kind {
+                if !sockets.insert(socket.clone()) {
+                    let s = p
+                        .get_ref()
+                        .socket
+                        .as_ref()
+                        .map(|s| s.span())
+                        .unwrap_or(0..0);
+                    return Err(cx.err(
+                        s,
+                        format!("port[{i}].socket"),
+                        "another port already uses this socket path",
+                    ));
+                }
             }
+            Ok(spec)
+        };
+        match check() {
+            Ok(spec) => ports.push(spec),
+            Err(e) => port_errors.push(e),
         }
-        ports.push(spec);
+    }
+    if let Some(e) = ConfigError::all(port_errors) {
+        return Err(e);
     }
     // Container NICs (TAP, vhost-user) are not ethdevs: only the others
     // count against DPDK's ethdev table; vhost-user ports against the
@@ -867,6 +1048,15 @@ pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
             r.len()
         })
         .sum();
+    let mut log = crate::log::LogConf::default();
+    if let Some(l) = &model.log {
+        if let Some(level) = &l.level {
+            crate::log::valid_level(level.get_ref())
+                .map_err(|m| cx.err(level.span(), "log.level", m))?;
+            log.level = level.get_ref().clone();
+        }
+        log.format = l.format.unwrap_or_default();
+    }
     if ports.len() + tunnel_ports > switch.max_ports {
         return Err(cx.err(
             0..0,
@@ -883,6 +1073,8 @@ pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
         workers: model.workers,
         control: model.control,
         stats: model.stats,
+        metrics: model.metrics,
+        log,
         switch,
         bridges,
         ports,
@@ -1490,6 +1682,41 @@ mod tests {
     }
 
     #[test]
+    fn errors_point_at_their_key_name_their_table_and_suggest() {
+        // A list checked as a whole: at its key.
+        let e = err("[workers]\nidle_sleep_us = 0\ncores = [1, 1]\n");
+        assert_eq!(
+            (e.line, e.col, e.field.as_str()),
+            (3, 1, "workers.cores"),
+            "{e}"
+        );
+        // A misspelt key: its table's path and the near name.
+        let e = err("[[bridge]]\nname = \"b\"\n[[port]]\nname = \"a\"\nkind = \"null\"\n[[port]]\nname = \"c\"\nkind = \"null\"\nbrige = \"b\"\n");
+        assert_eq!(e.field, "port[1].brige", "{e}");
+        assert!(e.message.contains("did you mean `bridge`?"), "{e}");
+        assert_eq!(e.line, 9, "{e}");
+        // Far from every name: the known ones listed instead.
+        assert!(
+            did_you_mean("unknown field `zzzzzzzz`, expected one of `name`, `kind`")
+                .unwrap()
+                .contains("known here: name, kind")
+        );
+        // Every port's mistakes in one run.
+        let e = err("[[bridge]]\nname = \"b\"\n[[port]]\nname = \"a\"\nkind = \"tap\"\nbridge = \"nope\"\nnetns = \"x\"\n[[port]]\nname = \"c\"\nkind = \"null\"\nbridge = \"nope2\"\n");
+        assert_eq!(e.also.len(), 1, "{e}");
+        let text = e.to_string();
+        assert!(
+            text.contains("nope") && text.contains("nope2") && text.lines().count() == 2,
+            "{text}"
+        );
+        assert!(
+            text.lines()
+                .all(|l| l.starts_with("t.toml:") && !l.starts_with("t.toml:0:0")),
+            "{text}"
+        );
+    }
+
+    #[test]
     fn embedded_default_config_is_valid() {
         let c = parse(DEFAULT_CONFIG_NAME, DEFAULT_CONFIG).unwrap();
         assert!(c.ports.iter().any(|p| matches!(p.kind, PortKind::Tap(_))));
@@ -1564,7 +1791,7 @@ mod tests {
     #[test]
     fn syntax_errors_name_line_and_column() {
         let e = err("[eal]\nmemory_mb = \"lots\"\n");
-        assert_eq!((e.line, e.field.as_str()), (2, "memory_mb"));
+        assert_eq!((e.line, e.field.as_str()), (2, "eal.memory_mb"));
         assert!(e.message.contains("invalid type"), "{e}");
     }
 
@@ -1574,13 +1801,14 @@ mod tests {
             "[[bridge]]\nname = \"a\"\n\n[[port]]\nname = \"p\"\nkind = \"null\"\nsockt = \"/x\"\n",
         );
         assert_eq!(e.line, 7, "{e}");
-        assert_eq!(e.field, "sockt");
+        assert_eq!(e.field, "port[0].sockt");
+        assert!(e.message.contains("did you mean `socket`?"), "{e}");
     }
 
     #[test]
     fn rx_queue_placement_settings_are_checked() {
         let e = err("[workers]\nrxq_assign = \"group\"\n");
-        assert_eq!((e.line, e.field.as_str()), (2, "rxq_assign"), "{e}");
+        assert_eq!((e.line, e.field.as_str()), (2, "workers.rxq_assign"), "{e}");
         assert!(
             e.message.contains("cycles") && e.message.contains("roundrobin"),
             "{e}"

@@ -38,6 +38,7 @@ use acl::{Action, Cidr, PortRange, Proto, Rule, SecurityGroup};
 use serde::Deserialize;
 use toml::Spanned;
 
+use super::units::{Measure, Quantity};
 use super::{ConfigError, Ctx};
 
 #[derive(Deserialize)]
@@ -71,11 +72,11 @@ pub(super) struct QosFile {
     name: Spanned<String>,
     kind: Spanned<String>,
     unit: Option<Spanned<String>>,
-    cir: Spanned<u64>,
-    cbs: Spanned<u64>,
-    ebs: Option<Spanned<u64>>,
-    pir: Option<Spanned<u64>>,
-    pbs: Option<Spanned<u64>>,
+    cir: Spanned<Quantity>,
+    cbs: Spanned<Quantity>,
+    ebs: Option<Spanned<Quantity>>,
+    pir: Option<Spanned<Quantity>>,
+    pbs: Option<Spanned<Quantity>>,
     green: Option<Spanned<String>>,
     yellow: Option<Spanned<String>>,
     red: Option<Spanned<String>>,
@@ -187,16 +188,23 @@ pub(super) fn qos_policies(
                 v
             }
         };
-        let need = |v: &Option<Spanned<u64>>, n: &str| {
-            v.as_ref().map(|v| *v.get_ref()).ok_or_else(|| {
-                cx.err(
-                    q.kind.span(),
-                    f(n),
-                    format!("a {} policy needs `{n}`", q.kind.get_ref()),
-                )
-            })
+        // Rates and bursts as written, with their units (see `units`).
+        let (rate, size) = match unit {
+            Unit::Bits => (Measure::BitRate, Measure::Bytes),
+            _ => (Measure::PacketRate, Measure::Packets),
         };
-        let (cir, cbs) = (*q.cir.get_ref(), *q.cbs.get_ref());
+        let value = |v: &Spanned<Quantity>, n: &str, m: Measure| {
+            v.get_ref().value(m).map_err(|e| cx.err(v.span(), f(n), e))
+        };
+        let need = |v: &Option<Spanned<Quantity>>, n: &str, m: Measure| match v {
+            Some(v) => value(v, n, m),
+            None => Err(cx.err(
+                q.kind.span(),
+                f(n),
+                format!("a {} policy needs `{n}`", q.kind.get_ref()),
+            )),
+        };
+        let (cir, cbs) = (value(&q.cir, "cir", rate)?, value(&q.cbs, "cbs", size)?);
         let meter = match q.kind.get_ref().as_str() {
             "srtcm" => {
                 if let Some(p) = q.pir.as_ref().or(q.pbs.as_ref()) {
@@ -205,14 +213,17 @@ pub(super) fn qos_policies(
                 MeterConf::SrTcm {
                     cir,
                     cbs: burst(cbs),
-                    ebs: burst(q.ebs.as_ref().map_or(0, |v| *v.get_ref())),
+                    ebs: burst(match &q.ebs {
+                        Some(e) => value(e, "ebs", size)?,
+                        None => 0,
+                    }),
                 }
             }
             "trtcm" => {
                 if let Some(e) = &q.ebs {
                     return Err(cx.err(e.span(), f("ebs"), "ebs belongs to an srtcm policy"));
                 }
-                let (pir, pbs) = (need(&q.pir, "pir")?, need(&q.pbs, "pbs")?);
+                let (pir, pbs) = (need(&q.pir, "pir", rate)?, need(&q.pbs, "pbs", size)?);
                 if pir < cir {
                     let span = q.pir.as_ref().expect("checked").span();
                     return Err(cx.err(

@@ -31,7 +31,7 @@ extern "C" fn trampoline(arg: *mut c_void) -> c_int {
     match std::panic::catch_unwind(std::panic::AssertUnwindSafe(job)) {
         Ok(()) => 0,
         Err(_) => {
-            eprintln!("vswitchd: a worker lcore panicked; stopping");
+            tracing::error!("a worker lcore panicked; stopping");
             std::process::abort();
         }
     }

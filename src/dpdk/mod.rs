@@ -8,6 +8,7 @@
 pub mod eal;
 pub(crate) mod ffi;
 pub mod lcore;
+pub mod log;
 pub mod mbuf;
 pub mod mempool;
 pub mod port;

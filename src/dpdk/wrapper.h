@@ -2,6 +2,7 @@
 #include <rte_config.h>
 #include <rte_eal.h>
 #include <rte_errno.h>
+#include <rte_log.h>
 #include <rte_lcore.h>
 #include <rte_launch.h>
 #include <rte_cycles.h>
@@ -17,3 +18,7 @@
 
 /* rte_errno is a per-lcore TLS variable bindgen cannot express. */
 int vs_rte_errno(void);
+
+/* Routes DPDK's log to cb (level, logtype, text, length); see shim.c. */
+typedef void (*vs_log_fn)(int level, int logtype, const char *msg, size_t len);
+int vs_route_log(vs_log_fn cb);

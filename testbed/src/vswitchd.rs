@@ -161,7 +161,9 @@ impl Vswitchd {
     /// SIGHUP (re-read the config file) and wait (bounded) for the
     /// daemon's answer: Ok once reloaded, Err with its reason if refused.
     pub fn reload(&mut self) -> Result<(), String> {
-        let is_answer = |l: &String| l.starts_with("vswitchd: reload");
+        // Its log line (after timestamp, level and target): "reloaded
+        // FILE ..." or "reload of FILE refused ...".
+        let is_answer = |l: &String| l.contains(": reloaded ") || l.contains(": reload of ");
         let before = self.proc.output().iter().filter(|l| is_answer(l)).count();
         self.proc.signal(libc::SIGHUP);
         let mut answer = None;
@@ -170,7 +172,7 @@ impl Vswitchd {
             answer.is_some()
         });
         match answer {
-            Some(l) if l.starts_with("vswitchd: reloaded") => Ok(()),
+            Some(l) if l.contains(": reloaded ") => Ok(()),
             Some(l) => Err(l),
             None => Err("vswitchd did not answer SIGHUP within 20 s".into()),
         }

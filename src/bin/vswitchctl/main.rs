@@ -1,13 +1,16 @@
 //! `vswitchctl`: talk to a running vswitchd over its control socket.
 //!
 //! Every verb is one request of the JSON protocol (README, "Control
-//! socket"); answers are printed as pretty JSON unless a verb has a
-//! natural text form (stats, config dump, acl/qos show). Exit status
+//! socket"; `show` is several); answers are printed for people (see
+//! `human`: tables with units, `key: value` lines, TOML for configs and
+//! policies), or as the raw JSON with `--json`. Exit status
 //! ([`exit`]): 0 done, 1 refused by vswitchd, 2 a usage error or a local
 //! input that cannot be read (nothing was sent), 3 vswitchd not reachable.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+
+mod human;
 
 use clap::{Parser, Subcommand};
 use serde_json::{Map, Value};
@@ -34,6 +37,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Noun {
+    /// Overview: bridges with their ports, VPCs, the VTEP's tunnels (as
+    /// `ovs-vsctl show`).
+    Show,
     /// Per-port, per-tunnel, per-VNI and per-worker counters.
     Stats {
         /// Only the N busiest ports (frames received, sent and dropped),
@@ -362,6 +368,7 @@ fn policy_request(acl: bool, verb: &PolicyVerb) -> Result<Request, String> {
 
 fn to_request(noun: &Noun) -> Result<Request, String> {
     Ok(match noun {
+        Noun::Show => unreachable!("main answers show with several requests"),
         Noun::Stats { .. } => Request::Stats,
         Noun::PmdPerf { clear, stages } => Request::PmdPerf {
             clear: *clear,
@@ -495,8 +502,50 @@ mod exit {
     pub const UNREACHABLE: u8 = 3;
 }
 
+/// `show`: the answers of the listing verbs, as one overview (or one
+/// JSON object of them with `--json`).
+fn show(cli: &Cli) -> ExitCode {
+    let ask = |req: Request| -> Result<Value, (u8, String)> {
+        let r = request(&cli.socket, &req).map_err(|e| (exit::UNREACHABLE, e))?;
+        match r.ok {
+            true => Ok(r.result.unwrap_or_default()),
+            false => Err((exit::REFUSED, r.error.unwrap_or_default())),
+        }
+    };
+    let answers = (|| {
+        Ok::<_, (u8, String)>((
+            ask(Request::BridgeList)?,
+            ask(Request::PortList)?,
+            ask(Request::VpcList)?,
+            // No [vtep]: refused, and nothing to show.
+            ask(Request::TunnelList).ok(),
+        ))
+    })();
+    match answers {
+        Ok((bridges, ports, vpcs, tunnels)) => {
+            if cli.json {
+                let all = serde_json::json!({"bridges": bridges, "ports": ports, "vpcs": vpcs, "tunnels": tunnels});
+                println!("{}", serde_json::to_string_pretty(&all).expect("json"));
+            } else {
+                print!(
+                    "{}",
+                    human::overview(&bridges, &ports, &vpcs, tunnels.as_ref())
+                );
+            }
+            ExitCode::SUCCESS
+        }
+        Err((code, e)) => {
+            eprintln!("vswitchctl: {e}");
+            ExitCode::from(code)
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Noun::Show = cli.noun {
+        return show(&cli);
+    }
     let req = match to_request(&cli.noun) {
         Ok(r) => r,
         Err(e) => {
@@ -542,7 +591,30 @@ fn main() -> ExitCode {
                     return ExitCode::SUCCESS;
                 }
             }
-            _ => {}
+            Noun::PmdPerf { .. } => {
+                print!("{}", human::pmd_perf(&result));
+                return ExitCode::SUCCESS;
+            }
+            Noun::Port {
+                verb: PortVerb::List,
+            } => {
+                print!("{}", human::ports(&result));
+                return ExitCode::SUCCESS;
+            }
+            Noun::Latency => {
+                print!("{}", human::latency(&result));
+                return ExitCode::SUCCESS;
+            }
+            Noun::Session {
+                verb: SessionVerb::Show { .. },
+            } => {
+                print!("{}", human::sessions(&result));
+                return ExitCode::SUCCESS;
+            }
+            _ => {
+                print!("{}", human::generic(&result));
+                return ExitCode::SUCCESS;
+            }
         }
     }
     println!("{}", serde_json::to_string_pretty(&result).expect("json"));
