@@ -231,6 +231,117 @@ impl Daemon<'_> {
                 None => Err("no vswitch-agent has reported to this vswitchd".into()),
             },
             Request::ConfigVersion => Ok(json!({ "version": self.config_version })),
+            Request::PortCapture {
+                name,
+                file,
+                direction,
+                count,
+                secs,
+                snaplen,
+            } => self.capture_start(name, file, direction, count, secs, snaplen),
+            Request::CaptureStatus => Ok(match &self.capture {
+                Some(job) => job.status(true),
+                None => self
+                    .last_capture
+                    .clone()
+                    .unwrap_or_else(|| json!({ "running": false })),
+            }),
+            Request::CaptureStop => {
+                self.capture_end();
+                Ok(self.last_capture.clone().unwrap_or(Value::Null))
+            }
+        }
+    }
+
+    /// Starts a capture of port `name` (validated before anything opens).
+    fn capture_start(
+        &mut self,
+        name: String,
+        file: std::path::PathBuf,
+        direction: crate::capture::Direction,
+        count: Option<u64>,
+        secs: Option<f64>,
+        snaplen: Option<u32>,
+    ) -> Result<Value, String> {
+        use crate::capture::{Job, DEFAULT_SNAPLEN, MAX_SNAPLEN};
+        if let Some(job) = &self.capture {
+            return Err(format!(
+                "a capture of port {} is running; `vswitchctl port capture-stop` ends it",
+                job.status(true)["port"].as_str().unwrap_or("?")
+            ));
+        }
+        let port = PortId(self.slot_or_err(&name)? as u16);
+        let snaplen = snaplen.unwrap_or(DEFAULT_SNAPLEN);
+        if !(64..=MAX_SNAPLEN).contains(&snaplen) {
+            return Err(format!(
+                "snaplen {snaplen}: between 64 and {MAX_SNAPLEN} bytes"
+            ));
+        }
+        if count == Some(0) {
+            return Err("count 0 would capture nothing".into());
+        }
+        let duration = match secs {
+            None => None,
+            Some(s) if s.is_finite() && s > 0.0 && s <= 86_400.0 => {
+                Some(std::time::Duration::from_secs_f64(s))
+            }
+            Some(s) => return Err(format!("secs {s}: between 0 and 86400")),
+        };
+        let job = Job::start(
+            crate::capture::Request {
+                name,
+                port,
+                file,
+                direction,
+                count,
+                duration,
+                snaplen,
+            },
+            self.now_ns(),
+        )?;
+        self.shared.capture.store(Some(job.capture()));
+        self.shared.capturing.store(true, Ordering::Release);
+        let status = job.status(true);
+        tracing::info!(
+            "capturing port {} ({:?}) to {}",
+            status["port"].as_str().unwrap_or("?"),
+            direction,
+            status["file"].as_str().unwrap_or("?")
+        );
+        self.capture = Some(job);
+        Ok(status)
+    }
+
+    /// Ends the running capture: workers stop copying (the next round of
+    /// each), then the last frames are written and the file closed.
+    pub(crate) fn capture_end(&mut self) {
+        let Some(job) = self.capture.take() else {
+            return;
+        };
+        self.shared.capturing.store(false, Ordering::Release);
+        self.shared.capture.store(None);
+        if !self.shared.synchronize(crate::daemon::PUBLISH_TIMEOUT) {
+            tracing::warn!(
+                "a worker did not start a new round: the capture's last frames may be missing"
+            );
+        }
+        let status = job.finish();
+        tracing::info!(
+            "capture of port {} ended: {} frames written, {} dropped",
+            status["port"].as_str().unwrap_or("?"),
+            status["frames"],
+            status["dropped"]
+        );
+        self.last_capture = Some(status);
+    }
+
+    /// Writes what workers captured; ends the capture at its limit.
+    pub(crate) fn serve_capture(&mut self) {
+        if let Some(job) = &mut self.capture {
+            job.drain();
+            if job.done() {
+                self.capture_end();
+            }
         }
     }
 

@@ -229,6 +229,34 @@ pub enum Request {
     /// started: a client that follows the config (vswitch-agent) polls
     /// this cheap counter and reads ports and bridges only when it moves.
     ConfigVersion,
+    /// Starts copying a port's frames to a pcap file that vswitchd
+    /// writes (one capture at a time; see `crate::capture`).
+    PortCapture {
+        /// The port.
+        name: String,
+        /// The pcap file (an absolute path; replaced if it exists).
+        file: PathBuf,
+        /// Frames it receives, is sent, or both.
+        #[serde(default = "both")]
+        direction: crate::capture::Direction,
+        /// Stop after this many frames.
+        #[serde(default)]
+        count: Option<u64>,
+        /// Stop after this many seconds.
+        #[serde(default)]
+        secs: Option<f64>,
+        /// Bytes kept of each frame (default 9216, at most 65535).
+        #[serde(default)]
+        snaplen: Option<u32>,
+    },
+    /// The running capture, or the last one: frames written, dropped.
+    CaptureStatus,
+    /// Ends the running capture (its frames so far stay in the file).
+    CaptureStop,
+}
+
+fn both() -> crate::capture::Direction {
+    crate::capture::Direction::Both
 }
 
 /// A remote station of [`Request::TunnelSet`]: a MAC behind a VTEP.

@@ -167,7 +167,7 @@ const BUFFERED_QUEUES: u32 = 64;
 
 /// How long the control plane waits for every worker to take a new
 /// snapshot (or begin a new round) before it reports a stuck worker.
-const PUBLISH_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const PUBLISH_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Mbufs a port can hold: its rx rings filled, a tx ring per worker, and
 /// what the PMD keeps on its own.
@@ -385,6 +385,10 @@ pub struct Daemon<'p> {
     pub(crate) agent: Option<(serde_json::Value, Instant)>,
     /// Commits since start (`config-version`).
     pub(crate) config_version: u64,
+    /// The running port capture.
+    pub(crate) capture: Option<crate::capture::Job>,
+    /// The last capture's status, once it ended.
+    pub(crate) last_capture: Option<serde_json::Value>,
 }
 
 /// Worker counters `pmd-perf` reports since its last `--clear`: packets,
@@ -946,6 +950,8 @@ pub fn run(
         hz,
         agent: None,
         config_version: 0,
+        capture: None,
+        last_capture: None,
     };
     let interval = Duration::from_secs(u64::from(d.cfg.stats.interval_secs));
     let mut last_stats = Instant::now();
@@ -982,12 +988,15 @@ pub fn run(
             last_sweep = Instant::now();
         }
         control.poll(|req| d.handle(req));
+        d.serve_capture();
         if let Some(m) = &metrics {
             m.serve(|| d.metrics_snapshot());
         }
     }
 
     tracing::info!("stopping");
+    // A capture running at exit keeps what it has.
+    d.capture_end();
     d.shared.running.store(false, Ordering::Relaxed);
     lcore::wait_all();
     crate::dpdk::vhost::set_workers(None);

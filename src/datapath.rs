@@ -319,6 +319,11 @@ pub struct Shared {
     /// Whether workers time their stages (`pmd-perf --stages on`; see
     /// `StageClock` in the worker): read once per poll round.
     pub stage_metrics: AtomicBool,
+    /// A running port capture (see `crate::capture`); `capturing` says
+    /// whether to look (read once per poll round).
+    pub capture: arc_swap::ArcSwapOption<crate::capture::Capture>,
+    /// Whether `capture` holds one.
+    pub capturing: AtomicBool,
     /// The time base of every worker and the control thread (MAC ages,
     /// session deadlines, meters), so shared tables see one clock.
     pub clock: TscClock,
@@ -341,6 +346,8 @@ impl Shared {
             idle_sleep_us,
             flow_cache: true,
             stage_metrics: AtomicBool::new(false),
+            capture: arc_swap::ArcSwapOption::empty(),
+            capturing: AtomicBool::new(false),
             clock,
         }
     }

@@ -8,6 +8,7 @@
 #![deny(missing_docs)]
 
 pub mod admin;
+pub mod capture;
 pub mod cni;
 pub mod config;
 pub mod control;

@@ -158,6 +158,11 @@ struct Output {
     /// round's flush visits these, not every port.
     dirty: Vec<PortId>,
     drops: Burst,
+    /// A running capture, taken per round; frames sent to its port are
+    /// copied in `enqueue`.
+    capture: Option<Arc<crate::capture::Capture>>,
+    /// The round's time (a capture's timestamps).
+    now_ns: u64,
     /// Outer IPv4 identification (meaningless with DF, RFC 6864, but
     /// varied for middleboxes that look at it anyway).
     ip_id: u16,
@@ -257,6 +262,8 @@ impl Worker {
                 tx: Vec::new(),
                 dirty: Vec::new(),
                 drops: Burst::default(),
+                capture: None,
+                now_ns: 0,
                 ip_id: 0,
             },
             decapped: (0..MAX_BURST)
@@ -331,6 +338,18 @@ impl Worker {
             let mut share = RoundShare::default();
             round = round.wrapping_add(1);
             self.clock.on = shared.stage_metrics.load(Ordering::Relaxed);
+            self.out.now_ns = now.ns;
+            match (
+                shared.capturing.load(Ordering::Acquire),
+                self.out.capture.is_some(),
+            ) {
+                (true, false) => self.out.capture = shared.capture.load_full(),
+                // Dropped at the first round after the capture ends (the
+                // control thread waits for that round before its last
+                // write).
+                (false, true) => self.out.capture = None,
+                _ => {}
+            }
             self.clock.cycles = [0; STAGES];
             for (i, p) in polled.iter_mut().enumerate() {
                 let q = &p.q;
@@ -449,6 +468,11 @@ impl Worker {
         now: Now,
         counters: &WorkerCounters,
     ) {
+        if let Some(c) = self.out.capture.as_ref().filter(|c| c.rx && c.port == port) {
+            for m in rx.mbufs() {
+                c.copy(m.data(), m.pkt_len(), now.ns);
+            }
+        }
         if dp.pipeline.is_uplink(port) {
             self.rx_uplink(dp, rx, now, counters)
         } else {
@@ -728,6 +752,9 @@ impl Output {
         } else {
             m
         };
+        if let Some(c) = self.capture.as_ref().filter(|c| c.tx && c.port == p) {
+            c.copy(m.data(), m.pkt_len(), self.now_ns);
+        }
         if self.tx[p.index()].frames.is_full() {
             self.flush(dp, p.index(), counters);
         }

@@ -148,8 +148,9 @@ pub fn run(o: &Opts, command: &str) -> Result<Section> {
             // B's agent's first application of bridge a in the trial.
             if let Some(ms) = agent_b.output()[seen..]
                 .iter()
-                .filter(|l| l.starts_with("vswitch-agent: a: "))
-                .find_map(|l| logged_ms(l, "vswitch-agent: "))
+                .filter_map(|l| message(l))
+                .filter(|m| m.starts_with("a: "))
+                .find_map(|m| logged_ms(m, ""))
             {
                 applies.push(ms);
             }
@@ -171,12 +172,13 @@ pub fn run(o: &Opts, command: &str) -> Result<Section> {
         let started = Instant::now();
         agent_b = agent(o, &b, n, 2, &etcd.url)?;
         let both = |p: &Proc| {
-            p.output()
-                .iter()
-                .any(|l| l.starts_with("vswitch-agent: a: "))
-                && p.output()
-                    .iter()
-                    .any(|l| l.starts_with("vswitch-agent: b: "))
+            let out = p.output();
+            let said = |head: &str| {
+                out.iter()
+                    .filter_map(|l| message(l))
+                    .any(|m| m.starts_with(head))
+            };
+            said("a: ") && said("b: ")
         };
         if !wait_until(Duration::from_secs(120), || both(&agent_b)) {
             bail!("restarted agent applied nothing: {:?}", tail(&agent_b));
@@ -185,12 +187,14 @@ pub fn run(o: &Opts, command: &str) -> Result<Section> {
         let out = agent_b.output();
         let relist = out
             .iter()
-            .find_map(|l| logged_ms(l, "vswitch-agent: listed "))
+            .filter_map(|l| message(l))
+            .find_map(|m| logged_ms(m, "listed "))
             .ok_or_else(|| anyhow!("the agent logged no list: {out:?}"))?;
         let set: f64 = out
             .iter()
-            .filter(|l| l.starts_with("vswitch-agent: a: ") || l.starts_with("vswitch-agent: b: "))
-            .filter_map(|l| logged_ms(l, "vswitch-agent: "))
+            .filter_map(|l| message(l))
+            .filter(|m| m.starts_with("a: ") || m.starts_with("b: "))
+            .filter_map(|m| logged_ms(m, ""))
             .sum();
         conv.sort_by(f64::total_cmp);
         adds.sort_by(f64::total_cmp);
@@ -320,10 +324,11 @@ fn simulated(n: u8, i: usize) -> (String, String) {
 /// stations in subnets a and b, waiting up to `timeout`.
 fn applied(agent: &Proc, a: usize, b: usize, timeout: Duration) -> bool {
     let last = |out: &[String], bridge: &str| {
-        let head = format!("vswitch-agent: {bridge}: ");
+        let head = format!("{bridge}: ");
         out.iter()
             .rev()
-            .find(|l| l.starts_with(&head))
+            .filter_map(|l| message(l))
+            .find(|m| m.starts_with(&head))
             .and_then(|l| {
                 l.split(" remote VTEPs, ")
                     .nth(1)?
@@ -389,6 +394,12 @@ fn one_trial(a: &Host, pinger: &Netns, ns: &Netns, t: usize) -> Result<Trial> {
     })
 }
 
+/// An agent log line's message, after its timestamp, level and target
+/// (`2026-11-30T04:19:35.198122Z  INFO vswitch_agent: a: ...`).
+fn message(line: &str) -> Option<&str> {
+    line.split_once(" vswitch_agent: ").map(|(_, m)| m)
+}
+
 /// The milliseconds a log line of the agent ends with ("... (applied in
 /// 12.3 ms)", "... in 4.5 ms"), for lines starting with `head`.
 fn logged_ms(line: &str, head: &str) -> Option<f64> {
@@ -434,24 +445,16 @@ mod tests {
 
     #[test]
     fn logged_figures_parse() {
+        let line = "2026-11-30T04:19:35.198122Z  INFO vswitch_agent: a: 3 remote VTEPs, 7 remote stations (applied in 12.5 ms)";
+        let m = message(line).unwrap();
+        assert!(m.starts_with("a: "), "{m}");
+        assert_eq!(logged_ms(m, ""), Some(12.5));
         assert_eq!(
-            logged_ms(
-                "vswitch-agent: a: 3 remote VTEPs, 7 remote stations (applied in 12.5 ms)",
-                "vswitch-agent: "
-            ),
-            Some(12.5)
-        );
-        assert_eq!(
-            logged_ms(
-                "vswitch-agent: listed 10000 endpoints at revision 9 in 41.0 ms",
-                "vswitch-agent: listed "
-            ),
+            logged_ms("listed 10000 endpoints at revision 9 in 41.0 ms", "listed "),
             Some(41.0)
         );
-        assert_eq!(
-            logged_ms("vswitch-agent: a: nothing", "vswitch-agent: "),
-            None
-        );
+        assert_eq!(logged_ms("a: nothing", ""), None);
+        assert_eq!(message("vswitch-agent: a: old format"), None);
     }
 
     #[test]

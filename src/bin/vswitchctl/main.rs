@@ -14,6 +14,7 @@ mod human;
 
 use clap::{Parser, Subcommand};
 use serde_json::{Map, Value};
+use vswitchd::capture::Direction;
 use vswitchd::control::{request, RemoteStation, Request};
 use vswitchd::stats::Report;
 
@@ -152,6 +153,36 @@ enum PortVerb {
         #[arg(long)]
         ifname: Option<String>,
     },
+    /// Copy a port's frames to a pcap file (any port kind, vhost-user
+    /// too) until COUNT frames, SECS seconds, or Ctrl-C; traffic goes on.
+    Capture {
+        name: String,
+        /// The pcap file (vswitchd writes it).
+        #[arg(short = 'w', long = "write", value_name = "FILE")]
+        file: PathBuf,
+        /// Frames the port receives, is sent, or both.
+        #[arg(long, value_enum, default_value_t = Dir::Both)]
+        direction: Dir,
+        /// Stop after this many frames.
+        #[arg(short = 'c', long)]
+        count: Option<u64>,
+        /// Stop after this many seconds.
+        #[arg(long, value_name = "SECS")]
+        duration: Option<f64>,
+        /// Bytes kept of each frame (default 9216).
+        #[arg(short = 's', long)]
+        snaplen: Option<u32>,
+    },
+    /// End the running capture.
+    CaptureStop,
+}
+
+/// Capture directions on the command line.
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+enum Dir {
+    Rx,
+    Tx,
+    Both,
 }
 
 #[derive(Subcommand)]
@@ -393,6 +424,27 @@ fn to_request(noun: &Noun) -> Result<Request, String> {
                     .collect::<Result<Map<_, _>, _>>()?,
             },
             PortVerb::Del { name } => Request::PortDel { name: name.clone() },
+            PortVerb::Capture {
+                name,
+                file,
+                direction,
+                count,
+                duration,
+                snaplen,
+            } => Request::PortCapture {
+                name: name.clone(),
+                // vswitchd writes it: a path of ours made whole.
+                file: std::path::absolute(file).map_err(|e| format!("{}: {e}", file.display()))?,
+                direction: match direction {
+                    Dir::Rx => Direction::Rx,
+                    Dir::Tx => Direction::Tx,
+                    Dir::Both => Direction::Both,
+                },
+                count: *count,
+                secs: *duration,
+                snaplen: *snaplen,
+            },
+            PortVerb::CaptureStop => Request::CaptureStop,
             PortVerb::Move {
                 name,
                 netns,
@@ -502,6 +554,65 @@ mod exit {
     pub const UNREACHABLE: u8 = 3;
 }
 
+/// After `port capture` started one: waits for its end (its count or
+/// duration, or Ctrl-C, which stops it), then says what was written.
+fn follow_capture(cli: &Cli, started: Value) -> ExitCode {
+    let interrupted = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        let _ = signal_hook::flag::register(sig, std::sync::Arc::clone(&interrupted));
+    }
+    if !cli.json {
+        eprintln!(
+            "capturing {} frames of port {} to {} (Ctrl-C stops)",
+            started["direction"].as_str().unwrap_or("both"),
+            started["port"].as_str().unwrap_or("?"),
+            started["file"].as_str().unwrap_or("?")
+        );
+    }
+    let status = loop {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        let req = if interrupted.load(std::sync::atomic::Ordering::Relaxed) {
+            Request::CaptureStop
+        } else {
+            Request::CaptureStatus
+        };
+        match request(&cli.socket, &req) {
+            Ok(r) if r.ok => {
+                let s = r.result.unwrap_or_default();
+                if s["running"] != true && s["file"] == started["file"] {
+                    break s;
+                }
+            }
+            Ok(r) => {
+                eprintln!("vswitchctl: {}", r.error.unwrap_or_default());
+                return ExitCode::from(exit::REFUSED);
+            }
+            Err(e) => {
+                eprintln!("vswitchctl: {e}");
+                return ExitCode::from(exit::UNREACHABLE);
+            }
+        }
+    };
+    if cli.json {
+        println!("{}", serde_json::to_string_pretty(&status).expect("json"));
+    } else {
+        println!(
+            "{} frames written to {} in {:.1} s ({} dropped){}",
+            status["frames"],
+            status["file"].as_str().unwrap_or("?"),
+            status["secs"].as_f64().unwrap_or(0.0),
+            status["dropped"],
+            status["error"]
+                .as_str()
+                .map_or(String::new(), |e| format!("; error: {e}"))
+        );
+    }
+    match status["error"].is_null() {
+        true => ExitCode::SUCCESS,
+        false => ExitCode::from(exit::REFUSED),
+    }
+}
+
 /// `show`: the answers of the listing verbs, as one overview (or one
 /// JSON object of them with `--json`).
 fn show(cli: &Cli) -> ExitCode {
@@ -565,6 +676,12 @@ fn main() -> ExitCode {
         return ExitCode::from(exit::REFUSED);
     }
     let result = resp.result.unwrap_or_default();
+    if let Noun::Port {
+        verb: PortVerb::Capture { .. },
+    } = &cli.noun
+    {
+        return follow_capture(&cli, result);
+    }
     if !cli.json {
         match &cli.noun {
             Noun::Stats { top } => {
