@@ -648,7 +648,12 @@ impl Daemon<'_> {
             ));
         };
         let (key, value, target) = match (netns, pid) {
-            (Some(n), None) => ("netns", toml::Value::from(n.clone()), Netns::Name(n)),
+            (Some(n), None) => {
+                let ns = Netns::from_field(&n).ok_or_else(|| {
+                    format!("netns {n:?}: a name, or the absolute path of a namespace file")
+                })?;
+                ("netns", toml::Value::from(n), ns)
+            }
             (None, Some(p)) => ("pid", toml::Value::from(i64::from(p)), Netns::Pid(p)),
             _ => return Err("give the new container as either `netns` or `pid`".into()),
         };
@@ -680,6 +685,7 @@ impl Daemon<'_> {
         tracing::info!("port {name} moved from {} to {}", from.netns, to.netns);
         let (netns, pid) = match &to.netns {
             Netns::Name(n) => (Some(n.clone()), None),
+            Netns::Path(p) => (Some(p.display().to_string()), None),
             Netns::Pid(p) => (None, Some(*p)),
         };
         Ok(json!({ "moved": name, "netns": netns, "pid": pid, "ifname": to.ifname }))

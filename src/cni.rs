@@ -354,7 +354,9 @@ pub fn mac_of(container_id: &str, ifname: &str) -> String {
 }
 
 /// `CNI_NETNS` as vswitchd names a namespace: a name under /run/netns (or
-/// /var/run/netns), or a process's namespace (/proc/PID/ns/net).
+/// /var/run/netns), a process's namespace (/proc/PID/ns/net), or any
+/// other namespace file by its path (runtimes bind-mount them where they
+/// like: /var/run/docker/netns/..., /run/user/UID/netns/...).
 fn netns_field(path: &str) -> Result<(&'static str, Value), CniError> {
     let p = Path::new(path);
     let parent = p.parent().and_then(|d| d.to_str());
@@ -369,13 +371,14 @@ fn netns_field(path: &str) -> Result<(&'static str, Value), CniError> {
             return Ok(("pid", Value::from(pid)));
         }
     }
-    Err(err(
-        code::INVALID_ENV,
-        "unsupported CNI_NETNS",
-        format!(
-            "{path}: vswitch-cni takes /run/netns/NAME, /var/run/netns/NAME or /proc/PID/ns/net"
-        ),
-    ))
+    match crate::config::Netns::from_field(path) {
+        Some(crate::config::Netns::Path(_)) => Ok(("netns", Value::from(path))),
+        _ => Err(err(
+            code::INVALID_ENV,
+            "unsupported CNI_NETNS",
+            format!("{path}: vswitch-cni takes the absolute path of a network namespace file"),
+        )),
+    }
 }
 
 impl NetConf {
@@ -1037,7 +1040,18 @@ mod tests {
             netns_field("/proc/42/ns/net").unwrap(),
             ("pid", Value::from(42))
         );
-        assert_eq!(netns_field("/tmp/x").unwrap_err().code, code::INVALID_ENV);
+        // Bind-mounted anywhere (containerd, CRI-O, rootless runtimes).
+        assert_eq!(
+            netns_field("/var/run/docker/netns/3f2a").unwrap(),
+            ("netns", Value::from("/var/run/docker/netns/3f2a"))
+        );
+        for bad in ["tmp/x", "/run/netns/../../etc/passwd", "/", ""] {
+            assert_eq!(
+                netns_field(bad).unwrap_err().code,
+                code::INVALID_ENV,
+                "{bad}"
+            );
+        }
     }
 
     #[test]

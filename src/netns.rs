@@ -87,6 +87,8 @@ fn netns_arg(ns: &Netns) -> String {
     match ns {
         Netns::Name(n) => n.clone(),
         Netns::Pid(p) => p.to_string(),
+        // `ip` opens a name with a `/` as the namespace's file.
+        Netns::Path(p) => p.display().to_string(),
     }
 }
 

@@ -296,7 +296,7 @@ impl Worker {
         // frames), else one read per frame.
         let mut tap_rx = match TapRx::new_unless_disabled() {
             Ok(t) => {
-                tracing::debug!("worker {}: TAP queues read through io_uring", self.index);
+                tracing::info!("worker {}: TAP queues read through io_uring", self.index);
                 Some(t)
             }
             Err(e) => {

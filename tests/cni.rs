@@ -347,3 +347,75 @@ fn a_pods_vhost_user_socket_is_in_a_directory_named_by_its_uid() {
         0
     );
 }
+
+/// A namespace file bind-mounted outside /run/netns (as docker, rootless
+/// runtimes or a custom CRI do), unmounted when dropped.
+struct Pinned(std::path::PathBuf);
+
+impl Pinned {
+    fn new(ns: &Netns, at: std::path::PathBuf) -> Pinned {
+        std::fs::write(&at, "").unwrap();
+        let src = format!("/run/netns/{}", ns.name());
+        let st = std::process::Command::new("mount")
+            .args(["--bind", &src])
+            .arg(&at)
+            .status()
+            .unwrap();
+        assert!(st.success(), "bind-mounting {src}");
+        Pinned(at)
+    }
+}
+
+impl Drop for Pinned {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
+/// CNI_NETNS may be any namespace file: the NIC is created in it, talks,
+/// and leaves with DEL.
+#[test]
+fn a_netns_bind_mounted_anywhere_gets_its_nic() {
+    let dir = TempDir::new("vs-cni-pin");
+    let vs = common::start(&dir, &common::header(&dir));
+    let conf = json!({
+        "cniVersion": "1.1.0",
+        "name": unique("cnipin"),
+        "type": "vswitch-cni",
+        "bridge": "vpc1",
+        "controlSocket": Vswitchd::control_socket(&dir),
+        "ipam": { "type": "host-local", "subnet": "10.94.0.0/24", "dataDir": dir.join("ipam") },
+    });
+    let c1 = Netns::create(&unique("cnp1")).unwrap();
+    let c2 = Netns::create(&unique("cnp2")).unwrap();
+    let pinned = Pinned::new(&c2, dir.join("pinned-netns"));
+    let (r1, rc) = cni("ADD", Some(&c1), "pin-one", &conf);
+    assert_eq!(rc, 0, "{r1}");
+    let env = |cmd: &str| {
+        vec![
+            ("CNI_COMMAND", cmd.to_string()),
+            ("CNI_CONTAINERID", "pin-two".to_string()),
+            ("CNI_IFNAME", "eth0".to_string()),
+            ("CNI_PATH", "/usr/lib/cni".to_string()),
+            ("CNI_NETNS", pinned.0.display().to_string()),
+        ]
+    };
+    let (r2, rc) = run_plugin(&env("ADD"), conf.to_string().as_bytes());
+    assert_eq!(rc, 0, "{r2}");
+    assert!(
+        c2.has_interface("eth0"),
+        "the NIC is in the pinned namespace"
+    );
+    let ip2 = addr_of(&r2);
+    let ip2 = ip2.split('/').next().unwrap();
+    assert!(
+        c1.exec(&["ping", "-c", "2", "-i", "0.2", "-W", "2", ip2])
+            .is_ok_and(|o| o.contains("2 received")),
+        "the pinned container talks"
+    );
+    let (e, rc) = run_plugin(&env("DEL"), conf.to_string().as_bytes());
+    assert_eq!(rc, 0, "{e}");
+    assert!(!c2.has_interface("eth0"));
+    assert_eq!(cni("DEL", Some(&c1), "pin-one", &conf).1, 0);
+    assert_eq!(vs.request(json!({"cmd": "port-list"})).unwrap(), json!([]));
+}

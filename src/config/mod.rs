@@ -465,6 +465,9 @@ pub enum Netns {
     Name(String),
     /// The namespace of a process.
     Pid(u32),
+    /// A namespace file bind-mounted anywhere, as container runtimes
+    /// pin them (`/var/run/docker/netns/...`, `/run/user/1000/netns/...`).
+    Path(PathBuf),
 }
 
 impl Netns {
@@ -473,7 +476,25 @@ impl Netns {
         match self {
             Netns::Name(n) => Path::new("/run/netns").join(n),
             Netns::Pid(p) => PathBuf::from(format!("/proc/{p}/ns/net")),
+            Netns::Path(p) => p.clone(),
         }
+    }
+
+    /// The config's `netns` value: a name, or an absolute path to a
+    /// namespace file; None if it is neither (empty, `..`, a relative
+    /// path, a path through `.` or `..`).
+    pub fn from_field(s: &str) -> Option<Netns> {
+        if s.starts_with('/') {
+            let clean = Path::new(s).components().all(|c| {
+                matches!(
+                    c,
+                    std::path::Component::RootDir | std::path::Component::Normal(_)
+                )
+            });
+            return (clean && s.len() > 1).then(|| Netns::Path(PathBuf::from(s)));
+        }
+        let ok = !s.is_empty() && !s.contains('/') && s != "." && s != "..";
+        ok.then(|| Netns::Name(s.to_string()))
     }
 }
 
@@ -482,6 +503,7 @@ impl fmt::Display for Netns {
         match self {
             Netns::Name(n) => write!(f, "netns {n:?}"),
             Netns::Pid(p) => write!(f, "netns of pid {p}"),
+            Netns::Path(p) => write!(f, "netns at {}", p.display()),
         }
     }
 }
@@ -1403,17 +1425,14 @@ fn validate_port(
 fn validate_tap(cx: &Ctx, i: usize, p: &PortFile) -> Result<TapSpec, ConfigError> {
     let f = |name: &str| format!("port[{i}].{name}");
     let netns = match (&p.netns, &p.pid) {
-        (Some(n), None) => {
-            let s = n.get_ref();
-            if s.is_empty() || s.contains('/') || s == "." || s == ".." {
-                return Err(cx.err(
-                    n.span(),
-                    f("netns"),
-                    "a netns name as `ip netns add` takes it",
-                ));
-            }
-            Netns::Name(s.clone())
-        }
+        (Some(n), None) => Netns::from_field(n.get_ref()).ok_or_else(|| {
+            cx.err(
+                n.span(),
+                f("netns"),
+                "a netns name as `ip netns add` takes it, or the absolute path of a \
+                 namespace file (as a container runtime bind-mounts it)",
+            )
+        })?,
         (None, Some(pid)) => Netns::Pid(*pid.get_ref()),
         (Some(n), Some(_)) => {
             return Err(cx.err(
@@ -1921,6 +1940,23 @@ mod tests {
             "[[port]]\nname = \"p\"\nkind = \"tap\"\nnetns = \"c\"\nmac = \"01:00:00:00:00:01\"\n",
         );
         assert_eq!(e.field, "port[0].mac");
+        // A namespace file anywhere, by its absolute path; nothing that
+        // climbs out of one.
+        let c = parse(
+            "t.toml",
+            "[[port]]\nname = \"p\"\nkind = \"tap\"\nnetns = \"/var/run/docker/netns/3f2a\"\n",
+        )
+        .unwrap();
+        let PortKind::Tap(t) = &c.ports[0].kind else {
+            panic!("a tap")
+        };
+        assert_eq!(t.netns, Netns::Path("/var/run/docker/netns/3f2a".into()));
+        for bad in ["../x", "/run/netns/../../etc", "/", "a/b"] {
+            let e = err(&format!(
+                "[[port]]\nname = \"p\"\nkind = \"tap\"\nnetns = \"{bad}\"\n"
+            ));
+            assert_eq!(e.field, "port[0].netns", "{bad}");
+        }
     }
 
     #[test]
