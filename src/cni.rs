@@ -353,6 +353,19 @@ pub fn mac_of(container_id: &str, ifname: &str) -> String {
     vswitch::MacAddr::derived(&["mac", container_id, ifname]).to_string()
 }
 
+/// Whether the namespace file `path` is the one this process runs in
+/// (the host's, for a plugin the runtime runs): the same nsfs inode.
+fn is_own_netns(path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (
+        std::fs::metadata(path),
+        std::fs::metadata("/proc/self/ns/net"),
+    ) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => false,
+    }
+}
+
 /// `CNI_NETNS` as vswitchd names a namespace: a name under /run/netns (or
 /// /var/run/netns), a process's namespace (/proc/PID/ns/net), or any
 /// other namespace file by its path (runtimes bind-mount them where they
@@ -589,6 +602,17 @@ fn add(conf: &NetConf, raw: &Value, env: &Env) -> Result<Value, CniError> {
                 code::UNKNOWN_CONTAINER,
                 "the container's netns does not exist",
                 env.netns.clone(),
+            ));
+        }
+        netns_field(&env.netns)?;
+        if is_own_netns(Path::new(&env.netns)) {
+            return Err(err(
+                code::INVALID_ENV,
+                "CNI_NETNS is the host's network namespace",
+                format!(
+                    "{}: a container NIC is never put into the namespace the plugin (and the host) runs in",
+                    env.netns
+                ),
             ));
         }
     }

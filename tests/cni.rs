@@ -296,7 +296,8 @@ fn a_pods_vhost_user_socket_is_in_a_directory_named_by_its_uid() {
             ("CNI_CONTAINERID", id.to_string()),
             ("CNI_IFNAME", "net1".to_string()),
             ("CNI_PATH", "/usr/lib/cni".to_string()),
-            ("CNI_NETNS", "/proc/1/ns/net".to_string()),
+            // This test's own namespace: the host's.
+            ("CNI_NETNS", format!("/proc/{}/ns/net", std::process::id())),
             (
                 "CNI_ARGS",
                 format!("IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=dpdk;{args}"),
@@ -388,6 +389,27 @@ fn a_netns_bind_mounted_anywhere_gets_its_nic() {
     });
     let c1 = Netns::create(&unique("cnp1")).unwrap();
     let c2 = Netns::create(&unique("cnp2")).unwrap();
+    // The host's own namespace is never a container's, by any path.
+    let (e, rc) = run_plugin(
+        &[
+            ("CNI_COMMAND", "ADD".to_string()),
+            ("CNI_CONTAINERID", "intruder".to_string()),
+            ("CNI_IFNAME", "eth9".to_string()),
+            ("CNI_PATH", "/usr/lib/cni".to_string()),
+            // This test's own namespace: the host's.
+            ("CNI_NETNS", format!("/proc/{}/ns/net", std::process::id())),
+        ],
+        conf.to_string().as_bytes(),
+    );
+    assert_eq!((rc, e["code"].as_u64()), (1, Some(4)), "{e}");
+    assert!(
+        e["msg"]
+            .as_str()
+            .unwrap_or("")
+            .contains("host's network namespace"),
+        "{e}"
+    );
+    assert!(!dir.join("ipam").exists(), "refused before IPAM: {e}");
     let pinned = Pinned::new(&c2, dir.join("pinned-netns"));
     let (r1, rc) = cni("ADD", Some(&c1), "pin-one", &conf);
     assert_eq!(rc, 0, "{r1}");
