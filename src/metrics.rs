@@ -452,7 +452,8 @@ impl Collector for Scrape {
                 .iter()
                 .map(|w| (worker(w), gauge(w.cycles_per_packet))),
         )?;
-        let extra = |i: usize| self.0.workers.get(i).cloned().unwrap_or_default();
+        let none = WorkerExtra::default();
+        let extra = |i: usize| self.0.workers.get(i).unwrap_or(&none);
         family(
             &mut e,
             "vswitchd_worker_flow_cache_hits",

@@ -51,6 +51,11 @@ fn flatten(prefix: &str, m: &Map<String, Value>, out: &mut Vec<(String, Value)>)
     }
 }
 
+/// `text`'s lines, each after `pad` (a table nested under a heading).
+fn indented(text: &str, pad: &str) -> String {
+    text.lines().map(|l| format!("{pad}{l}\n")).collect()
+}
+
 /// Objects as a table: a column per (flattened) key, in order of first
 /// appearance; `>` aligns numbers right.
 pub fn list(items: &[Value]) -> String {
@@ -119,9 +124,7 @@ pub fn object(m: &Map<String, Value>) -> String {
     }
     for (k, v) in &tables {
         out += &format!("\n{k}:\n");
-        for l in list(v.as_array().expect("partitioned")).lines() {
-            out += &format!("  {l}\n");
-        }
+        out += &indented(&list(v.as_array().expect("partitioned")), "  ");
     }
     out
 }
@@ -372,12 +375,11 @@ pub fn overview(bridges: &Value, ports: &Value, vpcs: &Value, tunnels: Option<&V
                 cell(&p["endpoint"]["ips"]),
             ]);
         }
-        if t.is_empty() {
-            out += "    (no ports)\n";
-        }
-        for l in t.render().lines().skip(usize::from(t.is_empty())) {
-            out += &format!("    {l}\n");
-        }
+        out += &if t.is_empty() {
+            "    (no ports)\n".to_string()
+        } else {
+            indented(&t.render(), "    ")
+        };
     }
     let unbridged: Vec<&Value> = ports.iter().filter(|p| p["bridge"].is_null()).collect();
     if !unbridged.is_empty() {
@@ -421,9 +423,7 @@ pub fn overview(bridges: &Value, ports: &Value, vpcs: &Value, tunnels: Option<&V
             ]);
         }
         if !tt.is_empty() {
-            for l in tt.render().lines() {
-                out += &format!("    {l}\n");
-            }
+            out += &indented(&tt.render(), "    ");
         }
     }
     out
