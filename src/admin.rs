@@ -250,6 +250,11 @@ impl Daemon<'_> {
                 self.capture_end();
                 Ok(self.last_capture.clone().unwrap_or(Value::Null))
             }
+            Request::Trace { port, flow, frame } => {
+                self.trace_frame(&port, flow.as_deref(), frame.as_deref())
+            }
+            Request::TraceStart { port, count } => self.trace_start(&port, count),
+            Request::TraceRead { stop } => self.trace_read(stop),
         }
     }
 
@@ -299,8 +304,7 @@ impl Daemon<'_> {
             },
             self.now_ns(),
         )?;
-        self.shared.capture.store(Some(job.capture()));
-        self.shared.capturing.store(true, Ordering::Release);
+        self.shared.capture.arm(job.capture());
         let status = job.status(true);
         tracing::info!(
             "capturing port {} ({:?}) to {}",
@@ -318,8 +322,7 @@ impl Daemon<'_> {
         let Some(job) = self.capture.take() else {
             return;
         };
-        self.shared.capturing.store(false, Ordering::Release);
-        self.shared.capture.store(None);
+        self.shared.capture.disarm();
         if !self.shared.synchronize(crate::daemon::PUBLISH_TIMEOUT) {
             tracing::warn!(
                 "a worker did not start a new round: the capture's last frames may be missing"
@@ -352,7 +355,7 @@ impl Daemon<'_> {
             .position(|p| p.as_ref().is_some_and(|p| p.spec.name == name))
     }
 
-    fn slot_or_err(&self, name: &str) -> Result<usize, String> {
+    pub(crate) fn slot_or_err(&self, name: &str) -> Result<usize, String> {
         self.slot_of(name)
             .ok_or_else(|| format!("no port named {name:?}"))
     }
@@ -380,7 +383,7 @@ impl Daemon<'_> {
     }
 
     /// The name of whatever holds switch port `p` (a NIC or a tunnel).
-    fn port_name(&self, p: PortId) -> Option<String> {
+    pub(crate) fn port_name(&self, p: PortId) -> Option<String> {
         match self.ports.get(p.index()).and_then(|x| x.as_ref()) {
             Some(port) => Some(port.spec.name.clone()),
             None => self
@@ -1020,7 +1023,43 @@ impl Daemon<'_> {
                 json!({ "port": p.name, fin: i, fout: o })
             })
             .collect();
-        json!({ "toml": toml::to_string(&only).unwrap_or_default(), "ports": ports })
+        let mut v = json!({ "toml": toml::to_string(&only).unwrap_or_default(), "ports": ports });
+        if let Policy::Acl = kind {
+            v["hits"] = self.rule_hits();
+        }
+        v
+    }
+
+    /// Per group, the frames each rule and the default decided.
+    fn rule_hits(&self) -> Value {
+        let groups = self.cfg.security_groups.iter().filter_map(|g| {
+            let compiled = self.carried.group(&g.name)?;
+            let hits = compiled.hits();
+            let mut rules: Vec<Value> = compiled
+                .def
+                .rules
+                .iter()
+                .zip(&hits)
+                .map(|(r, h)| {
+                    json!({
+                        "group": g.name,
+                        "rule": r.name,
+                        "priority": r.priority,
+                        "action": action_name(r.action),
+                        "hits": h,
+                    })
+                })
+                .collect();
+            rules.push(json!({
+                "group": g.name,
+                "rule": "(default)",
+                "priority": Value::Null,
+                "action": action_name(compiled.def.default),
+                "hits": hits.last().copied().unwrap_or(0),
+            }));
+            Some(rules)
+        });
+        Value::Array(groups.flatten().collect())
     }
 
     fn tunnel_edit(&mut self, bridge: &str, remote: &str, add: bool) -> Result<Value, String> {
@@ -1348,4 +1387,11 @@ fn stage_json(cycles: &[u64], frames: u64, busy: u64, packets: u64) -> Value {
         m.insert("other".into(), json!(other));
     }
     Value::Object(m)
+}
+
+fn action_name(a: acl::Action) -> &'static str {
+    match a {
+        acl::Action::Allow => "allow",
+        acl::Action::Deny => "deny",
+    }
 }

@@ -253,6 +253,33 @@ pub enum Request {
     CaptureStatus,
     /// Ends the running capture (its frames so far stay in the file).
     CaptureStop,
+    /// What the pipeline does with a frame port `port` sends, stage by
+    /// stage, changing nothing (see `crate::trace`).
+    Trace {
+        /// The NIC it comes in by.
+        port: String,
+        /// The frame, as `ofproto/trace` takes a flow
+        /// (`tcp,nw_dst=10.0.0.2,tp_dst=80`).
+        #[serde(default)]
+        flow: Option<String>,
+        /// Or the frame's bytes in hex.
+        #[serde(default)]
+        frame: Option<String>,
+    },
+    /// Traces the next `count` frames port `port` receives (one live
+    /// trace at a time).
+    TraceStart {
+        /// The NIC.
+        port: String,
+        /// Frames to trace (1-1000).
+        count: u64,
+    },
+    /// The live trace's records since the last read (`stop`: ends it).
+    TraceRead {
+        /// End the trace now.
+        #[serde(default)]
+        stop: bool,
+    },
 }
 
 fn both() -> crate::capture::Direction {

@@ -377,7 +377,7 @@ pub struct Daemon<'p> {
     /// Worker counters at the last `pmd-perf --clear`.
     pub(crate) perf_base: Vec<[u64; PERF_FIELDS]>,
     /// QoS meters and compiled groups, carried from snapshot to snapshot.
-    carried: crate::security::Carried,
+    pub(crate) carried: crate::security::Carried,
     /// Which worker polls which rx queue, and their measured loads.
     pub(crate) rxq: Placement,
     /// The last state `vswitch-agent` reported, and when (not saved: the
@@ -389,6 +389,8 @@ pub struct Daemon<'p> {
     pub(crate) capture: Option<crate::capture::Job>,
     /// The last capture's status, once it ended.
     pub(crate) last_capture: Option<serde_json::Value>,
+    /// The running live trace.
+    pub(crate) live_trace: Option<crate::trace::LiveJob>,
 }
 
 /// Worker counters `pmd-perf` reports since its last `--clear`: packets,
@@ -952,6 +954,7 @@ pub fn run(
         config_version: 0,
         capture: None,
         last_capture: None,
+        live_trace: None,
     };
     let interval = Duration::from_secs(u64::from(d.cfg.stats.interval_secs));
     let mut last_stats = Instant::now();

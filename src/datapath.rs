@@ -319,14 +319,56 @@ pub struct Shared {
     /// Whether workers time their stages (`pmd-perf --stages on`; see
     /// `StageClock` in the worker): read once per poll round.
     pub stage_metrics: AtomicBool,
-    /// A running port capture (see `crate::capture`); `capturing` says
-    /// whether to look (read once per poll round).
-    pub capture: arc_swap::ArcSwapOption<crate::capture::Capture>,
-    /// Whether `capture` holds one.
-    pub capturing: AtomicBool,
+    /// A running port capture (see `crate::capture`).
+    pub capture: Handoff<crate::capture::Capture>,
+    /// A running live trace (see `crate::trace::live`).
+    pub trace: Handoff<crate::trace::live::Live>,
     /// The time base of every worker and the control thread (MAC ages,
     /// session deadlines, meters), so shared tables see one clock.
     pub clock: TscClock,
+}
+
+/// Something the control thread hands every worker while it runs (a
+/// capture, a live trace): a flag workers read once per poll round, and
+/// the thing itself, which a worker takes when the flag rises and lets go
+/// at its first round after the flag falls (the control thread waits for
+/// that round, [`Shared::synchronize`], before it finishes the job).
+pub struct Handoff<T> {
+    on: AtomicBool,
+    it: arc_swap::ArcSwapOption<T>,
+}
+
+impl<T> Default for Handoff<T> {
+    fn default() -> Self {
+        Handoff {
+            on: AtomicBool::new(false),
+            it: arc_swap::ArcSwapOption::empty(),
+        }
+    }
+}
+
+impl<T> Handoff<T> {
+    /// Hands `it` to the workers.
+    pub fn arm(&self, it: Arc<T>) {
+        self.it.store(Some(it));
+        self.on.store(true, Ordering::Release);
+    }
+
+    /// Takes it back (workers let go at their next round).
+    pub fn disarm(&self) {
+        self.on.store(false, Ordering::Release);
+        self.it.store(None);
+    }
+
+    /// A worker's round: `mine` follows what is handed out.
+    #[inline]
+    pub fn follow(&self, mine: &mut Option<Arc<T>>) {
+        match (self.on.load(Ordering::Acquire), mine.is_some()) {
+            (true, false) => *mine = self.it.load_full(),
+            (false, true) => *mine = None,
+            _ => {}
+        }
+    }
 }
 
 impl Shared {
@@ -346,8 +388,8 @@ impl Shared {
             idle_sleep_us,
             flow_cache: true,
             stage_metrics: AtomicBool::new(false),
-            capture: arc_swap::ArcSwapOption::empty(),
-            capturing: AtomicBool::new(false),
+            capture: Handoff::default(),
+            trace: Handoff::default(),
             clock,
         }
     }

@@ -27,6 +27,7 @@ pub mod state;
 pub mod stats;
 pub mod table;
 pub mod tap;
+pub mod trace;
 pub mod vpc;
 pub mod vtep;
 pub mod worker;

@@ -13,7 +13,6 @@ use std::sync::Arc;
 
 use acl::policer::{Policy, SharedMeter};
 use acl::session::SessionTable;
-use acl::{Classifier, SecurityGroup};
 use vswitch::security::{Group, PortPolicy, Security};
 
 use crate::config::Config;
@@ -35,10 +34,16 @@ enum Dir {
 pub struct Carried {
     port: HashMap<(String, Dir, String), (Policy, Arc<SharedMeter>)>,
     class: HashMap<String, (Policy, Arc<SharedMeter>)>,
-    groups: HashMap<String, (SecurityGroup, Arc<Group>)>,
+    groups: HashMap<String, Arc<Group>>,
 }
 
 impl Carried {
+    /// The compiled group named `name` of the running snapshot (its
+    /// rules' hit counters).
+    pub fn group(&self, name: &str) -> Option<&Arc<Group>> {
+        self.groups.get(name)
+    }
+
     /// The meter for `key` with `policy`, reused or new; marks it used.
     fn get<K: std::hash::Hash + Eq + Clone>(
         map: &mut HashMap<K, (Policy, Arc<SharedMeter>)>,
@@ -113,16 +118,10 @@ pub fn build(
                 .map(|r| r.qos_class.as_deref().map_or(0, |c| class_ids[c]))
                 .collect();
             let compiled = match carried.groups.get(&g.name) {
-                Some((def, c)) if def == g && c.rule_class == rule_class => Arc::clone(c),
+                Some(c) if c.def == *g && c.rule_class == rule_class => Arc::clone(c),
                 _ => {
-                    let c = Arc::new(Group {
-                        name: g.name.clone(),
-                        classifier: Classifier::new(g),
-                        rule_class,
-                    });
-                    carried
-                        .groups
-                        .insert(g.name.clone(), (g.clone(), Arc::clone(&c)));
+                    let c = Arc::new(Group::new(g, rule_class));
+                    carried.groups.insert(g.name.clone(), Arc::clone(&c));
                     c
                 }
             };

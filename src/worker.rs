@@ -25,7 +25,7 @@ use std::sync::Arc;
 
 use vswitch::offload::{complete_checksum, trim_superframe, Segments};
 use vswitch::security::{set_dscp, KEEP_ALL};
-use vswitch::{Arrival, Decisions, DropReason, Fate, Frame, Now, PortId, MAX_BURST};
+use vswitch::{Arrival, Decisions, DropReason, Fate, Frame, Now, Outcome, PortId, MAX_BURST};
 
 use crate::datapath::{
     Datapath, RxQueue, RxSource, Shared, Stage, TxTarget, WorkerCounters, STAGES,
@@ -34,6 +34,7 @@ use crate::dpdk::mbuf::{Burst, Mbuf};
 use crate::dpdk::{self, port, vhost};
 use crate::tap::io_path as tap;
 use crate::tap::uring::TapRx;
+use crate::trace::live::{Live, Record};
 use crate::vtep::{Punt, VtepPath};
 
 /// An rx queue the worker polls itself, with how many polls in a row
@@ -101,6 +102,11 @@ pub struct Worker {
     punts: acl::policer::Meter,
     /// Per-stage cycles, when `pmd-perf --stages on` asked for them.
     clock: StageClock,
+    /// A running live trace, taken per round (see `crate::trace::live`).
+    trace: Option<Arc<Live>>,
+    /// The explanations of the traced frames of the burst being decided
+    /// (room for a burst, made once).
+    traced: Vec<Option<vswitch::Trace>>,
 }
 
 /// Opt-in cycle accounting per [`Stage`] (Open vSwitch's
@@ -280,6 +286,8 @@ impl Worker {
                 0,
             ),
             clock: StageClock::default(),
+            trace: None,
+            traced: (0..MAX_BURST).map(|_| None).collect(),
         }
     }
 
@@ -339,17 +347,8 @@ impl Worker {
             round = round.wrapping_add(1);
             self.clock.on = shared.stage_metrics.load(Ordering::Relaxed);
             self.out.now_ns = now.ns;
-            match (
-                shared.capturing.load(Ordering::Acquire),
-                self.out.capture.is_some(),
-            ) {
-                (true, false) => self.out.capture = shared.capture.load_full(),
-                // Dropped at the first round after the capture ends (the
-                // control thread waits for that round before its last
-                // write).
-                (false, true) => self.out.capture = None,
-                _ => {}
-            }
+            shared.capture.follow(&mut self.out.capture);
+            shared.trace.follow(&mut self.trace);
             self.clock.cycles = [0; STAGES];
             for (i, p) in polled.iter_mut().enumerate() {
                 let q = &p.q;
@@ -480,6 +479,26 @@ impl Worker {
         }
     }
 
+    /// Hands the first `n` frames' traces of the burst just decided to
+    /// the control thread, each with the fate it got.
+    #[cold]
+    fn record_traces(&mut self, n: usize, now: Now) {
+        let Some(live) = self.trace.as_ref() else {
+            return;
+        };
+        let d = &*self.decisions;
+        for (i, slot) in self.traced[..n].iter_mut().enumerate() {
+            if let Some(trace) = slot.take() {
+                live.push(Record {
+                    trace,
+                    actual: Outcome::of(d, i),
+                    remark: d.remark(i),
+                    ts_ns: now.ns,
+                });
+            }
+        }
+    }
+
     /// Switches a burst received on `in_port`: the pipeline decides, the
     /// fates are carried out. `rx` ends empty.
     #[inline]
@@ -491,6 +510,18 @@ impl Worker {
         now: Now,
         counters: &WorkerCounters,
     ) {
+        // A live trace explains its frames before the burst changes the
+        // tables they are judged by.
+        let traced = match self.trace.as_ref().filter(|t| t.port == in_port) {
+            Some(t) => {
+                let n = t.claim(rx.len());
+                for (slot, m) in self.traced.iter_mut().zip(&rx.mbufs()[..n]) {
+                    *slot = Some(dp.pipeline.trace(in_port, m, now));
+                }
+                n
+            }
+            None => 0,
+        };
         dp.pipeline.decide(
             in_port,
             rx.mbufs(),
@@ -498,6 +529,9 @@ impl Worker {
             &counters.ports,
             &mut self.decisions,
         );
+        if traced > 0 {
+            self.record_traces(traced, now);
+        }
         self.clock.lap(Stage::Decide);
         let d = &*self.decisions;
         let out = &mut self.out;

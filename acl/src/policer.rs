@@ -276,6 +276,28 @@ impl SharedMeter {
         }
     }
 
+    /// The color a frame of `size` would get at `now_ns` (its first
+    /// segment's, for a superframe) and what policing it would decide,
+    /// without taking its tokens: what `vswitchctl trace` shows.
+    pub fn peek(&self, now_ns: u64, size: WireLen) -> (Color, Policed) {
+        let cur = self.buckets.load(Relaxed);
+        let mut m = Meter {
+            conf: self.policy.meter,
+            c: cur & u128::from(u64::MAX),
+            e: cur >> 64,
+            last_ns: now_ns,
+        };
+        m.fill(now_ns.saturating_sub(self.filled_to.load(Relaxed)));
+        let first = match self.policy.unit {
+            Unit::Bits => u64::from(size.seg_bytes.min(size.bytes)) * 8,
+            Unit::Packets => 1,
+        };
+        let color = m.clone().take(first);
+        let mut out = [Policed::default()];
+        self.color_burst(&mut m, &[size], &mut out);
+        (color, out[0])
+    }
+
     fn color_burst(&self, m: &mut Meter, sizes: &[WireLen], out: &mut [Policed]) {
         for (w, o) in sizes.iter().zip(out.iter_mut()) {
             *o = Policed {
@@ -458,6 +480,45 @@ mod tests {
         let mut m = Meter::new(conf, 0);
         assert_eq!(m.color(u64::MAX / 2, 2001), Color::Red);
         assert_eq!(m.color(u64::MAX / 2, 1001), Color::Yellow);
+    }
+
+    #[test]
+    fn a_peek_foretells_the_next_verdict_and_takes_nothing() {
+        // 10 frames of 1500 B in the committed burst, 5 in the excess.
+        let policy = Policy {
+            meter: MeterConf::SrTcm {
+                cir: 1_000_000,
+                cbs: 15_000 * 8,
+                ebs: 7_500 * 8,
+            },
+            unit: Unit::Bits,
+            actions: [
+                ColorAction::Pass,
+                ColorAction::Remark(10),
+                ColorAction::Drop,
+            ],
+        };
+        let sm = SharedMeter::new(policy, 0);
+        let mut out = [Policed::default(); 1];
+        let mut colors = Vec::new();
+        for _ in 0..16 {
+            let (c, p) = sm.peek(0, WireLen::frame(1500));
+            assert_eq!(
+                sm.peek(0, WireLen::frame(1500)),
+                (c, p),
+                "peeking took tokens"
+            );
+            sm.police_burst(0, &[WireLen::frame(1500)], &mut out);
+            assert_eq!(p, out[0]);
+            colors.push(c);
+        }
+        let count = |c| colors.iter().filter(|&&x| x == c).count();
+        assert_eq!(
+            (count(Color::Green), count(Color::Yellow), count(Color::Red)),
+            (10, 5, 1)
+        );
+        // 12 ms later the committed bucket has 1500 B again.
+        assert_eq!(sm.peek(12_000_000, WireLen::frame(1500)).0, Color::Green);
     }
 
     #[test]

@@ -182,11 +182,7 @@ fn decide(c: &mut Criterion) {
     let sg = group(1000);
     let n = sg.rules.len();
     let policy = PortPolicy {
-        egress: Some(Arc::new(Group {
-            name: "sg".into(),
-            classifier: acl::Classifier::new(&sg),
-            rule_class: vec![0; n],
-        })),
+        egress: Some(Arc::new(Group::new(&sg, vec![0; n]))),
         ..PortPolicy::default()
     };
     // Sized as harness P sizes them for 64k flows: 4 x the flows.

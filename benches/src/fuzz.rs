@@ -51,7 +51,7 @@ use std::sync::Arc;
 use acl::policer::{ColorAction, MeterConf, Policy, SharedMeter, Unit};
 use acl::reference::Linear;
 use acl::session::{Found, Limits, SessionTable, Timeouts};
-use acl::{Action as AclAction, Cidr, Classifier, PortRange, Proto, Rule, SecurityGroup};
+use acl::{Action as AclAction, Cidr, PortRange, Proto, Rule, SecurityGroup};
 use vswitch::offload::Offload;
 use vswitch::overlay::{wire_frame_len, Encap};
 use vswitch::security::{tuple_of, Group, PortPolicy, Security, KEEP_ALL};
@@ -297,11 +297,10 @@ fn topology(rng: &mut Rng, sessions: &Arc<SessionTable>, generation: u32) -> Top
     let compiled: Vec<Arc<Group>> = groups
         .iter()
         .map(|g| {
-            Arc::new(Group {
-                name: g.name.clone(),
-                classifier: Classifier::new(g),
-                rule_class: g.rules.iter().map(|_| rng.below(2) as u16).collect(),
-            })
+            Arc::new(Group::new(
+                g,
+                g.rules.iter().map(|_| rng.below(2) as u16).collect(),
+            ))
         })
         .collect();
     let mut attached = Vec::new();

@@ -751,18 +751,26 @@ fn did_you_mean(msg: &str) -> Option<String> {
     let rest = msg.strip_prefix("unknown field `")?;
     let (unknown, rest) = rest.split_once('`')?;
     let known: Vec<&str> = rest.split('`').skip(1).step_by(2).collect();
-    let best = known
+    if known.is_empty() {
+        return None;
+    }
+    Some(match nearest(unknown, &known) {
+        Some(k) => format!("unknown field `{unknown}`: did you mean `{k}`?"),
+        None => format!(
+            "unknown field `{unknown}` (known here: {})",
+            known.join(", ")
+        ),
+    })
+}
+
+/// The one of `known` that `unknown` is most likely a typo of, if one is
+/// close enough (strsim's Levenshtein distance, as clap suggests flags).
+pub fn nearest<'a>(unknown: &str, known: &[&'a str]) -> Option<&'a str> {
+    let (d, k) = known
         .iter()
         .map(|k| (strsim::levenshtein(unknown, k), *k))
         .min()?;
-    Some(if best.0 <= 2.max(unknown.len() / 3) {
-        format!("unknown field `{unknown}`: did you mean `{}`?", best.1)
-    } else {
-        format!(
-            "unknown field `{unknown}` (known here: {})",
-            known.join(", ")
-        )
-    })
+    (d <= 2.max(unknown.len() / 3)).then_some(k)
 }
 
 fn line_col(text: &str, offset: usize) -> (usize, usize) {

@@ -29,6 +29,7 @@ pub mod router;
 pub mod security;
 pub mod stats;
 pub mod switch;
+pub mod trace;
 pub mod types;
 
 #[cfg(test)]
@@ -44,4 +45,5 @@ pub use port_security::{GuardConf, PortGuard, Prefix};
 pub use router::{Edit, Router, RouterBuilder};
 pub use stats::{CacheCounters, Counter, CycleHistogram, DropReason, PortCounters};
 pub use switch::{Action, BridgeConf, BridgeDomain, BuildError, Frame, Switch, SwitchBuilder};
+pub use trace::{Outcome, Trace};
 pub use types::{BridgeId, MacAddr, PortId, MAX_BURST, MAX_PORTS};

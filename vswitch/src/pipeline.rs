@@ -648,132 +648,13 @@ mod tests {
     use std::sync::Arc;
 
     use acl::policer::{ColorAction, MeterConf, Policy, SharedMeter, Unit};
-    use acl::session::{SessionTable, Timeouts};
     use acl::{Action as AclAction, Proto, Rule};
     use etherparse::PacketBuilder;
-    use vxlan::encap::{Template, Tunnel};
-    use vxlan::tunnels::TunnelMap;
     use vxlan::OUTER_LEN;
 
     use super::*;
-    use crate::overlay::Encap;
     use crate::security::PortPolicy;
-    use crate::switch::{BridgeConf, SwitchBuilder};
-    use crate::test_support::{compiled, superframe};
-    use crate::types::MAX_PORTS;
-
-    const VTEP: Ipv4Addr = Ipv4Addr::new(10, 9, 0, 1);
-    /// Underlay MTU 1500: the largest inner frame is 1464 bytes.
-    const MAX_INNER: u32 = 1464;
-
-    fn mac(i: u8) -> [u8; 6] {
-        [2, 0, 0, 0, 0, i]
-    }
-
-    fn remote(p: u16) -> Ipv4Addr {
-        Ipv4Addr::new(10, 9, 0, p as u8)
-    }
-
-    /// A UDP frame of `len` bytes from MAC `src` to MAC `dst` (IPs
-    /// 10.0.0.src -> 10.0.0.dst, ports 1000 -> 53).
-    fn udp(src: u8, dst: [u8; 6], len: usize) -> Vec<u8> {
-        let mut v = Vec::new();
-        PacketBuilder::ethernet2(mac(src), dst)
-            .ipv4([10, 0, 0, src], [10, 0, 0, dst[5]], 64)
-            .udp(1000, 53)
-            .write(&mut v, &vec![0; len - 42])
-            .unwrap();
-        v
-    }
-
-    /// Ports 0, 1, 3 are NICs and 2, 4, 5 tunnel ports (to 10.9.0.2,
-    /// .4, .5) of one bridge, VNI 100, behind uplink port 6. Tunnel 2 and
-    /// 4 are on the head-end replication list, 5 was learned; 4's next
-    /// hop is unresolved.
-    struct Rig {
-        pipe: Pipeline,
-        counters: Vec<PortCounters>,
-        d: Box<Decisions>,
-    }
-
-    impl Rig {
-        fn new(ports: Vec<PortPolicy>, class_meters: Vec<Arc<SharedMeter>>) -> Rig {
-            let mut b = SwitchBuilder::new();
-            let br = b.bridge(BridgeConf {
-                name: "vpc".into(),
-                mac_capacity: 1024,
-                mac_aging_secs: 300,
-            });
-            for p in [0, 1, 3] {
-                b.attach(PortId(p), br);
-            }
-            b.attach_tunnel(PortId(2), br, true)
-                .attach_tunnel(PortId(4), br, true)
-                .attach_tunnel(PortId(5), br, false);
-            let mut map = TunnelMap::new();
-            map.add_vni(100, 0);
-            let mut encap = vec![None; MAX_PORTS].into_boxed_slice();
-            for p in [2u16, 4, 5] {
-                map.add_remote(100, remote(p), p);
-                encap[usize::from(p)] = Some(Encap {
-                    template: Template::new(&Tunnel {
-                        src_mac: mac(0xaa),
-                        dst_mac: mac(0xbb),
-                        src_ip: VTEP,
-                        dst_ip: remote(p),
-                        dst_port: vxlan::VXLAN_PORT,
-                        vni: 100,
-                        ttl: 64,
-                        df: true,
-                    }),
-                    resolved: p != 4,
-                });
-            }
-            let sessions = Arc::new(SessionTable::new(1024, Timeouts::default()));
-            Rig {
-                pipe: Pipeline::new(
-                    b.build(None).unwrap(),
-                    Security::new(ports, class_meters, sessions, 1),
-                    Some(Overlay {
-                        uplink: PortId(6),
-                        ip: VTEP,
-                        udp_port: vxlan::VXLAN_PORT,
-                        max_inner: MAX_INNER,
-                        map,
-                        learn: vec![true],
-                        encap,
-                    }),
-                ),
-                counters: (0..MAX_PORTS).map(|_| PortCounters::default()).collect(),
-                d: Box::default(),
-            }
-        }
-
-        fn plain() -> Rig {
-            Rig::new(Vec::new(), Vec::new())
-        }
-
-        /// Decides a burst from `port`; the fates.
-        fn send<F: Frame>(&mut self, port: u16, frames: &[F]) -> Vec<Fate> {
-            self.pipe.decide(
-                PortId(port),
-                frames,
-                Now::default(),
-                &self.counters,
-                &mut self.d,
-            );
-            (0..frames.len()).map(|i| self.d.fate(i)).collect()
-        }
-
-        /// Teaches the bridge that MAC `i` lives behind `port`.
-        fn learn(&mut self, port: u16, i: u8) {
-            self.send(port, &[udp(i, [0xff; 6], 60)]);
-        }
-
-        fn drops(&self, port: usize, why: DropReason) -> u64 {
-            self.counters[port].drops[why as usize].get()
-        }
-    }
+    use crate::test_support::{compiled, mac, remote, superframe, udp, Rig, VTEP};
 
     #[test]
     fn unicast_goes_to_its_local_or_tunnel_port() {

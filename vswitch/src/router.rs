@@ -652,31 +652,12 @@ impl Router {
                 continue;
             }
             let d = f.data();
-            let ethertype = u16::from_be_bytes([d[12], d[13]]);
-            let to_router = d[0..6] == vpc.mac.0;
-            let asks = ethertype == ETH_P_ARP && !from_tunnel;
-            let solicits = ethertype == ETH_P_IPV6 && !from_tunnel && ipv6::is_solicitation(d);
-            let may_answer = to_router || actions[i] == Action::Flood;
-            let decided = match (to_router, ethertype) {
-                (true, ETH_P_IPV4) => Some(route(
-                    vpc,
-                    in_port,
-                    from_tunnel,
-                    &is_tunnel,
-                    &mut last_dst,
-                    d,
-                )),
-                _ if asks && may_answer => arp_answer(vpc, bridge, in_port, d)
-                    .map(|mac| Ok((Action::Reply, Edit::ArpReply { mac })))
-                    .or(to_router.then_some(Err(DropReason::NoRoute))),
-                _ if solicits && may_answer => ipv6::solicited(vpc, bridge, in_port, d)
-                    .map(|(mac, router)| Ok((Action::Reply, Edit::NeighbourAdvert { mac, router })))
-                    .or(to_router.then_some(Err(DropReason::NoRoute))),
-                (true, ETH_P_IPV6) => Some(ipv6::route(vpc, in_port, from_tunnel, &is_tunnel, d)),
-                (true, _) => Some(Err(DropReason::NoRoute)),
-                (false, _) => None,
+            let at = Ingress {
+                bridge,
+                in_port,
+                from_tunnel,
             };
-            match decided {
+            match decide(vpc, at, &is_tunnel, actions[i], &mut last_dst, d) {
                 None => {}
                 Some(Ok((a, e))) => {
                     actions[i] = a;
@@ -704,9 +685,65 @@ impl Router {
     }
 }
 
+/// Where a frame entered a VPC's router: its bridge and port.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Ingress {
+    pub(crate) bridge: BridgeId,
+    pub(crate) in_port: PortId,
+    /// `in_port` is a tunnel port.
+    pub(crate) from_tunnel: bool,
+}
+
+/// The last IPv4 destination routed in a burst and its endpoint (one
+/// lookup for a run of frames to one address).
+pub(crate) type LastRoute = Option<(u32, Option<Endpoint>)>;
+
+/// What the router does with frame `d` (`action`: the bridge's decision
+/// for it), without doing it: None if the frame is not the router's
+/// (neither to its MAC nor a question it answers), else the action and
+/// edit that route or answer it, or why it is dropped (the caller then
+/// owes the sender an ICMP error, [`icmp_error_for`], within the rate).
+#[inline]
+pub(crate) fn decide(
+    vpc: &Vpc,
+    at: Ingress,
+    is_tunnel: &impl Fn(PortId) -> bool,
+    action: Action,
+    last_dst: &mut LastRoute,
+    d: &[u8],
+) -> Option<Result<(Action, Edit), DropReason>> {
+    let Ingress {
+        bridge,
+        in_port,
+        from_tunnel,
+    } = at;
+    let ethertype = u16::from_be_bytes([d[12], d[13]]);
+    let to_router = d[0..6] == vpc.mac.0;
+    let asks = ethertype == ETH_P_ARP && !from_tunnel;
+    let solicits = ethertype == ETH_P_IPV6 && !from_tunnel && ipv6::is_solicitation(d);
+    let may_answer = to_router || action == Action::Flood;
+    match (to_router, ethertype) {
+        (true, ETH_P_IPV4) => Some(route(vpc, in_port, from_tunnel, is_tunnel, last_dst, d)),
+        _ if asks && may_answer => arp_answer(vpc, bridge, in_port, d)
+            .map(|mac| Ok((Action::Reply, Edit::ArpReply { mac })))
+            .or(to_router.then_some(Err(DropReason::NoRoute))),
+        _ if solicits && may_answer => ipv6::solicited(vpc, bridge, in_port, d)
+            .map(|(mac, router)| Ok((Action::Reply, Edit::NeighbourAdvert { mac, router })))
+            .or(to_router.then_some(Err(DropReason::NoRoute))),
+        (true, ETH_P_IPV6) => Some(ipv6::route(vpc, in_port, from_tunnel, is_tunnel, d)),
+        (true, _) => Some(Err(DropReason::NoRoute)),
+        (false, _) => None,
+    }
+}
+
 /// The ICMP or ICMPv6 error (from the gateway of the sender's subnet) a
 /// router owes the sender of `d`, which it drops for `reason`, if any.
-fn icmp_error_for(vpc: &Vpc, bridge: BridgeId, reason: DropReason, d: &[u8]) -> Option<Edit> {
+pub(crate) fn icmp_error_for(
+    vpc: &Vpc,
+    bridge: BridgeId,
+    reason: DropReason,
+    d: &[u8],
+) -> Option<Edit> {
     if u16::from_be_bytes([d[12], d[13]]) == ETH_P_IPV6 {
         let kind = ipv6::error_due(vpc, reason, d)?;
         let s = vpc.subnet6_of_bridge(bridge)?;
@@ -761,7 +798,7 @@ fn route(
     in_port: PortId,
     from_tunnel: bool,
     is_tunnel: &impl Fn(PortId) -> bool,
-    last: &mut Option<(u32, Option<Endpoint>)>,
+    last: &mut LastRoute,
     d: &[u8],
 ) -> Result<(Action, Edit), DropReason> {
     if d.len() < 34 || d[14] >> 4 != 4 || d[14] & 0x0f < 5 {

@@ -20,25 +20,92 @@
 //! direction) and ended if the new rules deny it, so a deny takes effect
 //! on live connections too.
 
+mod explain;
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 
 use acl::policer::{Policed, SharedMeter, WireLen};
 use acl::session::{Found, Open, SessionRef, SessionTable};
-use acl::{Action as AclAction, Classifier, Family, Tuple, Verdict};
+use acl::{Action as AclAction, Classifier, Family, SecurityGroup, Tuple, Verdict};
 
 use crate::flow::{FlowKey, IPPROTO_TCP, L3};
 use crate::stats::{DropReason, PortCounters};
 use crate::switch::{Action, Frame};
 use crate::types::{PortId, MAX_BURST};
 
-/// A compiled security group and the QoS class of each of its rules.
+pub use explain::{Judged, Judgement, MeterOf, MeterPeek, RuleHit};
+
+/// A compiled security group, the QoS class of each of its rules, and
+/// how many frames each rule decided.
 pub struct Group {
-    /// Its name.
-    pub name: String,
+    /// Its definition (rule names and matches, for `vswitchctl trace` and
+    /// `acl show`).
+    pub def: SecurityGroup,
     /// The classifier.
     pub classifier: Classifier,
     /// Per rule: index + 1 into [`Security`]'s class meters (0: none).
     pub rule_class: Vec<u16>,
+    /// Per rule, then the default: frames it decided (a session's first
+    /// frame, a denied frame, a session judged again after a ruleset
+    /// change, a flooded copy). A live session's later frames pass without
+    /// rules and are not counted here. Shared by the workers: only frames
+    /// that miss the sessions reach a classifier, and a burst's run of
+    /// frames decided by one rule is added at once.
+    hits: Box<[AtomicU64]>,
+}
+
+impl Group {
+    /// `def` compiled, its rules in the QoS classes `rule_class`, no hits.
+    pub fn new(def: &SecurityGroup, rule_class: Vec<u16>) -> Group {
+        assert_eq!(rule_class.len(), def.rules.len(), "a class per rule");
+        Group {
+            classifier: Classifier::new(def),
+            hits: (0..=def.rules.len()).map(|_| AtomicU64::new(0)).collect(),
+            def: def.clone(),
+            rule_class,
+        }
+    }
+
+    /// Its name.
+    pub fn name(&self) -> &str {
+        &self.def.name
+    }
+
+    /// Frames each rule decided, in the definition's order, then the
+    /// default's.
+    pub fn hits(&self) -> Vec<u64> {
+        self.hits.iter().map(|h| h.load(Relaxed)).collect()
+    }
+
+    /// The verdict for `t`, counted on its rule.
+    #[inline]
+    fn judge(&self, t: &Tuple) -> Verdict {
+        let v = self.classifier.classify(t);
+        self.count(v.rule, 1);
+        v
+    }
+
+    /// The verdicts for `tuples` into `out`, counted on their rules.
+    #[inline]
+    fn judge_burst(&self, tuples: &[Tuple], out: &mut [Verdict]) {
+        self.classifier.classify_burst(tuples, out);
+        let mut run = (out[0].rule, 0);
+        for v in &out[..tuples.len()] {
+            if v.rule != run.0 {
+                self.count(run.0, run.1);
+                run = (v.rule, 0);
+            }
+            run.1 += 1;
+        }
+        self.count(run.0, run.1);
+    }
+
+    #[inline]
+    fn count(&self, rule: Option<u32>, n: u64) {
+        let i = rule.map_or(self.hits.len() - 1, |r| r as usize);
+        self.hits[i].fetch_add(n, Relaxed);
+    }
 }
 
 /// What one port has attached.
@@ -277,6 +344,22 @@ impl Security {
         self.metered
     }
 
+    /// Whether the groups judge (and sessions track) a frame from
+    /// `in_port` to `out` (None: flooded): when either port has a group,
+    /// in either direction. A port with only an ingress group so gets
+    /// the replies to what it sends (its own frames open sessions), as a
+    /// cloud security group does; a flooded frame meets its copies'
+    /// ingress groups.
+    #[inline]
+    fn judges(&self, in_port: PortId, out: Option<PortId>) -> bool {
+        let grouped = |p: &PortPolicy| p.ingress.is_some() || p.egress.is_some();
+        grouped(self.port(in_port))
+            || match out {
+                Some(q) => grouped(self.port(q)),
+                None => self.any_ingress,
+            }
+    }
+
     /// Whether `src`'s egress and `dst`'s ingress groups allow `t`; the
     /// verdict that decided (for its QoS class) and the port whose group
     /// denied.
@@ -287,7 +370,7 @@ impl Security {
             let pp = &self.port(p);
             let g = if ingress { &pp.ingress } else { &pp.egress };
             if let Some(g) = g {
-                let v = g.classifier.classify(t);
+                let v = g.judge(t);
                 if v.action == AclAction::Deny {
                     return Err(p);
                 }
@@ -337,10 +420,7 @@ impl Security {
                 // The router's answers (see `Action::Reply`).
                 Action::Drop(_) | Action::Reply => continue,
             };
-            let judged = inp.egress.is_some()
-                || out.is_some_and(|q| self.port(q).ingress.is_some())
-                || (out.is_none() && self.any_ingress);
-            if !judged {
+            if !self.judges(in_port, out) {
                 scratch.via[i] = Via::Plain;
                 continue;
             }
@@ -431,8 +511,7 @@ impl Security {
             for (k, &i) in miss[..misses].iter().enumerate() {
                 tuples[k] = scratch.tuples[usize::from(i)].expect("parsed").0;
             }
-            g.classifier
-                .classify_burst(&tuples[..misses], &mut verdicts[..misses]);
+            g.judge_burst(&tuples[..misses], &mut verdicts[..misses]);
         }
         // 3. Output ports' ingress groups, then sessions for what passed.
         for (k, &i) in miss[..misses].iter().enumerate() {
@@ -453,7 +532,7 @@ impl Security {
             }
             if let Action::Output(q) = actions[i] {
                 if let Some(g) = &self.port(q).ingress {
-                    let v = g.classifier.classify(&t);
+                    let v = g.judge(&t);
                     if v.action == AclAction::Deny {
                         drop(actions, i, deny_reason, q);
                         continue;
@@ -603,7 +682,7 @@ impl Security {
         if matches!(self.sessions.lookup(&t, zone, now), Found::Hit { .. }) {
             return true;
         }
-        let v = g.classifier.classify(&t);
+        let v = g.judge(&t);
         if v.action == AclAction::Deny {
             counters[q.index()].drop(DropReason::AclDeny, packets);
             return false;

@@ -569,13 +569,7 @@ impl Switch {
         let mac_limit = self.mac_limits[in_port.index()];
         let from_tunnel = self.tunnel[in_port.index()];
         let router = self.routers[bd.index()];
-        // The router stage takes a routed bridge's floods (and drops
-        // what it leaves of them if there is nowhere to flood).
-        let flood = if self.flood_ports(in_port).is_empty() && router.is_none() {
-            Action::Drop(DropReason::NoOutput)
-        } else {
-            Action::Flood
-        };
+        let flood = self.flood_action(in_port, bd);
 
         // The last source learned (never a group address: those are
         // dropped before, whatever their place in the burst).
@@ -586,18 +580,8 @@ impl Switch {
         for (f, action) in frames.iter().zip(actions.iter_mut()) {
             let d = f.data();
             bytes += f.frame_len() as u64;
-            if d.len() < ETH_HLEN {
-                *action = Action::Drop(DropReason::Malformed);
-                continue;
-            }
-            if let Some(g) = guard {
-                if let Err(why) = g.check(d) {
-                    *action = Action::Drop(why);
-                    continue;
-                }
-            } else if is_tagged(d) && FlowKey::parse_l2(d).is_err() {
-                // More than two tags (see `flow::ParseError::VlanStack`).
-                *action = Action::Drop(DropReason::Malformed);
+            if let Err(why) = admit(guard, d) {
+                *action = Action::Drop(why);
                 continue;
             }
             let dst = MacAddr::from_slice(&d[0..6]);
@@ -620,19 +604,10 @@ impl Switch {
                 last_src = Some(src);
             }
             if dst != last_dst.0 {
-                let a = if dst.is_group() {
-                    flood
-                } else {
-                    match macs.lookup(dst, now) {
-                        Some(p) if p == in_port => Action::Drop(DropReason::SamePort),
-                        Some(p) if from_tunnel && self.is_tunnel(p) => {
-                            Action::Drop(DropReason::SplitHorizon)
-                        }
-                        Some(p) => Action::Output(p),
-                        None => flood,
-                    }
-                };
-                last_dst = (dst, a);
+                last_dst = (
+                    dst,
+                    self.destination(macs, in_port, from_tunnel, dst, now, flood),
+                );
             }
             *action = last_dst.1;
         }
@@ -644,6 +619,59 @@ impl Switch {
                 counters.drop(r, f.wire_packets());
             }
         }
+    }
+}
+
+impl Switch {
+    /// What a bridge does with a frame from `in_port` (in bridge `bd`)
+    /// it floods: flood it, or drop it when there is nowhere to flood
+    /// (the router stage takes a routed bridge's floods, and drops what
+    /// it leaves of them if there is nowhere to flood).
+    #[inline]
+    pub(crate) fn flood_action(&self, in_port: PortId, bd: BridgeId) -> Action {
+        if self.flood_ports(in_port).is_empty() && self.routers[bd.index()].is_none() {
+            Action::Drop(DropReason::NoOutput)
+        } else {
+            Action::Flood
+        }
+    }
+
+    /// Where a frame from `in_port` to `dst` goes by the bridge's MAC
+    /// table `macs` at second `now` (`flood`: [`Switch::flood_action`]).
+    #[inline]
+    pub(crate) fn destination(
+        &self,
+        macs: &MacTable,
+        in_port: PortId,
+        from_tunnel: bool,
+        dst: MacAddr,
+        now: u32,
+        flood: Action,
+    ) -> Action {
+        if dst.is_group() {
+            return flood;
+        }
+        match macs.lookup(dst, now) {
+            Some(p) if p == in_port => Action::Drop(DropReason::SamePort),
+            Some(p) if from_tunnel && self.is_tunnel(p) => Action::Drop(DropReason::SplitHorizon),
+            Some(p) => Action::Output(p),
+            None => flood,
+        }
+    }
+}
+
+/// Whether a frame may enter the bridge at all: an Ethernet header, port
+/// security's verdict (`guard`, the ingress port's), else no more than
+/// two VLAN tags (see `flow::ParseError::VlanStack`).
+#[inline]
+pub(crate) fn admit(guard: Option<&PortGuard>, d: &[u8]) -> Result<(), DropReason> {
+    if d.len() < ETH_HLEN {
+        return Err(DropReason::Malformed);
+    }
+    match guard {
+        Some(g) => g.check(d),
+        None if is_tagged(d) && FlowKey::parse_l2(d).is_err() => Err(DropReason::Malformed),
+        None => Ok(()),
     }
 }
 

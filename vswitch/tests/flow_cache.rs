@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use acl::policer::{ColorAction, MeterConf, Policy, SharedMeter, Unit};
 use acl::session::{SessionTable, Timeouts};
-use acl::{Action as AclAction, Classifier, PortRange, Proto, Rule, SecurityGroup};
+use acl::{Action as AclAction, PortRange, Proto, Rule, SecurityGroup};
 use etherparse::PacketBuilder;
 use vswitch::overlay::Encap;
 use vswitch::security::{Group, PortPolicy, Security};
@@ -98,12 +98,11 @@ fn group(name: &str, rules: &[Rule]) -> Arc<Group> {
         rules: rules.to_vec(),
         default: AclAction::Deny,
     };
-    Arc::new(Group {
-        name: name.into(),
-        classifier: Classifier::new(&g),
-        // Every other rule is in QoS class 1.
-        rule_class: (0..rules.len()).map(|i| (i % 2) as u16).collect(),
-    })
+    // Every other rule is in QoS class 1.
+    Arc::new(Group::new(
+        &g,
+        (0..rules.len()).map(|i| (i % 2) as u16).collect(),
+    ))
 }
 
 /// A tight packet meter: 20 frames of burst, 1000 per second; yellow

@@ -10,7 +10,7 @@ use std::net::Ipv4Addr;
 use std::sync::Arc;
 
 use acl::session::{SessionTable, Timeouts};
-use acl::{Action as AclAction, Classifier, Proto, Rule, SecurityGroup};
+use acl::{Action as AclAction, Proto, Rule, SecurityGroup};
 use etherparse::PacketBuilder;
 use vswitch::router::{Endpoint, Subnet};
 use vswitch::security::{Group, PortPolicy, Security};
@@ -35,11 +35,7 @@ fn group(name: &str, rules: Vec<Rule>) -> Arc<Group> {
         rules,
         default: AclAction::Deny,
     };
-    Arc::new(Group {
-        name: name.into(),
-        classifier: Classifier::new(&g),
-        rule_class: vec![0; g.rules.len()],
-    })
+    Arc::new(Group::new(&g, vec![0; g.rules.len()]))
 }
 
 struct Rig {

@@ -429,6 +429,28 @@ pub fn overview(bridges: &Value, ports: &Value, vpcs: &Value, tunnels: Option<&V
     out
 }
 
+/// A trace: a line per stage (and, for a frame traced live, the fate it
+/// got).
+pub fn trace(v: &Value) -> String {
+    let stages = v["stages"].as_array().map_or(&[][..], |a| &a[..]);
+    let mut rows: Vec<(&str, &str)> = stages
+        .iter()
+        .map(|s| {
+            (
+                s["stage"].as_str().unwrap_or("?"),
+                s["result"].as_str().unwrap_or(""),
+            )
+        })
+        .collect();
+    if let Some(a) = v["actual_text"].as_str() {
+        rows.push(("actual", a));
+    }
+    let w = rows.iter().map(|(s, _)| s.len()).max().unwrap_or(0);
+    rows.iter()
+        .map(|(s, r)| format!("  {s:<w$}  {r}\n"))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

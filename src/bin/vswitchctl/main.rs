@@ -115,6 +115,30 @@ enum Noun {
         #[command(subcommand)]
         verb: ConfigVerb,
     },
+    /// Why a frame goes where it goes, stage by stage: a frame described
+    /// as a flow (as `ovs-appctl ofproto/trace`; nothing is changed), or
+    /// with --live the next frames a port receives (as VPP's `trace add`),
+    /// each with the fate it got.
+    Trace {
+        /// The NIC the frames come in by.
+        port: String,
+        /// The frame, e.g. `tcp,nw_dst=10.0.0.2,tp_dst=80`: a protocol
+        /// (eth, arp, ip, ipv6, tcp, udp, icmp, tcp6, udp6, icmp6) and
+        /// fields (dl_src, dl_dst, dl_vlan, dl_type, nw_src, nw_dst,
+        /// ipv6_src, ipv6_dst, arp_spa, arp_tpa, nw_ttl, nw_proto,
+        /// tp_src, tp_dst, tcp_flags, icmp_type, icmp_code, len); the
+        /// port's MAC and address are the source unless given.
+        flow: Option<String>,
+        /// The frame's bytes in hex instead of a flow.
+        #[arg(long, conflicts_with = "flow")]
+        frame: Option<String>,
+        /// Trace the next N frames the port receives instead (1-1000).
+        #[arg(long, value_name = "N", conflicts_with_all = ["flow", "frame"])]
+        live: Option<u64>,
+        /// With --live: stop waiting after this many seconds.
+        #[arg(long, value_name = "SECS", default_value_t = 10.0, requires = "live")]
+        timeout: f64,
+    },
 }
 
 #[derive(Subcommand)]
@@ -538,6 +562,26 @@ fn to_request(noun: &Noun) -> Result<Request, String> {
         Noun::Config {
             verb: ConfigVerb::Dump,
         } => Request::ConfigDump,
+        Noun::Trace {
+            port,
+            live: Some(count),
+            ..
+        } => Request::TraceStart {
+            port: port.clone(),
+            count: *count,
+        },
+        Noun::Trace {
+            port, flow, frame, ..
+        } => {
+            if flow.is_none() && frame.is_none() {
+                return Err("trace: give a FLOW, --frame HEX or --live N".into());
+            }
+            Request::Trace {
+                port: port.clone(),
+                flow: flow.clone(),
+                frame: frame.clone(),
+            }
+        }
     })
 }
 
@@ -613,6 +657,61 @@ fn follow_capture(cli: &Cli, started: Value) -> ExitCode {
     }
 }
 
+/// After `trace --live` started one: prints each traced frame as it
+/// comes, until all were traced, `timeout` seconds, or Ctrl-C (which
+/// stop the trace).
+fn follow_trace(cli: &Cli, timeout: f64) -> ExitCode {
+    let interrupted = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        let _ = signal_hook::flag::register(sig, std::sync::Arc::clone(&interrupted));
+    }
+    let deadline = std::time::Instant::now()
+        + std::time::Duration::from_secs_f64(timeout.clamp(0.0, 86_400.0));
+    let mut all = Vec::new();
+    let last = loop {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        let stop = interrupted.load(std::sync::atomic::Ordering::Relaxed)
+            || std::time::Instant::now() >= deadline;
+        let answer = match request(&cli.socket, &Request::TraceRead { stop }) {
+            Ok(r) if r.ok => r.result.unwrap_or_default(),
+            Ok(r) => {
+                eprintln!("vswitchctl: {}", r.error.unwrap_or_default());
+                return ExitCode::from(exit::REFUSED);
+            }
+            Err(e) => {
+                eprintln!("vswitchctl: {e}");
+                return ExitCode::from(exit::UNREACHABLE);
+            }
+        };
+        for r in answer["records"].as_array().into_iter().flatten() {
+            if !cli.json {
+                println!("frame {} of {}:", all.len() + 1, answer["count"]);
+                print!("{}", human::trace(r));
+            }
+            all.push(r.clone());
+        }
+        if answer["running"] != true {
+            break answer;
+        }
+    };
+    if cli.json {
+        println!("{}", serde_json::to_string_pretty(&all).expect("json"));
+    } else {
+        println!(
+            "{} of {} frames traced on {} in {:.1} s{}",
+            all.len(),
+            last["count"],
+            last["port"].as_str().unwrap_or("?"),
+            last["secs"].as_f64().unwrap_or(0.0),
+            match last["dropped"].as_u64() {
+                Some(0) | None => String::new(),
+                Some(d) => format!(" ({d} records lost)"),
+            }
+        );
+    }
+    ExitCode::SUCCESS
+}
+
 /// `show`: the answers of the listing verbs, as one overview (or one
 /// JSON object of them with `--json`).
 fn show(cli: &Cli) -> ExitCode {
@@ -682,6 +781,14 @@ fn main() -> ExitCode {
     {
         return follow_capture(&cli, result);
     }
+    if let Noun::Trace {
+        live: Some(_),
+        timeout,
+        ..
+    } = &cli.noun
+    {
+        return follow_trace(&cli, *timeout);
+    }
     if !cli.json {
         match &cli.noun {
             Noun::Stats { top } => {
@@ -705,11 +812,26 @@ fn main() -> ExitCode {
                             serde_json::to_string(ports).expect("json")
                         );
                     }
+                    // As comments: the output stays a file `acl set` takes.
+                    if let Some(hits) = result["hits"].as_array().filter(|h| !h.is_empty()) {
+                        println!(
+                            "# rule hits: frames each rule decided (a session's first \
+                             frame, a denied frame; a session's later frames pass \
+                             without rules)"
+                        );
+                        for line in human::list(hits).lines() {
+                            println!("#   {line}");
+                        }
+                    }
                     return ExitCode::SUCCESS;
                 }
             }
             Noun::PmdPerf { .. } => {
                 print!("{}", human::pmd_perf(&result));
+                return ExitCode::SUCCESS;
+            }
+            Noun::Trace { .. } => {
+                print!("{}", human::trace(&result));
                 return ExitCode::SUCCESS;
             }
             Noun::Port {
