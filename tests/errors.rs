@@ -160,6 +160,38 @@ fn check_config_reports_every_port_mistake_with_locations_and_suggestions() {
         "{err}"
     );
 
+    // Mistakes in every section at once: workers, a bridge, a group, the
+    // session table and a port, each where it is.
+    std::fs::write(
+        &path,
+        "[workers]\ncores = [1, 1]\n\n\
+         [sessions]\ncapacity = 0\n\n\
+         [[bridge]]\nname = \"vpc1\"\nmac_table_size = 4\n\n\
+         [[security_group]]\nname = \"web\"\n[[security_group.rule]]\nname = \"r\"\npriority = 1\naction = \"allow\"\nproto = \"tcpp\"\n\n\
+         [[port]]\nname = \"a\"\nkind = \"tap\"\nbridge = \"vpc9\"\nnetns = \"xa\"\ningress_group = \"web\"\n",
+    )
+    .unwrap();
+    let (code, err) = vswitchd(&["check-config", path.to_str().unwrap()]);
+    assert_eq!(code, 1, "{err}");
+    let lines: Vec<&str> = err
+        .lines()
+        .filter(|l| l.contains("several.toml:"))
+        .collect();
+    let want = [
+        ("several.toml:2:", "workers.cores"),
+        ("several.toml:9:", "bridge[0].mac_table_size"),
+        ("several.toml:17:", "security_group[0].rule[0].proto"),
+        ("several.toml:5:", "sessions.capacity"),
+        ("several.toml:22:", "port[0].bridge"),
+    ];
+    assert_eq!(lines.len(), want.len(), "one line per mistake: {err}");
+    for (line, (at, field)) in lines.iter().zip(want) {
+        assert!(
+            line.contains(at) && line.contains(field),
+            "{at} {field}: {err}"
+        );
+    }
+
     std::fs::write(
         &path,
         "[[bridge]]\nname = \"vpc1\"\n[[port]]\nname = \"n\"\nkind = \"null\"\nbrige = \"vpc1\"\n",

@@ -745,7 +745,7 @@ fn table_path_at(text: &str, offset: usize) -> String {
 
 /// toml's "unknown field `brige`, expected one of `a`, `b`, ..." as
 /// "unknown field `brige`: did you mean `bridge`?" when one known field is
-/// close (strsim's Levenshtein distance, as clap suggests flags), else
+/// close ([`nearest`]), else
 /// with the known fields listed.
 fn did_you_mean(msg: &str) -> Option<String> {
     let rest = msg.strip_prefix("unknown field `")?;
@@ -764,11 +764,12 @@ fn did_you_mean(msg: &str) -> Option<String> {
 }
 
 /// The one of `known` that `unknown` is most likely a typo of, if one is
-/// close enough (strsim's Levenshtein distance, as clap suggests flags).
+/// close enough (strsim's optimal string alignment distance: Levenshtein's,
+/// as clap suggests flags, with a swap of two letters one edit).
 pub fn nearest<'a>(unknown: &str, known: &[&'a str]) -> Option<&'a str> {
     let (d, k) = known
         .iter()
-        .map(|k| (strsim::levenshtein(unknown, k), *k))
+        .map(|k| (strsim::osa_distance(unknown, k), *k))
         .min()?;
     (d <= 2.max(unknown.len() / 3)).then_some(k)
 }
@@ -827,16 +828,18 @@ pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
         cx.err(span, field, msg)
     })?;
 
+    // Sections that do not depend on each other are all checked, so one
+    // run names every mistake of workers, bridges, policies, sessions and
+    // ports; the VTEP, VNIs and VPCs (which build on valid ports) after.
+    let mut errors = Vec::new();
     if model.workers.cores.is_empty() {
-        return Err(cx.err(0..0, "workers.cores", "at least one worker core is needed"));
+        errors.push(cx.err(0..0, "workers.cores", "at least one worker core is needed"));
     }
     let mut seen = HashSet::new();
-    for c in &model.workers.cores {
-        if !seen.insert(c) {
-            return Err(cx.err(0..0, "workers.cores", format!("core {c} is listed twice")));
-        }
+    if let Some(c) = model.workers.cores.iter().find(|c| !seen.insert(*c)) {
+        errors.push(cx.err(0..0, "workers.cores", format!("core {c} is listed twice")));
     }
-    let n_workers = model.workers.cores.len();
+    let n_workers = model.workers.cores.len().max(1);
     let lb = &model.workers.auto_lb;
     for (field, v, range) in [
         (
@@ -852,7 +855,7 @@ pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
         ),
     ] {
         if !range.contains(&v) {
-            return Err(cx.err(
+            errors.push(cx.err(
                 0..0,
                 field,
                 format!("between {} and {}", range.start(), range.end()),
@@ -865,32 +868,50 @@ pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
     for (i, b) in model.bridges.iter().enumerate() {
         let b = b.get_ref();
         let name = b.name.get_ref();
-        check_name(&cx, &b.name, &format!("bridge[{i}].name"))?;
-        if !bridge_names.insert(name.clone()) {
-            return Err(cx.err(
-                b.name.span(),
-                format!("bridge[{i}].name"),
-                format!("bridge {name:?} is defined twice"),
-            ));
-        }
-        let size = *b.mac_table_size.get_ref();
-        if !(8..=1 << 24).contains(&size) {
-            return Err(cx.err(
-                b.mac_table_size.span(),
-                format!("bridge[{i}].mac_table_size"),
-                "must be between 8 and 16777216 entries",
-            ));
+        let mut check = || -> Result<(), ConfigError> {
+            check_name(&cx, &b.name, &format!("bridge[{i}].name"))?;
+            if !bridge_names.insert(name.clone()) {
+                return Err(cx.err(
+                    b.name.span(),
+                    format!("bridge[{i}].name"),
+                    format!("bridge {name:?} is defined twice"),
+                ));
+            }
+            let size = *b.mac_table_size.get_ref();
+            if !(8..=1 << 24).contains(&size) {
+                return Err(cx.err(
+                    b.mac_table_size.span(),
+                    format!("bridge[{i}].mac_table_size"),
+                    "must be between 8 and 16777216 entries",
+                ));
+            }
+            Ok(())
+        };
+        if let Err(e) = check() {
+            errors.push(e);
         }
         bridges.push(vswitch::BridgeConf {
             name: name.clone(),
-            mac_capacity: size,
+            mac_capacity: *b.mac_table_size.get_ref(),
             mac_aging_secs: b.mac_aging_secs,
         });
     }
 
-    let qos_policies = policy::qos_policies(&cx, &model.qos_policies)?;
-    let (security_groups, mut warnings) =
-        policy::security_groups(&cx, &model.security_groups, &qos_policies)?;
+    // A group's rules are checked once the QoS policies they name are.
+    let (qos_policies, security_groups, mut warnings) =
+        match policy::qos_policies(&cx, &model.qos_policies) {
+            Ok(q) => match policy::security_groups(&cx, &model.security_groups, &q) {
+                Ok((g, w)) => (q, g, w),
+                Err(e) => {
+                    errors.push(e);
+                    (q, Vec::new(), Vec::new())
+                }
+            },
+            Err(e) => {
+                errors.push(e);
+                (Vec::new(), Vec::new(), Vec::new())
+            }
+        };
     if model.workers.cores.contains(&model.eal.main_lcore) {
         warnings.push(format!(
             "workers.cores: CPU {} is also the main lcore's: the control thread shares it with a \
@@ -898,17 +919,27 @@ pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
             model.eal.main_lcore
         ));
     }
-    let group_names: HashSet<&str> = security_groups.iter().map(|g| g.name.as_str()).collect();
-    let qos_names: HashSet<&str> = qos_policies.iter().map(|q| q.name.as_str()).collect();
+    // Ports refer to groups and policies by the names the file gives them
+    // (a group with a mistake of its own is not also unknown to its ports).
+    let group_names: HashSet<&str> = model
+        .security_groups
+        .iter()
+        .map(|g| g.get_ref().name())
+        .collect();
+    let qos_names: HashSet<&str> = model
+        .qos_policies
+        .iter()
+        .map(|q| q.get_ref().name())
+        .collect();
     if model.sessions.capacity == 0 || model.sessions.capacity > 1 << 26 {
-        return Err(cx.err(0..0, "sessions.capacity", "between 1 and 67108864 sessions"));
+        errors.push(cx.err(0..0, "sessions.capacity", "between 1 and 67108864 sessions"));
     }
     for (field, v) in [
         ("sessions.per_port", model.sessions.per_port),
         ("sessions.per_bridge", model.sessions.per_bridge),
     ] {
         if v == 0 {
-            return Err(cx.err(0..0, field, "at least 1 session"));
+            errors.push(cx.err(0..0, field, "at least 1 session"));
         }
     }
 
@@ -917,7 +948,6 @@ pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
     let mut sockets = HashSet::new();
     let mut statics = HashSet::new();
     // Every port is checked, so one run names the mistakes of all.
-    let mut port_errors = Vec::new();
     for (i, p) in model.ports.iter().enumerate() {
         let mut check = || -> Result<PortSpec, ConfigError> {
             let mut spec = validate_port(&cx, i, p.get_ref(), &bridge_names, n_workers)?;
@@ -992,10 +1022,10 @@ pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
         };
         match check() {
             Ok(spec) => ports.push(spec),
-            Err(e) => port_errors.push(e),
+            Err(e) => errors.push(e),
         }
     }
-    if let Some(e) = ConfigError::all(port_errors) {
+    if let Some(e) = ConfigError::all(errors) {
         return Err(e);
     }
     // Container NICs (TAP, vhost-user) are not ethdevs: only the others

@@ -50,6 +50,13 @@ pub(super) struct GroupFile {
     rules: Vec<Spanned<RuleFile>>,
 }
 
+impl GroupFile {
+    /// The name the file gives it.
+    pub(super) fn name(&self) -> &str {
+        self.name.get_ref()
+    }
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RuleFile {
@@ -80,6 +87,13 @@ pub(super) struct QosFile {
     green: Option<Spanned<String>>,
     yellow: Option<Spanned<String>>,
     red: Option<Spanned<String>>,
+}
+
+impl QosFile {
+    /// The name the file gives it.
+    pub(super) fn name(&self) -> &str {
+        self.name.get_ref()
+    }
 }
 
 /// The `[sessions]` table.

@@ -28,6 +28,9 @@ pub struct TestpmdOpts<'a> {
     pub lcores: &'a str,
     /// The virtio-user side listens (vswitchd port in client mode).
     pub server: bool,
+    /// Descriptors per virtio ring (virtio-user's `queue_size`; its
+    /// default is 256).
+    pub queue_size: Option<u16>,
 }
 
 impl Default for TestpmdOpts<'_> {
@@ -39,6 +42,7 @@ impl Default for TestpmdOpts<'_> {
             fwd: "rxonly",
             lcores: "0@0,1@0",
             server: false,
+            queue_size: None,
         }
     }
 }
@@ -59,6 +63,9 @@ impl Testpmd {
         let mut vdev = format!("net_virtio_user0,path={},mac={}", o.socket.display(), o.mac);
         if o.server {
             vdev.push_str(",server=1");
+        }
+        if let Some(n) = o.queue_size {
+            vdev.push_str(&format!(",queue_size={n}"));
         }
         let mut app = vec![format!("--forward-mode={}", o.fwd)];
         if let Some(p) = o.peer {
@@ -139,6 +146,16 @@ impl Testpmd {
     pub fn stats_of(&mut self, port: u16) -> Result<(u64, u64), String> {
         let v = self.counters(port, &["RX-packets:", "TX-packets:"])?;
         Ok((v[0], v[1]))
+    }
+
+    /// Frames port 0's receive ring had no room for (`RX-missed`).
+    pub fn rx_missed(&mut self) -> Result<u64, String> {
+        Ok(self.counters(0, &["RX-missed:"])?[0])
+    }
+
+    /// Its process id.
+    pub fn pid(&self) -> Option<u32> {
+        self.proc.pid()
     }
 
     /// (RX-packets, RX-bytes) of `port`.
