@@ -54,6 +54,7 @@ impl Daemon<'_> {
         let port = self.ports[slot].as_ref().expect("slot_of found it");
         let dp = self.shared.load();
         let pipeline = &dp.pipeline;
+        refuse_uplink(pipeline, name, PortId(slot as u16))?;
         let bytes = match (flow, frame) {
             (Some(f), None) => {
                 let spec = FlowSpec::parse(f)?;
@@ -108,6 +109,7 @@ impl Daemon<'_> {
             return Err(format!("count {count}: between 1 and {}", live::MAX_FRAMES));
         }
         let port = PortId(self.slot_or_err(name)? as u16);
+        refuse_uplink(&self.shared.load().pipeline, name, port)?;
         let live = Arc::new(Live::new(port, count));
         self.shared.trace.arm(Arc::clone(&live));
         self.live_trace = Some(LiveJob {
@@ -180,6 +182,18 @@ impl Daemon<'_> {
     fn port_label(&self, p: PortId) -> String {
         self.port_name(p).unwrap_or_else(|| format!("port {}", p.0))
     }
+}
+
+/// The VTEP's uplink is not switched (its frames are the tunnels'):
+/// traces start at the container NICs.
+fn refuse_uplink(p: &vswitch::Pipeline, name: &str, port: PortId) -> Result<(), String> {
+    if p.is_uplink(port) {
+        return Err(format!(
+            "{name} is the VTEP's uplink: its frames are decapsulated for the tunnels, not \
+             switched; trace the NICs that send them (or capture the uplink)"
+        ));
+    }
+    Ok(())
 }
 
 /// A frame given as hex digits (separators `:`, `-`, spaces allowed).
