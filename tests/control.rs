@@ -14,29 +14,7 @@ use testbed::netns::Netns;
 use testbed::vswitchd::{TempDir, Vswitchd};
 use testbed::{unique, wait_until};
 
-/// `vswitchctl --socket S ARGS`: (exit code, stdout, stderr).
-fn ctl(socket: &Path, args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_vswitchctl"))
-        .arg("--socket")
-        .arg(socket)
-        .args(args)
-        .output()
-        .expect("vswitchctl runs");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-/// A verb that must succeed; its JSON answer.
-fn ok(socket: &Path, args: &[&str]) -> Value {
-    let mut full = vec!["--json"];
-    full.extend_from_slice(args);
-    let (code, out, err) = ctl(socket, &full);
-    assert_eq!(code, 0, "vswitchctl {args:?}: {err}");
-    serde_json::from_str(&out).unwrap_or_else(|e| panic!("{args:?}: {e}: {out}"))
-}
+use common::{ctl, ctl_ok as ok};
 
 /// A verb that vswitchd must refuse (exit 1) with `needle` in the message.
 fn refused(socket: &Path, args: &[&str], needle: &str) {

@@ -6,7 +6,6 @@
 
 mod common;
 
-use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
@@ -15,6 +14,8 @@ use testbed::netns::Netns;
 use testbed::process::Proc;
 use testbed::vswitchd::{TempDir, Vswitchd};
 use testbed::{unique, wait_until};
+
+use common::{ctl, ctl_ok};
 
 const C1_MAC: &str = "02:00:00:8c:00:01";
 const C2_MAC: &str = "02:00:00:8c:00:02";
@@ -42,28 +43,6 @@ priority = 50
 action = "deny"
 proto = "icmp"
 "#;
-
-fn ctl(socket: &Path, args: &[&str]) -> (i32, String, String) {
-    let o = Command::new(env!("CARGO_BIN_EXE_vswitchctl"))
-        .arg("--socket")
-        .arg(socket)
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        o.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&o.stdout).into_owned(),
-        String::from_utf8_lossy(&o.stderr).into_owned(),
-    )
-}
-
-fn ctl_json(socket: &Path, args: &[&str]) -> Value {
-    let mut all = vec!["--json"];
-    all.extend_from_slice(args);
-    let (code, out, err) = ctl(socket, &all);
-    assert_eq!(code, 0, "{args:?}: {err}");
-    serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"))
-}
 
 /// Sends `n` UDP datagrams from `ns` (source port 40000 + `port`: one
 /// flow across calls) to `ip:port`.
@@ -147,25 +126,25 @@ fn traces_name_the_deciding_rule_and_match_the_counters() {
         assert!(text.contains(want), "{want:?} in:\n{text}");
     }
     let deny_before = drops(&vs, "c2", "acl_deny");
-    let hits_before = ctl_json(&socket, &["acl", "show"])["hits"].clone();
+    let hits_before = ctl_ok(&socket, &["acl", "show"])["hits"].clone();
     // The same as fields; the default and a deny rule decide others.
-    let t = ctl_json(&socket, &["trace", "c1", "tcp,nw_dst=10.93.0.2,tp_dst=80"]);
+    let t = ctl_ok(&socket, &["trace", "c1", "tcp,nw_dst=10.93.0.2,tp_dst=80"]);
     assert_eq!(rules(&t), [("http".into(), "allow".into())]);
     assert_eq!(t["outcome"]["action"], "output");
     assert_eq!(t["outcome"]["port"], "c2");
-    let t = ctl_json(&socket, &["trace", "c1", "udp,nw_dst=10.93.0.2,tp_dst=53"]);
+    let t = ctl_ok(&socket, &["trace", "c1", "udp,nw_dst=10.93.0.2,tp_dst=53"]);
     assert_eq!(rules(&t), [("(default)".into(), "deny".into())]);
     assert_eq!(t["outcome"]["reason"], "acl_deny");
     assert_eq!(t["outcome"]["port"], "c2", "counted where the group denied");
-    let t = ctl_json(&socket, &["trace", "c1", "icmp,nw_dst=10.93.0.2"]);
+    let t = ctl_ok(&socket, &["trace", "c1", "icmp,nw_dst=10.93.0.2"]);
     assert_eq!(rules(&t), [("no-ping".into(), "deny".into())]);
     // A raw frame: the same SYN as bytes.
     let hex = t["frame"].as_str().unwrap().to_string();
-    let raw = ctl_json(&socket, &["trace", "c1", "--frame", &hex]);
+    let raw = ctl_ok(&socket, &["trace", "c1", "--frame", &hex]);
     assert_eq!(raw["stages"], t["stages"]);
     // Tracing changed nothing: no drop counted, no rule hit.
     assert_eq!(drops(&vs, "c2", "acl_deny"), deny_before);
-    assert_eq!(ctl_json(&socket, &["acl", "show"])["hits"], hits_before);
+    assert_eq!(ctl_ok(&socket, &["acl", "show"])["hits"], hits_before);
     // Mistakes are refusals in the user's terms.
     let (code, _, err) = ctl(&socket, &["trace", "c1", "tcp,nw_dts=10.93.0.2"]);
     assert_eq!(code, 1);
@@ -264,7 +243,7 @@ fn traces_name_the_deciding_rule_and_match_the_counters() {
 
     // `acl show` counts what decided: 3 for no-ping, 1 for syslog (the
     // session carried the rest), 2 for the default.
-    let hits = ctl_json(&socket, &["acl", "show"])["hits"].clone();
+    let hits = ctl_ok(&socket, &["acl", "show"])["hits"].clone();
     let hit = |rule: &str| {
         let of = |h: &Value| {
             h.as_array()

@@ -395,3 +395,27 @@ impl CountedTraffic {
         (n[0], n[1])
     }
 }
+
+/// `vswitchctl --socket S ARGS`: (exit code, stdout, stderr).
+pub fn ctl(socket: &Path, args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_vswitchctl"))
+        .arg("--socket")
+        .arg(socket)
+        .args(args)
+        .output()
+        .expect("vswitchctl runs");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A verb that must succeed; its JSON answer.
+pub fn ctl_ok(socket: &Path, args: &[&str]) -> Value {
+    let mut full = vec!["--json"];
+    full.extend_from_slice(args);
+    let (code, out, err) = ctl(socket, &full);
+    assert_eq!(code, 0, "vswitchctl {args:?}: {err}");
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("{args:?}: {e}: {out}"))
+}

@@ -598,13 +598,36 @@ mod exit {
     pub const UNREACHABLE: u8 = 3;
 }
 
+/// Set by Ctrl-C or SIGTERM while vswitchctl follows a capture or a live
+/// trace (which then stops it rather than dying with it).
+fn interrupt_flag() -> std::sync::Arc<std::sync::atomic::AtomicBool> {
+    let flag = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        let _ = signal_hook::flag::register(sig, std::sync::Arc::clone(&flag));
+    }
+    flag
+}
+
+/// One request of a follower's loop: its answer, or the exit status
+/// (said on stderr) of a refusal or an unreachable vswitchd.
+fn ask(cli: &Cli, req: &Request) -> Result<Value, ExitCode> {
+    match request(&cli.socket, req) {
+        Ok(r) if r.ok => Ok(r.result.unwrap_or_default()),
+        Ok(r) => {
+            eprintln!("vswitchctl: {}", r.error.unwrap_or_default());
+            Err(ExitCode::from(exit::REFUSED))
+        }
+        Err(e) => {
+            eprintln!("vswitchctl: {e}");
+            Err(ExitCode::from(exit::UNREACHABLE))
+        }
+    }
+}
+
 /// After `port capture` started one: waits for its end (its count or
 /// duration, or Ctrl-C, which stops it), then says what was written.
 fn follow_capture(cli: &Cli, started: Value) -> ExitCode {
-    let interrupted = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        let _ = signal_hook::flag::register(sig, std::sync::Arc::clone(&interrupted));
-    }
+    let interrupted = interrupt_flag();
     if !cli.json {
         eprintln!(
             "capturing {} frames of port {} to {} (Ctrl-C stops)",
@@ -620,21 +643,12 @@ fn follow_capture(cli: &Cli, started: Value) -> ExitCode {
         } else {
             Request::CaptureStatus
         };
-        match request(&cli.socket, &req) {
-            Ok(r) if r.ok => {
-                let s = r.result.unwrap_or_default();
-                if s["running"] != true && s["file"] == started["file"] {
-                    break s;
-                }
-            }
-            Ok(r) => {
-                eprintln!("vswitchctl: {}", r.error.unwrap_or_default());
-                return ExitCode::from(exit::REFUSED);
-            }
-            Err(e) => {
-                eprintln!("vswitchctl: {e}");
-                return ExitCode::from(exit::UNREACHABLE);
-            }
+        let s = match ask(cli, &req) {
+            Ok(s) => s,
+            Err(code) => return code,
+        };
+        if s["running"] != true && s["file"] == started["file"] {
+            break s;
         }
     };
     if cli.json {
@@ -661,10 +675,7 @@ fn follow_capture(cli: &Cli, started: Value) -> ExitCode {
 /// comes, until all were traced, `timeout` seconds, or Ctrl-C (which
 /// stop the trace).
 fn follow_trace(cli: &Cli, timeout: f64) -> ExitCode {
-    let interrupted = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        let _ = signal_hook::flag::register(sig, std::sync::Arc::clone(&interrupted));
-    }
+    let interrupted = interrupt_flag();
     let deadline = std::time::Instant::now()
         + std::time::Duration::from_secs_f64(timeout.clamp(0.0, 86_400.0));
     let mut all = Vec::new();
@@ -672,16 +683,9 @@ fn follow_trace(cli: &Cli, timeout: f64) -> ExitCode {
         std::thread::sleep(std::time::Duration::from_millis(50));
         let stop = interrupted.load(std::sync::atomic::Ordering::Relaxed)
             || std::time::Instant::now() >= deadline;
-        let answer = match request(&cli.socket, &Request::TraceRead { stop }) {
-            Ok(r) if r.ok => r.result.unwrap_or_default(),
-            Ok(r) => {
-                eprintln!("vswitchctl: {}", r.error.unwrap_or_default());
-                return ExitCode::from(exit::REFUSED);
-            }
-            Err(e) => {
-                eprintln!("vswitchctl: {e}");
-                return ExitCode::from(exit::UNREACHABLE);
-            }
+        let answer = match ask(cli, &Request::TraceRead { stop }) {
+            Ok(a) => a,
+            Err(code) => return code,
         };
         for r in answer["records"].as_array().into_iter().flatten() {
             if !cli.json {
