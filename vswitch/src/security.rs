@@ -122,6 +122,12 @@ pub struct PortPolicy {
 }
 
 impl PortPolicy {
+    /// Whether it has a group in either direction.
+    #[inline]
+    fn grouped(&self) -> bool {
+        self.ingress.is_some() || self.egress.is_some()
+    }
+
     fn is_empty(&self) -> bool {
         self.ingress.is_none()
             && self.egress.is_none()
@@ -282,9 +288,7 @@ impl Security {
         }
         let active = ports.iter().any(|p| !p.is_empty());
         let any_ingress = ports.iter().any(|p| p.ingress.is_some());
-        let grouped = ports
-            .iter()
-            .any(|p| p.ingress.is_some() || p.egress.is_some());
+        let grouped = ports.iter().any(PortPolicy::grouped);
         let metered = !class_meters.is_empty()
             || ports
                 .iter()
@@ -344,18 +348,18 @@ impl Security {
         self.metered
     }
 
-    /// Whether the groups judge (and sessions track) a frame from
-    /// `in_port` to `out` (None: flooded): when either port has a group,
-    /// in either direction. A port with only an ingress group so gets
-    /// the replies to what it sends (its own frames open sessions), as a
-    /// cloud security group does; a flooded frame meets its copies'
-    /// ingress groups.
+    /// Whether the groups judge (and sessions track) a frame from the
+    /// port whose policy is `inp` (looked up once per burst) to `out`
+    /// (None: flooded): when either port has a group, in either
+    /// direction. A port with only an ingress group so gets the replies
+    /// to what it sends (its own frames open sessions), as a cloud
+    /// security group does; a flooded frame meets its copies' ingress
+    /// groups.
     #[inline]
-    fn judges(&self, in_port: PortId, out: Option<PortId>) -> bool {
-        let grouped = |p: &PortPolicy| p.ingress.is_some() || p.egress.is_some();
-        grouped(self.port(in_port))
+    fn judges(&self, inp: &PortPolicy, out: Option<PortId>) -> bool {
+        inp.grouped()
             || match out {
-                Some(q) => grouped(self.port(q)),
+                Some(q) => self.port(q).grouped(),
                 None => self.any_ingress,
             }
     }
@@ -420,7 +424,7 @@ impl Security {
                 // The router's answers (see `Action::Reply`).
                 Action::Drop(_) | Action::Reply => continue,
             };
-            if !self.judges(in_port, out) {
+            if !self.judges(inp, out) {
                 scratch.via[i] = Via::Plain;
                 continue;
             }

@@ -143,7 +143,7 @@ impl Security {
         if !self.active {
             return Some(j);
         }
-        if !self.judges(in_port, out) {
+        if !self.judges(self.port(in_port), out) {
             return Some(j);
         }
         let key = match FlowKey::parse(f.data()) {
